@@ -1,0 +1,104 @@
+//! `latchkey doctor URL`: probe an MCP server without credentials and walk discovery,
+//! printing every request and what it showed.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use latchkey_core::SystemClock;
+use latchkey_egress::{Egress, EgressConfig, EgressRequest, LoopbackPolicy, UrlSource};
+use latchkey_oauth::challenge;
+use latchkey_oauth::discovery::{Discoverer, DiscoveryOptions};
+
+/// Arguments of `latchkey doctor`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The MCP server URL.
+    url: String,
+    /// Allow http and loopback addresses (local development only).
+    #[arg(long)]
+    allow_insecure_loopback: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[allow(clippy::print_stdout)] // this command's output is its product
+pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let egress = Egress::new(EgressConfig {
+        loopback: if a.allow_insecure_loopback {
+            LoopbackPolicy::AllowInsecureLoopback
+        } else {
+            LoopbackPolicy::Deny
+        },
+        ..EgressConfig::default()
+    })?;
+    let probe = serde_json::json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "latchkey-doctor", "version": env!("CARGO_PKG_VERSION")}}
+    });
+    let req = EgressRequest::post_json(&a.url, UrlSource::Operator, &probe, 64 * 1024).header(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static("application/json, text/event-stream"),
+    );
+    let resp = egress.send(req).await?;
+    let values: Vec<&[u8]> = resp
+        .headers
+        .get_all(http::header::WWW_AUTHENTICATE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let ch = challenge::bearer_challenge(values);
+    let discoverer = Discoverer::new(egress, Arc::new(SystemClock));
+    let rm = ch.as_ref().and_then(|c| c.resource_metadata.as_deref());
+    let result = if resp.status == http::StatusCode::UNAUTHORIZED {
+        Some(discoverer.discover(&a.url, rm, DiscoveryOptions::default()).await)
+    } else {
+        None
+    };
+    if a.json {
+        let disc = match &result {
+            Some(Ok(d)) => serde_json::json!({
+                "resource": d.resource, "issuer": d.issuer, "legacy": d.legacy,
+                "authorization_endpoint": d.metadata.authorization_endpoint,
+                "token_endpoint": d.metadata.token_endpoint,
+                "registration_endpoint": d.metadata.registration_endpoint,
+                "pkce_s256": d.metadata.supports_s256(),
+                "steps": d.steps.iter().map(|s| serde_json::json!({"url": s.url, "outcome": s.outcome})).collect::<Vec<_>>(),
+            }),
+            Some(Err(e)) => serde_json::json!({"error": e.to_string()}),
+            None => serde_json::Value::Null,
+        };
+        println!(
+            "{}",
+            serde_json::json!({"status": resp.status.as_u16(), "challenge": ch.as_ref().map(|c| serde_json::json!({"scheme": c.scheme, "resource_metadata": c.resource_metadata, "scope": c.scope, "error": c.error})), "discovery": disc})
+        );
+    } else {
+        println!("probe: HTTP {} from {}", resp.status.as_u16(), a.url);
+        match &ch {
+            Some(c) => println!(
+                "challenge: {} resource_metadata={:?} scope={:?} error={:?}",
+                c.scheme, c.resource_metadata, c.scope, c.error
+            ),
+            None => println!("challenge: none"),
+        }
+        match &result {
+            None => println!("the server did not ask for OAuth (no 401): nothing to discover"),
+            Some(Err(e)) => println!("discovery failed: {e}"),
+            Some(Ok(d)) => {
+                for s in &d.steps {
+                    println!("  GET {} -> {}", s.url, s.outcome);
+                }
+                println!("resource: {}", d.resource);
+                println!("issuer: {}{}", d.issuer, if d.legacy { " (2025-03-26 fallback)" } else { "" });
+                println!("token endpoint: {}", d.metadata.token_endpoint);
+                if !d.metadata.supports_s256() {
+                    println!("problem: the AS does not advertise PKCE S256; Latchkey will refuse it");
+                }
+            }
+        }
+    }
+    Ok(match result {
+        Some(Err(_)) => ExitCode::from(2),
+        _ => ExitCode::SUCCESS,
+    })
+}

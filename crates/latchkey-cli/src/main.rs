@@ -1,0 +1,57 @@
+//! `latchkey`: the command line.
+#![forbid(unsafe_code)]
+
+mod conformance;
+mod doctor;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Latchkey: an OAuth 2.1 credential broker and gateway for MCP servers.
+#[derive(Debug, Parser)]
+#[command(name = "latchkey", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Walk OAuth discovery for an MCP server URL and report what it advertises.
+    Doctor(doctor::Args),
+    /// Headless MCP OAuth client driven by the official MCP conformance suite
+    /// (reads MCP_CONFORMANCE_SCENARIO, MCP_CONFORMANCE_CONTEXT, MCP_CONFORMANCE_PROTOCOL_VERSION).
+    ConformanceClient(conformance::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("latchkey: cannot start the async runtime: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Doctor(a) => doctor::run(a).await,
+            Command::ConformanceClient(a) => conformance::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("latchkey: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The client side of MCP's streamable HTTP transport, one request at a time, through
+//! `latchkey_egress`.
+//!
+//! rmcp supplies the message types (`Implementation`, `ClientCapabilities`, the
+//! `_meta` client context, protocol versions) and sse-stream the SSE framing. The
+//! exchange itself is written here because an OAuth client must see every HTTP status
+//! and `WWW-Authenticate` header and re-send the *same* JSON-RPC request with new
+//! credentials after a 401 or 403 — rmcp's transport worker treats those as terminal
+//! and owns the connection, and would bypass the SSRF-guarded egress client.
+//!
+//! Two wires are spoken:
+//! * 2025-11-25 (and earlier): `initialize`, then `notifications/initialized`, then
+//!   requests carrying `Mcp-Session-Id` and `MCP-Protocol-Version`.
+//! * 2026-07-28: stateless; no `initialize`; every request carries the client context
+//!   in `params._meta` plus the `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name`
+//!   headers (SEP-2243, SEP-2575).
+#![forbid(unsafe_code)]
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use latchkey_egress::{Egress, EgressError, EgressRequest, UrlSource};
+use rmcp::model::{ClientCapabilities, Implementation, ProtocolVersion, RequestMetaObject};
+use serde_json::{Value, json};
+
+/// The largest MCP response body read into memory.
+pub const MCP_BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// `Mcp-Session-Id`.
+pub const SESSION_HEADER: &str = "mcp-session-id";
+/// `MCP-Protocol-Version`.
+pub const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
+/// `Mcp-Method` (SEP-2243).
+pub const METHOD_HEADER: &str = "mcp-method";
+/// `Mcp-Name` (SEP-2243).
+pub const NAME_HEADER: &str = "mcp-name";
+
+/// Failures below the JSON-RPC layer.
+#[derive(Debug, thiserror::Error)]
+pub enum McpError {
+    /// The request could not be sent or its response read.
+    #[error(transparent)]
+    Egress(#[from] EgressError),
+    /// The response was not a usable MCP message.
+    #[error("MCP protocol error: {0}")]
+    Protocol(String),
+}
+
+/// One HTTP exchange: status, headers and, for a request, the JSON-RPC response.
+#[derive(Debug)]
+pub struct Exchange {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Response headers (`WWW-Authenticate`, `Mcp-Session-Id`, `DPoP-Nonce` …).
+    pub headers: HeaderMap,
+    /// The JSON-RPC response whose `id` matches the request, if one came back.
+    pub response: Option<Value>,
+}
+
+impl Exchange {
+    /// Every `WWW-Authenticate` value, as bytes.
+    pub fn www_authenticate(&self) -> Vec<&[u8]> {
+        self.headers
+            .get_all(http::header::WWW_AUTHENTICATE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect()
+    }
+
+    /// The `result` of the response, or a protocol error carrying the JSON-RPC error.
+    pub fn into_result(self) -> Result<Value, McpError> {
+        let Some(mut r) = self.response else {
+            return Err(McpError::Protocol(format!("HTTP {} without a JSON-RPC response", self.status.as_u16())));
+        };
+        if let Some(e) = r.get("error") {
+            return Err(McpError::Protocol(format!("JSON-RPC error {e}")));
+        }
+        Ok(r.get_mut("result").map(Value::take).unwrap_or(Value::Null))
+    }
+}
+
+/// An MCP client session against one server URL.
+#[derive(Debug)]
+pub struct McpClient {
+    egress: Egress,
+    url: String,
+    source: UrlSource,
+    version: ProtocolVersion,
+    session_id: Option<String>,
+    negotiated: Option<String>,
+    next_id: i64,
+    client_info: Implementation,
+    capabilities: ClientCapabilities,
+}
+
+impl McpClient {
+    /// A client for `url` speaking `version` (`2025-11-25`, `2026-07-28`, …).
+    pub fn new(egress: Egress, url: impl Into<String>, source: UrlSource, version: ProtocolVersion) -> Self {
+        Self {
+            egress,
+            url: url.into(),
+            source,
+            version,
+            session_id: None,
+            negotiated: None,
+            next_id: 0,
+            client_info: Implementation::new("latchkey", env!("CARGO_PKG_VERSION")),
+            capabilities: ClientCapabilities::default(),
+        }
+    }
+
+    /// The server URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether this wire has no `initialize` (2026-07-28 and later).
+    pub fn is_stateless(&self) -> bool {
+        !self.version.has_initialize()
+    }
+
+    /// The session id the server assigned, if any.
+    pub fn session_id(&self) -> Option<&str> {
+        self.session_id.as_deref()
+    }
+
+    /// Forgets the session (after a 404 "session expired", or to start again).
+    pub fn reset_session(&mut self) {
+        self.session_id = None;
+        self.negotiated = None;
+    }
+
+    /// Builds a request body with a fresh id. On the stateless wire the client context
+    /// goes into `params._meta`.
+    pub fn request(&mut self, method: &str, params: Option<Value>) -> Value {
+        self.next_id += 1;
+        let mut params = params.unwrap_or_else(|| json!({}));
+        if self.is_stateless() {
+            let meta = RequestMetaObject::with_client_context(
+                self.version.clone(),
+                self.client_info.clone(),
+                self.capabilities.clone(),
+            );
+            if let (Some(obj), Ok(meta)) = (params.as_object_mut(), serde_json::to_value(meta)) {
+                match obj.get_mut("_meta").and_then(Value::as_object_mut) {
+                    Some(existing) => {
+                        if let Value::Object(m) = meta {
+                            existing.extend(m);
+                        }
+                    }
+                    None => {
+                        obj.insert("_meta".into(), meta);
+                    }
+                }
+            }
+        }
+        json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params})
+    }
+
+    /// The `initialize` request of the 2025-11-25 wire.
+    pub fn initialize_request(&mut self) -> Value {
+        let params = json!({
+            "protocolVersion": self.version.to_string(),
+            "capabilities": self.capabilities,
+            "clientInfo": self.client_info,
+        });
+        self.request("initialize", Some(params))
+    }
+
+    /// Records what an `initialize` response negotiated (session id, version).
+    pub fn accept_initialize(&mut self, exchange: &Exchange) {
+        if let Some(s) = exchange.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
+            self.session_id = Some(s.to_owned());
+        }
+        if let Some(v) = exchange
+            .response
+            .as_ref()
+            .and_then(|r| r.pointer("/result/protocolVersion"))
+            .and_then(Value::as_str)
+        {
+            self.negotiated = Some(v.to_owned());
+        }
+    }
+
+    /// `notifications/initialized`.
+    pub fn initialized_notification(&self) -> Value {
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    }
+
+    /// Sends one JSON-RPC message with the given extra headers (credentials) and reads
+    /// the response: JSON, or an SSE stream scanned for the response with the same id.
+    pub async fn send(&self, message: &Value, extra: &HeaderMap) -> Result<Exchange, McpError> {
+        let mut req = EgressRequest::post_json(&self.url, self.source, message, MCP_BODY_LIMIT).header(
+            http::header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        for (name, value) in self.wire_headers(message) {
+            req = req.header(name, value);
+        }
+        for (name, value) in extra {
+            req = req.header(name.clone(), value.clone());
+        }
+        let resp = req_send(&self.egress, req).await?;
+        let id = message.get("id").cloned();
+        let response = match id {
+            Some(id) if resp.status.is_success() || resp.status.is_client_error() => find_response(&resp.headers, &resp.body, &id).await,
+            _ => None,
+        };
+        Ok(Exchange {
+            status: resp.status,
+            headers: resp.headers,
+            response,
+        })
+    }
+
+    fn wire_headers(&self, message: &Value) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::new();
+        let mut push = |name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                out.push((HeaderName::from_static(name), v));
+            }
+        };
+        let method = message.get("method").and_then(Value::as_str).unwrap_or_default();
+        if self.is_stateless() {
+            push(PROTOCOL_VERSION_HEADER, &self.version.to_string());
+            push(METHOD_HEADER, method);
+            if let Some(name) = mcp_name(method, message.get("params")) {
+                push(NAME_HEADER, &name);
+            }
+        } else {
+            if let Some(s) = &self.session_id {
+                push(SESSION_HEADER, s);
+            }
+            if method != "initialize" {
+                if let Some(v) = &self.negotiated {
+                    push(PROTOCOL_VERSION_HEADER, v);
+                }
+            }
+        }
+        out
+    }
+}
+
+async fn req_send(egress: &Egress, req: EgressRequest) -> Result<latchkey_egress::EgressResponse, McpError> {
+    Ok(egress.send(req).await?)
+}
+
+/// `Mcp-Name` for methods that name a target (SEP-2243): `params.name` for tools and
+/// prompts, `params.uri` for resources. Values that are not plain header text are left out.
+pub fn mcp_name(method: &str, params: Option<&Value>) -> Option<String> {
+    let key = match method {
+        "tools/call" | "prompts/get" => "name",
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => "uri",
+        _ => return None,
+    };
+    let v = params?.get(key)?.as_str()?;
+    v.bytes().all(|b| (0x20..0x7f).contains(&b)).then(|| v.to_owned())
+}
+
+async fn find_response(headers: &HeaderMap, body: &Bytes, id: &Value) -> Option<Value> {
+    let is_sse = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+    if !is_sse {
+        return serde_json::from_slice::<Value>(body).ok().and_then(|v| pick(v, id));
+    }
+    for msg in sse_messages(body.clone()).await {
+        if let Some(v) = pick(msg, id) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The JSON messages of an SSE body (events with JSON `data`), in order.
+pub async fn sse_messages(body: Bytes) -> Vec<Value> {
+    let stream = futures_util::stream::iter([Ok::<Bytes, std::io::Error>(body)]);
+    let mut sse = sse_stream::SseStream::from_bytes_stream(stream);
+    let mut out = Vec::new();
+    while let Some(item) = sse.next().await {
+        let Ok(ev) = item else { break };
+        if let Some(data) = ev.data.as_deref() {
+            if let Ok(v) = serde_json::from_str::<Value>(data) {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+/// The response with `id` in a message or a batch.
+fn pick(v: Value, id: &Value) -> Option<Value> {
+    match v {
+        Value::Array(items) => items.into_iter().find_map(|m| pick(m, id)),
+        Value::Object(ref m) if m.get("id") == Some(id) && (m.contains_key("result") || m.contains_key("error")) => Some(v),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sse_body_is_scanned_for_the_matching_response() {
+        let body = Bytes::from_static(
+            b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n\
+              id: 7\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"tools\":[]}}\n\n",
+        );
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        let r = find_response(&h, &body, &json!(2)).await.unwrap();
+        assert_eq!(r["result"]["tools"], json!([]));
+        assert!(find_response(&h, &body, &json!(3)).await.is_none());
+    }
+
+    #[test]
+    fn mcp_name_rules() {
+        assert_eq!(mcp_name("tools/call", Some(&json!({"name":"test-tool"}))), Some("test-tool".into()));
+        assert_eq!(mcp_name("resources/read", Some(&json!({"uri":"file:///a"}))), Some("file:///a".into()));
+        assert_eq!(mcp_name("tools/list", Some(&json!({}))), None);
+        assert_eq!(mcp_name("tools/call", Some(&json!({"name":"bad\nname"}))), None);
+    }
+}
