@@ -61,6 +61,10 @@ for v in 2025-11-25 2026-07-28; do
     run_suite "alpha12-$v-$s" v0200a12 "$s" --spec-version "$v"
   done
 done
+# --spec-version selects no extension scenario (they carry an extension id, not a
+# revision), so the extension auth scenarios (DPoP, DPoP nonce, workload identity,
+# enterprise-managed authorization, client credentials) run once more unfiltered.
+run_suite alpha12-extensions v0200a12 extensions
 
 echo
 echo "Conformance totals (client suites):"

@@ -109,6 +109,11 @@ fn session_config(scenario: &str, ctx: &Value) -> anyhow::Result<SessionConfig> 
             subject_token: Secret::new(id_token),
             subject_token_type: "urn:ietf:params:oauth:token-type:id_token".into(),
         };
+    } else if let Some(jwt) = ctx_str(ctx, "valid_jwt") {
+        // Workload identity (SEP-1933): the workload's own JWT is the RFC 7523 grant.
+        strategy = GrantStrategy::JwtBearer {
+            assertion: Secret::new(jwt),
+        };
     } else if scenario.contains("client-credentials") {
         strategy = GrantStrategy::ClientCredentials;
     }
