@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
 use latchkey_core::{Secret, SystemClock};
-use latchkey_egress::{Egress, EgressConfig, EgressError, EgressRequest, LoopbackPolicy, UrlSource};
+use latchkey_egress::{
+    Egress, EgressConfig, EgressError, EgressRequest, LoopbackPolicy, UrlSource,
+};
 use latchkey_mcp::{Exchange, McpClient};
 use latchkey_oauth::OAuthError;
 use latchkey_oauth::authorize::CallbackParams;
@@ -53,12 +55,18 @@ impl AuthorizationDriver for HeadlessDriver {
     async fn authorize(&self, url: &str) -> Result<CallbackParams, OAuthError> {
         let req = EgressRequest::get(url, UrlSource::Remote, 64 * 1024);
         match self.egress.send(req).await {
-            Err(EgressError::Redirect { location: Some(loc), .. }) => {
+            Err(EgressError::Redirect {
+                location: Some(loc),
+                ..
+            }) => {
                 let query = loc.split_once('?').map(|(_, q)| q).unwrap_or_default();
                 let query = query.split('#').next().unwrap_or_default();
                 Ok(CallbackParams::from_query(query))
             }
-            Ok(r) => Err(OAuthError::Consent(format!("authorization endpoint answered HTTP {} without a redirect", r.status.as_u16()))),
+            Ok(r) => Err(OAuthError::Consent(format!(
+                "authorization endpoint answered HTTP {} without a redirect",
+                r.status.as_u16()
+            ))),
             Err(e) => Err(OAuthError::Consent(e.to_string())),
         }
     }
@@ -72,7 +80,9 @@ fn context() -> Value {
 }
 
 fn ctx_str<'a>(ctx: &'a Value, key: &str) -> Option<&'a str> {
-    ctx.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+    ctx.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 /// Chooses the grant and the client from the scenario and its context.
@@ -97,7 +107,11 @@ fn session_config(scenario: &str, ctx: &Value) -> anyhow::Result<SessionConfig> 
     } else if let Some(id_token) = ctx_str(ctx, "idp_id_token") {
         let idp_client_id = ctx_str(ctx, "idp_client_id").unwrap_or_default();
         let idp_client = match ctx_str(ctx, "idp_client_secret") {
-            Some(s) => ClientCredentials::with_secret(idp_client_id, Secret::new(s), AuthMethod::ClientSecretBasic),
+            Some(s) => ClientCredentials::with_secret(
+                idp_client_id,
+                Secret::new(s),
+                AuthMethod::ClientSecretBasic,
+            ),
             None => ClientCredentials::public(idp_client_id),
         };
         strategy = GrantStrategy::IdentityAssertion {
@@ -140,7 +154,11 @@ async fn call(
     driver: &HeadlessDriver,
     message: &Value,
 ) -> anyhow::Result<Exchange> {
-    let method = message.get("method").and_then(Value::as_str).unwrap_or("?").to_owned();
+    let method = message
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+        .to_owned();
     for _ in 0..MAX_ATTEMPTS {
         let headers = session.auth_headers("POST", mcp.url())?;
         let ex = mcp.send(message, &headers).await?;
@@ -151,20 +169,29 @@ async fn call(
         let ch = challenge::bearer_challenge(ex.www_authenticate());
         match status {
             401 => {
-                if ch.as_ref().and_then(|c| c.error.as_deref()) == Some("use_dpop_nonce") {
-                    if let Some(n) = ex.headers.get(DPOP_NONCE_HEADER).and_then(|v| v.to_str().ok()) {
-                        session.set_resource_nonce(n.to_owned());
-                        continue;
-                    }
+                if ch.as_ref().and_then(|c| c.error.as_deref()) == Some("use_dpop_nonce")
+                    && let Some(n) = ex
+                        .headers
+                        .get(DPOP_NONCE_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                {
+                    session.set_resource_nonce(n.to_owned());
+                    continue;
                 }
                 session.on_unauthorized(ch.as_ref(), driver).await?;
             }
             403 => match ch {
-                Some(c) if c.is_insufficient_scope() => session.on_insufficient_scope(&c, driver).await?,
+                Some(c) if c.is_insufficient_scope() => {
+                    session.on_insufficient_scope(&c, driver).await?
+                }
                 _ => bail!("{method}: HTTP 403 without an insufficient_scope challenge"),
             },
             400 if ch.as_ref().and_then(|c| c.error.as_deref()) == Some("use_dpop_nonce") => {
-                match ex.headers.get(DPOP_NONCE_HEADER).and_then(|v| v.to_str().ok()) {
+                match ex
+                    .headers
+                    .get(DPOP_NONCE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                {
                     Some(n) => session.set_resource_nonce(n.to_owned()),
                     None => bail!("{method}: use_dpop_nonce without a DPoP-Nonce"),
                 }
@@ -189,8 +216,16 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
     })?;
     let clock = Arc::new(SystemClock);
     let discoverer = Arc::new(Discoverer::new(egress.clone(), clock.clone()));
-    let mut session = OAuthSession::new(egress.clone(), clock, discoverer, url.clone(), session_config(&scenario, &ctx)?);
-    let driver = HeadlessDriver { egress: egress.clone() };
+    let mut session = OAuthSession::new(
+        egress.clone(),
+        clock,
+        discoverer,
+        url.clone(),
+        session_config(&scenario, &ctx)?,
+    );
+    let driver = HeadlessDriver {
+        egress: egress.clone(),
+    };
     let mut mcp = McpClient::new(egress, url, UrlSource::Operator, version);
 
     if !mcp.is_stateless() {
@@ -201,7 +236,9 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
         call(&mcp, &mut session, &driver, &note).await?;
     }
     let list = mcp.request("tools/list", None);
-    let tools = call(&mcp, &mut session, &driver, &list).await?.into_result()?;
+    let tools = call(&mcp, &mut session, &driver, &list)
+        .await?
+        .into_result()?;
     let first = tools
         .get("tools")
         .and_then(Value::as_array)
@@ -211,8 +248,14 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
         .map(str::to_owned);
     if let Some(name) = first {
         let req = mcp.request("tools/call", Some(json!({"name": name, "arguments": {}})));
-        call(&mcp, &mut session, &driver, &req).await?.into_result()?;
+        call(&mcp, &mut session, &driver, &req)
+            .await?
+            .into_result()?;
     }
-    tracing::info!(event = "conformance.done", scenario, authorizations = session.authorizations());
+    tracing::info!(
+        event = "conformance.done",
+        scenario,
+        authorizations = session.authorizations()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -51,7 +51,11 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let discoverer = Discoverer::new(egress, Arc::new(SystemClock));
     let rm = ch.as_ref().and_then(|c| c.resource_metadata.as_deref());
     let result = if resp.status == http::StatusCode::UNAUTHORIZED {
-        Some(discoverer.discover(&a.url, rm, DiscoveryOptions::default()).await)
+        Some(
+            discoverer
+                .discover(&a.url, rm, DiscoveryOptions::default())
+                .await,
+        )
     } else {
         None
     };
@@ -89,10 +93,20 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
                     println!("  GET {} -> {}", s.url, s.outcome);
                 }
                 println!("resource: {}", d.resource);
-                println!("issuer: {}{}", d.issuer, if d.legacy { " (2025-03-26 fallback)" } else { "" });
+                println!(
+                    "issuer: {}{}",
+                    d.issuer,
+                    if d.legacy {
+                        " (2025-03-26 fallback)"
+                    } else {
+                        ""
+                    }
+                );
                 println!("token endpoint: {}", d.metadata.token_endpoint);
                 if !d.metadata.supports_s256() {
-                    println!("problem: the AS does not advertise PKCE S256; Latchkey will refuse it");
+                    println!(
+                        "problem: the AS does not advertise PKCE S256; Latchkey will refuse it"
+                    );
                 }
             }
         }

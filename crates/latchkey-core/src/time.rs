@@ -74,7 +74,10 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> UnixTime {
-        self.0.lock().map(|g| UnixTime(*g)).unwrap_or(UnixTime(Duration::ZERO))
+        self.0
+            .lock()
+            .map(|g| UnixTime(*g))
+            .unwrap_or(UnixTime(Duration::ZERO))
     }
 }
 
@@ -88,7 +91,15 @@ mod tests {
         assert_eq!(c.now().as_secs(), 1000);
         c.advance(Duration::from_secs(90));
         assert_eq!(c.now().as_secs(), 1090);
-        assert_eq!(c.now().since(UnixTime::from_secs(1000)), Duration::from_secs(90));
-        assert_eq!(UnixTime::from_secs(5).minus(Duration::from_secs(10)).as_secs(), 0);
+        assert_eq!(
+            c.now().since(UnixTime::from_secs(1000)),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            UnixTime::from_secs(5)
+                .minus(Duration::from_secs(10))
+                .as_secs(),
+            0
+        );
     }
 }

@@ -101,7 +101,10 @@ pub enum EgressError {
 impl EgressError {
     /// Whether the same request may succeed later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, EgressError::Timeout | EgressError::Connect(_) | EgressError::Http(_))
+        matches!(
+            self,
+            EgressError::Timeout | EgressError::Connect(_) | EgressError::Http(_)
+        )
     }
 }
 
@@ -161,7 +164,8 @@ impl reqwest::dns::Resolve for GuardedResolve {
             for a in &addrs {
                 if let Err(reason) = classify_ip(a.ip(), source, &cfg) {
                     tracing::warn!(event = "egress.address_denied", host = %host, reason = %reason);
-                    return Err(Box::new(Denied { host, reason }) as Box<dyn std::error::Error + Send + Sync>);
+                    return Err(Box::new(Denied { host, reason })
+                        as Box<dyn std::error::Error + Send + Sync>);
                 }
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
@@ -179,7 +183,9 @@ pub struct Egress {
 
 impl fmt::Debug for Egress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Egress").field("cfg", &self.cfg).finish_non_exhaustive()
+        f.debug_struct("Egress")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -190,7 +196,10 @@ impl Egress {
     }
 
     /// A client using `resolver` for every host name.
-    pub fn with_resolver(cfg: EgressConfig, resolver: Arc<dyn NameResolver>) -> Result<Self, EgressError> {
+    pub fn with_resolver(
+        cfg: EgressConfig,
+        resolver: Arc<dyn NameResolver>,
+    ) -> Result<Self, EgressError> {
         let cfg = Arc::new(cfg);
         // One reqwest client per URL source: the source decides the private-range rule
         // inside the resolver, and reqwest's resolver hook sees only the host name.
@@ -252,7 +261,10 @@ impl Egress {
                 .get(http::header::LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            return Err(EgressError::Redirect { status: status.as_u16(), location });
+            return Err(EgressError::Redirect {
+                status: status.as_u16(),
+                location,
+            });
         }
         let limit = req.body_limit;
         if resp.content_length().is_some_and(|n| n > limit as u64) {
@@ -267,7 +279,11 @@ impl Egress {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(EgressResponse { status, headers, body: body.freeze() })
+        Ok(EgressResponse {
+            status,
+            headers,
+            body: body.freeze(),
+        })
     }
 }
 
@@ -275,7 +291,10 @@ fn map_err(e: reqwest::Error) -> EgressError {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = src {
         if let Some(d) = s.downcast_ref::<Denied>() {
-            return EgressError::AddressDenied { host: d.host.clone(), reason: d.reason };
+            return EgressError::AddressDenied {
+                host: d.host.clone(),
+                reason: d.reason,
+            };
         }
         src = s.source();
     }
@@ -339,9 +358,16 @@ impl EgressRequest {
     }
 
     /// A POST of `application/x-www-form-urlencoded` pairs.
-    pub fn post_form(url: impl Into<String>, source: UrlSource, pairs: &[(&str, &str)], body_limit: usize) -> Self {
+    pub fn post_form(
+        url: impl Into<String>,
+        source: UrlSource,
+        pairs: &[(&str, &str)],
+        body_limit: usize,
+    ) -> Self {
         let mut r = Self::new(Method::POST, url, source, body_limit);
-        r.body = Some(Bytes::from(serde_urlencoded::to_string(pairs).unwrap_or_default()));
+        r.body = Some(Bytes::from(
+            serde_urlencoded::to_string(pairs).unwrap_or_default(),
+        ));
         r.headers.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
@@ -350,11 +376,18 @@ impl EgressRequest {
     }
 
     /// A POST of JSON.
-    pub fn post_json(url: impl Into<String>, source: UrlSource, json: &serde_json::Value, body_limit: usize) -> Self {
+    pub fn post_json(
+        url: impl Into<String>,
+        source: UrlSource,
+        json: &serde_json::Value,
+        body_limit: usize,
+    ) -> Self {
         let mut r = Self::new(Method::POST, url, source, body_limit);
         r.body = Some(Bytes::from(json.to_string()));
-        r.headers
-            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r.headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         r
     }
 

@@ -174,9 +174,13 @@ pub fn classify_ip(ip: IpAddr, source: UrlSource, cfg: &EgressConfig) -> Result<
     };
     match verdict {
         None => Ok(()),
-        Some(DenyReason::Loopback) if cfg.loopback == LoopbackPolicy::AllowInsecureLoopback => Ok(()),
+        Some(DenyReason::Loopback) if cfg.loopback == LoopbackPolicy::AllowInsecureLoopback => {
+            Ok(())
+        }
         Some(DenyReason::Private) if source == UrlSource::Operator => Ok(()),
-        Some(DenyReason::Private) if cfg.private_allow_list.iter().any(|n| n.contains(&ip)) => Ok(()),
+        Some(DenyReason::Private) if cfg.private_allow_list.iter().any(|n| n.contains(&ip)) => {
+            Ok(())
+        }
         Some(r) => Err(r),
     }
 }
@@ -188,15 +192,22 @@ pub(crate) fn is_localhost_name(host: &str) -> bool {
 }
 
 /// The static checks: WHATWG parse, scheme, no userinfo, host classification.
-pub(crate) fn check_url(raw: &str, source: UrlSource, cfg: &EgressConfig) -> Result<CheckedUrl, EgressError> {
-    let url = Url::parse(raw.trim()).map_err(|e| EgressError::InvalidUrl(format!("not an absolute URL: {e}")))?;
+pub(crate) fn check_url(
+    raw: &str,
+    source: UrlSource,
+    cfg: &EgressConfig,
+) -> Result<CheckedUrl, EgressError> {
+    let url = Url::parse(raw.trim())
+        .map_err(|e| EgressError::InvalidUrl(format!("not an absolute URL: {e}")))?;
     match url.scheme() {
         "https" => {}
         "http" if cfg.loopback == LoopbackPolicy::AllowInsecureLoopback => {}
         other => return Err(EgressError::SchemeNotAllowed(other.to_owned())),
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(EgressError::InvalidUrl("credentials in the URL are not allowed".into()));
+        return Err(EgressError::InvalidUrl(
+            "credentials in the URL are not allowed".into(),
+        ));
     }
     let deny = |host: String, reason| Err(EgressError::AddressDenied { host, reason });
     match url.host() {
@@ -207,10 +218,10 @@ pub(crate) fn check_url(raw: &str, source: UrlSource, cfg: &EgressConfig) -> Res
             }
             // A trailing-dot IP literal (`127.0.0.1.`) is a domain to the URL parser;
             // classify it as the address it names.
-            if let Ok(ip) = d.trim_end_matches('.').parse::<IpAddr>() {
-                if let Err(r) = classify_ip(ip, source, cfg) {
-                    return deny(d.to_owned(), r);
-                }
+            if let Ok(ip) = d.trim_end_matches('.').parse::<IpAddr>()
+                && let Err(r) = classify_ip(ip, source, cfg)
+            {
+                return deny(d.to_owned(), r);
             }
         }
         Some(Host::Ipv4(ip)) => {
@@ -233,9 +244,18 @@ mod tests {
 
     #[test]
     fn embedded_forms() {
-        assert_eq!(embedded_v4("::ffff:7f00:1".parse().unwrap()), Some(Ipv4Addr::LOCALHOST));
-        assert_eq!(embedded_v4("::127.0.0.1".parse().unwrap()), Some(Ipv4Addr::LOCALHOST));
-        assert_eq!(embedded_v4("64:ff9b::a9fe:a9fe".parse().unwrap()), Some(Ipv4Addr::new(169, 254, 169, 254)));
+        assert_eq!(
+            embedded_v4("::ffff:7f00:1".parse().unwrap()),
+            Some(Ipv4Addr::LOCALHOST)
+        );
+        assert_eq!(
+            embedded_v4("::127.0.0.1".parse().unwrap()),
+            Some(Ipv4Addr::LOCALHOST)
+        );
+        assert_eq!(
+            embedded_v4("64:ff9b::a9fe:a9fe".parse().unwrap()),
+            Some(Ipv4Addr::new(169, 254, 169, 254))
+        );
         assert_eq!(embedded_v4("::1".parse().unwrap()), None);
         assert_eq!(embedded_v4("::".parse().unwrap()), None);
         assert_eq!(embedded_v4("2606:4700::1".parse().unwrap()), None);
@@ -243,7 +263,10 @@ mod tests {
 
     #[test]
     fn policy_spelling_fails_closed() {
-        assert_eq!("allow-insecure-loopback".parse::<LoopbackPolicy>(), Ok(LoopbackPolicy::AllowInsecureLoopback));
+        assert_eq!(
+            "allow-insecure-loopback".parse::<LoopbackPolicy>(),
+            Ok(LoopbackPolicy::AllowInsecureLoopback)
+        );
         assert!("allow".parse::<LoopbackPolicy>().is_err());
         assert!("ALLOW-INSECURE-LOOPBACK".parse::<LoopbackPolicy>().is_err());
         assert_eq!(LoopbackPolicy::default(), LoopbackPolicy::Deny);

@@ -70,7 +70,10 @@ impl Exchange {
     /// The `result` of the response, or a protocol error carrying the JSON-RPC error.
     pub fn into_result(self) -> Result<Value, McpError> {
         let Some(mut r) = self.response else {
-            return Err(McpError::Protocol(format!("HTTP {} without a JSON-RPC response", self.status.as_u16())));
+            return Err(McpError::Protocol(format!(
+                "HTTP {} without a JSON-RPC response",
+                self.status.as_u16()
+            )));
         };
         if let Some(e) = r.get("error") {
             return Err(McpError::Protocol(format!("JSON-RPC error {e}")));
@@ -95,7 +98,12 @@ pub struct McpClient {
 
 impl McpClient {
     /// A client for `url` speaking `version` (`2025-11-25`, `2026-07-28`, …).
-    pub fn new(egress: Egress, url: impl Into<String>, source: UrlSource, version: ProtocolVersion) -> Self {
+    pub fn new(
+        egress: Egress,
+        url: impl Into<String>,
+        source: UrlSource,
+        version: ProtocolVersion,
+    ) -> Self {
         Self {
             egress,
             url: url.into(),
@@ -169,7 +177,11 @@ impl McpClient {
 
     /// Records what an `initialize` response negotiated (session id, version).
     pub fn accept_initialize(&mut self, exchange: &Exchange) {
-        if let Some(s) = exchange.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
+        if let Some(s) = exchange
+            .headers
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
             self.session_id = Some(s.to_owned());
         }
         if let Some(v) = exchange
@@ -190,10 +202,11 @@ impl McpClient {
     /// Sends one JSON-RPC message with the given extra headers (credentials) and reads
     /// the response: JSON, or an SSE stream scanned for the response with the same id.
     pub async fn send(&self, message: &Value, extra: &HeaderMap) -> Result<Exchange, McpError> {
-        let mut req = EgressRequest::post_json(&self.url, self.source, message, MCP_BODY_LIMIT).header(
-            http::header::ACCEPT,
-            HeaderValue::from_static("application/json, text/event-stream"),
-        );
+        let mut req = EgressRequest::post_json(&self.url, self.source, message, MCP_BODY_LIMIT)
+            .header(
+                http::header::ACCEPT,
+                HeaderValue::from_static("application/json, text/event-stream"),
+            );
         for (name, value) in self.wire_headers(message) {
             req = req.header(name, value);
         }
@@ -203,7 +216,9 @@ impl McpClient {
         let resp = req_send(&self.egress, req).await?;
         let id = message.get("id").cloned();
         let response = match id {
-            Some(id) if resp.status.is_success() || resp.status.is_client_error() => find_response(&resp.headers, &resp.body, &id).await,
+            Some(id) if resp.status.is_success() || resp.status.is_client_error() => {
+                find_response(&resp.headers, &resp.body, &id).await
+            }
             _ => None,
         };
         Ok(Exchange {
@@ -220,7 +235,10 @@ impl McpClient {
                 out.push((HeaderName::from_static(name), v));
             }
         };
-        let method = message.get("method").and_then(Value::as_str).unwrap_or_default();
+        let method = message
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if self.is_stateless() {
             push(PROTOCOL_VERSION_HEADER, &self.version.to_string());
             push(METHOD_HEADER, method);
@@ -231,17 +249,20 @@ impl McpClient {
             if let Some(s) = &self.session_id {
                 push(SESSION_HEADER, s);
             }
-            if method != "initialize" {
-                if let Some(v) = &self.negotiated {
-                    push(PROTOCOL_VERSION_HEADER, v);
-                }
+            if method != "initialize"
+                && let Some(v) = &self.negotiated
+            {
+                push(PROTOCOL_VERSION_HEADER, v);
             }
         }
         out
     }
 }
 
-async fn req_send(egress: &Egress, req: EgressRequest) -> Result<latchkey_egress::EgressResponse, McpError> {
+async fn req_send(
+    egress: &Egress,
+    req: EgressRequest,
+) -> Result<latchkey_egress::EgressResponse, McpError> {
     Ok(egress.send(req).await?)
 }
 
@@ -254,16 +275,24 @@ pub fn mcp_name(method: &str, params: Option<&Value>) -> Option<String> {
         _ => return None,
     };
     let v = params?.get(key)?.as_str()?;
-    v.bytes().all(|b| (0x20..0x7f).contains(&b)).then(|| v.to_owned())
+    v.bytes()
+        .all(|b| (0x20..0x7f).contains(&b))
+        .then(|| v.to_owned())
 }
 
 async fn find_response(headers: &HeaderMap, body: &Bytes, id: &Value) -> Option<Value> {
     let is_sse = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        });
     if !is_sse {
-        return serde_json::from_slice::<Value>(body).ok().and_then(|v| pick(v, id));
+        return serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| pick(v, id));
     }
     for msg in sse_messages(body.clone()).await {
         if let Some(v) = pick(msg, id) {
@@ -280,10 +309,10 @@ pub async fn sse_messages(body: Bytes) -> Vec<Value> {
     let mut out = Vec::new();
     while let Some(item) = sse.next().await {
         let Ok(ev) = item else { break };
-        if let Some(data) = ev.data.as_deref() {
-            if let Ok(v) = serde_json::from_str::<Value>(data) {
-                out.push(v);
-            }
+        if let Some(data) = ev.data.as_deref()
+            && let Ok(v) = serde_json::from_str::<Value>(data)
+        {
+            out.push(v);
         }
     }
     out
@@ -293,7 +322,11 @@ pub async fn sse_messages(body: Bytes) -> Vec<Value> {
 fn pick(v: Value, id: &Value) -> Option<Value> {
     match v {
         Value::Array(items) => items.into_iter().find_map(|m| pick(m, id)),
-        Value::Object(ref m) if m.get("id") == Some(id) && (m.contains_key("result") || m.contains_key("error")) => Some(v),
+        Value::Object(ref m)
+            if m.get("id") == Some(id) && (m.contains_key("result") || m.contains_key("error")) =>
+        {
+            Some(v)
+        }
         _ => None,
     }
 }
@@ -309,7 +342,10 @@ mod tests {
               id: 7\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"tools\":[]}}\n\n",
         );
         let mut h = HeaderMap::new();
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         let r = find_response(&h, &body, &json!(2)).await.unwrap();
         assert_eq!(r["result"]["tools"], json!([]));
         assert!(find_response(&h, &body, &json!(3)).await.is_none());
@@ -317,9 +353,18 @@ mod tests {
 
     #[test]
     fn mcp_name_rules() {
-        assert_eq!(mcp_name("tools/call", Some(&json!({"name":"test-tool"}))), Some("test-tool".into()));
-        assert_eq!(mcp_name("resources/read", Some(&json!({"uri":"file:///a"}))), Some("file:///a".into()));
+        assert_eq!(
+            mcp_name("tools/call", Some(&json!({"name":"test-tool"}))),
+            Some("test-tool".into())
+        );
+        assert_eq!(
+            mcp_name("resources/read", Some(&json!({"uri":"file:///a"}))),
+            Some("file:///a".into())
+        );
         assert_eq!(mcp_name("tools/list", Some(&json!({}))), None);
-        assert_eq!(mcp_name("tools/call", Some(&json!({"name":"bad\nname"}))), None);
+        assert_eq!(
+            mcp_name("tools/call", Some(&json!({"name":"bad\nname"}))),
+            None
+        );
     }
 }

@@ -117,10 +117,8 @@ pub fn candidates(issuer: &str) -> Vec<String> {
     if let Some(u) = urls::well_known_inserted(issuer, "openid-configuration") {
         out.push(u);
     }
-    if has_path {
-        if let Some(u) = urls::well_known_appended(issuer, "openid-configuration") {
-            out.push(u);
-        }
+    if has_path && let Some(u) = urls::well_known_appended(issuer, "openid-configuration") {
+        out.push(u);
     }
     out
 }

@@ -65,7 +65,10 @@ pub struct PendingAuthorization {
 
 /// Builds the authorization URL with fresh state and PKCE verifier. The endpoint goes
 /// to a browser, so it passes the egress guard's static checks (no pinning is possible).
-pub fn start(egress: &Egress, req: &AuthorizationRequest<'_>) -> Result<PendingAuthorization, OAuthError> {
+pub fn start(
+    egress: &Egress,
+    req: &AuthorizationRequest<'_>,
+) -> Result<PendingAuthorization, OAuthError> {
     let checked = egress.check_url(req.authorization_endpoint, UrlSource::Remote)?;
     let mut url = checked.url().clone();
     let state = pkce::new_state();
@@ -127,7 +130,9 @@ impl CallbackParams {
                 "state" if p.state.is_none() => p.state = Some(Secret::new(v)),
                 "iss" if p.iss.is_none() => p.iss = Some(v),
                 "error" if p.error.is_none() => p.error = Some(v),
-                "error_description" if p.error_description.is_none() => p.error_description = Some(v),
+                "error_description" if p.error_description.is_none() => {
+                    p.error_description = Some(v)
+                }
                 _ => {}
             }
         }
@@ -161,7 +166,9 @@ pub fn check_callback(
             description: p.error_description,
         });
     }
-    p.code.filter(|c| !c.is_empty()).ok_or(CallbackError::MissingCode)
+    p.code
+        .filter(|c| !c.is_empty())
+        .ok_or(CallbackError::MissingCode)
 }
 
 #[cfg(test)]
@@ -176,21 +183,54 @@ mod tests {
     fn rfc9207_rules() {
         let st = Secret::new("s1");
         let iss = "http://localhost:9";
-        assert_eq!(check_callback(&st, iss, true, params("code=c&state=s1&iss=http%3A%2F%2Flocalhost%3A9")).unwrap().expose(), "c");
-        assert_eq!(check_callback(&st, iss, false, params("code=c&state=s1")).unwrap().expose(), "c");
-        assert_eq!(check_callback(&st, iss, true, params("code=c&state=s1")), Err(CallbackError::IssuerMissing));
         assert_eq!(
-            check_callback(&st, iss, false, params("code=c&state=s1&iss=http%3A%2F%2Fevil")),
+            check_callback(
+                &st,
+                iss,
+                true,
+                params("code=c&state=s1&iss=http%3A%2F%2Flocalhost%3A9")
+            )
+            .unwrap()
+            .expose(),
+            "c"
+        );
+        assert_eq!(
+            check_callback(&st, iss, false, params("code=c&state=s1"))
+                .unwrap()
+                .expose(),
+            "c"
+        );
+        assert_eq!(
+            check_callback(&st, iss, true, params("code=c&state=s1")),
+            Err(CallbackError::IssuerMissing)
+        );
+        assert_eq!(
+            check_callback(
+                &st,
+                iss,
+                false,
+                params("code=c&state=s1&iss=http%3A%2F%2Fevil")
+            ),
             Err(CallbackError::IssuerMismatch)
         );
         // no normalisation: a trailing slash is a different issuer
         assert_eq!(
-            check_callback(&st, iss, true, params("code=c&state=s1&iss=http%3A%2F%2Flocalhost%3A9%2F")),
+            check_callback(
+                &st,
+                iss,
+                true,
+                params("code=c&state=s1&iss=http%3A%2F%2Flocalhost%3A9%2F")
+            ),
             Err(CallbackError::IssuerMismatch)
         );
         // a mismatched iss hides the provider error
         assert_eq!(
-            check_callback(&st, iss, false, params("error=access_denied&state=s1&iss=x")),
+            check_callback(
+                &st,
+                iss,
+                false,
+                params("error=access_denied&state=s1&iss=x")
+            ),
             Err(CallbackError::IssuerMismatch)
         );
     }
@@ -198,12 +238,29 @@ mod tests {
     #[test]
     fn state_and_errors() {
         let st = Secret::new("s1");
-        assert_eq!(check_callback(&st, "i", false, params("code=c")), Err(CallbackError::InvalidState));
-        assert_eq!(check_callback(&st, "i", false, params("code=c&state=s2")), Err(CallbackError::InvalidState));
-        assert_eq!(check_callback(&st, "i", false, params("state=s1")), Err(CallbackError::MissingCode));
         assert_eq!(
-            check_callback(&st, "i", false, params("state=s1&error=access_denied&error_description=%3Cb%3E")),
-            Err(CallbackError::Provider { error: "access_denied".into(), description: Some("<b>".into()) })
+            check_callback(&st, "i", false, params("code=c")),
+            Err(CallbackError::InvalidState)
+        );
+        assert_eq!(
+            check_callback(&st, "i", false, params("code=c&state=s2")),
+            Err(CallbackError::InvalidState)
+        );
+        assert_eq!(
+            check_callback(&st, "i", false, params("state=s1")),
+            Err(CallbackError::MissingCode)
+        );
+        assert_eq!(
+            check_callback(
+                &st,
+                "i",
+                false,
+                params("state=s1&error=access_denied&error_description=%3Cb%3E")
+            ),
+            Err(CallbackError::Provider {
+                error: "access_denied".into(),
+                description: Some("<b>".into())
+            })
         );
     }
 }

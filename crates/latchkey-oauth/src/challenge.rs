@@ -282,7 +282,10 @@ mod tests {
 
     #[test]
     fn insufficient_scope_with_scopes() {
-        let c = bearer_challenge([br#"Bearer error="insufficient_scope", scope="mcp:basic mcp:write""#.as_slice()]).unwrap();
+        let c = bearer_challenge([
+            br#"Bearer error="insufficient_scope", scope="mcp:basic mcp:write""#.as_slice(),
+        ])
+        .unwrap();
         assert!(c.is_insufficient_scope());
         assert_eq!(c.scopes(), vec!["mcp:basic", "mcp:write"]);
     }
@@ -324,7 +327,11 @@ mod tests {
 
     #[test]
     fn multiple_header_values() {
-        let c = bearer_challenge([b"Basic realm=\"a\"".as_slice(), b"Bearer scope=\"x y\"".as_slice()]).unwrap();
+        let c = bearer_challenge([
+            b"Basic realm=\"a\"".as_slice(),
+            b"Bearer scope=\"x y\"".as_slice(),
+        ])
+        .unwrap();
         assert_eq!(c.scope.as_deref(), Some("x y"));
     }
 
@@ -338,8 +345,19 @@ mod tests {
     #[test]
     fn garbage_never_panics() {
         for s in [
-            "", "=", "\"", "Bearer \"", "Bearer a=\"\\", "Bearer ,=,=,", "\u{0}\u{ff}", "Bearer a=b=c", "  =x",
-            "Bearer realm=\"unterminated", ",,,,", "B\te\tr", "Bearer a=,b=",
+            "",
+            "=",
+            "\"",
+            "Bearer \"",
+            "Bearer a=\"\\",
+            "Bearer ,=,=,",
+            "\u{0}\u{ff}",
+            "Bearer a=b=c",
+            "  =x",
+            "Bearer realm=\"unterminated",
+            ",,,,",
+            "B\te\tr",
+            "Bearer a=,b=",
         ] {
             let _ = parse(s.as_bytes());
         }

@@ -13,7 +13,8 @@ use serde::Serialize;
 use crate::error::OAuthError;
 
 /// `client_assertion_type` for JWT client authentication (RFC 7523 §2.2).
-pub const JWT_BEARER_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub const JWT_BEARER_ASSERTION_TYPE: &str =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// A token endpoint authentication method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,10 +93,14 @@ impl AssertionKey {
         let pem = self.pem.expose().as_bytes();
         let r = match self.alg {
             ES256 | ES384 => jsonwebtoken::EncodingKey::from_ec_pem(pem),
-            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => jsonwebtoken::EncodingKey::from_rsa_pem(pem),
+            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => {
+                jsonwebtoken::EncodingKey::from_rsa_pem(pem)
+            }
             EdDSA => jsonwebtoken::EncodingKey::from_ed_pem(pem),
             _ => {
-                return Err(OAuthError::Key("private_key_jwt needs an asymmetric algorithm".into()));
+                return Err(OAuthError::Key(
+                    "private_key_jwt needs an asymmetric algorithm".into(),
+                ));
             }
         };
         r.map_err(|e| OAuthError::Key(format!("cannot read the {:?} private key: {e}", self.alg)))
@@ -103,7 +108,12 @@ impl AssertionKey {
 
     /// Signs a client assertion: `iss` = `sub` = client id, `aud` = the AS issuer,
     /// five minutes of validity and a fresh `jti` (RFC 7523 §3).
-    pub fn client_assertion(&self, client_id: &str, audience: &str, now: UnixTime) -> Result<Secret, OAuthError> {
+    pub fn client_assertion(
+        &self,
+        client_id: &str,
+        audience: &str,
+        now: UnixTime,
+    ) -> Result<Secret, OAuthError> {
         #[derive(Serialize)]
         struct Claims<'a> {
             iss: &'a str,
@@ -177,11 +187,14 @@ impl ClientCredentials {
             AuthMethod::ClientSecretBasic => {
                 let secret = self.secret()?;
                 // RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
-                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let enc = |s: &str| {
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                };
                 let raw = Secret::new(format!("{}:{}", enc(&self.client_id), enc(secret.expose())));
                 let value = Secret::new(format!("Basic {}", STANDARD.encode(raw.expose())));
-                let mut hv = http::HeaderValue::from_str(value.expose())
-                    .map_err(|_| OAuthError::Key("client credentials are not valid header text".into()))?;
+                let mut hv = http::HeaderValue::from_str(value.expose()).map_err(|_| {
+                    OAuthError::Key("client credentials are not valid header text".into())
+                })?;
                 hv.set_sensitive(true);
                 headers.insert(http::header::AUTHORIZATION, hv);
             }
@@ -196,8 +209,14 @@ impl ClientCredentials {
                     .as_ref()
                     .ok_or_else(|| OAuthError::Key("private_key_jwt without a key".into()))?;
                 form.push(("client_id", Secret::new(self.client_id.clone())));
-                form.push(("client_assertion_type", Secret::new(JWT_BEARER_ASSERTION_TYPE)));
-                form.push(("client_assertion", key.client_assertion(&self.client_id, audience, now)?));
+                form.push((
+                    "client_assertion_type",
+                    Secret::new(JWT_BEARER_ASSERTION_TYPE),
+                ));
+                form.push((
+                    "client_assertion",
+                    key.client_assertion(&self.client_id, audience, now)?,
+                ));
             }
         }
         Ok(())
@@ -217,12 +236,21 @@ mod tests {
 
     #[test]
     fn basic_form_encodes_before_base64() {
-        let c = ClientCredentials::with_secret("my client", Secret::new("p@ss word"), AuthMethod::ClientSecretBasic);
+        let c = ClientCredentials::with_secret(
+            "my client",
+            Secret::new("p@ss word"),
+            AuthMethod::ClientSecretBasic,
+        );
         let mut form = Vec::new();
         let mut h = http::HeaderMap::new();
-        c.apply(&mut form, &mut h, "https://as", UnixTime::from_secs(0)).unwrap();
+        c.apply(&mut form, &mut h, "https://as", UnixTime::from_secs(0))
+            .unwrap();
         assert!(form.is_empty());
-        let v = h.get(http::header::AUTHORIZATION).unwrap().to_str().unwrap();
+        let v = h
+            .get(http::header::AUTHORIZATION)
+            .unwrap()
+            .to_str()
+            .unwrap();
         let decoded = STANDARD.decode(v.strip_prefix("Basic ").unwrap()).unwrap();
         assert_eq!(String::from_utf8(decoded).unwrap(), "my+client:p%40ss+word");
         assert!(h.get(http::header::AUTHORIZATION).unwrap().is_sensitive());
@@ -238,7 +266,9 @@ mod tests {
         let names: Vec<_> = form.iter().map(|(k, _)| *k).collect();
         assert_eq!(names, vec!["client_id", "client_secret"]);
         form.clear();
-        ClientCredentials::public("id").apply(&mut form, &mut h, "a", UnixTime::from_secs(0)).unwrap();
+        ClientCredentials::public("id")
+            .apply(&mut form, &mut h, "a", UnixTime::from_secs(0))
+            .unwrap();
         assert_eq!(form.len(), 1);
         assert!(h.is_empty());
     }
@@ -246,13 +276,23 @@ mod tests {
     #[test]
     fn secret_methods_refuse_an_empty_secret() {
         let c = ClientCredentials::with_secret("id", Secret::new(""), AuthMethod::ClientSecretPost);
-        let err = c.apply(&mut Vec::new(), &mut http::HeaderMap::new(), "a", UnixTime::from_secs(0));
+        let err = c.apply(
+            &mut Vec::new(),
+            &mut http::HeaderMap::new(),
+            "a",
+            UnixTime::from_secs(0),
+        );
         assert!(matches!(err, Err(OAuthError::Key(_))));
     }
 
     #[test]
     fn method_names_round_trip() {
-        for m in [AuthMethod::None, AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost, AuthMethod::PrivateKeyJwt] {
+        for m in [
+            AuthMethod::None,
+            AuthMethod::ClientSecretBasic,
+            AuthMethod::ClientSecretPost,
+            AuthMethod::PrivateKeyJwt,
+        ] {
             assert_eq!(m.as_str().parse::<AuthMethod>().unwrap(), m);
         }
         assert!("client_secret_jwt".parse::<AuthMethod>().is_err());

@@ -97,7 +97,11 @@ impl Discoverer {
     }
 
     /// A cached result, if fresh. Expired entries are removed when read.
-    pub fn cached(&self, server_url: &str, resource_metadata: Option<&str>) -> Option<Arc<Discovery>> {
+    pub fn cached(
+        &self,
+        server_url: &str,
+        resource_metadata: Option<&str>,
+    ) -> Option<Arc<Discovery>> {
         let key = (server_url.to_owned(), resource_metadata.map(str::to_owned));
         let now = self.clock.now();
         let mut c = self.cache.lock().ok()?;
@@ -122,7 +126,8 @@ impl Discoverer {
         if let Some(d) = self.cached(server_url, resource_metadata) {
             return Ok(d);
         }
-        let d = Arc::new(discover_uncached(&self.egress, server_url, resource_metadata, opts).await?);
+        let d =
+            Arc::new(discover_uncached(&self.egress, server_url, resource_metadata, opts).await?);
         let key = (server_url.to_owned(), resource_metadata.map(str::to_owned));
         if let Ok(mut c) = self.cache.lock() {
             c.insert(key, (self.clock.now(), d.clone()));
@@ -161,7 +166,9 @@ fn issuer_ok(expected: &str, actual: &str, mode: IssuerMatch) -> bool {
     match mode {
         IssuerMatch::Exact => expected == actual,
         IssuerMatch::Origin => {
-            !actual.is_empty() && urls::origin(expected).is_some() && urls::origin(expected) == urls::origin(actual)
+            !actual.is_empty()
+                && urls::origin(expected).is_some()
+                && urls::origin(expected) == urls::origin(actual)
         }
     }
 }
@@ -267,7 +274,10 @@ async fn discover_uncached(
             Ok(m) if issuer_ok(&origin, &m.issuer, IssuerMatch::Origin) => {
                 steps.push(DiscoveryStep {
                     url,
-                    outcome: format!("authorization server metadata for {} (2025-03-26)", m.issuer),
+                    outcome: format!(
+                        "authorization server metadata for {} (2025-03-26)",
+                        m.issuer
+                    ),
                 });
                 return Ok(Discovery {
                     server_url: server_url.to_owned(),

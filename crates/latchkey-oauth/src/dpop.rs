@@ -31,7 +31,9 @@ pub struct DpopKey {
 
 impl fmt::Debug for DpopKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DpopKey").field("jkt", &self.thumbprint()).finish_non_exhaustive()
+        f.debug_struct("DpopKey")
+            .field("jkt", &self.thumbprint())
+            .finish_non_exhaustive()
     }
 }
 
@@ -41,7 +43,9 @@ impl DpopKey {
         let signing = SigningKey::random(&mut rand::rngs::OsRng);
         let point = signing.verifying_key().to_encoded_point(false);
         let (Some(x), Some(y)) = (point.x(), point.y()) else {
-            return Err(OAuthError::Key("P-256 public key has no coordinates".into()));
+            return Err(OAuthError::Key(
+                "P-256 public key has no coordinates".into(),
+            ));
         };
         Ok(Self {
             x: URL_SAFE_NO_PAD.encode(x),
@@ -58,7 +62,10 @@ impl DpopKey {
     /// RFC 7638 JWK thumbprint (the `jkt` a DPoP-bound token carries in `cnf`).
     pub fn thumbprint(&self) -> String {
         // Members in lexicographic order, no whitespace (RFC 7638 §3.2).
-        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#, self.x, self.y);
+        let canonical = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            self.x, self.y
+        );
         URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
     }
 
@@ -72,7 +79,8 @@ impl DpopKey {
         access_token: Option<&Secret>,
         now: UnixTime,
     ) -> Result<String, OAuthError> {
-        let header = serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.public_jwk()});
+        let header =
+            serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.public_jwk()});
         let mut claims = serde_json::json!({
             "jti": uuid::Uuid::new_v4().to_string(),
             "htm": method,
@@ -83,7 +91,9 @@ impl DpopKey {
             claims["nonce"] = n.into();
         }
         if let Some(t) = access_token {
-            claims["ath"] = URL_SAFE_NO_PAD.encode(Sha256::digest(t.expose().as_bytes())).into();
+            claims["ath"] = URL_SAFE_NO_PAD
+                .encode(Sha256::digest(t.expose().as_bytes()))
+                .into();
         }
         let enc = |v: &serde_json::Value| -> Result<String, OAuthError> {
             serde_json::to_vec(v)
@@ -92,7 +102,10 @@ impl DpopKey {
         };
         let signing_input = format!("{}.{}", enc(&header)?, enc(&claims)?);
         let sig: Signature = self.signing.sign(signing_input.as_bytes());
-        Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes())))
+        Ok(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(sig.to_bytes())
+        ))
     }
 }
 
@@ -107,12 +120,20 @@ mod tests {
         let k = DpopKey::generate().unwrap();
         let tok = Secret::new("at-123");
         let p = k
-            .proof("POST", "https://rs.example/mcp?x=1#f", Some("n1"), Some(&tok), UnixTime::from_secs(1700000000))
+            .proof(
+                "POST",
+                "https://rs.example/mcp?x=1#f",
+                Some("n1"),
+                Some(&tok),
+                UnixTime::from_secs(1700000000),
+            )
             .unwrap();
         let parts: Vec<&str> = p.split('.').collect();
         assert_eq!(parts.len(), 3);
-        let header: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
-        let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
         assert_eq!(header["typ"], "dpop+jwt");
         assert_eq!(header["alg"], "ES256");
         assert!(header["jwk"].get("d").is_none());
@@ -120,10 +141,14 @@ mod tests {
         assert_eq!(claims["htu"], "https://rs.example/mcp");
         assert_eq!(claims["nonce"], "n1");
         assert_eq!(claims["iat"], 1700000000);
-        assert_eq!(claims["ath"], URL_SAFE_NO_PAD.encode(Sha256::digest(b"at-123")));
+        assert_eq!(
+            claims["ath"],
+            URL_SAFE_NO_PAD.encode(Sha256::digest(b"at-123"))
+        );
         let sig = Signature::from_slice(&URL_SAFE_NO_PAD.decode(parts[2]).unwrap()).unwrap();
         let vk = VerifyingKey::from(&k.signing);
-        vk.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig).unwrap();
+        vk.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+            .unwrap();
         assert!(!format!("{k:?}").contains(&k.x));
         assert_eq!(k.thumbprint().len(), 43);
     }

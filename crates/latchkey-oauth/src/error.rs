@@ -163,9 +163,16 @@ mod tests {
         assert_eq!(e("something_new", 400).remedy(), Remedy::Retry);
         assert_eq!(e("invalid_scope", 400).remedy(), Remedy::Reconfigure);
         assert_eq!(
-            OAuthError::Egress(EgressError::Redirect { status: 302 }).remedy(),
+            OAuthError::Egress(EgressError::Redirect {
+                status: 302,
+                location: None
+            })
+            .remedy(),
             Remedy::Reconfigure
         );
-        assert_eq!(OAuthError::Egress(EgressError::Timeout).remedy(), Remedy::Retry);
+        assert_eq!(
+            OAuthError::Egress(EgressError::Timeout).remedy(),
+            Remedy::Retry
+        );
     }
 }

@@ -66,14 +66,25 @@ impl Grant {
     fn push(&self, form: &mut Vec<(&'static str, Secret)>) {
         form.push(("grant_type", Secret::new(self.grant_type())));
         match self {
-            Grant::AuthorizationCode { code, redirect_uri, code_verifier } => {
+            Grant::AuthorizationCode {
+                code,
+                redirect_uri,
+                code_verifier,
+            } => {
                 form.push(("code", code.clone()));
                 form.push(("redirect_uri", Secret::new(redirect_uri.clone())));
                 form.push(("code_verifier", code_verifier.clone()));
             }
-            Grant::RefreshToken { refresh_token } => form.push(("refresh_token", refresh_token.clone())),
+            Grant::RefreshToken { refresh_token } => {
+                form.push(("refresh_token", refresh_token.clone()))
+            }
             Grant::ClientCredentials => {}
-            Grant::TokenExchange { subject_token, subject_token_type, requested_token_type, audience } => {
+            Grant::TokenExchange {
+                subject_token,
+                subject_token_type,
+                requested_token_type,
+                audience,
+            } => {
                 if let Some(t) = requested_token_type {
                     form.push(("requested_token_type", Secret::new(t.clone())));
                 }
@@ -81,7 +92,10 @@ impl Grant {
                     form.push(("audience", Secret::new(a.clone())));
                 }
                 form.push(("subject_token", subject_token.clone()));
-                form.push(("subject_token_type", Secret::new(subject_token_type.clone())));
+                form.push((
+                    "subject_token_type",
+                    Secret::new(subject_token_type.clone()),
+                ));
             }
             Grant::JwtBearer { assertion } => form.push(("assertion", assertion.clone())),
         }
@@ -150,7 +164,10 @@ pub struct Refreshed {
 
 /// Sends a token request, retrying once with a fresh proof when the AS demands a DPoP
 /// nonce. Every other failure is returned as is; nothing is retried blindly.
-pub async fn request_token(egress: &Egress, req: TokenRequest<'_>) -> Result<TokenResponse, OAuthError> {
+pub async fn request_token(
+    egress: &Egress,
+    req: TokenRequest<'_>,
+) -> Result<TokenResponse, OAuthError> {
     let mut nonce = req.dpop_nonce.clone();
     let mut attempts = 0;
     loop {
@@ -174,8 +191,12 @@ pub async fn request_token(egress: &Egress, req: TokenRequest<'_>) -> Result<Tok
             }
         }
         let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.expose())).collect();
-        let mut r = EgressRequest::post_form(req.token_endpoint, req.source, &pairs, TOKEN_BODY_LIMIT)
-            .header(http::header::ACCEPT, http::HeaderValue::from_static("application/json"));
+        let mut r =
+            EgressRequest::post_form(req.token_endpoint, req.source, &pairs, TOKEN_BODY_LIMIT)
+                .header(
+                    http::header::ACCEPT,
+                    http::HeaderValue::from_static("application/json"),
+                );
         for (name, value) in headers.iter() {
             r = r.header(name.clone(), value.clone());
         }
@@ -187,7 +208,11 @@ pub async fn request_token(egress: &Egress, req: TokenRequest<'_>) -> Result<Tok
             return Ok(tokens);
         }
         let err = parse_error(resp.status.as_u16(), &resp.body);
-        if req.dpop.is_some() && attempts == 1 && err.oauth_error_code() == Some("use_dpop_nonce") && new_nonce.is_some() {
+        if req.dpop.is_some()
+            && attempts == 1
+            && err.oauth_error_code() == Some("use_dpop_nonce")
+            && new_nonce.is_some()
+        {
             nonce = new_nonce;
             continue;
         }
@@ -201,17 +226,26 @@ pub async fn request_token(egress: &Egress, req: TokenRequest<'_>) -> Result<Tok
 pub async fn refresh(egress: &Egress, req: TokenRequest<'_>) -> Result<Refreshed, OAuthError> {
     let old = match &req.grant {
         Grant::RefreshToken { refresh_token } => refresh_token.clone(),
-        _ => return Err(OAuthError::Key("refresh() needs a refresh_token grant".into())),
+        _ => {
+            return Err(OAuthError::Key(
+                "refresh() needs a refresh_token grant".into(),
+            ));
+        }
     };
     let tokens = request_token(egress, req).await?;
-    let rotated = tokens.refresh_token.as_ref().is_some_and(|n| n.expose() != old.expose());
+    let rotated = tokens
+        .refresh_token
+        .as_ref()
+        .is_some_and(|n| n.expose() != old.expose());
     Ok(Refreshed { tokens, rotated })
 }
 
 /// Parses a 2xx token response body (R-REFRESH-8, R-REFRESH-9).
 pub fn parse_token_response(body: &[u8]) -> Result<TokenResponse, OAuthError> {
     if !json::is_object(body) {
-        return Err(OAuthError::InvalidTokenResponse("the body is not a JSON object".into()));
+        return Err(OAuthError::InvalidTokenResponse(
+            "the body is not a JSON object".into(),
+        ));
     }
     let m = json::object(body);
     let access_token = json::string(&m, "access_token")
@@ -244,14 +278,30 @@ mod tests {
 
     #[test]
     fn defensive_success_parsing() {
-        for bad in [&b"null"[..], b"3", b"[]", b"<html>", b"{}", br#"{"access_token":""}"#, br#"{"access_token":5}"#] {
-            assert!(matches!(parse_token_response(bad), Err(OAuthError::InvalidTokenResponse(_))));
+        for bad in [
+            &b"null"[..],
+            b"3",
+            b"[]",
+            b"<html>",
+            b"{}",
+            br#"{"access_token":""}"#,
+            br#"{"access_token":5}"#,
+        ] {
+            assert!(matches!(
+                parse_token_response(bad),
+                Err(OAuthError::InvalidTokenResponse(_))
+            ));
         }
-        let t = parse_token_response(br#"{"access_token":"a","expires_in":"3600","refresh_token":"r","token_type":"DPoP"}"#).unwrap();
+        let t = parse_token_response(
+            br#"{"access_token":"a","expires_in":"3600","refresh_token":"r","token_type":"DPoP"}"#,
+        )
+        .unwrap();
         assert_eq!(t.expires_in, Some(3600));
         assert!(t.is_dpop());
         assert_eq!(t.refresh_token.unwrap().expose(), "r");
-        let t = parse_token_response(br#"{"access_token":"a","expires_in":"soon","refresh_token":7}"#).unwrap();
+        let t =
+            parse_token_response(br#"{"access_token":"a","expires_in":"soon","refresh_token":7}"#)
+                .unwrap();
         assert_eq!(t.expires_in, None);
         assert!(t.refresh_token.is_none());
         assert_eq!(t.token_type, "Bearer");
@@ -259,7 +309,10 @@ mod tests {
 
     #[test]
     fn error_parsing_uses_strings_only() {
-        let e = parse_error(400, br#"{"error":"invalid_grant","error_description":{"x":1}}"#);
+        let e = parse_error(
+            400,
+            br#"{"error":"invalid_grant","error_description":{"x":1}}"#,
+        );
         assert_eq!(e.oauth_error_code(), Some("invalid_grant"));
         assert_eq!(e.remedy(), Remedy::Reconsent);
         let e = parse_error(502, b"null");

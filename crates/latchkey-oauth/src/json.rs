@@ -45,9 +45,11 @@ pub(crate) fn boolean(m: &Map<String, Value>, key: &str) -> Option<bool> {
 /// (R-REFRESH-9: `/^\d+$/`); anything else is absent.
 pub(crate) fn seconds(m: &Map<String, Value>, key: &str) -> Option<u64> {
     match m.get(key) {
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.is_finite()).map(|f| f as u64)),
+        Some(Value::Number(n)) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| *f >= 0.0 && f.is_finite())
+                .map(|f| f as u64)
+        }),
         Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
             s.parse().ok()
         }

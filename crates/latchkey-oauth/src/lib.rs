@@ -23,13 +23,13 @@ pub mod discovery;
 pub mod dpop;
 pub mod error;
 pub mod grants;
+mod json;
 pub mod pkce;
 pub mod prm;
 pub mod registration;
 pub mod revocation;
 pub mod scope;
 pub mod session;
-mod json;
 mod urls;
 
 pub use error::OAuthError;

@@ -47,7 +47,11 @@ mod tests {
     fn verifier_and_state_shape() {
         let v = new_verifier();
         assert_eq!(v.len(), 43);
-        assert!(v.expose().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(
+            v.expose()
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
         assert_ne!(new_state().expose(), new_state().expose());
         assert_eq!(state_hash("abc").len(), 64);
     }

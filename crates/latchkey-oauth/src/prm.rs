@@ -95,7 +95,10 @@ mod tests {
     #[test]
     fn candidate_order_follows_the_spec() {
         assert_eq!(
-            candidates("http://localhost:1/mcp", Some("http://localhost:1/custom/x.json")),
+            candidates(
+                "http://localhost:1/mcp",
+                Some("http://localhost:1/custom/x.json")
+            ),
             vec![
                 "http://localhost:1/custom/x.json",
                 "http://localhost:1/.well-known/oauth-protected-resource/mcp",
@@ -110,15 +113,42 @@ mod tests {
 
     #[test]
     fn resource_match_rules() {
-        assert!(resource_matches("http://localhost:1/mcp", "http://localhost:1/mcp"));
-        assert!(resource_matches("http://localhost:1", "http://localhost:1/mcp"));
-        assert!(resource_matches("http://localhost:1/", "http://localhost:1/mcp"));
-        assert!(resource_matches("https://a.example/api", "https://a.example/api/mcp"));
-        assert!(!resource_matches("https://a.example/ap", "https://a.example/api"));
-        assert!(!resource_matches("https://evil.example.com/mcp", "http://localhost:1/mcp"));
-        assert!(!resource_matches("http://localhost:2/mcp", "http://localhost:1/mcp"));
-        assert!(!resource_matches("https://localhost:1/mcp", "http://localhost:1/mcp"));
-        assert!(!resource_matches("http://localhost:1/mcp/deeper", "http://localhost:1/mcp"));
+        assert!(resource_matches(
+            "http://localhost:1/mcp",
+            "http://localhost:1/mcp"
+        ));
+        assert!(resource_matches(
+            "http://localhost:1",
+            "http://localhost:1/mcp"
+        ));
+        assert!(resource_matches(
+            "http://localhost:1/",
+            "http://localhost:1/mcp"
+        ));
+        assert!(resource_matches(
+            "https://a.example/api",
+            "https://a.example/api/mcp"
+        ));
+        assert!(!resource_matches(
+            "https://a.example/ap",
+            "https://a.example/api"
+        ));
+        assert!(!resource_matches(
+            "https://evil.example.com/mcp",
+            "http://localhost:1/mcp"
+        ));
+        assert!(!resource_matches(
+            "http://localhost:2/mcp",
+            "http://localhost:1/mcp"
+        ));
+        assert!(!resource_matches(
+            "https://localhost:1/mcp",
+            "http://localhost:1/mcp"
+        ));
+        assert!(!resource_matches(
+            "http://localhost:1/mcp/deeper",
+            "http://localhost:1/mcp"
+        ));
         assert!(!resource_matches("not a url", "http://localhost:1/mcp"));
     }
 

@@ -48,7 +48,11 @@ impl ApplicationType {
             .ok()
             .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
             .unwrap_or_default();
-        if host == "localhost" || host == "127.0.0.1" || host == "[::1]" || host.ends_with(".localhost") {
+        if host == "localhost"
+            || host == "127.0.0.1"
+            || host == "[::1]"
+            || host.ends_with(".localhost")
+        {
             ApplicationType::Native
         } else {
             ApplicationType::Web
@@ -109,10 +113,14 @@ pub fn plan(
 /// The auth method to ask for at registration: the strongest secret-based method the AS
 /// lists, else `none` (RFC 8414: an absent list means `client_secret_basic`).
 pub fn preferred_auth_method(metadata: &AuthorizationServerMetadata) -> AuthMethod {
-    [AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost, AuthMethod::None]
-        .into_iter()
-        .find(|m| metadata.supports_auth_method(m.as_str()))
-        .unwrap_or(AuthMethod::None)
+    [
+        AuthMethod::ClientSecretBasic,
+        AuthMethod::ClientSecretPost,
+        AuthMethod::None,
+    ]
+    .into_iter()
+    .find(|m| metadata.supports_auth_method(m.as_str()))
+    .unwrap_or(AuthMethod::None)
 }
 
 /// An RFC 7591 registration request.
@@ -161,43 +169,76 @@ pub async fn register(
     issuer: &str,
     req: &DcrRequest,
 ) -> Result<RegisteredClient, OAuthError> {
-    let r = EgressRequest::post_json(endpoint, UrlSource::Remote, &req.body(), REGISTRATION_BODY_LIMIT)
-        .header(http::header::ACCEPT, http::HeaderValue::from_static("application/json"));
+    let r = EgressRequest::post_json(
+        endpoint,
+        UrlSource::Remote,
+        &req.body(),
+        REGISTRATION_BODY_LIMIT,
+    )
+    .header(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static("application/json"),
+    );
     let resp = egress.send(r).await?;
     if !matches!(resp.status.as_u16(), 200 | 201) {
         let m = json::object(&resp.body);
-        let what = json::string(&m, "error").unwrap_or_else(|| format!("HTTP {}", resp.status.as_u16()));
+        let what =
+            json::string(&m, "error").unwrap_or_else(|| format!("HTTP {}", resp.status.as_u16()));
         return Err(OAuthError::Registration(what));
     }
     parse_registration(issuer, &resp.body, req.auth_method)
 }
 
 /// Parses a registration response.
-pub fn parse_registration(issuer: &str, body: &[u8], asked: AuthMethod) -> Result<RegisteredClient, OAuthError> {
+pub fn parse_registration(
+    issuer: &str,
+    body: &[u8],
+    asked: AuthMethod,
+) -> Result<RegisteredClient, OAuthError> {
     if !json::is_object(body) {
-        return Err(OAuthError::Registration("the response is not a JSON object".into()));
+        return Err(OAuthError::Registration(
+            "the response is not a JSON object".into(),
+        ));
     }
     let m = json::object(body);
-    let client_id = json::string(&m, "client_id").ok_or_else(|| OAuthError::Registration("no client_id".into()))?;
+    let client_id = json::string(&m, "client_id")
+        .ok_or_else(|| OAuthError::Registration("no client_id".into()))?;
     let secret = json::string(&m, "client_secret").map(Secret::new);
     let method = json::string(&m, "token_endpoint_auth_method")
         .and_then(|s| s.parse::<AuthMethod>().ok())
-        .unwrap_or(if secret.is_some() { asked } else { AuthMethod::None });
-    let method = if secret.is_none() && matches!(method, AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost) {
+        .unwrap_or(if secret.is_some() {
+            asked
+        } else {
+            AuthMethod::None
+        });
+    let method = if secret.is_none()
+        && matches!(
+            method,
+            AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost
+        ) {
         AuthMethod::None
     } else {
         method
     };
     Ok(RegisteredClient {
         issuer: issuer.to_owned(),
-        credentials: ClientCredentials { client_id, secret, method, assertion_key: None },
+        credentials: ClientCredentials {
+            client_id,
+            secret,
+            method,
+            assertion_key: None,
+        },
         client_secret_expires_at: json::seconds(&m, "client_secret_expires_at").filter(|t| *t > 0),
         kind: RegistrationKind::Dcr,
     })
 }
 
 /// The Client ID Metadata Document to serve at `client_id_url`.
-pub fn client_metadata_document(client_id_url: &str, client_name: &str, redirect_uris: &[String]) -> serde_json::Value {
+pub fn client_metadata_document(
+    client_id_url: &str,
+    client_name: &str,
+    redirect_uris: &[String],
+) -> serde_json::Value {
     serde_json::json!({
         "client_id": client_id_url,
         "client_name": client_name,
@@ -218,19 +259,46 @@ mod tests {
 
     #[test]
     fn plan_priority() {
-        let m = md(r#"{"issuer":"i","token_endpoint":"t","registration_endpoint":"r","client_id_metadata_document_supported":true}"#);
-        assert_eq!(plan(&m, true, Some("https://c/m.json")).unwrap(), RegistrationPlan::PreRegistered);
-        assert_eq!(plan(&m, false, Some("https://c/m.json")).unwrap(), RegistrationPlan::Cimd("https://c/m.json".into()));
-        assert_eq!(plan(&m, false, None).unwrap(), RegistrationPlan::Dcr("r".into()));
+        let m = md(
+            r#"{"issuer":"i","token_endpoint":"t","registration_endpoint":"r","client_id_metadata_document_supported":true}"#,
+        );
+        assert_eq!(
+            plan(&m, true, Some("https://c/m.json")).unwrap(),
+            RegistrationPlan::PreRegistered
+        );
+        assert_eq!(
+            plan(&m, false, Some("https://c/m.json")).unwrap(),
+            RegistrationPlan::Cimd("https://c/m.json".into())
+        );
+        assert_eq!(
+            plan(&m, false, None).unwrap(),
+            RegistrationPlan::Dcr("r".into())
+        );
         let m = md(r#"{"issuer":"i","token_endpoint":"t"}"#);
-        assert!(matches!(plan(&m, false, Some("https://c/m.json")), Err(OAuthError::NoClient)));
+        assert!(matches!(
+            plan(&m, false, Some("https://c/m.json")),
+            Err(OAuthError::NoClient)
+        ));
     }
 
     #[test]
     fn auth_method_preference() {
-        assert_eq!(preferred_auth_method(&md(r#"{"token_endpoint":"t","token_endpoint_auth_methods_supported":["none"]}"#)), AuthMethod::None);
-        assert_eq!(preferred_auth_method(&md(r#"{"token_endpoint":"t","token_endpoint_auth_methods_supported":["client_secret_post","none"]}"#)), AuthMethod::ClientSecretPost);
-        assert_eq!(preferred_auth_method(&md(r#"{"token_endpoint":"t"}"#)), AuthMethod::ClientSecretBasic);
+        assert_eq!(
+            preferred_auth_method(&md(
+                r#"{"token_endpoint":"t","token_endpoint_auth_methods_supported":["none"]}"#
+            )),
+            AuthMethod::None
+        );
+        assert_eq!(
+            preferred_auth_method(&md(
+                r#"{"token_endpoint":"t","token_endpoint_auth_methods_supported":["client_secret_post","none"]}"#
+            )),
+            AuthMethod::ClientSecretPost
+        );
+        assert_eq!(
+            preferred_auth_method(&md(r#"{"token_endpoint":"t"}"#)),
+            AuthMethod::ClientSecretBasic
+        );
     }
 
     #[test]
@@ -238,7 +306,8 @@ mod tests {
         let r = parse_registration("i", br#"{"client_id":"c","client_secret":"s","token_endpoint_auth_method":"client_secret_post","client_secret_expires_at":0}"#, AuthMethod::ClientSecretBasic).unwrap();
         assert_eq!(r.credentials.method, AuthMethod::ClientSecretPost);
         assert_eq!(r.client_secret_expires_at, None);
-        let r = parse_registration("i", br#"{"client_id":"c"}"#, AuthMethod::ClientSecretBasic).unwrap();
+        let r = parse_registration("i", br#"{"client_id":"c"}"#, AuthMethod::ClientSecretBasic)
+            .unwrap();
         assert_eq!(r.credentials.method, AuthMethod::None);
         assert!(parse_registration("i", br#"{"client_secret":"s"}"#, AuthMethod::None).is_err());
         assert!(parse_registration("i", b"null", AuthMethod::None).is_err());
@@ -246,9 +315,18 @@ mod tests {
 
     #[test]
     fn application_type_from_redirect() {
-        assert_eq!(ApplicationType::for_redirect("http://127.0.0.1:8/cb"), ApplicationType::Native);
-        assert_eq!(ApplicationType::for_redirect("http://localhost:8/cb"), ApplicationType::Native);
-        assert_eq!(ApplicationType::for_redirect("https://latchkey.example/cb"), ApplicationType::Web);
+        assert_eq!(
+            ApplicationType::for_redirect("http://127.0.0.1:8/cb"),
+            ApplicationType::Native
+        );
+        assert_eq!(
+            ApplicationType::for_redirect("http://localhost:8/cb"),
+            ApplicationType::Native
+        );
+        assert_eq!(
+            ApplicationType::for_redirect("https://latchkey.example/cb"),
+            ApplicationType::Web
+        );
         let body = DcrRequest {
             redirect_uris: vec!["http://localhost/cb".into()],
             client_name: "n".into(),

@@ -40,7 +40,8 @@ pub fn select(inputs: ScopeInputs<'_>) -> Option<String> {
     let as_lists_offline = inputs
         .as_scopes_supported
         .is_some_and(|s| s.iter().any(|x| x == "offline_access"));
-    if inputs.want_offline_access && as_lists_offline && !out.iter().any(|s| s == "offline_access") {
+    if inputs.want_offline_access && as_lists_offline && !out.iter().any(|s| s == "offline_access")
+    {
         out.push("offline_access".into());
     }
     Some(join(&out))
@@ -85,16 +86,27 @@ mod tests {
     fn precedence() {
         let prm = v(&["mcp:basic", "mcp:read", "mcp:write"]);
         assert_eq!(
-            select(ScopeInputs { challenge: Some("mcp:basic"), prm_scopes_supported: Some(&prm), ..Default::default() }),
+            select(ScopeInputs {
+                challenge: Some("mcp:basic"),
+                prm_scopes_supported: Some(&prm),
+                ..Default::default()
+            }),
             Some("mcp:basic".into())
         );
         assert_eq!(
-            select(ScopeInputs { prm_scopes_supported: Some(&prm), ..Default::default() }),
+            select(ScopeInputs {
+                prm_scopes_supported: Some(&prm),
+                ..Default::default()
+            }),
             Some("mcp:basic mcp:read mcp:write".into())
         );
         assert_eq!(select(ScopeInputs::default()), None);
         assert_eq!(
-            select(ScopeInputs { configured: Some("a b"), challenge: Some("c"), ..Default::default() }),
+            select(ScopeInputs {
+                configured: Some("a b"),
+                challenge: Some("c"),
+                ..Default::default()
+            }),
             Some("a b".into())
         );
     }
@@ -116,14 +128,21 @@ mod tests {
         assert_eq!(with(&as_no), Some("mcp:basic".into()));
         // nothing else requested: stay omitted
         assert_eq!(
-            select(ScopeInputs { as_scopes_supported: Some(&as_yes), want_offline_access: true, ..Default::default() }),
+            select(ScopeInputs {
+                as_scopes_supported: Some(&as_yes),
+                want_offline_access: true,
+                ..Default::default()
+            }),
             None
         );
     }
 
     #[test]
     fn step_up_is_a_union() {
-        assert_eq!(union(Some("mcp:basic"), "mcp:basic mcp:write"), "mcp:basic mcp:write");
+        assert_eq!(
+            union(Some("mcp:basic"), "mcp:basic mcp:write"),
+            "mcp:basic mcp:write"
+        );
         assert_eq!(union(None, "a"), "a");
         assert_eq!(union(Some("x y"), "z x"), "x y z");
     }

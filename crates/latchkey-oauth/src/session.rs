@@ -18,7 +18,9 @@ use crate::discovery::{Discoverer, Discovery, DiscoveryOptions};
 use crate::dpop::{DPOP_HEADER, DpopKey};
 use crate::error::OAuthError;
 use crate::grants::{self, Grant, TokenRequest, TokenResponse};
-use crate::registration::{self, ApplicationType, DcrRequest, RegisteredClient, RegistrationKind, RegistrationPlan};
+use crate::registration::{
+    self, ApplicationType, DcrRequest, RegisteredClient, RegistrationKind, RegistrationPlan,
+};
 use crate::scope::{self, ScopeInputs};
 
 /// The most authorization attempts per session before giving up (step-up loops).
@@ -162,14 +164,26 @@ impl OAuthSession {
         let mut h = http::HeaderMap::new();
         let Some(t) = &self.token else { return Ok(h) };
         let token = &t.tokens.access_token;
-        let dpop = t.tokens.is_dpop().then_some(self.dpop_key.as_ref()).flatten();
+        let dpop = t
+            .tokens
+            .is_dpop()
+            .then_some(self.dpop_key.as_ref())
+            .flatten();
         let scheme = if dpop.is_some() { "DPoP" } else { "Bearer" };
-        let mut v = http::HeaderValue::from_str(&format!("{scheme} {}", token.expose()))
-            .map_err(|_| OAuthError::InvalidTokenResponse("access token is not header text".into()))?;
+        let mut v =
+            http::HeaderValue::from_str(&format!("{scheme} {}", token.expose())).map_err(|_| {
+                OAuthError::InvalidTokenResponse("access token is not header text".into())
+            })?;
         v.set_sensitive(true);
         h.insert(http::header::AUTHORIZATION, v);
         if let Some(k) = dpop {
-            let proof = k.proof(method, url, self.rs_nonce.as_deref(), Some(token), self.clock.now())?;
+            let proof = k.proof(
+                method,
+                url,
+                self.rs_nonce.as_deref(),
+                Some(token),
+                self.clock.now(),
+            )?;
             if let Ok(v) = http::HeaderValue::from_str(&proof) {
                 h.insert(DPOP_HEADER, v);
             }
@@ -217,7 +231,10 @@ impl OAuthSession {
         }
         self.authorizations += 1;
         let rm = challenge.and_then(|c| c.resource_metadata.as_deref());
-        let d = self.discoverer.discover(&self.server_url, rm, self.cfg.discovery).await?;
+        let d = self
+            .discoverer
+            .discover(&self.server_url, rm, self.cfg.discovery)
+            .await?;
         self.last_discovery = Some(d.clone());
         let scope = scope::select(ScopeInputs {
             configured: self.cfg.scope.as_deref(),
@@ -229,22 +246,36 @@ impl OAuthSession {
         self.requested_scope = scope.clone();
         if self.cfg.dpop && self.dpop_key.is_none() {
             let wants = d.metadata.supports_dpop_es256()
-                || d.prm.as_ref().is_some_and(|p| p.dpop_bound_access_tokens_required);
+                || d.prm
+                    .as_ref()
+                    .is_some_and(|p| p.dpop_bound_access_tokens_required);
             if wants {
                 self.dpop_key = Some(DpopKey::generate()?);
             }
         }
         let tokens = match self.cfg.strategy.clone() {
-            GrantStrategy::AuthorizationCode => self.code_flow(&d, scope.as_deref(), driver).await?,
+            GrantStrategy::AuthorizationCode => {
+                self.code_flow(&d, scope.as_deref(), driver).await?
+            }
             GrantStrategy::ClientCredentials => {
                 let client = self.client_for(&d).await?;
-                self.token_request(&d, Grant::ClientCredentials, Some(&client.credentials), scope.as_deref())
-                    .await?
+                self.token_request(
+                    &d,
+                    Grant::ClientCredentials,
+                    Some(&client.credentials),
+                    scope.as_deref(),
+                )
+                .await?
             }
             GrantStrategy::JwtBearer { assertion } => {
                 let client = self.client_for(&d).await.ok();
-                self.token_request(&d, Grant::JwtBearer { assertion }, client.as_ref().map(|c| &c.credentials), scope.as_deref())
-                    .await?
+                self.token_request(
+                    &d,
+                    Grant::JwtBearer { assertion },
+                    client.as_ref().map(|c| &c.credentials),
+                    scope.as_deref(),
+                )
+                .await?
             }
             GrantStrategy::IdentityAssertion {
                 idp_token_endpoint,
@@ -262,7 +293,9 @@ impl OAuthSession {
                         grant: Grant::TokenExchange {
                             subject_token,
                             subject_token_type,
-                            requested_token_type: Some("urn:ietf:params:oauth:token-type:id-jag".into()),
+                            requested_token_type: Some(
+                                "urn:ietf:params:oauth:token-type:id-jag".into(),
+                            ),
                             audience: Some(d.issuer.clone()),
                         },
                         client: Some(&idp_client),
@@ -277,7 +310,9 @@ impl OAuthSession {
                 let client = self.client_for(&d).await?;
                 self.token_request(
                     &d,
-                    Grant::JwtBearer { assertion: jag.access_token },
+                    Grant::JwtBearer {
+                        assertion: jag.access_token,
+                    },
                     Some(&client.credentials),
                     scope.as_deref(),
                 )
@@ -317,7 +352,12 @@ impl OAuthSession {
             },
         )?;
         let params = driver.authorize(&pending.url).await?;
-        let code = authorize::check_callback(&pending.state, &pending.issuer, pending.iss_required, params)?;
+        let code = authorize::check_callback(
+            &pending.state,
+            &pending.issuer,
+            pending.iss_required,
+            params,
+        )?;
         self.token_request(
             d,
             Grant::AuthorizationCode {
@@ -362,7 +402,11 @@ impl OAuthSession {
     /// issuer), CIMD, a stored registration for this issuer, or a new DCR.
     async fn client_for(&mut self, d: &Discovery) -> Result<RegisteredClient, OAuthError> {
         let pre_ok = self.cfg.preregistered.is_some()
-            && self.cfg.preregistered_issuer.as_deref().is_none_or(|i| i == d.issuer);
+            && self
+                .cfg
+                .preregistered_issuer
+                .as_deref()
+                .is_none_or(|i| i == d.issuer);
         if let Some(c) = self.clients.get(&d.issuer) {
             return Ok(c.clone());
         }
@@ -373,7 +417,10 @@ impl OAuthSession {
                 // A secret can go in a header or in the body: use what this AS accepts
                 // (Ambiguity A6: basic unless the AS lists only post).
                 if credentials.secret.is_some()
-                    && matches!(credentials.method, AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost)
+                    && matches!(
+                        credentials.method,
+                        AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost
+                    )
                     && !d.metadata.supports_auth_method(credentials.method.as_str())
                 {
                     if d.metadata.supports_auth_method("client_secret_basic") {

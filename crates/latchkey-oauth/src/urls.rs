@@ -53,7 +53,8 @@ mod tests {
     #[test]
     fn inserted_and_appended() {
         assert_eq!(
-            well_known_inserted("http://localhost:9/tenant1", "oauth-authorization-server").unwrap(),
+            well_known_inserted("http://localhost:9/tenant1", "oauth-authorization-server")
+                .unwrap(),
             "http://localhost:9/.well-known/oauth-authorization-server/tenant1"
         );
         assert_eq!(
@@ -68,8 +69,14 @@ mod tests {
             well_known_appended("http://localhost:9/tenant1/", "openid-configuration").unwrap(),
             "http://localhost:9/tenant1/.well-known/openid-configuration"
         );
-        assert_eq!(origin("https://A.example:443/x").unwrap(), "https://a.example");
+        assert_eq!(
+            origin("https://A.example:443/x").unwrap(),
+            "https://a.example"
+        );
         assert_eq!(origin("file:///etc/passwd"), None);
-        assert_eq!(without_query_and_fragment("https://a/b?c=1#d"), "https://a/b");
+        assert_eq!(
+            without_query_and_fragment("https://a/b?c=1#d"),
+            "https://a/b"
+        );
     }
 }

@@ -1,20 +1,24 @@
 //! Egress guard: hostile URL table, property tests, DNS rebinding, redirects, caps,
 //! timeouts and redaction. One integration-test binary for the crate.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use latchkey_egress::{
-    DenyReason, Egress, EgressConfig, EgressError, EgressRequest, LoopbackPolicy, NameResolver, UrlSource, classify_ip,
+    DenyReason, Egress, EgressConfig, EgressError, EgressRequest, LoopbackPolicy, NameResolver,
+    UrlSource, classify_ip,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 fn strict() -> Egress {
     static E: std::sync::OnceLock<Egress> = std::sync::OnceLock::new();
-    E.get_or_init(|| Egress::new(EgressConfig::default()).unwrap()).clone()
+    E.get_or_init(|| Egress::new(EgressConfig::default()).unwrap())
+        .clone()
 }
 
 fn relaxed() -> Egress {
@@ -64,24 +68,104 @@ fn table() -> Vec<(&'static str, UrlSource, V, V)> {
         ("https://127.255.255.254/", Op, V::Deny(Loopback), V::Ok),
         ("https://127.0.0.1./", Op, V::Deny(Loopback), V::Ok),
         // metadata / link-local: refused always
-        ("https://169.254.169.254/latest/meta-data/", Op, V::Deny(LinkLocal), V::Deny(LinkLocal)),
-        ("https://2852039166/", Op, V::Deny(LinkLocal), V::Deny(LinkLocal)),
-        ("https://0xa9fea9fe/", Op, V::Deny(LinkLocal), V::Deny(LinkLocal)),
-        ("https://0251.0376.0251.0376/", Op, V::Deny(LinkLocal), V::Deny(LinkLocal)),
-        ("https://169.254.169.254./", Op, V::Deny(LinkLocal), V::Deny(LinkLocal)),
-        ("https://169.254.170.2/v2/credentials", Op, V::Deny(LinkLocal), V::Deny(LinkLocal)),
-        ("https://[fe80::1]/", Op, V::Deny(LinkLocal), V::Deny(LinkLocal)),
-        ("https://[febf::1]/", Op, V::Deny(LinkLocal), V::Deny(LinkLocal)),
-        ("https://[fd00:ec2::254]/", Op, V::Deny(LinkLocal), V::Deny(LinkLocal)),
-        ("https://[::ffff:169.254.169.254]/", Op, V::Deny(LinkLocal), V::Deny(LinkLocal)),
-        ("https://[::ffff:a9fe:a9fe]/", Op, V::Deny(LinkLocal), V::Deny(LinkLocal)),
-        ("https://[64:ff9b::a9fe:a9fe]/", Op, V::Deny(LinkLocal), V::Deny(LinkLocal)),
+        (
+            "https://169.254.169.254/latest/meta-data/",
+            Op,
+            V::Deny(LinkLocal),
+            V::Deny(LinkLocal),
+        ),
+        (
+            "https://2852039166/",
+            Op,
+            V::Deny(LinkLocal),
+            V::Deny(LinkLocal),
+        ),
+        (
+            "https://0xa9fea9fe/",
+            Op,
+            V::Deny(LinkLocal),
+            V::Deny(LinkLocal),
+        ),
+        (
+            "https://0251.0376.0251.0376/",
+            Op,
+            V::Deny(LinkLocal),
+            V::Deny(LinkLocal),
+        ),
+        (
+            "https://169.254.169.254./",
+            Op,
+            V::Deny(LinkLocal),
+            V::Deny(LinkLocal),
+        ),
+        (
+            "https://169.254.170.2/v2/credentials",
+            Op,
+            V::Deny(LinkLocal),
+            V::Deny(LinkLocal),
+        ),
+        (
+            "https://[fe80::1]/",
+            Op,
+            V::Deny(LinkLocal),
+            V::Deny(LinkLocal),
+        ),
+        (
+            "https://[febf::1]/",
+            Op,
+            V::Deny(LinkLocal),
+            V::Deny(LinkLocal),
+        ),
+        (
+            "https://[fd00:ec2::254]/",
+            Op,
+            V::Deny(LinkLocal),
+            V::Deny(LinkLocal),
+        ),
+        (
+            "https://[::ffff:169.254.169.254]/",
+            Op,
+            V::Deny(LinkLocal),
+            V::Deny(LinkLocal),
+        ),
+        (
+            "https://[::ffff:a9fe:a9fe]/",
+            Op,
+            V::Deny(LinkLocal),
+            V::Deny(LinkLocal),
+        ),
+        (
+            "https://[64:ff9b::a9fe:a9fe]/",
+            Op,
+            V::Deny(LinkLocal),
+            V::Deny(LinkLocal),
+        ),
         // unspecified: refused always
-        ("https://0.0.0.0/", Op, V::Deny(Unspecified), V::Deny(Unspecified)),
+        (
+            "https://0.0.0.0/",
+            Op,
+            V::Deny(Unspecified),
+            V::Deny(Unspecified),
+        ),
         ("https://0/", Op, V::Deny(Unspecified), V::Deny(Unspecified)),
-        ("https://0.1.2.3/", Op, V::Deny(Unspecified), V::Deny(Unspecified)),
-        ("https://[::]/", Op, V::Deny(Unspecified), V::Deny(Unspecified)),
-        ("https://[::ffff:0.0.0.0]/", Op, V::Deny(Unspecified), V::Deny(Unspecified)),
+        (
+            "https://0.1.2.3/",
+            Op,
+            V::Deny(Unspecified),
+            V::Deny(Unspecified),
+        ),
+        (
+            "https://[::]/",
+            Op,
+            V::Deny(Unspecified),
+            V::Deny(Unspecified),
+        ),
+        (
+            "https://[::ffff:0.0.0.0]/",
+            Op,
+            V::Deny(Unspecified),
+            V::Deny(Unspecified),
+        ),
         // IPv6 loopback and embedded IPv4 loopback
         ("https://[::1]/", Op, V::Deny(Loopback), V::Ok),
         ("https://[::ffff:127.0.0.1]/", Op, V::Deny(Loopback), V::Ok),
@@ -98,23 +182,93 @@ fn table() -> Vec<(&'static str, UrlSource, V, V)> {
         ("https://localhostexample.com/", Op, V::Ok, V::Ok),
         // private ranges: operator yes, remote no
         ("https://10.0.0.5/token", Op, V::Ok, V::Ok),
-        ("https://10.0.0.5/token", Rem, V::Deny(Private), V::Deny(Private)),
-        ("https://172.16.0.1/", Rem, V::Deny(Private), V::Deny(Private)),
-        ("https://172.31.255.255/", Rem, V::Deny(Private), V::Deny(Private)),
+        (
+            "https://10.0.0.5/token",
+            Rem,
+            V::Deny(Private),
+            V::Deny(Private),
+        ),
+        (
+            "https://172.16.0.1/",
+            Rem,
+            V::Deny(Private),
+            V::Deny(Private),
+        ),
+        (
+            "https://172.31.255.255/",
+            Rem,
+            V::Deny(Private),
+            V::Deny(Private),
+        ),
         ("https://172.32.0.1/", Rem, V::Ok, V::Ok),
-        ("https://192.168.1.1/", Rem, V::Deny(Private), V::Deny(Private)),
+        (
+            "https://192.168.1.1/",
+            Rem,
+            V::Deny(Private),
+            V::Deny(Private),
+        ),
         ("https://192.168.1.1/", Op, V::Ok, V::Ok),
-        ("https://100.64.0.1/", Rem, V::Deny(Private), V::Deny(Private)),
-        ("https://[fd12:3456::1]/", Rem, V::Deny(Private), V::Deny(Private)),
-        ("https://[::ffff:10.0.0.1]/", Rem, V::Deny(Private), V::Deny(Private)),
-        ("https://3232235777/", Rem, V::Deny(Private), V::Deny(Private)),
+        (
+            "https://100.64.0.1/",
+            Rem,
+            V::Deny(Private),
+            V::Deny(Private),
+        ),
+        (
+            "https://[fd12:3456::1]/",
+            Rem,
+            V::Deny(Private),
+            V::Deny(Private),
+        ),
+        (
+            "https://[::ffff:10.0.0.1]/",
+            Rem,
+            V::Deny(Private),
+            V::Deny(Private),
+        ),
+        (
+            "https://3232235777/",
+            Rem,
+            V::Deny(Private),
+            V::Deny(Private),
+        ),
         // other special ranges
-        ("https://224.0.0.1/", Op, V::Deny(Multicast), V::Deny(Multicast)),
-        ("https://[ff02::1]/", Op, V::Deny(Multicast), V::Deny(Multicast)),
-        ("https://255.255.255.255/", Op, V::Deny(Broadcast), V::Deny(Broadcast)),
-        ("https://240.0.0.1/", Op, V::Deny(Reserved), V::Deny(Reserved)),
-        ("https://192.0.2.1/", Op, V::Deny(Reserved), V::Deny(Reserved)),
-        ("https://[2001:db8::1]/", Op, V::Deny(Reserved), V::Deny(Reserved)),
+        (
+            "https://224.0.0.1/",
+            Op,
+            V::Deny(Multicast),
+            V::Deny(Multicast),
+        ),
+        (
+            "https://[ff02::1]/",
+            Op,
+            V::Deny(Multicast),
+            V::Deny(Multicast),
+        ),
+        (
+            "https://255.255.255.255/",
+            Op,
+            V::Deny(Broadcast),
+            V::Deny(Broadcast),
+        ),
+        (
+            "https://240.0.0.1/",
+            Op,
+            V::Deny(Reserved),
+            V::Deny(Reserved),
+        ),
+        (
+            "https://192.0.2.1/",
+            Op,
+            V::Deny(Reserved),
+            V::Deny(Reserved),
+        ),
+        (
+            "https://[2001:db8::1]/",
+            Op,
+            V::Deny(Reserved),
+            V::Deny(Reserved),
+        ),
         // userinfo tricks
         ("https://evil.com@127.0.0.1/", Op, V::Invalid, V::Invalid),
         ("https://user:pass@example.com/", Op, V::Invalid, V::Invalid),
@@ -156,11 +310,15 @@ fn hostile_url_table() {
     for (url, source, want_strict, want_relaxed) in rows {
         let got = verdict(&s, url, source);
         if got != want_strict {
-            failures.push(format!("strict {url} {source:?}: want {want_strict:?}, got {got:?}"));
+            failures.push(format!(
+                "strict {url} {source:?}: want {want_strict:?}, got {got:?}"
+            ));
         }
         let got = verdict(&r, url, source);
         if got != want_relaxed {
-            failures.push(format!("relaxed {url} {source:?}: want {want_relaxed:?}, got {got:?}"));
+            failures.push(format!(
+                "relaxed {url} {source:?}: want {want_relaxed:?}, got {got:?}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -181,7 +339,10 @@ fn private_allow_list_admits_remote_urls() {
         ..EgressConfig::default()
     })
     .unwrap();
-    assert_eq!(verdict(&e, "https://169.254.169.254/", Rem), V::Deny(LinkLocal));
+    assert_eq!(
+        verdict(&e, "https://169.254.169.254/", Rem),
+        V::Deny(LinkLocal)
+    );
     assert_eq!(verdict(&e, "https://127.0.0.1/", Rem), V::Deny(Loopback));
 }
 
@@ -232,7 +393,9 @@ async fn server(response: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
     let h = hits.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
             h.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 16384];
@@ -267,21 +430,45 @@ impl NameResolver for Rebinding {
 #[tokio::test]
 async fn dns_rebinding_to_loopback_is_refused_at_connect_time() {
     let (addr, hits) = server("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-    let resolver = Arc::new(Rebinding { calls: AtomicUsize::new(1), loopback: addr });
+    let resolver = Arc::new(Rebinding {
+        calls: AtomicUsize::new(1),
+        loopback: addr,
+    });
     let e = Egress::with_resolver(EgressConfig::default(), resolver.clone()).unwrap();
     // The static check sees only a name; the resolution at connect time yields loopback.
-    assert!(e.check_url("https://rebind.test/", UrlSource::Remote).is_ok());
+    assert!(
+        e.check_url("https://rebind.test/", UrlSource::Remote)
+            .is_ok()
+    );
     let err = e
-        .send(EgressRequest::get("https://rebind.test/", UrlSource::Remote, 1024))
+        .send(EgressRequest::get(
+            "https://rebind.test/",
+            UrlSource::Remote,
+            1024,
+        ))
         .await
         .unwrap_err();
     assert!(
-        matches!(err, EgressError::AddressDenied { reason: DenyReason::Loopback, .. }),
+        matches!(
+            err,
+            EgressError::AddressDenied {
+                reason: DenyReason::Loopback,
+                ..
+            }
+        ),
         "{err:?}"
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(hits.load(Ordering::SeqCst), 0, "the loopback server must see no connection");
-    assert_eq!(resolver.calls.load(Ordering::SeqCst), 2, "resolved exactly once for the request");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "the loopback server must see no connection"
+    );
+    assert_eq!(
+        resolver.calls.load(Ordering::SeqCst),
+        2,
+        "resolved exactly once for the request"
+    );
 }
 
 #[derive(Debug)]
@@ -303,7 +490,10 @@ async fn connection_goes_to_the_checked_address() {
     };
     let e = Egress::with_resolver(cfg, Arc::new(Fixed(addr))).unwrap();
     let url = format!("http://upstream.test:{}/x", addr.port());
-    let r = e.send(EgressRequest::get(url, UrlSource::Operator, 1024)).await.unwrap();
+    let r = e
+        .send(EgressRequest::get(url, UrlSource::Operator, 1024))
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(&r.body[..], b"hello");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
@@ -345,25 +535,41 @@ async fn a_redirecting_token_endpoint_gets_no_second_request() {
 #[tokio::test]
 async fn body_caps_with_and_without_content_length() {
     let big: &'static str = Box::leak(
-        format!("HTTP/1.1 200 OK\r\ncontent-length: 65537\r\n\r\n{}", "a".repeat(65537)).into_boxed_str(),
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 65537\r\n\r\n{}",
+            "a".repeat(65537)
+        )
+        .into_boxed_str(),
     );
     let exact: &'static str = Box::leak(
-        format!("HTTP/1.1 200 OK\r\ncontent-length: 65536\r\n\r\n{}", "a".repeat(65536)).into_boxed_str(),
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 65536\r\n\r\n{}",
+            "a".repeat(65536)
+        )
+        .into_boxed_str(),
     );
     let chunk = format!("{:x}\r\n{}\r\n", 65537, "b".repeat(65537));
     let chunked: &'static str = Box::leak(
-        format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{chunk}0\r\n\r\n").into_boxed_str(),
+        format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{chunk}0\r\n\r\n")
+            .into_boxed_str(),
     );
     let e = relaxed();
     for (resp, ok) in [(big, false), (exact, true), (chunked, false)] {
         let (addr, _) = server(resp).await;
         let r = e
-            .send(EgressRequest::get(format!("http://127.0.0.1:{}/", addr.port()), UrlSource::Operator, 64 * 1024))
+            .send(EgressRequest::get(
+                format!("http://127.0.0.1:{}/", addr.port()),
+                UrlSource::Operator,
+                64 * 1024,
+            ))
             .await;
         if ok {
             assert_eq!(r.unwrap().body.len(), 65536);
         } else {
-            assert!(matches!(r, Err(EgressError::BodyTooLarge { limit: 65536 })), "{r:?}");
+            assert!(
+                matches!(r, Err(EgressError::BodyTooLarge { limit: 65536 })),
+                "{r:?}"
+            );
         }
     }
 }
@@ -378,7 +584,11 @@ async fn a_silent_server_times_out() {
             held.push(s); // accept, never answer
         }
     });
-    let mut req = EgressRequest::get(format!("http://127.0.0.1:{}/", addr.port()), UrlSource::Operator, 1024);
+    let mut req = EgressRequest::get(
+        format!("http://127.0.0.1:{}/", addr.port()),
+        UrlSource::Operator,
+        1024,
+    );
     req.timeout = Some(Duration::from_millis(300));
     let started = std::time::Instant::now();
     let err = relaxed().send(req).await.unwrap_err();
@@ -393,7 +603,11 @@ async fn a_closed_port_is_a_retryable_connect_error() {
     let port = l.local_addr().unwrap().port();
     drop(l);
     let err = relaxed()
-        .send(EgressRequest::get(format!("http://127.0.0.1:{port}/"), UrlSource::Operator, 1024))
+        .send(EgressRequest::get(
+            format!("http://127.0.0.1:{port}/"),
+            UrlSource::Operator,
+            1024,
+        ))
         .await
         .unwrap_err();
     assert!(matches!(err, EgressError::Connect(_)), "{err:?}");
@@ -407,7 +621,10 @@ fn request_debug_shows_no_secret() {
         &[("client_secret", "hunter2"), ("refresh_token", "rt-secret")],
         1024,
     )
-    .header(http::header::AUTHORIZATION, http::HeaderValue::from_static("Basic c2VjcmV0"));
+    .header(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_static("Basic c2VjcmV0"),
+    );
     let d = format!("{r:?}");
     for s in ["hunter2", "rt-secret", "c2VjcmV0", "abc123"] {
         assert!(!d.contains(s), "{s} leaked in {d}");
