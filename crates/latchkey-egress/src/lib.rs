@@ -8,19 +8,23 @@
 //!   cannot change between the check and the connection.
 //! * Redirects are never followed; response bodies are capped; every request times out;
 //!   environment proxies are ignored (they would bypass the guard).
+//! * Nothing here logs or prints a query string, a header value or a body.
 #![forbid(unsafe_code)]
 
+mod message;
 mod policy;
+mod resolve;
 
+use std::error::Error as _;
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use bytes::BytesMut;
 
+pub use message::{EgressRequest, EgressResponse};
 pub use policy::{CheckedUrl, DenyReason, LoopbackPolicy, UrlSource, classify_ip};
+pub use resolve::{NameResolver, SystemResolver};
 
 /// Cap for discovery documents (R-DISC-5).
 pub const METADATA_BODY_LIMIT: usize = 64 * 1024;
@@ -32,15 +36,15 @@ pub const TOKEN_BODY_LIMIT: usize = 64 * 1024;
 /// Egress settings.
 #[derive(Debug, Clone)]
 pub struct EgressConfig {
-    /// The dev relaxation for http and loopback.
+    /// The dev relaxation for http and loopback (default: deny).
     pub loopback: LoopbackPolicy,
     /// Private ranges allowed even for URLs learned from remote documents.
     pub private_allow_list: Vec<ipnet::IpNet>,
-    /// Connection timeout.
+    /// Connection timeout (default 5 s).
     pub connect_timeout: Duration,
-    /// Whole-request timeout (unless a request sets its own).
+    /// Whole-request timeout, body included, unless a request sets its own (default 15 s).
     pub request_timeout: Duration,
-    /// `User-Agent`.
+    /// `User-Agent` (default `latchkey/<version>`).
     pub user_agent: String,
 }
 
@@ -56,19 +60,20 @@ impl Default for EgressConfig {
     }
 }
 
-/// Why a request did not produce a response.
-#[derive(Debug, thiserror::Error)]
+/// Why a request did not produce a response. Messages never contain the URL's query,
+/// header values or bodies.
+#[derive(thiserror::Error)]
 pub enum EgressError {
     /// Not an absolute URL, no host, or credentials in the URL.
     #[error("invalid URL: {0}")]
     InvalidUrl(String),
-    /// Not https (or http under the loopback relaxation).
+    /// Not https (or http without the loopback relaxation).
     #[error("scheme {0:?} is not allowed")]
     SchemeNotAllowed(String),
     /// The host is, or resolves to, a refused address.
-    #[error("{host} is a {reason}: refused")]
+    #[error("refused {host}: {reason}")]
     AddressDenied {
-        /// The host or address.
+        /// The host name or address.
         host: String,
         /// Which rule refused it.
         reason: DenyReason,
@@ -78,7 +83,8 @@ pub enum EgressError {
     Redirect {
         /// The status.
         status: u16,
-        /// The `Location` header, for callers that read authorization responses.
+        /// The `Location` header, for callers that read authorization responses. It may
+        /// carry a code: `Debug` shows it without query and fragment, `Display` not at all.
         location: Option<String>,
     },
     /// The response body is larger than the cap.
@@ -87,10 +93,10 @@ pub enum EgressError {
         /// The cap.
         limit: usize,
     },
-    /// No response in time.
+    /// No response (or no complete body) in time.
     #[error("timed out")]
     Timeout,
-    /// DNS failure, refused or reset connection.
+    /// DNS failure, refused or reset connection, TLS handshake failure.
     #[error("could not connect: {0}")]
     Connect(String),
     /// Any other transport error.
@@ -98,8 +104,36 @@ pub enum EgressError {
     Http(String),
 }
 
+impl fmt::Debug for EgressError {
+    // Hand-written only to keep a redirect's query (an authorization code) out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidUrl(m) => f.debug_tuple("InvalidUrl").field(m).finish(),
+            Self::SchemeNotAllowed(s) => f.debug_tuple("SchemeNotAllowed").field(s).finish(),
+            Self::AddressDenied { host, reason } => f
+                .debug_struct("AddressDenied")
+                .field("host", host)
+                .field("reason", reason)
+                .finish(),
+            Self::Redirect { status, location } => f
+                .debug_struct("Redirect")
+                .field("status", status)
+                .field("location", &location.as_deref().map(message::loggable_url))
+                .finish(),
+            Self::BodyTooLarge { limit } => f
+                .debug_struct("BodyTooLarge")
+                .field("limit", limit)
+                .finish(),
+            Self::Timeout => f.write_str("Timeout"),
+            Self::Connect(m) => f.debug_tuple("Connect").field(m).finish(),
+            Self::Http(m) => f.debug_tuple("Http").field(m).finish(),
+        }
+    }
+}
+
 impl EgressError {
-    /// Whether the same request may succeed later.
+    /// Whether the same request may succeed later: transport failures yes, policy
+    /// refusals, redirects and oversized bodies no.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
@@ -108,72 +142,7 @@ impl EgressError {
     }
 }
 
-/// Resolves host names. Injected so tests can play a rebinding DNS server.
-#[async_trait::async_trait]
-pub trait NameResolver: Send + Sync + fmt::Debug {
-    /// All addresses of `host`.
-    async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>>;
-}
-
-/// The system resolver.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemResolver;
-
-#[async_trait::async_trait]
-impl NameResolver for SystemResolver {
-    async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
-        Ok(tokio::net::lookup_host((host, port)).await?.collect())
-    }
-}
-
-/// The refusal a guarded resolution returns, found again in reqwest's error chain.
-#[derive(Debug)]
-struct Denied {
-    host: String,
-    reason: DenyReason,
-}
-
-impl fmt::Display for Denied {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} resolves to a {}", self.host, self.reason)
-    }
-}
-
-impl std::error::Error for Denied {}
-
-/// reqwest's resolver hook: resolve once, classify every address, return exactly the
-/// checked addresses, so the connection goes to an address that passed the policy.
-#[derive(Debug)]
-struct GuardedResolve {
-    resolver: Arc<dyn NameResolver>,
-    source: UrlSource,
-    cfg: Arc<EgressConfig>,
-}
-
-impl reqwest::dns::Resolve for GuardedResolve {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_owned();
-        let resolver = self.resolver.clone();
-        let cfg = self.cfg.clone();
-        let source = self.source;
-        Box::pin(async move {
-            let addrs = resolver.resolve(&host, 0).await?;
-            if addrs.is_empty() {
-                return Err(format!("{host}: no addresses").into());
-            }
-            for a in &addrs {
-                if let Err(reason) = classify_ip(a.ip(), source, &cfg) {
-                    tracing::warn!(event = "egress.address_denied", host = %host, reason = %reason);
-                    return Err(Box::new(Denied { host, reason })
-                        as Box<dyn std::error::Error + Send + Sync>);
-                }
-            }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
-/// The guarded client. Cheap to clone.
+/// The guarded client. Cheap to clone (the connection pools are shared).
 #[derive(Clone)]
 pub struct Egress {
     cfg: Arc<EgressConfig>,
@@ -195,22 +164,25 @@ impl Egress {
         Self::with_resolver(cfg, Arc::new(SystemResolver))
     }
 
-    /// A client using `resolver` for every host name.
+    /// A client using `resolver` for every host name (tests: DNS rebinding).
     pub fn with_resolver(
         cfg: EgressConfig,
         resolver: Arc<dyn NameResolver>,
     ) -> Result<Self, EgressError> {
         let cfg = Arc::new(cfg);
-        // One reqwest client per URL source: the source decides the private-range rule
-        // inside the resolver, and reqwest's resolver hook sees only the host name.
+        // One reqwest client per URL source: reqwest's resolver hook sees only the host
+        // name, and the source decides the private-range rule. Separate clients also
+        // mean separate pools, so a Remote request never reuses a connection that was
+        // admitted under the Operator rule.
         let build = |source| {
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .no_proxy()
+                .https_only(cfg.loopback == LoopbackPolicy::Deny) // a second wall behind check_url
                 .connect_timeout(cfg.connect_timeout)
                 .timeout(cfg.request_timeout)
                 .user_agent(cfg.user_agent.clone())
-                .dns_resolver(Arc::new(GuardedResolve {
+                .dns_resolver(Arc::new(resolve::GuardedResolve {
                     resolver: resolver.clone(),
                     source,
                     cfg: cfg.clone(),
@@ -230,21 +202,39 @@ impl Egress {
         &self.cfg
     }
 
-    /// Static checks only (no DNS): scheme, userinfo, literal addresses, `localhost` names.
+    /// Static checks only (no DNS): WHATWG parse, scheme, no userinfo, IP literals and
+    /// `localhost` names. Also the check for URLs handed to a browser (R-SEC-9).
     pub fn check_url(&self, raw: &str, source: UrlSource) -> Result<CheckedUrl, EgressError> {
         policy::check_url(raw, source, &self.cfg)
     }
 
-    /// Sends one request under the policy and reads at most `req.body_limit` bytes.
+    /// Sends one request: [`Egress::check_url`], then a connection only to addresses the
+    /// guarded resolver admitted, no redirect followed (3xx → [`EgressError::Redirect`],
+    /// body unread), at most `req.body_limit` body bytes, within the timeouts.
     pub async fn send(&self, req: EgressRequest) -> Result<EgressResponse, EgressError> {
         let checked = self.check_url(&req.url, req.source)?;
+        let method = req.method.clone();
+        let host = checked.url().host_str().unwrap_or_default().to_owned();
+        let result = self.exchange(checked, req).await;
+        // Method, host and outcome only: never the query, header values or bodies.
+        match &result {
+            Ok(r) => tracing::debug!(event = "egress.response", %method, %host, status = r.status.as_u16()),
+            Err(e) => tracing::debug!(event = "egress.error", %method, %host, error = %e),
+        }
+        result
+    }
+
+    async fn exchange(
+        &self,
+        checked: CheckedUrl,
+        req: EgressRequest,
+    ) -> Result<EgressResponse, EgressError> {
         let client = match req.source {
             UrlSource::Operator => &self.operator,
             UrlSource::Remote => &self.remote,
         };
-        let host = checked.url().host_str().unwrap_or_default().to_owned();
         let mut rb = client
-            .request(req.method.clone(), checked.url().clone())
+            .request(req.method, checked.url().clone())
             .headers(req.headers);
         if let Some(t) = req.timeout {
             rb = rb.timeout(t);
@@ -252,10 +242,11 @@ impl Egress {
         if let Some(b) = req.body {
             rb = rb.body(b);
         }
-        let resp = rb.send().await.map_err(map_err)?;
+        let mut resp = rb.send().await.map_err(map_err)?;
         let status = resp.status();
-        tracing::debug!(event = "egress.response", method = %req.method, host = %host, status = status.as_u16());
         if status.is_redirection() {
+            // Dropping the response without reading it closes or recycles the connection;
+            // nothing is re-sent anywhere.
             let location = resp
                 .headers()
                 .get(http::header::LOCATION)
@@ -267,15 +258,19 @@ impl Egress {
             });
         }
         let limit = req.body_limit;
-        if resp.content_length().is_some_and(|n| n > limit as u64) {
-            return Err(EgressError::BodyTooLarge { limit });
+        let too_large = EgressError::BodyTooLarge { limit };
+        let declared = resp.content_length();
+        if declared.is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX)) {
+            return Err(too_large); // refused before reading a byte
         }
-        let headers = resp.headers().clone();
-        let mut resp = resp;
-        let mut body = BytesMut::new();
+        let headers = std::mem::take(resp.headers_mut());
+        let capacity = declared.map_or(0, |n| usize::try_from(n).unwrap_or(limit).min(limit));
+        let mut body = BytesMut::with_capacity(capacity);
+        // Streamed so a lying or absent Content-Length cannot make us buffer more than
+        // the cap: the read stops at the first chunk that would cross it.
         while let Some(chunk) = resp.chunk().await.map_err(map_err)? {
-            if body.len() + chunk.len() > limit {
-                return Err(EgressError::BodyTooLarge { limit });
+            if chunk.len() > limit - body.len() {
+                return Err(too_large);
             }
             body.extend_from_slice(&chunk);
         }
@@ -287,136 +282,39 @@ impl Egress {
     }
 }
 
+/// Maps a reqwest error, finding a guard refusal anywhere in its cause chain.
 fn map_err(e: reqwest::Error) -> EgressError {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(s) = src {
-        if let Some(d) = s.downcast_ref::<Denied>() {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(c) = cause {
+        if let Some(d) = c.downcast_ref::<resolve::Denied>() {
             return EgressError::AddressDenied {
                 host: d.host.clone(),
                 reason: d.reason,
             };
         }
-        src = s.source();
+        cause = c.source();
     }
     if e.is_timeout() {
         EgressError::Timeout
+    } else if e.is_builder() {
+        EgressError::InvalidUrl(describe(e))
     } else if e.is_connect() {
-        EgressError::Connect(e.without_url().to_string())
+        EgressError::Connect(describe(e))
     } else {
-        EgressError::Http(e.without_url().to_string())
+        EgressError::Http(describe(e))
     }
 }
 
-/// One outbound request.
-pub struct EgressRequest {
-    /// Method.
-    pub method: Method,
-    /// Absolute URL.
-    pub url: String,
-    /// Where the URL came from.
-    pub source: UrlSource,
-    /// Headers (credentials included: never printed).
-    pub headers: HeaderMap,
-    /// Body.
-    pub body: Option<Bytes>,
-    /// The most response-body bytes to read.
-    pub body_limit: usize,
-    /// Overrides the configured request timeout.
-    pub timeout: Option<Duration>,
-}
-
-impl fmt::Debug for EgressRequest {
-    /// Method, URL without query, and header names only: values and bodies may be secrets.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let url = self.url.split(['?', '#']).next().unwrap_or_default();
-        f.debug_struct("EgressRequest")
-            .field("method", &self.method)
-            .field("url", &url)
-            .field("source", &self.source)
-            .field("headers", &self.headers.keys().collect::<Vec<_>>())
-            .field("body_len", &self.body.as_ref().map(Bytes::len))
-            .finish_non_exhaustive()
+/// The error and its causes on one line ("error sending request" alone says nothing),
+/// without the URL: its query may hold a code or a token.
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cause = c.source();
     }
-}
-
-impl EgressRequest {
-    fn new(method: Method, url: impl Into<String>, source: UrlSource, body_limit: usize) -> Self {
-        Self {
-            method,
-            url: url.into(),
-            source,
-            headers: HeaderMap::new(),
-            body: None,
-            body_limit,
-            timeout: None,
-        }
-    }
-
-    /// A GET.
-    pub fn get(url: impl Into<String>, source: UrlSource, body_limit: usize) -> Self {
-        Self::new(Method::GET, url, source, body_limit)
-    }
-
-    /// A POST of `application/x-www-form-urlencoded` pairs.
-    pub fn post_form(
-        url: impl Into<String>,
-        source: UrlSource,
-        pairs: &[(&str, &str)],
-        body_limit: usize,
-    ) -> Self {
-        let mut r = Self::new(Method::POST, url, source, body_limit);
-        r.body = Some(Bytes::from(
-            serde_urlencoded::to_string(pairs).unwrap_or_default(),
-        ));
-        r.headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-        r
-    }
-
-    /// A POST of JSON.
-    pub fn post_json(
-        url: impl Into<String>,
-        source: UrlSource,
-        json: &serde_json::Value,
-        body_limit: usize,
-    ) -> Self {
-        let mut r = Self::new(Method::POST, url, source, body_limit);
-        r.body = Some(Bytes::from(json.to_string()));
-        r.headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        r
-    }
-
-    /// Adds a header (replacing one of the same name).
-    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
-        self
-    }
-}
-
-/// A response whose body was read within the cap.
-#[derive(Debug)]
-pub struct EgressResponse {
-    /// Status.
-    pub status: StatusCode,
-    /// Headers.
-    pub headers: HeaderMap,
-    /// Body.
-    pub body: Bytes,
-}
-
-impl EgressResponse {
-    /// The body as JSON.
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_slice(&self.body)
-    }
-
-    /// A header value as text.
-    pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
+    msg
 }

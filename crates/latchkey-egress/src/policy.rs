@@ -3,6 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
+use ipnet::{Ipv4Net, Ipv6Net};
 use url::{Host, Url};
 
 use crate::{EgressConfig, EgressError};
@@ -20,6 +21,9 @@ pub enum LoopbackPolicy {
 
 impl FromStr for LoopbackPolicy {
     type Err = String;
+
+    /// Accepts exactly `deny` and `allow-insecure-loopback`; anything else is an error,
+    /// so a misspelled setting can never relax the guard.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "deny" => Ok(LoopbackPolicy::Deny),
@@ -49,13 +53,15 @@ pub enum DenyReason {
     Unspecified,
     /// 127.0.0.0/8, `::1`, `localhost`: only under the loopback relaxation.
     Loopback,
-    /// RFC 1918, CGNAT, unique-local: only for operator URLs or allow-listed ranges.
+    /// RFC 1918, CGNAT 100.64/10, unique-local fc00::/7, site-local fec0::/10 and the
+    /// local-use NAT64 prefix: only for operator URLs or allow-listed ranges.
     Private,
-    /// Multicast.
+    /// 224.0.0.0/4 and ff00::/8.
     Multicast,
     /// 255.255.255.255.
     Broadcast,
-    /// Reserved, documentation and benchmarking ranges.
+    /// 240.0.0.0/4, IETF protocol assignments, documentation, benchmarking, discard-only
+    /// and Teredo ranges: never a legitimate OAuth endpoint.
     Reserved,
 }
 
@@ -73,7 +79,8 @@ impl std::fmt::Display for DenyReason {
     }
 }
 
-/// A URL that passed the static checks.
+/// A URL that passed the static checks (scheme, no userinfo, host literal or name).
+/// Host names still go through the guarded resolver when a request is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedUrl {
     url: Url,
@@ -91,94 +98,95 @@ impl CheckedUrl {
     }
 }
 
-/// The IPv4 address embedded in an IPv6 one: IPv4-mapped (`::ffff:a.b.c.d`),
-/// IPv4-compatible (`::a.b.c.d`, not `::` or `::1`) and NAT64 (`64:ff9b::/96`).
+const fn v4(a: u8, b: u8, c: u8, d: u8, len: u8) -> Ipv4Net {
+    Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), len)
+}
+
+const fn v6(s: [u16; 8], len: u8) -> Ipv6Net {
+    Ipv6Net::new_assert(
+        Ipv6Addr::new(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]),
+        len,
+    )
+}
+
+/// Refused IPv4 ranges. Written out as a table (rather than `Ipv4Addr::is_*`, several of
+/// which are unstable or narrower than needed) so the whole policy reads in one place.
+const V4_RULES: [(Ipv4Net, DenyReason); 15] = [
+    (v4(0, 0, 0, 0, 8), DenyReason::Unspecified),
+    (v4(127, 0, 0, 0, 8), DenyReason::Loopback),
+    (v4(169, 254, 0, 0, 16), DenyReason::LinkLocal), // incl. 169.254.169.254, 169.254.170.2
+    (v4(10, 0, 0, 0, 8), DenyReason::Private),
+    (v4(172, 16, 0, 0, 12), DenyReason::Private),
+    (v4(192, 168, 0, 0, 16), DenyReason::Private),
+    (v4(100, 64, 0, 0, 10), DenyReason::Private), // CGNAT: internal in practice
+    (v4(192, 0, 0, 0, 24), DenyReason::Reserved), // IETF protocol assignments
+    (v4(192, 0, 2, 0, 24), DenyReason::Reserved), // TEST-NET-1
+    (v4(198, 18, 0, 0, 15), DenyReason::Reserved), // benchmarking
+    (v4(198, 51, 100, 0, 24), DenyReason::Reserved), // TEST-NET-2
+    (v4(203, 0, 113, 0, 24), DenyReason::Reserved), // TEST-NET-3
+    (v4(224, 0, 0, 0, 4), DenyReason::Multicast),
+    (v4(255, 255, 255, 255, 32), DenyReason::Broadcast), // before 240/4, which holds it
+    (v4(240, 0, 0, 0, 4), DenyReason::Reserved),
+];
+
+/// Refused IPv6 ranges, after the embedded-IPv4 forms have been unwrapped.
+const V6_RULES: [(Ipv6Net, DenyReason); 11] = [
+    (v6([0; 8], 128), DenyReason::Unspecified),
+    (v6([0, 0, 0, 0, 0, 0, 0, 1], 128), DenyReason::Loopback),
+    (v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10), DenyReason::LinkLocal),
+    // AWS instance metadata over IPv6 sits in unique-local space, but is metadata.
+    (v6([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254], 128), DenyReason::LinkLocal),
+    (v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8), DenyReason::Multicast),
+    (v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7), DenyReason::Private),
+    (v6([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10), DenyReason::Private), // deprecated site-local
+    // RFC 8215 local-use NAT64: the site's translator may reach any internal IPv4.
+    (v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48), DenyReason::Private),
+    (v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32), DenyReason::Reserved), // documentation
+    (v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 32), DenyReason::Reserved), // Teredo: opaque IPv4 peer
+    (v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64), DenyReason::Reserved),  // discard-only
+];
+
+/// The IPv4 address an IPv6 address stands for, when the stack or a translator would
+/// deliver the packet to that IPv4 address (R-SEC-5 plus hardening).
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
-    let s = ip.segments();
-    let v4 = || Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-    if s[..5] == [0; 5] && s[5] == 0xffff {
-        return Some(v4());
+    let v4 = |hi: u16, lo: u16| Some(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
+    match ip.segments() {
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] => v4(hi, lo), // mapped ::ffff:a.b.c.d
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] => v4(hi, lo), // SIIT-translated ::ffff:0:a.b.c.d
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => None,          // `::` and `::1` are themselves
+        [0, 0, 0, 0, 0, 0, hi, lo] => v4(hi, lo),      // compatible ::a.b.c.d
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => v4(hi, lo), // NAT64 well-known prefix
+        [0x2002, hi, lo, ..] => v4(hi, lo),            // 6to4
+        _ => None,
     }
-    if s[..6] == [0; 6] && (s[6] != 0 || s[7] > 1) {
-        return Some(v4());
-    }
-    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
-        return Some(v4());
-    }
-    None
 }
 
-fn classify_v4(ip: Ipv4Addr) -> Option<DenyReason> {
-    let o = ip.octets();
-    if o[0] == 0 {
-        return Some(DenyReason::Unspecified);
+fn classify_raw(ip: IpAddr) -> Option<DenyReason> {
+    match ip {
+        IpAddr::V4(ip) => V4_RULES.iter().find(|(n, _)| n.contains(&ip)).map(|r| r.1),
+        IpAddr::V6(ip) => match embedded_v4(ip) {
+            Some(v4) => classify_raw(IpAddr::V4(v4)),
+            None => V6_RULES.iter().find(|(n, _)| n.contains(&ip)).map(|r| r.1),
+        },
     }
-    if ip.is_link_local() {
-        return Some(DenyReason::LinkLocal);
-    }
-    if ip.is_loopback() {
-        return Some(DenyReason::Loopback);
-    }
-    if ip.is_broadcast() {
-        return Some(DenyReason::Broadcast);
-    }
-    if ip.is_multicast() {
-        return Some(DenyReason::Multicast);
-    }
-    if ip.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64) {
-        return Some(DenyReason::Private);
-    }
-    // 240/4 reserved, 192.0.0/24 protocol assignments, documentation, benchmarking (198.18/15)
-    if o[0] >= 240
-        || (o[0] == 192 && o[1] == 0 && o[2] == 0)
-        || ip.is_documentation()
-        || (o[0] == 198 && (o[1] & 0xfe) == 18)
-    {
-        return Some(DenyReason::Reserved);
-    }
-    None
-}
-
-fn classify_v6(ip: Ipv6Addr) -> Option<DenyReason> {
-    if let Some(v4) = embedded_v4(ip) {
-        return classify_v4(v4);
-    }
-    let s = ip.segments();
-    if ip.is_unspecified() {
-        return Some(DenyReason::Unspecified);
-    }
-    if ip.is_loopback() {
-        return Some(DenyReason::Loopback);
-    }
-    // fe80::/10 link-local; fd00:ec2::254 is the AWS instance metadata service.
-    if (s[0] & 0xffc0) == 0xfe80 || ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
-        return Some(DenyReason::LinkLocal);
-    }
-    if ip.is_multicast() {
-        return Some(DenyReason::Multicast);
-    }
-    if (s[0] & 0xfe00) == 0xfc00 {
-        return Some(DenyReason::Private);
-    }
-    if s[0] == 0x2001 && s[1] == 0x0db8 {
-        return Some(DenyReason::Reserved);
-    }
-    None
 }
 
 /// Classifies an address under a policy: `Ok` when a connection may be made.
+///
+/// Link-local, metadata, unspecified, multicast, broadcast and reserved addresses are
+/// refused whatever the configuration; loopback only passes under
+/// [`LoopbackPolicy::AllowInsecureLoopback`]; private ranges pass for
+/// [`UrlSource::Operator`] or when inside [`EgressConfig::private_allow_list`].
 pub fn classify_ip(ip: IpAddr, source: UrlSource, cfg: &EgressConfig) -> Result<(), DenyReason> {
-    let verdict = match ip {
-        IpAddr::V4(v4) => classify_v4(v4),
-        IpAddr::V6(v6) => classify_v6(v6),
-    };
-    match verdict {
+    match classify_raw(ip) {
         None => Ok(()),
         Some(DenyReason::Loopback) if cfg.loopback == LoopbackPolicy::AllowInsecureLoopback => {
             Ok(())
         }
-        Some(DenyReason::Private) if source == UrlSource::Operator => Ok(()),
-        Some(DenyReason::Private) if cfg.private_allow_list.iter().any(|n| n.contains(&ip)) => {
+        Some(DenyReason::Private)
+            if source == UrlSource::Operator
+                || cfg.private_allow_list.iter().any(|n| n.contains(&ip)) =>
+        {
             Ok(())
         }
         Some(r) => Err(r),
@@ -186,8 +194,10 @@ pub fn classify_ip(ip: IpAddr, source: UrlSource, cfg: &EgressConfig) -> Result<
 }
 
 /// `localhost`, `localhost.` and any name whose last label is `localhost` (RFC 6761).
-pub(crate) fn is_localhost_name(host: &str) -> bool {
-    let h = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+/// `url` has already lower-cased and IDNA-mapped the name; the case folding here is for
+/// direct callers.
+fn is_localhost_name(host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
     h == "localhost" || h.ends_with(".localhost")
 }
 
@@ -197,68 +207,120 @@ pub(crate) fn check_url(
     source: UrlSource,
     cfg: &EgressConfig,
 ) -> Result<CheckedUrl, EgressError> {
-    let url = Url::parse(raw.trim())
+    let relaxed = cfg.loopback == LoopbackPolicy::AllowInsecureLoopback;
+    // The parser error says what is wrong without echoing the input (it may be a secret).
+    let url = Url::parse(raw)
         .map_err(|e| EgressError::InvalidUrl(format!("not an absolute URL: {e}")))?;
     match url.scheme() {
         "https" => {}
-        "http" if cfg.loopback == LoopbackPolicy::AllowInsecureLoopback => {}
+        "http" if relaxed => {}
         other => return Err(EgressError::SchemeNotAllowed(other.to_owned())),
     }
+    // `https://evil.com@127.0.0.1/` reads differently to people and parsers: refuse it.
     if !url.username().is_empty() || url.password().is_some() {
         return Err(EgressError::InvalidUrl(
             "credentials in the URL are not allowed".into(),
         ));
     }
-    let deny = |host: String, reason| Err(EgressError::AddressDenied { host, reason });
-    match url.host() {
+    let (host, verdict) = match url.host() {
         None => return Err(EgressError::InvalidUrl("no host".into())),
+        // IPv6 zone ids (`[fe80::1%25eth0]`) do not parse, so they never get this far.
+        Some(Host::Ipv4(ip)) => (ip.to_string(), classify_ip(ip.into(), source, cfg)),
+        Some(Host::Ipv6(ip)) => (ip.to_string(), classify_ip(ip.into(), source, cfg)),
         Some(Host::Domain(d)) => {
-            if is_localhost_name(d) && cfg.loopback != LoopbackPolicy::AllowInsecureLoopback {
-                return deny(d.to_owned(), DenyReason::Loopback);
-            }
-            // A trailing-dot IP literal (`127.0.0.1.`) is a domain to the URL parser;
-            // classify it as the address it names.
-            if let Ok(ip) = d.trim_end_matches('.').parse::<IpAddr>()
-                && let Err(r) = classify_ip(ip, source, cfg)
-            {
-                return deny(d.to_owned(), r);
-            }
+            let verdict = if is_localhost_name(d) {
+                if relaxed {
+                    Ok(())
+                } else {
+                    Err(DenyReason::Loopback)
+                }
+            } else {
+                // WHATWG already turns every IPv4 spelling, trailing dot included, into
+                // Host::Ipv4; this catches whatever a future parser might leave as a name.
+                match d.trim_end_matches('.').parse::<IpAddr>() {
+                    Ok(ip) => classify_ip(ip, source, cfg),
+                    Err(_) => Ok(()), // a name: the guarded resolver checks its addresses
+                }
+            };
+            (d.to_owned(), verdict)
         }
-        Some(Host::Ipv4(ip)) => {
-            if let Err(r) = classify_ip(IpAddr::V4(ip), source, cfg) {
-                return deny(ip.to_string(), r);
-            }
-        }
-        Some(Host::Ipv6(ip)) => {
-            if let Err(r) = classify_ip(IpAddr::V6(ip), source, cfg) {
-                return deny(ip.to_string(), r);
-            }
-        }
+    };
+    match verdict {
+        Ok(()) => Ok(CheckedUrl { url }),
+        Err(reason) => Err(EgressError::AddressDenied { host, reason }),
     }
-    Ok(CheckedUrl { url })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn embedded_forms() {
-        assert_eq!(
-            embedded_v4("::ffff:7f00:1".parse().unwrap()),
-            Some(Ipv4Addr::LOCALHOST)
-        );
-        assert_eq!(
-            embedded_v4("::127.0.0.1".parse().unwrap()),
-            Some(Ipv4Addr::LOCALHOST)
-        );
-        assert_eq!(
-            embedded_v4("64:ff9b::a9fe:a9fe".parse().unwrap()),
-            Some(Ipv4Addr::new(169, 254, 169, 254))
-        );
-        assert_eq!(embedded_v4("::1".parse().unwrap()), None);
-        assert_eq!(embedded_v4("::".parse().unwrap()), None);
-        assert_eq!(embedded_v4("2606:4700::1".parse().unwrap()), None);
+        let lo = Some(Ipv4Addr::LOCALHOST);
+        for s in [
+            "::ffff:7f00:1",
+            "::ffff:0:7f00:1",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::5",
+        ] {
+            let IpAddr::V6(v6) = ip(s) else { panic!() };
+            assert_eq!(embedded_v4(v6), lo, "{s}");
+        }
+        for s in ["::1", "::", "2606:4700::1", "64:ff9b:1::7f00:1"] {
+            let IpAddr::V6(v6) = ip(s) else { panic!() };
+            assert_eq!(embedded_v4(v6), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn raw_classification() {
+        use DenyReason::*;
+        let cases = [
+            ("0.0.0.0", Some(Unspecified)),
+            ("127.3.2.1", Some(Loopback)),
+            ("169.254.170.2", Some(LinkLocal)),
+            ("100.127.255.255", Some(Private)),
+            ("100.128.0.0", None),
+            ("172.15.255.255", None),
+            ("198.19.0.1", Some(Reserved)),
+            ("239.255.255.250", Some(Multicast)),
+            ("255.255.255.255", Some(Broadcast)),
+            ("255.255.255.254", Some(Reserved)),
+            ("8.8.8.8", None),
+            ("::", Some(Unspecified)),
+            ("::1", Some(Loopback)),
+            ("::2", Some(Unspecified)), // compatible form of 0.0.0.2
+            ("fe80::1", Some(LinkLocal)),
+            ("fd00:ec2::254", Some(LinkLocal)),
+            ("fd00:ec2::253", Some(Private)),
+            ("fec0::1", Some(Private)),
+            ("64:ff9b:1::a00:1", Some(Private)),
+            ("2002:a9fe:a9fe::", Some(LinkLocal)),
+            ("2002:808:808::", None),
+            ("2001::1", Some(Reserved)),
+            ("100::1", Some(Reserved)),
+            ("ff02::1", Some(Multicast)),
+            ("2606:4700:4700::1111", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(classify_raw(ip(s)), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn localhost_names() {
+        for h in ["localhost", "localhost.", "LocalHost", "a.b.localhost..", "x.localhost"] {
+            assert!(is_localhost_name(h), "{h}");
+        }
+        for h in ["localhost.example.com", "notlocalhost", "localhost-x", "example.com"] {
+            assert!(!is_localhost_name(h), "{h}");
+        }
     }
 
     #[test]
@@ -267,8 +329,10 @@ mod tests {
             "allow-insecure-loopback".parse::<LoopbackPolicy>(),
             Ok(LoopbackPolicy::AllowInsecureLoopback)
         );
-        assert!("allow".parse::<LoopbackPolicy>().is_err());
-        assert!("ALLOW-INSECURE-LOOPBACK".parse::<LoopbackPolicy>().is_err());
+        assert_eq!("deny".parse::<LoopbackPolicy>(), Ok(LoopbackPolicy::Deny));
+        for bad in ["allow", "ALLOW-INSECURE-LOOPBACK", "true", "", " deny"] {
+            assert!(bad.parse::<LoopbackPolicy>().is_err(), "{bad:?}");
+        }
         assert_eq!(LoopbackPolicy::default(), LoopbackPolicy::Deny);
     }
 }

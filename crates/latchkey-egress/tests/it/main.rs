@@ -1,7 +1,10 @@
-//! Egress guard: hostile URL table, property tests, DNS rebinding, redirects, caps,
-//! timeouts and redaction. One integration-test binary for the crate.
+//! Egress guard: hostile URL table, property tests, DNS rebinding and pinning,
+//! redirects, body caps, timeouts and redaction. One integration-test binary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod server;
+mod table;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -12,605 +15,486 @@ use latchkey_egress::{
     DenyReason, Egress, EgressConfig, EgressError, EgressRequest, LoopbackPolicy, NameResolver,
     UrlSource, classify_ip,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
+use server::Server;
+
+/// Strict policy, shared: only for tests that never open a connection (a reqwest client
+/// must not outlive the runtime its pooled connections belong to).
 fn strict() -> Egress {
     static E: std::sync::OnceLock<Egress> = std::sync::OnceLock::new();
     E.get_or_init(|| Egress::new(EgressConfig::default()).unwrap())
         .clone()
 }
 
+fn relaxed_cfg() -> EgressConfig {
+    EgressConfig {
+        loopback: LoopbackPolicy::AllowInsecureLoopback,
+        ..EgressConfig::default()
+    }
+}
+
+/// A fresh relaxed client (http and loopback allowed) for the local test servers.
 fn relaxed() -> Egress {
-    static E: std::sync::OnceLock<Egress> = std::sync::OnceLock::new();
-    E.get_or_init(|| {
-        Egress::new(EgressConfig {
-            loopback: LoopbackPolicy::AllowInsecureLoopback,
-            ..EgressConfig::default()
-        })
-        .unwrap()
-    })
-    .clone()
+    Egress::new(relaxed_cfg()).unwrap()
 }
 
-#[derive(Debug, PartialEq)]
-enum V {
-    Ok,
-    Deny(DenyReason),
-    Scheme,
-    Invalid,
-}
-
-fn verdict(e: &Egress, url: &str, source: UrlSource) -> V {
-    match e.check_url(url, source) {
-        Ok(_) => V::Ok,
-        Err(EgressError::AddressDenied { reason, .. }) => V::Deny(reason),
-        Err(EgressError::SchemeNotAllowed(_)) => V::Scheme,
-        Err(EgressError::InvalidUrl(_)) => V::Invalid,
-        Err(other) => panic!("unexpected {other:?} for {url}"),
-    }
-}
-
-use DenyReason::*;
-use UrlSource::{Operator as Op, Remote as Rem};
-
-/// (url, source, strict verdict, verdict under the loopback relaxation)
-fn table() -> Vec<(&'static str, UrlSource, V, V)> {
-    vec![
-        // IPv4 encodings of loopback (WHATWG normalisation)
-        ("https://127.0.0.1/", Op, V::Deny(Loopback), V::Ok),
-        ("https://2130706433/", Op, V::Deny(Loopback), V::Ok),
-        ("https://0x7f000001/", Op, V::Deny(Loopback), V::Ok),
-        ("https://0177.0.0.1/", Op, V::Deny(Loopback), V::Ok),
-        ("https://127.1/", Op, V::Deny(Loopback), V::Ok),
-        ("https://127.0.1/", Op, V::Deny(Loopback), V::Ok),
-        ("https://0x7f.1/", Op, V::Deny(Loopback), V::Ok),
-        ("https://127.255.255.254/", Op, V::Deny(Loopback), V::Ok),
-        ("https://127.0.0.1./", Op, V::Deny(Loopback), V::Ok),
-        // metadata / link-local: refused always
-        (
-            "https://169.254.169.254/latest/meta-data/",
-            Op,
-            V::Deny(LinkLocal),
-            V::Deny(LinkLocal),
-        ),
-        (
-            "https://2852039166/",
-            Op,
-            V::Deny(LinkLocal),
-            V::Deny(LinkLocal),
-        ),
-        (
-            "https://0xa9fea9fe/",
-            Op,
-            V::Deny(LinkLocal),
-            V::Deny(LinkLocal),
-        ),
-        (
-            "https://0251.0376.0251.0376/",
-            Op,
-            V::Deny(LinkLocal),
-            V::Deny(LinkLocal),
-        ),
-        (
-            "https://169.254.169.254./",
-            Op,
-            V::Deny(LinkLocal),
-            V::Deny(LinkLocal),
-        ),
-        (
-            "https://169.254.170.2/v2/credentials",
-            Op,
-            V::Deny(LinkLocal),
-            V::Deny(LinkLocal),
-        ),
-        (
-            "https://[fe80::1]/",
-            Op,
-            V::Deny(LinkLocal),
-            V::Deny(LinkLocal),
-        ),
-        (
-            "https://[febf::1]/",
-            Op,
-            V::Deny(LinkLocal),
-            V::Deny(LinkLocal),
-        ),
-        (
-            "https://[fd00:ec2::254]/",
-            Op,
-            V::Deny(LinkLocal),
-            V::Deny(LinkLocal),
-        ),
-        (
-            "https://[::ffff:169.254.169.254]/",
-            Op,
-            V::Deny(LinkLocal),
-            V::Deny(LinkLocal),
-        ),
-        (
-            "https://[::ffff:a9fe:a9fe]/",
-            Op,
-            V::Deny(LinkLocal),
-            V::Deny(LinkLocal),
-        ),
-        (
-            "https://[64:ff9b::a9fe:a9fe]/",
-            Op,
-            V::Deny(LinkLocal),
-            V::Deny(LinkLocal),
-        ),
-        // unspecified: refused always
-        (
-            "https://0.0.0.0/",
-            Op,
-            V::Deny(Unspecified),
-            V::Deny(Unspecified),
-        ),
-        ("https://0/", Op, V::Deny(Unspecified), V::Deny(Unspecified)),
-        (
-            "https://0.1.2.3/",
-            Op,
-            V::Deny(Unspecified),
-            V::Deny(Unspecified),
-        ),
-        (
-            "https://[::]/",
-            Op,
-            V::Deny(Unspecified),
-            V::Deny(Unspecified),
-        ),
-        (
-            "https://[::ffff:0.0.0.0]/",
-            Op,
-            V::Deny(Unspecified),
-            V::Deny(Unspecified),
-        ),
-        // IPv6 loopback and embedded IPv4 loopback
-        ("https://[::1]/", Op, V::Deny(Loopback), V::Ok),
-        ("https://[::ffff:127.0.0.1]/", Op, V::Deny(Loopback), V::Ok),
-        ("https://[::ffff:7f00:1]/", Op, V::Deny(Loopback), V::Ok),
-        ("https://[::127.0.0.1]/", Op, V::Deny(Loopback), V::Ok),
-        ("https://[64:ff9b::7f00:1]/", Op, V::Deny(Loopback), V::Ok),
-        // localhost names (RFC 6761)
-        ("https://localhost/", Op, V::Deny(Loopback), V::Ok),
-        ("https://localhost./", Op, V::Deny(Loopback), V::Ok),
-        ("https://LOCALHOST/", Op, V::Deny(Loopback), V::Ok),
-        ("https://a.localhost/", Op, V::Deny(Loopback), V::Ok),
-        ("https://A.B.LOCALHOST./", Op, V::Deny(Loopback), V::Ok),
-        ("https://auth.localhost.example.com/", Op, V::Ok, V::Ok),
-        ("https://localhostexample.com/", Op, V::Ok, V::Ok),
-        // private ranges: operator yes, remote no
-        ("https://10.0.0.5/token", Op, V::Ok, V::Ok),
-        (
-            "https://10.0.0.5/token",
-            Rem,
-            V::Deny(Private),
-            V::Deny(Private),
-        ),
-        (
-            "https://172.16.0.1/",
-            Rem,
-            V::Deny(Private),
-            V::Deny(Private),
-        ),
-        (
-            "https://172.31.255.255/",
-            Rem,
-            V::Deny(Private),
-            V::Deny(Private),
-        ),
-        ("https://172.32.0.1/", Rem, V::Ok, V::Ok),
-        (
-            "https://192.168.1.1/",
-            Rem,
-            V::Deny(Private),
-            V::Deny(Private),
-        ),
-        ("https://192.168.1.1/", Op, V::Ok, V::Ok),
-        (
-            "https://100.64.0.1/",
-            Rem,
-            V::Deny(Private),
-            V::Deny(Private),
-        ),
-        (
-            "https://[fd12:3456::1]/",
-            Rem,
-            V::Deny(Private),
-            V::Deny(Private),
-        ),
-        (
-            "https://[::ffff:10.0.0.1]/",
-            Rem,
-            V::Deny(Private),
-            V::Deny(Private),
-        ),
-        (
-            "https://3232235777/",
-            Rem,
-            V::Deny(Private),
-            V::Deny(Private),
-        ),
-        // other special ranges
-        (
-            "https://224.0.0.1/",
-            Op,
-            V::Deny(Multicast),
-            V::Deny(Multicast),
-        ),
-        (
-            "https://[ff02::1]/",
-            Op,
-            V::Deny(Multicast),
-            V::Deny(Multicast),
-        ),
-        (
-            "https://255.255.255.255/",
-            Op,
-            V::Deny(Broadcast),
-            V::Deny(Broadcast),
-        ),
-        (
-            "https://240.0.0.1/",
-            Op,
-            V::Deny(Reserved),
-            V::Deny(Reserved),
-        ),
-        (
-            "https://192.0.2.1/",
-            Op,
-            V::Deny(Reserved),
-            V::Deny(Reserved),
-        ),
-        (
-            "https://[2001:db8::1]/",
-            Op,
-            V::Deny(Reserved),
-            V::Deny(Reserved),
-        ),
-        // userinfo tricks
-        ("https://evil.com@127.0.0.1/", Op, V::Invalid, V::Invalid),
-        ("https://user:pass@example.com/", Op, V::Invalid, V::Invalid),
-        ("https://127.0.0.1#@evil.com/", Op, V::Deny(Loopback), V::Ok),
-        ("https://evil.com#@127.0.0.1/", Op, V::Ok, V::Ok),
-        // WHATWG reads `\\` as `/` in special schemes: the host is example.com (as in browsers)
-        ("https://example.com\\@127.0.0.1/", Op, V::Ok, V::Ok),
-        // schemes
-        ("http://example.com/", Op, V::Scheme, V::Ok),
-        ("http://127.0.0.1:8080/", Op, V::Scheme, V::Ok),
-        ("file:///etc/passwd", Op, V::Scheme, V::Scheme),
-        ("ftp://example.com/", Op, V::Scheme, V::Scheme),
-        ("gopher://127.0.0.1:70/", Op, V::Scheme, V::Scheme),
-        ("javascript:alert(1)", Op, V::Scheme, V::Scheme),
-        ("data:text/plain,hi", Op, V::Scheme, V::Scheme),
-        ("ws://example.com/", Op, V::Scheme, V::Scheme),
-        // garbage
-        ("", Op, V::Invalid, V::Invalid),
-        ("/relative/path", Op, V::Invalid, V::Invalid),
-        ("example.com", Op, V::Invalid, V::Invalid),
-        ("https://", Op, V::Invalid, V::Invalid),
-        ("https://[::1/", Op, V::Invalid, V::Invalid),
-        ("https://999.999.999.999/", Op, V::Invalid, V::Invalid),
-        // public
-        ("https://example.com/", Op, V::Ok, V::Ok),
-        ("https://example.com/", Rem, V::Ok, V::Ok),
-        ("https://93.184.216.34/", Rem, V::Ok, V::Ok),
-        ("https://[2606:4700:4700::1111]/", Rem, V::Ok, V::Ok),
-        ("https://example.com:8443/a?b=c", Rem, V::Ok, V::Ok),
-    ]
-}
-
-#[test]
-fn hostile_url_table() {
-    let rows = table();
-    assert!(rows.len() >= 60, "table has {} rows", rows.len());
-    let (s, r) = (strict(), relaxed());
-    let mut failures = Vec::new();
-    for (url, source, want_strict, want_relaxed) in rows {
-        let got = verdict(&s, url, source);
-        if got != want_strict {
-            failures.push(format!(
-                "strict {url} {source:?}: want {want_strict:?}, got {got:?}"
-            ));
-        }
-        let got = verdict(&r, url, source);
-        if got != want_relaxed {
-            failures.push(format!(
-                "relaxed {url} {source:?}: want {want_relaxed:?}, got {got:?}"
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-#[test]
-fn private_allow_list_admits_remote_urls() {
-    let e = Egress::new(EgressConfig {
-        private_allow_list: vec!["10.1.0.0/16".parse().unwrap()],
-        ..EgressConfig::default()
-    })
-    .unwrap();
-    assert_eq!(verdict(&e, "https://10.1.2.3/", Rem), V::Ok);
-    assert_eq!(verdict(&e, "https://10.2.2.3/", Rem), V::Deny(Private));
-    // the allow list never opens link-local or loopback
-    let e = Egress::new(EgressConfig {
-        private_allow_list: vec!["0.0.0.0/0".parse().unwrap()],
-        ..EgressConfig::default()
-    })
-    .unwrap();
-    assert_eq!(
-        verdict(&e, "https://169.254.169.254/", Rem),
-        V::Deny(LinkLocal)
-    );
-    assert_eq!(verdict(&e, "https://127.0.0.1/", Rem), V::Deny(Loopback));
+fn http_url(addr: SocketAddr, path: &str) -> String {
+    format!("http://127.0.0.1:{}{path}", addr.port())
 }
 
 mod props {
     use super::*;
     use proptest::prelude::*;
 
+    fn relaxed_shared() -> Egress {
+        static E: std::sync::OnceLock<Egress> = std::sync::OnceLock::new();
+        E.get_or_init(relaxed).clone()
+    }
+
     proptest! {
         #[test]
-        fn loopback_and_link_local_denied_in_every_encoding(net in prop::sample::select(vec![127u8, 169]), b in 0u8..=255, c in 0u8..=255, d in 0u8..=255) {
-            let b = if net == 169 { 254 } else { b };
-            let ip = u32::from_be_bytes([net, b, c, d]);
-            let e = strict();
+        fn loopback_and_link_local_denied_in_every_encoding(
+            link_local in any::<bool>(), b in any::<u8>(), c in any::<u8>(), d in any::<u8>(),
+        ) {
+            let (a, b, want) = if link_local {
+                (169u8, 254u8, DenyReason::LinkLocal)
+            } else {
+                (127, b, DenyReason::Loopback)
+            };
+            let ip = u32::from_be_bytes([a, b, c, d]);
             let forms = [
-                format!("https://{net}.{b}.{c}.{d}/"),
+                format!("https://{a}.{b}.{c}.{d}/"),
+                format!("https://{a}.{b}.{c}.{d}./"),
                 format!("https://{ip}/"),
                 format!("https://{ip:#x}/"),
-                format!("https://0{:o}.{}.{}.{}/", net, b, c, d),
-                format!("https://[::ffff:{net}.{b}.{c}.{d}]/"),
+                format!("https://{ip:#X}/"),
+                format!("https://0{a:o}.0{b:o}.0{c:o}.0{d:o}/"),
+                format!("https://{a}.{}/", ip & 0x00ff_ffff),
+                format!("https://{a}.{b}.{}/", ip & 0xffff),
+                format!("https://[::ffff:{a}.{b}.{c}.{d}]/"),
+                format!("https://[::ffff:{:x}:{:x}]/", ip >> 16, ip & 0xffff),
+                format!("https://[::{a}.{b}.{c}.{d}]/"),
                 format!("https://[64:ff9b::{:x}:{:x}]/", ip >> 16, ip & 0xffff),
-                format!("https://{net}.{b}.{c}.{d}./"),
             ];
             for f in forms {
-                prop_assert!(matches!(e.check_url(&f, UrlSource::Operator), Err(EgressError::AddressDenied { .. })), "{}", f);
+                let got = strict().check_url(&f, UrlSource::Operator);
+                prop_assert!(
+                    matches!(&got, Err(EgressError::AddressDenied { reason, .. }) if *reason == want),
+                    "{} -> {:?}", f, got
+                );
             }
+            // The allow list and the operator source never open these ranges.
+            let cfg = EgressConfig {
+                private_allow_list: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+                ..EgressConfig::default()
+            };
+            prop_assert_eq!(classify_ip(IpAddr::from(ip.to_be_bytes()), UrlSource::Operator, &cfg), Err(want));
         }
 
         #[test]
-        fn check_url_never_panics(s in ".{0,80}") {
+        fn check_url_never_panics(s in "\\PC{0,80}") {
             let _ = strict().check_url(&s, UrlSource::Remote);
-            let _ = relaxed().check_url(&format!("https://{s}/"), UrlSource::Remote);
+            let _ = relaxed_shared().check_url(&format!("https://{s}/"), UrlSource::Remote);
+            let _ = relaxed_shared().check_url(&format!("http://[{s}]/"), UrlSource::Operator);
         }
 
         #[test]
-        fn classify_never_admits_link_local_v6(x in 0u16..0x40, rest in any::<u64>()) {
-            let ip: IpAddr = std::net::Ipv6Addr::new(0xfe80 | x, 0, 0, 0, (rest >> 48) as u16, (rest >> 32) as u16, (rest >> 16) as u16, rest as u16).into();
-            let cfg = EgressConfig { loopback: LoopbackPolicy::AllowInsecureLoopback, ..EgressConfig::default() };
-            prop_assert_eq!(classify_ip(ip, UrlSource::Operator, &cfg), Err(DenyReason::LinkLocal));
+        fn link_local_v6_is_denied_even_when_relaxed(x in 0u16..0x40, rest in any::<u64>()) {
+            let ip = std::net::Ipv6Addr::new(
+                0xfe80 | x, 0, 0, 0,
+                (rest >> 48) as u16, (rest >> 32) as u16, (rest >> 16) as u16, rest as u16,
+            );
+            prop_assert_eq!(
+                classify_ip(ip.into(), UrlSource::Operator, &relaxed_cfg()),
+                Err(DenyReason::LinkLocal)
+            );
+        }
+
+        #[test]
+        fn verdicts_agree_between_classify_and_check_url(ip in any::<std::net::Ipv4Addr>()) {
+            let want = classify_ip(ip.into(), UrlSource::Remote, &EgressConfig::default());
+            let got = match strict().check_url(&format!("https://{ip}/"), UrlSource::Remote) {
+                Ok(_) => Ok(()),
+                Err(EgressError::AddressDenied { reason, .. }) => Err(reason),
+                Err(e) => panic!("{ip}: {e:?}"),
+            };
+            prop_assert_eq!(got, want);
         }
     }
 }
 
-/// A tiny HTTP/1.1 server: counts connections and answers each with `response`.
-async fn server(response: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            h.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16384];
-                let _ = sock.read(&mut buf).await;
-                let _ = sock.write_all(response.as_bytes()).await;
-                let _ = sock.shutdown().await;
-            });
-        }
-    });
-    (addr, hits)
+/// Answers from a script: call `n` gets `answers[min(n, last)]`. Counts calls.
+#[derive(Debug)]
+struct Scripted {
+    calls: AtomicUsize,
+    answers: Vec<Vec<IpAddr>>,
 }
 
-/// Answers a public address first, then the loopback test server (a rebinding DNS).
-#[derive(Debug)]
-struct Rebinding {
-    calls: AtomicUsize,
-    loopback: SocketAddr,
+impl Scripted {
+    fn new(answers: Vec<Vec<IpAddr>>) -> Arc<Self> {
+        Arc::new(Self {
+            calls: AtomicUsize::new(0),
+            answers,
+        })
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
 }
 
 #[async_trait::async_trait]
-impl NameResolver for Rebinding {
+impl NameResolver for Scripted {
     async fn resolve(&self, _host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(vec![if n == 0 {
-            SocketAddr::new("93.184.216.34".parse().unwrap(), port)
-        } else {
-            SocketAddr::new(self.loopback.ip(), self.loopback.port())
-        }])
+        let ips = &self.answers[n.min(self.answers.len() - 1)];
+        Ok(ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect())
     }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn assert_denied(err: &EgressError, want: DenyReason) {
+    assert!(
+        matches!(err, EgressError::AddressDenied { reason, .. } if *reason == want),
+        "expected AddressDenied({want:?}), got {err:?}"
+    );
 }
 
 #[tokio::test]
 async fn dns_rebinding_to_loopback_is_refused_at_connect_time() {
-    let (addr, hits) = server("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-    let resolver = Arc::new(Rebinding {
-        calls: AtomicUsize::new(1),
-        loopback: addr,
-    });
-    let e = Egress::with_resolver(EgressConfig::default(), resolver.clone()).unwrap();
-    // The static check sees only a name; the resolution at connect time yields loopback.
+    let srv = Server::start(server::ok("ok")).await;
+    // The attacker's DNS: a public address first, then the loopback server.
+    let dns = Scripted::new(vec![vec![ip("93.184.216.34")], vec![ip("127.0.0.1")]]);
+    let e = Egress::with_resolver(EgressConfig::default(), dns.clone()).unwrap();
+
+    // A naive guard resolves, checks, and lets the HTTP client resolve again. Its check
+    // sees the public answer and passes...
+    let url = format!("https://rebind.test:{}/token", srv.addr.port());
+    assert!(e.check_url(&url, UrlSource::Remote).is_ok());
+    let first = dns.resolve("rebind.test", 443).await.unwrap();
     assert!(
-        e.check_url("https://rebind.test/", UrlSource::Remote)
-            .is_ok()
+        first
+            .iter()
+            .all(|a| classify_ip(a.ip(), UrlSource::Remote, e.config()).is_ok())
     );
+
+    // ...but the guard checks the answer it connects with: the second one, loopback.
+    let err = e
+        .send(EgressRequest::get(&url, UrlSource::Remote, 1024))
+        .await
+        .unwrap_err();
+    assert_denied(&err, DenyReason::Loopback);
+    assert!(!err.is_retryable());
+    assert_eq!(dns.calls(), 2, "send resolved exactly once");
+    srv.settle().await;
+    assert_eq!(srv.hits(), 0, "the loopback server must see no connection");
+}
+
+#[tokio::test]
+async fn one_denied_address_in_an_answer_fails_the_request() {
+    let srv = Server::start(server::ok("ok")).await;
+    let dns = Scripted::new(vec![vec![ip("127.0.0.1"), ip("169.254.169.254")]]);
+    // Loopback is allowed here, so only the metadata address makes this fail.
+    let e = Egress::with_resolver(relaxed_cfg(), dns).unwrap();
     let err = e
         .send(EgressRequest::get(
-            "https://rebind.test/",
+            format!("http://mixed.test:{}/", srv.addr.port()),
+            UrlSource::Operator,
+            1024,
+        ))
+        .await
+        .unwrap_err();
+    assert_denied(&err, DenyReason::LinkLocal);
+    srv.settle().await;
+    assert_eq!(srv.hits(), 0);
+}
+
+#[tokio::test]
+async fn names_resolving_to_private_ranges_follow_the_source_rule() {
+    let dns = Scripted::new(vec![vec![ip("10.1.2.3")]]);
+    let e = Egress::with_resolver(EgressConfig::default(), dns).unwrap();
+    let err = e
+        .send(EgressRequest::get(
+            "https://internal.test/",
             UrlSource::Remote,
             1024,
         ))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            EgressError::AddressDenied {
-                reason: DenyReason::Loopback,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        hits.load(Ordering::SeqCst),
-        0,
-        "the loopback server must see no connection"
-    );
-    assert_eq!(
-        resolver.calls.load(Ordering::SeqCst),
-        2,
-        "resolved exactly once for the request"
-    );
-}
-
-#[derive(Debug)]
-struct Fixed(SocketAddr);
-
-#[async_trait::async_trait]
-impl NameResolver for Fixed {
-    async fn resolve(&self, _host: &str, _port: u16) -> std::io::Result<Vec<SocketAddr>> {
-        Ok(vec![self.0])
-    }
-}
-
-#[tokio::test]
-async fn connection_goes_to_the_checked_address() {
-    let (addr, hits) = server("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await;
-    let cfg = EgressConfig {
-        loopback: LoopbackPolicy::AllowInsecureLoopback,
-        ..EgressConfig::default()
-    };
-    let e = Egress::with_resolver(cfg, Arc::new(Fixed(addr))).unwrap();
-    let url = format!("http://upstream.test:{}/x", addr.port());
-    let r = e
-        .send(EgressRequest::get(url, UrlSource::Operator, 1024))
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
-    assert_eq!(&r.body[..], b"hello");
-    assert_eq!(hits.load(Ordering::SeqCst), 1);
-}
-
-#[tokio::test]
-async fn a_redirecting_token_endpoint_gets_no_second_request() {
-    let (target, target_hits) = server("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").await;
-    let resp: &'static str = Box::leak(
-        format!(
-            "HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:{}/steal\r\ncontent-length: 4\r\n\r\nbody",
-            target.port()
-        )
-        .into_boxed_str(),
-    );
-    let (token, token_hits) = server(resp).await;
-    let e = relaxed();
-    let err = e
-        .send(EgressRequest::post_form(
-            format!("http://127.0.0.1:{}/token", token.port()),
-            UrlSource::Remote,
-            &[("grant_type", "refresh_token"), ("client_secret", "s3cret")],
-            64 * 1024,
-        ))
-        .await
-        .unwrap_err();
+    assert_denied(&err, DenyReason::Private);
     match err {
-        EgressError::Redirect { status, location } => {
-            assert_eq!(status, 302);
-            assert!(location.unwrap().ends_with("/steal"));
-        }
-        other => panic!("expected a redirect error, got {other:?}"),
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(token_hits.load(Ordering::SeqCst), 1);
-    assert_eq!(target_hits.load(Ordering::SeqCst), 0);
-}
-
-#[tokio::test]
-async fn body_caps_with_and_without_content_length() {
-    let big: &'static str = Box::leak(
-        format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: 65537\r\n\r\n{}",
-            "a".repeat(65537)
-        )
-        .into_boxed_str(),
-    );
-    let exact: &'static str = Box::leak(
-        format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: 65536\r\n\r\n{}",
-            "a".repeat(65536)
-        )
-        .into_boxed_str(),
-    );
-    let chunk = format!("{:x}\r\n{}\r\n", 65537, "b".repeat(65537));
-    let chunked: &'static str = Box::leak(
-        format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{chunk}0\r\n\r\n")
-            .into_boxed_str(),
-    );
-    let e = relaxed();
-    for (resp, ok) in [(big, false), (exact, true), (chunked, false)] {
-        let (addr, _) = server(resp).await;
-        let r = e
-            .send(EgressRequest::get(
-                format!("http://127.0.0.1:{}/", addr.port()),
-                UrlSource::Operator,
-                64 * 1024,
-            ))
-            .await;
-        if ok {
-            assert_eq!(r.unwrap().body.len(), 65536);
-        } else {
-            assert!(
-                matches!(r, Err(EgressError::BodyTooLarge { limit: 65536 })),
-                "{r:?}"
-            );
-        }
+        EgressError::AddressDenied { host, .. } => assert_eq!(host, "internal.test"),
+        other => panic!("{other:?}"),
     }
 }
 
 #[tokio::test]
-async fn a_silent_server_times_out() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s); // accept, never answer
-        }
-    });
-    let mut req = EgressRequest::get(
-        format!("http://127.0.0.1:{}/", addr.port()),
-        UrlSource::Operator,
-        1024,
-    );
-    req.timeout = Some(Duration::from_millis(300));
-    let started = std::time::Instant::now();
-    let err = relaxed().send(req).await.unwrap_err();
-    assert!(matches!(err, EgressError::Timeout), "{err:?}");
-    assert!(err.is_retryable());
-    assert!(started.elapsed() < Duration::from_secs(5));
-}
-
-#[tokio::test]
-async fn a_closed_port_is_a_retryable_connect_error() {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    drop(l);
-    let err = relaxed()
+async fn an_empty_answer_is_a_connect_error() {
+    let e = Egress::with_resolver(EgressConfig::default(), Scripted::new(vec![vec![]])).unwrap();
+    let err = e
         .send(EgressRequest::get(
-            format!("http://127.0.0.1:{port}/"),
+            "https://nothing.test/",
             UrlSource::Operator,
             1024,
         ))
         .await
         .unwrap_err();
     assert!(matches!(err, EgressError::Connect(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_connection_goes_to_the_resolvers_checked_address() {
+    let srv = Server::start(server::ok("hello")).await;
+    let dns = Scripted::new(vec![vec![srv.addr.ip()]]);
+    let e = Egress::with_resolver(relaxed_cfg(), dns.clone()).unwrap();
+    let r = e
+        .send(EgressRequest::get(
+            format!("http://upstream.test:{}/x", srv.addr.port()),
+            UrlSource::Operator,
+            1024,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], b"hello");
+    assert_eq!(r.header_str("content-length"), Some("5"));
+    assert_eq!(srv.hits(), 1);
+    assert_eq!(dns.calls(), 1);
+    let head = srv.last_request();
+    assert!(head.starts_with("GET /x HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("host: upstream.test:"), "{head}");
+    assert!(head.contains("user-agent: latchkey/"), "{head}");
+}
+
+#[tokio::test]
+async fn a_redirecting_token_endpoint_gets_no_second_request() {
+    let target = Server::start(server::ok("{}")).await;
+    let location = format!("http://127.0.0.1:{}/steal?code=stolen", target.addr.port());
+    let token = Server::start(format!(
+        "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 4\r\n\r\nbody"
+    ))
+    .await;
+    let err = relaxed()
+        .send(EgressRequest::post_form(
+            http_url(token.addr, "/token"),
+            UrlSource::Remote,
+            &[
+                ("grant_type", "refresh_token"),
+                ("client_secret", "s3cret-value"),
+            ],
+            latchkey_egress::TOKEN_BODY_LIMIT,
+        ))
+        .await
+        .unwrap_err();
+    match &err {
+        EgressError::Redirect { status, location } => {
+            assert_eq!(*status, 302);
+            assert!(location.as_deref().unwrap().ends_with("/steal?code=stolen"));
+        }
+        other => panic!("expected a redirect error, got {other:?}"),
+    }
+    assert!(!err.is_retryable());
+    // The error prints neither the Location query nor anything of the request.
+    for shown in [format!("{err}"), format!("{err:?}")] {
+        assert!(!shown.contains("stolen") && !shown.contains("s3cret"), "{shown}");
+    }
+    target.settle().await;
+    assert_eq!(token.hits(), 1);
+    assert!(token.last_request().starts_with("POST /token HTTP/1.1"));
+    assert_eq!(target.hits(), 0, "the redirect target must see nothing");
+}
+
+#[tokio::test]
+async fn every_3xx_is_a_redirect_error() {
+    for status in [300, 301, 303, 304, 307, 308] {
+        let srv = Server::start(format!(
+            "HTTP/1.1 {status} X\r\nlocation: /elsewhere\r\ncontent-length: 0\r\n\r\n"
+        ))
+        .await;
+        let err = relaxed()
+            .send(EgressRequest::get(
+                http_url(srv.addr, "/"),
+                UrlSource::Operator,
+                1024,
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, EgressError::Redirect { status: s, .. } if s == status),
+            "{status}: {err:?}"
+        );
+    }
+}
+
+mod body_caps {
+    use super::*;
+
+    const LIMIT: usize = latchkey_egress::METADATA_BODY_LIMIT;
+
+    async fn get(response: String) -> Result<usize, EgressError> {
+        let srv = Server::start(response).await;
+        relaxed()
+            .send(EgressRequest::get(
+                http_url(srv.addr, "/"),
+                UrlSource::Operator,
+                LIMIT,
+            ))
+            .await
+            .map(|r| r.body.len())
+    }
+
+    fn with_length(n: usize) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n{}",
+            "a".repeat(n)
+        )
+    }
+
+    fn chunked(n: usize) -> String {
+        // Two chunks, so the cap is crossed mid-stream rather than by one chunk.
+        let (x, y) = (n / 2, n - n / 2);
+        format!(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{x:x}\r\n{}\r\n{y:x}\r\n{}\r\n0\r\n\r\n",
+            "b".repeat(x),
+            "c".repeat(y)
+        )
+    }
+
+    fn close_delimited(n: usize) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{}",
+            "d".repeat(n)
+        )
+    }
+
+    fn too_large(r: Result<usize, EgressError>) {
+        assert!(
+            matches!(r, Err(EgressError::BodyTooLarge { limit: LIMIT })),
+            "{r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn exactly_the_limit_is_accepted() {
+        assert_eq!(get(with_length(LIMIT)).await.unwrap(), LIMIT);
+        assert_eq!(get(chunked(LIMIT)).await.unwrap(), LIMIT);
+        assert_eq!(get(close_delimited(LIMIT)).await.unwrap(), LIMIT);
+    }
+
+    #[tokio::test]
+    async fn one_byte_over_is_refused() {
+        too_large(get(with_length(LIMIT + 1)).await);
+        too_large(get(chunked(LIMIT + 1)).await);
+        too_large(get(close_delimited(LIMIT + 1)).await);
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_over_the_cap_is_refused_before_reading() {
+        // Announces 10 MB and sends 3 bytes, then holds the connection open: reading the
+        // body would hang until the timeout, so a quick BodyTooLarge proves it was not read.
+        let srv = Server::start_holding(
+            "HTTP/1.1 200 OK\r\ncontent-length: 10000000\r\n\r\nabc".into(),
+        )
+        .await;
+        let started = std::time::Instant::now();
+        let r = relaxed()
+            .send(EgressRequest::get(
+                http_url(srv.addr, "/"),
+                UrlSource::Operator,
+                LIMIT,
+            ))
+            .await
+            .map(|r| r.body.len());
+        too_large(r);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
+
+#[tokio::test]
+async fn a_silent_server_times_out() {
+    let srv = Server::start_silent().await;
+    let req = EgressRequest::get(http_url(srv.addr, "/"), UrlSource::Operator, 1024)
+        .with_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(10), relaxed().send(req))
+        .await
+        .expect("send must return on its own")
+        .unwrap_err();
+    assert!(matches!(err, EgressError::Timeout), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_times_out() {
+    let srv =
+        Server::start_holding("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial".into())
+            .await;
+    let req = EgressRequest::get(http_url(srv.addr, "/"), UrlSource::Operator, 1024)
+        .with_timeout(Duration::from_millis(300));
+    let err = tokio::time::timeout(Duration::from_secs(10), relaxed().send(req))
+        .await
+        .expect("send must return on its own")
+        .unwrap_err();
+    assert!(matches!(err, EgressError::Timeout), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_closed_port_is_a_retryable_connect_error() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let err = relaxed()
+        .send(EgressRequest::get(
+            http_url(addr, "/?code=abc"),
+            UrlSource::Operator,
+            1024,
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EgressError::Connect(_)), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(!err.to_string().contains("code=abc"), "{err}");
+}
+
+#[tokio::test]
+async fn post_json_sends_the_body_and_content_type() {
+    let srv = Server::start(server::ok(r#"{"client_id":"c1"}"#)).await;
+    let r = relaxed()
+        .send(EgressRequest::post_json(
+            http_url(srv.addr, "/register"),
+            UrlSource::Remote,
+            &serde_json::json!({"client_name": "latchkey"}),
+            latchkey_egress::REGISTRATION_BODY_LIMIT,
+        ))
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["client_id"], "c1");
+    let head = srv.last_request();
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(head.ends_with(r#"{"client_name":"latchkey"}"#), "{head}");
+}
+
+#[tokio::test]
+async fn policy_errors_happen_before_any_io() {
+    let srv = Server::start(server::ok("ok")).await;
+    let url = http_url(srv.addr, "/");
+    let err = strict()
+        .check_url(&url, UrlSource::Operator)
+        .expect_err("http is refused under the strict policy");
+    assert!(matches!(err, EgressError::SchemeNotAllowed(ref s) if s == "http"));
+    let err = Egress::new(EgressConfig::default())
+        .unwrap()
+        .send(EgressRequest::get(url, UrlSource::Operator, 1024))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EgressError::SchemeNotAllowed(_)), "{err:?}");
+    srv.settle().await;
+    assert_eq!(srv.hits(), 0);
 }
 
 #[test]
@@ -629,5 +513,17 @@ fn request_debug_shows_no_secret() {
     for s in ["hunter2", "rt-secret", "c2VjcmV0", "abc123"] {
         assert!(!d.contains(s), "{s} leaked in {d}");
     }
-    assert!(d.contains("authorization"));
+    assert!(d.contains("authorization") && d.contains("https://as.example/token"));
+    let r = EgressRequest::get("https://u:pw-secret@as.example/", UrlSource::Remote, 1);
+    assert!(!format!("{r:?}").contains("pw-secret"));
+}
+
+#[test]
+fn config_defaults_fail_closed() {
+    let c = EgressConfig::default();
+    assert_eq!(c.loopback, LoopbackPolicy::Deny);
+    assert!(c.private_allow_list.is_empty());
+    assert_eq!(c.connect_timeout, Duration::from_secs(5));
+    assert_eq!(c.request_timeout, Duration::from_secs(15));
+    assert!(c.user_agent.starts_with("latchkey/"));
 }
