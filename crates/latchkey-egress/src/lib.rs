@@ -38,7 +38,9 @@ pub const TOKEN_BODY_LIMIT: usize = 64 * 1024;
 pub struct EgressConfig {
     /// The dev relaxation for http and loopback (default: deny).
     pub loopback: LoopbackPolicy,
-    /// Private ranges allowed even for URLs learned from remote documents.
+    /// Private ranges allowed even for URLs learned from remote documents. Matched
+    /// against the effective address, so an IPv4 range also covers its IPv4-mapped,
+    /// NAT64 and 6to4 spellings. It never opens loopback, link-local or other ranges.
     pub private_allow_list: Vec<ipnet::IpNet>,
     /// Connection timeout (default 5 s).
     pub connect_timeout: Duration,
@@ -218,7 +220,7 @@ impl Egress {
         let result = self.exchange(checked, req).await;
         // Method, host and outcome only: never the query, header values or bodies.
         match &result {
-            Ok(r) => tracing::debug!(event = "egress.response", %method, %host, status = r.status.as_u16()),
+            Ok(r) => tracing::debug!(event = "egress.response", %method, %host, status = %r.status),
             Err(e) => tracing::debug!(event = "egress.error", %method, %host, error = %e),
         }
         result

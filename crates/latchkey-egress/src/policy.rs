@@ -109,40 +109,42 @@ const fn v6(s: [u16; 8], len: u8) -> Ipv6Net {
     )
 }
 
-/// Refused IPv4 ranges. Written out as a table (rather than `Ipv4Addr::is_*`, several of
-/// which are unstable or narrower than needed) so the whole policy reads in one place.
+/// Refused IPv4 ranges, first match wins. Written out as a table (rather than
+/// `Ipv4Addr::is_*`, several of which are unstable or narrower than needed) so the whole
+/// policy reads in one place.
+#[rustfmt::skip]
 const V4_RULES: [(Ipv4Net, DenyReason); 15] = [
     (v4(0, 0, 0, 0, 8), DenyReason::Unspecified),
     (v4(127, 0, 0, 0, 8), DenyReason::Loopback),
-    (v4(169, 254, 0, 0, 16), DenyReason::LinkLocal), // incl. 169.254.169.254, 169.254.170.2
+    (v4(169, 254, 0, 0, 16), DenyReason::LinkLocal),   // metadata 169.254.169.254, ECS 169.254.170.2
     (v4(10, 0, 0, 0, 8), DenyReason::Private),
     (v4(172, 16, 0, 0, 12), DenyReason::Private),
     (v4(192, 168, 0, 0, 16), DenyReason::Private),
-    (v4(100, 64, 0, 0, 10), DenyReason::Private), // CGNAT: internal in practice
-    (v4(192, 0, 0, 0, 24), DenyReason::Reserved), // IETF protocol assignments
-    (v4(192, 0, 2, 0, 24), DenyReason::Reserved), // TEST-NET-1
-    (v4(198, 18, 0, 0, 15), DenyReason::Reserved), // benchmarking
-    (v4(198, 51, 100, 0, 24), DenyReason::Reserved), // TEST-NET-2
-    (v4(203, 0, 113, 0, 24), DenyReason::Reserved), // TEST-NET-3
+    (v4(100, 64, 0, 0, 10), DenyReason::Private),      // CGNAT: internal in practice
+    (v4(192, 0, 0, 0, 24), DenyReason::Reserved),      // IETF protocol assignments
+    (v4(192, 0, 2, 0, 24), DenyReason::Reserved),      // TEST-NET-1
+    (v4(198, 18, 0, 0, 15), DenyReason::Reserved),     // benchmarking
+    (v4(198, 51, 100, 0, 24), DenyReason::Reserved),   // TEST-NET-2
+    (v4(203, 0, 113, 0, 24), DenyReason::Reserved),    // TEST-NET-3
     (v4(224, 0, 0, 0, 4), DenyReason::Multicast),
     (v4(255, 255, 255, 255, 32), DenyReason::Broadcast), // before 240/4, which holds it
     (v4(240, 0, 0, 0, 4), DenyReason::Reserved),
 ];
 
-/// Refused IPv6 ranges, after the embedded-IPv4 forms have been unwrapped.
+/// Refused IPv6 ranges, first match wins, applied after the embedded-IPv4 forms have
+/// been unwrapped.
+#[rustfmt::skip]
 const V6_RULES: [(Ipv6Net, DenyReason); 11] = [
-    (v6([0; 8], 128), DenyReason::Unspecified),
+    (v6([0, 0, 0, 0, 0, 0, 0, 0], 128), DenyReason::Unspecified),
     (v6([0, 0, 0, 0, 0, 0, 0, 1], 128), DenyReason::Loopback),
     (v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10), DenyReason::LinkLocal),
-    // AWS instance metadata over IPv6 sits in unique-local space, but is metadata.
-    (v6([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254], 128), DenyReason::LinkLocal),
+    (v6([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254], 128), DenyReason::LinkLocal), // AWS metadata, inside fc00::/7
     (v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8), DenyReason::Multicast),
-    (v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7), DenyReason::Private),
-    (v6([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10), DenyReason::Private), // deprecated site-local
-    // RFC 8215 local-use NAT64: the site's translator may reach any internal IPv4.
-    (v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48), DenyReason::Private),
+    (v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7), DenyReason::Private),   // unique-local
+    (v6([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10), DenyReason::Private),  // deprecated site-local
+    (v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48), DenyReason::Private), // RFC 8215 local-use NAT64
     (v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32), DenyReason::Reserved), // documentation
-    (v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 32), DenyReason::Reserved), // Teredo: opaque IPv4 peer
+    (v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 32), DenyReason::Reserved), // Teredo: IPv4 peer is opaque
     (v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64), DenyReason::Reserved),  // discard-only
 ];
 
@@ -161,13 +163,19 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     }
 }
 
-fn classify_raw(ip: IpAddr) -> Option<DenyReason> {
+/// The address a packet to `ip` really goes to: the embedded IPv4 address when there is
+/// one, else `ip` itself. Both the rules and the allow list apply to this address.
+fn effective(ip: IpAddr) -> IpAddr {
     match ip {
+        IpAddr::V6(v6) => embedded_v4(v6).map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+fn classify_raw(ip: IpAddr) -> Option<DenyReason> {
+    match effective(ip) {
         IpAddr::V4(ip) => V4_RULES.iter().find(|(n, _)| n.contains(&ip)).map(|r| r.1),
-        IpAddr::V6(ip) => match embedded_v4(ip) {
-            Some(v4) => classify_raw(IpAddr::V4(v4)),
-            None => V6_RULES.iter().find(|(n, _)| n.contains(&ip)).map(|r| r.1),
-        },
+        IpAddr::V6(ip) => V6_RULES.iter().find(|(n, _)| n.contains(&ip)).map(|r| r.1),
     }
 }
 
@@ -178,17 +186,14 @@ fn classify_raw(ip: IpAddr) -> Option<DenyReason> {
 /// [`LoopbackPolicy::AllowInsecureLoopback`]; private ranges pass for
 /// [`UrlSource::Operator`] or when inside [`EgressConfig::private_allow_list`].
 pub fn classify_ip(ip: IpAddr, source: UrlSource, cfg: &EgressConfig) -> Result<(), DenyReason> {
+    let ip = effective(ip);
+    let allow_listed = || cfg.private_allow_list.iter().any(|n| n.contains(&ip));
     match classify_raw(ip) {
         None => Ok(()),
         Some(DenyReason::Loopback) if cfg.loopback == LoopbackPolicy::AllowInsecureLoopback => {
             Ok(())
         }
-        Some(DenyReason::Private)
-            if source == UrlSource::Operator
-                || cfg.private_allow_list.iter().any(|n| n.contains(&ip)) =>
-        {
-            Ok(())
-        }
+        Some(DenyReason::Private) if source == UrlSource::Operator || allow_listed() => Ok(()),
         Some(r) => Err(r),
     }
 }
@@ -315,10 +320,21 @@ mod tests {
 
     #[test]
     fn localhost_names() {
-        for h in ["localhost", "localhost.", "LocalHost", "a.b.localhost..", "x.localhost"] {
+        for h in [
+            "localhost",
+            "localhost.",
+            "LocalHost",
+            "a.b.localhost..",
+            "x.localhost",
+        ] {
             assert!(is_localhost_name(h), "{h}");
         }
-        for h in ["localhost.example.com", "notlocalhost", "localhost-x", "example.com"] {
+        for h in [
+            "localhost.example.com",
+            "notlocalhost",
+            "localhost-x",
+            "example.com",
+        ] {
             assert!(!is_localhost_name(h), "{h}");
         }
     }

@@ -5,8 +5,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::policy::{DenyReason, UrlSource, classify_ip};
 use crate::EgressConfig;
+use crate::policy::{DenyReason, UrlSource, classify_ip};
 
 /// Resolves host names. Injected so tests can play a rebinding DNS server.
 #[async_trait::async_trait]

@@ -21,7 +21,9 @@ fn parsing(c: &mut Criterion) {
     g.bench_function("mcp_bearer_401", |b| {
         b.iter(|| challenge::bearer_challenge([black_box(MCP_CHALLENGE.as_bytes())]))
     });
-    g.bench_function("three_schemes_403", |b| b.iter(|| challenge::parse(black_box(MULTI.as_bytes()))));
+    g.bench_function("three_schemes_403", |b| {
+        b.iter(|| challenge::parse(black_box(MULTI.as_bytes())))
+    });
     g.finish();
 }
 
@@ -32,7 +34,9 @@ async fn metadata_server() -> String {
     let b = base.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             let base = b.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
@@ -47,7 +51,11 @@ async fn metadata_server() -> String {
                 } else {
                     String::new()
                 };
-                let status = if body.is_empty() { "404 Not Found" } else { "200 OK" };
+                let status = if body.is_empty() {
+                    "404 Not Found"
+                } else {
+                    "200 OK"
+                };
                 let resp = format!(
                     "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
@@ -60,7 +68,10 @@ async fn metadata_server() -> String {
 }
 
 fn discovery_cache(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let base = rt.block_on(metadata_server());
     let egress = Egress::new(EgressConfig {
         loopback: LoopbackPolicy::AllowInsecureLoopback,
@@ -77,13 +88,18 @@ fn discovery_cache(c: &mut Criterion) {
     assert_eq!(first.issuer, base);
     let mut g = c.benchmark_group("discovery");
     g.bench_function("cache_hit", |b| {
-        b.to_async(&rt)
-            .iter(|| async { d.discover(black_box(&server), Some(&rm), DiscoveryOptions::default()).await.unwrap() })
+        b.to_async(&rt).iter(|| async {
+            d.discover(black_box(&server), Some(&rm), DiscoveryOptions::default())
+                .await
+                .unwrap()
+        })
     });
     g.bench_function("cold_over_loopback_http", |b| {
         b.to_async(&rt).iter(|| async {
             d.invalidate(&server);
-            d.discover(black_box(&server), Some(&rm), DiscoveryOptions::default()).await.unwrap()
+            d.discover(black_box(&server), Some(&rm), DiscoveryOptions::default())
+                .await
+                .unwrap()
         })
     });
     g.finish();

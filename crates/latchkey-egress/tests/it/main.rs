@@ -299,7 +299,10 @@ async fn a_redirecting_token_endpoint_gets_no_second_request() {
     assert!(!err.is_retryable());
     // The error prints neither the Location query nor anything of the request.
     for shown in [format!("{err}"), format!("{err:?}")] {
-        assert!(!shown.contains("stolen") && !shown.contains("s3cret"), "{shown}");
+        assert!(
+            !shown.contains("stolen") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
     target.settle().await;
     assert_eq!(token.hits(), 1);
@@ -395,10 +398,9 @@ mod body_caps {
     async fn a_declared_length_over_the_cap_is_refused_before_reading() {
         // Announces 10 MB and sends 3 bytes, then holds the connection open: reading the
         // body would hang until the timeout, so a quick BodyTooLarge proves it was not read.
-        let srv = Server::start_holding(
-            "HTTP/1.1 200 OK\r\ncontent-length: 10000000\r\n\r\nabc".into(),
-        )
-        .await;
+        let srv =
+            Server::start_holding("HTTP/1.1 200 OK\r\ncontent-length: 10000000\r\n\r\nabc".into())
+                .await;
         let started = std::time::Instant::now();
         let r = relaxed()
             .send(EgressRequest::get(
@@ -431,8 +433,7 @@ async fn a_silent_server_times_out() {
 #[tokio::test]
 async fn a_body_that_stalls_times_out() {
     let srv =
-        Server::start_holding("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial".into())
-            .await;
+        Server::start_holding("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial".into()).await;
     let req = EgressRequest::get(http_url(srv.addr, "/"), UrlSource::Operator, 1024)
         .with_timeout(Duration::from_millis(300));
     let err = tokio::time::timeout(Duration::from_secs(10), relaxed().send(req))
@@ -495,6 +496,66 @@ async fn policy_errors_happen_before_any_io() {
     assert!(matches!(err, EgressError::SchemeNotAllowed(_)), "{err:?}");
     srv.settle().await;
     assert_eq!(srv.hits(), 0);
+}
+
+/// Captures everything logged (every level, every target) while the test runs.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test] // current-thread runtime: the thread-local subscriber sees every task
+async fn logs_carry_method_host_and_status_but_no_secret() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    let srv = Server::start(server::ok(r#"{"access_token":"at-secret"}"#)).await;
+    let r = relaxed()
+        .send(
+            EgressRequest::post_form(
+                http_url(srv.addr, "/token?code=code-secret"),
+                UrlSource::Operator,
+                &[("client_secret", "cs-secret")],
+                1024,
+            )
+            .header(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_static("Bearer hdr-secret"),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let _ = strict()
+        .send(EgressRequest::get(
+            "https://127.0.0.1/?code=x",
+            UrlSource::Remote,
+            1,
+        ))
+        .await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("egress.response") && text.contains("POST"),
+        "{text}"
+    );
+    assert!(text.contains("127.0.0.1") && text.contains("200"), "{text}");
+    for secret in ["code-secret", "cs-secret", "hdr-secret", "at-secret"] {
+        assert!(!text.contains(secret), "{secret} logged:\n{text}");
+    }
 }
 
 #[test]
