@@ -65,6 +65,8 @@ done
 # revision), so the extension auth scenarios (DPoP, DPoP nonce, workload identity,
 # enterprise-managed authorization, client credentials) run once more unfiltered.
 run_suite alpha12-extensions v0200a12 extensions
+# Likewise the 2025-03-26 back-compat scenarios are tagged with that revision only.
+run_suite alpha12-backcompat v0200a12 backcompat
 
 echo
 echo "Conformance totals (client suites):"
