@@ -15,18 +15,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
 use latchkey_core::{Secret, SystemClock};
-use latchkey_egress::{
-    Egress, EgressConfig, EgressError, EgressRequest, LoopbackPolicy, UrlSource,
-};
+use latchkey_egress::{Egress, EgressConfig, LoopbackPolicy, UrlSource};
 use latchkey_mcp::{Exchange, McpClient};
-use latchkey_oauth::OAuthError;
-use latchkey_oauth::authorize::CallbackParams;
 use latchkey_oauth::challenge;
 use latchkey_oauth::client_auth::{AssertionKey, AuthMethod, ClientCredentials};
 use latchkey_oauth::discovery::{Discoverer, DiscoveryOptions};
 use latchkey_oauth::dpop::DPOP_NONCE_HEADER;
 use latchkey_oauth::registration::ApplicationType;
-use latchkey_oauth::session::{AuthorizationDriver, GrantStrategy, OAuthSession, SessionConfig};
+use latchkey_oauth::session::{GrantStrategy, OAuthSession, RedirectReadingDriver, SessionConfig};
 use rmcp::model::ProtocolVersion;
 use serde_json::{Value, json};
 
@@ -43,33 +39,6 @@ pub(crate) struct Args {
     /// Arguments before the URL (ignored), then the MCP server URL.
     #[arg(required = true, num_args = 1..)]
     args: Vec<String>,
-}
-
-/// Consent without a browser: GET the authorization URL, read the redirect.
-struct HeadlessDriver {
-    egress: Egress,
-}
-
-#[async_trait::async_trait]
-impl AuthorizationDriver for HeadlessDriver {
-    async fn authorize(&self, url: &str) -> Result<CallbackParams, OAuthError> {
-        let req = EgressRequest::get(url, UrlSource::Remote, 64 * 1024);
-        match self.egress.send(req).await {
-            Err(EgressError::Redirect {
-                location: Some(loc),
-                ..
-            }) => {
-                let query = loc.split_once('?').map(|(_, q)| q).unwrap_or_default();
-                let query = query.split('#').next().unwrap_or_default();
-                Ok(CallbackParams::from_query(query))
-            }
-            Ok(r) => Err(OAuthError::Consent(format!(
-                "authorization endpoint answered HTTP {} without a redirect",
-                r.status.as_u16()
-            ))),
-            Err(e) => Err(OAuthError::Consent(e.to_string())),
-        }
-    }
 }
 
 fn context() -> Value {
@@ -151,7 +120,7 @@ fn session_config(scenario: &str, ctx: &Value) -> anyhow::Result<SessionConfig> 
 async fn call(
     mcp: &McpClient,
     session: &mut OAuthSession,
-    driver: &HeadlessDriver,
+    driver: &RedirectReadingDriver,
     message: &Value,
 ) -> anyhow::Result<Exchange> {
     let method = message
@@ -223,9 +192,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
         url.clone(),
         session_config(&scenario, &ctx)?,
     );
-    let driver = HeadlessDriver {
-        egress: egress.clone(),
-    };
+    let driver = RedirectReadingDriver::new(egress.clone());
     let mut mcp = McpClient::new(egress, url, UrlSource::Operator, version);
 
     if !mcp.is_stateless() {

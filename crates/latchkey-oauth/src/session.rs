@@ -33,6 +33,45 @@ pub trait AuthorizationDriver: Send + Sync {
     async fn authorize(&self, url: &str) -> Result<CallbackParams, OAuthError>;
 }
 
+/// Consent without a browser, for authorization servers that approve at once (test
+/// harnesses, pre-approved automation): GET the authorization URL through the egress
+/// client, which never follows redirects, and read the authorization response from the
+/// `Location` of the 302.
+#[derive(Debug, Clone)]
+pub struct RedirectReadingDriver {
+    egress: Egress,
+}
+
+impl RedirectReadingDriver {
+    /// A driver sending through `egress`.
+    pub fn new(egress: Egress) -> Self {
+        Self { egress }
+    }
+}
+
+#[async_trait::async_trait]
+impl AuthorizationDriver for RedirectReadingDriver {
+    async fn authorize(&self, url: &str) -> Result<CallbackParams, OAuthError> {
+        let req = latchkey_egress::EgressRequest::get(url, UrlSource::Remote, 64 * 1024);
+        match self.egress.send(req).await {
+            Err(latchkey_egress::EgressError::Redirect {
+                location: Some(loc),
+                ..
+            }) => {
+                let query = loc.split_once('?').map(|(_, q)| q).unwrap_or_default();
+                Ok(CallbackParams::from_query(
+                    query.split('#').next().unwrap_or_default(),
+                ))
+            }
+            Ok(r) => Err(OAuthError::Consent(format!(
+                "authorization endpoint answered HTTP {} without a redirect",
+                r.status.as_u16()
+            ))),
+            Err(e) => Err(OAuthError::Consent(e.to_string())),
+        }
+    }
+}
+
 /// How tokens are obtained.
 #[derive(Debug, Clone)]
 pub enum GrantStrategy {
