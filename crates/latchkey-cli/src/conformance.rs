@@ -133,6 +133,7 @@ async fn call(
         let ex = mcp.send(message, &headers).await?;
         let status = ex.status.as_u16();
         if ex.status.is_success() {
+            session.note_success();
             return Ok(ex);
         }
         let ch = challenge::bearer_challenge(ex.www_authenticate());

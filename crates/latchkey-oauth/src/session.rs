@@ -23,7 +23,8 @@ use crate::registration::{
 };
 use crate::scope::{self, ScopeInputs};
 
-/// The most authorization attempts per session before giving up (step-up loops).
+/// The most authorization attempts for one operation before giving up (step-up loops).
+/// The count resets when a request succeeds ([`OAuthSession::note_success`]).
 pub const MAX_AUTHORIZATIONS: u32 = 3;
 
 /// Opens an authorization URL and returns the authorization response.
@@ -182,9 +183,15 @@ impl OAuthSession {
         self.token.is_some()
     }
 
-    /// How many times tokens were obtained.
+    /// How many authorizations the current operation has needed so far.
     pub fn authorizations(&self) -> u32 {
         self.authorizations
+    }
+
+    /// Records that a request went through with the current token, so the next 401 or
+    /// 403 starts a fresh attempt budget (attempts are tracked per operation).
+    pub fn note_success(&mut self) {
+        self.authorizations = 0;
     }
 
     /// The last discovery result.

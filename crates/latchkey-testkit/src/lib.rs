@@ -42,6 +42,8 @@ pub struct AsConfig {
     pub auth_methods: Vec<String>,
     /// Scopes the resource server demands (sent in its challenge).
     pub required_scope: Option<String>,
+    /// Advertise `code_challenge_methods_supported: ["S256"]`.
+    pub advertise_pkce: bool,
 }
 
 impl Default for AsConfig {
@@ -59,6 +61,7 @@ impl Default for AsConfig {
                 "none".into(),
             ],
             required_scope: None,
+            advertise_pkce: true,
         }
     }
 }
@@ -207,6 +210,11 @@ async fn metadata(State(s): State<Shared>, headers: HeaderMap) -> Response {
         "authorization_response_iss_parameter_supported": s.cfg.iss_supported,
         "scopes_supported": ["mcp:read", "mcp:write", "offline_access"],
     });
+    if !s.cfg.advertise_pkce
+        && let Some(o) = m.as_object_mut()
+    {
+        o.remove("code_challenge_methods_supported");
+    }
     if s.cfg.registration {
         m["registration_endpoint"] = format!("{b}/register").into();
     }

@@ -134,6 +134,64 @@ async fn consent_flow_end_to_end_sends_what_the_specs_require() {
 }
 
 #[tokio::test]
+async fn an_as_without_pkce_s256_is_refused_before_any_consent() {
+    let server = ScriptedServer::start(AsConfig {
+        advertise_pkce: false,
+        ..AsConfig::default()
+    })
+    .await
+    .unwrap();
+    let e = egress();
+    let disc = Arc::new(Discoverer::new(e.clone(), Arc::new(SystemClock)));
+    let mut s = OAuthSession::new(
+        e.clone(),
+        Arc::new(SystemClock),
+        disc,
+        server.mcp_url(),
+        session_config(),
+    );
+    let err = s
+        .on_unauthorized(Some(&challenge(&server)), &RedirectReadingDriver::new(e))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OAuthError::PkceNotSupported), "{err:?}");
+    assert_eq!(err.remedy(), Remedy::Reconfigure);
+    assert!(server.requests("/authorize").is_empty());
+    assert!(server.requests("/register").is_empty());
+}
+
+#[tokio::test]
+async fn step_up_gives_up_after_three_authorizations_until_a_request_succeeds() {
+    let server = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let e = egress();
+    let disc = Arc::new(Discoverer::new(e.clone(), Arc::new(SystemClock)));
+    let mut s = OAuthSession::new(
+        e.clone(),
+        Arc::new(SystemClock),
+        disc,
+        server.mcp_url(),
+        session_config(),
+    );
+    let driver = RedirectReadingDriver::new(e);
+    let mut ch = challenge(&server);
+    s.on_unauthorized(Some(&ch), &driver).await.unwrap();
+    ch.error = Some("insufficient_scope".into());
+    ch.scope = Some("mcp:write".into());
+    s.on_insufficient_scope(&ch, &driver).await.unwrap();
+    let q = &server.requests("/authorize")[1].body;
+    assert_eq!(
+        q["scope"], "mcp:read offline_access mcp:write",
+        "union of previous and challenged scopes"
+    );
+    s.on_insufficient_scope(&ch, &driver).await.unwrap();
+    let err = s.on_insufficient_scope(&ch, &driver).await.unwrap_err();
+    assert!(matches!(err, OAuthError::StepUpExhausted(3)), "{err:?}");
+    assert_eq!(server.requests("/authorize").len(), 3);
+    s.note_success();
+    s.on_insufficient_scope(&ch, &driver).await.unwrap();
+}
+
+#[tokio::test]
 async fn refresh_rotates_and_reuse_is_reported_as_reconsent() {
     let server = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let e = egress();
@@ -362,15 +420,27 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     }
 }
 
+/// The process-wide capture. A global subscriber (not a thread-scoped one) so callsite
+/// interest caching by tests running in parallel cannot silence events; the other
+/// tests' events land here too, which only widens what the no-secret check reads.
+fn capture() -> Captured {
+    static CAP: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    CAP.get_or_init(|| {
+        let cap = Captured::default();
+        let sub = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(cap.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(sub).unwrap();
+        cap
+    })
+    .clone()
+}
+
 #[tokio::test]
 async fn trace_logs_of_a_whole_flow_hold_no_secret() {
-    let cap = Captured::default();
-    let sub = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(cap.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(sub);
+    let cap = capture();
 
     let server = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let e = egress();
