@@ -1,0 +1,58 @@
+//! The `latchkey` binary, run as a user would, against the scripted servers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::process::Command;
+
+use latchkey_testkit::{AsConfig, ScriptedServer};
+
+fn latchkey(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_walks_discovery_and_reports_json() {
+    let server = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let url = server.mcp_url();
+    let out = tokio::task::spawn_blocking(move || {
+        latchkey(&["doctor", "--allow-insecure-loopback", "--json", &url])
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], 401);
+    assert_eq!(
+        v["challenge"]["resource_metadata"],
+        format!("{}/.well-known/oauth-protected-resource/mcp", server.base)
+    );
+    assert_eq!(v["discovery"]["issuer"], server.base);
+    assert_eq!(v["discovery"]["resource"], server.mcp_url());
+    assert_eq!(v["discovery"]["pkce_s256"], true);
+    assert_eq!(v["discovery"]["steps"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_refuses_loopback_without_the_relaxation() {
+    let server = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let url = server.mcp_url();
+    let out = tokio::task::spawn_blocking(move || latchkey(&["doctor", &url]))
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("scheme \"http\" is not allowed"), "{err}");
+    assert!(server.requests("/mcp").is_empty(), "nothing was sent");
+}
+
+#[test]
+fn conformance_client_needs_a_url() {
+    let out = latchkey(&["conformance-client"]);
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+}
