@@ -118,7 +118,7 @@ fn session_config(scenario: &str, ctx: &Value) -> anyhow::Result<SessionConfig> 
 /// Sends one JSON-RPC message, handling authentication challenges, and returns the
 /// successful exchange.
 async fn call(
-    mcp: &McpClient,
+    mcp: &mut McpClient,
     session: &mut OAuthSession,
     driver: &RedirectReadingDriver,
     message: &Value,
@@ -128,9 +128,11 @@ async fn call(
         .and_then(Value::as_str)
         .unwrap_or("?")
         .to_owned();
+    let mut message = message.clone();
+    let mut renegotiated = false;
     for _ in 0..MAX_ATTEMPTS {
         let headers = session.auth_headers("POST", mcp.url())?;
-        let ex = mcp.send(message, &headers).await?;
+        let ex = mcp.send(&message, &headers).await?;
         let status = ex.status.as_u16();
         if ex.status.is_success() {
             session.note_success();
@@ -156,6 +158,7 @@ async fn call(
                 }
                 _ => bail!("{method}: HTTP 403 without an insufficient_scope challenge"),
             },
+            400 if !renegotiated && mcp.renegotiate(&ex, &mut message) => renegotiated = true,
             400 if ch.as_ref().and_then(|c| c.error.as_deref()) == Some("use_dpop_nonce") => {
                 match ex
                     .headers
@@ -198,27 +201,58 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
 
     if !mcp.is_stateless() {
         let init = mcp.initialize_request();
-        let ex = call(&mcp, &mut session, &driver, &init).await?;
+        let ex = call(&mut mcp, &mut session, &driver, &init).await?;
         mcp.accept_initialize(&ex);
         let note = mcp.initialized_notification();
-        call(&mcp, &mut session, &driver, &note).await?;
+        call(&mut mcp, &mut session, &driver, &note).await?;
     }
     let list = mcp.request("tools/list", None);
-    let tools = call(&mcp, &mut session, &driver, &list)
+    let tools = call(&mut mcp, &mut session, &driver, &list)
         .await?
         .into_result()?;
-    let first = tools
-        .get("tools")
-        .and_then(Value::as_array)
-        .and_then(|t| t.first())
-        .and_then(|t| t.get("name"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    if let Some(name) = first {
-        let req = mcp.request("tools/call", Some(json!({"name": name, "arguments": {}})));
-        call(&mcp, &mut session, &driver, &req)
-            .await?
-            .into_result()?;
+    mcp.remember_tools(&tools);
+    // The scenario may name the calls to make (`toolCalls` in its context); the
+    // multi-round-trip scenario exercises every tool it lists; otherwise call the first
+    // tool listed, without arguments.
+    let call_all = scenario == "sep-2322-client-request-state";
+    let planned: Vec<(String, Value)> = match ctx.get("toolCalls").and_then(Value::as_array) {
+        Some(calls) => calls
+            .iter()
+            .filter_map(|c| {
+                let name = c.get("name")?.as_str()?.to_owned();
+                Some((
+                    name,
+                    c.get("arguments").cloned().unwrap_or_else(|| json!({})),
+                ))
+            })
+            .collect(),
+        None => tools
+            .get("tools")
+            .and_then(Value::as_array)
+            .map(|t| {
+                t.iter()
+                    .take(if call_all { t.len() } else { 1 })
+                    .filter_map(|t| t.get("name").and_then(Value::as_str))
+                    .map(|n| (n.to_owned(), json!({})))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    for (name, arguments) in planned {
+        let mut req = mcp.request(
+            "tools/call",
+            Some(json!({"name": name, "arguments": arguments})),
+        );
+        for _ in 0..MAX_ATTEMPTS {
+            let result = call(&mut mcp, &mut session, &driver, &req)
+                .await?
+                .into_result()?;
+            // A headless client cannot answer a person's questions: it declines them.
+            match mcp.input_required_retry(&req, &result, |_, _| json!({"action": "decline"})) {
+                Some(next) => req = next,
+                None => break,
+            }
+        }
     }
     tracing::info!(
         event = "conformance.done",

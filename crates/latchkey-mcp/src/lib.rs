@@ -26,6 +26,10 @@ use serde_json::{Value, json};
 /// The largest MCP response body read into memory.
 pub const MCP_BODY_LIMIT: usize = 8 * 1024 * 1024;
 
+/// JSON-RPC error code of the 2026-07-28 revision for "unsupported protocol version";
+/// its `data.supported` lists what the server speaks (SEP-2575).
+pub const UNSUPPORTED_VERSION: i64 = -32022;
+
 /// `Mcp-Session-Id`.
 pub const SESSION_HEADER: &str = "mcp-session-id";
 /// `MCP-Protocol-Version`.
@@ -94,6 +98,8 @@ pub struct McpClient {
     next_id: i64,
     client_info: Implementation,
     capabilities: ClientCapabilities,
+    /// Input schemas from `tools/list`, for SEP-2243 `Mcp-Param-*` headers.
+    tool_schemas: std::collections::HashMap<String, Value>,
 }
 
 impl McpClient {
@@ -114,6 +120,7 @@ impl McpClient {
             next_id: 0,
             client_info: Implementation::new("latchkey", env!("CARGO_PKG_VERSION")),
             capabilities: ClientCapabilities::default(),
+            tool_schemas: std::collections::HashMap::new(),
         }
     }
 
@@ -163,6 +170,107 @@ impl McpClient {
             }
         }
         json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params})
+    }
+
+    /// Remembers the tools' input schemas from a `tools/list` result, so later
+    /// `tools/call` requests mirror annotated arguments into headers.
+    pub fn remember_tools(&mut self, list_result: &Value) {
+        for t in list_result
+            .get("tools")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(name), Some(schema)) =
+                (t.get("name").and_then(Value::as_str), t.get("inputSchema"))
+            {
+                self.tool_schemas.insert(name.to_owned(), schema.clone());
+            }
+        }
+    }
+
+    /// SEP-2322 multi-round-trip requests: when `result` is an `input_required` result,
+    /// the request to send next — the same method and params with a fresh id, the
+    /// `inputResponses` produced by `answer(method, params)` for each input request, and
+    /// `requestState` echoed byte for byte when (and only when) the server sent one.
+    /// `None` for any other result (an absent `resultType` means complete).
+    pub fn input_required_retry(
+        &mut self,
+        request: &Value,
+        result: &Value,
+        answer: impl Fn(&str, &Value) -> Value,
+    ) -> Option<Value> {
+        if result.get("resultType").and_then(Value::as_str) != Some("input_required") {
+            return None;
+        }
+        request.get("method")?.as_str()?;
+        let mut params = request.get("params").cloned().unwrap_or_else(|| json!({}));
+        let obj = params.as_object_mut()?;
+        let responses: serde_json::Map<String, Value> = result
+            .get("inputRequests")
+            .and_then(Value::as_object)
+            .map(|reqs| {
+                reqs.iter()
+                    .map(|(key, r)| {
+                        let m = r.get("method").and_then(Value::as_str).unwrap_or_default();
+                        (
+                            key.clone(),
+                            answer(m, r.get("params").unwrap_or(&Value::Null)),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        obj.insert("inputResponses".into(), Value::Object(responses));
+        match result.get("requestState") {
+            Some(state) => obj.insert("requestState".into(), state.clone()),
+            None => obj.remove("requestState"),
+        };
+        self.next_id += 1;
+        let mut retry = request.clone();
+        retry["id"] = json!(self.next_id);
+        retry["params"] = params;
+        Some(retry)
+    }
+
+    /// The protocol version in use.
+    pub fn version(&self) -> &ProtocolVersion {
+        &self.version
+    }
+
+    /// After an "unsupported protocol version" error: switches to the newest version both
+    /// sides speak on the stateless wire and re-stamps `message` for it. Returns false
+    /// when there is none, so the caller stops instead of retrying forever.
+    pub fn renegotiate(&mut self, exchange: &Exchange, message: &mut Value) -> bool {
+        let Some(err) = exchange.response.as_ref().and_then(|r| r.get("error")) else {
+            return false;
+        };
+        if err.get("code").and_then(Value::as_i64) != Some(UNSUPPORTED_VERSION) {
+            return false;
+        }
+        let supported: Vec<&str> = err
+            .pointer("/data/supported")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let Some(pick) = ProtocolVersion::KNOWN_VERSIONS
+            .iter()
+            .rev()
+            .find(|v| !v.has_initialize() && supported.contains(&v.as_str()))
+        else {
+            return false;
+        };
+        self.version = pick.clone();
+        if let Some(meta) = message
+            .pointer_mut("/params/_meta")
+            .and_then(Value::as_object_mut)
+        {
+            meta.insert(
+                "io.modelcontextprotocol/protocolVersion".into(),
+                Value::String(pick.to_string()),
+            );
+        }
+        true
     }
 
     /// The `initialize` request of the 2025-11-25 wire.
@@ -245,6 +353,9 @@ impl McpClient {
             if let Some(name) = mcp_name(method, message.get("params")) {
                 push(NAME_HEADER, &name);
             }
+            if method == "tools/call" {
+                out.extend(self.param_headers(message.get("params")));
+            }
         } else {
             if let Some(s) = &self.session_id {
                 push(SESSION_HEADER, s);
@@ -256,6 +367,65 @@ impl McpClient {
             }
         }
         out
+    }
+}
+
+impl McpClient {
+    /// SEP-2243: each top-level argument whose schema property carries
+    /// `x-mcp-header: Name` is mirrored as `Mcp-Param-Name`. Only primitives are sent;
+    /// `null` and absent arguments are omitted; values that are not safe header text
+    /// (non-ASCII, control characters, leading or trailing whitespace) are sent as
+    /// `=?base64?…?=`.
+    fn param_headers(&self, params: Option<&Value>) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::new();
+        let Some(params) = params else { return out };
+        let (Some(tool), Some(args)) = (
+            params.get("name").and_then(Value::as_str),
+            params.get("arguments"),
+        ) else {
+            return out;
+        };
+        let Some(props) = self
+            .tool_schemas
+            .get(tool)
+            .and_then(|s| s.get("properties"))
+            .and_then(Value::as_object)
+        else {
+            return out;
+        };
+        for (prop, schema) in props {
+            let Some(header) = schema.get("x-mcp-header").and_then(Value::as_str) else {
+                continue;
+            };
+            let text = match args.get(prop) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Bool(b)) => b.to_string(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => continue,
+            };
+            let Ok(name) = HeaderName::from_bytes(format!("mcp-param-{header}").as_bytes()) else {
+                continue;
+            };
+            if let Ok(v) = HeaderValue::from_str(&header_text(&text)) {
+                out.push((name, v));
+            }
+        }
+        out
+    }
+}
+
+/// A value as header text: as is when it is plain visible ASCII without surrounding
+/// whitespace, otherwise the SEP-2243 `=?base64?…?=` form.
+pub fn header_text(value: &str) -> String {
+    use base64::Engine;
+    let plain = value.bytes().all(|b| (0x20..0x7f).contains(&b)) && value.trim() == value;
+    if plain && !(value.starts_with("=?base64?") && value.ends_with("?=")) {
+        value.to_owned()
+    } else {
+        format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(value.as_bytes())
+        )
     }
 }
 
@@ -349,6 +519,123 @@ mod tests {
         let r = find_response(&h, &body, &json!(2)).await.unwrap();
         assert_eq!(r["result"]["tools"], json!([]));
         assert!(find_response(&h, &body, &json!(3)).await.is_none());
+    }
+
+    #[test]
+    fn header_text_encoding() {
+        assert_eq!(header_text("us-west1"), "us-west1");
+        assert_eq!(header_text("us west 1"), "us west 1");
+        assert_eq!(header_text(""), "");
+        assert_eq!(header_text(" padded "), "=?base64?IHBhZGRlZCA=?=");
+        assert_eq!(
+            header_text("Hello, 世界"),
+            "=?base64?SGVsbG8sIOS4lueVjA==?="
+        );
+        assert_eq!(header_text("a\tb"), "=?base64?YQli?=");
+        assert_eq!(header_text("=?base64?x?="), "=?base64?PT9iYXNlNjQ/eD89?=");
+    }
+
+    #[test]
+    fn annotated_arguments_become_param_headers() {
+        let egress =
+            latchkey_egress::Egress::new(latchkey_egress::EgressConfig::default()).unwrap();
+        let mut c = McpClient::new(
+            egress,
+            "https://mcp.example/mcp",
+            UrlSource::Operator,
+            ProtocolVersion::V_2026_07_28,
+        );
+        c.remember_tools(
+            &json!({"tools": [{"name": "t", "inputSchema": {"type": "object", "properties": {
+                "region": {"type": "string", "x-mcp-header": "Region"},
+                "n": {"type": "integer", "x-mcp-header": "Priority"},
+                "v": {"type": "boolean", "x-mcp-header": "Verbose"},
+                "plain": {"type": "string"}
+            }}}]}),
+        );
+        let msg = c.request("tools/call", Some(json!({"name": "t", "arguments": {"region": "eu", "n": 42, "v": null, "plain": "x"}})));
+        let h: HeaderMap = c.wire_headers(&msg).into_iter().collect();
+        assert_eq!(h["mcp-param-region"], "eu");
+        assert_eq!(h["mcp-param-priority"], "42");
+        assert!(h.get("mcp-param-verbose").is_none(), "null is omitted");
+        assert_eq!(h["mcp-method"], "tools/call");
+        assert_eq!(h["mcp-name"], "t");
+        assert_eq!(h["mcp-protocol-version"], "2026-07-28");
+        assert_eq!(
+            msg["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"],
+            "2026-07-28"
+        );
+    }
+
+    #[test]
+    fn renegotiation_follows_the_servers_supported_list() {
+        let egress =
+            latchkey_egress::Egress::new(latchkey_egress::EgressConfig::default()).unwrap();
+        let mut c = McpClient::new(
+            egress,
+            "https://mcp.example/mcp",
+            UrlSource::Operator,
+            ProtocolVersion::V_2026_07_28,
+        );
+        let mut msg = c.request("tools/list", None);
+        let ex = |data: Value| Exchange {
+            status: StatusCode::BAD_REQUEST,
+            headers: HeaderMap::new(),
+            response: Some(
+                json!({"jsonrpc": "2.0", "id": 1, "error": {"code": UNSUPPORTED_VERSION, "message": "x", "data": data}}),
+            ),
+        };
+        assert!(c.renegotiate(&ex(json!({"supported": ["2026-07-28"]})), &mut msg));
+        assert_eq!(c.version().as_str(), "2026-07-28");
+        assert!(
+            !c.renegotiate(&ex(json!({"supported": ["1999-01-01"]})), &mut msg),
+            "nothing in common"
+        );
+        assert!(!c.renegotiate(&ex(json!({})), &mut msg));
+        let other = Exchange {
+            status: StatusCode::BAD_REQUEST,
+            headers: HeaderMap::new(),
+            response: None,
+        };
+        assert!(!c.renegotiate(&other, &mut msg));
+    }
+
+    #[test]
+    fn input_required_results_produce_a_retry_with_state_echoed() {
+        let egress =
+            latchkey_egress::Egress::new(latchkey_egress::EgressConfig::default()).unwrap();
+        let mut c = McpClient::new(
+            egress,
+            "https://mcp.example/mcp",
+            UrlSource::Operator,
+            ProtocolVersion::V_2026_07_28,
+        );
+        let req = c.request("tools/call", Some(json!({"name": "t", "arguments": {}})));
+        let decline = |_: &str, _: &Value| json!({"action": "decline"});
+        let state = "{\"nonce\":\"n\",\"originalId\":1}";
+        let result = json!({"resultType": "input_required", "requestState": state,
+            "inputRequests": {"confirm": {"method": "elicitation/create", "params": {"message": "ok?"}}}});
+        let retry = c.input_required_retry(&req, &result, decline).unwrap();
+        assert_ne!(retry["id"], req["id"]);
+        assert_eq!(retry["params"]["requestState"], state);
+        assert_eq!(
+            retry["params"]["inputResponses"]["confirm"]["action"],
+            "decline"
+        );
+        assert_eq!(retry["params"]["name"], "t");
+        // no requestState from the server: none in the retry
+        let result = json!({"resultType": "input_required", "inputRequests": {}});
+        let retry2 = c.input_required_retry(&retry, &result, decline).unwrap();
+        assert!(retry2["params"].get("requestState").is_none());
+        // complete, or no resultType at all: nothing to retry
+        assert!(
+            c.input_required_retry(&req, &json!({"content": []}), decline)
+                .is_none()
+        );
+        assert!(
+            c.input_required_retry(&req, &json!({"resultType": "complete"}), decline)
+                .is_none()
+        );
     }
 
     #[test]
