@@ -505,6 +505,17 @@ fn pick(v: Value, id: &Value) -> Option<Value> {
 mod tests {
     use super::*;
 
+    fn stateless_client() -> McpClient {
+        let egress =
+            latchkey_egress::Egress::new(latchkey_egress::EgressConfig::default()).unwrap();
+        McpClient::new(
+            egress,
+            "https://mcp.example/mcp",
+            UrlSource::Operator,
+            ProtocolVersion::V_2026_07_28,
+        )
+    }
+
     #[tokio::test]
     async fn sse_body_is_scanned_for_the_matching_response() {
         let body = Bytes::from_static(
@@ -537,14 +548,7 @@ mod tests {
 
     #[test]
     fn annotated_arguments_become_param_headers() {
-        let egress =
-            latchkey_egress::Egress::new(latchkey_egress::EgressConfig::default()).unwrap();
-        let mut c = McpClient::new(
-            egress,
-            "https://mcp.example/mcp",
-            UrlSource::Operator,
-            ProtocolVersion::V_2026_07_28,
-        );
+        let mut c = stateless_client();
         c.remember_tools(
             &json!({"tools": [{"name": "t", "inputSchema": {"type": "object", "properties": {
                 "region": {"type": "string", "x-mcp-header": "Region"},
@@ -569,14 +573,7 @@ mod tests {
 
     #[test]
     fn renegotiation_follows_the_servers_supported_list() {
-        let egress =
-            latchkey_egress::Egress::new(latchkey_egress::EgressConfig::default()).unwrap();
-        let mut c = McpClient::new(
-            egress,
-            "https://mcp.example/mcp",
-            UrlSource::Operator,
-            ProtocolVersion::V_2026_07_28,
-        );
+        let mut c = stateless_client();
         let mut msg = c.request("tools/list", None);
         let ex = |data: Value| Exchange {
             status: StatusCode::BAD_REQUEST,
@@ -602,14 +599,7 @@ mod tests {
 
     #[test]
     fn input_required_results_produce_a_retry_with_state_echoed() {
-        let egress =
-            latchkey_egress::Egress::new(latchkey_egress::EgressConfig::default()).unwrap();
-        let mut c = McpClient::new(
-            egress,
-            "https://mcp.example/mcp",
-            UrlSource::Operator,
-            ProtocolVersion::V_2026_07_28,
-        );
+        let mut c = stateless_client();
         let req = c.request("tools/call", Some(json!({"name": "t", "arguments": {}})));
         let decline = |_: &str, _: &Value| json!({"action": "decline"});
         let state = "{\"nonce\":\"n\",\"originalId\":1}";

@@ -46,6 +46,20 @@ fn session_config() -> SessionConfig {
     }
 }
 
+/// A session for the server's MCP endpoint, with the headless consent driver.
+fn session(server: &ScriptedServer) -> (OAuthSession, RedirectReadingDriver) {
+    let e = egress();
+    let disc = Arc::new(Discoverer::new(e.clone(), Arc::new(SystemClock)));
+    let s = OAuthSession::new(
+        e.clone(),
+        Arc::new(SystemClock),
+        disc,
+        server.mcp_url(),
+        session_config(),
+    );
+    (s, RedirectReadingDriver::new(e))
+}
+
 fn challenge(server: &ScriptedServer) -> BearerChallenge {
     BearerChallenge {
         scheme: "Bearer".into(),
@@ -81,16 +95,7 @@ fn token_request<'a>(
 #[tokio::test]
 async fn consent_flow_end_to_end_sends_what_the_specs_require() {
     let server = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let e = egress();
-    let disc = Arc::new(Discoverer::new(e.clone(), Arc::new(SystemClock)));
-    let mut s = OAuthSession::new(
-        e.clone(),
-        Arc::new(SystemClock),
-        disc,
-        server.mcp_url(),
-        session_config(),
-    );
-    let driver = RedirectReadingDriver::new(e.clone());
+    let (mut s, driver) = session(&server);
     s.on_unauthorized(Some(&challenge(&server)), &driver)
         .await
         .unwrap();
@@ -141,17 +146,9 @@ async fn an_as_without_pkce_s256_is_refused_before_any_consent() {
     })
     .await
     .unwrap();
-    let e = egress();
-    let disc = Arc::new(Discoverer::new(e.clone(), Arc::new(SystemClock)));
-    let mut s = OAuthSession::new(
-        e.clone(),
-        Arc::new(SystemClock),
-        disc,
-        server.mcp_url(),
-        session_config(),
-    );
+    let (mut s, driver) = session(&server);
     let err = s
-        .on_unauthorized(Some(&challenge(&server)), &RedirectReadingDriver::new(e))
+        .on_unauthorized(Some(&challenge(&server)), &driver)
         .await
         .unwrap_err();
     assert!(matches!(err, OAuthError::PkceNotSupported), "{err:?}");
@@ -163,16 +160,7 @@ async fn an_as_without_pkce_s256_is_refused_before_any_consent() {
 #[tokio::test]
 async fn step_up_gives_up_after_three_authorizations_until_a_request_succeeds() {
     let server = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let e = egress();
-    let disc = Arc::new(Discoverer::new(e.clone(), Arc::new(SystemClock)));
-    let mut s = OAuthSession::new(
-        e.clone(),
-        Arc::new(SystemClock),
-        disc,
-        server.mcp_url(),
-        session_config(),
-    );
-    let driver = RedirectReadingDriver::new(e);
+    let (mut s, driver) = session(&server);
     let mut ch = challenge(&server);
     s.on_unauthorized(Some(&ch), &driver).await.unwrap();
     ch.error = Some("insufficient_scope".into());
@@ -443,21 +431,11 @@ async fn trace_logs_of_a_whole_flow_hold_no_secret() {
     let cap = capture();
 
     let server = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (mut s, driver) = session(&server);
+    s.on_unauthorized(Some(&challenge(&server)), &driver)
+        .await
+        .unwrap();
     let e = egress();
-    let disc = Arc::new(Discoverer::new(e.clone(), Arc::new(SystemClock)));
-    let mut s = OAuthSession::new(
-        e.clone(),
-        Arc::new(SystemClock),
-        disc,
-        server.mcp_url(),
-        session_config(),
-    );
-    s.on_unauthorized(
-        Some(&challenge(&server)),
-        &RedirectReadingDriver::new(e.clone()),
-    )
-    .await
-    .unwrap();
     let client = ClientCredentials::with_secret(
         "c",
         Secret::new("client-s3cret"),
