@@ -1,0 +1,546 @@
+//! The keyring: AES-256-GCM envelopes under keys derived with HKDF-SHA-256 from
+//! configured master secrets (R-STORE-1..R-STORE-6).
+//!
+//! Envelope (R-STORE-3): `key_id (1) | iv (12) | tag (16) | ciphertext`. The associated
+//! data binds every ciphertext to its table, column and row, and to the envelope header,
+//! so a value copied into another row or column does not decrypt. Several keys may be
+//! configured: the current one encrypts, every configured one decrypts.
+//!
+//! The master keys are read lazily, on first use, and the keyring fails closed: without
+//! a key there is `EncryptionKeyMissing`, never plaintext (R-STORE-4). A failed load is
+//! not cached, so a key supplied later is picked up.
+
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use hkdf::Hkdf;
+use latchkey_core::{Remedy, Secret};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+/// The HKDF `info` label (R-STORE-2). Changing it makes every stored value unreadable.
+pub const HKDF_INFO: &[u8] = b"latchkey:mcp-oauth-credentials:v1";
+const IV_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+/// Bytes an envelope adds to its plaintext.
+pub const ENVELOPE_OVERHEAD: usize = 1 + IV_LEN + TAG_LEN;
+
+/// Keyring failures, classified per R-STORE-6.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyringError {
+    /// No master key is configured: terminal until an operator supplies one (HTTP 503).
+    #[error("encryption key missing")]
+    EncryptionKeyMissing,
+    /// The configured keys are unusable (wrong length, not hex, duplicate ids …).
+    #[error("invalid encryption key configuration: {0}")]
+    InvalidKeyConfig(String),
+    /// A key is present but the value does not decrypt (tampered, moved to another row or
+    /// column, or written under a key no longer configured): the user must consent again.
+    /// The stored row is left as it is.
+    #[error("stored value cannot be decrypted")]
+    Undecryptable,
+}
+
+impl KeyringError {
+    /// What fixes it.
+    pub fn remedy(&self) -> Remedy {
+        match self {
+            KeyringError::EncryptionKeyMissing | KeyringError::InvalidKeyConfig(_) => {
+                Remedy::Reconfigure
+            }
+            KeyringError::Undecryptable => Remedy::Reconsent,
+        }
+    }
+}
+
+/// A 32-byte master secret. Its `Debug` prints nothing.
+#[derive(Clone)]
+pub struct MasterKey(Zeroizing<[u8; 32]>);
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey([redacted])")
+    }
+}
+
+impl MasterKey {
+    /// Exactly 64 hexadecimal characters (32 bytes); surrounding whitespace is ignored.
+    pub fn from_hex(hex: &str) -> Result<Self, KeyringError> {
+        let hex = hex.trim();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(KeyringError::InvalidKeyConfig(format!(
+                "a master key is 64 hexadecimal characters (32 bytes); got {} characters",
+                hex.len()
+            )));
+        }
+        let mut out = Zeroizing::new([0u8; 32]);
+        for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
+            let s = std::str::from_utf8(pair)
+                .map_err(|_| KeyringError::InvalidKeyConfig("not hex".into()))?;
+            out[i] = u8::from_str_radix(s, 16)
+                .map_err(|_| KeyringError::InvalidKeyConfig("not hex".into()))?;
+        }
+        Ok(Self(out))
+    }
+
+    /// From raw bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+}
+
+/// The configured keys: the current one (for writing) and older ones (for reading).
+#[derive(Debug, Clone)]
+pub struct KeySet {
+    current: u8,
+    keys: Vec<(u8, MasterKey)>,
+}
+
+impl KeySet {
+    /// A set whose current key is `current`. Ids are 1..=255 and unique.
+    pub fn new(current: u8, keys: Vec<(u8, MasterKey)>) -> Result<Self, KeyringError> {
+        if keys.iter().any(|(id, _)| *id == 0) {
+            return Err(KeyringError::InvalidKeyConfig(
+                "key id 0 is reserved".into(),
+            ));
+        }
+        for (i, (id, _)) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|(other, _)| other == id) {
+                return Err(KeyringError::InvalidKeyConfig(format!(
+                    "key id {id} is configured twice"
+                )));
+            }
+        }
+        if !keys.iter().any(|(id, _)| *id == current) {
+            return Err(KeyringError::InvalidKeyConfig(format!(
+                "the current key id {current} is not configured"
+            )));
+        }
+        Ok(Self { current, keys })
+    }
+
+    /// Parses `id:hex[,id:hex…]`; the first entry is the current key, the others are
+    /// older keys kept for reading (e.g. `2:<hex>,1:<hex>` after a rotation to key 2).
+    pub fn parse(spec: &str) -> Result<Self, KeyringError> {
+        let mut keys = Vec::new();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (id, hex) = part.split_once(':').ok_or_else(|| {
+                KeyringError::InvalidKeyConfig("expected id:hex entries separated by commas".into())
+            })?;
+            let id: u8 = id.trim().parse().map_err(|_| {
+                KeyringError::InvalidKeyConfig(format!(
+                    "key id {id:?} is not a number from 1 to 255"
+                ))
+            })?;
+            keys.push((id, MasterKey::from_hex(hex)?));
+        }
+        let current = keys
+            .first()
+            .map(|(id, _)| *id)
+            .ok_or(KeyringError::EncryptionKeyMissing)?;
+        Self::new(current, keys)
+    }
+
+    /// The id new values are written under.
+    pub fn current(&self) -> u8 {
+        self.current
+    }
+}
+
+/// Where the keys come from. Read when the keyring is first used.
+pub trait KeySource: Send + Sync + fmt::Debug {
+    /// The keys, or `None` when none are configured.
+    fn load(&self) -> Result<Option<KeySet>, KeyringError>;
+}
+
+/// Keys held in memory (tests, or configuration already parsed).
+#[derive(Debug, Clone)]
+pub struct StaticKeys(pub Option<KeySet>);
+
+impl KeySource for StaticKeys {
+    fn load(&self) -> Result<Option<KeySet>, KeyringError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// Keys in an environment variable, in the [`KeySet::parse`] format.
+#[derive(Debug, Clone)]
+pub struct EnvKeys(pub String);
+
+impl KeySource for EnvKeys {
+    fn load(&self) -> Result<Option<KeySet>, KeyringError> {
+        match std::env::var(&self.0) {
+            Ok(v) if !v.trim().is_empty() => KeySet::parse(&v).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Keys in a file, in the [`KeySet::parse`] format. A missing file means no key.
+#[derive(Debug, Clone)]
+pub struct FileKeys(pub std::path::PathBuf);
+
+impl KeySource for FileKeys {
+    fn load(&self) -> Result<Option<KeySet>, KeyringError> {
+        match std::fs::read_to_string(&self.0) {
+            Ok(v) => KeySet::parse(&Zeroizing::new(v)).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(KeyringError::InvalidKeyConfig(format!(
+                "cannot read {}: {e}",
+                self.0.display()
+            ))),
+        }
+    }
+}
+
+/// What a ciphertext belongs to: its table, column and row. Part of the AEAD's
+/// associated data, so a ciphertext only decrypts where it was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Aad<'a> {
+    /// Table name.
+    pub table: &'static str,
+    /// Column name.
+    pub column: &'static str,
+    /// The row's identity (primary key as text).
+    pub row: &'a str,
+}
+
+impl Aad<'_> {
+    fn bytes(&self, header: u8) -> Vec<u8> {
+        // Length-prefixed fields: no two distinct (table, column, row) share an encoding.
+        let mut out =
+            Vec::with_capacity(16 + self.table.len() + self.column.len() + self.row.len());
+        out.extend_from_slice(b"latchkey-aad-v1");
+        out.push(header);
+        for f in [self.table, self.column, self.row] {
+            out.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            out.extend_from_slice(f.as_bytes());
+        }
+        out
+    }
+}
+
+struct Derived {
+    current: u8,
+    ciphers: Vec<(u8, Aes256Gcm)>,
+}
+
+impl Derived {
+    fn from(set: &KeySet) -> Result<Self, KeyringError> {
+        let mut ciphers = Vec::with_capacity(set.keys.len());
+        for (id, master) in &set.keys {
+            let hk = Hkdf::<Sha256>::new(None, master.0.as_slice());
+            let mut okm = Zeroizing::new([0u8; 32]);
+            hk.expand(HKDF_INFO, okm.as_mut_slice())
+                .map_err(|_| KeyringError::InvalidKeyConfig("HKDF expansion failed".into()))?;
+            let cipher = Aes256Gcm::new_from_slice(okm.as_slice())
+                .map_err(|_| KeyringError::InvalidKeyConfig("bad AES key length".into()))?;
+            ciphers.push((*id, cipher));
+        }
+        Ok(Self {
+            current: set.current,
+            ciphers,
+        })
+    }
+
+    fn cipher(&self, id: u8) -> Option<&Aes256Gcm> {
+        self.ciphers.iter().find(|(k, _)| *k == id).map(|(_, c)| c)
+    }
+}
+
+/// Encrypts and decrypts stored secrets. Cheap to share behind an `Arc`.
+pub struct Keyring {
+    source: Box<dyn KeySource>,
+    derived: RwLock<Option<Arc<Derived>>>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keyring {
+    /// A keyring reading its keys from `source` on first use.
+    pub fn new(source: impl KeySource + 'static) -> Self {
+        Self {
+            source: Box::new(source),
+            derived: RwLock::new(None),
+        }
+    }
+
+    fn keys(&self) -> Result<Arc<Derived>, KeyringError> {
+        if let Ok(g) = self.derived.read()
+            && let Some(d) = g.as_ref()
+        {
+            return Ok(d.clone());
+        }
+        let set = self
+            .source
+            .load()?
+            .ok_or(KeyringError::EncryptionKeyMissing)?;
+        let d = Arc::new(Derived::from(&set)?);
+        if let Ok(mut g) = self.derived.write() {
+            *g = Some(d.clone());
+        }
+        Ok(d)
+    }
+
+    /// Whether keys are available (loading them if needed).
+    pub fn check(&self) -> Result<(), KeyringError> {
+        self.keys().map(|_| ())
+    }
+
+    /// The id new values are written under.
+    pub fn current_key_id(&self) -> Result<u8, KeyringError> {
+        Ok(self.keys()?.current)
+    }
+
+    /// Seals `plaintext` for the place `aad` names, under the current key.
+    pub fn encrypt(&self, plaintext: &[u8], aad: Aad<'_>) -> Result<Vec<u8>, KeyringError> {
+        let keys = self.keys()?;
+        let cipher = keys
+            .cipher(keys.current)
+            .ok_or(KeyringError::EncryptionKeyMissing)?;
+        let mut iv = [0u8; IV_LEN];
+        getrandom(&mut iv)?;
+        let mut buf = plaintext.to_vec();
+        let tag = cipher
+            .encrypt_in_place_detached(&Nonce::from(iv), &aad.bytes(keys.current), &mut buf)
+            .map_err(|_| KeyringError::InvalidKeyConfig("encryption failed".into()))?;
+        let mut out = Vec::with_capacity(ENVELOPE_OVERHEAD + buf.len());
+        out.push(keys.current);
+        out.extend_from_slice(&iv);
+        let tag: [u8; TAG_LEN] = tag.into();
+        out.extend_from_slice(&tag);
+        out.extend_from_slice(&buf);
+        Ok(out)
+    }
+
+    /// Opens an envelope written for the place `aad` names. The plaintext is zeroized
+    /// when dropped.
+    pub fn decrypt(
+        &self,
+        envelope: &[u8],
+        aad: Aad<'_>,
+    ) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
+        let keys = self.keys()?;
+        if envelope.len() < ENVELOPE_OVERHEAD {
+            return Err(KeyringError::Undecryptable);
+        }
+        let id = envelope[0];
+        let cipher = keys.cipher(id).ok_or(KeyringError::Undecryptable)?;
+        let iv: [u8; IV_LEN] = envelope[1..1 + IV_LEN]
+            .try_into()
+            .map_err(|_| KeyringError::Undecryptable)?;
+        let tag: [u8; TAG_LEN] = envelope[1 + IV_LEN..ENVELOPE_OVERHEAD]
+            .try_into()
+            .map_err(|_| KeyringError::Undecryptable)?;
+        let mut buf = Zeroizing::new(envelope[ENVELOPE_OVERHEAD..].to_vec());
+        cipher
+            .decrypt_in_place_detached(
+                &Nonce::from(iv),
+                &aad.bytes(id),
+                buf.as_mut(),
+                &Tag::from(tag),
+            )
+            .map_err(|_| KeyringError::Undecryptable)?;
+        Ok(buf)
+    }
+
+    /// [`Keyring::encrypt`] for a [`Secret`].
+    pub fn seal(&self, secret: &Secret, aad: Aad<'_>) -> Result<Vec<u8>, KeyringError> {
+        self.encrypt(secret.expose().as_bytes(), aad)
+    }
+
+    /// [`Keyring::decrypt`] into a [`Secret`]; a non-UTF-8 plaintext is undecryptable.
+    pub fn open(&self, envelope: &[u8], aad: Aad<'_>) -> Result<Secret, KeyringError> {
+        let plain = self.decrypt(envelope, aad)?;
+        let text = std::str::from_utf8(&plain).map_err(|_| KeyringError::Undecryptable)?;
+        Ok(Secret::new(text))
+    }
+
+    /// Whether an envelope was written under a key other than the current one (key
+    /// rotation re-encrypts exactly these).
+    pub fn needs_rewrap(&self, envelope: &[u8]) -> Result<bool, KeyringError> {
+        let current = self.keys()?.current;
+        Ok(envelope.first().is_some_and(|id| *id != current))
+    }
+}
+
+fn getrandom(buf: &mut [u8]) -> Result<(), KeyringError> {
+    use aes_gcm::aead::rand_core::RngCore;
+    aes_gcm::aead::OsRng.try_fill_bytes(buf).map_err(|_| {
+        KeyringError::InvalidKeyConfig("the operating system's random source failed".into())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K1: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    const K2: &str = "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff000102030405060708090a0b0c0d0e0f";
+
+    fn ring(spec: &str) -> Keyring {
+        Keyring::new(StaticKeys(Some(KeySet::parse(spec).unwrap())))
+    }
+
+    fn aad(row: &str) -> Aad<'_> {
+        Aad {
+            table: "credentials",
+            column: "refresh_token",
+            row,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_envelope_layout() {
+        let k = ring(&format!("1:{K1}"));
+        let env = k.encrypt(b"rt-secret", aad("row-1")).unwrap();
+        assert_eq!(env.len(), ENVELOPE_OVERHEAD + 9);
+        assert_eq!(env[0], 1);
+        assert!(!env.windows(9).any(|w| w == b"rt-secret"));
+        assert_eq!(&k.decrypt(&env, aad("row-1")).unwrap()[..], b"rt-secret");
+        // fresh nonce each time
+        assert_ne!(env, k.encrypt(b"rt-secret", aad("row-1")).unwrap());
+        let s = k.seal(&Secret::new("tok"), aad("r")).unwrap();
+        assert_eq!(k.open(&s, aad("r")).unwrap().expose(), "tok");
+    }
+
+    #[test]
+    fn tampering_any_byte_fails() {
+        let k = ring(&format!("1:{K1}"));
+        let env = k
+            .encrypt(b"some refresh token value", aad("row-1"))
+            .unwrap();
+        for i in 0..env.len() {
+            for flip in [0x01u8, 0x80] {
+                let mut t = env.clone();
+                t[i] ^= flip;
+                assert_eq!(
+                    k.decrypt(&t, aad("row-1")),
+                    Err(KeyringError::Undecryptable),
+                    "byte {i}"
+                );
+            }
+        }
+        assert_eq!(
+            k.decrypt(&env[..env.len() - 1], aad("row-1")),
+            Err(KeyringError::Undecryptable)
+        );
+        assert_eq!(
+            k.decrypt(&env[..10], aad("row-1")),
+            Err(KeyringError::Undecryptable)
+        );
+        assert_eq!(
+            k.decrypt(&[], aad("row-1")),
+            Err(KeyringError::Undecryptable)
+        );
+    }
+
+    #[test]
+    fn wrong_key_and_moved_ciphertexts_fail() {
+        let k1 = ring(&format!("1:{K1}"));
+        let other = ring(&format!("1:{K2}"));
+        let env = k1.encrypt(b"x", aad("row-1")).unwrap();
+        assert_eq!(
+            other.decrypt(&env, aad("row-1")),
+            Err(KeyringError::Undecryptable)
+        );
+        assert_eq!(
+            k1.decrypt(&env, aad("row-2")),
+            Err(KeyringError::Undecryptable),
+            "other row"
+        );
+        let col = Aad {
+            table: "credentials",
+            column: "access_token",
+            row: "row-1",
+        };
+        assert_eq!(
+            k1.decrypt(&env, col),
+            Err(KeyringError::Undecryptable),
+            "other column"
+        );
+        let table = Aad {
+            table: "registered_clients",
+            column: "refresh_token",
+            row: "row-1",
+        };
+        assert_eq!(
+            k1.decrypt(&env, table),
+            Err(KeyringError::Undecryptable),
+            "other table"
+        );
+        assert_eq!(KeyringError::Undecryptable.remedy(), Remedy::Reconsent);
+    }
+
+    #[test]
+    fn old_keys_still_decrypt_after_rotation() {
+        let before = ring(&format!("1:{K1}"));
+        let env = before.encrypt(b"old", aad("r")).unwrap();
+        let after = ring(&format!("2:{K2},1:{K1}"));
+        assert_eq!(&after.decrypt(&env, aad("r")).unwrap()[..], b"old");
+        assert!(after.needs_rewrap(&env).unwrap());
+        let new = after.encrypt(b"new", aad("r")).unwrap();
+        assert_eq!(new[0], 2);
+        assert!(!after.needs_rewrap(&new).unwrap());
+        // once key 1 is dropped, its rows need re-consent (the row itself is untouched)
+        let dropped = ring(&format!("2:{K2}"));
+        assert_eq!(
+            dropped.decrypt(&env, aad("r")),
+            Err(KeyringError::Undecryptable)
+        );
+    }
+
+    #[test]
+    fn missing_key_is_typed_and_a_later_key_is_picked_up() {
+        let k = Keyring::new(StaticKeys(None));
+        assert_eq!(
+            k.encrypt(b"x", aad("r")),
+            Err(KeyringError::EncryptionKeyMissing)
+        );
+        assert_eq!(
+            k.decrypt(&[1; 40], aad("r")),
+            Err(KeyringError::EncryptionKeyMissing)
+        );
+        assert_eq!(
+            KeyringError::EncryptionKeyMissing.remedy(),
+            Remedy::Reconfigure
+        );
+        let dir = std::env::temp_dir().join(format!("latchkey-keys-{}", std::process::id()));
+        let k = Keyring::new(FileKeys(dir.clone()));
+        assert_eq!(k.check(), Err(KeyringError::EncryptionKeyMissing));
+        std::fs::write(&dir, format!("1:{K1}\n")).unwrap();
+        assert!(k.check().is_ok(), "the failed load was not cached");
+        std::fs::remove_file(&dir).unwrap();
+    }
+
+    #[test]
+    fn key_configuration_is_validated() {
+        for bad in [
+            "1:abc",
+            "x:00",
+            &format!("0:{K1}"),
+            &format!("1:{K1},1:{K2}"),
+            &format!("1:{}", &K1[..62]),
+        ] {
+            assert!(
+                matches!(KeySet::parse(bad), Err(KeyringError::InvalidKeyConfig(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            KeySet::parse(" ").err(),
+            Some(KeyringError::EncryptionKeyMissing)
+        );
+        assert!(MasterKey::from_hex(&"g".repeat(64)).is_err());
+        let dbg = format!("{:?}", KeySet::parse(&format!("1:{K1}")).unwrap());
+        assert!(!dbg.contains("0001020304"), "{dbg}");
+    }
+}

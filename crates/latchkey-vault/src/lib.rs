@@ -1,0 +1,7 @@
+//! Latchkey's vault: the keyring every stored secret is sealed with. The credential
+//! store (SQLite and PostgreSQL behind one trait) builds on it next.
+#![forbid(unsafe_code)]
+
+pub mod keyring;
+
+pub use keyring::{Aad, KeySet, KeySource, Keyring, KeyringError, MasterKey};
