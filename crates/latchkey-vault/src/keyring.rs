@@ -521,6 +521,18 @@ mod tests {
         std::fs::remove_file(&dir).unwrap();
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_value_round_trips_only_in_its_own_row(plain in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), a in "[a-z0-9-]{1,40}", b in "[a-z0-9-]{1,40}") {
+            let k = ring(&format!("1:{K1}"));
+            let env = k.encrypt(&plain, aad(&a)).unwrap();
+            proptest::prop_assert_eq!(&k.decrypt(&env, aad(&a)).unwrap()[..], &plain[..]);
+            if a != b {
+                proptest::prop_assert_eq!(k.decrypt(&env, aad(&b)), Err(KeyringError::Undecryptable));
+            }
+        }
+    }
+
     #[test]
     fn key_configuration_is_validated() {
         for bad in [
