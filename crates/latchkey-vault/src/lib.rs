@@ -5,3 +5,8 @@
 pub mod keyring;
 
 pub use keyring::{Aad, KeySet, KeySource, Keyring, KeyringError, MasterKey};
+pub mod store;
+
+pub use store::{
+    CredentialRow, FlowRow, PgStore, ServerRow, Slot, SqliteStore, Store, StoreError, WriteBack,
+};

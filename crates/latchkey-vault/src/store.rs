@@ -1,0 +1,496 @@
+//! The credential store: one trait, an SQLite and a PostgreSQL implementation with the
+//! same behaviour and the same SQL (portable `$n` placeholders, `ON CONFLICT` on the
+//! partial unique indexes, `DELETE … RETURNING`), migrations per backend.
+//!
+//! The store persists envelopes; it never sees plaintext. Callers seal values with the
+//! keyring using the row id the store will use ([`new_id`]) before writing.
+//! Every query on a slot is scoped by tenant (R-STORE-17).
+
+use sqlx::Row;
+
+/// A fresh row id (UUID v4), known before the row is written so values can be sealed
+/// to it.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or failed; a retry may help.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A constraint refused the write (unknown server, duplicate id …).
+    #[error("rejected by the database: {0}")]
+    Conflict(String),
+    /// Migrations could not be applied.
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() || d.is_foreign_key_violation() => {
+                StoreError::Conflict(d.message().to_owned())
+            }
+            _ => StoreError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// A credential slot: `(tenant, server, subject)`; no subject is the shared slot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Slot {
+    /// Tenant.
+    pub tenant: String,
+    /// Server id.
+    pub server: String,
+    /// User, or `None` for the server's shared slot.
+    pub subject: Option<String>,
+}
+
+/// A server row (the part this slice of the store needs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerRow {
+    /// Id.
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Display name.
+    pub name: String,
+    /// MCP URL.
+    pub url: String,
+}
+
+/// A credential as stored. Secret columns are keyring envelopes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CredentialRow {
+    /// Row id (new on every upsert).
+    pub id: String,
+    /// The slot.
+    pub slot: Slot,
+    /// AS issuer.
+    pub issuer: Option<String>,
+    /// RFC 8707 resource.
+    pub resource: Option<String>,
+    /// Token endpoint (required).
+    pub token_endpoint: String,
+    /// Client id.
+    pub client_id: Option<String>,
+    /// Client secret envelope.
+    pub client_secret: Option<Vec<u8>>,
+    /// Token endpoint auth method.
+    pub auth_method: Option<String>,
+    /// Granted scopes.
+    pub scopes: Option<String>,
+    /// Access token envelope.
+    pub access_token: Option<Vec<u8>>,
+    /// Access token expiry, Unix seconds.
+    pub access_expires_at: Option<i64>,
+    /// Refresh token envelope.
+    pub refresh_token: Option<Vec<u8>>,
+    /// Compare-and-swap counter, bumped on every write-back.
+    pub generation: i64,
+    /// Who connected it.
+    pub initiated_by: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for CredentialRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialRow")
+            .field("id", &self.id)
+            .field("slot", &self.slot)
+            .field("issuer", &self.issuer)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A rotated-token write-back: update-only, keyed by the row id and generation read
+/// before the grant (R-STORE-9, R-MULTI-5).
+#[derive(Clone)]
+pub struct WriteBack {
+    /// Tenant (scoping).
+    pub tenant: String,
+    /// The row the grant's refresh token came from.
+    pub id: String,
+    /// Its generation when read.
+    pub generation: i64,
+    /// New access token envelope.
+    pub access_token: Vec<u8>,
+    /// Its expiry.
+    pub access_expires_at: Option<i64>,
+    /// New refresh token envelope; `None` keeps the stored one (R-REFRESH-10).
+    pub refresh_token: Option<Vec<u8>>,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+impl std::fmt::Debug for WriteBack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteBack")
+            .field("id", &self.id)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A pending authorization flow. Only the state's SHA-256 is stored (R-FLOW-2).
+#[derive(Clone, PartialEq, Eq)]
+pub struct FlowRow {
+    /// Hex SHA-256 of the state.
+    pub state_hash: String,
+    /// The slot being connected.
+    pub slot: Slot,
+    /// The user who started it.
+    pub initiated_by: String,
+    /// The TTL anchor (R-FLOW-3), Unix seconds.
+    pub state_created_at: i64,
+    /// PKCE verifier envelope.
+    pub verifier: Vec<u8>,
+    /// Issuer the code must come from.
+    pub issuer: String,
+    /// Resource indicator.
+    pub resource: String,
+    /// Redirect URI.
+    pub redirect_uri: String,
+    /// Client id.
+    pub client_id: String,
+    /// Requested scopes.
+    pub scopes: Option<String>,
+}
+
+impl std::fmt::Debug for FlowRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowRow")
+            .field("slot", &self.slot)
+            .field("initiated_by", &self.initiated_by)
+            .field("state_created_at", &self.state_created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The flow lifetime (R-FLOW-3).
+pub const FLOW_TTL_SECS: i64 = 600;
+
+/// Whether a flow created at `state_created_at` is still usable at `now`. Only the
+/// state's own timestamp counts; no other write extends it.
+pub fn flow_is_live(state_created_at: i64, now: i64) -> bool {
+    now >= state_created_at && now - state_created_at < FLOW_TTL_SECS
+}
+
+/// Persistence for servers, credentials and flows.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Adds a server.
+    async fn create_server(&self, s: &ServerRow, now: i64) -> Result<(), StoreError>;
+    /// Deletes a server and, by cascade, its credentials and flows. False if absent.
+    async fn delete_server(&self, tenant: &str, id: &str) -> Result<bool, StoreError>;
+    /// Replaces the slot's credential atomically with `c` (its id is new).
+    async fn upsert_credential(&self, c: &CredentialRow) -> Result<(), StoreError>;
+    /// The slot's credential.
+    async fn get_credential(&self, slot: &Slot) -> Result<Option<CredentialRow>, StoreError>;
+    /// Deletes the slot's credential. False if there was none.
+    async fn delete_credential(&self, slot: &Slot) -> Result<bool, StoreError>;
+    /// Compare-and-swap write-back; false when the row is gone or newer (never inserts).
+    async fn write_back(&self, w: &WriteBack) -> Result<bool, StoreError>;
+    /// Stores a pending flow.
+    async fn insert_flow(&self, f: &FlowRow) -> Result<(), StoreError>;
+    /// Removes and returns the flow with this state hash: exactly one caller gets it.
+    async fn consume_flow(&self, state_hash: &str) -> Result<Option<FlowRow>, StoreError>;
+}
+
+const CRED_COLS: &str = "id, tenant_id, server_id, subject, issuer, resource, token_endpoint, client_id, client_secret, auth_method, scopes, access_token, access_expires_at, refresh_token, generation, initiated_by, created_at, updated_at";
+
+const UPSERT_SET: &str = " DO UPDATE SET id = excluded.id, issuer = excluded.issuer, resource = excluded.resource, \
+     token_endpoint = excluded.token_endpoint, client_id = excluded.client_id, client_secret = excluded.client_secret, \
+     auth_method = excluded.auth_method, scopes = excluded.scopes, access_token = excluded.access_token, \
+     access_expires_at = excluded.access_expires_at, refresh_token = excluded.refresh_token, generation = 0, \
+     initiated_by = excluded.initiated_by, created_at = excluded.created_at, updated_at = excluded.updated_at";
+
+const INSERT_CRED: &str = "INSERT INTO credentials (id, tenant_id, server_id, subject, issuer, resource, token_endpoint, client_id, client_secret, auth_method, scopes, access_token, access_expires_at, refresh_token, generation, initiated_by, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16, $17)";
+
+fn cred_from<R>(r: &R) -> Result<CredentialRow, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<Vec<u8>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(CredentialRow {
+        id: r.try_get("id")?,
+        slot: Slot {
+            tenant: r.try_get("tenant_id")?,
+            server: r.try_get("server_id")?,
+            subject: r.try_get("subject")?,
+        },
+        issuer: r.try_get("issuer")?,
+        resource: r.try_get("resource")?,
+        token_endpoint: r.try_get("token_endpoint")?,
+        client_id: r.try_get("client_id")?,
+        client_secret: r.try_get("client_secret")?,
+        auth_method: r.try_get("auth_method")?,
+        scopes: r.try_get("scopes")?,
+        access_token: r.try_get("access_token")?,
+        access_expires_at: r.try_get("access_expires_at")?,
+        refresh_token: r.try_get("refresh_token")?,
+        generation: r.try_get("generation")?,
+        initiated_by: r.try_get("initiated_by")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn flow_from<R>(r: &R) -> Result<FlowRow, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Vec<u8>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(FlowRow {
+        state_hash: r.try_get("state_hash")?,
+        slot: Slot {
+            tenant: r.try_get("tenant_id")?,
+            server: r.try_get("server_id")?,
+            subject: r.try_get("subject")?,
+        },
+        initiated_by: r.try_get("initiated_by")?,
+        state_created_at: r.try_get("state_created_at")?,
+        verifier: r.try_get("verifier")?,
+        issuer: r.try_get("issuer")?,
+        resource: r.try_get("resource")?,
+        redirect_uri: r.try_get("redirect_uri")?,
+        client_id: r.try_get("client_id")?,
+        scopes: r.try_get("scopes")?,
+    })
+}
+
+/// Implements [`Store`] for a pool type. Both backends run the same SQL text; the
+/// macro exists only because sqlx's executor bounds differ per database type.
+macro_rules! sql_store {
+    ($name:ident, $pool:ty, $migrator:expr) => {
+        /// A store on this backend.
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            pool: $pool,
+        }
+
+        impl $name {
+            /// Wraps a pool and applies the migrations (idempotent, one transaction each).
+            pub async fn new(pool: $pool) -> Result<Self, StoreError> {
+                $migrator
+                    .run(&pool)
+                    .await
+                    .map_err(|e| StoreError::Migration(e.to_string()))?;
+                Ok(Self { pool })
+            }
+
+            /// The pool.
+            pub fn pool(&self) -> &$pool {
+                &self.pool
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl Store for $name {
+            async fn create_server(&self, s: &ServerRow, now: i64) -> Result<(), StoreError> {
+                sqlx::query("INSERT INTO servers (id, tenant_id, name, url, created_at) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(&s.id)
+                    .bind(&s.tenant)
+                    .bind(&s.name)
+                    .bind(&s.url)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn delete_server(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+                let r = sqlx::query("DELETE FROM servers WHERE tenant_id = $1 AND id = $2")
+                    .bind(tenant)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn upsert_credential(&self, c: &CredentialRow) -> Result<(), StoreError> {
+                let sql = match c.slot.subject {
+                    Some(_) => sqlx::AssertSqlSafe(format!(
+                        "{INSERT_CRED} ON CONFLICT (tenant_id, server_id, subject) WHERE subject IS NOT NULL{UPSERT_SET}"
+                    )),
+                    None => sqlx::AssertSqlSafe(format!(
+                        "{INSERT_CRED} ON CONFLICT (tenant_id, server_id) WHERE subject IS NULL{UPSERT_SET}"
+                    )),
+                };
+                sqlx::query(sql)
+                    .bind(&c.id)
+                    .bind(&c.slot.tenant)
+                    .bind(&c.slot.server)
+                    .bind(&c.slot.subject)
+                    .bind(&c.issuer)
+                    .bind(&c.resource)
+                    .bind(&c.token_endpoint)
+                    .bind(&c.client_id)
+                    .bind(&c.client_secret)
+                    .bind(&c.auth_method)
+                    .bind(&c.scopes)
+                    .bind(&c.access_token)
+                    .bind(c.access_expires_at)
+                    .bind(&c.refresh_token)
+                    .bind(&c.initiated_by)
+                    .bind(c.created_at)
+                    .bind(c.updated_at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn get_credential(&self, slot: &Slot) -> Result<Option<CredentialRow>, StoreError> {
+                let row = match &slot.subject {
+                    Some(sub) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {CRED_COLS} FROM credentials WHERE tenant_id = $1 AND server_id = $2 AND subject = $3"
+                    )))
+                    .bind(&slot.tenant)
+                    .bind(&slot.server)
+                    .bind(sub)
+                    .fetch_optional(&self.pool)
+                    .await?,
+                    None => sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {CRED_COLS} FROM credentials WHERE tenant_id = $1 AND server_id = $2 AND subject IS NULL"
+                    )))
+                    .bind(&slot.tenant)
+                    .bind(&slot.server)
+                    .fetch_optional(&self.pool)
+                    .await?,
+                };
+                Ok(row.as_ref().map(cred_from).transpose()?)
+            }
+
+            async fn delete_credential(&self, slot: &Slot) -> Result<bool, StoreError> {
+                let r = match &slot.subject {
+                    Some(sub) => sqlx::query("DELETE FROM credentials WHERE tenant_id = $1 AND server_id = $2 AND subject = $3")
+                        .bind(&slot.tenant)
+                        .bind(&slot.server)
+                        .bind(sub)
+                        .execute(&self.pool)
+                        .await?,
+                    None => sqlx::query("DELETE FROM credentials WHERE tenant_id = $1 AND server_id = $2 AND subject IS NULL")
+                        .bind(&slot.tenant)
+                        .bind(&slot.server)
+                        .execute(&self.pool)
+                        .await?,
+                };
+                Ok(r.rows_affected() > 0)
+            }
+
+            async fn write_back(&self, w: &WriteBack) -> Result<bool, StoreError> {
+                let r = sqlx::query(
+                    "UPDATE credentials SET access_token = $1, access_expires_at = $2, \
+                     refresh_token = COALESCE($3, refresh_token), generation = generation + 1, updated_at = $4 \
+                     WHERE id = $5 AND generation = $6 AND tenant_id = $7",
+                )
+                .bind(&w.access_token)
+                .bind(w.access_expires_at)
+                .bind(&w.refresh_token)
+                .bind(w.now)
+                .bind(&w.id)
+                .bind(w.generation)
+                .bind(&w.tenant)
+                .execute(&self.pool)
+                .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn insert_flow(&self, f: &FlowRow) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO oauth_flows (state_hash, tenant_id, server_id, subject, initiated_by, state_created_at, \
+                     verifier, issuer, resource, redirect_uri, client_id, scopes) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                )
+                .bind(&f.state_hash)
+                .bind(&f.slot.tenant)
+                .bind(&f.slot.server)
+                .bind(&f.slot.subject)
+                .bind(&f.initiated_by)
+                .bind(f.state_created_at)
+                .bind(&f.verifier)
+                .bind(&f.issuer)
+                .bind(&f.resource)
+                .bind(&f.redirect_uri)
+                .bind(&f.client_id)
+                .bind(&f.scopes)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn consume_flow(&self, state_hash: &str) -> Result<Option<FlowRow>, StoreError> {
+                // One statement deletes and returns: of any number of concurrent callbacks
+                // with the same state, exactly one gets the row (R-FLOW-4).
+                let row = sqlx::query(
+                    "DELETE FROM oauth_flows WHERE state_hash = $1 RETURNING state_hash, tenant_id, server_id, \
+                     subject, initiated_by, state_created_at, verifier, issuer, resource, redirect_uri, client_id, scopes",
+                )
+                .bind(state_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.as_ref().map(flow_from).transpose()?)
+            }
+        }
+    };
+}
+
+sql_store!(
+    SqliteStore,
+    sqlx::SqlitePool,
+    sqlx::migrate!("migrations/sqlite")
+);
+sql_store!(PgStore, sqlx::PgPool, sqlx::migrate!("migrations/postgres"));
+
+impl SqliteStore {
+    /// Opens (creating if needed) an SQLite database file with foreign keys on and WAL.
+    pub async fn open(path: &std::path::Path) -> Result<Self, StoreError> {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        Self::new(pool).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_ttl_is_anchored_to_state_created_at() {
+        let created = 1_000_000;
+        assert!(flow_is_live(created, created));
+        assert!(flow_is_live(created, created + 9 * 60));
+        assert!(!flow_is_live(created, created + 10 * 60));
+        assert!(!flow_is_live(created, created + 11 * 60));
+        assert!(
+            !flow_is_live(created, created - 1),
+            "a clock step back is not a live flow"
+        );
+    }
+}
