@@ -175,6 +175,62 @@ impl std::fmt::Debug for FlowRow {
     }
 }
 
+/// A client registered at (or configured for) one authorization server, keyed by
+/// `(tenant, server, issuer)`: credentials are never presented to another AS.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegisteredClientRow {
+    /// Row id (AAD for the secret envelope).
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Server id.
+    pub server: String,
+    /// The AS issuer, verbatim.
+    pub issuer: String,
+    /// Client id.
+    pub client_id: String,
+    /// Client secret envelope.
+    pub client_secret: Option<Vec<u8>>,
+    /// Token endpoint auth method.
+    pub auth_method: String,
+    /// `client_secret_expires_at`, Unix seconds.
+    pub client_secret_expires_at: Option<i64>,
+    /// `dcr`, `cimd` or `preregistered`.
+    pub obtained_by: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for RegisteredClientRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisteredClientRow")
+            .field("server", &self.server)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("has_secret", &self.client_secret.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One audit record: who did what to which slot. Ids and field names only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Tenant.
+    pub tenant: String,
+    /// Acting principal.
+    pub actor: String,
+    /// Stable action name (`server.create`, `credential.deposit`, `token.revoke` …).
+    pub action: String,
+    /// Server, when the action concerns one.
+    pub server: Option<String>,
+    /// Slot subject, when the action concerns one.
+    pub subject: Option<String>,
+    /// Non-secret detail (e.g. the names of updated fields).
+    pub detail: Option<String>,
+    /// Unix seconds.
+    pub at: i64,
+}
+
 /// The flow lifetime (R-FLOW-3).
 pub const FLOW_TTL_SECS: i64 = 600;
 
@@ -203,6 +259,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn insert_flow(&self, f: &FlowRow) -> Result<(), StoreError>;
     /// Removes and returns the flow with this state hash: exactly one caller gets it.
     async fn consume_flow(&self, state_hash: &str) -> Result<Option<FlowRow>, StoreError>;
+    /// Stores the client for `(tenant, server, issuer)`, replacing an earlier one.
+    async fn put_registered_client(&self, c: &RegisteredClientRow) -> Result<(), StoreError>;
+    /// The client for `(tenant, server, issuer)`.
+    async fn get_registered_client(
+        &self,
+        tenant: &str,
+        server: &str,
+        issuer: &str,
+    ) -> Result<Option<RegisteredClientRow>, StoreError>;
+    /// Forgets every registered client of a server (URL or configuration change,
+    /// `invalid_client`). Returns how many were removed.
+    async fn delete_registered_clients(
+        &self,
+        tenant: &str,
+        server: &str,
+    ) -> Result<u64, StoreError>;
+    /// Appends an audit record.
+    async fn audit(&self, e: &AuditEvent) -> Result<(), StoreError>;
+    /// The tenant's audit records, oldest first.
+    async fn audit_log(&self, tenant: &str) -> Result<Vec<AuditEvent>, StoreError>;
 }
 
 const CRED_COLS: &str = "id, tenant_id, server_id, subject, issuer, resource, token_endpoint, client_id, client_secret, auth_method, scopes, access_token, access_expires_at, refresh_token, generation, initiated_by, created_at, updated_at";
@@ -247,6 +323,48 @@ where
         initiated_by: r.try_get("initiated_by")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn client_from<R>(r: &R) -> Result<RegisteredClientRow, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<Vec<u8>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(RegisteredClientRow {
+        id: r.try_get("id")?,
+        tenant: r.try_get("tenant_id")?,
+        server: r.try_get("server_id")?,
+        issuer: r.try_get("issuer")?,
+        client_id: r.try_get("client_id")?,
+        client_secret: r.try_get("client_secret")?,
+        auth_method: r.try_get("auth_method")?,
+        client_secret_expires_at: r.try_get("client_secret_expires_at")?,
+        obtained_by: r.try_get("obtained_by")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn audit_from<R>(r: &R) -> Result<AuditEvent, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(AuditEvent {
+        tenant: r.try_get("tenant_id")?,
+        actor: r.try_get("actor")?,
+        action: r.try_get("action")?,
+        server: r.try_get("server_id")?,
+        subject: r.try_get("subject")?,
+        detail: r.try_get("detail")?,
+        at: r.try_get("at")?,
     })
 }
 
@@ -448,6 +566,88 @@ macro_rules! sql_store {
                 .fetch_optional(&self.pool)
                 .await?;
                 Ok(row.as_ref().map(flow_from).transpose()?)
+            }
+
+            async fn put_registered_client(&self, c: &RegisteredClientRow) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO registered_clients (id, tenant_id, server_id, issuer, client_id, client_secret, \
+                     auth_method, client_secret_expires_at, obtained_by, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                     ON CONFLICT (tenant_id, server_id, issuer) DO UPDATE SET id = excluded.id, \
+                     client_id = excluded.client_id, client_secret = excluded.client_secret, \
+                     auth_method = excluded.auth_method, client_secret_expires_at = excluded.client_secret_expires_at, \
+                     obtained_by = excluded.obtained_by, created_at = excluded.created_at",
+                )
+                .bind(&c.id)
+                .bind(&c.tenant)
+                .bind(&c.server)
+                .bind(&c.issuer)
+                .bind(&c.client_id)
+                .bind(&c.client_secret)
+                .bind(&c.auth_method)
+                .bind(c.client_secret_expires_at)
+                .bind(&c.obtained_by)
+                .bind(c.created_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn get_registered_client(
+                &self,
+                tenant: &str,
+                server: &str,
+                issuer: &str,
+            ) -> Result<Option<RegisteredClientRow>, StoreError> {
+                let row = sqlx::query(
+                    "SELECT id, tenant_id, server_id, issuer, client_id, client_secret, auth_method, \
+                     client_secret_expires_at, obtained_by, created_at FROM registered_clients \
+                     WHERE tenant_id = $1 AND server_id = $2 AND issuer = $3",
+                )
+                .bind(tenant)
+                .bind(server)
+                .bind(issuer)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.as_ref().map(client_from).transpose()?)
+            }
+
+            async fn delete_registered_clients(&self, tenant: &str, server: &str) -> Result<u64, StoreError> {
+                let r = sqlx::query("DELETE FROM registered_clients WHERE tenant_id = $1 AND server_id = $2")
+                    .bind(tenant)
+                    .bind(server)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(r.rows_affected())
+            }
+
+            async fn audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO audit_events (id, tenant_id, actor, action, server_id, subject, detail, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(new_id())
+                .bind(&e.tenant)
+                .bind(&e.actor)
+                .bind(&e.action)
+                .bind(&e.server)
+                .bind(&e.subject)
+                .bind(&e.detail)
+                .bind(e.at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn audit_log(&self, tenant: &str) -> Result<Vec<AuditEvent>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT tenant_id, actor, action, server_id, subject, detail, at FROM audit_events \
+                     WHERE tenant_id = $1 ORDER BY at, id",
+                )
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.iter().map(audit_from).collect::<Result<_, _>>()?)
             }
         }
     };

@@ -329,6 +329,13 @@ async fn suite(store: Arc<dyn Store>) {
     assert!(store.get_credential(&shared).await.unwrap().is_none());
     assert!(store.get_credential(&alice).await.unwrap().is_none());
     assert!(store.consume_flow("hash-3").await.unwrap().is_none());
+    assert!(
+        store
+            .get_registered_client("t1", "s1", "https://as1.example")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
