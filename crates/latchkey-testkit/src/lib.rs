@@ -9,6 +9,8 @@
 //! Test code: panics on impossible states are acceptable here, but none are needed.
 #![forbid(unsafe_code)]
 
+pub mod idp;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};

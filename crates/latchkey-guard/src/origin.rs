@@ -1,0 +1,169 @@
+//! `Host` and `Origin` allow-lists (R-RS-15): blocks DNS rebinding against the hosted
+//! endpoint and bounds the Host-derived `resource` of R-RS-14. Pure functions.
+//!
+//! * `Host` must match an allowed entry: `name` (any port) or `name:port`, compared
+//!   case-insensitively. A missing or malformed `Host` is refused.
+//! * A missing `Origin` is allowed (non-browser clients).
+//! * With an origin allow-list, `Origin` must equal an entry (case-insensitively).
+//! * Without one, only loopback origins (`localhost`, `127.0.0.1`, `[::1]`) and origins
+//!   whose host equals the request's host are allowed. `Origin: null` is refused unless
+//!   listed.
+
+use http::uri::{Authority, Uri};
+
+use crate::error::GuardError;
+
+/// Loopback host names accepted by [`HostOriginPolicy::loopback`] and as origins when no
+/// origin allow-list is configured.
+pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+/// Which `Host` and `Origin` values are accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostOriginPolicy {
+    /// Allowed `Host` values: `name` (any port) or `name:port`.
+    pub allowed_hosts: Vec<String>,
+    /// Allowed `Origin` values (`scheme://host[:port]`); `None` means loopback origins
+    /// and same-host origins only.
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+impl HostOriginPolicy {
+    /// Loopback names on any port, no origin list: the local single-user default.
+    pub fn loopback() -> Self {
+        Self {
+            allowed_hosts: LOOPBACK_HOSTS.iter().map(|h| (*h).to_owned()).collect(),
+            allowed_origins: None,
+        }
+    }
+
+    /// Whether `host` (a `Host` header value) is allowed.
+    pub fn host_allowed(&self, host: &str) -> bool {
+        let Some(got) = parse_host(host) else {
+            return false;
+        };
+        self.allowed_hosts.iter().any(|entry| {
+            parse_host(entry).is_some_and(|want| {
+                want.host().eq_ignore_ascii_case(got.host())
+                    && want.port_u16().is_none_or(|p| got.port_u16() == Some(p))
+            })
+        })
+    }
+
+    /// Whether `origin` is allowed for a request whose (already allowed) `Host` is `host`.
+    pub fn origin_allowed(&self, origin: &str, host: &str) -> bool {
+        if let Some(list) = &self.allowed_origins {
+            return list.iter().any(|o| o.eq_ignore_ascii_case(origin.trim()));
+        }
+        let Some(origin_host) = origin_authority(origin) else {
+            return false;
+        };
+        let origin_host = origin_host.host();
+        LOOPBACK_HOSTS
+            .iter()
+            .any(|l| l.eq_ignore_ascii_case(origin_host))
+            || parse_host(host).is_some_and(|h| h.host().eq_ignore_ascii_case(origin_host))
+    }
+}
+
+/// `Host` as an authority without userinfo.
+fn parse_host(host: &str) -> Option<Authority> {
+    let host = host.trim();
+    if host.is_empty() || host.contains('@') {
+        return None;
+    }
+    host.parse::<Authority>().ok()
+}
+
+/// The authority of a serialized origin (`scheme://host[:port]`, nothing after).
+fn origin_authority(origin: &str) -> Option<Authority> {
+    let uri: Uri = origin.trim().parse().ok()?;
+    uri.scheme()?;
+    let authority = uri.authority()?.clone();
+    if authority.as_str().contains('@') || !matches!(uri.path(), "" | "/") || uri.query().is_some()
+    {
+        return None;
+    }
+    Some(authority)
+}
+
+/// Checks `Host` and `Origin` against `policy` (R-RS-15).
+pub fn check_host_origin(
+    policy: &HostOriginPolicy,
+    host: Option<&str>,
+    origin: Option<&str>,
+) -> Result<(), GuardError> {
+    let host = host.ok_or(GuardError::BadHostOrOrigin)?;
+    if !policy.host_allowed(host) {
+        return Err(GuardError::BadHostOrOrigin);
+    }
+    match origin {
+        None => Ok(()),
+        Some(o) if policy.origin_allowed(o, host) => Ok(()),
+        Some(_) => Err(GuardError::BadHostOrOrigin),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosted() -> HostOriginPolicy {
+        HostOriginPolicy {
+            allowed_hosts: vec!["lk.example.com".into(), "10.0.0.5:8443".into()],
+            allowed_origins: None,
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        let p = hosted();
+        assert!(p.host_allowed("lk.example.com"));
+        assert!(p.host_allowed("LK.Example.com:443"));
+        assert!(p.host_allowed("10.0.0.5:8443"));
+        assert!(!p.host_allowed("10.0.0.5:8444"));
+        assert!(!p.host_allowed("10.0.0.5"));
+        assert!(!p.host_allowed("evil.example"));
+        assert!(!p.host_allowed("lk.example.com.evil.example"));
+        assert!(!p.host_allowed("user@lk.example.com"));
+        assert!(!p.host_allowed(""));
+        let l = HostOriginPolicy::loopback();
+        assert!(l.host_allowed("localhost:3000"));
+        assert!(l.host_allowed("[::1]:8080"));
+        assert!(l.host_allowed("127.0.0.1"));
+        assert!(!l.host_allowed("127.0.0.2"));
+    }
+
+    #[test]
+    fn origins_without_a_list() {
+        let p = hosted();
+        assert!(check_host_origin(&p, Some("lk.example.com"), None).is_ok());
+        assert!(
+            check_host_origin(&p, Some("lk.example.com"), Some("https://lk.example.com")).is_ok()
+        );
+        assert!(
+            check_host_origin(&p, Some("lk.example.com"), Some("http://localhost:5173")).is_ok()
+        );
+        assert_eq!(
+            check_host_origin(&p, Some("lk.example.com"), Some("https://evil.example")),
+            Err(GuardError::BadHostOrOrigin)
+        );
+        assert!(check_host_origin(&p, Some("lk.example.com"), Some("null")).is_err());
+        assert!(check_host_origin(&p, None, None).is_err());
+        assert!(check_host_origin(&p, Some("evil.example"), None).is_err());
+    }
+
+    #[test]
+    fn origins_with_a_list() {
+        let p = HostOriginPolicy {
+            allowed_origins: Some(vec!["https://app.example.com".into()]),
+            ..hosted()
+        };
+        assert!(
+            check_host_origin(&p, Some("lk.example.com"), Some("https://APP.example.com")).is_ok()
+        );
+        assert!(
+            check_host_origin(&p, Some("lk.example.com"), Some("https://lk.example.com")).is_err()
+        );
+        assert!(check_host_origin(&p, Some("lk.example.com"), Some("http://localhost")).is_err());
+    }
+}
