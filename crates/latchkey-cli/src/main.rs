@@ -3,6 +3,8 @@
 
 mod conformance;
 mod doctor;
+mod keys;
+mod state;
 
 use std::process::ExitCode;
 
@@ -23,6 +25,23 @@ enum Command {
     /// Headless MCP OAuth client driven by the official MCP conformance suite
     /// (reads MCP_CONFORMANCE_SCENARIO, MCP_CONFORMANCE_CONTEXT, MCP_CONFORMANCE_PROTOCOL_VERSION).
     ConformanceClient(conformance::Args),
+    /// Manage the encryption keys: add a new current key, re-encrypt under it.
+    #[command(subcommand)]
+    Keys(keys::Command),
+}
+
+/// Exit codes scripts can rely on (sysexits.h values).
+mod exit {
+    use std::process::ExitCode;
+
+    /// Configuration is missing or invalid (e.g. no encryption key).
+    pub(crate) const CONFIG: u8 = 78;
+    /// A service Latchkey needs (the database) is unavailable; retrying may help.
+    pub(crate) const UNAVAILABLE: u8 = 69;
+    /// Either code as an [`ExitCode`].
+    pub(crate) fn code(c: u8) -> ExitCode {
+        ExitCode::from(c)
+    }
 }
 
 fn main() -> ExitCode {
@@ -48,6 +67,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Doctor(a) => doctor::run(a).await,
             Command::ConformanceClient(a) => conformance::run(a).await,
+            Command::Keys(c) => keys::run(c).await,
         }
     });
     match result {

@@ -89,6 +89,22 @@ impl MasterKey {
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(Zeroizing::new(bytes))
     }
+
+    /// A fresh key from the operating system's random source.
+    pub fn generate() -> Result<Self, KeyringError> {
+        let mut out = Zeroizing::new([0u8; 32]);
+        getrandom(out.as_mut_slice())?;
+        Ok(Self(out))
+    }
+
+    fn to_hex(&self) -> Zeroizing<String> {
+        use fmt::Write as _;
+        let mut out = Zeroizing::new(String::with_capacity(64));
+        for b in self.0.iter() {
+            let _ = write!(out, "{b:02x}");
+        }
+        out
+    }
 }
 
 /// The configured keys: the current one (for writing) and older ones (for reading).
@@ -147,6 +163,54 @@ impl KeySet {
     pub fn current(&self) -> u8 {
         self.current
     }
+
+    /// The configured key ids, current first.
+    pub fn ids(&self) -> Vec<u8> {
+        let mut ids: Vec<u8> = self.keys.iter().map(|(id, _)| *id).collect();
+        ids.sort_by_key(|id| (*id != self.current, std::cmp::Reverse(*id)));
+        ids
+    }
+
+    /// A single fresh key with id 1 (first start).
+    pub fn generate() -> Result<Self, KeyringError> {
+        Self::new(1, vec![(1, MasterKey::generate()?)])
+    }
+
+    /// This set with a fresh random key as the current one (id one above the highest),
+    /// every existing key kept for reading.
+    pub fn with_new_current_key(&self) -> Result<Self, KeyringError> {
+        let next = self
+            .keys
+            .iter()
+            .map(|(id, _)| *id)
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| {
+                KeyringError::InvalidKeyConfig(
+                    "key id 255 is in use; remove retired keys and start again from 1".into(),
+                )
+            })?;
+        let mut keys = vec![(next, MasterKey::generate()?)];
+        keys.extend(self.keys.iter().cloned());
+        Self::new(next, keys)
+    }
+
+    /// The [`KeySet::parse`] form, current key first. Zeroized when dropped.
+    pub fn to_spec(&self) -> Zeroizing<String> {
+        let mut out = Zeroizing::new(String::new());
+        for id in self.ids() {
+            if let Some((_, key)) = self.keys.iter().find(|(k, _)| *k == id) {
+                if !out.is_empty() {
+                    out.push(',');
+                }
+                out.push_str(&id.to_string());
+                out.push(':');
+                out.push_str(&key.to_hex());
+            }
+        }
+        out
+    }
 }
 
 /// Where the keys come from. Read when the keyring is first used.
@@ -181,6 +245,42 @@ impl KeySource for EnvKeys {
 /// Keys in a file, in the [`KeySet::parse`] format. A missing file means no key.
 #[derive(Debug, Clone)]
 pub struct FileKeys(pub std::path::PathBuf);
+
+impl FileKeys {
+    /// Replaces the file with `set`, atomically (a sibling temporary file renamed over
+    /// it) and readable by the owner only.
+    pub fn write(&self, set: &KeySet) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let dir = self.0.parent().unwrap_or(std::path::Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = self.0.with_extension(format!("tmp{}", std::process::id()));
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        let spec = set.to_spec();
+        f.write_all(spec.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &self.0)
+    }
+
+    /// Creates the file with one fresh key when it does not exist. True if it did not.
+    pub fn create_if_missing(&self) -> Result<bool, KeyringError> {
+        if self.0.exists() {
+            return Ok(false);
+        }
+        self.write(&KeySet::generate()?).map_err(|e| {
+            KeyringError::InvalidKeyConfig(format!("cannot write {}: {e}", self.0.display()))
+        })?;
+        Ok(true)
+    }
+}
 
 impl KeySource for FileKeys {
     fn load(&self) -> Result<Option<KeySet>, KeyringError> {
@@ -554,5 +654,47 @@ mod tests {
         assert!(MasterKey::from_hex(&"g".repeat(64)).is_err());
         let dbg = format!("{:?}", KeySet::parse(&format!("1:{K1}")).unwrap());
         assert!(!dbg.contains("0001020304"), "{dbg}");
+    }
+
+    #[test]
+    fn a_new_current_key_keeps_the_old_ones_readable() {
+        let old = ring(&format!("1:{K1}"));
+        let env = old.encrypt(b"rt", aad("r")).unwrap();
+        let set = KeySet::parse(&format!("3:{K2},1:{K1}"))
+            .unwrap()
+            .with_new_current_key()
+            .unwrap();
+        assert_eq!(set.current(), 4);
+        assert_eq!(set.ids(), vec![4, 3, 1]);
+        let spec = set.to_spec();
+        assert!(spec.starts_with("4:"), "current first");
+        assert!(spec.ends_with(&format!(",3:{K2},1:{K1}")));
+        let next = Keyring::new(StaticKeys(Some(KeySet::parse(&spec).unwrap())));
+        assert_eq!(&next.decrypt(&env, aad("r")).unwrap()[..], b"rt");
+        assert_eq!(next.encrypt(b"x", aad("r")).unwrap()[0], 4);
+        let full = KeySet::parse(&format!("255:{K1}")).unwrap();
+        assert!(matches!(
+            full.with_new_current_key(),
+            Err(KeyringError::InvalidKeyConfig(_))
+        ));
+    }
+
+    #[test]
+    fn a_key_file_is_written_atomically_for_the_owner_only() {
+        let dir = std::env::temp_dir().join(format!("lk-keys-{}", std::process::id()));
+        let file = FileKeys(dir.join("keys"));
+        assert!(file.create_if_missing().unwrap());
+        assert!(!file.create_if_missing().unwrap(), "never replaced");
+        let first = file.load().unwrap().unwrap();
+        assert_eq!(first.ids(), vec![1]);
+        file.write(&first.with_new_current_key().unwrap()).unwrap();
+        assert_eq!(file.load().unwrap().unwrap().ids(), vec![2, 1]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&file.0).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,10 +1,11 @@
-//! Latchkey's vault: the keyring every stored secret is sealed with. The credential
-//! store (SQLite and PostgreSQL behind one trait) builds on it next.
+//! Latchkey's vault: the keyring every stored secret is sealed with, the credential
+//! store (SQLite and PostgreSQL behind one trait) and key rotation.
 #![forbid(unsafe_code)]
 
 pub mod keyring;
 
 pub use keyring::{Aad, KeySet, KeySource, Keyring, KeyringError, MasterKey};
+pub mod rotate;
 pub mod store;
 
 pub use store::{

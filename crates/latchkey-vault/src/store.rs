@@ -8,6 +8,8 @@
 
 use sqlx::Row;
 
+use crate::rotate::{Checkpoint, Rewrap, SealedRow, SealedTable};
+
 /// A fresh row id (UUID v4), known before the row is written so values can be sealed
 /// to it.
 pub fn new_id() -> String {
@@ -279,6 +281,41 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn audit(&self, e: &AuditEvent) -> Result<(), StoreError>;
     /// The tenant's audit records, oldest first.
     async fn audit_log(&self, tenant: &str) -> Result<Vec<AuditEvent>, StoreError>;
+
+    // Key rotation (see `crate::rotate`). These read and write envelopes by row key
+    // across tenants: they are for the operator's rotation, never for a request path.
+
+    /// Rows in `table`, or only those up to and including position `up_to`.
+    async fn count_rows(&self, table: SealedTable, up_to: Option<&str>) -> Result<u64, StoreError>;
+    /// Up to `limit` rows after position `after`, in scan order.
+    async fn sealed_page(
+        &self,
+        table: SealedTable,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<SealedRow>, StoreError>;
+    /// One row's envelopes.
+    async fn sealed_row(
+        &self,
+        table: SealedTable,
+        key: &str,
+    ) -> Result<Option<SealedRow>, StoreError>;
+    /// Applies each rewrap whose row still holds its `old` envelopes, and saves the
+    /// checkpoint, in one transaction. Returns the keys of rows that had changed (or
+    /// gone) and were left alone.
+    async fn rewrap(
+        &self,
+        table: SealedTable,
+        rows: &[Rewrap],
+        checkpoint: &Checkpoint,
+    ) -> Result<Vec<String>, StoreError>;
+    /// The saved rotation progress for `table`.
+    async fn rotation_checkpoint(
+        &self,
+        table: SealedTable,
+    ) -> Result<Option<Checkpoint>, StoreError>;
+    /// Forgets all rotation progress (the rotation finished).
+    async fn clear_rotation_checkpoints(&self) -> Result<(), StoreError>;
 }
 
 const CRED_COLS: &str = "id, tenant_id, server_id, subject, issuer, resource, token_endpoint, client_id, client_secret, auth_method, scopes, access_token, access_expires_at, refresh_token, generation, initiated_by, created_at, updated_at";
@@ -649,8 +686,279 @@ macro_rules! sql_store {
                 .await?;
                 Ok(rows.iter().map(audit_from).collect::<Result<_, _>>()?)
             }
+
+            async fn count_rows(&self, table: SealedTable, up_to: Option<&str>) -> Result<u64, StoreError> {
+                let (t, pos) = (table.name(), Self::position(table));
+                let n: i64 = match up_to {
+                    None => sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {t}")))
+                        .fetch_one(&self.pool)
+                        .await?,
+                    Some(p) => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                        "SELECT COUNT(*) FROM {t} WHERE {} <= {}",
+                        pos.column, pos.param
+                    )))
+                    .bind(p)
+                    .fetch_one(&self.pool)
+                    .await?,
+                };
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+
+            async fn sealed_page(
+                &self,
+                table: SealedTable,
+                after: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<SealedRow>, StoreError> {
+                let pos = Self::position(table);
+                let sql = format!(
+                    "SELECT {}, {} FROM {} WHERE {} > {} ORDER BY {} LIMIT $2",
+                    sealed_select(table),
+                    pos.select,
+                    table.name(),
+                    pos.column,
+                    pos.param,
+                    pos.column
+                );
+                // "" is before every position (rowids start at 1; keys are non-empty).
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(after.unwrap_or(""))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                let width = table.columns().len();
+                rows.iter()
+                    .map(|r| {
+                        Ok(SealedRow {
+                            key: r.try_get(0usize)?,
+                            values: (1..=width).map(|i| r.try_get(i)).collect::<Result<_, _>>()?,
+                            position: r.try_get(width + 1)?,
+                        })
+                    })
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(Into::into)
+            }
+
+            async fn sealed_row(&self, table: SealedTable, key: &str) -> Result<Option<SealedRow>, StoreError> {
+                let sql = format!(
+                    "SELECT {}, {} FROM {} WHERE {} = $1",
+                    sealed_select(table),
+                    Self::position(table).select,
+                    table.name(),
+                    table.key_column()
+                );
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let width = table.columns().len();
+                row.map(|r| {
+                    Ok::<_, sqlx::Error>(SealedRow {
+                        key: r.try_get(0usize)?,
+                        values: (1..=width).map(|i| r.try_get(i)).collect::<Result<_, _>>()?,
+                        position: r.try_get(width + 1)?,
+                    })
+                })
+                .transpose()
+                .map_err(Into::into)
+            }
+
+            async fn rewrap(
+                &self,
+                table: SealedTable,
+                rows: &[Rewrap],
+                checkpoint: &Checkpoint,
+            ) -> Result<Vec<String>, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let conflicts = Self::rewrap_in(&mut tx, table, rows).await?;
+                sqlx::query(
+                    "INSERT INTO key_rotation (table_name, target_key, last_row, done, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (table_name) DO UPDATE SET \
+                     target_key = excluded.target_key, last_row = excluded.last_row, done = excluded.done, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(table.name())
+                .bind(i32::from(checkpoint.target_key))
+                .bind(&checkpoint.last_row)
+                .bind(checkpoint.done)
+                .bind(checkpoint.updated_at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(conflicts)
+            }
+
+            async fn rotation_checkpoint(&self, table: SealedTable) -> Result<Option<Checkpoint>, StoreError> {
+                let row = sqlx::query(
+                    "SELECT target_key, last_row, done, updated_at FROM key_rotation WHERE table_name = $1",
+                )
+                .bind(table.name())
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(r) = row else { return Ok(None) };
+                let target: i32 = r.try_get("target_key")?;
+                Ok(Some(Checkpoint {
+                    target_key: u8::try_from(target).map_err(|_| {
+                        StoreError::Conflict(format!("key_rotation.target_key {target} is not a key id"))
+                    })?,
+                    last_row: r.try_get("last_row")?,
+                    done: r.try_get("done")?,
+                    updated_at: r.try_get("updated_at")?,
+                }))
+            }
+
+            async fn clear_rotation_checkpoints(&self) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM key_rotation").execute(&self.pool).await?;
+                Ok(())
+            }
         }
     };
+}
+
+/// How a backend orders a rotation scan: the expression selected as the position, the
+/// column compared, and the placeholder (bound as text) it is compared with.
+struct Position {
+    select: String,
+    column: String,
+    param: &'static str,
+}
+
+/// `key, col1, col2 …` for a sealed table.
+fn sealed_select(table: SealedTable) -> String {
+    std::iter::once(table.key_column())
+        .chain(table.columns().iter().copied())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `col1 IS NOT DISTINCT FROM <old1> AND …`: the CAS on every sealed column (a NULL
+/// equals a NULL). `old(i)` renders the placeholder of column `i`'s old value.
+fn sealed_cas(table: SealedTable, old: impl Fn(usize) -> String) -> String {
+    table
+        .columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("t.{c} IS NOT DISTINCT FROM {}", old(i)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+impl SqliteStore {
+    /// The rowid: scanning and updating in rowid order walks the table's pages in
+    /// order instead of hopping through them in (random, UUID) key order.
+    fn position(_: SealedTable) -> Position {
+        Position {
+            select: "CAST(rowid AS TEXT)".into(),
+            column: "rowid".into(),
+            param: "CAST($1 AS INTEGER)",
+        }
+    }
+
+    /// One prepared `UPDATE … WHERE rowid = ? AND key = ? AND <CAS>` per row, inside
+    /// the batch's transaction. Measured against one `WITH v AS (VALUES …) UPDATE …
+    /// FROM v` per 1,000 rows, this is as fast or faster (SQLite materialises the
+    /// joined blobs), and simpler. Anonymous `?` placeholders: SQLite finds a named
+    /// one by walking a list.
+    async fn rewrap_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        table: SealedTable,
+        rows: &[Rewrap],
+    ) -> Result<Vec<String>, StoreError> {
+        let set = table
+            .columns()
+            .iter()
+            .map(|c| format!("{c} = ?"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE {name} AS t SET {set} WHERE t.rowid = ? AND t.{key} = ? AND {cas}",
+            name = table.name(),
+            key = table.key_column(),
+            cas = sealed_cas(table, |_| "?".into()),
+        );
+        let mut conflicts = Vec::new();
+        for w in rows {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            for v in &w.new {
+                q = q.bind(v.as_deref());
+            }
+            // An unparsable position matches no row: the rewrap counts as a conflict.
+            q = q.bind(w.position.parse::<i64>().unwrap_or(0)).bind(&w.key);
+            for v in &w.old {
+                q = q.bind(v.as_deref());
+            }
+            if q.execute(&mut **tx).await?.rows_affected() != 1 {
+                conflicts.push(w.key.clone());
+            }
+        }
+        Ok(conflicts)
+    }
+}
+
+impl PgStore {
+    /// The primary key (a heap tuple's address changes when it is updated).
+    fn position(table: SealedTable) -> Position {
+        Position {
+            select: table.key_column().into(),
+            column: table.key_column().into(),
+            param: "$1",
+        }
+    }
+
+    /// PostgreSQL is a network hop away: one `UPDATE … FROM UNNEST(…)` per batch
+    /// instead of a round trip per row.
+    async fn rewrap_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        table: SealedTable,
+        rows: &[Rewrap],
+    ) -> Result<Vec<String>, StoreError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cols = table.columns();
+        let n = cols.len();
+        let set = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} = v.n{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let arrays = (0..2 * n)
+            .map(|i| format!("${}::bytea[]", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let names = (0..n)
+            .map(|i| format!("o{i}, n{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE {name} AS t SET {set} FROM UNNEST($1::text[], {arrays}) AS v(k, {names}) \
+             WHERE t.{key} = v.k AND {cas} RETURNING t.{key}",
+            name = table.name(),
+            key = table.key_column(),
+            cas = sealed_cas(table, |i| format!("v.o{i}")),
+        );
+        let keys: Vec<&str> = rows.iter().map(|w| w.key.as_str()).collect();
+        let column = |i: usize, old: bool| -> Vec<Option<&[u8]>> {
+            rows.iter()
+                .map(|w| {
+                    let v = if old { &w.old } else { &w.new };
+                    v.get(i).and_then(|x| x.as_deref())
+                })
+                .collect()
+        };
+        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).bind(keys);
+        for i in 0..n {
+            q = q.bind(column(i, true)).bind(column(i, false));
+        }
+        let updated: std::collections::HashSet<String> =
+            q.fetch_all(&mut **tx).await?.into_iter().collect();
+        Ok(rows
+            .iter()
+            .filter(|w| !updated.contains(&w.key))
+            .map(|w| w.key.clone())
+            .collect())
+    }
 }
 
 sql_store!(
@@ -660,6 +968,69 @@ sql_store!(
 );
 sql_store!(PgStore, sqlx::PgPool, sqlx::migrate!("migrations/postgres"));
 
+/// Where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// An SQLite file (created if missing).
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL connection URL.
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    /// `postgres://…` or `postgresql://…`; `sqlite://PATH`, `sqlite:PATH` or a plain
+    /// file path.
+    pub fn parse(url: &str) -> Result<Self, StoreError> {
+        let url = url.trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        if path.is_empty() || path.contains("://") {
+            return Err(StoreError::Unavailable(
+                "the database URL must be postgres://…, sqlite://PATH or a file path".into(),
+            ));
+        }
+        Ok(Self::Sqlite(path.into()))
+    }
+
+    /// Opens the store and applies migrations.
+    pub async fn open(&self) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+        Ok(match self {
+            Self::Sqlite(path) => std::sync::Arc::new(SqliteStore::open(path).await?),
+            Self::Postgres(url) => {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(std::time::Duration::from_secs(5))
+                    .connect(url)
+                    .await?;
+                std::sync::Arc::new(PgStore::new(pool).await?)
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    /// The location without credentials (a PostgreSQL password is never printed).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            Self::Postgres(u) => match url::Url::parse(u) {
+                Ok(mut u) => {
+                    if u.password().is_some() {
+                        let _ = u.set_password(Some("redacted"));
+                    }
+                    write!(f, "{u}")
+                }
+                Err(_) => f.write_str("postgres://(unparsable)"),
+            },
+        }
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) an SQLite database file with foreign keys on and WAL.
     pub async fn open(path: &std::path::Path) -> Result<Self, StoreError> {
@@ -668,7 +1039,13 @@ impl SqliteStore {
             .create_if_missing(true)
             .foreign_keys(true)
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(5));
+            .busy_timeout(std::time::Duration::from_secs(5))
+            // FULL: a committed rotated refresh token survives a power cut; the AS has
+            // already invalidated the old one.
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+            // 64 MiB of page cache per connection (the default is 2 MiB): slot lookups
+            // on a million rows stay in memory.
+            .pragma("cache_size", "-65536");
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)

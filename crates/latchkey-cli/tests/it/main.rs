@@ -5,6 +5,8 @@ use std::process::Command;
 
 use latchkey_testkit::{AsConfig, ScriptedServer};
 
+mod keys;
+
 fn latchkey(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_latchkey"))
         .args(args)

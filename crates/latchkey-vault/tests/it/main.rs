@@ -2,6 +2,8 @@
 //! machine (a fresh schema per run), plus the keyring against a real database file.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+mod rotation;
+
 use std::sync::Arc;
 
 use latchkey_vault::keyring::StaticKeys;
