@@ -4,6 +4,7 @@
 mod conformance;
 mod doctor;
 mod keys;
+mod serve;
 mod state;
 
 use std::process::ExitCode;
@@ -20,6 +21,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the broker (loopback, embedded SQLite and a generated key file by default).
+    Serve(serve::Args),
     /// Walk OAuth discovery for an MCP server URL and report what it advertises.
     Doctor(doctor::Args),
     /// Headless MCP OAuth client driven by the official MCP conformance suite
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
+            Command::Serve(a) => serve::run(a).await,
             Command::Doctor(a) => doctor::run(a).await,
             Command::ConformanceClient(a) => conformance::run(a).await,
             Command::Keys(c) => keys::run(c).await,

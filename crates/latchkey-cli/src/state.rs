@@ -48,6 +48,19 @@ pub(crate) struct State {
 }
 
 impl StateArgs {
+    /// Fills settings not given by flag or environment from a configuration file.
+    pub(crate) fn with_defaults(
+        mut self,
+        data_dir: Option<PathBuf>,
+        database_url: Option<String>,
+        key_file: Option<PathBuf>,
+    ) -> Self {
+        self.data_dir = self.data_dir.or(data_dir);
+        self.database_url = self.database_url.or(database_url);
+        self.key_file = self.key_file.or(key_file);
+        self
+    }
+
     pub(crate) fn resolve(&self) -> anyhow::Result<State> {
         let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
         let database = match &self.database_url {
@@ -67,8 +80,7 @@ impl StateArgs {
         if let DatabaseUrl::Sqlite(path) = &database
             && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+            create_private_dir(dir)?;
         }
         Ok(State { database, keys })
     }
@@ -94,4 +106,21 @@ fn default_data_dir() -> PathBuf {
         .map(|d| d.join("latchkey"))
         .or_else(|| env("HOME").map(|h| h.join(".local/share/latchkey")))
         .unwrap_or_else(|| PathBuf::from(".latchkey"))
+}
+
+/// Creates `dir` (and parents); a directory it creates is the owner's alone (0700), as
+/// it holds the database and the key file.
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        b.mode(0o700);
+    }
+    b.create(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))
 }

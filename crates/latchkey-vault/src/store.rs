@@ -245,6 +245,8 @@ pub fn flow_is_live(state_created_at: i64, now: i64) -> bool {
 /// Persistence for servers, credentials and flows.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
+    /// A round trip to the database (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
     /// Adds a server.
     async fn create_server(&self, s: &ServerRow, now: i64) -> Result<(), StoreError>;
     /// Deletes a server and, by cascade, its credentials and flows. False if absent.
@@ -460,6 +462,11 @@ macro_rules! sql_store {
 
         #[async_trait::async_trait]
         impl Store for $name {
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
             async fn create_server(&self, s: &ServerRow, now: i64) -> Result<(), StoreError> {
                 sqlx::query("INSERT INTO servers (id, tenant_id, name, url, created_at) VALUES ($1, $2, $3, $4, $5)")
                     .bind(&s.id)

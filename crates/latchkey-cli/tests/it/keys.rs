@@ -8,10 +8,10 @@ use latchkey_vault::rotate::SealedTable;
 use latchkey_vault::store::{CredentialRow, DatabaseUrl, ServerRow, Slot, new_id};
 use latchkey_vault::{KeySource, Keyring, Store};
 
-struct TempDir(std::path::PathBuf);
+pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
 
 impl TempDir {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let p = std::env::temp_dir().join(format!("latchkey-cli-{}", new_id()));
         std::fs::create_dir_all(&p).unwrap();
         Self(p)

@@ -6,6 +6,7 @@ use std::process::Command;
 use latchkey_testkit::{AsConfig, ScriptedServer};
 
 mod keys;
+mod serve;
 
 fn latchkey(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_latchkey"))

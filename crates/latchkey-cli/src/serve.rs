@@ -1,0 +1,130 @@
+//! `latchkey serve`: the broker. With no configuration it listens on loopback, keeps its
+//! data in an SQLite file and generates its encryption key on first start.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use latchkey_core::{Clock, SystemClock};
+use latchkey_gateway::{AppState, Config};
+
+use crate::exit;
+use crate::state::{Keys, StateArgs};
+
+/// Arguments of `latchkey serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// A TOML configuration file; `LATCHKEY_*` environment variables override it.
+    #[arg(long, env = "LATCHKEY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+#[allow(clippy::print_stdout)] // the start-up announcement is this command's output
+pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let env: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("LATCHKEY_"))
+        .collect();
+    let mut cfg = match Config::load(a.config.as_deref(), &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("latchkey: {e}");
+            return Ok(exit::code(exit::CONFIG));
+        }
+    };
+    let state = a
+        .state
+        .with_defaults(
+            cfg.data_dir.clone(),
+            cfg.database_url.clone(),
+            cfg.key_file.clone(),
+        )
+        .resolve()?;
+    if let Keys::File(file) = &state.keys {
+        match file.create_if_missing() {
+            Ok(true) => println!(
+                "Generated a new encryption key in {} (mode 0600). Back it up: without it the stored tokens cannot be read.",
+                file.0.display()
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!("latchkey: {e}");
+                return Ok(exit::code(exit::CONFIG));
+            }
+        }
+    }
+    let store = match state.database.open().await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("latchkey: {}: {e}", state.database);
+            return Ok(exit::code(exit::UNAVAILABLE));
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("latchkey: cannot listen on {}: {e}", cfg.listen);
+            return Ok(exit::code(exit::UNAVAILABLE));
+        }
+    };
+    let local = listener.local_addr()?;
+    if cfg.listen.port() == 0 && cfg.public_url == format!("http://{}", cfg.listen) {
+        cfg.public_url = format!("http://{local}");
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let keyring = Arc::new(state.keyring());
+    if let Err(e) = keyring.check() {
+        // Not fatal (R-STORE-4): only storing OAuth secrets needs the key.
+        eprintln!(
+            "latchkey: warning: {e}; OAuth connections will answer 503 until a key is configured"
+        );
+    }
+    let guard = match latchkey_gateway::egress(&cfg)
+        .and_then(|egress| latchkey_gateway::guard(&cfg, egress, clock))
+    {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("latchkey: {e}");
+            return Ok(exit::code(exit::CONFIG));
+        }
+    };
+    let app = latchkey_gateway::router(AppState {
+        store,
+        keyring,
+        guard,
+    });
+    println!(
+        "Latchkey is listening on http://{local} (database {}, public URL {})",
+        state.database, cfg.public_url
+    );
+    tracing::info!(event = "serve.started", listen = %local);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    tracing::info!(event = "serve.stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

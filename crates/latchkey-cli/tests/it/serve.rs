@@ -1,0 +1,210 @@
+//! `latchkey serve` as a user starts it: no configuration, then with settings.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use latchkey_vault::store::new_id;
+
+struct Server {
+    child: Child,
+    base: String,
+    announced: Vec<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn command(data_dir: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_latchkey"));
+    c.arg("serve")
+        .env("LATCHKEY_DATA_DIR", data_dir)
+        .env("LATCHKEY_LISTEN", "127.0.0.1:0")
+        .env_remove("LATCHKEY_ENCRYPTION_KEYS")
+        .env_remove("LATCHKEY_KEY_FILE")
+        .env_remove("LATCHKEY_DATABASE_URL")
+        .env_remove("LATCHKEY_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Starts the server and reads its announcement up to the listening line.
+fn start(mut c: Command) -> Server {
+    let mut child = c.spawn().unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let mut announced = Vec::new();
+    let mut base = None;
+    for line in out.lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("Latchkey is listening on ") {
+            base = rest.split_whitespace().next().map(str::to_owned);
+            announced.push(line);
+            break;
+        }
+        announced.push(line);
+    }
+    let base = base.unwrap_or_else(|| panic!("no listening line; got {announced:?}"));
+    Server {
+        child,
+        base,
+        announced,
+    }
+}
+
+async fn get(url: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(url).await.unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_no_configuration_is_usable_at_once() {
+    let dir = super::keys::TempDir::new();
+    let data = dir.0.join("data");
+    let s = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || start(command(&data))
+    })
+    .await
+    .unwrap();
+    assert!(
+        s.announced
+            .iter()
+            .any(|l| l.contains("Generated a new encryption key")),
+        "{:?}",
+        s.announced
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data.join("keys")), 0o600);
+        assert_eq!(mode(&data), 0o700);
+    }
+    assert!(data.join("latchkey.db").exists());
+    let (status, health) = get(&format!("{}/healthz", s.base)).await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    let (status, ready) = get(&format!("{}/readyz", s.base)).await;
+    assert_eq!(status, 200);
+    assert_eq!(ready["checks"]["database"], "ok");
+    assert_eq!(ready["checks"]["encryption_key"], "ok");
+    let (status, me) = get(&format!("{}/v1/whoami", s.base)).await;
+    assert_eq!(status, 200);
+    assert_eq!(me["tenant"], "default");
+    let (status, nf) = get(&format!("{}/v1/nothing-here", s.base)).await;
+    assert_eq!((status, nf["code"].as_str()), (404, Some("not_found")));
+    // DNS rebinding: a foreign Host is refused.
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/whoami", s.base))
+        .header("host", "attacker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    drop(s);
+
+    // A second start reuses the key.
+    let key = std::fs::read_to_string(data.join("keys")).unwrap();
+    let s = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || start(command(&data))
+    })
+    .await
+    .unwrap();
+    assert!(!s.announced.iter().any(|l| l.contains("Generated")));
+    assert_eq!(std::fs::read_to_string(data.join("keys")).unwrap(), key);
+    #[cfg(unix)]
+    {
+        // SIGTERM stops it cleanly.
+        let pid = s.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let mut s = s;
+        let status = tokio::task::spawn_blocking(move || {
+            let st = s.child.wait().unwrap();
+            std::mem::forget(s);
+            st
+        })
+        .await
+        .unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_postgres_is_ready() {
+    let base = std::env::var("LATCHKEY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("lk_serve_{}", new_id().replace('-', ""));
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
+    let dir = super::keys::TempDir::new();
+    let mut c = command(&dir.0);
+    c.env("LATCHKEY_DATABASE_URL", &url);
+    let s = tokio::task::spawn_blocking(move || start(c)).await.unwrap();
+    assert!(
+        s.announced
+            .iter()
+            .any(|l| l.contains("database postgres://")),
+        "{:?}",
+        s.announced
+    );
+    assert!(
+        !dir.0.join("latchkey.db").exists(),
+        "no SQLite file when PostgreSQL is set"
+    );
+    let (status, ready) = get(&format!("{}/readyz", s.base)).await;
+    assert_eq!(
+        (status, ready["checks"]["database"].as_str()),
+        (200, Some("ok"))
+    );
+    drop(s);
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
+
+#[test]
+fn invalid_configuration_stops_start_up_naming_the_setting() {
+    let dir = super::keys::TempDir::new();
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (&[("LATCHKEY_LISTEN", "not-an-address")], "LATCHKEY_LISTEN"),
+        (&[("LATCHKEY_LISTEN", "0.0.0.0:0")], "beyond this machine"),
+        (&[("LATCHKEY_AUTH_MODE", "jwt")], "auth.jwks_url"),
+    ];
+    for (env, needle) in cases {
+        let mut c = command(&dir.0);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(78), "{env:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{env:?}: {err}");
+    }
+    let file = dir.0.join("latchkey.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:0\"\nlisten_port = 3\n").unwrap();
+    let mut c = command(&dir.0);
+    c.arg("--config").arg(&file);
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen_port"));
+}

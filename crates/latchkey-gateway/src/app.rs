@@ -1,0 +1,81 @@
+//! The axum application: shared state and routes.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use latchkey_guard::{Guard, require_principal};
+use latchkey_vault::{Keyring, Store};
+use serde_json::json;
+
+use crate::error::ApiError;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The credential store.
+    pub store: Arc<dyn Store>,
+    /// The keyring.
+    pub keyring: Arc<Keyring>,
+    /// Inbound authentication.
+    pub guard: Guard,
+}
+
+/// The router: unauthenticated probes, then everything under `/v1` behind the guard.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new().route("/v1/whoami", get(whoami)).route_layer(
+        axum::middleware::from_fn_with_state(state.guard.clone(), require_principal),
+    );
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(api)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// Readiness: the database answers. The encryption key is reported, not required: a
+/// broker that stores no OAuth secret works without one (R-STORE-4).
+async fn readyz(State(s): State<AppState>) -> Response {
+    let db = s.store.ping().await;
+    let key = match s.keyring.check() {
+        Ok(()) => "ok",
+        Err(latchkey_vault::KeyringError::EncryptionKeyMissing) => "missing",
+        Err(_) => "invalid",
+    };
+    let body = json!({
+        "status": if db.is_ok() { "ready" } else { "unready" },
+        "checks": {"database": if db.is_ok() { "ok" } else { "unavailable" }, "encryption_key": key},
+    });
+    let status = if db.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Who the caller is, as Latchkey sees it.
+async fn whoami(
+    axum::Extension(p): axum::Extension<latchkey_guard::Principal>,
+) -> Json<serde_json::Value> {
+    Json(json!({
+        "tenant": p.tenant.as_str(),
+        "subject": p.subject.as_str(),
+        "admin": p.is_admin(),
+        "scopes": p.scopes,
+    }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}

@@ -1,0 +1,329 @@
+//! Configuration: a TOML file, then `LATCHKEY_*` environment overrides, validated as a
+//! whole before anything starts. Every error names the setting it is about.
+//!
+//! Loading is pure: the environment is passed in, so tests need no process state.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+
+/// A configuration problem, naming the setting (`listen`, `auth.issuer`,
+/// `LATCHKEY_LISTEN` …).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {setting}: {message}")]
+pub struct ConfigError {
+    /// The setting, as the user wrote it (TOML key path or environment variable).
+    pub setting: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting: setting.into(),
+        message: message.into(),
+    }
+}
+
+/// The file's shape. Unknown keys are errors (a typo must not be silently ignored).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    public_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    key_file: Option<PathBuf>,
+    allow_insecure_loopback: Option<bool>,
+    auth: Option<FileAuth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    mode: Option<String>,
+    tenant: Option<String>,
+    subject: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    jwks_url: Option<String>,
+    tenant_claim: Option<String>,
+    required_scopes: Option<Vec<String>>,
+}
+
+/// How callers authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthConfig {
+    /// Loopback single-user mode: every request acts as this tenant and subject.
+    Local {
+        /// Tenant.
+        tenant: String,
+        /// Subject.
+        subject: String,
+    },
+    /// JWT access tokens verified against a JWKS.
+    Jwt {
+        /// Expected `iss`, verbatim.
+        issuer: String,
+        /// Expected `aud` (Latchkey's resource identifier), verbatim.
+        audience: String,
+        /// The JWKS URL.
+        jwks_url: String,
+        /// The claim naming the tenant (absent: one default tenant).
+        tenant_claim: Option<String>,
+        /// Scopes every request needs.
+        required_scopes: Vec<String>,
+    },
+}
+
+/// The validated configuration of `latchkey serve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The public base URL (callbacks, resource identifier), without a trailing `/`.
+    pub public_url: String,
+    /// Data directory (file settings; flags and environment are applied by the caller).
+    pub data_dir: Option<PathBuf>,
+    /// Database URL from the file.
+    pub database_url: Option<String>,
+    /// Key file from the file.
+    pub key_file: Option<PathBuf>,
+    /// Allow outbound `http://` and loopback addresses (local development only).
+    pub allow_insecure_loopback: bool,
+    /// Inbound authentication.
+    pub auth: AuthConfig,
+}
+
+impl Config {
+    /// Reads `file` (if given), applies overrides from `env`, validates.
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let parsed = match file {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| err("--config", format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| {
+                    err(
+                        path.display().to_string(),
+                        e.message().to_owned()
+                            + &e.span()
+                                .map(|s| format!(" (at byte {})", s.start))
+                                .unwrap_or_default(),
+                    )
+                })?
+            }
+        };
+        Self::from_parts(parsed, env)
+    }
+
+    /// Validates a TOML document's text (for tests and `--check`).
+    pub fn parse(toml_text: &str, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let parsed = toml::from_str::<FileConfig>(toml_text)
+            .map_err(|e| err("config", e.message().to_owned()))?;
+        Self::from_parts(parsed, env)
+    }
+
+    fn from_parts(f: FileConfig, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let var = |k: &str| {
+            env.get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        // Each value: environment first, then file, with the name to blame.
+        let pick = |env_key: &'static str, file_key: &'static str, file_val: Option<String>| {
+            var(env_key)
+                .map(|v| (env_key, v))
+                .or(file_val.map(|v| (file_key, v)))
+        };
+
+        let (listen_key, listen_raw) = pick("LATCHKEY_LISTEN", "listen", f.listen)
+            .unwrap_or(("listen", DEFAULT_LISTEN.to_owned()));
+        let listen: SocketAddr = listen_raw.parse().map_err(|_| {
+            err(
+                listen_key,
+                format!("{listen_raw:?} is not an IP address and port, e.g. {DEFAULT_LISTEN}"),
+            )
+        })?;
+
+        let public_url = match pick("LATCHKEY_PUBLIC_URL", "public_url", f.public_url) {
+            Some((key, u)) => {
+                let parsed =
+                    url_like(&u).ok_or_else(|| err(key, format!("{u:?} is not an http(s) URL")))?;
+                if parsed != "https" && !listen.ip().is_loopback() && !is_loopback_url(&u) {
+                    return Err(err(
+                        key,
+                        "must be https unless Latchkey serves loopback only",
+                    ));
+                }
+                u.trim_end_matches('/').to_owned()
+            }
+            None => format!("http://{listen}"),
+        };
+
+        let allow_insecure_loopback = match var("LATCHKEY_ALLOW_INSECURE_LOOPBACK") {
+            Some(v) => parse_bool(&v)
+                .ok_or_else(|| err("LATCHKEY_ALLOW_INSECURE_LOOPBACK", "expected true or false"))?,
+            None => f.allow_insecure_loopback.unwrap_or(false),
+        };
+
+        let a = f.auth.unwrap_or_default();
+        let (mode_key, mode) = pick("LATCHKEY_AUTH_MODE", "auth.mode", a.mode)
+            .unwrap_or(("auth.mode", "local".into()));
+        let auth = match mode.as_str() {
+            "local" => AuthConfig::Local {
+                tenant: a.tenant.unwrap_or_else(|| "default".into()),
+                subject: a.subject.unwrap_or_else(|| "local".into()),
+            },
+            "jwt" => {
+                let need = |env_key: &'static str, file_key: &'static str, v: Option<String>| {
+                    pick(env_key, file_key, v).map(|(_, v)| v).ok_or_else(|| {
+                        err(
+                            file_key,
+                            format!("required when auth.mode = \"jwt\" (or set {env_key})"),
+                        )
+                    })
+                };
+                let jwks_url = need("LATCHKEY_JWKS_URL", "auth.jwks_url", a.jwks_url)?;
+                if url_like(&jwks_url).is_none() {
+                    return Err(err(
+                        "auth.jwks_url",
+                        format!("{jwks_url:?} is not an http(s) URL"),
+                    ));
+                }
+                AuthConfig::Jwt {
+                    issuer: need("LATCHKEY_JWT_ISSUER", "auth.issuer", a.issuer)?,
+                    audience: need("LATCHKEY_JWT_AUDIENCE", "auth.audience", a.audience)?,
+                    jwks_url,
+                    tenant_claim: a.tenant_claim,
+                    required_scopes: a.required_scopes.unwrap_or_default(),
+                }
+            }
+            other => {
+                return Err(err(
+                    mode_key,
+                    format!("{other:?} is not one of \"local\", \"jwt\""),
+                ));
+            }
+        };
+        // Fail closed: anything that can be reached from another machine must know who
+        // is calling.
+        if !listen.ip().is_loopback() && matches!(auth, AuthConfig::Local { .. }) {
+            return Err(err(
+                listen_key,
+                format!(
+                    "{listen} is reachable beyond this machine; configure inbound authentication (auth.mode = \"jwt\") or listen on 127.0.0.1"
+                ),
+            ));
+        }
+        Ok(Self {
+            listen,
+            public_url,
+            data_dir: f.data_dir,
+            database_url: f.database_url,
+            key_file: f.key_file,
+            allow_insecure_loopback,
+            auth,
+        })
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// The scheme of an `http(s)://host…` string, if it is one.
+fn url_like(u: &str) -> Option<&'static str> {
+    let (scheme, rest) = u.split_once("://")?;
+    let host_present = rest.split('/').next().is_some_and(|h| !h.is_empty());
+    match (scheme.to_ascii_lowercase().as_str(), host_present) {
+        ("https", true) => Some("https"),
+        ("http", true) => Some("http"),
+        _ => None,
+    }
+}
+
+fn is_loopback_url(u: &str) -> bool {
+    let host = u
+        .split_once("://")
+        .map(|(_, r)| r.split(['/', '?', '#']).next().unwrap_or(""))
+        .unwrap_or("");
+    let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    matches!(name, "localhost" | "127.0.0.1" | "[::1]")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn no_configuration_is_loopback_local_mode() {
+        let c = Config::parse("", &env(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.public_url, "http://127.0.0.1:7878");
+        assert!(matches!(c.auth, AuthConfig::Local { .. }));
+        assert!(!c.allow_insecure_loopback);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let e = Config::parse("listen = \"nowhere\"", &env(&[])).unwrap_err();
+        assert_eq!(e.setting, "listen");
+        let e = Config::parse("", &env(&[("LATCHKEY_LISTEN", "x")])).unwrap_err();
+        assert_eq!(e.setting, "LATCHKEY_LISTEN");
+        let e = Config::parse("lisen = \"127.0.0.1:1\"", &env(&[])).unwrap_err();
+        assert!(e.message.contains("lisen"), "{e}");
+        let e = Config::parse("[auth]\nmode = \"jwt\"", &env(&[])).unwrap_err();
+        assert_eq!(e.setting, "auth.jwks_url");
+        let e = Config::parse("[auth]\nmode = \"magic\"", &env(&[])).unwrap_err();
+        assert_eq!(e.setting, "auth.mode");
+        let e =
+            Config::parse("", &env(&[("LATCHKEY_ALLOW_INSECURE_LOOPBACK", "maybe")])).unwrap_err();
+        assert_eq!(e.setting, "LATCHKEY_ALLOW_INSECURE_LOOPBACK");
+    }
+
+    #[test]
+    fn beyond_loopback_needs_inbound_authentication() {
+        let e = Config::parse("listen = \"0.0.0.0:7878\"", &env(&[])).unwrap_err();
+        assert_eq!(e.setting, "listen");
+        let jwt = "listen = \"0.0.0.0:7878\"\npublic_url = \"https://latchkey.example\"\n[auth]\nmode = \"jwt\"\nissuer = \"https://idp.example\"\naudience = \"https://latchkey.example/mcp\"\njwks_url = \"https://idp.example/jwks\"";
+        let c = Config::parse(jwt, &env(&[])).unwrap();
+        assert!(matches!(c.auth, AuthConfig::Jwt { .. }));
+        let e = Config::parse(
+            &jwt.replace("https://latchkey.example\"", "http://latchkey.example\""),
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "public_url");
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let c = Config::parse(
+            "listen = \"127.0.0.1:1\"",
+            &env(&[
+                ("LATCHKEY_LISTEN", "127.0.0.1:2"),
+                ("LATCHKEY_PUBLIC_URL", "http://localhost:2/"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.public_url, "http://localhost:2");
+    }
+}

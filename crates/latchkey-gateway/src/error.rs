@@ -1,0 +1,127 @@
+//! The one place where failures become HTTP answers (kanidm style: the domain
+//! classifies, the transport renders). Bodies carry a stable `code` and a message that
+//! never contains a secret.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// A field that failed validation, by its JSON path (`credentials.token_endpoint`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// JSON path of the field.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// An API failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed; lists every bad field.
+    #[error("invalid request")]
+    BadRequest(Vec<FieldError>),
+    /// 403: the caller may not do this.
+    #[error("forbidden")]
+    Forbidden,
+    /// 404: no such resource (for this tenant).
+    #[error("not found")]
+    NotFound,
+    /// 409: the slot needs the user's consent again.
+    #[error("the server needs to be reconnected")]
+    NeedsReauth {
+        /// The server.
+        server_id: String,
+    },
+    /// 409: a competing operation is in progress, or the state changed.
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// 503: no encryption key is configured (an operator must act, a retry will not help).
+    #[error("no encryption key is configured")]
+    EncryptionKeyMissing,
+    /// 503: a dependency (the database) is unavailable; retrying may help.
+    #[error("temporarily unavailable")]
+    Unavailable,
+    /// 502: an upstream server failed.
+    #[error("upstream failure")]
+    Upstream,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<&'a [FieldError]>,
+}
+
+impl ApiError {
+    /// Status and stable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NeedsReauth { .. } => (StatusCode::CONFLICT, "needs_oauth_reauth"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::EncryptionKeyMissing => {
+                (StatusCode::SERVICE_UNAVAILABLE, "encryption_key_missing")
+            }
+            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Upstream => (StatusCode::BAD_GATEWAY, "upstream_error"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = Body {
+            code,
+            message: self.to_string(),
+            server_id: match &self {
+                ApiError::NeedsReauth { server_id } => Some(server_id),
+                _ => None,
+            },
+            fields: match &self {
+                ApiError::BadRequest(f) => Some(f),
+                _ => None,
+            },
+        };
+        let mut resp = (status, Json(&body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE && code == "unavailable" {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
+        resp
+    }
+}
+
+impl From<latchkey_vault::StoreError> for ApiError {
+    fn from(e: latchkey_vault::StoreError) -> Self {
+        tracing::warn!(event = "store.error", error = %e);
+        match e {
+            latchkey_vault::StoreError::Conflict(_) => ApiError::Conflict("conflicting change"),
+            _ => ApiError::Unavailable,
+        }
+    }
+}
+
+impl From<latchkey_vault::KeyringError> for ApiError {
+    fn from(e: latchkey_vault::KeyringError) -> Self {
+        match e {
+            latchkey_vault::KeyringError::EncryptionKeyMissing
+            | latchkey_vault::KeyringError::InvalidKeyConfig(_) => ApiError::EncryptionKeyMissing,
+            // Key present, value unreadable: the user must reconnect (R-STORE-6); the
+            // caller knows which server and maps it to `NeedsReauth`.
+            latchkey_vault::KeyringError::Undecryptable => {
+                ApiError::Conflict("stored credential unreadable")
+            }
+        }
+    }
+}

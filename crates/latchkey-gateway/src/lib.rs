@@ -1,0 +1,109 @@
+//! Latchkey's HTTP face: configuration, the axum application, and the one place errors
+//! become HTTP ([`error`]). The broker's API, the OAuth callback and the MCP endpoints
+//! are added here as they are built.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod error;
+
+use std::sync::Arc;
+
+use latchkey_core::Clock;
+use latchkey_egress::{Egress, EgressConfig, LoopbackPolicy};
+use latchkey_guard::{
+    Authenticator, ClaimMapping, Guard, GuardConfig, HostOriginPolicy, JwksCache, JwksOptions,
+    JwtConfig, JwtVerifier, PrmConfig, ResourceResolver, SubjectId, TenantId, TokenAuthenticator,
+};
+
+pub use app::{AppState, router};
+pub use config::{AuthConfig, Config, ConfigError};
+pub use error::{ApiError, FieldError};
+
+/// The outbound HTTP client the configuration asks for.
+pub fn egress(cfg: &Config) -> Result<Egress, ConfigError> {
+    Egress::new(EgressConfig {
+        loopback: if cfg.allow_insecure_loopback {
+            LoopbackPolicy::AllowInsecureLoopback
+        } else {
+            LoopbackPolicy::Deny
+        },
+        ..EgressConfig::default()
+    })
+    .map_err(|e| ConfigError {
+        setting: "egress".into(),
+        message: e.to_string(),
+    })
+}
+
+/// The inbound guard the configuration asks for.
+pub fn guard(cfg: &Config, egress: Egress, clock: Arc<dyn Clock>) -> Result<Guard, ConfigError> {
+    let bad = |setting: &str, message: String| ConfigError {
+        setting: setting.into(),
+        message,
+    };
+    let resource = format!("{}/mcp", cfg.public_url);
+    let (auth, hosts, prm) = match &cfg.auth {
+        AuthConfig::Local { tenant, subject } => {
+            let t = TenantId::new(tenant.clone()).map_err(|e| bad("auth.tenant", e.to_string()))?;
+            let s =
+                SubjectId::new(subject.clone()).map_err(|e| bad("auth.subject", e.to_string()))?;
+            (
+                Authenticator::local(t, s),
+                HostOriginPolicy::loopback(),
+                PrmConfig::default(),
+            )
+        }
+        AuthConfig::Jwt {
+            issuer,
+            audience,
+            jwks_url,
+            tenant_claim,
+            required_scopes,
+        } => {
+            let jwks = Arc::new(JwksCache::new(
+                egress,
+                clock.clone(),
+                JwksOptions::default(),
+            ));
+            let mut jc = JwtConfig::jwks(issuer.clone(), audience.clone(), jwks_url.clone());
+            if let Some(c) = tenant_claim {
+                jc.claims = ClaimMapping {
+                    tenant_claims: vec![c.clone()],
+                    ..ClaimMapping::default()
+                };
+            }
+            let verifier = JwtVerifier::new(jc, jwks).map_err(|e| bad("auth", e.to_string()))?;
+            let mut t = TokenAuthenticator::new(clock);
+            t.jwt = Some(verifier);
+            t.required_scopes = required_scopes.clone();
+            let host = cfg
+                .public_url
+                .split_once("://")
+                .map(|(_, r)| r.split('/').next().unwrap_or("").to_owned())
+                .unwrap_or_default();
+            (
+                Authenticator::tokens(t),
+                HostOriginPolicy {
+                    allowed_hosts: vec![host],
+                    allowed_origins: None,
+                },
+                PrmConfig {
+                    authorization_servers: vec![issuer.clone()],
+                    scopes_supported: (!required_scopes.is_empty())
+                        .then(|| required_scopes.clone()),
+                    resource_name: Some("Latchkey".into()),
+                },
+            )
+        }
+    };
+    Ok(Guard::new(
+        auth,
+        GuardConfig {
+            hosts,
+            resolver: ResourceResolver::fixed(resource),
+            challenge_scope: None,
+            prm,
+        },
+    ))
+}

@@ -1,0 +1,105 @@
+//! The application in-process over real HTTP: probes, the guard in front of `/v1`, and
+//! the error mapping.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use latchkey_core::SystemClock;
+use latchkey_gateway::{ApiError, AppState, Config, FieldError};
+use latchkey_vault::keyring::StaticKeys;
+use latchkey_vault::{Keyring, SqliteStore};
+
+async fn start(cfg: &Config, keys: StaticKeys) -> (String, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("lk-gw-{}", latchkey_vault::store::new_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.join("db")).await.unwrap());
+    let egress = latchkey_gateway::egress(cfg).unwrap();
+    let guard = latchkey_gateway::guard(cfg, egress, Arc::new(SystemClock)).unwrap();
+    let app = latchkey_gateway::router(AppState {
+        store,
+        keyring: Arc::new(Keyring::new(keys)),
+        guard,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, dir)
+}
+
+#[tokio::test]
+async fn readiness_reports_a_missing_key_without_failing() {
+    let cfg = Config::parse("", &HashMap::new()).unwrap();
+    let (base, dir) = start(&cfg, StaticKeys(None)).await;
+    let r = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(v["checks"]["encryption_key"], "missing");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn jwt_mode_challenges_a_caller_without_a_token() {
+    let toml = "public_url = \"http://127.0.0.1:9\"\n[auth]\nmode = \"jwt\"\nissuer = \"https://idp.example\"\naudience = \"http://127.0.0.1:9/mcp\"\njwks_url = \"https://idp.example/jwks\"";
+    let cfg = Config::parse(toml, &HashMap::new()).unwrap();
+    let (base, dir) = start(&cfg, StaticKeys(None)).await;
+    let r = reqwest::Client::new()
+        .get(format!("{base}/v1/whoami"))
+        .header("host", "127.0.0.1:9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert_eq!(
+        challenge,
+        "Bearer resource_metadata=\"http://127.0.0.1:9/.well-known/oauth-protected-resource/mcp\""
+    );
+    // Probes stay open.
+    let r = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn errors_have_stable_codes_and_no_secret() {
+    use axum::response::IntoResponse;
+    let cases = [
+        (
+            ApiError::EncryptionKeyMissing,
+            503,
+            "encryption_key_missing",
+        ),
+        (
+            ApiError::NeedsReauth {
+                server_id: "s1".into(),
+            },
+            409,
+            "needs_oauth_reauth",
+        ),
+        (ApiError::Unavailable, 503, "unavailable"),
+        (
+            ApiError::BadRequest(vec![FieldError {
+                field: "token_endpoint".into(),
+                message: "required".into(),
+            }]),
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (e, status, code) in cases {
+        let resp = e.into_response();
+        assert_eq!(resp.status().as_u16(), status);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], code);
+        if code == "needs_oauth_reauth" {
+            assert_eq!(v["server_id"], "s1");
+        }
+        if code == "invalid_request" {
+            assert_eq!(v["fields"][0]["field"], "token_endpoint");
+        }
+    }
+}
