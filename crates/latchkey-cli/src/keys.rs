@@ -94,12 +94,9 @@ async fn rotate(state: StateArgs, batch_size: u32, json: bool) -> anyhow::Result
         eprintln!("latchkey: {e} ({})", key_hint(&state.keys));
         return Ok(exit::code(exit::CONFIG));
     }
-    let store = match state.database.open().await {
+    let store = match state.open_store().await {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("latchkey: {}: {e}", state.database);
-            return Ok(exit::code(exit::UNAVAILABLE));
-        }
+        Err(code) => return Ok(code),
     };
     let bar = Bar::new(json);
     let started = Instant::now();

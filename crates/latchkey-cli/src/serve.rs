@@ -55,12 +55,9 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let store = match state.database.open().await {
+    let store = match state.open_store().await {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("latchkey: {}: {e}", state.database);
-            return Ok(exit::code(exit::UNAVAILABLE));
-        }
+        Err(code) => return Ok(code),
     };
     let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
         Ok(l) => l,

@@ -87,6 +87,17 @@ impl StateArgs {
 }
 
 impl State {
+    /// Opens the store (applying migrations); on failure prints why and returns the
+    /// exit code for an unavailable service.
+    pub(crate) async fn open_store(
+        &self,
+    ) -> Result<std::sync::Arc<dyn latchkey_vault::Store>, std::process::ExitCode> {
+        self.database.open().await.map_err(|e| {
+            eprintln!("latchkey: {}: {e}", self.database);
+            crate::exit::code(crate::exit::UNAVAILABLE)
+        })
+    }
+
     /// A keyring over the configured key source (read lazily, fails closed).
     pub(crate) fn keyring(&self) -> latchkey_vault::Keyring {
         match &self.keys {

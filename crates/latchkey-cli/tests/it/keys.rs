@@ -154,22 +154,10 @@ async fn keys_add_and_rotate_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_add_and_rotate_on_postgres() {
-    let base = std::env::var("LATCHKEY_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let schema = format!("lk_cli_{}", new_id().replace('-', ""));
-    let admin = sqlx::PgPool::connect(&base).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
+    let pg = super::PgSchema::new("lk_cli").await;
     let dir = TempDir::new();
-    add_then_rotate(&dir, Some(&url), DatabaseUrl::parse(&url).unwrap()).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&admin)
-        .await
-        .unwrap();
+    add_then_rotate(&dir, Some(&pg.url), DatabaseUrl::parse(&pg.url).unwrap()).await;
+    pg.drop_schema().await;
 }
 
 #[test]

@@ -3,8 +3,6 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use latchkey_vault::store::new_id;
-
 struct Server {
     child: Child,
     base: String,
@@ -145,19 +143,10 @@ async fn serve_with_no_configuration_is_usable_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_postgres_is_ready() {
-    let base = std::env::var("LATCHKEY_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let schema = format!("lk_serve_{}", new_id().replace('-', ""));
-    let admin = sqlx::PgPool::connect(&base).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
+    let pg = super::PgSchema::new("lk_serve").await;
     let dir = super::keys::TempDir::new();
     let mut c = command(&dir.0);
-    c.env("LATCHKEY_DATABASE_URL", &url);
+    c.env("LATCHKEY_DATABASE_URL", &pg.url);
     let s = tokio::task::spawn_blocking(move || start(c)).await.unwrap();
     assert!(
         s.announced
@@ -176,10 +165,7 @@ async fn serve_on_postgres_is_ready() {
         (200, Some("ok"))
     );
     drop(s);
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&admin)
-        .await
-        .unwrap();
+    pg.drop_schema().await;
 }
 
 #[test]
