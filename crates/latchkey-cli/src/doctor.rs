@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use latchkey_core::SystemClock;
-use latchkey_egress::{Egress, EgressConfig, EgressRequest, LoopbackPolicy, UrlSource};
-use latchkey_oauth::challenge;
+use latchkey_egress::{Egress, EgressConfig, LoopbackPolicy, UrlSource};
 use latchkey_oauth::discovery::{Discoverer, DiscoveryOptions};
+use latchkey_oauth::probe;
 
 /// Arguments of `latchkey doctor`.
 #[derive(Debug, clap::Args)]
@@ -32,25 +32,15 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
         },
         ..EgressConfig::default()
     })?;
-    let probe = serde_json::json!({
-        "jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "latchkey-doctor", "version": env!("CARGO_PKG_VERSION")}}
-    });
-    let req = EgressRequest::post_json(&a.url, UrlSource::Operator, &probe, 64 * 1024).header(
-        http::header::ACCEPT,
-        http::HeaderValue::from_static("application/json, text/event-stream"),
-    );
-    let resp = egress.send(req).await?;
-    let values: Vec<&[u8]> = resp
-        .headers
-        .get_all(http::header::WWW_AUTHENTICATE)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
-    let ch = challenge::bearer_challenge(values);
+    let p = probe::probe(&egress, &a.url, UrlSource::Operator).await;
+    if let Some(why) = &p.failure {
+        anyhow::bail!("probe of {} failed: {why}", a.url);
+    }
+    let ch = p.challenge.clone();
+    let status = p.status.unwrap_or(0);
     let discoverer = Discoverer::new(egress, Arc::new(SystemClock));
     let rm = ch.as_ref().and_then(|c| c.resource_metadata.as_deref());
-    let result = if resp.status == http::StatusCode::UNAUTHORIZED {
+    let result = if status == 401 {
         Some(
             discoverer
                 .discover(&a.url, rm, DiscoveryOptions::default())
@@ -74,10 +64,14 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
         };
         println!(
             "{}",
-            serde_json::json!({"status": resp.status.as_u16(), "challenge": ch.as_ref().map(|c| serde_json::json!({"scheme": c.scheme, "resource_metadata": c.resource_metadata, "scope": c.scope, "error": c.error})), "discovery": disc})
+            serde_json::json!({"status": status, "auth_type": p.auth_type, "challenge": ch.as_ref().map(|c| serde_json::json!({"scheme": c.scheme, "resource_metadata": c.resource_metadata, "scope": c.scope, "error": c.error})), "discovery": disc})
         );
     } else {
-        println!("probe: HTTP {} from {}", resp.status.as_u16(), a.url);
+        println!(
+            "probe: HTTP {status} from {} (auth type: {})",
+            a.url,
+            p.auth_type.as_str()
+        );
         match &ch {
             Some(c) => println!(
                 "challenge: {} resource_metadata={:?} scope={:?} error={:?}",

@@ -71,6 +71,12 @@ impl EgressRequest {
         Self::new(Method::GET, url, source, body_limit)
     }
 
+    /// A DELETE without a body (e.g. releasing an MCP session); the answer's body is
+    /// not wanted, so it is capped small.
+    pub fn delete(url: impl Into<String>, source: UrlSource) -> Self {
+        Self::new(Method::DELETE, url, source, 4 * 1024)
+    }
+
     /// A POST of `application/x-www-form-urlencoded` pairs.
     pub fn post_form(
         url: impl Into<String>,

@@ -26,6 +26,7 @@ pub mod grants;
 mod json;
 pub mod pkce;
 pub mod prm;
+pub mod probe;
 pub mod registration;
 pub mod revocation;
 pub mod scope;

@@ -4,6 +4,8 @@
 //! trace-level logs. One integration-test binary for the crate.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+mod probe;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
