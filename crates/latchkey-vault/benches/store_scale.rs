@@ -79,12 +79,12 @@ async fn create_servers(store: &dyn Store, rows: usize) {
     for s in 0..rows.div_ceil(USERS_PER_SERVER) {
         store
             .create_server(
-                &ServerRow {
-                    id: format!("srv{s:03}"),
-                    tenant: "t1".into(),
-                    name: format!("server {s}"),
-                    url: format!("https://mcp{s}.example/mcp"),
-                },
+                &ServerRow::new(
+                    format!("srv{s:03}"),
+                    "t1",
+                    format!("server {s}"),
+                    format!("https://mcp{s}.example/mcp"),
+                ),
                 0,
             )
             .await

@@ -29,14 +29,17 @@ pub enum SealedTable {
     RegisteredClients,
     /// `oauth_flows`: PKCE verifier; keyed by `state_hash`.
     OAuthFlows,
+    /// `servers`: a pre-registered client secret; keyed by `id`.
+    Servers,
 }
 
 impl SealedTable {
     /// Every sealed table, in the order a rotation visits them.
-    pub const ALL: [SealedTable; 3] = [
+    pub const ALL: [SealedTable; 4] = [
         SealedTable::Credentials,
         SealedTable::RegisteredClients,
         SealedTable::OAuthFlows,
+        SealedTable::Servers,
     ];
 
     /// The SQL table name.
@@ -45,13 +48,16 @@ impl SealedTable {
             SealedTable::Credentials => "credentials",
             SealedTable::RegisteredClients => "registered_clients",
             SealedTable::OAuthFlows => "oauth_flows",
+            SealedTable::Servers => "servers",
         }
     }
 
     /// The primary-key column, whose value is the AAD row identity.
     pub fn key_column(self) -> &'static str {
         match self {
-            SealedTable::Credentials | SealedTable::RegisteredClients => "id",
+            SealedTable::Credentials | SealedTable::RegisteredClients | SealedTable::Servers => {
+                "id"
+            }
             SealedTable::OAuthFlows => "state_hash",
         }
     }
@@ -60,7 +66,7 @@ impl SealedTable {
     pub fn columns(self) -> &'static [&'static str] {
         match self {
             SealedTable::Credentials => &["client_secret", "access_token", "refresh_token"],
-            SealedTable::RegisteredClients => &["client_secret"],
+            SealedTable::RegisteredClients | SealedTable::Servers => &["client_secret"],
             SealedTable::OAuthFlows => &["verifier"],
         }
     }

@@ -52,12 +52,7 @@ fn json(out: &Output) -> serde_json::Value {
 async fn seed(store: &dyn Store, keyring: &Keyring, n: usize) {
     store
         .create_server(
-            &ServerRow {
-                id: "s1".into(),
-                tenant: "t1".into(),
-                name: "s1".into(),
-                url: "https://mcp.example/mcp".into(),
-            },
+            &ServerRow::new("s1", "t1", "s1", "https://mcp.example/mcp"),
             0,
         )
         .await
@@ -117,7 +112,7 @@ async fn add_then_rotate(dir: &TempDir, db: Option<&str>, database: DatabaseUrl)
 
     let report = json(&keys(dir, db, &["rotate", "--json", "--batch-size", "7"]));
     assert_eq!(report["target_key"], 3);
-    assert_eq!(report["rows_scanned"], 30);
+    assert_eq!(report["rows_scanned"], 31, "30 credentials and the server");
     assert_eq!(report["rows_rewrapped"], 30);
     assert_eq!(report["values_rewrapped"], 60);
     assert_eq!(report["undecryptable"], 0);

@@ -83,12 +83,12 @@ mod tempdir {
 }
 
 fn server(tenant: &str, id: &str) -> ServerRow {
-    ServerRow {
-        id: id.into(),
-        tenant: tenant.into(),
-        name: format!("server {id}"),
-        url: "https://mcp.example/mcp".into(),
-    }
+    ServerRow::new(
+        id,
+        tenant,
+        format!("server {id}"),
+        "https://mcp.example/mcp",
+    )
 }
 
 fn slot(tenant: &str, server: &str, subject: Option<&str>) -> Slot {
@@ -137,6 +137,7 @@ fn flow(slot: &Slot, state_hash: &str, created: i64) -> FlowRow {
 
 /// The behaviour both backends must share.
 async fn suite(store: Arc<dyn Store>) {
+    servers(store.as_ref()).await;
     store.create_server(&server("t1", "s1"), NOW).await.unwrap();
     store.create_server(&server("t2", "s2"), NOW).await.unwrap();
 
@@ -338,6 +339,60 @@ async fn suite(store: Arc<dyn Store>) {
             .unwrap()
             .is_none()
     );
+}
+
+/// Server settings: stored, listed per tenant, updated only within the tenant.
+async fn servers(store: &dyn Store) {
+    let mut s = server("ta", "srv-a");
+    s.auth_type = "oauth".into();
+    s.token_scope = "shared".into();
+    s.client_id = Some("pre".into());
+    s.client_secret = Some(b"envelope".to_vec());
+    s.scopes = Some("mcp:read".into());
+    store.create_server(&s, NOW).await.unwrap();
+    store
+        .create_server(&server("ta", "srv-b"), NOW)
+        .await
+        .unwrap();
+    store
+        .create_server(&server("tb", "srv-c"), NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_server("ta", "srv-a").await.unwrap(),
+        Some(s.clone())
+    );
+    assert_eq!(
+        store.get_server("tb", "srv-a").await.unwrap(),
+        None,
+        "tenant scoped"
+    );
+    let listed: Vec<String> = store
+        .list_servers("ta")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, vec!["srv-a", "srv-b"]);
+    let mut edit = s.clone();
+    edit.url = "https://other.example/mcp".into();
+    edit.client_secret = None;
+    assert!(store.update_server(&edit, NOW + 1).await.unwrap());
+    assert_eq!(
+        store.get_server("ta", "srv-a").await.unwrap(),
+        Some(edit.clone())
+    );
+    let mut foreign = edit.clone();
+    foreign.tenant = "tb".into();
+    assert!(
+        !store.update_server(&foreign, NOW + 2).await.unwrap(),
+        "no cross-tenant edit"
+    );
+    assert!(store.delete_server("ta", "srv-b").await.unwrap());
+    assert!(store.delete_server("ta", "srv-a").await.unwrap());
+    assert!(store.delete_server("tb", "srv-c").await.unwrap());
+    assert!(format!("{edit:?}").contains("has_client_secret"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,6 +139,16 @@ async fn rotates_everything_and_keeps_what_it_cannot_open(store: Arc<dyn Store>)
         .unwrap();
     assert!(conflicts.is_empty());
     store.clear_rotation_checkpoints().await.unwrap();
+    // The server's pre-registered client secret is sealed too.
+    let mut srv = store.get_server("t1", "s1").await.unwrap().unwrap();
+    srv.client_secret = Some(seal(
+        &k1,
+        SealedTable::Servers,
+        "client_secret",
+        "s1",
+        "pre-secret",
+    ));
+    assert!(store.update_server(&srv, NOW).await.unwrap());
 
     let k2 = ring(&format!("2:{K2},1:{K1}"));
     let report = rotate(store.as_ref(), &k2, opts(4), &NoProgress)
@@ -146,11 +156,22 @@ async fn rotates_everything_and_keeps_what_it_cannot_open(store: Arc<dyn Store>)
         .unwrap();
     assert_eq!(report.target_key, 2);
     assert!(!report.resumed);
-    assert_eq!(report.rows_scanned, 25 + 1 + 1);
-    assert_eq!(report.rows_rewrapped, 27);
-    // 25 access + 25 refresh + 16 client secrets + 1 DCR secret + 1 verifier, less the
-    // corrupt one.
-    assert_eq!(report.values_rewrapped, 25 + 25 + 16 + 1 + 1 - 1);
+    assert_eq!(report.rows_scanned, 25 + 1 + 1 + 1);
+    assert_eq!(report.rows_rewrapped, 28);
+    // 25 access + 25 refresh + 16 client secrets + 1 DCR secret + 1 verifier + 1 server
+    // secret, less the corrupt one.
+    assert_eq!(report.values_rewrapped, 25 + 25 + 16 + 1 + 1 + 1 - 1);
+    let srv = store.get_server("t1", "s1").await.unwrap().unwrap();
+    assert_eq!(
+        open(
+            &ring(&format!("2:{K2}")),
+            SealedTable::Servers,
+            "client_secret",
+            "s1",
+            srv.client_secret.as_deref().unwrap()
+        ),
+        "pre-secret"
+    );
     assert_eq!(report.undecryptable, 1);
     assert_eq!(report.concurrent_changes, 0);
 
@@ -257,13 +278,15 @@ async fn resumes_after_an_interruption(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert!(report.resumed);
+    // The rest of the credentials, and the server row (the next table).
     assert_eq!(
         report.rows_scanned,
-        40 - first,
+        40 - first + 1,
         "the resumed run starts after the checkpoint: {report:?}"
     );
     assert_eq!(
-        report.rows_rewrapped, report.rows_scanned,
+        report.rows_rewrapped,
+        40 - first,
         "nothing done twice, nothing skipped"
     );
     assert_all_under_key_2(store.as_ref(), 40).await;
@@ -286,7 +309,7 @@ async fn resumes_after_an_interruption(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert!(!fresh.resumed);
-    assert_eq!(fresh.rows_scanned, 40);
+    assert_eq!(fresh.rows_scanned, 40 + 1);
 }
 
 async fn never_overwrites_a_concurrent_write(store: Arc<dyn Store>) {
