@@ -78,9 +78,10 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
             "latchkey: warning: {e}; OAuth connections will answer 503 until a key is configured"
         );
     }
-    let guard = match latchkey_gateway::egress(&cfg)
-        .and_then(|egress| latchkey_gateway::guard(&cfg, egress, clock))
-    {
+    let built = latchkey_gateway::egress(&cfg).and_then(|egress| {
+        latchkey_gateway::guard(&cfg, egress.clone(), clock.clone()).map(|g| (egress, g))
+    });
+    let (egress, guard) = match built {
         Ok(g) => g,
         Err(e) => {
             eprintln!("latchkey: {e}");
@@ -91,6 +92,8 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
         store,
         keyring,
         guard,
+        egress,
+        clock,
     });
     println!(
         "Latchkey is listening on http://{local} (database {}, public URL {})",

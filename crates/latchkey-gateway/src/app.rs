@@ -23,13 +23,33 @@ pub struct AppState {
     pub keyring: Arc<Keyring>,
     /// Inbound authentication.
     pub guard: Guard,
+    /// The only road out (probes, discovery, token requests).
+    pub egress: latchkey_egress::Egress,
+    /// The clock.
+    pub clock: Arc<dyn latchkey_core::Clock>,
 }
 
 /// The router: unauthenticated probes, then everything under `/v1` behind the guard.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new().route("/v1/whoami", get(whoami)).route_layer(
-        axum::middleware::from_fn_with_state(state.guard.clone(), require_principal),
-    );
+    let api = Router::new()
+        .route("/v1/whoami", get(whoami))
+        .route(
+            "/v1/servers",
+            get(crate::servers::list).post(crate::servers::create),
+        )
+        .route(
+            "/v1/servers/{id}",
+            get(crate::servers::get)
+                .patch(crate::servers::update)
+                .delete(crate::servers::delete),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::fields::BODY_LIMIT,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.guard.clone(),
+            require_principal,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

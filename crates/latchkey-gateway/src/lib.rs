@@ -6,6 +6,8 @@
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod fields;
+pub mod servers;
 
 use std::sync::Arc;
 

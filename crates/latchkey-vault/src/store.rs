@@ -304,6 +304,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn list_servers(&self, tenant: &str) -> Result<Vec<ServerRow>, StoreError>;
     /// Replaces the settings of the tenant's server `s.id`. False if absent.
     async fn update_server(&self, s: &ServerRow, now: i64) -> Result<bool, StoreError>;
+    /// Deletes every credential (shared and per user), pending flow and registered
+    /// client of the tenant's server, in one transaction (R-STORE-15). Returns how
+    /// many credentials went.
+    async fn purge_server(&self, tenant: &str, server: &str) -> Result<u64, StoreError>;
     /// Deletes a server and, by cascade, its credentials and flows. False if absent.
     async fn delete_server(&self, tenant: &str, id: &str) -> Result<bool, StoreError>;
     /// Replaces the slot's credential atomically with `c` (its id is new).
@@ -567,6 +571,27 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn purge_server(&self, tenant: &str, server: &str) -> Result<u64, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let creds = sqlx::query("DELETE FROM credentials WHERE tenant_id = $1 AND server_id = $2")
+                    .bind(tenant)
+                    .bind(server)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                for table in ["oauth_flows", "registered_clients"] {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DELETE FROM {table} WHERE tenant_id = $1 AND server_id = $2"
+                    )))
+                    .bind(tenant)
+                    .bind(server)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(creds)
+            }
+
             async fn get_server(&self, tenant: &str, id: &str) -> Result<Option<ServerRow>, StoreError> {
                 let row = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "SELECT {SERVER_COLS} FROM servers WHERE tenant_id = $1 AND id = $2"
@@ -800,7 +825,9 @@ macro_rules! sql_store {
                     "INSERT INTO audit_events (id, tenant_id, actor, action, server_id, subject, detail, at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
-                .bind(new_id())
+                // A time-ordered id (UUID v7, monotonic within the process): records
+                // of the same second keep their order.
+                .bind(uuid::Uuid::now_v7().to_string())
                 .bind(&e.tenant)
                 .bind(&e.actor)
                 .bind(&e.action)

@@ -10,21 +10,34 @@ use latchkey_gateway::{ApiError, AppState, Config, FieldError};
 use latchkey_vault::keyring::StaticKeys;
 use latchkey_vault::{Keyring, SqliteStore};
 
+mod servers;
+
 async fn start(cfg: &Config, keys: StaticKeys) -> (String, std::path::PathBuf) {
+    let (base, dir, _) = start_with_store(cfg, keys).await;
+    (base, dir)
+}
+
+async fn start_with_store(
+    cfg: &Config,
+    keys: StaticKeys,
+) -> (String, std::path::PathBuf, Arc<dyn latchkey_vault::Store>) {
     let dir = std::env::temp_dir().join(format!("lk-gw-{}", latchkey_vault::store::new_id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.join("db")).await.unwrap());
+    let store: Arc<dyn latchkey_vault::Store> =
+        Arc::new(SqliteStore::open(&dir.join("db")).await.unwrap());
     let egress = latchkey_gateway::egress(cfg).unwrap();
-    let guard = latchkey_gateway::guard(cfg, egress, Arc::new(SystemClock)).unwrap();
+    let guard = latchkey_gateway::guard(cfg, egress.clone(), Arc::new(SystemClock)).unwrap();
     let app = latchkey_gateway::router(AppState {
-        store,
+        store: store.clone(),
         keyring: Arc::new(Keyring::new(keys)),
         guard,
+        egress,
+        clock: Arc::new(SystemClock),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (base, dir)
+    (base, dir, store)
 }
 
 #[tokio::test]

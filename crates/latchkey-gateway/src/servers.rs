@@ -1,0 +1,299 @@
+//! `/v1/servers`: the tenant's MCP servers (R-DISC-9..11, R-API-10, R-STORE-15).
+//!
+//! Create and edit probe the server's auth type when none is given; an edit keeps the
+//! stored auth type unless the URL changes; a pre-registered client id means OAuth; an
+//! explicit auth type always wins. A change of URL or of the OAuth fingerprint purges
+//! every credential, pending flow and registered client of the server. Secrets are
+//! sealed on the way in and never returned.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use latchkey_core::Secret;
+use latchkey_egress::UrlSource;
+use latchkey_guard::Principal;
+use latchkey_oauth::probe::{self, AuthType};
+use latchkey_vault::rotate::SealedTable;
+use latchkey_vault::store::{AuditEvent, ServerRow, new_id};
+use serde::Serialize;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::fields::{Fields, Patch};
+
+const FIELDS: &[&str] = &[
+    "name",
+    "url",
+    "auth_type",
+    "token_scope",
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "scopes",
+];
+const AUTH_TYPES: &[&str] = &["oauth", "none", "headers"];
+const TOKEN_SCOPES: &[&str] = &["per_user", "shared"];
+const GRANT_TYPES: &[&str] = &["authorization_code", "client_credentials"];
+
+/// A server as the API shows it: never a secret, only whether one is set.
+#[derive(Debug, Serialize)]
+pub struct ServerView {
+    id: String,
+    name: String,
+    url: String,
+    auth_type: String,
+    token_scope: String,
+    grant_type: String,
+    client_id: Option<String>,
+    has_client_secret: bool,
+    scopes: Option<String>,
+}
+
+impl From<&ServerRow> for ServerView {
+    fn from(s: &ServerRow) -> Self {
+        Self {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            url: s.url.clone(),
+            auth_type: s.auth_type.clone(),
+            token_scope: s.token_scope.clone(),
+            grant_type: s.grant_type.clone(),
+            client_id: s.client_id.clone(),
+            has_client_secret: s.client_secret.is_some(),
+            scopes: s.scopes.clone(),
+        }
+    }
+}
+
+fn require_admin(p: &Principal) -> Result<(), ApiError> {
+    if p.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
+fn now(s: &AppState) -> i64 {
+    i64::try_from(s.clock.now().as_secs()).unwrap_or(i64::MAX)
+}
+
+async fn audit(s: &AppState, p: &Principal, action: &str, server: &str, detail: Option<String>) {
+    let e = AuditEvent {
+        tenant: p.tenant.as_str().to_owned(),
+        actor: p.subject.as_str().to_owned(),
+        action: action.into(),
+        server: Some(server.into()),
+        subject: None,
+        detail,
+        at: now(s),
+    };
+    if let Err(err) = s.store.audit(&e).await {
+        tracing::warn!(event = "audit.failed", action, error = %err);
+    }
+}
+
+/// The validated body of a create or an edit.
+struct Input {
+    name: Option<String>,
+    url: Option<String>,
+    auth_type: Option<String>,
+    token_scope: Option<String>,
+    grant_type: Option<String>,
+    client_id: Patch<String>,
+    client_secret: Patch<String>,
+    scopes: Patch<String>,
+}
+
+fn read_input(s: &AppState, body: &[u8], creating: bool) -> Result<Input, ApiError> {
+    let mut f = Fields::parse(body, FIELDS)?;
+    let name = f.string("name", creating, 255);
+    let url = f.string("url", creating, 2048).map(|u| u.trim().to_owned());
+    if let Some(u) = &url
+        && let Err(e) = s.egress.check_url(u, UrlSource::Operator)
+    {
+        f.invalid("url", e.to_string());
+    }
+    let input = Input {
+        name,
+        url,
+        auth_type: f.choice("auth_type", AUTH_TYPES),
+        token_scope: f.choice("token_scope", TOKEN_SCOPES),
+        grant_type: f.choice("grant_type", GRANT_TYPES),
+        client_id: f.patch_string("client_id", 255),
+        client_secret: f.patch_string("client_secret", 4096),
+        scopes: f.patch_string("scopes", 2048),
+    };
+    f.finish()?;
+    Ok(input)
+}
+
+fn apply<T>(slot: &mut Option<T>, p: Patch<T>) {
+    match p {
+        Patch::Keep => {}
+        Patch::Clear => *slot = None,
+        Patch::Set(v) => *slot = Some(v),
+    }
+}
+
+/// `POST /v1/servers` (tenant admins).
+pub async fn create(
+    State(s): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<ServerView>), ApiError> {
+    require_admin(&p)?;
+    let input = read_input(&s, &body, true)?;
+    let (Some(name), Some(url)) = (input.name, input.url) else {
+        // `read_input` requires both when creating.
+        return Err(ApiError::BadRequest(Vec::new()));
+    };
+    let id = new_id();
+    let mut row = ServerRow::new(id.clone(), p.tenant.as_str(), name, url);
+    apply(&mut row.client_id, input.client_id);
+    apply(&mut row.scopes, input.scopes);
+    if let Some(t) = input.token_scope {
+        row.token_scope = t;
+    }
+    if let Some(g) = input.grant_type {
+        row.grant_type = g;
+    }
+    if let Patch::Set(secret) = input.client_secret {
+        row.client_secret = Some(s.keyring.seal(
+            &Secret::new(secret),
+            SealedTable::Servers.aad("client_secret", &id),
+        )?);
+    }
+    row.auth_type = match (input.auth_type, &row.client_id) {
+        (Some(explicit), _) => explicit,
+        (None, Some(_)) => AuthType::Oauth.as_str().into(),
+        (None, None) => probe::probe(&s.egress, &row.url, UrlSource::Operator)
+            .await
+            .auth_type
+            .as_str()
+            .into(),
+    };
+    s.store.create_server(&row, now(&s)).await?;
+    audit(&s, &p, "server.create", &id, None).await;
+    Ok((StatusCode::CREATED, Json(ServerView::from(&row))))
+}
+
+/// `GET /v1/servers`.
+pub async fn list(
+    State(s): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
+) -> Result<Json<Vec<ServerView>>, ApiError> {
+    let rows = s.store.list_servers(p.tenant.as_str()).await?;
+    Ok(Json(rows.iter().map(ServerView::from).collect()))
+}
+
+/// `GET /v1/servers/{id}`.
+pub async fn get(
+    State(s): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<ServerView>, ApiError> {
+    let row = s
+        .store
+        .get_server(p.tenant.as_str(), &id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(ServerView::from(&row)))
+}
+
+/// `PATCH /v1/servers/{id}` (tenant admins).
+pub async fn update(
+    State(s): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<ServerView>, ApiError> {
+    require_admin(&p)?;
+    let input = read_input(&s, &body, false)?;
+    let old = s
+        .store
+        .get_server(p.tenant.as_str(), &id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let mut row = old.clone();
+    if let Some(n) = input.name {
+        row.name = n;
+    }
+    let url_changed = input
+        .url
+        .as_ref()
+        .is_some_and(|u| u.trim() != old.url.trim());
+    if let Some(u) = input.url {
+        row.url = u;
+    }
+    if let Some(t) = input.token_scope {
+        row.token_scope = t;
+    }
+    if let Some(g) = input.grant_type {
+        row.grant_type = g;
+    }
+    apply(&mut row.client_id, input.client_id);
+    apply(&mut row.scopes, input.scopes);
+    let mut secret_changed = false;
+    match input.client_secret {
+        Patch::Keep => {}
+        Patch::Clear => {
+            secret_changed = old.client_secret.is_some();
+            row.client_secret = None;
+        }
+        Patch::Set(secret) => {
+            // Compared by decrypting the stored one; a value that does not decrypt
+            // counts as changed (R-STORE-15).
+            let aad = SealedTable::Servers.aad("client_secret", &id);
+            secret_changed = match old.client_secret.as_deref().map(|e| s.keyring.open(e, aad)) {
+                Some(Ok(stored)) => stored.expose() != secret,
+                _ => true,
+            };
+            row.client_secret = Some(s.keyring.seal(&Secret::new(secret), aad)?);
+        }
+    }
+    row.auth_type = match (input.auth_type, &row.client_id, url_changed) {
+        (Some(explicit), _, _) => explicit,
+        (None, Some(_), _) => AuthType::Oauth.as_str().into(),
+        (None, None, true) => probe::probe(&s.egress, &row.url, UrlSource::Operator)
+            .await
+            .auth_type
+            .as_str()
+            .into(),
+        (None, None, false) => old.auth_type.clone(),
+    };
+    let fingerprint_changed = url_changed
+        || secret_changed
+        || row.auth_type != old.auth_type
+        || row.client_id != old.client_id
+        || row.grant_type != old.grant_type
+        || row.scopes != old.scopes;
+    if !s.store.update_server(&row, now(&s)).await? {
+        return Err(ApiError::NotFound);
+    }
+    let mut detail = None;
+    if fingerprint_changed {
+        // Unrelated edits (name, slot kind) purge nothing.
+        match s.store.purge_server(p.tenant.as_str(), &id).await {
+            Ok(n) => detail = Some(format!("purged {n} credentials")),
+            Err(e) => tracing::warn!(event = "server.purge_failed", error = %e),
+        }
+    }
+    audit(&s, &p, "server.update", &id, detail).await;
+    Ok(Json(ServerView::from(&row)))
+}
+
+/// `DELETE /v1/servers/{id}` (tenant admins): the server and, by cascade, its
+/// credentials, flows and clients.
+pub async fn delete(
+    State(s): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&p)?;
+    if !s.store.delete_server(p.tenant.as_str(), &id).await? {
+        return Err(ApiError::NotFound);
+    }
+    audit(&s, &p, "server.delete", &id, None).await;
+    Ok(StatusCode::NO_CONTENT)
+}
