@@ -7,7 +7,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use latchkey_guard::{Guard, require_principal};
 use latchkey_vault::{Keyring, Store};
 use serde_json::json;
@@ -42,6 +42,11 @@ pub fn router(state: AppState) -> Router {
             get(crate::servers::get)
                 .patch(crate::servers::update)
                 .delete(crate::servers::delete),
+        )
+        .route("/v1/credentials", post(crate::credentials::deposit))
+        .route(
+            "/v1/credentials/{server_id}",
+            delete(crate::credentials::delete),
         )
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::fields::BODY_LIMIT,

@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod fields;
 pub mod servers;

@@ -10,6 +10,7 @@ use latchkey_gateway::{ApiError, AppState, Config, FieldError};
 use latchkey_vault::keyring::StaticKeys;
 use latchkey_vault::{Keyring, SqliteStore};
 
+mod credentials;
 mod servers;
 
 async fn start(cfg: &Config, keys: StaticKeys) -> (String, std::path::PathBuf) {

@@ -1,0 +1,171 @@
+//! Deposits (R-API-1, R-API-2): credentials obtained elsewhere, stored in the caller's
+//! slot. The slot comes from the principal and the server's `token_scope`, never from
+//! the body (R-API-11): a per-user server takes the caller's own slot; a shared server's
+//! one slot is for tenant admins only (R-API-9).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use latchkey_core::Secret;
+use latchkey_egress::UrlSource;
+use latchkey_guard::Principal;
+use latchkey_vault::rotate::SealedTable;
+use latchkey_vault::store::{AuditEvent, CredentialRow, ServerRow, Slot, new_id};
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::fields::Fields;
+
+const FIELDS: &[&str] = &[
+    "server_id",
+    "refresh_token",
+    "token_endpoint",
+    "client_id",
+    "client_secret",
+    "token_endpoint_auth_method",
+    "scopes",
+    "issuer",
+    "resource",
+    "access_token",
+    "expires_in",
+];
+const AUTH_METHODS: &[&str] = &["none", "client_secret_basic", "client_secret_post"];
+
+/// The slot the caller acts on for `server`, or 403 for a shared slot without admin.
+fn slot_for(p: &Principal, server: &ServerRow) -> Result<Slot, ApiError> {
+    let subject = if server.token_scope == "shared" {
+        if !p.is_admin() {
+            return Err(ApiError::Forbidden);
+        }
+        None
+    } else {
+        Some(p.subject.as_str().to_owned())
+    };
+    Ok(Slot {
+        tenant: p.tenant.as_str().to_owned(),
+        server: server.id.clone(),
+        subject,
+    })
+}
+
+fn now(s: &AppState) -> i64 {
+    i64::try_from(s.clock.now().as_secs()).unwrap_or(i64::MAX)
+}
+
+async fn audit(s: &AppState, p: &Principal, action: &str, slot: &Slot) {
+    let e = AuditEvent {
+        tenant: slot.tenant.clone(),
+        actor: p.subject.as_str().to_owned(),
+        action: action.into(),
+        server: Some(slot.server.clone()),
+        subject: slot.subject.clone(),
+        detail: None,
+        at: now(s),
+    };
+    if let Err(err) = s.store.audit(&e).await {
+        tracing::warn!(event = "audit.failed", action, error = %err);
+    }
+}
+
+/// `POST /v1/credentials`: validate strictly, seal, replace the slot atomically.
+pub async fn deposit(
+    State(s): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let mut f = Fields::parse(&body, FIELDS)?;
+    let server_id = f.string("server_id", true, 255);
+    let refresh_token = f.string("refresh_token", true, 16 * 1024);
+    let token_endpoint = f.string("token_endpoint", true, 2048);
+    if let Some(t) = &token_endpoint
+        && let Err(e) = s.egress.check_url(t, UrlSource::Remote)
+    {
+        f.invalid("token_endpoint", e.to_string());
+    }
+    let client_id = f.string("client_id", false, 255);
+    let client_secret = f.string("client_secret", false, 4096);
+    let auth_method = f.choice("token_endpoint_auth_method", AUTH_METHODS);
+    let scopes = f.string("scopes", false, 2048);
+    let issuer = f.string("issuer", false, 2048);
+    let resource = f.string("resource", false, 2048);
+    let access_token = f.string("access_token", false, 16 * 1024);
+    let expires_in = f.unsigned("expires_in");
+    if expires_in.is_some() && access_token.is_none() {
+        f.invalid("expires_in", "only with access_token");
+    }
+    if client_secret.is_some() && client_id.is_none() {
+        f.invalid("client_secret", "only with client_id");
+    }
+    f.finish()?;
+    let (Some(server_id), Some(refresh_token), Some(token_endpoint)) =
+        (server_id, refresh_token, token_endpoint)
+    else {
+        return Err(ApiError::BadRequest(Vec::new()));
+    };
+    let server = s
+        .store
+        .get_server(p.tenant.as_str(), &server_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let slot = slot_for(&p, &server)?;
+    let id = new_id();
+    let seal = |column: &'static str, v: String| {
+        s.keyring
+            .seal(&Secret::new(v), SealedTable::Credentials.aad(column, &id))
+    };
+    let now = now(&s);
+    let row = CredentialRow {
+        id: id.clone(),
+        slot: slot.clone(),
+        issuer,
+        resource,
+        token_endpoint,
+        auth_method: auth_method.or_else(|| {
+            client_id.as_ref().map(|_| {
+                if client_secret.is_some() {
+                    "client_secret_basic".into()
+                } else {
+                    "none".into()
+                }
+            })
+        }),
+        client_id,
+        client_secret: client_secret
+            .map(|v| seal("client_secret", v))
+            .transpose()?,
+        scopes,
+        access_expires_at: access_token
+            .as_ref()
+            .map(|_| now.saturating_add(i64::try_from(expires_in.unwrap_or(0)).unwrap_or(0))),
+        access_token: access_token.map(|v| seal("access_token", v)).transpose()?,
+        refresh_token: Some(seal("refresh_token", refresh_token)?),
+        generation: 0,
+        initiated_by: Some(p.subject.as_str().to_owned()),
+        created_at: now,
+        updated_at: now,
+    };
+    s.store.upsert_credential(&row).await?;
+    audit(&s, &p, "credential.deposit", &slot).await;
+    Ok(Json(json!({"stored": true})))
+}
+
+/// `DELETE /v1/credentials/{server_id}`: the caller's slot; 204 whether or not it held
+/// anything.
+pub async fn delete(
+    State(s): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Path(server_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let server = s
+        .store
+        .get_server(p.tenant.as_str(), &server_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let slot = slot_for(&p, &server)?;
+    if s.store.delete_credential(&slot).await? {
+        audit(&s, &p, "credential.delete", &slot).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
