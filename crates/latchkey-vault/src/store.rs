@@ -214,6 +214,8 @@ pub struct FlowRow {
     pub client_id: String,
     /// Requested scopes.
     pub scopes: Option<String>,
+    /// Whether the callback must carry RFC 9207 `iss`.
+    pub iss_required: bool,
 }
 
 impl std::fmt::Debug for FlowRow {
@@ -322,6 +324,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn insert_flow(&self, f: &FlowRow) -> Result<(), StoreError>;
     /// Removes and returns the flow with this state hash: exactly one caller gets it.
     async fn consume_flow(&self, state_hash: &str) -> Result<Option<FlowRow>, StoreError>;
+    /// The pending flows of a slot (R-FLOW-8: who is connecting it, since when).
+    async fn flows_for_slot(&self, slot: &Slot) -> Result<Vec<FlowRow>, StoreError>;
     /// Stores the client for `(tenant, server, issuer)`, replacing an earlier one.
     async fn put_registered_client(&self, c: &RegisteredClientRow) -> Result<(), StoreError>;
     /// The client for `(tenant, server, issuer)`.
@@ -498,6 +502,7 @@ where
     for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> Vec<u8>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     Ok(FlowRow {
         state_hash: r.try_get("state_hash")?,
@@ -514,6 +519,7 @@ where
         redirect_uri: r.try_get("redirect_uri")?,
         client_id: r.try_get("client_id")?,
         scopes: r.try_get("scopes")?,
+        iss_required: r.try_get("iss_required")?,
     })
 }
 
@@ -734,8 +740,8 @@ macro_rules! sql_store {
             async fn insert_flow(&self, f: &FlowRow) -> Result<(), StoreError> {
                 sqlx::query(
                     "INSERT INTO oauth_flows (state_hash, tenant_id, server_id, subject, initiated_by, state_created_at, \
-                     verifier, issuer, resource, redirect_uri, client_id, scopes) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                     verifier, issuer, resource, redirect_uri, client_id, scopes, iss_required) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 )
                 .bind(&f.state_hash)
                 .bind(&f.slot.tenant)
@@ -749,6 +755,7 @@ macro_rules! sql_store {
                 .bind(&f.redirect_uri)
                 .bind(&f.client_id)
                 .bind(&f.scopes)
+                .bind(f.iss_required)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -759,12 +766,35 @@ macro_rules! sql_store {
                 // with the same state, exactly one gets the row (R-FLOW-4).
                 let row = sqlx::query(
                     "DELETE FROM oauth_flows WHERE state_hash = $1 RETURNING state_hash, tenant_id, server_id, \
-                     subject, initiated_by, state_created_at, verifier, issuer, resource, redirect_uri, client_id, scopes",
+                     subject, initiated_by, state_created_at, verifier, issuer, resource, redirect_uri, client_id, scopes, iss_required",
                 )
                 .bind(state_hash)
                 .fetch_optional(&self.pool)
                 .await?;
                 Ok(row.as_ref().map(flow_from).transpose()?)
+            }
+
+            async fn flows_for_slot(&self, slot: &Slot) -> Result<Vec<FlowRow>, StoreError> {
+                const COLS: &str = "state_hash, tenant_id, server_id, subject, initiated_by, state_created_at, \
+                     verifier, issuer, resource, redirect_uri, client_id, scopes, iss_required";
+                let rows = match &slot.subject {
+                    Some(sub) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {COLS} FROM oauth_flows WHERE tenant_id = $1 AND server_id = $2 AND subject = $3"
+                    )))
+                    .bind(&slot.tenant)
+                    .bind(&slot.server)
+                    .bind(sub)
+                    .fetch_all(&self.pool)
+                    .await?,
+                    None => sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {COLS} FROM oauth_flows WHERE tenant_id = $1 AND server_id = $2 AND subject IS NULL"
+                    )))
+                    .bind(&slot.tenant)
+                    .bind(&slot.server)
+                    .fetch_all(&self.pool)
+                    .await?,
+                };
+                Ok(rows.iter().map(flow_from).collect::<Result<_, _>>()?)
             }
 
             async fn put_registered_client(&self, c: &RegisteredClientRow) -> Result<(), StoreError> {

@@ -132,6 +132,7 @@ fn flow(slot: &Slot, state_hash: &str, created: i64) -> FlowRow {
         redirect_uri: "https://latchkey.example/v1/oauth/callback".into(),
         client_id: "c".into(),
         scopes: None,
+        iss_required: true,
     }
 }
 
@@ -283,6 +284,20 @@ async fn suite(store: Arc<dyn Store>) {
         .insert_flow(&flow(&alice, "hash-1", NOW))
         .await
         .unwrap();
+    let pending = store.flows_for_slot(&alice).await.unwrap();
+    assert_eq!(
+        pending,
+        vec![flow(&alice, "hash-1", NOW)],
+        "a slot's pending flows"
+    );
+    assert!(
+        store
+            .flows_for_slot(&slot("t2", "s1", Some("alice")))
+            .await
+            .unwrap()
+            .is_empty(),
+        "tenant scoped"
+    );
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let s = store.clone();
