@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use latchkey_core::{Clock, SystemClock};
-use latchkey_gateway::{AppState, Config};
+use latchkey_gateway::Config;
 
 use crate::exit;
 use crate::state::{Keys, StateArgs};
@@ -78,23 +78,14 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
             "latchkey: warning: {e}; OAuth connections will answer 503 until a key is configured"
         );
     }
-    let built = latchkey_gateway::egress(&cfg).and_then(|egress| {
-        latchkey_gateway::guard(&cfg, egress.clone(), clock.clone()).map(|g| (egress, g))
-    });
-    let (egress, guard) = match built {
-        Ok(g) => g,
+    let app_state = match latchkey_gateway::state(&cfg, store, keyring, clock) {
+        Ok(st) => st,
         Err(e) => {
             eprintln!("latchkey: {e}");
             return Ok(exit::code(exit::CONFIG));
         }
     };
-    let app = latchkey_gateway::router(AppState {
-        store,
-        keyring,
-        guard,
-        egress,
-        clock,
-    });
+    let app = latchkey_gateway::router(app_state);
     println!(
         "Latchkey is listening on http://{local} (database {}, public URL {})",
         state.database, cfg.public_url

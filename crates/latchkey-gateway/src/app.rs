@@ -27,6 +27,10 @@ pub struct AppState {
     pub egress: latchkey_egress::Egress,
     /// The clock.
     pub clock: Arc<dyn latchkey_core::Clock>,
+    /// OAuth discovery with its 5-minute cache, shared by every request.
+    pub discoverer: Arc<latchkey_oauth::discovery::Discoverer>,
+    /// The public base URL (callbacks), without a trailing `/`.
+    pub public_url: String,
 }
 
 /// The router: unauthenticated probes, then everything under `/v1` behind the guard.
@@ -43,6 +47,8 @@ pub fn router(state: AppState) -> Router {
                 .patch(crate::servers::update)
                 .delete(crate::servers::delete),
         )
+        .route("/v1/oauth/start", post(crate::flows::start))
+        .route("/v1/oauth/status/{server_id}", get(crate::flows::status))
         .route("/v1/credentials", post(crate::credentials::deposit))
         .route(
             "/v1/credentials/{server_id}",
@@ -58,6 +64,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(crate::flows::CALLBACK_PATH, get(crate::flows::callback))
         .merge(api)
         .fallback(not_found)
         .with_state(state)

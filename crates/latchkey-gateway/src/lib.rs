@@ -8,6 +8,7 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod fields;
+pub mod flows;
 pub mod servers;
 
 use std::sync::Arc;
@@ -20,6 +21,29 @@ use latchkey_guard::{
 };
 
 pub use app::{AppState, router};
+
+/// Everything the application shares, built from the configuration.
+pub fn state(
+    cfg: &Config,
+    store: Arc<dyn latchkey_vault::Store>,
+    keyring: Arc<latchkey_vault::Keyring>,
+    clock: Arc<dyn Clock>,
+) -> Result<AppState, ConfigError> {
+    let egress = egress(cfg)?;
+    let guard = guard(cfg, egress.clone(), clock.clone())?;
+    Ok(AppState {
+        store,
+        keyring,
+        guard,
+        discoverer: Arc::new(latchkey_oauth::discovery::Discoverer::new(
+            egress.clone(),
+            clock.clone(),
+        )),
+        egress,
+        clock,
+        public_url: cfg.public_url.clone(),
+    })
+}
 pub use config::{AuthConfig, Config, ConfigError};
 pub use error::{ApiError, FieldError};
 

@@ -22,7 +22,10 @@ async fn post(url: &str, body: &str) -> (u16, Value) {
         .unwrap();
     let status = r.status().as_u16();
     let bytes = r.bytes().await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 async fn server(base: &str, token_scope: &str) -> String {

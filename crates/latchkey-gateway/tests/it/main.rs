@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use latchkey_core::SystemClock;
-use latchkey_gateway::{ApiError, AppState, Config, FieldError};
+use latchkey_gateway::{ApiError, Config, FieldError};
 use latchkey_vault::keyring::StaticKeys;
 use latchkey_vault::{Keyring, SqliteStore};
 
 mod credentials;
+mod flows;
 mod servers;
 
 async fn start(cfg: &Config, keys: StaticKeys) -> (String, std::path::PathBuf) {
@@ -26,17 +27,22 @@ async fn start_with_store(
     std::fs::create_dir_all(&dir).unwrap();
     let store: Arc<dyn latchkey_vault::Store> =
         Arc::new(SqliteStore::open(&dir.join("db")).await.unwrap());
-    let egress = latchkey_gateway::egress(cfg).unwrap();
-    let guard = latchkey_gateway::guard(cfg, egress.clone(), Arc::new(SystemClock)).unwrap();
-    let app = latchkey_gateway::router(AppState {
-        store: store.clone(),
-        keyring: Arc::new(Keyring::new(keys)),
-        guard,
-        egress,
-        clock: Arc::new(SystemClock),
-    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
+    // The default public URL names the default port; use the one actually bound.
+    let mut cfg = cfg.clone();
+    if cfg.public_url == format!("http://{}", latchkey_gateway::config::DEFAULT_LISTEN) {
+        cfg.public_url = base.clone();
+    }
+    let app = latchkey_gateway::router(
+        latchkey_gateway::state(
+            &cfg,
+            store.clone(),
+            Arc::new(Keyring::new(keys)),
+            Arc::new(SystemClock),
+        )
+        .unwrap(),
+    );
     tokio::spawn(async move { axum::serve(listener, app).await });
     (base, dir, store)
 }

@@ -1,0 +1,618 @@
+//! Managed OAuth flows (R-FLOW-1..15, R-API-5, R-API-6, R-API-7): start, the browser
+//! callback, status. Flows live in the database (state hash only, verifier sealed), so
+//! any instance can finish a flow another started.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use latchkey_egress::UrlSource;
+use latchkey_guard::Principal;
+use latchkey_oauth::authorize::{self, AuthorizationRequest, CallbackParams};
+use latchkey_oauth::client_auth::{AuthMethod, ClientCredentials};
+use latchkey_oauth::discovery::{Discovery, DiscoveryOptions};
+use latchkey_oauth::grants::{self, Grant, TokenRequest, TokenResponse};
+use latchkey_oauth::registration::{self, ApplicationType, DcrRequest, RegistrationPlan};
+use latchkey_oauth::{OAuthError, pkce, scope};
+use latchkey_vault::rotate::SealedTable;
+use latchkey_vault::store::{
+    CredentialRow, FlowRow, RegisteredClientRow, ServerRow, Slot, flow_is_live, new_id,
+};
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::fields::Fields;
+
+/// The callback path, under the public URL (R-FLOW-12).
+pub const CALLBACK_PATH: &str = "/v1/oauth/callback";
+
+fn now(s: &AppState) -> i64 {
+    i64::try_from(s.clock.now().as_secs()).unwrap_or(i64::MAX)
+}
+
+fn redirect_uri(s: &AppState) -> String {
+    format!("{}{CALLBACK_PATH}", s.public_url)
+}
+
+/// The slot `p` may act on for `server`: their own, or (tenant admins only) the shared
+/// slot or another user's (R-API-9).
+fn slot_for(p: &Principal, server: &ServerRow, user: Option<String>) -> Result<Slot, ApiError> {
+    let subject = if server.token_scope == "shared" {
+        if !p.is_admin() {
+            return Err(ApiError::Forbidden);
+        }
+        None
+    } else {
+        match user {
+            Some(u) if u != p.subject.as_str() => {
+                if !p.is_admin() {
+                    return Err(ApiError::Forbidden);
+                }
+                Some(u)
+            }
+            _ => Some(p.subject.as_str().to_owned()),
+        }
+    };
+    Ok(Slot {
+        tenant: p.tenant.as_str().to_owned(),
+        server: server.id.clone(),
+        subject,
+    })
+}
+
+fn oauth_failure(e: &OAuthError) -> ApiError {
+    tracing::info!(event = "oauth.start_failed", error = %e);
+    match e {
+        OAuthError::Egress(_) | OAuthError::TokenEndpoint { .. } => ApiError::Upstream,
+        _ => ApiError::BadRequest(vec![crate::error::FieldError {
+            field: "server_id".into(),
+            message: format!("the server's OAuth setup cannot be used: {e}"),
+        }]),
+    }
+}
+
+/// The client to use at this AS: pre-registered, previously registered, or registered
+/// now by DCR (and remembered, keyed by issuer).
+async fn client_for(
+    s: &AppState,
+    server: &ServerRow,
+    d: &Discovery,
+    redirect: &str,
+    scope: Option<&str>,
+) -> Result<ClientCredentials, ApiError> {
+    if let Some(id) = &server.client_id {
+        let secret = match &server.client_secret {
+            Some(env) => Some(
+                s.keyring
+                    .open(env, SealedTable::Servers.aad("client_secret", &server.id))?,
+            ),
+            None => None,
+        };
+        return Ok(match secret {
+            Some(sec) => ClientCredentials::with_secret(
+                id.clone(),
+                sec,
+                registration::preferred_auth_method(&d.metadata),
+            ),
+            None => ClientCredentials::public(id.clone()),
+        });
+    }
+    if let Some(c) = s
+        .store
+        .get_registered_client(&server.tenant, &server.id, &d.issuer)
+        .await?
+    {
+        let method: AuthMethod = c.auth_method.parse().unwrap_or(AuthMethod::None);
+        return Ok(match &c.client_secret {
+            Some(env) => ClientCredentials::with_secret(
+                c.client_id.clone(),
+                s.keyring.open(
+                    env,
+                    SealedTable::RegisteredClients.aad("client_secret", &c.id),
+                )?,
+                method,
+            ),
+            None => ClientCredentials::public(c.client_id.clone()),
+        });
+    }
+    let endpoint = match registration::plan(&d.metadata, false, None) {
+        Ok(RegistrationPlan::Dcr(e)) => e,
+        Ok(_) | Err(_) => return Err(oauth_failure(&OAuthError::NoClient)),
+    };
+    let req = DcrRequest {
+        redirect_uris: vec![redirect.to_owned()],
+        client_name: "Latchkey".into(),
+        grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+        auth_method: registration::preferred_auth_method(&d.metadata),
+        application_type: Some(ApplicationType::for_redirect(redirect)),
+        scope: scope.map(str::to_owned),
+    };
+    let reg = registration::register(&s.egress, &endpoint, &d.issuer, &req)
+        .await
+        .map_err(|e| oauth_failure(&e))?;
+    let id = new_id();
+    let row = RegisteredClientRow {
+        client_secret: reg
+            .credentials
+            .secret
+            .as_ref()
+            .map(|sec| {
+                s.keyring.seal(
+                    sec,
+                    SealedTable::RegisteredClients.aad("client_secret", &id),
+                )
+            })
+            .transpose()?,
+        id,
+        tenant: server.tenant.clone(),
+        server: server.id.clone(),
+        issuer: d.issuer.clone(),
+        client_id: reg.credentials.client_id.clone(),
+        auth_method: reg.credentials.method.as_str().into(),
+        client_secret_expires_at: reg
+            .client_secret_expires_at
+            .and_then(|v| i64::try_from(v).ok()),
+        obtained_by: reg.kind.as_str().into(),
+        created_at: now(s),
+    };
+    s.store.put_registered_client(&row).await?;
+    Ok(reg.credentials)
+}
+
+/// Seals `tokens` into a new row for `slot` and replaces the slot (R-FLOW-13 step 1).
+#[allow(clippy::too_many_arguments)]
+async fn store_tokens(
+    s: &AppState,
+    slot: &Slot,
+    initiated_by: &str,
+    d_issuer: &str,
+    resource: &str,
+    token_endpoint: &str,
+    client: &ClientCredentials,
+    tokens: TokenResponse,
+) -> Result<(), ApiError> {
+    let id = new_id();
+    let aad = |c| SealedTable::Credentials.aad(c, &id);
+    let now = now(s);
+    let row = CredentialRow {
+        slot: slot.clone(),
+        issuer: Some(d_issuer.to_owned()),
+        resource: Some(resource.to_owned()),
+        token_endpoint: token_endpoint.to_owned(),
+        client_id: Some(client.client_id.clone()),
+        client_secret: client
+            .secret
+            .as_ref()
+            .map(|sec| s.keyring.seal(sec, aad("client_secret")))
+            .transpose()?,
+        auth_method: Some(client.method.as_str().into()),
+        scopes: tokens.scope.clone(),
+        access_token: Some(s.keyring.seal(&tokens.access_token, aad("access_token"))?),
+        access_expires_at: tokens
+            .expires_in
+            .map(|e| now.saturating_add(i64::try_from(e).unwrap_or(i64::MAX))),
+        refresh_token: tokens
+            .refresh_token
+            .as_ref()
+            .map(|rt| s.keyring.seal(rt, aad("refresh_token")))
+            .transpose()?,
+        generation: 0,
+        initiated_by: Some(initiated_by.to_owned()),
+        created_at: now,
+        updated_at: now,
+        id,
+    };
+    s.store.upsert_credential(&row).await?;
+    Ok(())
+}
+
+/// `POST /v1/oauth/start` `{server_id, user_id?}`.
+pub async fn start(
+    State(s): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let mut f = Fields::parse(&body, &["server_id", "user_id"])?;
+    let server_id = f.string("server_id", true, 255);
+    let user = f.string("user_id", false, 255);
+    f.finish()?;
+    let Some(server_id) = server_id else {
+        return Err(ApiError::BadRequest(Vec::new()));
+    };
+    let server = s
+        .store
+        .get_server(p.tenant.as_str(), &server_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    if server.auth_type != "oauth" {
+        return Err(ApiError::BadRequest(vec![crate::error::FieldError {
+            field: "server_id".into(),
+            message: format!("the server's auth type is {}, not oauth", server.auth_type),
+        }]));
+    }
+    let slot = slot_for(&p, &server, user)?;
+    let now_s = now(&s);
+    // R-FLOW-15: a usable token means nothing to do.
+    if let Some(c) = s.store.get_credential(&slot).await?
+        && (c.refresh_token.is_some() || c.access_expires_at.is_some_and(|e| e > now_s))
+    {
+        return Ok(Json(json!({"status": "already_authorized"})));
+    }
+    // R-FLOW-8: another user's live flow on the shared slot wins; the same user's
+    // earlier flows are replaced.
+    for other in s.store.flows_for_slot(&slot).await? {
+        if !flow_is_live(other.state_created_at, now_s) {
+            let _ = s.store.consume_flow(&other.state_hash).await;
+        } else if other.initiated_by != p.subject.as_str() {
+            return Err(ApiError::Conflict(
+                "OAuth authorization already in progress",
+            ));
+        } else {
+            let _ = s.store.consume_flow(&other.state_hash).await;
+        }
+    }
+    let d = s
+        .discoverer
+        .discover(&server.url, None, DiscoveryOptions::default())
+        .await
+        .map_err(|e| oauth_failure(&e))?;
+    let redirect = redirect_uri(&s);
+    let scope = scope::select(scope::ScopeInputs {
+        configured: server.scopes.as_deref(),
+        challenge: None,
+        prm_scopes_supported: d.prm.as_ref().and_then(|p| p.scopes_supported.as_deref()),
+        as_scopes_supported: d.metadata.scopes_supported.as_deref(),
+        want_offline_access: true,
+    });
+
+    if server.grant_type == "client_credentials" {
+        // R-FLOW-11: minted server-side, no redirect, no PKCE.
+        let client = client_for(&s, &server, &d, &redirect, scope.as_deref()).await?;
+        if client.secret.is_none() {
+            return Err(ApiError::BadRequest(vec![crate::error::FieldError {
+                field: "server_id".into(),
+                message: "client_credentials needs a client secret".into(),
+            }]));
+        }
+        let tokens = grants::request_token(
+            &s.egress,
+            TokenRequest {
+                token_endpoint: &d.metadata.token_endpoint,
+                source: UrlSource::Remote,
+                issuer: &d.issuer,
+                grant: Grant::ClientCredentials,
+                client: Some(&client),
+                resource: Some(&d.resource),
+                scope: scope.as_deref(),
+                dpop: None,
+                dpop_nonce: None,
+                now: s.clock.now(),
+            },
+        )
+        .await
+        .map_err(|_| ApiError::Upstream)?;
+        store_tokens(
+            &s,
+            &slot,
+            p.subject.as_str(),
+            &d.issuer,
+            &d.resource,
+            &d.metadata.token_endpoint,
+            &client,
+            tokens,
+        )
+        .await?;
+        return Ok(Json(
+            json!({"status": "completed", "client_id": client.client_id, "issuer": d.issuer}),
+        ));
+    }
+
+    if !d.metadata.supports_s256() {
+        return Err(oauth_failure(&OAuthError::PkceNotSupported));
+    }
+    let auth_endpoint = d
+        .metadata
+        .authorization_endpoint
+        .clone()
+        .ok_or_else(|| oauth_failure(&OAuthError::MissingEndpoint("authorization_endpoint")))?;
+    let client = client_for(&s, &server, &d, &redirect, scope.as_deref()).await?;
+    let pending = authorize::start(
+        &s.egress,
+        &AuthorizationRequest {
+            authorization_endpoint: &auth_endpoint,
+            issuer: &d.issuer,
+            iss_supported: d.metadata.authorization_response_iss_parameter_supported,
+            client_id: &client.client_id,
+            redirect_uri: &redirect,
+            scope: scope.as_deref(),
+            resource: &d.resource,
+            extra: &[],
+        },
+    )
+    .map_err(|e| oauth_failure(&e))?;
+    let state_hash = pkce::state_hash(pending.state.expose());
+    let flow = FlowRow {
+        verifier: s.keyring.seal(
+            &pending.verifier,
+            SealedTable::OAuthFlows.aad("verifier", &state_hash),
+        )?,
+        state_hash,
+        slot,
+        initiated_by: p.subject.as_str().to_owned(),
+        state_created_at: now_s,
+        issuer: pending.issuer.clone(),
+        resource: pending.resource.clone(),
+        redirect_uri: pending.redirect_uri.clone(),
+        client_id: pending.client_id.clone(),
+        scopes: pending.scope.clone(),
+        iss_required: pending.iss_required,
+    };
+    s.store.insert_flow(&flow).await?;
+    Ok(Json(json!({
+        "status": "redirect",
+        "authorization_url": pending.url,
+        "client_id": pending.client_id,
+        "issuer": pending.issuer,
+    })))
+}
+
+/// How a callback ended, for the page and its message.
+struct Outcome {
+    status: StatusCode,
+    ok: bool,
+    reason: &'static str,
+    server_id: Option<String>,
+    detail: Option<String>,
+}
+
+impl Outcome {
+    fn fail(status: StatusCode, reason: &'static str, server_id: Option<String>) -> Self {
+        Self {
+            status,
+            ok: false,
+            reason,
+            server_id,
+            detail: None,
+        }
+    }
+}
+
+/// `GET /v1/oauth/callback`: unauthenticated (the browser carries no credential of
+/// ours); the single-use state is the binding (Ambiguity A17). Always an HTML page.
+pub async fn callback(State(s): State<AppState>, RawQuery(q): RawQuery) -> Response {
+    let outcome = finish(&s, CallbackParams::from_query(q.as_deref().unwrap_or(""))).await;
+    tracing::info!(
+        event = "oauth.callback",
+        ok = outcome.ok,
+        reason = outcome.reason,
+        server_id = outcome.server_id.as_deref().unwrap_or("")
+    );
+    page(outcome)
+}
+
+async fn finish(s: &AppState, params: CallbackParams) -> Outcome {
+    let Some(state) = params.state.clone() else {
+        return if params.code.is_some() {
+            Outcome::fail(StatusCode::BAD_REQUEST, "missing_state", None)
+        } else {
+            Outcome::fail(StatusCode::OK, "missing_code_or_state", None)
+        };
+    };
+    // Burn the state first: whatever follows, it cannot be used again (R-FLOW-4).
+    let flow = match s
+        .store
+        .consume_flow(&pkce::state_hash(state.expose()))
+        .await
+    {
+        Ok(Some(f)) => f,
+        Ok(None) => return Outcome::fail(StatusCode::BAD_REQUEST, "invalid_state", None),
+        Err(_) => return Outcome::fail(StatusCode::SERVICE_UNAVAILABLE, "unknown", None),
+    };
+    let sid = Some(flow.slot.server.clone());
+    if !flow_is_live(flow.state_created_at, now(s)) {
+        return Outcome::fail(StatusCode::BAD_REQUEST, "invalid_state", sid);
+    }
+    let server = match s
+        .store
+        .get_server(&flow.slot.tenant, &flow.slot.server)
+        .await
+    {
+        Ok(Some(sv)) => sv,
+        Ok(None) => return Outcome::fail(StatusCode::GONE, "server_gone", sid),
+        Err(_) => return Outcome::fail(StatusCode::SERVICE_UNAVAILABLE, "unknown", sid),
+    };
+    if s.egress
+        .check_url(&server.url, UrlSource::Operator)
+        .is_err()
+    {
+        return Outcome::fail(StatusCode::BAD_REQUEST, "insecure_url", sid);
+    }
+    let code = match authorize::check_callback(&state, &flow.issuer, flow.iss_required, params) {
+        Ok(c) => c,
+        Err(latchkey_oauth::error::CallbackError::Provider { error, .. }) => {
+            let mut o = Outcome::fail(StatusCode::OK, "provider_error", sid);
+            // The provider's `error` code only (a token of [A-Za-z_]); its description
+            // is untrusted text and is not shown.
+            o.detail = Some(
+                error
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .take(64)
+                    .collect(),
+            );
+            return o;
+        }
+        Err(latchkey_oauth::error::CallbackError::IssuerMismatch)
+        | Err(latchkey_oauth::error::CallbackError::IssuerMissing) => {
+            return Outcome::fail(StatusCode::BAD_REQUEST, "issuer_mismatch", sid);
+        }
+        Err(_) => return Outcome::fail(StatusCode::BAD_REQUEST, "invalid_callback", sid),
+    };
+    let verifier = match s.keyring.open(
+        &flow.verifier,
+        SealedTable::OAuthFlows.aad("verifier", &flow.state_hash),
+    ) {
+        Ok(v) => v,
+        Err(latchkey_vault::KeyringError::Undecryptable) => {
+            return Outcome::fail(StatusCode::BAD_REQUEST, "invalid_state", sid);
+        }
+        Err(_) => {
+            return Outcome::fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "encryption_key_missing",
+                sid,
+            );
+        }
+    };
+    let d = match s
+        .discoverer
+        .discover(&server.url, None, DiscoveryOptions::default())
+        .await
+    {
+        Ok(d) if d.issuer == flow.issuer => d,
+        Ok(_) => return Outcome::fail(StatusCode::BAD_REQUEST, "issuer_mismatch", sid),
+        Err(_) => return Outcome::fail(StatusCode::BAD_GATEWAY, "discovery_failed", sid),
+    };
+    let client = match client_for(s, &server, &d, &flow.redirect_uri, flow.scopes.as_deref()).await
+    {
+        Ok(c) if c.client_id == flow.client_id => c,
+        Ok(_) => return Outcome::fail(StatusCode::CONFLICT, "client_changed", sid),
+        Err(_) => return Outcome::fail(StatusCode::SERVICE_UNAVAILABLE, "unknown", sid),
+    };
+    let tokens = match grants::request_token(
+        &s.egress,
+        TokenRequest {
+            token_endpoint: &d.metadata.token_endpoint,
+            source: UrlSource::Remote,
+            issuer: &d.issuer,
+            grant: Grant::AuthorizationCode {
+                code,
+                redirect_uri: flow.redirect_uri.clone(),
+                code_verifier: verifier,
+            },
+            client: Some(&client),
+            resource: Some(&flow.resource),
+            scope: None,
+            dpop: None,
+            dpop_nonce: None,
+            now: s.clock.now(),
+        },
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::info!(event = "oauth.exchange_failed", error = %e);
+            return Outcome::fail(StatusCode::BAD_GATEWAY, "exchange_failed", sid);
+        }
+    };
+    if let Err(e) = store_tokens(
+        s,
+        &flow.slot,
+        &flow.initiated_by,
+        &d.issuer,
+        &flow.resource,
+        &d.metadata.token_endpoint,
+        &client,
+        tokens,
+    )
+    .await
+    {
+        let (status, code) = e.status_and_code();
+        let reason = if code == "encryption_key_missing" {
+            "encryption_key_missing"
+        } else {
+            "unknown"
+        };
+        return Outcome::fail(status, reason, sid);
+    }
+    Outcome {
+        status: StatusCode::OK,
+        ok: true,
+        reason: "connected",
+        server_id: sid,
+        detail: None,
+    }
+}
+
+/// The callback page (R-SEC-11, R-UI-2): no untrusted text in markup (the payload is
+/// JSON in a non-executable script element with `<` escaped), a strict CSP, and the
+/// result posted only to Latchkey's own origin and its BroadcastChannel.
+fn page(o: Outcome) -> Response {
+    let payload = json!({
+        "type": "latchkey:oauth",
+        "ok": o.ok,
+        "reason": o.reason,
+        "server_id": o.server_id,
+        "error": o.detail,
+    })
+    .to_string()
+    .replace('<', "\\u003c")
+    .replace('>', "\\u003e")
+    .replace('&', "\\u0026");
+    let headline = if o.ok {
+        "Connected. You can close this window."
+    } else {
+        "The connection did not complete. You can close this window and try again."
+    };
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Latchkey</title>\
+         <meta name=\"viewport\" content=\"width=device-width\"></head><body>\
+         <p role=\"status\">{headline}</p>\
+         <script type=\"application/json\" id=\"latchkey-result\">{payload}</script>\
+         <script>(function(){{var m=JSON.parse(document.getElementById('latchkey-result').textContent);\
+         try{{new BroadcastChannel('latchkey-oauth').postMessage(m);}}catch(e){{}}\
+         if(window.opener){{try{{window.opener.postMessage(m,window.location.origin);}}catch(e){{}}}}\
+         if(m.ok){{setTimeout(function(){{window.close();}},300);}}}})();</script></body></html>"
+    );
+    let mut resp = (o.status, html).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// `GET /v1/oauth/status/{server_id}` (R-API-7): never token material.
+pub async fn status(
+    State(s): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Path(server_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let server = s
+        .store
+        .get_server(p.tenant.as_str(), &server_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let slot = slot_for(&p, &server, None)?;
+    let now_s = now(&s);
+    Ok(Json(match s.store.get_credential(&slot).await? {
+        None => json!({"has_token": false}),
+        Some(c) => json!({
+            "has_token": true,
+            "client_id": c.client_id,
+            "issuer": c.issuer,
+            "expires_at": c.access_expires_at,
+            "expired": c.access_expires_at.is_some_and(|e| e <= now_s),
+            "refreshable": c.refresh_token.is_some(),
+        }),
+    }))
+}

@@ -1,0 +1,194 @@
+//! The managed popup flow end to end over real HTTP against the scripted authorization
+//! server: start → authorization URL → callback → credential stored; replay refused;
+//! status; already authorized; a provider error; another user's shared-slot flow.
+
+use std::collections::HashMap;
+
+use latchkey_gateway::Config;
+use latchkey_testkit::{AsConfig, ScriptedServer};
+use latchkey_vault::keyring::StaticKeys;
+use latchkey_vault::rotate::SealedTable;
+use latchkey_vault::store::Slot;
+use latchkey_vault::{KeySet, Keyring};
+use serde_json::{Value, json};
+
+const KEY: &str = "1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn post(url: &str, body: Value) -> (u16, Value) {
+    let r = client()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// Follows the authorization URL to the AS and returns the callback URL it redirects to.
+async fn authorize(url: &str) -> String {
+    let r = client().get(url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 302);
+    r.headers()["location"].to_str().unwrap().to_owned()
+}
+
+async fn get_text(url: &str) -> (u16, String, String) {
+    let r = client().get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+    (status, ct, r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_popup_flow_end_to_end() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let keys = StaticKeys(Some(KeySet::parse(KEY).unwrap()));
+    let (base, dir, store) = super::start_with_store(&cfg, keys.clone()).await;
+    let (status, server) = post(
+        &format!("{base}/v1/servers"),
+        json!({"name": "scripted", "url": upstream.mcp_url()}),
+    )
+    .await;
+    assert_eq!((status, server["auth_type"].as_str()), (201, Some("oauth")));
+    let id = server["id"].as_str().unwrap().to_owned();
+
+    let (status, started) = post(&format!("{base}/v1/oauth/start"), json!({"server_id": id})).await;
+    assert_eq!(
+        (status, started["status"].as_str()),
+        (200, Some("redirect")),
+        "{started}"
+    );
+    assert_eq!(started["issuer"], upstream.base);
+    let auth_url = started["authorization_url"].as_str().unwrap();
+    assert!(auth_url.contains("code_challenge_method=S256"));
+    assert!(auth_url.contains(&format!(
+        "redirect_uri={}",
+        url_encode(&format!("{base}/v1/oauth/callback"))
+    )));
+    // DCR happened once, with our redirect URI.
+    assert_eq!(upstream.requests("/register").len(), 1);
+
+    let callback = authorize(auth_url).await;
+    assert!(callback.starts_with(&format!("{base}/v1/oauth/callback?")));
+    let (status, ct, html) = get_text(&callback).await;
+    assert_eq!(status, 200, "{html}");
+    assert_eq!(ct, "text/html; charset=utf-8");
+    assert!(html.contains("\"ok\":true"), "{html}");
+    assert!(
+        html.contains("window.location.origin"),
+        "posts to its own origin only"
+    );
+    assert!(!html.contains("postMessage(m,'*')") && !html.contains("\"*\""));
+
+    let slot = Slot {
+        tenant: "default".into(),
+        server: id.clone(),
+        subject: Some("local".into()),
+    };
+    let row = store.get_credential(&slot).await.unwrap().unwrap();
+    assert_eq!(row.issuer.as_deref(), Some(upstream.base.as_str()));
+    let rt = Keyring::new(keys)
+        .open(
+            row.refresh_token.as_deref().unwrap(),
+            SealedTable::Credentials.aad("refresh_token", &row.id),
+        )
+        .unwrap();
+    assert!(!rt.expose().is_empty());
+    assert!(!html.contains(rt.expose()), "no token in the page");
+    assert_eq!(upstream.requests("/token").len(), 1);
+
+    // The state is burned: a replay is refused without a second exchange.
+    let (status, _, html) = get_text(&callback).await;
+    assert_eq!(status, 400);
+    assert!(html.contains("\"reason\":\"invalid_state\""));
+    assert_eq!(upstream.requests("/token").len(), 1);
+
+    let r = client()
+        .get(format!("{base}/v1/oauth/status/{id}"))
+        .send()
+        .await
+        .unwrap();
+    let st: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(st["has_token"], true);
+    assert_eq!(st["refreshable"], true);
+    assert!(!st.to_string().contains(rt.expose()));
+
+    let (status, again) = post(&format!("{base}/v1/oauth/start"), json!({"server_id": id})).await;
+    assert_eq!(
+        (status, again["status"].as_str()),
+        (200, Some("already_authorized"))
+    );
+
+    // Malformed callbacks.
+    let (status, _, html) = get_text(&format!("{base}/v1/oauth/callback")).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("missing_code_or_state"));
+    let (status, _, _) = get_text(&format!("{base}/v1/oauth/callback?code=x")).await;
+    assert_eq!(status, 400);
+    let (status, _, html) = get_text(&format!(
+        "{base}/v1/oauth/callback?state=nope&error=%3Cscript%3Ealert(1)%3C/script%3E"
+    ))
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        !html.contains("<script>alert"),
+        "untrusted text never in markup"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_error_burns_the_state_and_shows_only_its_code() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let keys = StaticKeys(Some(KeySet::parse(KEY).unwrap()));
+    let (base, dir, _store) = super::start_with_store(&cfg, keys).await;
+    let (_, server) = post(
+        &format!("{base}/v1/servers"),
+        json!({"name": "s", "url": upstream.mcp_url(), "token_scope": "shared"}),
+    )
+    .await;
+    let id = server["id"].as_str().unwrap().to_owned();
+    let (_, started) = post(&format!("{base}/v1/oauth/start"), json!({"server_id": id})).await;
+    let callback = authorize(started["authorization_url"].as_str().unwrap()).await;
+    // Replace the code with a provider error carrying hostile text.
+    let state = callback
+        .split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("state="))
+        .unwrap()
+        .to_owned();
+    let iss = url_encode(&upstream.base);
+    let err_url = format!(
+        "{base}/v1/oauth/callback?state={state}&iss={iss}&error=access_denied&error_description=%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E"
+    );
+    let (status, _, html) = get_text(&err_url).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("\"reason\":\"provider_error\""));
+    assert!(html.contains("\"error\":\"access_denied\""));
+    assert!(!html.contains("onerror"), "the description is never shown");
+    let (status, _, html) = get_text(&err_url).await;
+    assert_eq!(status, 400);
+    assert!(
+        html.contains("invalid_state"),
+        "burned on the error path too"
+    );
+    assert!(upstream.requests("/token").is_empty());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn url_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
