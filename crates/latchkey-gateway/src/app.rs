@@ -31,6 +31,8 @@ pub struct AppState {
     pub discoverer: Arc<latchkey_oauth::discovery::Discoverer>,
     /// The public base URL (callbacks), without a trailing `/`.
     pub public_url: String,
+    /// Events for `/v1/events`.
+    pub events: crate::events::Events,
 }
 
 /// The router: unauthenticated probes, then everything under `/v1` behind the guard.
@@ -47,6 +49,7 @@ pub fn router(state: AppState) -> Router {
                 .patch(crate::servers::update)
                 .delete(crate::servers::delete),
         )
+        .route("/v1/events", get(crate::events::stream))
         .route("/v1/oauth/start", post(crate::flows::start))
         .route("/v1/oauth/status/{server_id}", get(crate::flows::status))
         .route("/v1/credentials", post(crate::credentials::deposit))

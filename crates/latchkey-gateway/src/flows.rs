@@ -365,6 +365,8 @@ struct Outcome {
     reason: &'static str,
     server_id: Option<String>,
     detail: Option<String>,
+    /// The flow, once it was found: who is told (R-UI-7).
+    flow: Option<(Slot, String)>,
 }
 
 impl Outcome {
@@ -375,6 +377,7 @@ impl Outcome {
             reason,
             server_id,
             detail: None,
+            flow: None,
         }
     }
 }
@@ -382,7 +385,26 @@ impl Outcome {
 /// `GET /v1/oauth/callback`: unauthenticated (the browser carries no credential of
 /// ours); the single-use state is the binding (Ambiguity A17). Always an HTML page.
 pub async fn callback(State(s): State<AppState>, RawQuery(q): RawQuery) -> Response {
-    let outcome = finish(&s, CallbackParams::from_query(q.as_deref().unwrap_or(""))).await;
+    let mut found = None;
+    let mut outcome = finish(
+        &s,
+        CallbackParams::from_query(q.as_deref().unwrap_or("")),
+        &mut found,
+    )
+    .await;
+    outcome.flow = found;
+    // Told on success and on failure, once the flow is known (R-UI-7, R-FLOW-13).
+    if let (Some((slot, initiated_by)), Some(server_id)) = (&outcome.flow, &outcome.server_id) {
+        s.events.publish(crate::events::Event {
+            tenant: slot.tenant.clone(),
+            kind: "mcp.oauth_complete",
+            server_id: server_id.clone(),
+            user_id: slot.subject.clone(),
+            initiating_user_id: initiated_by.clone(),
+            status: if outcome.ok { "success" } else { "error" },
+            error: (!outcome.ok).then(|| outcome.reason.to_owned()),
+        });
+    }
     tracing::info!(
         event = "oauth.callback",
         ok = outcome.ok,
@@ -392,7 +414,11 @@ pub async fn callback(State(s): State<AppState>, RawQuery(q): RawQuery) -> Respo
     page(outcome)
 }
 
-async fn finish(s: &AppState, params: CallbackParams) -> Outcome {
+async fn finish(
+    s: &AppState,
+    params: CallbackParams,
+    found: &mut Option<(Slot, String)>,
+) -> Outcome {
     let Some(state) = params.state.clone() else {
         return if params.code.is_some() {
             Outcome::fail(StatusCode::BAD_REQUEST, "missing_state", None)
@@ -411,6 +437,7 @@ async fn finish(s: &AppState, params: CallbackParams) -> Outcome {
         Err(_) => return Outcome::fail(StatusCode::SERVICE_UNAVAILABLE, "unknown", None),
     };
     let sid = Some(flow.slot.server.clone());
+    *found = Some((flow.slot.clone(), flow.initiated_by.clone()));
     if !flow_is_live(flow.state_created_at, now(s)) {
         return Outcome::fail(StatusCode::BAD_REQUEST, "invalid_state", sid);
     }
@@ -534,6 +561,7 @@ async fn finish(s: &AppState, params: CallbackParams) -> Outcome {
         reason: "connected",
         server_id: sid,
         detail: None,
+        flow: None,
     }
 }
 

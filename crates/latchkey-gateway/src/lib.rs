@@ -7,6 +7,7 @@ pub mod app;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod events;
 pub mod fields;
 pub mod flows;
 pub mod servers;
@@ -42,6 +43,7 @@ pub fn state(
         egress,
         clock,
         public_url: cfg.public_url.clone(),
+        events: events::Events::default(),
     })
 }
 pub use config::{AuthConfig, Config, ConfigError};

@@ -83,6 +83,16 @@ async fn the_popup_flow_end_to_end() {
 
     let callback = authorize(auth_url).await;
     assert!(callback.starts_with(&format!("{base}/v1/oauth/callback?")));
+    // The UI listens for the completion event.
+    let mut events = client()
+        .get(format!("{base}/v1/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        events.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
     let (status, ct, html) = get_text(&callback).await;
     assert_eq!(status, 200, "{html}");
     assert_eq!(ct, "text/html; charset=utf-8");
@@ -92,6 +102,22 @@ async fn the_popup_flow_end_to_end() {
         "posts to its own origin only"
     );
     assert!(!html.contains("postMessage(m,'*')") && !html.contains("\"*\""));
+
+    let mut seen = String::new();
+    while !seen.contains("\n\n") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), events.chunk())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.starts_with("event: mcp.oauth_complete\n"), "{seen}");
+    let data: Value =
+        serde_json::from_str(seen.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    assert_eq!(data["status"], "success");
+    assert_eq!(data["server_id"], id.as_str());
+    assert_eq!(data["initiating_user_id"], "local");
 
     let slot = Slot {
         tenant: "default".into(),

@@ -1,0 +1,141 @@
+//! `GET /v1/events`: server-sent events for the UI (R-UI-7). An event reaches the user
+//! it concerns and the admins of that tenant, never anyone else (fail closed).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::Stream;
+use latchkey_guard::Principal;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::app::AppState;
+
+/// One event. `tenant` routes it and is not sent.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// The tenant it belongs to.
+    #[serde(skip)]
+    pub tenant: String,
+    /// `mcp.oauth_complete`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The server.
+    pub server_id: String,
+    /// The slot's user (`None`: the shared slot).
+    pub user_id: Option<String>,
+    /// Who started the flow.
+    pub initiating_user_id: String,
+    /// `success` or `error`.
+    pub status: &'static str,
+    /// The reason, on error.
+    pub error: Option<String>,
+}
+
+/// Whether `p` may see `e`: same tenant, and the initiating user, the slot's user, or
+/// a tenant admin.
+pub fn visible_to(e: &Event, p: &Principal) -> bool {
+    e.tenant == p.tenant.as_str()
+        && (p.is_admin()
+            || e.initiating_user_id == p.subject.as_str()
+            || e.user_id.as_deref() == Some(p.subject.as_str()))
+}
+
+/// The in-process event bus. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Events {
+    tx: broadcast::Sender<Arc<Event>>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        // Slow subscribers lose the oldest events rather than holding memory.
+        Self {
+            tx: broadcast::channel(256).0,
+        }
+    }
+}
+
+impl Events {
+    /// Publishes `e` to whoever may see it (no subscriber: dropped).
+    pub fn publish(&self, e: Event) {
+        let _ = self.tx.send(Arc::new(e));
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tx.subscribe()
+    }
+}
+
+/// `GET /v1/events`.
+pub async fn stream(
+    State(s): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = s.events.subscribe();
+    let events = futures_util::stream::unfold((rx, p), |(mut rx, p)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) if visible_to(&e, &p) => {
+                    let ev = SseEvent::default()
+                        .event(e.kind)
+                        .json_data(e.as_ref())
+                        .unwrap_or_else(|_| SseEvent::default().comment("unencodable"));
+                    return Some((Ok(ev), (rx, p)));
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let ev = SseEvent::default().comment(format!("{n} events dropped"));
+                    return Some((Ok(ev), (rx, p)));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latchkey_guard::{AuthSource, Role, SubjectId, TenantId};
+
+    fn principal(tenant: &str, subject: &str, admin: bool) -> Principal {
+        let p = Principal::new(
+            TenantId::new(tenant).unwrap(),
+            SubjectId::new(subject).unwrap(),
+            AuthSource::Jwt,
+        );
+        if admin { p.with_role(Role::Admin) } else { p }
+    }
+
+    #[test]
+    fn events_reach_the_user_and_tenant_admins_only() {
+        let e = Event {
+            tenant: "t1".into(),
+            kind: "mcp.oauth_complete",
+            server_id: "s".into(),
+            user_id: Some("alice".into()),
+            initiating_user_id: "alice".into(),
+            status: "success",
+            error: None,
+        };
+        assert!(visible_to(&e, &principal("t1", "alice", false)));
+        assert!(visible_to(&e, &principal("t1", "root", true)));
+        assert!(!visible_to(&e, &principal("t1", "bob", false)));
+        assert!(
+            !visible_to(&e, &principal("t2", "alice", false)),
+            "other tenant"
+        );
+        assert!(
+            !visible_to(&e, &principal("t2", "root", true)),
+            "other tenant's admin"
+        );
+        let json = serde_json::to_value(&e).unwrap();
+        assert!(json.get("tenant").is_none());
+        assert_eq!(json["type"], "mcp.oauth_complete");
+    }
+}
