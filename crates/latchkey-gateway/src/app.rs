@@ -33,6 +33,8 @@ pub struct AppState {
     pub public_url: String,
     /// Events for `/v1/events`.
     pub events: crate::events::Events,
+    /// The Prometheus recorder's handle, for `/metrics`.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// The router: unauthenticated probes, then everything under `/v1` behind the guard.
@@ -67,9 +69,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::telemetry::render))
         .route(crate::flows::CALLBACK_PATH, get(crate::flows::callback))
         .merge(api)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::telemetry::count))
         .with_state(state)
 }
 

@@ -147,6 +147,7 @@ pub async fn deposit(
         updated_at: now,
     };
     s.store.upsert_credential(&row).await?;
+    metrics::counter!("latchkey_deposits_total").increment(1);
     audit(&s, &p, "credential.deposit", &slot).await;
     Ok(Json(json!({"stored": true})))
 }

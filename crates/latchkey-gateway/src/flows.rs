@@ -304,6 +304,8 @@ pub async fn start(
             tokens,
         )
         .await?;
+        metrics::counter!("latchkey_oauth_flows_started_total", "kind" => "client_credentials")
+            .increment(1);
         return Ok(Json(
             json!({"status": "completed", "client_id": client.client_id, "issuer": d.issuer}),
         ));
@@ -350,6 +352,8 @@ pub async fn start(
         iss_required: pending.iss_required,
     };
     s.store.insert_flow(&flow).await?;
+    metrics::counter!("latchkey_oauth_flows_started_total", "kind" => "authorization_code")
+        .increment(1);
     Ok(Json(json!({
         "status": "redirect",
         "authorization_url": pending.url,
@@ -393,6 +397,7 @@ pub async fn callback(State(s): State<AppState>, RawQuery(q): RawQuery) -> Respo
     )
     .await;
     outcome.flow = found;
+    metrics::counter!("latchkey_oauth_callbacks_total", "outcome" => outcome.reason).increment(1);
     // Told on success and on failure, once the flow is known (R-UI-7, R-FLOW-13).
     if let (Some((slot, initiated_by)), Some(server_id)) = (&outcome.flow, &outcome.server_id) {
         s.events.publish(crate::events::Event {

@@ -11,6 +11,7 @@ pub mod events;
 pub mod fields;
 pub mod flows;
 pub mod servers;
+pub mod telemetry;
 
 use std::sync::Arc;
 
@@ -44,6 +45,7 @@ pub fn state(
         clock,
         public_url: cfg.public_url.clone(),
         events: events::Events::default(),
+        metrics: telemetry::install(),
     })
 }
 pub use config::{AuthConfig, Config, ConfigError};

@@ -123,3 +123,29 @@ async fn errors_have_stable_codes_and_no_secret() {
         }
     }
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template() {
+    let cfg = Config::parse("", &HashMap::new()).unwrap();
+    let (base, dir) = start(&cfg, StaticKeys(None)).await;
+    reqwest::get(format!("{base}/healthz")).await.unwrap();
+    reqwest::get(format!("{base}/v1/servers/some-id-123"))
+        .await
+        .unwrap();
+    let r = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("latchkey_http_requests_total{route=\"/healthz\",status=\"200\"}"),
+        "{text}"
+    );
+    assert!(text.contains("route=\"/v1/servers/{id}\""), "{text}");
+    assert!(!text.contains("some-id-123"), "ids never become labels");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,59 @@
+//! `/metrics` in the Prometheus text format (the `metrics` facade with its Prometheus
+//! recorder), and the request counter every route shares. Metric names are stable:
+//! `latchkey_http_requests_total{route,status}`, `latchkey_http_request_seconds{route}`,
+//! `latchkey_oauth_callbacks_total{outcome}`, `latchkey_oauth_flows_started_total{kind}`,
+//! `latchkey_deposits_total`.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::app::AppState;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle (`None`
+/// if another recorder was installed first).
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .clone()
+}
+
+/// `GET /metrics`.
+pub async fn render(State(s): State<AppState>) -> Response {
+    match &s.metrics {
+        Some(h) => {
+            let mut r = (StatusCode::OK, h.render()).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+    }
+}
+
+/// Middleware: counts and times every request by its route template (never the raw
+/// path, which could carry ids).
+pub async fn count(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("latchkey_http_requests_total", "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("latchkey_http_request_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
