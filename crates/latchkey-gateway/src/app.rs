@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(crate::telemetry::render))
+        .route("/v1/openapi.json", get(openapi))
         .route(crate::flows::CALLBACK_PATH, get(crate::flows::callback))
         .merge(api)
         .fallback(not_found)
@@ -113,6 +114,17 @@ async fn whoami(
         "admin": p.is_admin(),
         "scopes": p.scopes,
     }))
+}
+
+/// The API's OpenAPI 3.1 document (hand-written; a test checks it against the routes).
+pub const OPENAPI: &str = include_str!("../api/openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {
