@@ -165,6 +165,9 @@ pub async fn delete(
         .await?
         .ok_or(ApiError::NotFound)?;
     let slot = slot_for(&p, &server)?;
+    if let Some(c) = s.store.get_credential(&slot).await? {
+        crate::revoke::revoke_all(&s, &server, std::slice::from_ref(&c)).await;
+    }
     if s.store.delete_credential(&slot).await? {
         audit(&s, &p, "credential.delete", &slot).await;
     }

@@ -273,7 +273,11 @@ pub async fn update(
     }
     let mut detail = None;
     if fingerprint_changed {
-        // Unrelated edits (name, slot kind) purge nothing.
+        // Unrelated edits (name, slot kind) purge nothing. Revocation uses the old
+        // settings, which issued the tokens.
+        if let Ok(creds) = s.store.server_credentials(p.tenant.as_str(), &id).await {
+            crate::revoke::revoke_all(&s, &old, &creds).await;
+        }
         match s.store.purge_server(p.tenant.as_str(), &id).await {
             Ok(n) => detail = Some(format!("purged {n} credentials")),
             Err(e) => tracing::warn!(event = "server.purge_failed", error = %e),
@@ -291,6 +295,14 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require_admin(&p)?;
+    // The tenant check comes first: only a server of the caller's tenant is revoked.
+    let server = s
+        .store
+        .get_server(p.tenant.as_str(), &id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let creds = s.store.server_credentials(p.tenant.as_str(), &id).await?;
+    crate::revoke::revoke_all(&s, &server, &creds).await;
     if !s.store.delete_server(p.tenant.as_str(), &id).await? {
         return Err(ApiError::NotFound);
     }

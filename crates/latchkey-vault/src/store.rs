@@ -316,6 +316,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn upsert_credential(&self, c: &CredentialRow) -> Result<(), StoreError>;
     /// The slot's credential.
     async fn get_credential(&self, slot: &Slot) -> Result<Option<CredentialRow>, StoreError>;
+    /// Every credential of the tenant's server (shared and per user), e.g. to revoke
+    /// them before a purge.
+    async fn server_credentials(
+        &self,
+        tenant: &str,
+        server: &str,
+    ) -> Result<Vec<CredentialRow>, StoreError>;
     /// Deletes the slot's credential. False if there was none.
     async fn delete_credential(&self, slot: &Slot) -> Result<bool, StoreError>;
     /// Compare-and-swap write-back; false when the row is gone or newer (never inserts).
@@ -700,6 +707,17 @@ macro_rules! sql_store {
                     .await?,
                 };
                 Ok(row.as_ref().map(cred_from).transpose()?)
+            }
+
+            async fn server_credentials(&self, tenant: &str, server: &str) -> Result<Vec<CredentialRow>, StoreError> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {CRED_COLS} FROM credentials WHERE tenant_id = $1 AND server_id = $2"
+                )))
+                .bind(tenant)
+                .bind(server)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.iter().map(cred_from).collect::<Result<_, _>>()?)
             }
 
             async fn delete_credential(&self, slot: &Slot) -> Result<bool, StoreError> {

@@ -126,7 +126,7 @@ async fn the_popup_flow_end_to_end() {
     };
     let row = store.get_credential(&slot).await.unwrap().unwrap();
     assert_eq!(row.issuer.as_deref(), Some(upstream.base.as_str()));
-    let rt = Keyring::new(keys)
+    let rt = Keyring::new(keys.clone())
         .open(
             row.refresh_token.as_deref().unwrap(),
             SealedTable::Credentials.aad("refresh_token", &row.id),
@@ -157,6 +157,27 @@ async fn the_popup_flow_end_to_end() {
         (status, again["status"].as_str()),
         (200, Some("already_authorized"))
     );
+
+    // Disconnect revokes at the AS (refresh token, then access token), then deletes.
+    let at = Keyring::new(StaticKeys(Some(KeySet::parse(KEY).unwrap())))
+        .open(
+            row.access_token.as_deref().unwrap(),
+            SealedTable::Credentials.aad("access_token", &row.id),
+        )
+        .unwrap();
+    let r = client()
+        .delete(format!("{base}/v1/credentials/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(
+        upstream.revocations(),
+        vec![rt.expose().to_owned(), at.expose().to_owned()]
+    );
+    let revoke = &upstream.requests("/revoke")[0];
+    assert_eq!(revoke.body["token_type_hint"], "refresh_token");
+    assert!(store.get_credential(&slot).await.unwrap().is_none());
 
     // Malformed callbacks.
     let (status, _, html) = get_text(&format!("{base}/v1/oauth/callback")).await;
