@@ -37,6 +37,26 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
+impl AppState {
+    /// The caller's tenant's server `id`, or 404: the tenant check every handler makes
+    /// before reading, writing or revoking anything of a server (R-API-11).
+    pub async fn server(
+        &self,
+        p: &latchkey_guard::Principal,
+        id: &str,
+    ) -> Result<latchkey_vault::store::ServerRow, ApiError> {
+        self.store
+            .get_server(p.tenant.as_str(), id)
+            .await?
+            .ok_or(ApiError::NotFound)
+    }
+
+    /// The current time, Unix seconds.
+    pub fn now(&self) -> i64 {
+        i64::try_from(self.clock.now().as_secs()).unwrap_or(i64::MAX)
+    }
+}
+
 /// The router: unauthenticated probes, then everything under `/v1` behind the guard.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()

@@ -50,10 +50,6 @@ fn slot_for(p: &Principal, server: &ServerRow) -> Result<Slot, ApiError> {
     })
 }
 
-fn now(s: &AppState) -> i64 {
-    i64::try_from(s.clock.now().as_secs()).unwrap_or(i64::MAX)
-}
-
 async fn audit(s: &AppState, p: &Principal, action: &str, slot: &Slot) {
     let e = AuditEvent {
         tenant: slot.tenant.clone(),
@@ -62,7 +58,7 @@ async fn audit(s: &AppState, p: &Principal, action: &str, slot: &Slot) {
         server: Some(slot.server.clone()),
         subject: slot.subject.clone(),
         detail: None,
-        at: now(s),
+        at: s.now(),
     };
     if let Err(err) = s.store.audit(&e).await {
         tracing::warn!(event = "audit.failed", action, error = %err);
@@ -104,18 +100,14 @@ pub async fn deposit(
     else {
         return Err(ApiError::BadRequest(Vec::new()));
     };
-    let server = s
-        .store
-        .get_server(p.tenant.as_str(), &server_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let server = s.server(&p, &server_id).await?;
     let slot = slot_for(&p, &server)?;
     let id = new_id();
     let seal = |column: &'static str, v: String| {
         s.keyring
             .seal(&Secret::new(v), SealedTable::Credentials.aad(column, &id))
     };
-    let now = now(&s);
+    let now = s.now();
     let row = CredentialRow {
         id: id.clone(),
         slot: slot.clone(),
@@ -159,11 +151,7 @@ pub async fn delete(
     axum::Extension(p): axum::Extension<Principal>,
     Path(server_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let server = s
-        .store
-        .get_server(p.tenant.as_str(), &server_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let server = s.server(&p, &server_id).await?;
     let slot = slot_for(&p, &server)?;
     if let Some(c) = s.store.get_credential(&slot).await? {
         crate::revoke::revoke_all(&s, &server, std::slice::from_ref(&c)).await;

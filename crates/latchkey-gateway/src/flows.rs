@@ -28,10 +28,6 @@ use crate::fields::Fields;
 /// The callback path, under the public URL (R-FLOW-12).
 pub const CALLBACK_PATH: &str = "/v1/oauth/callback";
 
-fn now(s: &AppState) -> i64 {
-    i64::try_from(s.clock.now().as_secs()).unwrap_or(i64::MAX)
-}
-
 fn redirect_uri(s: &AppState) -> String {
     format!("{}{CALLBACK_PATH}", s.public_url)
 }
@@ -155,7 +151,7 @@ async fn client_for(
             .client_secret_expires_at
             .and_then(|v| i64::try_from(v).ok()),
         obtained_by: reg.kind.as_str().into(),
-        created_at: now(s),
+        created_at: s.now(),
     };
     s.store.put_registered_client(&row).await?;
     Ok(reg.credentials)
@@ -175,7 +171,7 @@ async fn store_tokens(
 ) -> Result<(), ApiError> {
     let id = new_id();
     let aad = |c| SealedTable::Credentials.aad(c, &id);
-    let now = now(s);
+    let now = s.now();
     let row = CredentialRow {
         slot: slot.clone(),
         issuer: Some(d_issuer.to_owned()),
@@ -221,11 +217,7 @@ pub async fn start(
     let Some(server_id) = server_id else {
         return Err(ApiError::BadRequest(Vec::new()));
     };
-    let server = s
-        .store
-        .get_server(p.tenant.as_str(), &server_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let server = s.server(&p, &server_id).await?;
     if server.auth_type != "oauth" {
         return Err(ApiError::BadRequest(vec![crate::error::FieldError {
             field: "server_id".into(),
@@ -233,7 +225,7 @@ pub async fn start(
         }]));
     }
     let slot = slot_for(&p, &server, user)?;
-    let now_s = now(&s);
+    let now_s = s.now();
     // R-FLOW-15: a usable token means nothing to do.
     if let Some(c) = s.store.get_credential(&slot).await?
         && (c.refresh_token.is_some() || c.access_expires_at.is_some_and(|e| e > now_s))
@@ -443,7 +435,7 @@ async fn finish(
     };
     let sid = Some(flow.slot.server.clone());
     *found = Some((flow.slot.clone(), flow.initiated_by.clone()));
-    if !flow_is_live(flow.state_created_at, now(s)) {
+    if !flow_is_live(flow.state_created_at, s.now()) {
         return Outcome::fail(StatusCode::BAD_REQUEST, "invalid_state", sid);
     }
     let server = match s
@@ -630,13 +622,9 @@ pub async fn status(
     axum::Extension(p): axum::Extension<Principal>,
     Path(server_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let server = s
-        .store
-        .get_server(p.tenant.as_str(), &server_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let server = s.server(&p, &server_id).await?;
     let slot = slot_for(&p, &server, None)?;
-    let now_s = now(&s);
+    let now_s = s.now();
     Ok(Json(match s.store.get_credential(&slot).await? {
         None => json!({"has_token": false}),
         Some(c) => json!({

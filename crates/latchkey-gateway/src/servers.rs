@@ -74,10 +74,6 @@ fn require_admin(p: &Principal) -> Result<(), ApiError> {
     }
 }
 
-fn now(s: &AppState) -> i64 {
-    i64::try_from(s.clock.now().as_secs()).unwrap_or(i64::MAX)
-}
-
 async fn audit(s: &AppState, p: &Principal, action: &str, server: &str, detail: Option<String>) {
     let e = AuditEvent {
         tenant: p.tenant.as_str().to_owned(),
@@ -86,7 +82,7 @@ async fn audit(s: &AppState, p: &Principal, action: &str, server: &str, detail: 
         server: Some(server.into()),
         subject: None,
         detail,
-        at: now(s),
+        at: s.now(),
     };
     if let Err(err) = s.store.audit(&e).await {
         tracing::warn!(event = "audit.failed", action, error = %err);
@@ -173,7 +169,7 @@ pub async fn create(
             .as_str()
             .into(),
     };
-    s.store.create_server(&row, now(&s)).await?;
+    s.store.create_server(&row, s.now()).await?;
     audit(&s, &p, "server.create", &id, None).await;
     Ok((StatusCode::CREATED, Json(ServerView::from(&row))))
 }
@@ -193,11 +189,7 @@ pub async fn get(
     axum::Extension(p): axum::Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<ServerView>, ApiError> {
-    let row = s
-        .store
-        .get_server(p.tenant.as_str(), &id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let row = s.server(&p, &id).await?;
     Ok(Json(ServerView::from(&row)))
 }
 
@@ -210,11 +202,7 @@ pub async fn update(
 ) -> Result<Json<ServerView>, ApiError> {
     require_admin(&p)?;
     let input = read_input(&s, &body, false)?;
-    let old = s
-        .store
-        .get_server(p.tenant.as_str(), &id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let old = s.server(&p, &id).await?;
     let mut row = old.clone();
     if let Some(n) = input.name {
         row.name = n;
@@ -268,7 +256,7 @@ pub async fn update(
         || row.client_id != old.client_id
         || row.grant_type != old.grant_type
         || row.scopes != old.scopes;
-    if !s.store.update_server(&row, now(&s)).await? {
+    if !s.store.update_server(&row, s.now()).await? {
         return Err(ApiError::NotFound);
     }
     let mut detail = None;
@@ -296,11 +284,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     require_admin(&p)?;
     // The tenant check comes first: only a server of the caller's tenant is revoked.
-    let server = s
-        .store
-        .get_server(p.tenant.as_str(), &id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let server = s.server(&p, &id).await?;
     let creds = s.store.server_credentials(p.tenant.as_str(), &id).await?;
     crate::revoke::revoke_all(&s, &server, &creds).await;
     if !s.store.delete_server(p.tenant.as_str(), &id).await? {

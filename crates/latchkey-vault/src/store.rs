@@ -435,6 +435,19 @@ where
     })
 }
 
+const FLOW_COLS: &str = "state_hash, tenant_id, server_id, subject, initiated_by, state_created_at, \
+     verifier, issuer, resource, redirect_uri, client_id, scopes, iss_required";
+
+/// The `WHERE` clause selecting a slot: `$1` tenant, `$2` server, and `$3` subject for a
+/// per-user slot. Two texts rather than `IS NOT DISTINCT FROM`, so each can use its
+/// partial unique index.
+fn slot_clause(slot: &Slot) -> &'static str {
+    match slot.subject {
+        Some(_) => "tenant_id = $1 AND server_id = $2 AND subject = $3",
+        None => "tenant_id = $1 AND server_id = $2 AND subject IS NULL",
+    }
+}
+
 const SERVER_COLS: &str = "id, tenant_id, name, url, auth_type, token_scope, grant_type, client_id, client_secret, scopes";
 
 fn server_from<R>(r: &R) -> Result<ServerRow, sqlx::Error>
@@ -689,23 +702,16 @@ macro_rules! sql_store {
             }
 
             async fn get_credential(&self, slot: &Slot) -> Result<Option<CredentialRow>, StoreError> {
-                let row = match &slot.subject {
-                    Some(sub) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "SELECT {CRED_COLS} FROM credentials WHERE tenant_id = $1 AND server_id = $2 AND subject = $3"
-                    )))
-                    .bind(&slot.tenant)
-                    .bind(&slot.server)
-                    .bind(sub)
-                    .fetch_optional(&self.pool)
-                    .await?,
-                    None => sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "SELECT {CRED_COLS} FROM credentials WHERE tenant_id = $1 AND server_id = $2 AND subject IS NULL"
-                    )))
-                    .bind(&slot.tenant)
-                    .bind(&slot.server)
-                    .fetch_optional(&self.pool)
-                    .await?,
-                };
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {CRED_COLS} FROM credentials WHERE {}",
+                    slot_clause(slot)
+                )))
+                .bind(&slot.tenant)
+                .bind(&slot.server);
+                if let Some(sub) = &slot.subject {
+                    q = q.bind(sub);
+                }
+                let row = q.fetch_optional(&self.pool).await?;
                 Ok(row.as_ref().map(cred_from).transpose()?)
             }
 
@@ -721,20 +727,16 @@ macro_rules! sql_store {
             }
 
             async fn delete_credential(&self, slot: &Slot) -> Result<bool, StoreError> {
-                let r = match &slot.subject {
-                    Some(sub) => sqlx::query("DELETE FROM credentials WHERE tenant_id = $1 AND server_id = $2 AND subject = $3")
-                        .bind(&slot.tenant)
-                        .bind(&slot.server)
-                        .bind(sub)
-                        .execute(&self.pool)
-                        .await?,
-                    None => sqlx::query("DELETE FROM credentials WHERE tenant_id = $1 AND server_id = $2 AND subject IS NULL")
-                        .bind(&slot.tenant)
-                        .bind(&slot.server)
-                        .execute(&self.pool)
-                        .await?,
-                };
-                Ok(r.rows_affected() > 0)
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM credentials WHERE {}",
+                    slot_clause(slot)
+                )))
+                .bind(&slot.tenant)
+                .bind(&slot.server);
+                if let Some(sub) = &slot.subject {
+                    q = q.bind(sub);
+                }
+                Ok(q.execute(&self.pool).await?.rows_affected() > 0)
             }
 
             async fn write_back(&self, w: &WriteBack) -> Result<bool, StoreError> {
@@ -782,10 +784,9 @@ macro_rules! sql_store {
             async fn consume_flow(&self, state_hash: &str) -> Result<Option<FlowRow>, StoreError> {
                 // One statement deletes and returns: of any number of concurrent callbacks
                 // with the same state, exactly one gets the row (R-FLOW-4).
-                let row = sqlx::query(
-                    "DELETE FROM oauth_flows WHERE state_hash = $1 RETURNING state_hash, tenant_id, server_id, \
-                     subject, initiated_by, state_created_at, verifier, issuer, resource, redirect_uri, client_id, scopes, iss_required",
-                )
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM oauth_flows WHERE state_hash = $1 RETURNING {FLOW_COLS}"
+                )))
                 .bind(state_hash)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -793,25 +794,16 @@ macro_rules! sql_store {
             }
 
             async fn flows_for_slot(&self, slot: &Slot) -> Result<Vec<FlowRow>, StoreError> {
-                const COLS: &str = "state_hash, tenant_id, server_id, subject, initiated_by, state_created_at, \
-                     verifier, issuer, resource, redirect_uri, client_id, scopes, iss_required";
-                let rows = match &slot.subject {
-                    Some(sub) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "SELECT {COLS} FROM oauth_flows WHERE tenant_id = $1 AND server_id = $2 AND subject = $3"
-                    )))
-                    .bind(&slot.tenant)
-                    .bind(&slot.server)
-                    .bind(sub)
-                    .fetch_all(&self.pool)
-                    .await?,
-                    None => sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "SELECT {COLS} FROM oauth_flows WHERE tenant_id = $1 AND server_id = $2 AND subject IS NULL"
-                    )))
-                    .bind(&slot.tenant)
-                    .bind(&slot.server)
-                    .fetch_all(&self.pool)
-                    .await?,
-                };
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {FLOW_COLS} FROM oauth_flows WHERE {}",
+                    slot_clause(slot)
+                )))
+                .bind(&slot.tenant)
+                .bind(&slot.server);
+                if let Some(sub) = &slot.subject {
+                    q = q.bind(sub);
+                }
+                let rows = q.fetch_all(&self.pool).await?;
                 Ok(rows.iter().map(flow_from).collect::<Result<_, _>>()?)
             }
 

@@ -12,30 +12,9 @@ use latchkey_vault::store::Slot;
 use latchkey_vault::{KeySet, Keyring};
 use serde_json::{Value, json};
 
+use super::{client, post};
+
 const KEY: &str = "1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-async fn post(url: &str, body: Value) -> (u16, Value) {
-    let r = client()
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let bytes = r.bytes().await.unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
 
 /// Follows the authorization URL to the AS and returns the callback URL it redirects to.
 async fn authorize(url: &str) -> String {

@@ -14,6 +14,36 @@ mod credentials;
 mod flows;
 mod servers;
 
+/// A client that never follows redirects (the tests look at each hop).
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// POSTs a raw JSON text; the status and the parsed body (`Null` if not JSON).
+async fn post_raw(url: &str, body: &str) -> (u16, serde_json::Value) {
+    let r = client()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// POSTs a JSON value.
+async fn post(url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    post_raw(url, &body.to_string()).await
+}
+
 async fn start(cfg: &Config, keys: StaticKeys) -> (String, std::path::PathBuf) {
     let (base, dir, _) = start_with_store(cfg, keys).await;
     (base, dir)
