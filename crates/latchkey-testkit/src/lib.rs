@@ -6,14 +6,23 @@
 //! PKCE S256, can demand DPoP nonces, can redirect its token endpoint (to test that
 //! nobody follows), and records every request so tests assert on what was sent.
 //!
+//! Its token endpoint can be switched into fault modes at runtime ([`TokenFault`]); it
+//! counts token requests, grants served per grant type and refresh-token reuse
+//! detections. The MCP resource at `/mcp` ([`mcp`]) answers `initialize`, `ping`,
+//! `tools/list` and `tools/call` (`echo`, `add`) for tokens the server issued and still
+//! considers valid, and has its own fault modes ([`McpFault`]).
+//!
 //! Test code: panics on impossible states are acceptable here, but none are needed.
 #![forbid(unsafe_code)]
 
+pub mod faults;
 pub mod idp;
+pub mod mcp;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Form, Query, State};
@@ -24,6 +33,10 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use faults::Armed;
+pub use faults::{McpFault, TokenFault};
 
 /// How the scripted authorization server behaves.
 #[derive(Debug, Clone)]
@@ -42,7 +55,9 @@ pub struct AsConfig {
     pub registration: bool,
     /// `token_endpoint_auth_methods_supported`.
     pub auth_methods: Vec<String>,
-    /// Scopes the resource server demands (sent in its challenge).
+    /// Scopes (space-separated) the resource server demands: sent in its challenges,
+    /// and a valid token lacking any of them gets a 403 `insufficient_scope`.
+    /// Changeable at runtime with [`ScriptedServer::set_required_scope`].
     pub required_scope: Option<String>,
     /// Advertise `code_challenge_methods_supported: ["S256"]`.
     pub advertise_pkce: bool,
@@ -79,19 +94,69 @@ pub struct Recorded {
     pub body: HashMap<String, String>,
 }
 
+/// An access token the server issued.
+#[derive(Debug)]
+struct AccessToken {
+    scope: String,
+    /// The refresh-token family it was issued with, if any.
+    family: Option<u64>,
+    issued: Instant,
+    /// Revoked through `/revoke`.
+    revoked: bool,
+    /// Expired early by [`ScriptedServer::expire_access_tokens`].
+    expired: bool,
+}
+
+/// What the server thinks of a presented access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TokenStatus {
+    Unknown,
+    Expired,
+    Revoked,
+    Valid { scope: String },
+}
+
 #[derive(Debug, Default)]
 struct AsState {
     requests: Vec<Recorded>,
     codes: HashMap<String, (String, String)>, // code -> (code_challenge, scope)
     refresh: HashMap<String, (u64, bool)>,    // refresh token -> (family, still current)
+    family_scope: HashMap<u64, String>,       // family -> scope granted at its start
     revoked_families: Vec<u64>,
-    access: HashMap<String, String>, // access token -> scope
+    access: HashMap<String, AccessToken>,
+    issued_access: Vec<String>,
     revocations: Vec<String>,
     next: u64,
+    token_fault: Armed<TokenFault>,
+    grants: HashMap<String, usize>,
+    reuse_detections: usize,
+    required_scope: Option<String>,
+    mcp_fault: Armed<McpFault>,
+    mcp_requests: usize,
+    last_mcp_authorization: Option<String>,
+    mcp_sse: bool,
+    sessions: HashSet<String>,
+    next_session: u64,
+}
+
+impl AsState {
+    fn insert_access(&mut self, at: String, scope: String, family: Option<u64>) {
+        self.access.insert(
+            at.clone(),
+            AccessToken {
+                scope,
+                family,
+                issued: Instant::now(),
+                revoked: false,
+                expired: false,
+            },
+        );
+        self.issued_access.push(at);
+    }
 }
 
 #[derive(Debug, Clone)]
-struct Shared {
+pub(crate) struct Shared {
     cfg: AsConfig,
     base: String,
     state: Arc<Mutex<AsState>>,
@@ -100,6 +165,24 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, AsState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `token` is an access token this server issued and still honours.
+    pub(crate) fn access_status(&self, token: &str) -> TokenStatus {
+        let st = self.lock();
+        let Some(t) = st.access.get(token) else {
+            return TokenStatus::Unknown;
+        };
+        let family_revoked = t.family.is_some_and(|f| st.revoked_families.contains(&f));
+        if t.revoked || family_revoked {
+            return TokenStatus::Revoked;
+        }
+        if t.expired || t.issued.elapsed() >= Duration::from_secs(self.cfg.access_ttl) {
+            return TokenStatus::Expired;
+        }
+        TokenStatus::Valid {
+            scope: t.scope.clone(),
+        }
     }
 }
 
@@ -123,10 +206,14 @@ impl ScriptedServer {
     pub async fn start(cfg: AsConfig) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let base = format!("http://localhost:{}", listener.local_addr()?.port());
+        let state = AsState {
+            required_scope: cfg.required_scope.clone(),
+            ..AsState::default()
+        };
         let shared = Shared {
             cfg,
             base: base.clone(),
-            state: Arc::new(Mutex::new(AsState::default())),
+            state: Arc::new(Mutex::new(state)),
         };
         let app = Router::new()
             .route("/.well-known/oauth-authorization-server", get(metadata))
@@ -135,7 +222,7 @@ impl ScriptedServer {
             .route("/token", post(token))
             .route("/register", post(register))
             .route("/revoke", post(revoke))
-            .route("/mcp", post(mcp))
+            .route("/mcp", post(mcp::handle))
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -173,9 +260,124 @@ impl ScriptedServer {
         s.refresh.insert(rt.clone(), (family, true));
         rt
     }
+
+    /// Mints an access token with `scope` directly (as if issued by a grant); it
+    /// expires after `access_ttl` like any other.
+    pub fn mint_access_token(&self, scope: &str) -> String {
+        let mut s = self.shared.lock();
+        s.next += 1;
+        let at = format!("at-{}", s.next);
+        s.insert_access(at.clone(), scope.to_owned(), None);
+        at
+    }
+
+    /// Every access token issued (by grants or [`Self::mint_access_token`]), in order.
+    pub fn issued_access_tokens(&self) -> Vec<String> {
+        self.shared.lock().issued_access.clone()
+    }
+
+    /// Treats every access token issued so far as expired (new ones are unaffected).
+    pub fn expire_access_tokens(&self) {
+        for t in self.shared.lock().access.values_mut() {
+            t.expired = true;
+        }
+    }
+
+    /// Arms a token-endpoint fault for every subsequent `/token` request until replaced;
+    /// [`TokenFault::None`] restores normal behaviour.
+    pub fn set_token_fault(&self, fault: TokenFault) {
+        self.shared.lock().token_fault = Armed::new(fault, None);
+    }
+
+    /// Arms a token-endpoint fault for the next `times` `/token` requests only.
+    pub fn set_token_fault_for(&self, fault: TokenFault, times: usize) {
+        self.shared.lock().token_fault = Armed::new(fault, Some(times));
+    }
+
+    /// How many requests reached `/token` (whatever they were answered).
+    pub fn token_requests(&self) -> usize {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.path == "/token")
+            .count()
+    }
+
+    /// Successful token grants so far, by `grant_type`.
+    pub fn grants_served(&self) -> HashMap<String, usize> {
+        self.shared.lock().grants.clone()
+    }
+
+    /// Successful token grants of one `grant_type` (`"authorization_code"`,
+    /// `"refresh_token"`, `"client_credentials"`).
+    pub fn grants_served_for(&self, grant_type: &str) -> usize {
+        self.shared
+            .lock()
+            .grants
+            .get(grant_type)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// How many times a rotated-out refresh token was presented again, which revoked
+    /// its whole family (and the access tokens issued with it).
+    pub fn reuse_detections(&self) -> usize {
+        self.shared.lock().reuse_detections
+    }
+
+    /// Arms an MCP fault for every subsequent `/mcp` request until replaced, except
+    /// [`McpFault::Unauthorized`]`(n)`, which applies to the next `n` requests only;
+    /// [`McpFault::None`] restores normal behaviour.
+    pub fn set_mcp_fault(&self, fault: McpFault) {
+        let times = match fault {
+            McpFault::Unauthorized(n) => Some(n),
+            _ => None,
+        };
+        self.shared.lock().mcp_fault = Armed::new(fault, times);
+    }
+
+    /// Arms an MCP fault for the next `times` `/mcp` requests only (for
+    /// [`McpFault::Unauthorized`] this count wins over the variant's own).
+    pub fn set_mcp_fault_for(&self, fault: McpFault, times: usize) {
+        self.shared.lock().mcp_fault = Armed::new(fault, Some(times));
+    }
+
+    /// Replaces the scope the MCP resource demands (see [`AsConfig::required_scope`]).
+    pub fn set_required_scope(&self, scope: Option<String>) {
+        self.shared.lock().required_scope = scope;
+    }
+
+    /// Answers MCP requests as a one-event `text/event-stream` instead of JSON.
+    pub fn set_mcp_sse(&self, sse: bool) {
+        self.shared.lock().mcp_sse = sse;
+    }
+
+    /// Forgets every MCP session, so requests carrying an old `Mcp-Session-Id` get a 404.
+    pub fn expire_mcp_sessions(&self) {
+        self.shared.lock().sessions.clear();
+    }
+
+    /// The `Mcp-Session-Id`s handed out by `initialize` and not expired.
+    pub fn mcp_sessions(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.shared.lock().sessions.iter().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// How many requests reached `/mcp` (whatever they were answered).
+    pub fn mcp_requests(&self) -> usize {
+        self.shared.lock().mcp_requests
+    }
+
+    /// The `Authorization` header of the last `/mcp` request (`None` if it had none,
+    /// or if no request came yet).
+    pub fn last_mcp_authorization(&self) -> Option<String> {
+        self.shared.lock().last_mcp_authorization.clone()
+    }
 }
 
-fn record(s: &Shared, path: &str, headers: &HeaderMap, body: HashMap<String, String>) {
+pub(crate) fn record(s: &Shared, path: &str, headers: &HeaderMap, body: HashMap<String, String>) {
     let headers = headers
         .iter()
         .map(|(k, v)| {
@@ -295,17 +497,25 @@ fn issue(
     st.next += 1;
     let n = st.next;
     let at = format!("at-{n}");
-    st.access.insert(at.clone(), scope.to_owned());
     let mut body =
         json!({"access_token": at, "token_type": token_type, "expires_in": cfg.access_ttl});
     if !scope.is_empty() {
         body["scope"] = scope.into();
     }
     let family = family.unwrap_or(n);
+    st.insert_access(at, scope.to_owned(), Some(family));
+    st.family_scope
+        .entry(family)
+        .or_insert_with(|| scope.to_owned());
     let rt = format!("rt-{family}-{n}");
     st.refresh.insert(rt.clone(), (family, true));
     body["refresh_token"] = rt.into();
     body
+}
+
+fn served(st: &mut AsState, grant_type: &str, body: Value) -> Response {
+    *st.grants.entry(grant_type.to_owned()).or_default() += 1;
+    axum::Json(body).into_response()
 }
 
 async fn token(
@@ -314,6 +524,13 @@ async fn token(
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
     record(&s, "/token", &headers, f.clone());
+    let fault = s.lock().token_fault.take();
+    if let TokenFault::Slow(d) = fault {
+        tokio::time::sleep(d).await;
+    }
+    if let Some(r) = faults::token_fault_response(&fault) {
+        return r;
+    }
     if let Some(to) = &s.cfg.token_redirect_to {
         return (StatusCode::FOUND, [(header::LOCATION, to.clone())]).into_response();
     }
@@ -348,7 +565,8 @@ async fn token(
             if URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) != challenge {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
             }
-            axum::Json(issue(&mut st, &cfg, &scope, None, token_type)).into_response()
+            let body = issue(&mut st, &cfg, &scope, None, token_type);
+            served(&mut st, "authorization_code", body)
         }
         Some("refresh_token") => {
             let rt = f.get("refresh_token").cloned().unwrap_or_default();
@@ -361,18 +579,31 @@ async fn token(
             if !current {
                 // Reuse of a rotated-out token: revoke the whole family.
                 st.revoked_families.push(family);
+                st.reuse_detections += 1;
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
             }
             let scope = f.get("scope").cloned().unwrap_or_default();
+            // An omitted scope means the scope originally granted (RFC 6749 §6); the
+            // response still echoes only what was asked for, as before.
+            let granted = match f.get("scope") {
+                Some(sc) => sc.clone(),
+                None => st.family_scope.get(&family).cloned().unwrap_or_default(),
+            };
             if !cfg.rotate_refresh_tokens {
                 st.next += 1;
                 let at = format!("at-{}", st.next);
-                st.access.insert(at.clone(), scope);
-                return axum::Json(json!({"access_token": at, "token_type": token_type, "expires_in": cfg.access_ttl}))
-                    .into_response();
+                st.insert_access(at.clone(), granted, Some(family));
+                let body = json!({"access_token": at, "token_type": token_type, "expires_in": cfg.access_ttl});
+                return served(&mut st, "refresh_token", body);
             }
             st.refresh.insert(rt, (family, false));
-            axum::Json(issue(&mut st, &cfg, &scope, Some(family), token_type)).into_response()
+            let body = issue(&mut st, &cfg, &scope, Some(family), token_type);
+            if let Some(at) = body.get("access_token").and_then(Value::as_str)
+                && let Some(t) = st.access.get_mut(at)
+            {
+                t.scope = granted;
+            }
+            served(&mut st, "refresh_token", body)
         }
         Some("client_credentials") => {
             let scope = f.get("scope").cloned().unwrap_or_default();
@@ -380,7 +611,7 @@ async fn token(
             if let Some(m) = body.as_object_mut() {
                 m.remove("refresh_token");
             }
-            axum::Json(body).into_response()
+            served(&mut st, "client_credentials", body)
         }
         _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
     }
@@ -419,58 +650,11 @@ async fn revoke(
         if let Some((family, _)) = st.refresh.get(t).copied() {
             st.revoked_families.push(family);
         }
+        if let Some(at) = st.access.get_mut(t) {
+            at.revoked = true;
+        }
     }
     StatusCode::OK.into_response()
-}
-
-/// The MCP resource: 401 with a challenge unless a token this server issued is presented.
-async fn mcp(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let method = msg
-        .get("method")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    record(
-        &s,
-        "/mcp",
-        &headers,
-        HashMap::from([("method".to_owned(), method.clone())]),
-    );
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let token = auth
-        .split_once(' ')
-        .map(|(_, t)| t.to_owned())
-        .unwrap_or_default();
-    let known = s.lock().access.contains_key(&token);
-    if !known {
-        let mut challenge = format!(
-            r#"Bearer error="invalid_token", resource_metadata="{}/.well-known/oauth-protected-resource/mcp""#,
-            s.base
-        );
-        if let Some(sc) = &s.cfg.required_scope {
-            challenge.push_str(&format!(r#", scope="{sc}""#));
-        }
-        let mut r = (StatusCode::UNAUTHORIZED, "unauthorized").into_response();
-        if let Ok(v) = HeaderValue::from_str(&challenge) {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
-        return r;
-    }
-    let id = msg.get("id").cloned().unwrap_or(Value::Null);
-    let result = match method.as_str() {
-        "initialize" => {
-            json!({"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "scripted", "version": "1"}})
-        }
-        "tools/list" => json!({"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]}),
-        "tools/call" => json!({"content": [{"type": "text", "text": "ok"}]}),
-        _ if id.is_null() => return StatusCode::ACCEPTED.into_response(),
-        _ => json!({}),
-    };
-    axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response()
 }
 
 /// `Authorization: Basic` decoded to `(client_id, secret)`.
