@@ -17,7 +17,9 @@
 
 pub mod faults;
 pub mod idp;
+pub mod logs;
 pub mod mcp;
+pub mod pg;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

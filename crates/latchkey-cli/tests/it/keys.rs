@@ -149,10 +149,10 @@ async fn keys_add_and_rotate_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_add_and_rotate_on_postgres() {
-    let pg = super::PgSchema::new("lk_cli").await;
+    let pg = super::PgSchema::new("lk_cli").await.unwrap();
     let dir = TempDir::new();
     add_then_rotate(&dir, Some(&pg.url), DatabaseUrl::parse(&pg.url).unwrap()).await;
-    pg.drop_schema().await;
+    pg.drop_schema().await.unwrap();
 }
 
 #[test]

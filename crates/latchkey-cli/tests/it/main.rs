@@ -3,47 +3,11 @@
 
 use std::process::Command;
 
+use latchkey_testkit::pg::PgSchema;
 use latchkey_testkit::{AsConfig, ScriptedServer};
 
 mod keys;
 mod serve;
-
-/// A fresh schema on the machine's PostgreSQL, dropped with the value.
-struct PgSchema {
-    admin: sqlx::PgPool,
-    name: String,
-    /// A database URL whose connections use the schema.
-    url: String,
-}
-
-impl PgSchema {
-    async fn new(prefix: &str) -> Self {
-        let base = std::env::var("LATCHKEY_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let name = format!(
-            "{prefix}_{}",
-            latchkey_vault::store::new_id().replace('-', "")
-        );
-        let admin = sqlx::PgPool::connect(&base).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}options=-csearch_path%3D{name}");
-        Self { admin, name, url }
-    }
-
-    async fn drop_schema(self) {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA {} CASCADE",
-            self.name
-        )))
-        .execute(&self.admin)
-        .await
-        .unwrap();
-    }
-}
 
 fn latchkey(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_latchkey"))

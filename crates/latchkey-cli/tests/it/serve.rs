@@ -143,7 +143,7 @@ async fn serve_with_no_configuration_is_usable_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_postgres_is_ready() {
-    let pg = super::PgSchema::new("lk_serve").await;
+    let pg = super::PgSchema::new("lk_serve").await.unwrap();
     let dir = super::keys::TempDir::new();
     let mut c = command(&dir.0);
     c.env("LATCHKEY_DATABASE_URL", &pg.url);
@@ -165,7 +165,7 @@ async fn serve_on_postgres_is_ready() {
         (200, Some("ok"))
     );
     drop(s);
-    pg.drop_schema().await;
+    pg.drop_schema().await.unwrap();
 }
 
 #[test]

@@ -1,8 +1,5 @@
 //! No token, key or secret in any error, response, `Debug` output or log line.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, header};
@@ -18,44 +15,6 @@ use serde_json::json;
 use tower::ServiceExt;
 
 use crate::{INTROSPECTION_SECRET, Options, claims, fixture};
-
-/// A `MakeWriter` collecting everything the subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-/// The process-wide capture (a global subscriber, so parallel tests cannot silence
-/// callsites; their events land here too, which only widens the check).
-fn capture() -> Captured {
-    static CAP: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    CAP.get_or_init(|| {
-        let cap = Captured::default();
-        let sub = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(cap.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::set_global_default(sub).unwrap();
-        cap
-    })
-    .clone()
-}
 
 async fn ok() -> &'static str {
     "ok"
@@ -103,7 +62,7 @@ async fn exercise(
 
 #[tokio::test]
 async fn no_token_in_errors_bodies_debug_or_logs() {
-    let cap = capture();
+    let cap = latchkey_testkit::logs::capture();
     let f = fixture(Options {
         required_scopes: vec!["mcp".into()],
         ..Options::default()
@@ -207,7 +166,7 @@ async fn no_token_in_errors_bodies_debug_or_logs() {
     seen.push_str(&format!("{shared:?}\n"));
     secrets.push("shared-secret-0123456789abcdef-xyz".into());
 
-    let logs = String::from_utf8(cap.0.lock().unwrap().clone()).unwrap();
+    let logs = cap.text();
     assert!(logs.contains("guard."), "the guard did log something");
     for s in &secrets {
         assert!(

@@ -6,8 +6,7 @@
 
 mod probe;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use latchkey_core::time::ManualClock;
@@ -389,48 +388,9 @@ async fn failed_discovery_is_not_cached() {
     assert!(d.cached(&url, None).is_none());
 }
 
-/// A `MakeWriter` collecting everything the subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-/// The process-wide capture. A global subscriber (not a thread-scoped one) so callsite
-/// interest caching by tests running in parallel cannot silence events; the other
-/// tests' events land here too, which only widens what the no-secret check reads.
-fn capture() -> Captured {
-    static CAP: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    CAP.get_or_init(|| {
-        let cap = Captured::default();
-        let sub = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(cap.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::set_global_default(sub).unwrap();
-        cap
-    })
-    .clone()
-}
-
 #[tokio::test]
 async fn trace_logs_of_a_whole_flow_hold_no_secret() {
-    let cap = capture();
+    let cap = latchkey_testkit::logs::capture();
 
     let server = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let (mut s, driver) = session(&server);
@@ -457,7 +417,7 @@ async fn trace_logs_of_a_whole_flow_hold_no_secret() {
     .await
     .unwrap();
 
-    let logs = String::from_utf8(cap.0.lock().unwrap().clone()).unwrap();
+    let logs = cap.text();
     assert!(logs.contains("egress"), "the capture saw the flow: {logs}");
     let auth = &server.requests("/authorize")[0].body;
     let tok = &server.requests("/token")[0].body;
