@@ -1,0 +1,487 @@
+//! The token service: an access token for a slot, from memory, from the store, or from
+//! a refresh grant (R-REFRESH-1..17).
+//!
+//! The path of [`TokenService::access_token`]:
+//! 1. **Cache** (R-REFRESH-1, R-REFRESH-15): a hit while `now < expires_at − skew`,
+//!    under a shared lock that is never held across an await; stale entries go on read.
+//! 2. **Slot lock** (R-REFRESH-3): one FIFO async mutex per slot; the cache is checked
+//!    again once it is held, so waiters reuse their predecessor's token.
+//! 3. **Row** (R-REFRESH-4): loaded inside the lock; a still-valid persisted access
+//!    token is reused before any grant (R-REFRESH-11, R-MULTI-4).
+//! 4. **Refresh** (R-REFRESH-2, R-REFRESH-17): the refresh token and client secret are
+//!    decrypted from the row just before the request and dropped (zeroized) after it.
+//!    `invalid_grant` re-reads the row and retries once if a peer changed it
+//!    (R-REFRESH-5), writing back against the re-read row (R-REFRESH-6).
+//! 5. **Write-back** (R-REFRESH-10, R-STORE-9): new tokens sealed to the row id, then a
+//!    compare-and-swap on `(id, generation)` that never inserts. Best-effort: a failure
+//!    is logged and the caller still gets its token.
+//! 6. **Cache fill** guarded by the slot's eviction epoch (R-REFRESH-14): a refresh that
+//!    started before an eviction does not repopulate the cache.
+//!
+//! `force_refresh` (R-REFRESH-16, after an upstream 401) skips the cache and the
+//! persisted token but still queues on the slot lock; if the row changed since the
+//! caller's view (a predecessor or a peer refreshed meanwhile) the fresh token is
+//! reused instead of refreshing twice.
+//!
+//! A4: a token response without `expires_in` is treated as living
+//! [`TokenServiceOptions::default_token_ttl`] (300 s by default; zero means it is never
+//! served from cache or store). That expiry is what is cached and persisted. A persisted
+//! access token without an expiry is likewise taken to expire `default_token_ttl` after
+//! the row's `updated_at`.
+
+mod cache;
+mod error;
+mod flight;
+mod stats;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use latchkey_core::{Clock, Secret, UnixTime};
+use latchkey_egress::{Egress, UrlSource};
+use latchkey_oauth::client_auth::{AuthMethod, ClientCredentials};
+use latchkey_oauth::grants::{Grant, Refreshed, TokenRequest, refresh};
+use latchkey_vault::rotate::SealedTable;
+use latchkey_vault::{CredentialRow, Keyring, Slot, Store, WriteBack};
+
+pub use error::{ReauthReason, TokenError};
+pub use stats::TokenStats;
+
+use cache::{Entry, Lookup, TokenCache};
+use flight::{Flights, Ticket};
+use stats::{Counters, bump};
+
+/// The default skew (R-REFRESH-1).
+pub const DEFAULT_SKEW: Duration = Duration::from_secs(60);
+/// The default lifetime of a token whose response had no `expires_in` (A4).
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(300);
+
+/// Token service settings.
+#[derive(Debug, Clone)]
+pub struct TokenServiceOptions {
+    /// A token is served while `now < expires_at − skew` (default 60 s).
+    pub skew: Duration,
+    /// Lifetime assumed for a token without `expires_in` (A4; default 300 s).
+    pub default_token_ttl: Duration,
+    /// Egress policy for stored token endpoints (default [`UrlSource::Remote`]: they
+    /// were learned from AS metadata).
+    pub token_endpoint_source: UrlSource,
+}
+
+impl Default for TokenServiceOptions {
+    fn default() -> Self {
+        Self {
+            skew: DEFAULT_SKEW,
+            default_token_ttl: DEFAULT_TOKEN_TTL,
+            token_endpoint_source: UrlSource::Remote,
+        }
+    }
+}
+
+/// An access token for a slot. `Debug` shows no token.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    /// The bearer token.
+    pub token: Secret,
+    /// When it expires (for a token without `expires_in`, the A4 default).
+    pub expires_at: Option<UnixTime>,
+    /// Its scopes: as granted, else as stored.
+    pub scopes: Option<String>,
+}
+
+/// Per-slot access tokens with caching, single-flight refresh and eviction.
+pub struct TokenService {
+    store: Arc<dyn Store>,
+    keyring: Arc<Keyring>,
+    egress: Egress,
+    clock: Arc<dyn Clock>,
+    opts: TokenServiceOptions,
+    cache: TokenCache,
+    flights: Flights,
+    counters: Counters,
+}
+
+impl fmt::Debug for TokenService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenService")
+            .field("store", &self.store)
+            .field("opts", &self.opts)
+            .field("cached", &self.cache.len())
+            .field("in_flight", &self.flights.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The column names of the credential table's sealed values (AAD convention).
+const ACCESS_TOKEN: &str = "access_token";
+const REFRESH_TOKEN: &str = "refresh_token";
+const CLIENT_SECRET: &str = "client_secret";
+
+impl TokenService {
+    /// A token service over `store`, sealing with `keyring`, granting through `egress`
+    /// and reading time from `clock`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyring: Arc<Keyring>,
+        egress: Egress,
+        clock: Arc<dyn Clock>,
+        opts: TokenServiceOptions,
+    ) -> Self {
+        Self {
+            store,
+            keyring,
+            egress,
+            clock,
+            opts,
+            cache: TokenCache::default(),
+            flights: Flights::default(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// An access token for `slot`. With `force_refresh` (after an upstream 401) the
+    /// cached and persisted tokens are skipped unless the row changed since the token
+    /// this caller last saw.
+    pub async fn access_token(
+        &self,
+        slot: &Slot,
+        force_refresh: bool,
+    ) -> Result<AccessToken, TokenError> {
+        let r = self.resolve(slot, force_refresh).await;
+        if let Err(e) = &r {
+            self.counters.failure(e);
+            tracing::debug!(
+                event = "token.failure",
+                tenant = %slot.tenant,
+                server = %slot.server,
+                kind = e.kind(),
+                error = %e,
+            );
+        }
+        r
+    }
+
+    /// Drops the slot's cached token and bumps its eviction epoch, synchronously
+    /// (R-REFRESH-13, R-REFRESH-14): deposit, re-authorization, delete, revoke.
+    pub fn evict(&self, slot: &Slot) {
+        self.flights.bump(slot);
+        self.cache.remove(slot);
+    }
+
+    /// [`TokenService::evict`] for every slot of a server: shared and per user.
+    pub fn evict_server(&self, tenant: &str, server: &str) {
+        self.flights.bump_server(tenant, server);
+        self.cache.remove_server(tenant, server);
+    }
+
+    /// [`TokenService::evict`] for every slot.
+    pub fn evict_all(&self) {
+        self.flights.bump_all();
+        self.cache.clear();
+    }
+
+    /// Whether the slot has a cached token (fresh or not); for diagnostics and tests.
+    pub fn is_cached(&self, slot: &Slot) -> bool {
+        self.cache.contains(slot)
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> TokenStats {
+        self.counters.snapshot()
+    }
+
+    async fn resolve(&self, slot: &Slot, force: bool) -> Result<AccessToken, TokenError> {
+        let skew = self.opts.skew;
+        // The version of the token a forcing caller was given (the one that got a 401).
+        let view = if force {
+            self.cache.version(slot)
+        } else {
+            if let Lookup::Hit(t) = self.cache.get(slot, self.clock.now(), skew) {
+                bump(&self.counters.cache_hits);
+                return Ok(t);
+            }
+            None
+        };
+
+        let ticket = self.flights.join(slot);
+        let refreshes_before = ticket.flight.refreshes();
+        let _held = ticket.flight.lock.lock().await;
+        let epoch = ticket.flight.epoch();
+        let predecessor_refreshed = ticket.flight.refreshes() != refreshes_before;
+
+        if (!force || predecessor_refreshed)
+            && let Lookup::Hit(t) = self.cache.get(slot, self.clock.now(), skew)
+        {
+            bump(&self.counters.cache_hits);
+            return Ok(t);
+        }
+
+        let row = self
+            .store
+            .get_credential(slot)
+            .await?
+            .ok_or(TokenError::NotConnected)?;
+
+        let row_moved = view
+            .as_ref()
+            .is_some_and(|(id, generation)| *id != row.id || *generation != row.generation);
+        if (!force || predecessor_refreshed || row_moved)
+            && let Some(t) = self.persisted(slot, &row, &ticket, epoch)?
+        {
+            return Ok(t);
+        }
+        self.refresh(slot, row, &ticket, epoch).await
+    }
+
+    /// The row's access token if it is still valid (R-REFRESH-11), cached on the way.
+    fn persisted(
+        &self,
+        slot: &Slot,
+        row: &CredentialRow,
+        ticket: &Ticket<'_>,
+        epoch: u64,
+    ) -> Result<Option<AccessToken>, TokenError> {
+        let Some(envelope) = row.access_token.as_deref() else {
+            return Ok(None);
+        };
+        let expires_at = match row.access_expires_at {
+            Some(e) => UnixTime::from_secs(u64::try_from(e).unwrap_or(0)),
+            None => UnixTime::from_secs(u64::try_from(row.updated_at).unwrap_or(0))
+                .plus(self.opts.default_token_ttl),
+        };
+        if self.clock.now() >= expires_at.minus(self.opts.skew) {
+            return Ok(None);
+        }
+        let token = self.open(envelope, ACCESS_TOKEN, &row.id)?;
+        let t = AccessToken {
+            token,
+            expires_at: Some(expires_at),
+            scopes: row.scopes.clone(),
+        };
+        self.fill(slot, &t, &row.id, row.generation, ticket, epoch);
+        bump(&self.counters.store_hits);
+        tracing::debug!(event = "token.store_hit", tenant = %slot.tenant, server = %slot.server, row = %row.id);
+        Ok(Some(t))
+    }
+
+    /// Caches `t` unless the slot was evicted since `epoch` was read.
+    fn fill(
+        &self,
+        slot: &Slot,
+        t: &AccessToken,
+        row_id: &str,
+        generation: i64,
+        ticket: &Ticket<'_>,
+        epoch: u64,
+    ) -> bool {
+        let Some(expires_at) = t.expires_at else {
+            return false;
+        };
+        let entry = Entry {
+            token: t.token.clone(),
+            expires_at,
+            scopes: t.scopes.clone(),
+            row_id: row_id.to_owned(),
+            generation,
+        };
+        let filled = self
+            .cache
+            .insert_if(slot, entry, || ticket.flight.epoch() == epoch);
+        if !filled {
+            tracing::debug!(event = "token.cache_skipped_after_eviction", tenant = %slot.tenant, server = %slot.server);
+        }
+        filled
+    }
+
+    /// The refresh grant with rotation recovery, then the write-back.
+    async fn refresh(
+        &self,
+        slot: &Slot,
+        row: CredentialRow,
+        ticket: &Ticket<'_>,
+        epoch: u64,
+    ) -> Result<AccessToken, TokenError> {
+        if row.refresh_token.is_none() {
+            // Expired (or absent) access token and nothing to refresh with (R-REFRESH-12).
+            return Err(TokenError::NotConnected);
+        }
+        match self.grant(&row).await {
+            Ok(r) => Ok(self.finish(slot, &row, r, ticket, epoch).await),
+            Err(TokenError::ReauthRequired(ReauthReason::InvalidGrant)) => {
+                // R-REFRESH-5: did a peer rotate (or replace) the credential meanwhile?
+                let reread = self
+                    .store
+                    .get_credential(slot)
+                    .await?
+                    .ok_or(TokenError::NotConnected)?;
+                let changed = reread.id != row.id
+                    || reread.generation != row.generation
+                    || reread.refresh_token != row.refresh_token;
+                if !changed {
+                    tracing::info!(event = "token.reauth_required", tenant = %slot.tenant, server = %slot.server, row = %row.id, reason = "invalid_grant");
+                    return Err(TokenError::ReauthRequired(ReauthReason::InvalidGrant));
+                }
+                // A peer that refreshed has persisted a token we can use as it is.
+                if let Some(t) = self.persisted(slot, &reread, ticket, epoch)? {
+                    return Ok(t);
+                }
+                if reread.refresh_token.is_none() {
+                    return Err(TokenError::NotConnected);
+                }
+                bump(&self.counters.rotation_retries);
+                tracing::info!(event = "token.rotation_retry", tenant = %slot.tenant, server = %slot.server, row = %reread.id, generation = reread.generation);
+                let r = self.grant(&reread).await?;
+                // R-REFRESH-6: write back against the re-read row, not the snapshot.
+                Ok(self.finish(slot, &reread, r, ticket, epoch).await)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One refresh grant from the stored row (R-REFRESH-2, R-REFRESH-17). The decrypted
+    /// refresh token and client secret are dropped (zeroized) when this returns.
+    async fn grant(&self, row: &CredentialRow) -> Result<Refreshed, TokenError> {
+        let envelope = row
+            .refresh_token
+            .as_deref()
+            .ok_or(TokenError::NotConnected)?;
+        let refresh_token = self.open(envelope, REFRESH_TOKEN, &row.id)?;
+        let client = self.client(row)?;
+        bump(&self.counters.grants_started);
+        tracing::debug!(event = "token.refresh", tenant = %row.slot.tenant, server = %row.slot.server, row = %row.id, generation = row.generation);
+        let req = TokenRequest {
+            token_endpoint: &row.token_endpoint,
+            source: self.opts.token_endpoint_source,
+            issuer: row.issuer.as_deref().unwrap_or(&row.token_endpoint),
+            grant: Grant::RefreshToken { refresh_token },
+            client: client.as_ref(),
+            resource: row.resource.as_deref(),
+            scope: row.scopes.as_deref(),
+            dpop: None,
+            dpop_nonce: None,
+            now: self.clock.now(),
+        };
+        let r = refresh(&self.egress, req).await?;
+        bump(&self.counters.grants_succeeded);
+        Ok(r)
+    }
+
+    /// Client authentication from the row: id, decrypted secret, method.
+    fn client(&self, row: &CredentialRow) -> Result<Option<ClientCredentials>, TokenError> {
+        let Some(client_id) = row.client_id.as_deref() else {
+            return Ok(None);
+        };
+        let secret = row
+            .client_secret
+            .as_deref()
+            .map(|e| self.open(e, CLIENT_SECRET, &row.id))
+            .transpose()?;
+        let method = match row.auth_method.as_deref() {
+            Some(m) => m.parse::<AuthMethod>().map_err(TokenError::Misconfigured)?,
+            None if secret.is_some() => AuthMethod::ClientSecretBasic,
+            None => AuthMethod::None,
+        };
+        if method == AuthMethod::PrivateKeyJwt {
+            return Err(TokenError::Misconfigured(
+                "private_key_jwt credentials cannot be refreshed without a signing key".into(),
+            ));
+        }
+        Ok(Some(ClientCredentials {
+            client_id: client_id.to_owned(),
+            secret,
+            method,
+            assertion_key: None,
+        }))
+    }
+
+    /// Computes the expiry, writes back (best-effort, R-REFRESH-10) and fills the cache.
+    async fn finish(
+        &self,
+        slot: &Slot,
+        row: &CredentialRow,
+        refreshed: Refreshed,
+        ticket: &Ticket<'_>,
+        epoch: u64,
+    ) -> AccessToken {
+        let now = self.clock.now();
+        let tokens = refreshed.tokens;
+        let lifetime = tokens
+            .expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(self.opts.default_token_ttl);
+        let expires_at = now.plus(lifetime);
+        let new_refresh = if refreshed.rotated {
+            tokens.refresh_token
+        } else {
+            None
+        };
+        let t = AccessToken {
+            token: tokens.access_token,
+            expires_at: Some(expires_at),
+            scopes: tokens.scope.or_else(|| row.scopes.clone()),
+        };
+        ticket.flight.refreshed();
+        match self
+            .write_back(row, &t.token, new_refresh.as_ref(), expires_at, now)
+            .await
+        {
+            Ok(true) => {
+                tracing::debug!(event = "token.write_back", tenant = %slot.tenant, server = %slot.server, row = %row.id, rotated = refreshed.rotated);
+                self.fill(slot, &t, &row.id, row.generation + 1, ticket, epoch);
+            }
+            Ok(false) => {
+                // Deleted or replaced meanwhile: nothing is resurrected, nothing cached.
+                bump(&self.counters.write_backs_lost);
+                tracing::warn!(event = "token.write_back_lost", tenant = %slot.tenant, server = %slot.server, row = %row.id, generation = row.generation);
+            }
+            Err(e) => {
+                bump(&self.counters.write_backs_failed);
+                tracing::error!(event = "token.write_back_failed", tenant = %slot.tenant, server = %slot.server, row = %row.id, error = %e);
+                self.fill(slot, &t, &row.id, row.generation, ticket, epoch);
+            }
+        }
+        t
+    }
+
+    /// Seals the new tokens to `row` and compare-and-swaps them in.
+    async fn write_back(
+        &self,
+        row: &CredentialRow,
+        access: &Secret,
+        refresh: Option<&Secret>,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<bool, TokenError> {
+        let table = SealedTable::Credentials;
+        let access_token = self
+            .keyring
+            .seal(access, table.aad(ACCESS_TOKEN, &row.id))?;
+        let refresh_token = refresh
+            .map(|r| self.keyring.seal(r, table.aad(REFRESH_TOKEN, &row.id)))
+            .transpose()?;
+        let w = WriteBack {
+            tenant: row.slot.tenant.clone(),
+            id: row.id.clone(),
+            generation: row.generation,
+            access_token,
+            access_expires_at: Some(secs(expires_at)),
+            refresh_token,
+            now: secs(now),
+        };
+        Ok(self.store.write_back(&w).await?)
+    }
+
+    fn open(&self, envelope: &[u8], column: &'static str, row: &str) -> Result<Secret, TokenError> {
+        self.keyring
+            .open(envelope, SealedTable::Credentials.aad(column, row))
+            .map_err(|e| {
+                tracing::warn!(event = "token.unsealable", row = %row, column = column, error = %e);
+                TokenError::from(e)
+            })
+    }
+}
+
+fn secs(t: UnixTime) -> i64 {
+    i64::try_from(t.as_secs()).unwrap_or(i64::MAX)
+}
