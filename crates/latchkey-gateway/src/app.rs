@@ -33,6 +33,8 @@ pub struct AppState {
     pub public_url: String,
     /// Events for `/v1/events`.
     pub events: crate::events::Events,
+    /// Access tokens: cache, single-flight refresh, eviction.
+    pub tokens: Arc<latchkey_broker::token_service::TokenService>,
     /// The Prometheus recorder's handle, for `/metrics`.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -70,6 +72,11 @@ pub fn router(state: AppState) -> Router {
             get(crate::servers::get)
                 .patch(crate::servers::update)
                 .delete(crate::servers::delete),
+        )
+        .route("/v1/servers/{id}/tools", get(crate::tools::list))
+        .route(
+            "/v1/servers/{id}/tools/{name}/call",
+            post(crate::tools::invoke),
         )
         .route("/v1/events", get(crate::events::stream))
         .route("/v1/oauth/start", post(crate::flows::start))

@@ -139,6 +139,8 @@ pub async fn deposit(
         updated_at: now,
     };
     s.store.upsert_credential(&row).await?;
+    // Synchronously, before answering (R-REFRESH-13).
+    s.tokens.evict(&slot);
     metrics::counter!("latchkey_deposits_total").increment(1);
     audit(&s, &p, "credential.deposit", &slot).await;
     Ok(Json(json!({"stored": true})))
@@ -156,7 +158,9 @@ pub async fn delete(
     if let Some(c) = s.store.get_credential(&slot).await? {
         crate::revoke::revoke_all(&s, &server, std::slice::from_ref(&c)).await;
     }
-    if s.store.delete_credential(&slot).await? {
+    let deleted = s.store.delete_credential(&slot).await?;
+    s.tokens.evict(&slot);
+    if deleted {
         audit(&s, &p, "credential.delete", &slot).await;
     }
     Ok(StatusCode::NO_CONTENT)

@@ -34,6 +34,14 @@ pub enum ApiError {
         /// The server.
         server_id: String,
     },
+    /// 409: the slot's token lacks scopes the server demands (step-up needed).
+    #[error("the server needs more scopes")]
+    NeedsScopeUpgrade {
+        /// The server.
+        server_id: String,
+        /// The scopes the server asked for.
+        scopes: Vec<String>,
+    },
     /// 409: a competing operation is in progress, or the state changed.
     #[error("{0}")]
     Conflict(&'static str),
@@ -56,6 +64,8 @@ struct Body<'a> {
     server_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fields: Option<&'a [FieldError]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scopes: Option<&'a [String]>,
 }
 
 impl ApiError {
@@ -66,6 +76,7 @@ impl ApiError {
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NeedsReauth { .. } => (StatusCode::CONFLICT, "needs_oauth_reauth"),
+            ApiError::NeedsScopeUpgrade { .. } => (StatusCode::CONFLICT, "needs_scope_upgrade"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::EncryptionKeyMissing => {
                 (StatusCode::SERVICE_UNAVAILABLE, "encryption_key_missing")
@@ -83,7 +94,12 @@ impl IntoResponse for ApiError {
             code,
             message: self.to_string(),
             server_id: match &self {
-                ApiError::NeedsReauth { server_id } => Some(server_id),
+                ApiError::NeedsReauth { server_id }
+                | ApiError::NeedsScopeUpgrade { server_id, .. } => Some(server_id),
+                _ => None,
+            },
+            scopes: match &self {
+                ApiError::NeedsScopeUpgrade { scopes, .. } => Some(scopes),
                 _ => None,
             },
             fields: match &self {

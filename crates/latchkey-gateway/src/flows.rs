@@ -201,6 +201,7 @@ async fn store_tokens(
         id,
     };
     s.store.upsert_credential(&row).await?;
+    s.tokens.evict(slot);
     Ok(())
 }
 

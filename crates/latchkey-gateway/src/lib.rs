@@ -13,6 +13,7 @@ pub mod flows;
 pub mod revoke;
 pub mod servers;
 pub mod telemetry;
+pub mod tools;
 
 use std::sync::Arc;
 
@@ -34,7 +35,15 @@ pub fn state(
 ) -> Result<AppState, ConfigError> {
     let egress = egress(cfg)?;
     let guard = guard(cfg, egress.clone(), clock.clone())?;
+    let tokens = Arc::new(latchkey_broker::token_service::TokenService::new(
+        store.clone(),
+        keyring.clone(),
+        egress.clone(),
+        clock.clone(),
+        latchkey_broker::token_service::TokenServiceOptions::default(),
+    ));
     Ok(AppState {
+        tokens,
         store,
         keyring,
         guard,

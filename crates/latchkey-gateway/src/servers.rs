@@ -266,7 +266,10 @@ pub async fn update(
         if let Ok(creds) = s.store.server_credentials(p.tenant.as_str(), &id).await {
             crate::revoke::revoke_all(&s, &old, &creds).await;
         }
-        match s.store.purge_server(p.tenant.as_str(), &id).await {
+        let purged = s.store.purge_server(p.tenant.as_str(), &id).await;
+        s.tokens.evict_server(p.tenant.as_str(), &id);
+        s.discoverer.invalidate(&old.url);
+        match purged {
             Ok(n) => detail = Some(format!("purged {n} credentials")),
             Err(e) => tracing::warn!(event = "server.purge_failed", error = %e),
         }
@@ -287,7 +290,10 @@ pub async fn delete(
     let server = s.server(&p, &id).await?;
     let creds = s.store.server_credentials(p.tenant.as_str(), &id).await?;
     crate::revoke::revoke_all(&s, &server, &creds).await;
-    if !s.store.delete_server(p.tenant.as_str(), &id).await? {
+    let deleted = s.store.delete_server(p.tenant.as_str(), &id).await?;
+    s.tokens.evict_server(p.tenant.as_str(), &id);
+    s.discoverer.invalidate(&server.url);
+    if !deleted {
         return Err(ApiError::NotFound);
     }
     audit(&s, &p, "server.delete", &id, None).await;

@@ -13,6 +13,7 @@ use latchkey_vault::{Keyring, SqliteStore};
 mod credentials;
 mod flows;
 mod servers;
+mod tools;
 
 /// A client that never follows redirects (the tests look at each hop).
 fn client() -> reqwest::Client {

@@ -1,0 +1,174 @@
+//! Tool calls through Latchkey against the scripted MCP server: the slot's Bearer
+//! injected, one refresh and one retry on a 401, typed 409s, upstream failures as
+//! errors, one refresh grant for many concurrent calls on an expired slot.
+
+use std::collections::HashMap;
+
+use latchkey_gateway::Config;
+use latchkey_testkit::{AsConfig, McpFault, ScriptedServer};
+use latchkey_vault::KeySet;
+use latchkey_vault::keyring::StaticKeys;
+use serde_json::{Value, json};
+
+use super::{client, post};
+
+const KEY: &str = "1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+/// Latchkey with one OAuth server on `upstream` and a deposited refresh token (no access
+/// token yet: the first call refreshes).
+async fn connected(upstream: &ScriptedServer) -> (String, String, std::path::PathBuf) {
+    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let keys = StaticKeys(Some(KeySet::parse(KEY).unwrap()));
+    let (base, dir, _store) = super::start_with_store(&cfg, keys).await;
+    let (status, server) = post(
+        &format!("{base}/v1/servers"),
+        json!({"name": "scripted", "url": upstream.mcp_url()}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let id = server["id"].as_str().unwrap().to_owned();
+    let (status, v) = post(
+        &format!("{base}/v1/credentials"),
+        json!({
+            "server_id": id, "refresh_token": upstream.mint_refresh_token(),
+            "token_endpoint": format!("{}/token", upstream.base), "client_id": "deposit-client",
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    (base, id, dir)
+}
+
+async fn get(url: &str) -> (u16, Value) {
+    let r = client().get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    let b = r.bytes().await.unwrap();
+    (status, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_call_with_the_slot_token() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (base, id, dir) = connected(&upstream).await;
+    let (status, v) = get(&format!("{base}/v1/servers/{id}/tools")).await;
+    assert_eq!(status, 200, "{v}");
+    let names: Vec<&str> = v["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["echo", "add"]);
+    assert_eq!(upstream.grants_served_for("refresh_token"), 1);
+    let injected = upstream.last_mcp_authorization().unwrap();
+    assert!(
+        upstream
+            .issued_access_tokens()
+            .iter()
+            .any(|t| injected == format!("Bearer {t}"))
+    );
+
+    let (status, v) = post(
+        &format!("{base}/v1/servers/{id}/tools/add/call"),
+        json!({"a": 2, "b": 3}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["structuredContent"]["sum"], 5);
+    assert_eq!(
+        upstream.grants_served_for("refresh_token"),
+        1,
+        "the cached token"
+    );
+
+    // One 401: one forced refresh, one retry, success.
+    upstream.set_mcp_fault(McpFault::Unauthorized(1));
+    let (status, v) = post(
+        &format!("{base}/v1/servers/{id}/tools/echo/call"),
+        json!({"text": "hi"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["content"][0]["text"], "hi");
+    assert_eq!(upstream.grants_served_for("refresh_token"), 2);
+
+    // 401 again after the refresh: the user must reconnect; exactly one more refresh.
+    upstream.set_mcp_fault(McpFault::Unauthorized(100));
+    let (status, v) = get(&format!("{base}/v1/servers/{id}/tools")).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (409, Some("needs_oauth_reauth"))
+    );
+    assert_eq!(v["server_id"], id.as_str());
+    assert_eq!(upstream.grants_served_for("refresh_token"), 3);
+    upstream.set_mcp_fault(McpFault::None);
+
+    // 403 insufficient_scope never refreshes.
+    upstream.set_required_scope(Some("admin".into()));
+    let (status, v) = get(&format!("{base}/v1/servers/{id}/tools")).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (409, Some("needs_scope_upgrade"))
+    );
+    assert_eq!(v["scopes"], json!(["admin"]));
+    assert_eq!(upstream.grants_served_for("refresh_token"), 3);
+    upstream.set_required_scope(None);
+
+    // Upstream failure: an error, never an empty list.
+    upstream.set_mcp_fault(McpFault::ServerError(500));
+    let (status, v) = get(&format!("{base}/v1/servers/{id}/tools")).await;
+    assert_eq!((status, v["code"].as_str()), (503, Some("unavailable")));
+    upstream.set_mcp_fault(McpFault::ResetConnection);
+    let (status, v) = get(&format!("{base}/v1/servers/{id}/tools")).await;
+    assert_eq!((status, v["code"].as_str()), (502, Some("upstream_error")));
+    upstream.set_mcp_fault(McpFault::None);
+
+    // A bad body, an unknown server.
+    let (status, _) =
+        super::post_raw(&format!("{base}/v1/servers/{id}/tools/add/call"), "[1]").await;
+    assert_eq!(status, 400);
+    let (status, _) = get(&format!("{base}/v1/servers/nope/tools")).await;
+    assert_eq!(status, 404);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_calls_on_an_expired_slot_make_one_refresh() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (base, id, dir) = connected(&upstream).await;
+    let url = format!("{base}/v1/servers/{id}/tools/echo/call");
+    let calls: Vec<_> = (0..100)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move { post(&url, json!({"text": format!("m{i}")})).await })
+        })
+        .collect();
+    for c in calls {
+        let (status, v) = c.await.unwrap();
+        assert_eq!(status, 200, "{v}");
+    }
+    assert_eq!(upstream.grants_served_for("refresh_token"), 1);
+    assert_eq!(upstream.reuse_detections(), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_without_credentials_needs_consent() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let (base, dir) = super::start(&cfg, StaticKeys(Some(KeySet::parse(KEY).unwrap()))).await;
+    let (_, server) = post(
+        &format!("{base}/v1/servers"),
+        json!({"name": "s", "url": upstream.mcp_url()}),
+    )
+    .await;
+    let id = server["id"].as_str().unwrap();
+    let probed = upstream.mcp_requests();
+    let (status, v) = get(&format!("{base}/v1/servers/{id}/tools")).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (409, Some("needs_oauth_reauth"))
+    );
+    assert_eq!(upstream.mcp_requests(), probed, "no upstream call without a token");
+    let _ = std::fs::remove_dir_all(dir);
+}
