@@ -31,11 +31,23 @@ async fn get_text(url: &str) -> (u16, String, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_popup_flow_end_to_end() {
+async fn the_popup_flow_end_to_end_on_sqlite() {
+    popup_flow(super::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_popup_flow_end_to_end_on_postgres() {
+    popup_flow(super::Backend::Postgres).await;
+}
+
+/// The whole flow with trace logging captured; no token, code, state or client secret
+/// may appear in any log line, page or response.
+async fn popup_flow(backend: super::Backend) {
+    let logs = latchkey_testkit::logs::capture();
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
     let keys = StaticKeys(Some(KeySet::parse(KEY).unwrap()));
-    let (base, dir, store) = super::start_with_store(&cfg, keys.clone()).await;
+    let (base, dir, store, schema) = super::start_on(backend, &cfg, keys.clone()).await;
     let (status, server) = post(
         &format!("{base}/v1/servers"),
         json!({"name": "scripted", "url": upstream.mcp_url()}),
@@ -173,6 +185,42 @@ async fn the_popup_flow_end_to_end() {
         !html.contains("<script>alert"),
         "untrusted text never in markup"
     );
+    // Nothing secret in the logs (the capture is process-wide, which only widens it).
+    let state = callback
+        .split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("state="))
+        .unwrap()
+        .to_owned();
+    let code = callback
+        .split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("code="))
+        .unwrap()
+        .to_owned();
+    let dcr = store
+        .get_registered_client("default", &id, &upstream.base)
+        .await
+        .unwrap()
+        .unwrap();
+    let dcr_secret = Keyring::new(keys.clone())
+        .open(
+            dcr.client_secret.as_deref().unwrap(),
+            SealedTable::RegisteredClients.aad("client_secret", &dcr.id),
+        )
+        .unwrap();
+    let text = logs.text();
+    assert!(text.contains("oauth.callback"), "the capture works");
+    for (what, secret) in [
+        ("refresh token", rt.expose()),
+        ("access token", at.expose()),
+        ("state", state.as_str()),
+        ("code", code.as_str()),
+        ("client secret", dcr_secret.expose()),
+    ] {
+        assert!(!text.contains(secret), "{what} in the logs");
+    }
+    if let Some(schema) = schema {
+        schema.drop_schema().await.unwrap();
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 

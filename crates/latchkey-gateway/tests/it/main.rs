@@ -50,14 +50,49 @@ async fn start(cfg: &Config, keys: StaticKeys) -> (String, std::path::PathBuf) {
     (base, dir)
 }
 
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 async fn start_with_store(
     cfg: &Config,
     keys: StaticKeys,
 ) -> (String, std::path::PathBuf, Arc<dyn latchkey_vault::Store>) {
+    let (base, dir, store, _) = start_on(Backend::Sqlite, cfg, keys).await;
+    (base, dir, store)
+}
+
+/// Latchkey in-process on `backend`; with PostgreSQL, the schema to drop afterwards.
+async fn start_on(
+    backend: Backend,
+    cfg: &Config,
+    keys: StaticKeys,
+) -> (
+    String,
+    std::path::PathBuf,
+    Arc<dyn latchkey_vault::Store>,
+    Option<latchkey_testkit::pg::PgSchema>,
+) {
     let dir = std::env::temp_dir().join(format!("lk-gw-{}", latchkey_vault::store::new_id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let store: Arc<dyn latchkey_vault::Store> =
-        Arc::new(SqliteStore::open(&dir.join("db")).await.unwrap());
+    let (store, schema): (Arc<dyn latchkey_vault::Store>, _) = match backend {
+        Backend::Sqlite => (
+            Arc::new(SqliteStore::open(&dir.join("db")).await.unwrap()),
+            None,
+        ),
+        Backend::Postgres => {
+            let schema = latchkey_testkit::pg::PgSchema::new("lk_gw").await.unwrap();
+            let store = latchkey_vault::store::DatabaseUrl::parse(&schema.url)
+                .unwrap()
+                .open()
+                .await
+                .unwrap();
+            (store, Some(schema))
+        }
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     // The default public URL names the default port; use the one actually bound.
@@ -75,7 +110,7 @@ async fn start_with_store(
         .unwrap(),
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (base, dir, store)
+    (base, dir, store, schema)
 }
 
 #[tokio::test]

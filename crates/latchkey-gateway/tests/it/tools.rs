@@ -16,10 +16,18 @@ const KEY: &str = "1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1
 
 /// Latchkey with one OAuth server on `upstream` and a deposited refresh token (no access
 /// token yet: the first call refreshes).
-async fn connected(upstream: &ScriptedServer) -> (String, String, std::path::PathBuf) {
+async fn connected(
+    upstream: &ScriptedServer,
+    backend: super::Backend,
+) -> (
+    String,
+    String,
+    std::path::PathBuf,
+    Option<latchkey_testkit::pg::PgSchema>,
+) {
     let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
     let keys = StaticKeys(Some(KeySet::parse(KEY).unwrap()));
-    let (base, dir, _store) = super::start_with_store(&cfg, keys).await;
+    let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys).await;
     let (status, server) = post(
         &format!("{base}/v1/servers"),
         json!({"name": "scripted", "url": upstream.mcp_url()}),
@@ -36,7 +44,7 @@ async fn connected(upstream: &ScriptedServer) -> (String, String, std::path::Pat
     )
     .await;
     assert_eq!(status, 200, "{v}");
-    (base, id, dir)
+    (base, id, dir, schema)
 }
 
 async fn get(url: &str) -> (u16, Value) {
@@ -47,9 +55,18 @@ async fn get(url: &str) -> (u16, Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_and_call_with_the_slot_token() {
+async fn list_and_call_on_sqlite() {
+    list_and_call(super::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_call_on_postgres() {
+    list_and_call(super::Backend::Postgres).await;
+}
+
+async fn list_and_call(backend: super::Backend) {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let (base, id, dir) = connected(&upstream).await;
+    let (base, id, dir, schema) = connected(&upstream, backend).await;
     let (status, v) = get(&format!("{base}/v1/servers/{id}/tools")).await;
     assert_eq!(status, 200, "{v}");
     let names: Vec<&str> = v["tools"]
@@ -129,13 +146,16 @@ async fn list_and_call_with_the_slot_token() {
     assert_eq!(status, 400);
     let (status, _) = get(&format!("{base}/v1/servers/nope/tools")).await;
     assert_eq!(status, 404);
+    if let Some(schema) = schema {
+        schema.drop_schema().await.unwrap();
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_calls_on_an_expired_slot_make_one_refresh() {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let (base, id, dir) = connected(&upstream).await;
+    let (base, id, dir, _) = connected(&upstream, super::Backend::Sqlite).await;
     let url = format!("{base}/v1/servers/{id}/tools/echo/call");
     let calls: Vec<_> = (0..100)
         .map(|i| {
@@ -169,6 +189,10 @@ async fn a_slot_without_credentials_needs_consent() {
         (status, v["code"].as_str()),
         (409, Some("needs_oauth_reauth"))
     );
-    assert_eq!(upstream.mcp_requests(), probed, "no upstream call without a token");
+    assert_eq!(
+        upstream.mcp_requests(),
+        probed,
+        "no upstream call without a token"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
