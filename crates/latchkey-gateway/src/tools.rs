@@ -78,11 +78,32 @@ async fn exchange(
     let note = mcp.initialized_notification();
     send(&mcp, &note, &headers).await?;
     let req = mcp.request(method, params);
-    let ex = send(&mcp, &req, &headers).await?;
-    ex.into_result().map_err(|e| {
+    let result = send(&mcp, &req, &headers).await;
+    release(s, &mcp, headers);
+    result?.into_result().map_err(|e| {
         tracing::info!(event = "tools.protocol_error", server_id = %server.id, error = %e);
         Upstream::Failed(ApiError::Upstream)
     })
+}
+
+/// Ends the upstream session in the background (best-effort `DELETE`): one session
+/// per call until connections are pooled.
+fn release(s: &AppState, mcp: &McpClient, mut headers: HeaderMap) {
+    let Some(id) = mcp
+        .session_id()
+        .and_then(|id| HeaderValue::from_str(id).ok())
+    else {
+        return;
+    };
+    headers.insert(http::HeaderName::from_static("mcp-session-id"), id);
+    let mut req = latchkey_egress::EgressRequest::delete(mcp.url(), UrlSource::Operator);
+    for (name, value) in &headers {
+        req = req.header(name.clone(), value.clone());
+    }
+    let egress = s.egress.clone();
+    tokio::spawn(async move {
+        let _ = egress.send(req).await;
+    });
 }
 
 async fn send(
