@@ -151,6 +151,36 @@ pub struct CredentialRow {
     pub updated_at: i64,
 }
 
+impl CredentialRow {
+    /// A row for `slot` with nothing but its token endpoint (required) set; callers fill
+    /// in the sealed values and the rest.
+    pub fn new(
+        id: impl Into<String>,
+        slot: Slot,
+        token_endpoint: impl Into<String>,
+        now: i64,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            slot,
+            issuer: None,
+            resource: None,
+            token_endpoint: token_endpoint.into(),
+            client_id: None,
+            client_secret: None,
+            auth_method: None,
+            scopes: None,
+            access_token: None,
+            access_expires_at: None,
+            refresh_token: None,
+            generation: 0,
+            initiated_by: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 impl std::fmt::Debug for CredentialRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CredentialRow")

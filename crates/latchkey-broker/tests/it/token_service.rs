@@ -16,6 +16,16 @@ use latchkey_vault::store::new_id;
 use latchkey_vault::{CredentialRow, KeySet, Keyring, ServerRow, Slot, Store};
 
 use crate::front::Front;
+
+/// `access_token` in the background (so a test can act while the grant is held).
+fn spawn_access(
+    svc: &Arc<TokenService>,
+    slot: &Slot,
+    force: bool,
+) -> tokio::task::JoinHandle<Result<AccessToken, TokenError>> {
+    let (svc, slot) = (svc.clone(), slot.clone());
+    tokio::spawn(async move { svc.access_token(&slot, force).await })
+}
 use crate::on_both_backends;
 
 const NOW: u64 = 1_800_000_000;
@@ -43,6 +53,14 @@ fn egress() -> Egress {
 }
 
 impl Fx {
+    /// A fixture whose token endpoint is the test proxy in front of the scripted AS.
+    async fn with_front(store: Arc<dyn Store>, answer_reuse: bool) -> (Self, Front) {
+        let mut fx = Fx::new(store).await;
+        let front = Front::start(&fx.server.base, answer_reuse).await;
+        fx.token_endpoint = front.token_endpoint.clone();
+        (fx, front)
+    }
+
     async fn new(store: Arc<dyn Store>) -> Self {
         let server = ScriptedServer::start(AsConfig::default()).await.unwrap();
         let tenant = format!("t-{}", new_id());
@@ -281,9 +299,7 @@ async fn rotation_persisted_and_reused_by_a_cold_instance(store: Arc<dyn Store>)
 /// rotated-out token itself (the scripted AS would revoke the whole family, see the
 /// next case).
 async fn peer_rotation_is_recovered_by_a_retry(store: Arc<dyn Store>) {
-    let mut fx = Fx::new(store).await;
-    let front = Front::start(&fx.server.base, true).await;
-    fx.token_endpoint = front.token_endpoint.clone();
+    let (fx, front) = Fx::with_front(store, true).await;
     let (_, rt0) = fx.deposit_expired().await;
     let a = fx.service();
     let b = fx.service();
@@ -331,17 +347,12 @@ async fn peer_rotation_is_recovered_by_a_retry(store: Arc<dyn Store>) {
 /// the family: the single retry fails too and the outcome is reauth, after exactly one
 /// retry with the re-read token.
 async fn peer_rotation_with_reuse_detection_needs_reauth(store: Arc<dyn Store>) {
-    let mut fx = Fx::new(store).await;
-    let front = Front::start(&fx.server.base, false).await;
-    fx.token_endpoint = front.token_endpoint.clone();
+    let (fx, front) = Fx::with_front(store, false).await;
     let (_, rt0) = fx.deposit_expired().await;
     let a = fx.service();
     let b = Arc::new(fx.service());
     let hold = front.hold_next().await;
-    let task = {
-        let (b, slot) = (b.clone(), fx.slot.clone());
-        tokio::spawn(async move { b.access_token(&slot, true).await })
-    };
+    let task = spawn_access(&b, &fx.slot, true);
     front.arrived().await;
     a.access_token(&fx.slot, false).await.unwrap();
     let rt1 = fx.open(&fx.row().await.unwrap(), "refresh_token");
@@ -364,17 +375,12 @@ async fn peer_rotation_with_reuse_detection_needs_reauth(store: Arc<dyn Store>) 
 /// token is in flight; the retry uses the new row and its write-back keeps the new
 /// row's fields.
 async fn redeposit_during_refresh_write_back_targets_reread_row(store: Arc<dyn Store>) {
-    let mut fx = Fx::new(store).await;
-    let front = Front::start(&fx.server.base, false).await;
-    fx.token_endpoint = front.token_endpoint.clone();
+    let (fx, front) = Fx::with_front(store, false).await;
     fx.deposit(Some(("at-old", fx.now() - 1)), Some("rt-dead"), "mcp:read")
         .await;
     let svc = Arc::new(fx.service());
     let hold = front.hold_next().await;
-    let task = {
-        let (svc, slot) = (svc.clone(), fx.slot.clone());
-        tokio::spawn(async move { svc.access_token(&slot, false).await })
-    };
+    let task = spawn_access(&svc, &fx.slot, false);
     front.arrived().await;
     let fresh_rt = fx.server.mint_refresh_token();
     let redeposit = fx.deposit(None, Some(&fresh_rt), "mcp:write").await;
@@ -394,16 +400,11 @@ async fn redeposit_during_refresh_write_back_targets_reread_row(store: Arc<dyn S
 /// Test 5 (R-REFRESH-14): an eviction during an in-flight refresh keeps its result out of
 /// the cache; the caller still gets the token and the next call goes to the store.
 async fn eviction_during_refresh_leaves_cache_empty(store: Arc<dyn Store>) {
-    let mut fx = Fx::new(store).await;
-    let front = Front::start(&fx.server.base, false).await;
-    fx.token_endpoint = front.token_endpoint.clone();
+    let (fx, front) = Fx::with_front(store, false).await;
     fx.deposit_expired().await;
     let svc = Arc::new(fx.service());
     let hold = front.hold_next().await;
-    let task = {
-        let (svc, slot) = (svc.clone(), fx.slot.clone());
-        tokio::spawn(async move { svc.access_token(&slot, false).await })
-    };
+    let task = spawn_access(&svc, &fx.slot, false);
     front.arrived().await;
     svc.evict(&fx.slot);
     drop(hold);
@@ -428,16 +429,11 @@ async fn eviction_during_refresh_leaves_cache_empty(store: Arc<dyn Store>) {
 /// Test 6 (R-STORE-9): the credential is deleted while its refresh is in flight; the
 /// write-back matches nothing and nothing is resurrected.
 async fn delete_during_refresh_resurrects_nothing(store: Arc<dyn Store>) {
-    let mut fx = Fx::new(store).await;
-    let front = Front::start(&fx.server.base, false).await;
-    fx.token_endpoint = front.token_endpoint.clone();
+    let (fx, front) = Fx::with_front(store, false).await;
     fx.deposit_expired().await;
     let svc = Arc::new(fx.service());
     let hold = front.hold_next().await;
-    let task = {
-        let (svc, slot) = (svc.clone(), fx.slot.clone());
-        tokio::spawn(async move { svc.access_token(&slot, false).await })
-    };
+    let task = spawn_access(&svc, &fx.slot, false);
     front.arrived().await;
     assert!(fx.store.delete_credential(&fx.slot).await.unwrap());
     svc.evict(&fx.slot);
@@ -505,9 +501,7 @@ async fn not_connected(store: Arc<dyn Store>) {
 /// R-REFRESH-16: forced refreshes bypass the cache but queue on the slot lock; a forced
 /// caller that waited behind another's refresh reuses that fresh token.
 async fn forced_refresh_waiter_reuses_the_fresh_token(store: Arc<dyn Store>) {
-    let mut fx = Fx::new(store).await;
-    let front = Front::start(&fx.server.base, false).await;
-    fx.token_endpoint = front.token_endpoint.clone();
+    let (fx, front) = Fx::with_front(store, false).await;
     fx.deposit_expired().await;
     let svc = Arc::new(fx.service());
     let first = svc.access_token(&fx.slot, false).await.unwrap();
@@ -543,19 +537,14 @@ async fn forced_refresh_waiter_reuses_the_fresh_token(store: Arc<dyn Store>) {
 async fn trace_logs_hold_no_secret() {
     let cap = crate::capture();
     let (store, _dir) = crate::sqlite().await;
-    let mut fx = Fx::new(store).await;
-    let front = Front::start(&fx.server.base, true).await;
-    fx.token_endpoint = front.token_endpoint.clone();
+    let (fx, front) = Fx::with_front(store, true).await;
     let (_, rt0) = fx.deposit_expired().await;
     let mut secrets = vec![rt0, CLIENT_SECRET.to_owned(), "at-deposited".to_owned()];
 
     let a = fx.service();
     let b = Arc::new(fx.service());
     let hold = front.hold_next().await;
-    let task = {
-        let (b, slot) = (b.clone(), fx.slot.clone());
-        tokio::spawn(async move { b.access_token(&slot, true).await })
-    };
+    let task = spawn_access(&b, &fx.slot, true);
     front.arrived().await;
     secrets.push(tok(&a.access_token(&fx.slot, false).await.unwrap()));
     fx.clock.advance(Duration::from_secs(3600));

@@ -60,28 +60,14 @@ async fn seed(store: &dyn Store, keyring: &Keyring, n: usize) {
     for i in 0..n {
         let id = new_id();
         let aad = |c| SealedTable::Credentials.aad(c, &id);
-        let row = CredentialRow {
-            id: id.clone(),
-            slot: Slot {
-                tenant: "t1".into(),
-                server: "s1".into(),
-                subject: Some(format!("u{i}")),
-            },
-            issuer: None,
-            resource: None,
-            token_endpoint: "https://as.example/token".into(),
-            client_id: None,
-            client_secret: None,
-            auth_method: None,
-            scopes: None,
-            access_token: Some(keyring.encrypt(b"at", aad("access_token")).unwrap()),
-            access_expires_at: None,
-            refresh_token: Some(keyring.encrypt(b"rt", aad("refresh_token")).unwrap()),
-            generation: 0,
-            initiated_by: None,
-            created_at: 0,
-            updated_at: 0,
+        let slot = Slot {
+            tenant: "t1".into(),
+            server: "s1".into(),
+            subject: Some(format!("u{i}")),
         };
+        let mut row = CredentialRow::new(id.clone(), slot, "https://as.example/token", 0);
+        row.access_token = Some(keyring.encrypt(b"at", aad("access_token")).unwrap());
+        row.refresh_token = Some(keyring.encrypt(b"rt", aad("refresh_token")).unwrap());
         store.upsert_credential(&row).await.unwrap();
     }
 }

@@ -26,28 +26,14 @@ async fn send(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, 
 }
 
 fn credential(server: &str) -> CredentialRow {
-    CredentialRow {
-        id: new_id(),
-        slot: Slot {
-            tenant: "default".into(),
-            server: server.into(),
-            subject: Some("local".into()),
-        },
-        issuer: None,
-        resource: None,
-        token_endpoint: "https://as.example/token".into(),
-        client_id: None,
-        client_secret: None,
-        auth_method: None,
-        scopes: None,
-        access_token: None,
-        access_expires_at: None,
-        refresh_token: Some(b"envelope".to_vec()),
-        generation: 0,
-        initiated_by: None,
-        created_at: 0,
-        updated_at: 0,
-    }
+    let slot = Slot {
+        tenant: "default".into(),
+        server: server.into(),
+        subject: Some("local".into()),
+    };
+    let mut row = CredentialRow::new(new_id(), slot, "https://as.example/token", 0);
+    row.refresh_token = Some(b"envelope".to_vec());
+    row
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
