@@ -284,6 +284,113 @@ impl Egress {
     }
 }
 
+/// A response whose body has not been read: for proxying, where the body is streamed
+/// to the caller as it arrives (an MCP SSE stream may last for minutes).
+pub struct EgressStream {
+    /// Status (never 3xx: those are [`EgressError::Redirect`]).
+    pub status: http::StatusCode,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    response: reqwest::Response,
+}
+
+impl fmt::Debug for EgressStream {
+    /// Status and header names only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EgressStream")
+            .field("status", &self.status)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EgressStream {
+    /// The body as a stream of chunks, in the order they arrive.
+    pub fn into_body(
+        self,
+    ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, EgressError>> + Send + 'static {
+        use futures_util::StreamExt as _;
+        self.response.bytes_stream().map(|r| r.map_err(map_err))
+    }
+
+    /// Reads at most `limit` body bytes (for small error answers).
+    pub async fn read_capped(mut self, limit: usize) -> Result<bytes::Bytes, EgressError> {
+        let mut body = BytesMut::new();
+        while let Some(chunk) = self.response.chunk().await.map_err(map_err)? {
+            if chunk.len() > limit - body.len() {
+                return Err(EgressError::BodyTooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
+}
+
+impl Egress {
+    /// Opens one request like [`Egress::send`] (same URL check, guarded resolver, no
+    /// redirect followed) but returns as soon as the response head arrives, within
+    /// `head_timeout`; the body is the caller's to stream, with no overall deadline.
+    /// `body`, when given, replaces `req.body` and may itself be a stream.
+    pub async fn open(
+        &self,
+        req: EgressRequest,
+        body: Option<reqwest::Body>,
+        head_timeout: Duration,
+    ) -> Result<EgressStream, EgressError> {
+        let checked = self.check_url(&req.url, req.source)?;
+        let method = req.method.clone();
+        let host = checked.url().host_str().unwrap_or_default().to_owned();
+        let client = match req.source {
+            UrlSource::Operator => &self.operator,
+            UrlSource::Remote => &self.remote,
+        };
+        // reqwest's timeout covers the whole body; a streamed answer has none, so the
+        // client-wide one is pushed out of the way and the head gets its own deadline.
+        let mut rb = client
+            .request(req.method, checked.url().clone())
+            .headers(req.headers)
+            .timeout(STREAM_DEADLINE);
+        match (body, req.body) {
+            (Some(b), _) => rb = rb.body(b),
+            (None, Some(b)) => rb = rb.body(b),
+            (None, None) => {}
+        }
+        let result = match tokio::time::timeout(head_timeout, rb.send()).await {
+            Err(_) => Err(EgressError::Timeout),
+            Ok(Err(e)) => Err(map_err(e)),
+            Ok(Ok(mut resp)) => {
+                let status = resp.status();
+                if status.is_redirection() {
+                    Err(EgressError::Redirect {
+                        status: status.as_u16(),
+                        location: resp
+                            .headers()
+                            .get(http::header::LOCATION)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned),
+                    })
+                } else {
+                    let headers = std::mem::take(resp.headers_mut());
+                    Ok(EgressStream {
+                        status,
+                        headers,
+                        response: resp,
+                    })
+                }
+            }
+        };
+        match &result {
+            Ok(r) => tracing::debug!(event = "egress.response", %method, %host, status = %r.status),
+            Err(e) => tracing::debug!(event = "egress.error", %method, %host, error = %e),
+        }
+        result
+    }
+}
+
+/// The overall deadline of a streamed exchange: a day, i.e. none in practice (the
+/// caller going away ends it).
+const STREAM_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Maps a reqwest error, finding a guard refusal anywhere in its cause chain.
 fn map_err(e: reqwest::Error) -> EgressError {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);

@@ -79,6 +79,7 @@ pub fn router(state: AppState) -> Router {
             post(crate::tools::invoke),
         )
         .route("/v1/events", get(crate::events::stream))
+        .route("/mcp/{server}", axum::routing::any(crate::proxy::forward))
         .route("/v1/oauth/start", post(crate::flows::start))
         .route("/v1/oauth/status/{server_id}", get(crate::flows::status))
         .route("/v1/credentials", post(crate::credentials::deposit))
@@ -93,16 +94,23 @@ pub fn router(state: AppState) -> Router {
             state.guard.clone(),
             require_principal,
         ));
-    Router::new()
+    let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(crate::telemetry::render))
         .route("/v1/openapi.json", get(openapi))
         .route(crate::flows::CALLBACK_PATH, get(crate::flows::callback))
-        .merge(api)
-        .fallback(not_found)
+        .merge(api);
+    // RFC 9728 metadata for the MCP endpoints, where there is an authorization server to
+    // name (in local mode nothing is asked of a caller, so there is nothing to discover).
+    let prm = (!state.guard.config().prm.authorization_servers.is_empty())
+        .then(|| latchkey_guard::prm_router(state.guard.clone()));
+    let mut app = app.with_state(state);
+    if let Some(prm) = prm {
+        app = app.merge(prm);
+    }
+    app.fallback(not_found)
         .layer(axum::middleware::from_fn(crate::telemetry::count))
-        .with_state(state)
 }
 
 /// Liveness: the process answers.

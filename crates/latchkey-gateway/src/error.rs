@@ -87,27 +87,68 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        let body = Body {
-            code,
+impl ApiError {
+    /// The JSON body every rendering shares.
+    fn body(&self) -> Body<'_> {
+        Body {
+            code: self.status_and_code().1,
             message: self.to_string(),
-            server_id: match &self {
+            server_id: match self {
                 ApiError::NeedsReauth { server_id }
                 | ApiError::NeedsScopeUpgrade { server_id, .. } => Some(server_id),
                 _ => None,
             },
-            scopes: match &self {
+            scopes: match self {
                 ApiError::NeedsScopeUpgrade { scopes, .. } => Some(scopes),
                 _ => None,
             },
-            fields: match &self {
+            fields: match self {
                 ApiError::BadRequest(f) => Some(f),
                 _ => None,
             },
-        };
-        let mut resp = (status, Json(&body)).into_response();
+        }
+    }
+
+    /// The JSON-RPC code for this error on an MCP endpoint: the slot-level outcomes get
+    /// codes of their own (in the implementation-defined server range) so a client can
+    /// tell "connect this server" from a failure; the rest are internal errors.
+    pub fn jsonrpc_code(&self) -> i64 {
+        match self {
+            ApiError::NeedsReauth { .. } => JSONRPC_NEEDS_REAUTH,
+            ApiError::NeedsScopeUpgrade { .. } => JSONRPC_NEEDS_SCOPE_UPGRADE,
+            ApiError::BadRequest(_) => -32602,
+            ApiError::NotFound => -32601,
+            _ => -32603,
+        }
+    }
+
+    /// This error as the JSON-RPC answer to the request `id` on an MCP endpoint: HTTP
+    /// 200 (the transport worked), the typed outcome in `error.data` with the same
+    /// stable `code` as the REST API. Never a 401: that would tell the client its own
+    /// credential for Latchkey is bad, and it would drop a good token.
+    pub fn into_jsonrpc(self, id: serde_json::Value) -> Response {
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {
+                "code": self.jsonrpc_code(),
+                "message": self.to_string(),
+                "data": self.body(),
+            },
+        });
+        (StatusCode::OK, Json(body)).into_response()
+    }
+}
+
+/// JSON-RPC code: the slot needs (re)consent; `data.server_id` names the server.
+pub const JSONRPC_NEEDS_REAUTH: i64 = -32001;
+/// JSON-RPC code: the slot's token lacks scopes; `data.scopes` lists them.
+pub const JSONRPC_NEEDS_SCOPE_UPGRADE: i64 = -32003;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let mut resp = (status, Json(&self.body())).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE && code == "unavailable" {
             resp.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod fields;
 pub mod flows;
+pub mod proxy;
 pub mod revoke;
 pub mod servers;
 pub mod telemetry;

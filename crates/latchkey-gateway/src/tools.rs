@@ -31,7 +31,8 @@ enum Upstream {
     Failed(ApiError),
 }
 
-fn slot_for(p: &Principal, server: &ServerRow) -> Slot {
+/// The caller's slot of `server`.
+pub(crate) fn slot_for(p: &Principal, server: &ServerRow) -> Slot {
     Slot {
         tenant: p.tenant.as_str().to_owned(),
         server: server.id.clone(),
@@ -39,7 +40,8 @@ fn slot_for(p: &Principal, server: &ServerRow) -> Slot {
     }
 }
 
-fn token_failure(server: &ServerRow, e: TokenError) -> ApiError {
+/// A token-service failure as the API's typed error.
+pub(crate) fn token_failure(server: &ServerRow, e: TokenError) -> ApiError {
     tracing::info!(event = "tools.token_failed", server_id = %server.id, kind = ?e.kind());
     match e {
         TokenError::NotConnected | TokenError::ReauthRequired(_) => ApiError::NeedsReauth {
@@ -130,7 +132,7 @@ async fn send(
 }
 
 /// Runs `method` for the caller's slot of `server`, with the refresh-and-retry rule.
-async fn call(
+pub(crate) async fn call(
     s: &AppState,
     p: &Principal,
     server: &ServerRow,

@@ -273,6 +273,11 @@ impl ScriptedServer {
         at
     }
 
+    /// Every refresh token known to the server (minted or issued), in no order.
+    pub fn issued_refresh_tokens(&self) -> Vec<String> {
+        self.shared.lock().refresh.keys().cloned().collect()
+    }
+
     /// Every access token issued (by grants or [`Self::mint_access_token`]), in order.
     pub fn issued_access_tokens(&self) -> Vec<String> {
         self.shared.lock().issued_access.clone()

@@ -3,7 +3,10 @@
 //!
 //! It speaks the 2025-11-25 lifecycle (`initialize` hands out an `Mcp-Session-Id`,
 //! `notifications/initialized` and every other notification get a 202), `ping`,
-//! `tools/list` (`echo` and `add`) and `tools/call`. Every request must carry
+//! `tools/list` (`echo` and `add`) and `tools/call`. One more tool, `ticks`, is callable
+//! but not listed (so listings stay stable): it always answers with an SSE stream of
+//! `count` `notifications/message` events `interval_ms` apart, then the result, to show
+//! that a proxy passes events on as they come. Every request must carry
 //! `Authorization: Bearer <access token>` (or `DPoP <access token>`) naming a token the
 //! scripted authorization server issued and still considers valid: unknown, expired
 //! (by `access_ttl`) or revoked tokens get a 401 with a `WWW-Authenticate` challenge
@@ -279,10 +282,53 @@ pub(crate) async fn handle(State(s): State<Shared>, headers: HeaderMap, body: By
         "tools/list" => {
             json!({"jsonrpc": "2.0", "id": id, "result": {"tools": tool_definitions()}})
         }
+        "tools/call" if params.get("name").and_then(Value::as_str) == Some("ticks") => {
+            return ticks(id, &params);
+        }
         "tools/call" => call_tool(id, &params),
         _ => rpc_error(id, -32601, "Method not found"),
     };
     respond(&answer, sse)
+}
+
+/// The `ticks` tool: `count` log notifications `interval_ms` apart, then the result,
+/// each written to the SSE stream the moment it is due.
+fn ticks(id: Value, params: &Value) -> Response {
+    let arg = |k: &str, default: u64, max: u64| {
+        params
+            .pointer(&format!("/arguments/{k}"))
+            .and_then(Value::as_u64)
+            .unwrap_or(default)
+            .min(max)
+    };
+    let count = arg("count", 3, 100);
+    let interval = std::time::Duration::from_millis(arg("interval_ms", 200, 10_000));
+    let stream = futures_util::stream::unfold(0u64, move |i| {
+        let id = id.clone();
+        async move {
+            if i > count {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(interval).await;
+            }
+            let message = if i < count {
+                json!({"jsonrpc": "2.0", "method": "notifications/message",
+                       "params": {"level": "info", "data": format!("tick {i}")}})
+            } else {
+                json!({"jsonrpc": "2.0", "id": id,
+                       "result": tool_result(format!("{count} ticks"), None)})
+            };
+            let event = format!("event: message\ndata: {message}\n\n");
+            Some((Ok::<_, std::convert::Infallible>(Bytes::from(event)), i + 1))
+        }
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 /// `Mcp-Session-Id`, lower-case.

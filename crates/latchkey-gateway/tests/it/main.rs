@@ -12,6 +12,7 @@ use latchkey_vault::{Keyring, SqliteStore};
 
 mod credentials;
 mod flows;
+mod proxy;
 mod servers;
 mod tools;
 
@@ -141,6 +142,35 @@ async fn jwt_mode_challenges_a_caller_without_a_token() {
         challenge,
         "Bearer resource_metadata=\"http://127.0.0.1:9/.well-known/oauth-protected-resource/mcp\""
     );
+    // The MCP endpoints challenge the same way, and the metadata they point at is
+    // served (path-inserted and root), naming the issuer, resource verbatim.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/mcp/some-server"))
+        .header("host", "127.0.0.1:9")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(r.headers()["www-authenticate"].to_str().unwrap(), challenge);
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        let r = reqwest::Client::new()
+            .get(format!("{base}{path}"))
+            .header("host", "127.0.0.1:9")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        let prm: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(prm["resource"], "http://127.0.0.1:9/mcp");
+        assert_eq!(
+            prm["authorization_servers"],
+            serde_json::json!(["https://idp.example"])
+        );
+    }
     // Probes stay open.
     let r = reqwest::get(format!("{base}/healthz")).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);

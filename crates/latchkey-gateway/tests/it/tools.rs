@@ -12,11 +12,11 @@ use serde_json::{Value, json};
 
 use super::{client, post};
 
-const KEY: &str = "1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+pub(super) const KEY: &str = "1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 /// Latchkey with one OAuth server on `upstream` and a deposited refresh token (no access
 /// token yet: the first call refreshes).
-async fn connected(
+pub(super) async fn connected(
     upstream: &ScriptedServer,
     backend: super::Backend,
 ) -> (
@@ -194,5 +194,56 @@ async fn a_slot_without_credentials_needs_consent() {
         probed,
         "no upstream call without a token"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The authorization server misbehaving during the refresh a call needs: each fault is a
+/// typed error (never a panic, never a 500), the redirect is not followed, no body or
+/// secret leaks into the answer, and the stored credential survives: once the server
+/// behaves again the same slot works without re-consent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_faults_are_typed_and_lose_nothing() {
+    use latchkey_testkit::TokenFault;
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let elsewhere = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (base, id, dir, _) = connected(&upstream, super::Backend::Sqlite).await;
+    let url = format!("{base}/v1/servers/{id}/tools/echo/call");
+    let faults = [
+        ("null body", TokenFault::NullBody),
+        ("10 MB body", TokenFault::Huge(10 * 1024 * 1024)),
+        (
+            "302 to loopback",
+            TokenFault::RedirectTo(format!("{}/token", elsewhere.base)),
+        ),
+        ("5xx", TokenFault::ServerError(503)),
+        ("garbage", TokenFault::Garbage),
+    ];
+    for (what, fault) in faults {
+        upstream.set_token_fault(fault);
+        let r = client()
+            .post(&url)
+            .json(&json!({"text": "x"}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert!(status == 502 || status == 503, "{what}: {status} {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert!(v["code"].is_string(), "{what}: {v}");
+        assert!(text.len() < 1024, "{what}: no upstream body echoed");
+        for secret in upstream.issued_refresh_tokens() {
+            assert!(!text.contains(&secret), "{what}: refresh token in the body");
+        }
+    }
+    assert!(
+        elsewhere.requests("/token").is_empty(),
+        "the redirect was followed"
+    );
+    upstream.set_token_fault(TokenFault::None);
+    let (status, v) = post(&url, json!({"text": "back"})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["content"][0]["text"], "back");
+    assert_eq!(upstream.reuse_detections(), 0);
     let _ = std::fs::remove_dir_all(dir);
 }

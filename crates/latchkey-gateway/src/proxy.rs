@@ -1,0 +1,298 @@
+//! `/mcp/{server}`: a transparent streamable-HTTP proxy to one upstream MCP server for
+//! the caller's slot (R-EXEC-1, R-EXEC-3).
+//!
+//! Written by hand rather than with rmcp's server and client: a transparent proxy must
+//! not parse, re-frame or reorder what it carries, and must pass SSE events through the
+//! moment they arrive. What it does:
+//! * the request body is streamed upstream; a body that ends within
+//!   [`REPLAY_LIMIT`] (every ordinary JSON-RPC message) is kept so it can be sent again;
+//! * the caller's own `Authorization` is never forwarded (no token passthrough); the
+//!   slot's Bearer is injected instead;
+//! * an upstream 401 on a replayable request forces one refresh and retries once; a second
+//!   401, or no usable token, is a typed error (a JSON-RPC error for a JSON-RPC request);
+//! * only the headers the MCP transport needs cross in either direction;
+//! * the response body (JSON or an SSE stream) is streamed back unbuffered.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt as _;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use latchkey_core::Secret;
+use latchkey_egress::{EgressError, EgressRequest, EgressStream, UrlSource};
+use latchkey_guard::Principal;
+use latchkey_oauth::challenge;
+use latchkey_vault::store::ServerRow;
+use serde_json::Value;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// A request body that ends within this many bytes is kept for a retry.
+pub const REPLAY_LIMIT: usize = 256 * 1024;
+
+/// How long to wait for the upstream's response head (a tool call answered as plain
+/// JSON arrives only when the tool is done).
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Request headers passed upstream (besides the injected `Authorization`).
+const REQUEST_HEADERS: [HeaderName; 7] = [
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    HeaderName::from_static("mcp-session-id"),
+    HeaderName::from_static("mcp-protocol-version"),
+    HeaderName::from_static("last-event-id"),
+    HeaderName::from_static("mcp-method"),
+    HeaderName::from_static("mcp-name"),
+];
+
+/// Response headers passed back. Never `WWW-Authenticate`: the upstream's challenge
+/// names the upstream's authorization server, which the caller must not be sent to.
+const RESPONSE_HEADERS: [HeaderName; 5] = [
+    header::CONTENT_TYPE,
+    header::CACHE_CONTROL,
+    HeaderName::from_static("mcp-session-id"),
+    HeaderName::from_static("mcp-protocol-version"),
+    header::RETRY_AFTER,
+];
+
+/// The caller's body: whole (replayable) or a stream that has already started.
+enum Payload {
+    Whole(Bytes),
+    Streaming(Body),
+}
+
+/// Reads up to [`REPLAY_LIMIT`] bytes; if the body ends there it is kept whole,
+/// otherwise what was read is put back in front of the rest, unbuffered.
+async fn take_payload(body: Body) -> Result<Payload, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut prefix = bytes::BytesMut::new();
+    loop {
+        match stream.next().await {
+            None => return Ok(Payload::Whole(prefix.freeze())),
+            Some(Err(_)) => {
+                return Err(ApiError::BadRequest(vec![crate::error::FieldError {
+                    field: String::new(),
+                    message: "the request body could not be read".into(),
+                }]));
+            }
+            Some(Ok(chunk)) => {
+                prefix.extend_from_slice(&chunk);
+                if prefix.len() > REPLAY_LIMIT {
+                    let head =
+                        futures_util::stream::once(
+                            async move { Ok::<_, axum::Error>(prefix.freeze()) },
+                        );
+                    return Ok(Payload::Streaming(Body::from_stream(head.chain(stream))));
+                }
+            }
+        }
+    }
+}
+
+/// The JSON-RPC id of a single request in `body`, if it is one (errors are answered in
+/// JSON-RPC only to a request that has an id to answer).
+fn request_id(body: &[u8]) -> Option<Value> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object()?;
+    obj.get("method")?;
+    obj.get("id").filter(|id| !id.is_null()).cloned()
+}
+
+/// One attempt upstream.
+async fn attempt(
+    s: &AppState,
+    server: &ServerRow,
+    method: &Method,
+    headers: &HeaderMap,
+    token: Option<&Secret>,
+    body: Option<reqwest::Body>,
+) -> Result<EgressStream, ApiError> {
+    let mut req = EgressRequest::get(server.url.clone(), UrlSource::Operator, 0);
+    req.method = method.clone();
+    for name in &REQUEST_HEADERS {
+        for value in headers.get_all(name) {
+            req.headers.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(t) = token {
+        let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+            .map_err(|_| ApiError::Upstream)?;
+        v.set_sensitive(true);
+        req.headers.insert(header::AUTHORIZATION, v);
+    }
+    let started = std::time::Instant::now();
+    let result = s.egress.open(req, body, HEAD_TIMEOUT).await;
+    metrics::histogram!("latchkey_upstream_head_seconds", "via" => "proxy")
+        .record(started.elapsed().as_secs_f64());
+    result.map_err(|e| {
+        tracing::info!(event = "proxy.upstream_unreachable", server_id = %server.id, error = %e);
+        match e {
+            EgressError::Timeout | EgressError::Connect(_) => ApiError::Unavailable,
+            _ => ApiError::Upstream,
+        }
+    })
+}
+
+/// Whether an upstream answer is a 403 `insufficient_scope`; its scopes if so.
+fn insufficient_scope(r: &EgressStream) -> Option<Vec<String>> {
+    if r.status != StatusCode::FORBIDDEN {
+        return None;
+    }
+    let values = r
+        .headers
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .map(HeaderValue::as_bytes);
+    challenge::bearer_challenge(values)
+        .filter(challenge::BearerChallenge::is_insufficient_scope)
+        .map(|c| c.scopes())
+}
+
+/// `POST | GET | DELETE /mcp/{server}`.
+pub async fn forward(
+    State(s): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    if !matches!(parts.method, Method::POST | Method::GET | Method::DELETE) {
+        let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+        return r;
+    }
+    let payload = match take_payload(body).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let rpc_id = match &payload {
+        Payload::Whole(b) => request_id(b),
+        Payload::Streaming(_) => None,
+    };
+    match run(&s, &p, &id, &parts.method, &parts.headers, payload).await {
+        Ok(r) => r,
+        // The slot-level outcomes answer a JSON-RPC request in JSON-RPC, so an MCP
+        // client shows them; transport-level failures keep their HTTP status.
+        Err(e @ (ApiError::NeedsReauth { .. } | ApiError::NeedsScopeUpgrade { .. })) => {
+            match rpc_id {
+                Some(id) => e.into_jsonrpc(id),
+                None => e.into_response(),
+            }
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run(
+    s: &AppState,
+    p: &Principal,
+    id: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    payload: Payload,
+) -> Result<Response, ApiError> {
+    let server = s.server(p, id).await?;
+    let slot = match server.auth_type.as_str() {
+        "none" => None,
+        "oauth" => Some(crate::tools::slot_for(p, &server)),
+        other => {
+            return Err(ApiError::BadRequest(vec![crate::error::FieldError {
+                field: "server".into(),
+                message: format!("proxying servers with auth type {other} is not supported yet"),
+            }]));
+        }
+    };
+    let token = match &slot {
+        None => None,
+        Some(slot) => Some(
+            s.tokens
+                .access_token(slot, false)
+                .await
+                .map_err(|e| crate::tools::token_failure(&server, e))?,
+        ),
+    };
+    let token_ref = token.as_ref().map(|t| &t.token);
+    let (first, replay) = match payload {
+        Payload::Whole(b) => (
+            attempt(
+                s,
+                &server,
+                method,
+                headers,
+                token_ref,
+                Some(b.clone().into()),
+            )
+            .await?,
+            Some(b),
+        ),
+        Payload::Streaming(body) => {
+            let stream = reqwest::Body::wrap_stream(body.into_data_stream());
+            (
+                attempt(s, &server, method, headers, token_ref, Some(stream)).await?,
+                None,
+            )
+        }
+    };
+    let answer = match (first.status, slot, replay) {
+        (StatusCode::UNAUTHORIZED, Some(slot), Some(b)) => {
+            // R-EXEC-3/4: one forced refresh, one retry; only a 401 counts.
+            drop(first);
+            tracing::info!(event = "proxy.retry_after_401", server_id = %server.id);
+            let fresh = s
+                .tokens
+                .access_token(&slot, true)
+                .await
+                .map_err(|e| crate::tools::token_failure(&server, e))?;
+            let second = attempt(
+                s,
+                &server,
+                method,
+                headers,
+                Some(&fresh.token),
+                Some(b.into()),
+            )
+            .await?;
+            if second.status == StatusCode::UNAUTHORIZED {
+                tracing::info!(event = "token.reauth_required", server_id = %server.id, via = "proxy");
+                return Err(ApiError::NeedsReauth {
+                    server_id: server.id.clone(),
+                });
+            }
+            second
+        }
+        (StatusCode::UNAUTHORIZED, Some(_), None) => {
+            // Not replayable: the caller's client retries, and the next request
+            // refreshes (the 401 is not cached as a good token).
+            return Err(ApiError::NeedsReauth {
+                server_id: server.id.clone(),
+            });
+        }
+        (StatusCode::UNAUTHORIZED, None, _) => return Err(ApiError::Upstream),
+        (_, _, _) => first,
+    };
+    if let Some(scopes) = insufficient_scope(&answer) {
+        return Err(ApiError::NeedsScopeUpgrade {
+            server_id: server.id.clone(),
+            scopes,
+        });
+    }
+    Ok(respond(answer))
+}
+
+/// The upstream answer, streamed back with the allowed headers.
+fn respond(answer: EgressStream) -> Response {
+    let mut headers = HeaderMap::new();
+    for name in &RESPONSE_HEADERS {
+        for value in answer.headers.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let status = answer.status;
+    let body = Body::from_stream(answer.into_body());
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    r
+}
