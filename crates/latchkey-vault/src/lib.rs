@@ -9,5 +9,6 @@ pub mod rotate;
 pub mod store;
 
 pub use store::{
-    CredentialRow, FlowRow, PgStore, ServerRow, Slot, SqliteStore, Store, StoreError, WriteBack,
+    ApiKeyRow, CredentialRow, FlowRow, PgStore, ServerRow, Slot, SqliteStore, Store, StoreError,
+    WriteBack,
 };

@@ -16,6 +16,12 @@ pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// A fresh time-ordered row id (UUID v7, monotonic within the process), for rows
+/// listed in creation order (API keys).
+pub fn new_ordered_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -314,6 +320,44 @@ pub struct AuditEvent {
     pub at: i64,
 }
 
+/// A Latchkey API key as stored: its SHA-256, never the key. The key acts as the
+/// principal that minted it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    /// Id ([`new_ordered_id`]).
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// The subject the key acts as.
+    pub subject: String,
+    /// `admin` or `member`: the role the key acts with.
+    pub role: String,
+    /// The owner's label for the key.
+    pub name: String,
+    /// SHA-256 of the key (unique).
+    pub hash: [u8; 32],
+    /// Unix seconds.
+    pub created_at: i64,
+    /// When the key last authenticated a request (at most a minute stale), Unix seconds.
+    pub last_used_at: Option<i64>,
+}
+
+impl std::fmt::Debug for ApiKeyRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyRow")
+            .field("id", &self.id)
+            .field("tenant", &self.tenant)
+            .field("subject", &self.subject)
+            .field("role", &self.role)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How stale an API key's `last_used_at` may get: a key is touched at most once per
+/// this many seconds, so authentication is not a write per request.
+pub const API_KEY_TOUCH_SECS: i64 = 60;
+
 /// The flow lifetime (R-FLOW-3).
 pub const FLOW_TTL_SECS: i64 = 600;
 
@@ -383,6 +427,30 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn audit(&self, e: &AuditEvent) -> Result<(), StoreError>;
     /// The tenant's audit records, oldest first.
     async fn audit_log(&self, tenant: &str) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Stores an API key (its hash; a duplicate hash or id is a `Conflict`).
+    async fn insert_api_key(&self, k: &ApiKeyRow) -> Result<(), StoreError>;
+    /// The API key whose SHA-256 is `hash`, through the unique index. Across tenants:
+    /// the hash is the credential, and the row names the tenant.
+    async fn api_key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRow>, StoreError>;
+    /// The tenant's API keys, oldest first: those of `subject`, or all of them (for a
+    /// tenant admin) when `subject` is `None`.
+    async fn list_api_keys(
+        &self,
+        tenant: &str,
+        subject: Option<&str>,
+    ) -> Result<Vec<ApiKeyRow>, StoreError>;
+    /// Deletes and returns the tenant's API key `id`, only if it belongs to `subject`
+    /// when one is given. `None` if there was no such key.
+    async fn delete_api_key(
+        &self,
+        tenant: &str,
+        id: &str,
+        subject: Option<&str>,
+    ) -> Result<Option<ApiKeyRow>, StoreError>;
+    /// Records that key `id` was used at `now`, unless it already was within the last
+    /// [`API_KEY_TOUCH_SECS`] (then nothing is written). True if the row was updated.
+    async fn touch_api_key(&self, id: &str, now: i64) -> Result<bool, StoreError>;
 
     // Key rotation (see `crate::rotate`). These read and write envelopes by row key
     // across tenants: they are for the operator's rotation, never for a request path.
@@ -541,6 +609,33 @@ where
         subject: r.try_get("subject")?,
         detail: r.try_get("detail")?,
         at: r.try_get("at")?,
+    })
+}
+
+const API_KEY_COLS: &str = "id, tenant_id, subject, role, name, hash, created_at, last_used_at";
+
+fn api_key_from<R>(r: &R) -> Result<ApiKeyRow, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Vec<u8>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let hash: Vec<u8> = r.try_get("hash")?;
+    Ok(ApiKeyRow {
+        id: r.try_get("id")?,
+        tenant: r.try_get("tenant_id")?,
+        subject: r.try_get("subject")?,
+        role: r.try_get("role")?,
+        name: r.try_get("name")?,
+        hash: hash.try_into().map_err(|_| sqlx::Error::ColumnDecode {
+            index: "hash".into(),
+            source: "api_keys.hash is not 32 bytes".into(),
+        })?,
+        created_at: r.try_get("created_at")?,
+        last_used_at: r.try_get("last_used_at")?,
     })
 }
 
@@ -919,6 +1014,90 @@ macro_rules! sql_store {
                 .fetch_all(&self.pool)
                 .await?;
                 Ok(rows.iter().map(audit_from).collect::<Result<_, _>>()?)
+            }
+
+            async fn insert_api_key(&self, k: &ApiKeyRow) -> Result<(), StoreError> {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO api_keys ({API_KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                )))
+                .bind(&k.id)
+                .bind(&k.tenant)
+                .bind(&k.subject)
+                .bind(&k.role)
+                .bind(&k.name)
+                .bind(&k.hash[..])
+                .bind(k.created_at)
+                .bind(k.last_used_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn api_key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRow>, StoreError> {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {API_KEY_COLS} FROM api_keys WHERE hash = $1"
+                )))
+                .bind(&hash[..])
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.as_ref().map(api_key_from).transpose()?)
+            }
+
+            async fn list_api_keys(&self, tenant: &str, subject: Option<&str>) -> Result<Vec<ApiKeyRow>, StoreError> {
+                let rows = match subject {
+                    Some(sub) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {API_KEY_COLS} FROM api_keys WHERE tenant_id = $1 AND subject = $2 ORDER BY created_at, id"
+                    )))
+                    .bind(tenant)
+                    .bind(sub)
+                    .fetch_all(&self.pool)
+                    .await?,
+                    None => sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {API_KEY_COLS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id"
+                    )))
+                    .bind(tenant)
+                    .fetch_all(&self.pool)
+                    .await?,
+                };
+                Ok(rows.iter().map(api_key_from).collect::<Result<_, _>>()?)
+            }
+
+            async fn delete_api_key(
+                &self,
+                tenant: &str,
+                id: &str,
+                subject: Option<&str>,
+            ) -> Result<Option<ApiKeyRow>, StoreError> {
+                let row = match subject {
+                    Some(sub) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DELETE FROM api_keys WHERE tenant_id = $1 AND id = $2 AND subject = $3 RETURNING {API_KEY_COLS}"
+                    )))
+                    .bind(tenant)
+                    .bind(id)
+                    .bind(sub)
+                    .fetch_optional(&self.pool)
+                    .await?,
+                    None => sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DELETE FROM api_keys WHERE tenant_id = $1 AND id = $2 RETURNING {API_KEY_COLS}"
+                    )))
+                    .bind(tenant)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?,
+                };
+                Ok(row.as_ref().map(api_key_from).transpose()?)
+            }
+
+            async fn touch_api_key(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+                let r = sqlx::query(
+                    "UPDATE api_keys SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at <= $3)",
+                )
+                .bind(now)
+                .bind(id)
+                .bind(now.saturating_sub(API_KEY_TOUCH_SECS))
+                .execute(&self.pool)
+                .await?;
+                Ok(r.rows_affected() == 1)
             }
 
             async fn count_rows(&self, table: SealedTable, up_to: Option<&str>) -> Result<u64, StoreError> {

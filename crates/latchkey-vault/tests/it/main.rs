@@ -2,6 +2,7 @@
 //! machine (a fresh schema per run), plus the keyring against a real database file.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+mod api_keys;
 mod rotation;
 
 use std::sync::Arc;
