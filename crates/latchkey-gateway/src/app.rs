@@ -35,6 +35,8 @@ pub struct AppState {
     pub events: crate::events::Events,
     /// Access tokens: cache, single-flight refresh, eviction.
     pub tokens: Arc<latchkey_broker::token_service::TokenService>,
+    /// Server rows for the call paths, briefly.
+    pub servers: Arc<crate::server_cache::ServerCache>,
     /// The Prometheus recorder's handle, for `/metrics`.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -51,6 +53,29 @@ impl AppState {
             .get_server(p.tenant.as_str(), id)
             .await?
             .ok_or(ApiError::NotFound)
+    }
+
+    /// [`AppState::server`] for the call paths (proxy, federated endpoint, tool calls):
+    /// served from memory for up to [`crate::server_cache::TTL`]. Never for a
+    /// read-modify-write: those read the row itself.
+    pub async fn server_for_call(
+        &self,
+        p: &latchkey_guard::Principal,
+        id: &str,
+    ) -> Result<latchkey_vault::store::ServerRow, ApiError> {
+        let now = self.clock.now();
+        if let Some(row) = self.servers.get(p.tenant.as_str(), id, now) {
+            return Ok(row);
+        }
+        let epoch = self.servers.epoch();
+        let row = self.server(p, id).await?;
+        self.servers.put(row.clone(), epoch, now);
+        Ok(row)
+    }
+
+    /// Forgets the cached row of a server this instance changed or deleted.
+    pub fn server_changed(&self, tenant: &str, id: &str) {
+        self.servers.invalidate(tenant, id);
     }
 
     /// The current time, Unix seconds.
@@ -87,6 +112,11 @@ pub fn router(state: AppState) -> Router {
             "/v1/credentials/{server_id}",
             delete(crate::credentials::delete),
         )
+        .route(
+            "/v1/api-keys",
+            get(crate::api_keys::list).post(crate::api_keys::create),
+        )
+        .route("/v1/api-keys/{id}", delete(crate::api_keys::delete))
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::fields::BODY_LIMIT,
         ))
@@ -100,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(crate::telemetry::render))
         .route("/v1/openapi.json", get(openapi))
         .route(crate::flows::CALLBACK_PATH, get(crate::flows::callback))
+        .merge(crate::federated::routes(&state))
         .merge(api);
     // RFC 9728 metadata for the MCP endpoints, where there is an authorization server to
     // name (in local mode nothing is asked of a caller, so there is nothing to discover).

@@ -7,7 +7,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use latchkey_core::Secret;
 use serde::Deserialize;
+
+/// The shortest HS256 secret accepted, in bytes (RFC 7518 §3.2: a key as long as the
+/// hash output).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
 /// The default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
@@ -52,6 +57,7 @@ struct FileAuth {
     issuer: Option<String>,
     audience: Option<String>,
     jwks_url: Option<String>,
+    jwt_secret: Option<Secret>,
     tenant_claim: Option<String>,
     required_scopes: Option<Vec<String>>,
 }
@@ -66,19 +72,30 @@ pub enum AuthConfig {
         /// Subject.
         subject: String,
     },
-    /// JWT access tokens verified against a JWKS.
+    /// JWT access tokens verified locally, against a JWKS or with a shared secret.
     Jwt {
         /// Expected `iss`, verbatim.
         issuer: String,
         /// Expected `aud` (Latchkey's resource identifier), verbatim.
         audience: String,
-        /// The JWKS URL.
-        jwks_url: String,
+        /// Where the verification keys come from.
+        keys: JwtKeySource,
         /// The claim naming the tenant (absent: one default tenant).
         tenant_claim: Option<String>,
         /// Scopes every request needs.
         required_scopes: Vec<String>,
     },
+}
+
+/// Where JWT verification keys come from: exactly one of `auth.jwks_url` and
+/// `auth.jwt_secret`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtKeySource {
+    /// Public keys (RS256, ES256, EdDSA) from this JWKS URL.
+    Jwks(String),
+    /// One HS256 secret shared with the token issuer, at least
+    /// [`MIN_JWT_SECRET_BYTES`] long. `Debug` prints nothing of it.
+    SharedSecret(Secret),
 }
 
 /// The validated configuration of `latchkey serve`.
@@ -189,17 +206,57 @@ impl Config {
                         )
                     })
                 };
-                let jwks_url = need("LATCHKEY_JWKS_URL", "auth.jwks_url", a.jwks_url)?;
-                if url_like(&jwks_url).is_none() {
-                    return Err(err(
-                        "auth.jwks_url",
-                        format!("{jwks_url:?} is not an http(s) URL"),
-                    ));
-                }
+                let jwks_url = pick("LATCHKEY_JWKS_URL", "auth.jwks_url", a.jwks_url);
+                // The secret is never trimmed, echoed or put in a message.
+                let jwt_secret = match env.get("LATCHKEY_JWT_SECRET") {
+                    Some(v) if !v.is_empty() => {
+                        Some(("LATCHKEY_JWT_SECRET", Secret::new(v.as_str())))
+                    }
+                    _ => a.jwt_secret.map(|s| ("auth.jwt_secret", s)),
+                };
+                let keys = match (jwks_url, jwt_secret) {
+                    (Some(_), Some((key, _))) => {
+                        return Err(err(
+                            key,
+                            "set either auth.jwks_url or auth.jwt_secret, not both",
+                        ));
+                    }
+                    (None, None) => {
+                        return Err(err(
+                            "auth.jwks_url",
+                            "auth.mode = \"jwt\" needs auth.jwks_url (or LATCHKEY_JWKS_URL) or auth.jwt_secret (or LATCHKEY_JWT_SECRET)",
+                        ));
+                    }
+                    (Some((key, url)), None) => {
+                        if url_like(&url).is_none() {
+                            return Err(err(key, format!("{url:?} is not an http(s) URL")));
+                        }
+                        JwtKeySource::Jwks(url)
+                    }
+                    (None, Some((key, secret))) => {
+                        if secret.len() < MIN_JWT_SECRET_BYTES {
+                            // Named `auth.jwt_secret` wherever it came from; the length
+                            // is told, the value never.
+                            let from = if key == "auth.jwt_secret" {
+                                String::new()
+                            } else {
+                                format!(" (set by {key})")
+                            };
+                            return Err(err(
+                                "auth.jwt_secret",
+                                format!(
+                                    "must be at least {MIN_JWT_SECRET_BYTES} bytes, is {}{from}",
+                                    secret.len()
+                                ),
+                            ));
+                        }
+                        JwtKeySource::SharedSecret(secret)
+                    }
+                };
                 AuthConfig::Jwt {
                     issuer: need("LATCHKEY_JWT_ISSUER", "auth.issuer", a.issuer)?,
                     audience: need("LATCHKEY_JWT_AUDIENCE", "auth.audience", a.audience)?,
-                    jwks_url,
+                    keys,
                     tenant_claim: a.tenant_claim,
                     required_scopes: a.required_scopes.unwrap_or_default(),
                 }
@@ -325,5 +382,71 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.port(), 2);
         assert_eq!(c.public_url, "http://localhost:2");
+    }
+
+    const JWT: &str = "[auth]\nmode = \"jwt\"\nissuer = \"https://idp.example\"\naudience = \"http://127.0.0.1:7878/mcp\"\n";
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-hs256";
+
+    #[test]
+    fn a_shared_secret_replaces_the_jwks_url() {
+        let c = Config::parse(&format!("{JWT}jwt_secret = \"{SECRET}\""), &env(&[])).unwrap();
+        let AuthConfig::Jwt { keys, .. } = &c.auth else {
+            panic!("jwt mode")
+        };
+        assert_eq!(keys, &JwtKeySource::SharedSecret(Secret::new(SECRET)));
+        // From the environment, not trimmed.
+        let padded = format!(" {SECRET} ");
+        let c = Config::parse(JWT, &env(&[("LATCHKEY_JWT_SECRET", &padded)])).unwrap();
+        assert!(matches!(
+            &c.auth,
+            AuthConfig::Jwt { keys: JwtKeySource::SharedSecret(s), .. } if s.expose() == padded
+        ));
+        let c = Config::parse(
+            &format!("{JWT}jwks_url = \"https://idp.example/jwks\""),
+            &env(&[]),
+        )
+        .unwrap();
+        assert!(matches!(
+            &c.auth,
+            AuthConfig::Jwt { keys: JwtKeySource::Jwks(u), .. } if u == "https://idp.example/jwks"
+        ));
+    }
+
+    #[test]
+    fn exactly_one_key_source_and_a_long_enough_secret() {
+        let e = Config::parse(JWT, &env(&[])).unwrap_err();
+        assert_eq!(e.setting, "auth.jwks_url");
+        assert!(e.message.contains("auth.jwt_secret"), "{e}");
+        let both =
+            format!("{JWT}jwks_url = \"https://idp.example/jwks\"\njwt_secret = \"{SECRET}\"");
+        let e = Config::parse(&both, &env(&[])).unwrap_err();
+        assert_eq!(e.setting, "auth.jwt_secret");
+        assert!(!e.to_string().contains(SECRET));
+        let e = Config::parse(
+            &format!("{JWT}jwks_url = \"https://idp.example/jwks\""),
+            &env(&[("LATCHKEY_JWT_SECRET", SECRET)]),
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "LATCHKEY_JWT_SECRET");
+        let short = "31-bytes-is-one-byte-too-short!";
+        assert_eq!(short.len(), 31);
+        let e = Config::parse(&format!("{JWT}jwt_secret = \"{short}\""), &env(&[])).unwrap_err();
+        assert_eq!(e.setting, "auth.jwt_secret");
+        assert!(!e.to_string().contains(short), "{e}");
+        let e = Config::parse(JWT, &env(&[("LATCHKEY_JWT_SECRET", short)])).unwrap_err();
+        assert_eq!(e.setting, "auth.jwt_secret");
+        assert!(e.message.contains("LATCHKEY_JWT_SECRET"), "{e}");
+        assert!(!e.to_string().contains(short), "{e}");
+        let exactly = &SECRET[..MIN_JWT_SECRET_BYTES];
+        assert!(Config::parse(&format!("{JWT}jwt_secret = \"{exactly}\""), &env(&[])).is_ok());
+    }
+
+    #[test]
+    fn the_secret_never_shows_in_debug() {
+        let c = Config::parse(&format!("{JWT}jwt_secret = \"{SECRET}\""), &env(&[])).unwrap();
+        let shown = format!("{c:?} {:?} {c:#?}", c.clone());
+        assert!(!shown.contains(SECRET), "{shown}");
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        assert_eq!(c, c.clone());
     }
 }

@@ -141,6 +141,8 @@ pub async fn deposit(
     s.store.upsert_credential(&row).await?;
     // Synchronously, before answering (R-REFRESH-13).
     s.tokens.evict(&slot);
+    s.events
+        .publish_change(crate::events::CredentialChange::slot(&slot));
     metrics::counter!("latchkey_deposits_total").increment(1);
     audit(&s, &p, "credential.deposit", &slot).await;
     Ok(Json(json!({"stored": true})))
@@ -161,6 +163,8 @@ pub async fn delete(
     let deleted = s.store.delete_credential(&slot).await?;
     s.tokens.evict(&slot);
     if deleted {
+        s.events
+            .publish_change(crate::events::CredentialChange::slot(&slot));
         audit(&s, &p, "credential.delete", &slot).await;
     }
     Ok(StatusCode::NO_CONTENT)

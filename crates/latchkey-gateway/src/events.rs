@@ -1,5 +1,7 @@
 //! `GET /v1/events`: server-sent events for the UI (R-UI-7). An event reaches the user
-//! it concerns and the admins of that tenant, never anyone else (fail closed).
+//! it concerns and the admins of that tenant, never anyone else (fail closed). The bus
+//! also carries [`CredentialChange`]s for the federated MCP endpoint's
+//! `notifications/tools/list_changed`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -44,10 +46,71 @@ pub fn visible_to(e: &Event, p: &Principal) -> bool {
             || e.user_id.as_deref() == Some(p.subject.as_str()))
 }
 
+/// Which slots of a server a [`CredentialChange`] concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeScope {
+    /// One user's slot.
+    User(String),
+    /// The shared slot (every member of the tenant calls with it).
+    Shared,
+    /// Every slot of the server (it was created, edited or deleted).
+    Server,
+}
+
+/// What a slot can call changed: it gained or lost its credential (a deposit, a delete,
+/// a completed flow), or its server was created, edited (renamed, purged) or deleted.
+/// In-process only (not sent on `/v1/events`); the federated MCP endpoint turns it into
+/// `notifications/tools/list_changed` for the sessions that may see the slot
+/// ([`change_visible_to`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialChange {
+    /// The tenant.
+    pub tenant: String,
+    /// The server.
+    pub server_id: String,
+    /// Which of its slots.
+    pub scope: ChangeScope,
+}
+
+impl CredentialChange {
+    /// A change of one slot.
+    pub fn slot(slot: &latchkey_vault::store::Slot) -> Self {
+        Self {
+            tenant: slot.tenant.clone(),
+            server_id: slot.server.clone(),
+            scope: match &slot.subject {
+                Some(u) => ChangeScope::User(u.clone()),
+                None => ChangeScope::Shared,
+            },
+        }
+    }
+
+    /// A change of every slot of a server.
+    pub fn server(tenant: &str, server_id: &str) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            server_id: server_id.to_owned(),
+            scope: ChangeScope::Server,
+        }
+    }
+}
+
+/// Whether `p` may see the slots `c` concerns, by the rules of [`visible_to`]: same
+/// tenant, and the slot's user or a tenant admin; a shared slot, or every slot of a
+/// server, concerns every member of the tenant.
+pub fn change_visible_to(c: &CredentialChange, p: &Principal) -> bool {
+    c.tenant == p.tenant.as_str()
+        && match &c.scope {
+            ChangeScope::User(u) => p.is_admin() || u == p.subject.as_str(),
+            ChangeScope::Shared | ChangeScope::Server => true,
+        }
+}
+
 /// The in-process event bus. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Events {
     tx: broadcast::Sender<Arc<Event>>,
+    changes: broadcast::Sender<Arc<CredentialChange>>,
 }
 
 impl Default for Events {
@@ -55,6 +118,7 @@ impl Default for Events {
         // Slow subscribers lose the oldest events rather than holding memory.
         Self {
             tx: broadcast::channel(256).0,
+            changes: broadcast::channel(256).0,
         }
     }
 }
@@ -67,6 +131,17 @@ impl Events {
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.tx.subscribe()
+    }
+
+    /// Publishes a credential change (no subscriber: dropped).
+    pub fn publish_change(&self, c: CredentialChange) {
+        let _ = self.changes.send(Arc::new(c));
+    }
+
+    /// Every credential change from now on; the receiver filters with
+    /// [`change_visible_to`]. A slow receiver loses the oldest ones (`Lagged`).
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Arc<CredentialChange>> {
+        self.changes.subscribe()
     }
 }
 
@@ -137,5 +212,26 @@ mod tests {
         let json = serde_json::to_value(&e).unwrap();
         assert!(json.get("tenant").is_none());
         assert_eq!(json["type"], "mcp.oauth_complete");
+    }
+
+    #[test]
+    fn credential_changes_reach_who_may_see_the_slot() {
+        let slot = |subject: Option<&str>| latchkey_vault::store::Slot {
+            tenant: "t1".into(),
+            server: "s".into(),
+            subject: subject.map(str::to_owned),
+        };
+        let own = CredentialChange::slot(&slot(Some("alice")));
+        assert!(change_visible_to(&own, &principal("t1", "alice", false)));
+        assert!(change_visible_to(&own, &principal("t1", "root", true)));
+        assert!(!change_visible_to(&own, &principal("t1", "bob", false)));
+        assert!(!change_visible_to(&own, &principal("t2", "alice", false)));
+        for c in [
+            CredentialChange::slot(&slot(None)),
+            CredentialChange::server("t1", "s"),
+        ] {
+            assert!(change_visible_to(&c, &principal("t1", "bob", false)));
+            assert!(!change_visible_to(&c, &principal("t2", "bob", true)));
+        }
     }
 }

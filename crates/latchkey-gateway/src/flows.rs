@@ -202,6 +202,8 @@ async fn store_tokens(
     };
     s.store.upsert_credential(&row).await?;
     s.tokens.evict(slot);
+    s.events
+        .publish_change(crate::events::CredentialChange::slot(slot));
     Ok(())
 }
 
@@ -226,12 +228,66 @@ pub async fn start(
         }]));
     }
     let slot = slot_for(&p, &server, user)?;
+    Ok(Json(match begin(&s, &p, &server, slot, false).await? {
+        Started::AlreadyAuthorized => json!({"status": "already_authorized"}),
+        Started::Completed { client_id, issuer } => {
+            json!({"status": "completed", "client_id": client_id, "issuer": issuer})
+        }
+        Started::Redirect {
+            authorization_url,
+            client_id,
+            issuer,
+        } => json!({
+            "status": "redirect",
+            "authorization_url": authorization_url,
+            "client_id": client_id,
+            "issuer": issuer,
+        }),
+    }))
+}
+
+/// What [`begin`] did.
+#[derive(Debug)]
+pub(crate) enum Started {
+    /// The slot has a usable credential; nothing was started (R-FLOW-15).
+    AlreadyAuthorized,
+    /// `client_credentials`: the token was minted and stored, no browser needed.
+    Completed {
+        /// The client used.
+        client_id: String,
+        /// The authorization server.
+        issuer: String,
+    },
+    /// A flow is pending: the user opens `authorization_url` to consent.
+    Redirect {
+        /// The authorization request URL.
+        authorization_url: String,
+        /// The client used.
+        client_id: String,
+        /// The authorization server.
+        issuer: String,
+    },
+}
+
+/// Starts a managed flow for `slot` of `server` (an OAuth server of `p`'s tenant; the
+/// caller has checked that `p` may act on the slot), initiated by `p`. `force` skips
+/// the R-FLOW-15 "already authorized" check: the token service found the stored
+/// credential unusable (a refused refresh), so the user must consent again although a
+/// refresh token is stored.
+pub(crate) async fn begin(
+    s: &AppState,
+    p: &Principal,
+    server: &ServerRow,
+    slot: Slot,
+    force: bool,
+) -> Result<Started, ApiError> {
     let now_s = s.now();
     // R-FLOW-15: a usable token means nothing to do.
-    if let Some(c) = s.store.get_credential(&slot).await?
+    if !force
+        && let Some(c) = s.store.get_credential(&slot).await?
         && (c.refresh_token.is_some() || c.access_expires_at.is_some_and(|e| e > now_s))
     {
-        return Ok(Json(json!({"status": "already_authorized"})));
+        return Ok(Started::AlreadyAuthorized);
     }
     // R-FLOW-8: another user's live flow on the shared slot wins; the same user's
     // earlier flows are replaced.
@@ -251,7 +307,7 @@ pub async fn start(
         .discover(&server.url, None, DiscoveryOptions::default())
         .await
         .map_err(|e| oauth_failure(&e))?;
-    let redirect = redirect_uri(&s);
+    let redirect = redirect_uri(s);
     let scope = scope::select(scope::ScopeInputs {
         configured: server.scopes.as_deref(),
         challenge: None,
@@ -262,7 +318,7 @@ pub async fn start(
 
     if server.grant_type == "client_credentials" {
         // R-FLOW-11: minted server-side, no redirect, no PKCE.
-        let client = client_for(&s, &server, &d, &redirect, scope.as_deref()).await?;
+        let client = client_for(s, server, &d, &redirect, scope.as_deref()).await?;
         if client.secret.is_none() {
             return Err(ApiError::BadRequest(vec![crate::error::FieldError {
                 field: "server_id".into(),
@@ -287,7 +343,7 @@ pub async fn start(
         .await
         .map_err(|_| ApiError::Upstream)?;
         store_tokens(
-            &s,
+            s,
             &slot,
             p.subject.as_str(),
             &d.issuer,
@@ -299,9 +355,10 @@ pub async fn start(
         .await?;
         metrics::counter!("latchkey_oauth_flows_started_total", "kind" => "client_credentials")
             .increment(1);
-        return Ok(Json(
-            json!({"status": "completed", "client_id": client.client_id, "issuer": d.issuer}),
-        ));
+        return Ok(Started::Completed {
+            client_id: client.client_id,
+            issuer: d.issuer.clone(),
+        });
     }
 
     if !d.metadata.supports_s256() {
@@ -312,7 +369,7 @@ pub async fn start(
         .authorization_endpoint
         .clone()
         .ok_or_else(|| oauth_failure(&OAuthError::MissingEndpoint("authorization_endpoint")))?;
-    let client = client_for(&s, &server, &d, &redirect, scope.as_deref()).await?;
+    let client = client_for(s, server, &d, &redirect, scope.as_deref()).await?;
     let pending = authorize::start(
         &s.egress,
         &AuthorizationRequest {
@@ -347,12 +404,11 @@ pub async fn start(
     s.store.insert_flow(&flow).await?;
     metrics::counter!("latchkey_oauth_flows_started_total", "kind" => "authorization_code")
         .increment(1);
-    Ok(Json(json!({
-        "status": "redirect",
-        "authorization_url": pending.url,
-        "client_id": pending.client_id,
-        "issuer": pending.issuer,
-    })))
+    Ok(Started::Redirect {
+        authorization_url: pending.url,
+        client_id: pending.client_id,
+        issuer: pending.issuer,
+    })
 }
 
 /// How a callback ended, for the page and its message.

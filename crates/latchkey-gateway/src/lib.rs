@@ -3,15 +3,18 @@
 //! are added here as they are built.
 #![forbid(unsafe_code)]
 
+pub mod api_keys;
 pub mod app;
 pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod events;
+pub mod federated;
 pub mod fields;
 pub mod flows;
 pub mod proxy;
 pub mod revoke;
+pub mod server_cache;
 pub mod servers;
 pub mod telemetry;
 pub mod tools;
@@ -35,7 +38,7 @@ pub fn state(
     clock: Arc<dyn Clock>,
 ) -> Result<AppState, ConfigError> {
     let egress = egress(cfg)?;
-    let guard = guard(cfg, egress.clone(), clock.clone())?;
+    let guard = guard(cfg, egress.clone(), clock.clone(), store.clone())?;
     let tokens = Arc::new(latchkey_broker::token_service::TokenService::new(
         store.clone(),
         keyring.clone(),
@@ -56,10 +59,11 @@ pub fn state(
         clock,
         public_url: cfg.public_url.clone(),
         events: events::Events::default(),
+        servers: Arc::default(),
         metrics: telemetry::install(),
     })
 }
-pub use config::{AuthConfig, Config, ConfigError};
+pub use config::{AuthConfig, Config, ConfigError, JwtKeySource};
 pub use error::{ApiError, FieldError};
 
 /// The outbound HTTP client the configuration asks for.
@@ -78,8 +82,14 @@ pub fn egress(cfg: &Config) -> Result<Egress, ConfigError> {
     })
 }
 
-/// The inbound guard the configuration asks for.
-pub fn guard(cfg: &Config, egress: Egress, clock: Arc<dyn Clock>) -> Result<Guard, ConfigError> {
+/// The inbound guard the configuration asks for. In JWT mode the `Token` scheme takes
+/// the API keys in `store` (`Bearer` never does).
+pub fn guard(
+    cfg: &Config,
+    egress: Egress,
+    clock: Arc<dyn Clock>,
+    store: Arc<dyn latchkey_vault::Store>,
+) -> Result<Guard, ConfigError> {
     let bad = |setting: &str, message: String| ConfigError {
         setting: setting.into(),
         message,
@@ -99,7 +109,7 @@ pub fn guard(cfg: &Config, egress: Egress, clock: Arc<dyn Clock>) -> Result<Guar
         AuthConfig::Jwt {
             issuer,
             audience,
-            jwks_url,
+            keys,
             tenant_claim,
             required_scopes,
         } => {
@@ -108,7 +118,14 @@ pub fn guard(cfg: &Config, egress: Egress, clock: Arc<dyn Clock>) -> Result<Guar
                 clock.clone(),
                 JwksOptions::default(),
             ));
-            let mut jc = JwtConfig::jwks(issuer.clone(), audience.clone(), jwks_url.clone());
+            let mut jc = match keys {
+                JwtKeySource::Jwks(url) => {
+                    JwtConfig::jwks(issuer.clone(), audience.clone(), url.clone())
+                }
+                JwtKeySource::SharedSecret(secret) => {
+                    JwtConfig::shared_secret(issuer.clone(), audience.clone(), secret.clone())
+                }
+            };
             if let Some(c) = tenant_claim {
                 jc.claims = ClaimMapping {
                     tenant_claims: vec![c.clone()],
@@ -116,8 +133,13 @@ pub fn guard(cfg: &Config, egress: Egress, clock: Arc<dyn Clock>) -> Result<Guar
                 };
             }
             let verifier = JwtVerifier::new(jc, jwks).map_err(|e| bad("auth", e.to_string()))?;
-            let mut t = TokenAuthenticator::new(clock);
+            let mut t = TokenAuthenticator::new(clock.clone());
             t.jwt = Some(verifier);
+            t.api_keys = Some(Arc::new(api_keys::StoreApiKeys::new(
+                store,
+                clock,
+                required_scopes.clone(),
+            )));
             t.required_scopes = required_scopes.clone();
             let host = cfg
                 .public_url

@@ -167,8 +167,10 @@ pub async fn forward(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let rpc_id = match &payload {
-        Payload::Whole(b) => request_id(b),
+    // Kept (a reference count, not a copy) to find the JSON-RPC id if an error must be
+    // answered; parsed only then.
+    let whole = match &payload {
+        Payload::Whole(b) => Some(b.clone()),
         Payload::Streaming(_) => None,
     };
     match run(&s, &p, &id, &parts.method, &parts.headers, payload).await {
@@ -176,7 +178,7 @@ pub async fn forward(
         // The slot-level outcomes answer a JSON-RPC request in JSON-RPC, so an MCP
         // client shows them; transport-level failures keep their HTTP status.
         Err(e @ (ApiError::NeedsReauth { .. } | ApiError::NeedsScopeUpgrade { .. })) => {
-            match rpc_id {
+            match whole.as_deref().and_then(request_id) {
                 Some(id) => e.into_jsonrpc(id),
                 None => e.into_response(),
             }
@@ -193,7 +195,7 @@ async fn run(
     headers: &HeaderMap,
     payload: Payload,
 ) -> Result<Response, ApiError> {
-    let server = s.server(p, id).await?;
+    let server = s.server_for_call(p, id).await?;
     let slot = match server.auth_type.as_str() {
         "none" => None,
         "oauth" => Some(crate::tools::slot_for(p, &server)),
@@ -278,11 +280,17 @@ async fn run(
             scopes,
         });
     }
-    Ok(respond(answer))
+    respond(answer).await
 }
 
-/// The upstream answer, streamed back with the allowed headers.
-fn respond(answer: EgressStream) -> Response {
+/// Answers with a declared length up to this size that are not event streams are read
+/// whole and sent with their length: one write instead of a chunked stream, for the
+/// common case of a small JSON-RPC response. Anything else streams.
+const SIZED_LIMIT: u64 = 256 * 1024;
+
+/// The upstream answer with the allowed headers: small sized JSON answers whole, SSE and
+/// everything else streamed as it arrives.
+async fn respond(answer: EgressStream) -> Result<Response, ApiError> {
     let mut headers = HeaderMap::new();
     for name in &RESPONSE_HEADERS {
         for value in answer.headers.get_all(name) {
@@ -290,9 +298,28 @@ fn respond(answer: EgressStream) -> Response {
         }
     }
     let status = answer.status;
-    let body = Body::from_stream(answer.into_body());
+    let is_stream = answer
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    let declared = answer
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = match declared {
+        Some(n) if !is_stream && n <= SIZED_LIMIT => {
+            let limit = usize::try_from(n).unwrap_or(0);
+            Body::from(answer.read_capped(limit).await.map_err(|e| {
+                tracing::info!(event = "proxy.upstream_body_failed", error = %e);
+                ApiError::Upstream
+            })?)
+        }
+        _ => Body::from_stream(answer.into_body()),
+    };
     let mut r = Response::new(body);
     *r.status_mut() = status;
     *r.headers_mut() = headers;
-    r
+    Ok(r)
 }

@@ -170,6 +170,12 @@ pub async fn create(
             .into(),
     };
     s.store.create_server(&row, s.now()).await?;
+    // A server without auth has tools at once; a same-named one renames the other's.
+    s.events
+        .publish_change(crate::events::CredentialChange::server(
+            p.tenant.as_str(),
+            &id,
+        ));
     audit(&s, &p, "server.create", &id, None).await;
     Ok((StatusCode::CREATED, Json(ServerView::from(&row))))
 }
@@ -256,7 +262,9 @@ pub async fn update(
         || row.client_id != old.client_id
         || row.grant_type != old.grant_type
         || row.scopes != old.scopes;
-    if !s.store.update_server(&row, s.now()).await? {
+    let updated = s.store.update_server(&row, s.now()).await;
+    s.server_changed(p.tenant.as_str(), &id);
+    if !updated? {
         return Err(ApiError::NotFound);
     }
     let mut detail = None;
@@ -274,6 +282,12 @@ pub async fn update(
             Err(e) => tracing::warn!(event = "server.purge_failed", error = %e),
         }
     }
+    // A purge disconnects every slot; a rename renames the federated tools.
+    s.events
+        .publish_change(crate::events::CredentialChange::server(
+            p.tenant.as_str(),
+            &id,
+        ));
     audit(&s, &p, "server.update", &id, detail).await;
     Ok(Json(ServerView::from(&row)))
 }
@@ -290,8 +304,15 @@ pub async fn delete(
     let server = s.server(&p, &id).await?;
     let creds = s.store.server_credentials(p.tenant.as_str(), &id).await?;
     crate::revoke::revoke_all(&s, &server, &creds).await;
-    let deleted = s.store.delete_server(p.tenant.as_str(), &id).await?;
+    let deleted = s.store.delete_server(p.tenant.as_str(), &id).await;
+    s.server_changed(p.tenant.as_str(), &id);
+    let deleted = deleted?;
     s.tokens.evict_server(p.tenant.as_str(), &id);
+    s.events
+        .publish_change(crate::events::CredentialChange::server(
+            p.tenant.as_str(),
+            &id,
+        ));
     s.discoverer.invalidate(&server.url);
     if !deleted {
         return Err(ApiError::NotFound);

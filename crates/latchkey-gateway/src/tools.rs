@@ -193,7 +193,7 @@ pub async fn list(
     axum::Extension(p): axum::Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let server = s.server(&p, &id).await?;
+    let server = s.server_for_call(&p, &id).await?;
     let result = call(&s, &p, &server, "tools/list", None).await?;
     let tools = result
         .get("tools")
@@ -223,7 +223,7 @@ pub async fn invoke(
             }
         }
     };
-    let server = s.server(&p, &id).await?;
+    let server = s.server_for_call(&p, &id).await?;
     let result = call(
         &s,
         &p,

@@ -11,7 +11,9 @@ use latchkey_vault::keyring::StaticKeys;
 use latchkey_vault::{Keyring, SqliteStore};
 
 mod credentials;
+mod federated;
 mod flows;
+mod identity;
 mod proxy;
 mod servers;
 mod tools;
@@ -77,6 +79,33 @@ async fn start_on(
     Arc<dyn latchkey_vault::Store>,
     Option<latchkey_testkit::pg::PgSchema>,
 ) {
+    start_configured(
+        backend,
+        |base| {
+            // The default public URL names the default port; use the one actually bound.
+            let mut cfg = cfg.clone();
+            if cfg.public_url == format!("http://{}", latchkey_gateway::config::DEFAULT_LISTEN) {
+                cfg.public_url = base.to_owned();
+            }
+            cfg
+        },
+        keys,
+    )
+    .await
+}
+
+/// Like [`start_on`], with the configuration made from Latchkey's own base URL, known
+/// only once the port is bound (jwt mode needs it for the public URL and audience).
+async fn start_configured(
+    backend: Backend,
+    cfg: impl FnOnce(&str) -> Config,
+    keys: StaticKeys,
+) -> (
+    String,
+    std::path::PathBuf,
+    Arc<dyn latchkey_vault::Store>,
+    Option<latchkey_testkit::pg::PgSchema>,
+) {
     let dir = std::env::temp_dir().join(format!("lk-gw-{}", latchkey_vault::store::new_id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (store, schema): (Arc<dyn latchkey_vault::Store>, _) = match backend {
@@ -96,11 +125,7 @@ async fn start_on(
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    // The default public URL names the default port; use the one actually bound.
-    let mut cfg = cfg.clone();
-    if cfg.public_url == format!("http://{}", latchkey_gateway::config::DEFAULT_LISTEN) {
-        cfg.public_url = base.clone();
-    }
+    let cfg = cfg(&base);
     let app = latchkey_gateway::router(
         latchkey_gateway::state(
             &cfg,

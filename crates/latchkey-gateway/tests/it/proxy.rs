@@ -39,7 +39,7 @@ async fn rpc(
         // The last `data:` line holds the response.
         text.lines()
             .filter_map(|l| l.strip_prefix("data: "))
-            .last()
+            .next_back()
             .map_or(Value::Null, |d| serde_json::from_str(d).unwrap())
     } else {
         serde_json::from_str(&text).unwrap_or(Value::Null)

@@ -1,0 +1,770 @@
+//! `/mcp`: the federated MCP endpoint. One MCP server that shows the caller's connected
+//! servers as one: the tools of every server of the caller's tenant whose slot (the
+//! caller's own, or the shared one) has a usable token, under stable names
+//! ([`names`]: `<server-slug>__<tool>`), each call routed to its server with that slot's
+//! Bearer (the caller's own credential never goes upstream).
+//!
+//! * The MCP protocol and the streamable HTTP transport are rmcp's (`ServerHandler`,
+//!   `StreamableHttpService`). Written here: the federation (listing, name table,
+//!   routing), the URL-mode elicitation error, the session binding and lifecycle log
+//!   ([`sessions`]).
+//! * Both wires: 2025-11-25 (`initialize`, `Mcp-Session-Id` sessions, the GET stream)
+//!   and 2026-07-28 (stateless requests with `params._meta` carrying
+//!   `io.modelcontextprotocol/protocolVersion` and `…/clientCapabilities`, the
+//!   `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` headers, `server/discover`,
+//!   `subscriptions/listen`): rmcp 3.11 routes each request to the right lifecycle.
+//! * Calls reuse the REST tool path (`crate::tools::call`): one forced refresh and one
+//!   retry on an upstream 401, never a refresh on a 403.
+//! * A server whose slot has no usable token is left out of `tools/list` (R-EXEC-11). A
+//!   call to one of its tools (or `latchkey_connect`) starts a managed flow
+//!   (`crate::flows::begin`) and sends the user to its authorization URL: on 2025-11-25
+//!   with the URL-mode elicitation error `-32042`; on 2026-07-28, which retired `-32042`,
+//!   with an `input_required` result carrying a URL-mode `elicitation/create` (SEP-2322),
+//!   or `-32021` when the request did not declare URL elicitation.
+//! * `notifications/tools/list_changed` goes to the caller's live sessions (2025-11-25:
+//!   the session's GET stream; 2026-07-28: a `subscriptions/listen` stream) whenever a
+//!   slot they may see gains or loses its credential ([`crate::events::CredentialChange`]).
+//!
+//! Invariants: no token appears in a log line, a tool result or an error; an upstream
+//! result (content, `isError`, `structuredContent`) is passed through unchanged.
+
+pub mod names;
+mod sessions;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use latchkey_broker::token_service::TokenError;
+use latchkey_guard::Principal;
+use latchkey_vault::store::ServerRow;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ElicitRequest,
+    ElicitRequestParams, ErrorCode, Extensions, Implementation, InitializeRequestParams,
+    InitializeResult, InputRequest, InputRequests, InputRequiredResult, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig, SubscriptionFilter,
+    Tool,
+};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::events::{CredentialChange, change_visible_to};
+use crate::flows::Started;
+
+/// Where the endpoint is mounted.
+pub const PATH: &str = "/mcp";
+/// The tool that asks for a server's connection link.
+pub const CONNECT_TOOL: &str = "latchkey_connect";
+/// `URLElicitationRequiredError` (MCP 2025-11-25). rmcp 3.11 has no constant for it.
+pub const URL_ELICITATION_REQUIRED: ErrorCode = ErrorCode(-32042);
+/// Pages of an upstream `tools/list` followed at most.
+const MAX_PAGES: usize = 10;
+
+/// The routes of `/mcp`, behind the same guard as `/v1` (merged into the app's router).
+pub fn routes(state: &AppState) -> Router<AppState> {
+    let manager = Arc::new(LocalSessionManager::default());
+    let sessions = Arc::new(sessions::Sessions::new(manager.clone()));
+    let federation = Federation {
+        s: state.clone(),
+        tables: Arc::default(),
+    };
+    let config = StreamableHttpServerConfig::default()
+        // Host and Origin are checked by the guard (R-RS-15) against Latchkey's own
+        // configuration before rmcp sees the request.
+        .disable_allowed_hosts()
+        // Plain JSON for a stateless request whose answer is one message.
+        .with_json_response(true);
+    let service = StreamableHttpService::new(
+        move || Ok(Handler::new(federation.clone())),
+        manager,
+        config,
+    );
+    Router::new()
+        .route_service(PATH, service)
+        .route_layer(axum::middleware::from_fn_with_state(
+            sessions,
+            sessions::bind,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.guard.clone(),
+            latchkey_guard::require_principal,
+        ))
+        .route_layer(axum::middleware::from_fn(sessions::lifecycle))
+}
+
+/// Upstream tool names by federated name, per slot, from the last listing.
+type Table = HashMap<String, String>;
+/// `(tenant, server, subject)`: a slot, or `None` subject for the shared one.
+type SlotKey = (String, String, Option<String>);
+
+/// What every session and request shares.
+#[derive(Debug, Clone)]
+struct Federation {
+    s: AppState,
+    tables: Arc<Mutex<HashMap<SlotKey, Arc<Table>>>>,
+}
+
+/// One of the caller's servers as the federation sees it.
+struct Member {
+    server: ServerRow,
+    slug: String,
+}
+
+/// Why a server's tools could not be had.
+enum Unavailable {
+    /// The slot has no usable credential; `force` when one is stored but refused.
+    NotConnected { force: bool },
+    /// Anything else (logged, named by its stable code to the caller).
+    Failed(ApiError),
+}
+
+fn slot_key(p: &Principal, server: &ServerRow) -> SlotKey {
+    let slot = crate::tools::slot_for(p, server);
+    (slot.tenant, slot.server, slot.subject)
+}
+
+fn text_result(text: String, is_error: bool) -> CallToolResponse {
+    CallToolResponse::Complete(if is_error {
+        CallToolResult::error(vec![ContentBlock::text(text)])
+    } else {
+        CallToolResult::success(vec![ContentBlock::text(text)])
+    })
+}
+
+/// A failure the caller should read, by its stable code (never a secret: the messages
+/// of [`ApiError`] are fixed texts).
+fn failure_result(server: &ServerRow, e: &ApiError) -> CallToolResponse {
+    let (_, code) = e.status_and_code();
+    text_result(
+        format!("{} ({}): {code}: {e}", server.name, server.id),
+        true,
+    )
+}
+
+fn unknown_tool(name: &str) -> ErrorData {
+    ErrorData::invalid_params(format!("Unknown tool: {name}"), None)
+}
+
+fn unavailable() -> ErrorData {
+    ErrorData::internal_error("temporarily unavailable", None)
+}
+
+/// The principal the guard put into the HTTP request rmcp hands over.
+fn principal(extensions: &Extensions) -> Result<Principal, ErrorData> {
+    extensions
+        .get::<http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<Principal>())
+        .cloned()
+        .ok_or_else(|| ErrorData::internal_error("no principal", None))
+}
+
+impl Federation {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SlotKey, Arc<Table>>> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The caller's tenant's servers with their slugs (computed over all of them, so
+    /// names do not change as servers connect or disconnect).
+    async fn members(&self, p: &Principal) -> Result<Vec<Member>, ErrorData> {
+        let servers = self
+            .s
+            .store
+            .list_servers(p.tenant.as_str())
+            .await
+            .map_err(|e| {
+                tracing::warn!(event = "mcp.federated.store_failed", error = %e);
+                unavailable()
+            })?;
+        let mut slugs = names::slugs(servers.iter().map(|s| (s.id.as_str(), s.name.as_str())));
+        Ok(servers
+            .into_iter()
+            .map(|server| Member {
+                slug: slugs.remove(&server.id).unwrap_or_default(),
+                server,
+            })
+            .collect())
+    }
+
+    /// Whether the caller's slot of an OAuth server has a usable token (refreshing it if
+    /// need be); `Err` says why not.
+    async fn check_slot(&self, p: &Principal, server: &ServerRow) -> Result<(), Unavailable> {
+        if server.auth_type != "oauth" {
+            return Ok(());
+        }
+        let slot = crate::tools::slot_for(p, server);
+        match self.s.tokens.access_token(&slot, false).await {
+            Ok(_) => Ok(()),
+            Err(TokenError::NotConnected) => Err(Unavailable::NotConnected { force: false }),
+            Err(TokenError::ReauthRequired(_)) => Err(Unavailable::NotConnected { force: true }),
+            Err(e) => Err(Unavailable::Failed(crate::tools::token_failure(server, e))),
+        }
+    }
+
+    /// The server's tools for the caller's slot, renamed, and the slot's name table
+    /// refreshed.
+    async fn server_tools(&self, p: &Principal, m: &Member) -> Result<Vec<Tool>, Unavailable> {
+        match m.server.auth_type.as_str() {
+            "oauth" => self.check_slot(p, &m.server).await?,
+            "none" => {}
+            // Static-header servers are not callable yet (the REST path refuses them too).
+            _ => return Ok(Vec::new()),
+        }
+        let mut upstream = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for _ in 0..MAX_PAGES {
+            let params = cursor.take().map(|c| json!({"cursor": c}));
+            let page = crate::tools::call(&self.s, p, &m.server, "tools/list", params)
+                .await
+                .map_err(|e| match e {
+                    ApiError::NeedsReauth { .. } => Unavailable::NotConnected { force: true },
+                    other => Unavailable::Failed(other),
+                })?;
+            for t in page
+                .get("tools")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                match serde_json::from_value::<Tool>(t.clone()) {
+                    Ok(tool) => upstream.push(tool),
+                    Err(e) => tracing::info!(
+                        event = "mcp.federated.tool_skipped",
+                        server_id = %m.server.id,
+                        error = %e
+                    ),
+                }
+            }
+            match page.get("nextCursor") {
+                Some(c @ Value::String(_)) => cursor = Some(c.clone()),
+                _ => break,
+            }
+        }
+        let mut table = Table::new();
+        let mut tools = Vec::with_capacity(upstream.len());
+        for mut tool in upstream {
+            let federated = names::tool_name(&m.slug, &m.server.id, &tool.name);
+            if table.contains_key(&federated) {
+                tracing::info!(event = "mcp.federated.tool_name_clash", server_id = %m.server.id);
+                continue;
+            }
+            table.insert(federated.clone(), tool.name.to_string());
+            tool.name = federated.into();
+            tools.push(tool);
+        }
+        self.lock().insert(slot_key(p, &m.server), Arc::new(table));
+        Ok(tools)
+    }
+
+    /// `tools/list`: `latchkey_connect` and the tools of every usable server.
+    async fn list(&self, p: &Principal) -> Result<Vec<Tool>, ErrorData> {
+        let members = self.members(p).await?;
+        let listings = futures_util::future::join_all(
+            members
+                .iter()
+                .map(|m| async move { (m, self.server_tools(p, m).await) }),
+        )
+        .await;
+        let mut tools = vec![connect_tool()];
+        for (m, listing) in listings {
+            match listing {
+                Ok(mut t) => tools.append(&mut t),
+                // R-EXEC-11: hidden until the slot is authorised.
+                Err(Unavailable::NotConnected { .. }) => {}
+                Err(Unavailable::Failed(e)) => tracing::warn!(
+                    event = "mcp.federated.server_skipped",
+                    server_id = %m.server.id,
+                    server = %m.server.name,
+                    code = e.status_and_code().1,
+                ),
+            }
+        }
+        Ok(tools)
+    }
+
+    /// `tools/call` of a federated tool.
+    async fn call(
+        &self,
+        p: &Principal,
+        name: &str,
+        arguments: Option<serde_json::Map<String, Value>>,
+        how: Elicit,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let members = self.members(p).await?;
+        let slugs: BTreeMap<String, String> = members
+            .iter()
+            .map(|m| (m.server.id.clone(), m.slug.clone()))
+            .collect();
+        let Some(m) =
+            names::owner(name, &slugs).and_then(|id| members.iter().find(|m| m.server.id == id))
+        else {
+            return Err(unknown_tool(name));
+        };
+        if let Err(u) = self.check_slot(p, &m.server).await {
+            return self.unavailable(p, &m.server, u, how).await;
+        }
+        let cached = self
+            .lock()
+            .get(&slot_key(p, &m.server))
+            .and_then(|t| t.get(name).cloned());
+        let upstream = match cached {
+            Some(u) => u,
+            None => {
+                // Not listed through this instance yet (or renamed): list the server.
+                if let Err(u) = self.server_tools(p, m).await {
+                    return self.unavailable(p, &m.server, u, how).await;
+                }
+                let found = self
+                    .lock()
+                    .get(&slot_key(p, &m.server))
+                    .and_then(|t| t.get(name).cloned());
+                found.ok_or_else(|| unknown_tool(name))?
+            }
+        };
+        let params = json!({"name": upstream, "arguments": arguments.unwrap_or_default()});
+        match crate::tools::call(&self.s, p, &m.server, "tools/call", Some(params)).await {
+            Ok(result) => match serde_json::from_value::<CallToolResult>(result) {
+                Ok(r) => Ok(CallToolResponse::Complete(r)),
+                Err(e) => {
+                    tracing::info!(
+                        event = "mcp.federated.bad_result",
+                        server_id = %m.server.id,
+                        error = %e
+                    );
+                    Err(ErrorData::internal_error(
+                        "the upstream server answered an unusable result",
+                        None,
+                    ))
+                }
+            },
+            Err(ApiError::NeedsReauth { .. }) => {
+                self.unavailable(p, &m.server, Unavailable::NotConnected { force: true }, how)
+                    .await
+            }
+            Err(e) => {
+                self.unavailable(p, &m.server, Unavailable::Failed(e), how)
+                    .await
+            }
+        }
+    }
+
+    /// The answer to a call that cannot reach `server`: the URL elicitation for a slot
+    /// that needs consent, a tool error naming the scopes for a scope upgrade, a tool
+    /// error with the stable code otherwise.
+    async fn unavailable(
+        &self,
+        p: &Principal,
+        server: &ServerRow,
+        why: Unavailable,
+        how: Elicit,
+    ) -> Result<CallToolResponse, ErrorData> {
+        match why {
+            Unavailable::NotConnected { force } => match self.consent(p, server, force, how).await?
+            {
+                Some(result) => Ok(result),
+                None => Ok(text_result(
+                    format!("{} is connected now; call the tool again.", server.name),
+                    true,
+                )),
+            },
+            Unavailable::Failed(ApiError::NeedsScopeUpgrade { scopes, .. }) => Ok(text_result(
+                format!(
+                    "{} needs more scopes than this connection has: {}. Reconnect it with them.",
+                    server.name,
+                    scopes.join(" ")
+                ),
+                true,
+            )),
+            Unavailable::Failed(e) => Ok(failure_result(server, &e)),
+        }
+    }
+
+    /// Starts a managed flow for the caller's slot and sends the user to its URL the way
+    /// the request's wire allows ([`Elicit`]); a tool result when no flow can be started,
+    /// `None` when the slot is (now) usable.
+    async fn consent(
+        &self,
+        p: &Principal,
+        server: &ServerRow,
+        force: bool,
+        how: Elicit,
+    ) -> Result<Option<CallToolResponse>, ErrorData> {
+        if server.token_scope == "shared" && !p.is_admin() {
+            // R-API-9: only a tenant admin connects the shared slot.
+            return Ok(Some(text_result(
+                format!(
+                    "{} is connected once for the whole tenant; ask a tenant admin to connect it.",
+                    server.name
+                ),
+                true,
+            )));
+        }
+        match how {
+            Elicit::Error | Elicit::InputRequired => {}
+            Elicit::Retried => {
+                // The client answered our input request, but the flow has not completed:
+                // no second flow (and no loop of rounds), the user finishes the first.
+                return Ok(Some(text_result(
+                    format!(
+                        "{} is not connected yet: finish signing in at the link, then call the tool again.",
+                        server.name
+                    ),
+                    true,
+                )));
+            }
+            Elicit::Unsupported => {
+                let required =
+                    serde_json::from_value(json!({"elicitation": {"url": {}}})).unwrap_or_default();
+                return Err(ErrorData::missing_required_client_capability(required));
+            }
+        }
+        let slot = crate::tools::slot_for(p, server);
+        match crate::flows::begin(&self.s, p, server, slot, force).await {
+            Ok(Started::Redirect {
+                authorization_url, ..
+            }) => {
+                tracing::info!(event = "mcp.federated.consent_required", server_id = %server.id);
+                match how {
+                    Elicit::InputRequired => Ok(Some(CallToolResponse::InputRequired(
+                        input_required(server, authorization_url),
+                    ))),
+                    _ => Err(url_elicitation_required(server, authorization_url)),
+                }
+            }
+            Ok(Started::AlreadyAuthorized | Started::Completed { .. }) => Ok(None),
+            Err(ApiError::Conflict(_)) => Ok(Some(text_result(
+                format!(
+                    "Another user is connecting {} right now; try again later.",
+                    server.name
+                ),
+                true,
+            ))),
+            Err(e) => Ok(Some(failure_result(server, &e))),
+        }
+    }
+
+    /// `latchkey_connect {server}`: by id, slug or (unique, case-insensitive) name.
+    async fn connect(
+        &self,
+        p: &Principal,
+        arguments: Option<serde_json::Map<String, Value>>,
+        how: Elicit,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let Some(wanted) = arguments
+            .as_ref()
+            .and_then(|a| a.get("server"))
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+        else {
+            return Err(ErrorData::invalid_params(
+                "`server` (a string) is required",
+                None,
+            ));
+        };
+        let members = self.members(p).await?;
+        let by_name: Vec<&Member> = members
+            .iter()
+            .filter(|m| m.server.name.eq_ignore_ascii_case(wanted))
+            .collect();
+        let found = members
+            .iter()
+            .find(|m| m.server.id == wanted)
+            .or_else(|| {
+                members
+                    .iter()
+                    .find(|m| m.slug == wanted.to_ascii_lowercase())
+            })
+            .or(match by_name.as_slice() {
+                [one] => Some(*one),
+                _ => None,
+            });
+        let Some(m) = found else {
+            let known: Vec<String> = members
+                .iter()
+                .map(|m| format!("{} ({})", m.slug, m.server.name))
+                .collect();
+            return Ok(text_result(
+                format!(
+                    "No single server matches {wanted:?}. Servers: {}.",
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+                true,
+            ));
+        };
+        match m.server.auth_type.as_str() {
+            "oauth" => {}
+            "none" => {
+                return Ok(text_result(
+                    format!("{} needs no connection.", m.server.name),
+                    false,
+                ));
+            }
+            other => {
+                return Ok(text_result(
+                    format!(
+                        "{} uses {other} authentication, which is set up by an operator.",
+                        m.server.name
+                    ),
+                    true,
+                ));
+            }
+        }
+        match self.check_slot(p, &m.server).await.err() {
+            None => Ok(text_result(
+                format!("{} is already connected.", m.server.name),
+                false,
+            )),
+            Some(Unavailable::NotConnected { force }) => {
+                match self.consent(p, &m.server, force, how).await? {
+                    Some(result) => Ok(result),
+                    None => Ok(text_result(
+                        format!("{} is already connected.", m.server.name),
+                        false,
+                    )),
+                }
+            }
+            Some(Unavailable::Failed(e)) => Ok(failure_result(&m.server, &e)),
+        }
+    }
+}
+
+/// How a request can send its user to a URL, by its wire.
+#[derive(Debug, Clone, Copy)]
+enum Elicit {
+    /// 2025-11-25: the `-32042` URL-elicitation-required error.
+    Error,
+    /// 2026-07-28 (which drops `-32042`): an `input_required` result carrying a URL-mode
+    /// `elicitation/create` (SEP-2322), for a client that declared URL elicitation.
+    InputRequired,
+    /// 2026-07-28, the client's retry with its input responses.
+    Retried,
+    /// 2026-07-28 without URL elicitation declared: `-32021` naming it.
+    Unsupported,
+}
+
+impl Elicit {
+    fn of(context: &RequestContext<RoleServer>, retry: bool) -> Self {
+        let modern = context
+            .protocol_version()
+            .is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
+        if !modern {
+            Elicit::Error
+        } else if retry {
+            Elicit::Retried
+        } else if context
+            .client_capabilities()
+            .and_then(|c| c.elicitation)
+            .is_some_and(|e| e.url.is_some())
+        {
+            Elicit::InputRequired
+        } else {
+            Elicit::Unsupported
+        }
+    }
+}
+
+/// The URL-mode elicitation that sends the user to `url`. (`elicitationId` is kept on
+/// both wires: 2026-07-28 dropped the field, and rmcp's type always writes it.)
+fn url_elicitation(server: &ServerRow, url: String) -> ElicitRequestParams {
+    ElicitRequestParams::UrlElicitationParams {
+        meta: None,
+        message: format!(
+            "Connect {} to Latchkey: open the link, sign in and consent, then try again.",
+            server.name
+        ),
+        url,
+        elicitation_id: latchkey_vault::store::new_id(),
+    }
+}
+
+/// The 2026-07-28 `input_required` result asking the client to open `url`.
+fn input_required(server: &ServerRow, url: String) -> InputRequiredResult {
+    let mut requests = InputRequests::new();
+    requests.insert(
+        "connect".into(),
+        InputRequest::Elicitation(ElicitRequest::new(url_elicitation(server, url))),
+    );
+    InputRequiredResult::from_input_requests(requests)
+}
+
+/// The 2025-11-25 `-32042` error whose one URL-mode elicitation sends the user to `url`.
+fn url_elicitation_required(server: &ServerRow, url: String) -> ErrorData {
+    let elicitation = url_elicitation(server, url);
+    ErrorData::new(
+        URL_ELICITATION_REQUIRED,
+        "This request requires more information.",
+        Some(json!({"elicitations": [elicitation], "server_id": server.id})),
+    )
+}
+
+/// The `latchkey_connect` tool.
+fn connect_tool() -> Tool {
+    let definition = json!({
+        "name": CONNECT_TOOL,
+        "title": "Connect a server",
+        "description": "Get the link that connects one of your MCP servers to Latchkey (sign-in and consent in the browser). Servers that are not connected have no tools in this list.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {
+                "server": {"type": "string", "description": "The server's name, slug (the part before `__` in its tool names) or id."}
+            },
+            "required": ["server"]
+        }
+    });
+    serde_json::from_value(definition).unwrap_or_default()
+}
+
+/// One MCP session (2025-11-25) or one stateless request (2026-07-28).
+#[derive(Debug)]
+struct Handler {
+    fed: Federation,
+    /// The session's owner and its change feed, from `initialize` until the
+    /// notification task takes them.
+    pending: Mutex<Option<(Principal, broadcast::Receiver<Arc<CredentialChange>>)>>,
+    /// Dropped with the handler (the session's end), which stops its notification task.
+    alive: watch::Sender<()>,
+}
+
+impl Handler {
+    fn new(fed: Federation) -> Self {
+        Self {
+            fed,
+            pending: Mutex::new(None),
+            alive: watch::channel(()).0,
+        }
+    }
+}
+
+/// Whether a change from the feed concerns `owner` (a lagging feed may have lost one
+/// that did: say yes).
+fn concerns(
+    r: &Result<Arc<CredentialChange>, broadcast::error::RecvError>,
+    owner: &Principal,
+) -> Option<bool> {
+    match r {
+        Ok(c) => Some(change_visible_to(c, owner)),
+        Err(broadcast::error::RecvError::Lagged(_)) => Some(true),
+        Err(broadcast::error::RecvError::Closed) => None,
+    }
+}
+
+impl ServerHandler for Handler {
+    fn get_info(&self) -> ServerConfig {
+        InitializeResult::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("latchkey", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "The tools of your connected MCP servers, named <server>__<tool>. \
+             Call latchkey_connect to connect a server that has no tools here yet.",
+        )
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        let owner = principal(&context.extensions)?;
+        // Subscribed now, so a change between this answer and the task's start is kept.
+        let feed = self.fed.s.events.subscribe_changes();
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some((owner, feed));
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let Some((owner, mut feed)) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let peer = context.peer;
+        let mut alive = self.alive.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    // Only ever resolves when the handler (the session) is gone.
+                    _ = alive.changed() => break,
+                    r = feed.recv() => match concerns(&r, &owner) {
+                        None => break,
+                        Some(false) => {}
+                        Some(true) => {
+                            if peer.notify_tool_list_changed().await.is_err() {
+                                break;
+                            }
+                        }
+                    },
+                }
+            }
+        });
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let p = principal(&context.extensions)?;
+        Ok(ListToolsResult::with_all_items(self.fed.list(&p).await?))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let p = principal(&context.extensions)?;
+        let how = Elicit::of(&context, request.input_responses.is_some());
+        if request.name == CONNECT_TOOL {
+            self.fed.connect(&p, request.arguments, how).await
+        } else {
+            self.fed
+                .call(&p, &request.name, request.arguments, how)
+                .await
+        }
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        _requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(SubscriptionFilter::builder().tools_list_changed().build())
+    }
+
+    /// 2026-07-28: `notifications/tools/list_changed` on the listen stream.
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let owner = principal(&context.request_context().extensions)?;
+        let mut feed = self.fed.s.events.subscribe_changes();
+        loop {
+            tokio::select! {
+                _ = context.cancelled() => return Ok(()),
+                r = feed.recv() => match concerns(&r, &owner) {
+                    None => return Ok(()),
+                    Some(false) => {}
+                    Some(true) => {
+                        if context.sink().notify_tool_list_changed().await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Federated tool names: `<server-slug>__<tool>`, stable, collision-free, at most 64
+//! characters of `[A-Za-z0-9_-]` (what the common LLM tool-calling APIs accept).
+//!
+//! * A server's **slug** is its name lowercased, every run of other characters turned
+//!   into one `-` (an `_` run into `_`), trimmed of separators, cut to
+//!   [`SLUG_MAX`] characters (`server` if nothing is left). Slugs never contain two
+//!   separators in a row and never end in one.
+//! * When several servers of a tenant share a slug, each of them gets
+//!   `-<hash of its id>` appended (lengthened until unique), so the names depend only on
+//!   the set of `(id, name)` pairs: not on list order, not on restarts, not on which
+//!   servers are connected.
+//! * A tool keeps its name when it is already made of `[A-Za-z0-9_-]` and the whole name
+//!   fits; otherwise the name is cut and `_<hash of server id and tool>` appended.
+//!
+//! Going back from a federated name is a table lookup ([`owner`] over the tenant's
+//! slugs, then the server's own listing), never a split on `__`, which may occur in
+//! upstream tool names. [`owner`] is unambiguous because a slug contains no `__` and does
+//! not end in a separator: at most one slug `s` has `s + "__"` as a prefix of a name.
+
+use std::collections::{BTreeMap, HashSet};
+
+use sha2::{Digest, Sha256};
+
+/// The longest federated tool name.
+pub const MAX_NAME: usize = 64;
+/// The longest slug taken from a server name (before any disambiguating suffix).
+pub const SLUG_MAX: usize = 24;
+/// Hex digits of the hash that disambiguates slugs (at first).
+const SLUG_HASH: usize = 6;
+/// Hex digits of the hash that ends a cut or rewritten tool name.
+const TOOL_HASH: usize = 8;
+
+/// Hex digits of SHA-256 over `parts` (each followed by a NUL, so parts cannot run
+/// into each other).
+fn hash(parts: &[&str], digits: usize) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    h.finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .chars()
+        .take(digits)
+        .collect()
+}
+
+/// The slug of a server name, before disambiguation.
+pub fn base_slug(name: &str) -> String {
+    let mut out = String::new();
+    let mut pending: Option<char> = None;
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            if let Some(sep) = pending.take()
+                && !out.is_empty()
+            {
+                out.push(sep);
+            }
+            out.push(c);
+        } else if pending.is_none() {
+            // The first separator of a run decides; leading ones are dropped above.
+            pending = Some(if c == '_' { '_' } else { '-' });
+        }
+    }
+    let cut: String = out.chars().take(SLUG_MAX).collect();
+    let cut = cut.trim_end_matches(['-', '_']).to_owned();
+    if cut.is_empty() { "server".into() } else { cut }
+}
+
+/// The slug of every server, by id, from the tenant's `(id, name)` pairs.
+pub fn slugs<'a>(
+    servers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> BTreeMap<String, String> {
+    let mut by_base: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (id, name) in servers {
+        by_base.entry(base_slug(name)).or_default().push(id);
+    }
+    let mut out = BTreeMap::new();
+    for (base, ids) in &by_base {
+        if let [id] = ids.as_slice() {
+            out.insert((*id).to_owned(), base.clone());
+        }
+    }
+    let mut taken: HashSet<String> = out.values().cloned().collect();
+    for (base, ids) in &mut by_base {
+        if ids.len() < 2 {
+            continue;
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids.iter() {
+            let mut digits = SLUG_HASH;
+            let slug = loop {
+                let candidate = format!("{base}-{}", hash(&[id], digits));
+                if digits >= 64 || !taken.contains(&candidate) {
+                    break candidate;
+                }
+                digits += 2;
+            };
+            taken.insert(slug.clone());
+            out.insert((*id).to_owned(), slug);
+        }
+    }
+    out
+}
+
+/// The federated name of `tool` of the server `server_id` whose slug is `slug`.
+pub fn tool_name(slug: &str, server_id: &str, tool: &str) -> String {
+    let clean: String = tool
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let full = format!("{slug}__{clean}");
+    if clean == tool && !tool.is_empty() && full.len() <= MAX_NAME {
+        return full;
+    }
+    // Cut (ASCII only, so characters are bytes) and make unique again with a hash of
+    // what the name stands for.
+    let keep = MAX_NAME - 1 - TOOL_HASH;
+    let head: String = full.chars().take(keep).collect();
+    format!("{head}_{}", hash(&[server_id, tool], TOOL_HASH))
+}
+
+/// The server (id) whose slug prefixes `name` (`<slug>__…`), if any.
+pub fn owner<'a>(name: &str, slugs: &'a BTreeMap<String, String>) -> Option<&'a str> {
+    slugs.iter().find_map(|(id, slug)| {
+        name.strip_prefix(slug.as_str())
+            .is_some_and(|rest| rest.starts_with("__"))
+            .then_some(id.as_str())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_lowercase_safe_and_short() {
+        assert_eq!(base_slug("GitHub"), "github");
+        assert_eq!(base_slug("  Linear (prod) "), "linear-prod");
+        assert_eq!(base_slug("my__tools"), "my_tools");
+        assert_eq!(base_slug("a_-_b"), "a_b");
+        assert_eq!(base_slug("Ünïcode ✓ name"), "n-code-name");
+        assert_eq!(base_slug("!!!"), "server");
+        assert_eq!(base_slug(""), "server");
+        let long = base_slug("a very long server name that goes on and on");
+        assert!(long.len() <= SLUG_MAX, "{long}");
+        assert!(!long.ends_with('-') && !long.contains("__"));
+    }
+
+    #[test]
+    fn shared_slugs_are_disambiguated_whatever_the_order() {
+        let a = slugs([
+            ("id-1", "Scripted"),
+            ("id-2", "scripted"),
+            ("id-3", "Other"),
+        ]);
+        let b = slugs([
+            ("id-3", "Other"),
+            ("id-2", "scripted"),
+            ("id-1", "Scripted"),
+        ]);
+        assert_eq!(a, b);
+        assert_eq!(a["id-3"], "other");
+        assert_ne!(a["id-1"], a["id-2"]);
+        assert!(a["id-1"].starts_with("scripted-") && a["id-2"].starts_with("scripted-"));
+        // A server literally named like a disambiguated slug does not collide.
+        let taken = a["id-1"].clone();
+        let c = slugs([
+            ("id-1", "Scripted"),
+            ("id-2", "scripted"),
+            ("id-9", taken.as_str()),
+        ]);
+        let values: HashSet<&String> = c.values().collect();
+        assert_eq!(values.len(), 3, "{c:?}");
+    }
+
+    #[test]
+    fn tool_names_fit_and_stay_unique() {
+        assert_eq!(
+            tool_name("github", "s1", "create_issue"),
+            "github__create_issue"
+        );
+        let odd = tool_name("github", "s1", "create issue");
+        let plain = tool_name("github", "s1", "create_issue");
+        assert_ne!(odd, plain);
+        assert!(odd.starts_with("github__create_issue_"));
+        let long_tool = "x".repeat(100);
+        let long = tool_name("github", "s1", &long_tool);
+        assert_eq!(long.len(), MAX_NAME);
+        assert_ne!(long, tool_name("github", "s1", &"x".repeat(101)));
+        for n in [&odd, &long] {
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            );
+        }
+        // A tool name with `__` in it is fine: nothing splits on it.
+        assert_eq!(tool_name("a", "s", "b__c"), "a__b__c");
+    }
+
+    #[test]
+    fn the_owner_is_found_by_prefix_table_not_by_splitting() {
+        let s = slugs([("id-a", "a"), ("id-ab", "a b"), ("id-c", "c")]);
+        assert_eq!(s["id-ab"], "a-b");
+        assert_eq!(owner("a__b__c", &s), Some("id-a"));
+        assert_eq!(owner("a-b__x", &s), Some("id-ab"));
+        assert_eq!(owner("c__", &s), Some("id-c"));
+        assert_eq!(owner("latchkey_connect", &s), None);
+        assert_eq!(owner("d__x", &s), None);
+        for (id, slug) in &s {
+            let name = tool_name(slug, id, &"t".repeat(80));
+            assert_eq!(owner(&name, &s), Some(id.as_str()));
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Server rows for the call paths (`/mcp/{server}`, `/mcp`, tool calls), kept in memory
+//! for a second so a busy proxy does not read the same row from the database on every
+//! request. Every change made through this instance invalidates the row at once; a
+//! change made by another instance is seen within [`TTL`] (and, with scale-out, by its
+//! notification). Mutations never read through this cache: they read the row itself.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use latchkey_core::UnixTime;
+use latchkey_vault::store::ServerRow;
+
+/// How long a row is served from memory.
+pub const TTL: Duration = Duration::from_secs(1);
+/// Entries kept at most; past that the cache starts over (a bound, not an LRU: the rows
+/// are cheap to read again).
+const CAPACITY: usize = 10_000;
+
+type Key = (String, String);
+
+/// The cache. An epoch counter makes an invalidation win over a read that was already
+/// under way when it happened: such a read's result is not stored.
+#[derive(Debug, Default)]
+pub struct ServerCache {
+    rows: Mutex<HashMap<Key, (ServerRow, UnixTime)>>,
+    epoch: AtomicU64,
+}
+
+impl ServerCache {
+    /// The row of `(tenant, id)` if cached and younger than [`TTL`] at `now`.
+    pub fn get(&self, tenant: &str, id: &str, now: UnixTime) -> Option<ServerRow> {
+        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let (row, at) = rows.get(&(tenant.to_owned(), id.to_owned()))?;
+        (now.since(*at) < TTL && *at <= now).then(|| row.clone())
+    }
+
+    /// The epoch to hand back to [`ServerCache::put`] after reading a row.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Stores `row`, read at `now`, unless something was invalidated since `epoch`.
+    pub fn put(&self, row: ServerRow, epoch: u64, now: UnixTime) {
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        if rows.len() >= CAPACITY {
+            rows.clear();
+        }
+        rows.insert((row.tenant.clone(), row.id.clone()), (row, now));
+    }
+
+    /// Forgets `(tenant, id)`.
+    pub fn invalidate(&self, tenant: &str, id: &str) {
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        rows.remove(&(tenant.to_owned(), id.to_owned()));
+    }
+
+    /// Forgets everything.
+    pub fn clear(&self) {
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        rows.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, url: &str) -> ServerRow {
+        ServerRow::new(id, "t", "n", url)
+    }
+
+    #[test]
+    fn rows_expire_and_invalidation_wins_over_a_read_under_way() {
+        let c = ServerCache::default();
+        let t0 = UnixTime::from_secs(100);
+        let e = c.epoch();
+        c.put(row("a", "https://one.example/mcp"), e, t0);
+        assert!(c.get("t", "a", t0).is_some());
+        assert!(c.get("other", "a", t0).is_none(), "keyed by tenant");
+        assert!(c.get("t", "a", t0.plus(TTL)).is_none(), "expired");
+
+        // A read began (epoch taken), then the row changed: the stale read is dropped.
+        let e = c.epoch();
+        c.invalidate("t", "a");
+        c.put(row("a", "https://stale.example/mcp"), e, t0);
+        assert!(c.get("t", "a", t0).is_none());
+        let e = c.epoch();
+        c.put(row("a", "https://two.example/mcp"), e, t0);
+        assert_eq!(
+            c.get("t", "a", t0).map(|r| r.url).as_deref(),
+            Some("https://two.example/mcp")
+        );
+        c.clear();
+        assert!(c.get("t", "a", t0).is_none());
+    }
+}

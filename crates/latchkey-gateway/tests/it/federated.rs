@@ -1,0 +1,723 @@
+//! The federated MCP endpoint `/mcp` over real HTTP, driven by rmcp's MCP client (and by
+//! raw requests where the exact wire matters), against scripted upstream servers: the
+//! tools of connected servers under federated names, calls routed with the slot's
+//! token, refresh and retry on a 401, the URL-mode elicitation for a slot without
+//! credentials and the flow it starts, `latchkey_connect`, `tools/list_changed`,
+//! stable names for same-named servers, sessions bound to their principal, and the
+//! stateless 2026-07-28 wire.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use latchkey_core::{Clock, SystemClock};
+use latchkey_gateway::Config;
+use latchkey_testkit::idp::{KeyAlg, ScriptedIdp};
+use latchkey_testkit::{AsConfig, McpFault, ScriptedServer};
+use latchkey_vault::keyring::StaticKeys;
+use latchkey_vault::{KeySet, Keyring};
+use rmcp::model::{CallToolRequestParams, CallToolResult, ErrorData, SubscriptionFilter};
+use rmcp::service::{NotificationContext, RunningService, ServiceError};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientHandler, ClientServiceExt, RoleClient, ServiceExt};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::{client, post};
+
+const KEY: &str = "1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+/// What the test client presents to Latchkey (local mode ignores it); it must never
+/// reach an upstream server.
+const CALLER_TOKEN: &str = "callers-own-credential";
+
+fn keys() -> StaticKeys {
+    StaticKeys(Some(KeySet::parse(KEY).unwrap()))
+}
+
+/// Registers an MCP server with Latchkey; its id.
+async fn add_server(base: &str, name: &str, upstream: &ScriptedServer) -> String {
+    let (status, v) = post(
+        &format!("{base}/v1/servers"),
+        json!({"name": name, "url": upstream.mcp_url()}),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+/// Deposits a refresh token from `upstream`'s authorization server into the caller's slot.
+async fn deposit(base: &str, id: &str, upstream: &ScriptedServer) {
+    let (status, v) = post(
+        &format!("{base}/v1/credentials"),
+        json!({
+            "server_id": id, "refresh_token": upstream.mint_refresh_token(),
+            "token_endpoint": format!("{}/token", upstream.base), "client_id": "deposit-client",
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+}
+
+/// An MCP client that reports each `notifications/tools/list_changed`.
+#[derive(Debug, Clone)]
+struct Watcher(mpsc::UnboundedSender<()>);
+
+impl ClientHandler for Watcher {
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.0.send(());
+    }
+}
+
+type Client = RunningService<RoleClient, Watcher>;
+
+/// A 2025-11-25 client session on `{base}/mcp`, presenting `bearer`.
+async fn connect(base: &str, bearer: &str) -> (Client, mpsc::UnboundedReceiver<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp")).auth_header(bearer),
+    );
+    let client = Watcher(tx).serve(transport).await.unwrap();
+    (client, rx)
+}
+
+async fn tool_names(c: &Client) -> Vec<String> {
+    let mut names: Vec<String> = c
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn call(c: &Client, name: &str, args: Value) -> Result<CallToolResult, ErrorData> {
+    let Value::Object(args) = args else {
+        panic!("arguments must be an object")
+    };
+    match c
+        .call_tool(CallToolRequestParams::new(name.to_owned()).with_arguments(args))
+        .await
+    {
+        Ok(r) => Ok(r),
+        Err(ServiceError::McpError(e)) => Err(e),
+        Err(other) => panic!("{other}"),
+    }
+}
+
+fn text(r: &CallToolResult) -> String {
+    serde_json::to_value(r).unwrap()["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Waits for one list_changed notification.
+async fn changed(rx: &mut mpsc::UnboundedReceiver<()>) {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a tools/list_changed notification within 10 s")
+        .unwrap();
+}
+
+/// The authorization URL of a `-32042` error, after checking its shape.
+fn elicitation_url(e: &ErrorData) -> String {
+    assert_eq!(e.code.0, -32042, "{e:?}");
+    let data = e.data.as_ref().unwrap();
+    let el = &data["elicitations"][0];
+    assert_eq!(el["mode"], "url", "{data}");
+    assert!(!el["elicitationId"].as_str().unwrap().is_empty());
+    assert!(!el["message"].as_str().unwrap().is_empty());
+    el["url"].as_str().unwrap().to_owned()
+}
+
+/// Follows an authorization URL to the scripted AS and then its redirect to Latchkey's
+/// callback; the callback page must report success.
+async fn consent(url: &str) {
+    let r = client().get(url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 302);
+    let callback = r.headers()["location"].to_str().unwrap().to_owned();
+    let r = client().get(&callback).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("\"ok\":true"), "{html}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federated_list_and_call_on_sqlite() {
+    list_and_call(super::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federated_list_and_call_on_postgres() {
+    list_and_call(super::Backend::Postgres).await;
+}
+
+/// Two connected servers and one that is not: the listing, routing with each slot's own
+/// token, the 401 retry, pass-through results, errors.
+async fn list_and_call(backend: super::Backend) {
+    let logs = latchkey_testkit::logs::capture();
+    let alpha = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let gamma = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
+    let a = add_server(&base, "Alpha", &alpha).await;
+    let b = add_server(&base, "Beta", &beta).await;
+    add_server(&base, "Gamma", &gamma).await;
+    deposit(&base, &a, &alpha).await;
+    deposit(&base, &b, &beta).await;
+
+    let (c, _rx) = connect(&base, CALLER_TOKEN).await;
+    assert_eq!(
+        tool_names(&c).await,
+        vec![
+            "alpha__add",
+            "alpha__echo",
+            "beta__add",
+            "beta__echo",
+            "latchkey_connect"
+        ],
+        "gamma has no credentials, so no tools"
+    );
+    assert_eq!(
+        gamma.mcp_requests(),
+        1,
+        "only the probe: no call without a token"
+    );
+
+    // Routed to beta with beta's slot token.
+    let r = call(&c, "beta__add", json!({"a": 2, "b": 3}))
+        .await
+        .unwrap();
+    assert_eq!(r.structured_content, Some(json!({"sum": 5})));
+    assert_eq!(r.is_error, Some(false));
+    let injected = beta.last_mcp_authorization().unwrap();
+    assert!(
+        beta.issued_access_tokens()
+            .iter()
+            .any(|t| injected == format!("Bearer {t}")),
+        "{injected}"
+    );
+    for upstream in [&alpha, &beta, &gamma] {
+        for r in upstream.requests("/mcp") {
+            let auth = r.headers.get("authorization").cloned().unwrap_or_default();
+            assert!(
+                !auth.contains(CALLER_TOKEN),
+                "the caller's credential went upstream"
+            );
+        }
+    }
+    let r = call(&c, "alpha__echo", json!({"text": "hi"}))
+        .await
+        .unwrap();
+    assert_eq!(text(&r), "hi");
+    let injected = alpha.last_mcp_authorization().unwrap();
+    assert!(
+        alpha
+            .issued_access_tokens()
+            .iter()
+            .any(|t| injected == format!("Bearer {t}"))
+    );
+
+    // An upstream 401: one forced refresh, one retry, success.
+    let refreshes = alpha.grants_served_for("refresh_token");
+    alpha.set_mcp_fault(McpFault::Unauthorized(1));
+    let r = call(&c, "alpha__echo", json!({"text": "again"}))
+        .await
+        .unwrap();
+    assert_eq!(text(&r), "again");
+    assert_eq!(alpha.grants_served_for("refresh_token"), refreshes + 1);
+
+    // The upstream's own tool error passes through.
+    let r = call(&c, "alpha__echo", json!({})).await.unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert_eq!(text(&r), "echo: `text` must be a string");
+
+    // A 403 insufficient_scope: a tool error naming the scopes, no refresh.
+    let refreshes = alpha.grants_served_for("refresh_token");
+    alpha.set_required_scope(Some("admin".into()));
+    let r = call(&c, "alpha__echo", json!({"text": "x"})).await.unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert!(text(&r).contains("admin"), "{}", text(&r));
+    assert_eq!(alpha.grants_served_for("refresh_token"), refreshes);
+    alpha.set_required_scope(None);
+
+    // Unknown tools: the standard JSON-RPC error.
+    for name in ["nope", "alpha__nope", "delta__echo"] {
+        let e = call(&c, name, json!({})).await.unwrap_err();
+        assert_eq!(e.code.0, -32602, "{name}: {e:?}");
+    }
+
+    // The server without credentials: the URL elicitation pointing at its AS.
+    let e = call(&c, "gamma__echo", json!({"text": "x"}))
+        .await
+        .unwrap_err();
+    let url = elicitation_url(&e);
+    assert!(
+        url.starts_with(&format!("{}/authorize?", gamma.base)),
+        "{url}"
+    );
+    assert!(url.contains("code_challenge_method=S256"));
+
+    c.cancel().await.unwrap();
+    let text = logs.text();
+    for event in [
+        "mcp.request.start",
+        "mcp.request.auth",
+        "mcp.request.complete",
+    ] {
+        assert!(text.contains(event), "{event} is logged");
+    }
+    assert!(text.contains("auth_source=local"));
+    assert!(
+        !text.contains(CALLER_TOKEN),
+        "the caller's token is never logged"
+    );
+    for upstream in [&alpha, &beta] {
+        for t in upstream.issued_access_tokens() {
+            assert!(
+                !text.contains(&format!("Bearer {t}")),
+                "no upstream token in the logs"
+            );
+        }
+    }
+    if let Some(schema) = schema {
+        schema.drop_schema().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A call to a server that is not connected starts a flow; completing it in the browser
+/// connects the server, the session is told, and the tool works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_through_the_elicitation_url_then_the_tool_works() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let (base, dir) = super::start(&cfg, keys()).await;
+    let id = add_server(&base, "Linear (prod)", &upstream).await;
+    let (c, mut rx) = connect(&base, CALLER_TOKEN).await;
+    assert_eq!(tool_names(&c).await, vec!["latchkey_connect"]);
+
+    let e = call(&c, "linear-prod__echo", json!({"text": "x"}))
+        .await
+        .unwrap_err();
+    let url = elicitation_url(&e);
+    assert!(url.starts_with(&format!("{}/authorize?", upstream.base)));
+    assert_eq!(e.data.as_ref().unwrap()["server_id"], id.as_str());
+
+    // latchkey_connect gives a link too (a new flow replaces the caller's earlier one).
+    let e = call(&c, "latchkey_connect", json!({"server": "linear (prod)"}))
+        .await
+        .unwrap_err();
+    let url = elicitation_url(&e);
+    consent(&url).await;
+    changed(&mut rx).await;
+
+    assert_eq!(
+        tool_names(&c).await,
+        vec!["latchkey_connect", "linear-prod__add", "linear-prod__echo"]
+    );
+    let r = call(&c, "linear-prod__echo", json!({"text": "connected"}))
+        .await
+        .unwrap();
+    assert_eq!(text(&r), "connected");
+    assert_eq!(upstream.grants_served_for("authorization_code"), 1);
+    let r = call(&c, "latchkey_connect", json!({"server": "linear-prod"}))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false));
+    assert!(text(&r).contains("already connected"), "{}", text(&r));
+    let r = call(&c, "latchkey_connect", json!({"server": "nothing"}))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    let e = call(&c, "latchkey_connect", json!({})).await.unwrap_err();
+    assert_eq!(e.code.0, -32602);
+
+    // A refused refresh (the AS revoked the family): -32042 again, though a refresh
+    // token is stored.
+    upstream.set_token_fault(latchkey_testkit::TokenFault::OAuthError {
+        status: 400,
+        error: "invalid_grant".into(),
+    });
+    upstream.expire_access_tokens();
+    let e = call(&c, "linear-prod__echo", json!({"text": "x"}))
+        .await
+        .unwrap_err();
+    elicitation_url(&e);
+    upstream.set_token_fault(latchkey_testkit::TokenFault::None);
+    c.cancel().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Deposit and delete reach a live session as `notifications/tools/list_changed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_changed_on_connect_and_disconnect() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let (base, dir) = super::start(&cfg, keys()).await;
+    let id = add_server(&base, "scripted", &upstream).await;
+    let (c, mut rx) = connect(&base, CALLER_TOKEN).await;
+    assert_eq!(tool_names(&c).await, vec!["latchkey_connect"]);
+    // The GET stream that carries notifications opens after the handshake.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    deposit(&base, &id, &upstream).await;
+    changed(&mut rx).await;
+    assert_eq!(
+        tool_names(&c).await,
+        vec!["latchkey_connect", "scripted__add", "scripted__echo"]
+    );
+
+    let r = client()
+        .delete(format!("{base}/v1/credentials/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    changed(&mut rx).await;
+    assert_eq!(tool_names(&c).await, vec!["latchkey_connect"]);
+    c.cancel().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Same-named servers get distinct names that depend on nothing but the servers: a
+/// second gateway over the same database (a restart) names them the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_named_servers_get_distinct_stable_names() {
+    let one = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let two = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let (base, dir, store) = super::start_with_store(&cfg, keys()).await;
+    let a = add_server(&base, "Scripted", &one).await;
+    let b = add_server(&base, "scripted", &two).await;
+    deposit(&base, &a, &one).await;
+    deposit(&base, &b, &two).await;
+    let (c, _rx) = connect(&base, CALLER_TOKEN).await;
+    let names = tool_names(&c).await;
+    c.cancel().await.unwrap();
+    assert_eq!(names.len(), 5, "{names:?}");
+    let prefixes: std::collections::BTreeSet<&str> = names
+        .iter()
+        .filter_map(|n| n.split_once("__").map(|(p, _)| p))
+        .collect();
+    assert_eq!(prefixes.len(), 2, "{names:?}");
+    assert!(prefixes.iter().all(|p| p.starts_with("scripted-")));
+    assert!(names.iter().all(|n| n.len() <= 64));
+
+    // Which prefix is whose: a call lands on that server.
+    let echo = names
+        .iter()
+        .find(|n| n.ends_with("__echo"))
+        .unwrap()
+        .clone();
+    let (c, _rx) = connect(&base, CALLER_TOKEN).await;
+    let before = (one.mcp_requests(), two.mcp_requests());
+    call(&c, &echo, json!({"text": "x"})).await.unwrap();
+    assert!(
+        (one.mcp_requests() > before.0) ^ (two.mcp_requests() > before.1),
+        "exactly one server was called"
+    );
+    c.cancel().await.unwrap();
+
+    // "Restart": a new gateway over the same database.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base2 = format!("http://{}", listener.local_addr().unwrap());
+    let mut cfg2 = cfg.clone();
+    cfg2.public_url = base2.clone();
+    let app = latchkey_gateway::router(
+        latchkey_gateway::state(
+            &cfg2,
+            store,
+            Arc::new(Keyring::new(keys())),
+            Arc::new(SystemClock),
+        )
+        .unwrap(),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (c, _rx) = connect(&base2, CALLER_TOKEN).await;
+    assert_eq!(tool_names(&c).await, names);
+    // The new instance resolves a name it has not listed itself.
+    let (c2, _rx2) = connect(&base2, CALLER_TOKEN).await;
+    call(&c2, &echo, json!({"text": "y"})).await.unwrap();
+    c.cancel().await.unwrap();
+    c2.cancel().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The 2026-07-28 wire: no `initialize`, every request self-contained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_2026_07_28_requests() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let (base, dir) = super::start(&cfg, keys()).await;
+    let id = add_server(&base, "scripted", &upstream).await;
+    deposit(&base, &id, &upstream).await;
+
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+    });
+    let send = |method: &'static str, name: Option<&'static str>, params: Value| {
+        let base = base.clone();
+        async move {
+            let mut req = client()
+                .post(format!("{base}/mcp"))
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", method)
+                .json(&json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params}));
+            if let Some(n) = name {
+                req = req.header("mcp-name", n);
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            assert!(r.headers().get("mcp-session-id").is_none(), "no session");
+            let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            (status, body)
+        }
+    };
+    let (status, v) = send("tools/list", None, json!({"_meta": meta})).await;
+    assert_eq!(status, 200, "{v}");
+    let names: Vec<&str> = v["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"scripted__echo"), "{v}");
+    let (status, v) = send(
+        "tools/call",
+        Some("scripted__add"),
+        json!({"_meta": meta, "name": "scripted__add", "arguments": {"a": 1, "b": 41}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["structuredContent"]["sum"], 42, "{v}");
+    // Without the `_meta` keys the 2026-07-28 request is refused.
+    let (status, v) = send("tools/list", None, json!({})).await;
+    assert_eq!(status, 400, "{v}");
+
+    // A server without credentials. 2026-07-28 has no -32042: a client that declared
+    // URL elicitation gets an `input_required` result carrying the link ...
+    let other = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    add_server(&base, "other", &other).await;
+    let mut url_meta = meta.clone();
+    url_meta["io.modelcontextprotocol/clientCapabilities"] = json!({"elicitation": {"url": {}}});
+    let (status, v) = send(
+        "tools/call",
+        Some("other__echo"),
+        json!({"_meta": url_meta, "name": "other__echo", "arguments": {"text": "x"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["resultType"], "input_required", "{v}");
+    let ask = &v["result"]["inputRequests"]["connect"];
+    assert_eq!(ask["method"], "elicitation/create", "{v}");
+    assert_eq!(ask["params"]["mode"], "url", "{v}");
+    let url = ask["params"]["url"].as_str().unwrap().to_owned();
+    assert!(
+        url.starts_with(&format!("{}/authorize?", other.base)),
+        "{url}"
+    );
+    // ... its retry before the user finished is told so (no second flow) ...
+    let retry = json!({"_meta": url_meta, "name": "other__echo", "arguments": {"text": "x"},
+        "inputResponses": {"connect": {"action": "accept"}}});
+    let (status, v) = send("tools/call", Some("other__echo"), retry.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    assert_eq!(other.requests("/authorize").len(), 0);
+    // ... and once the flow is done the retry runs the tool.
+    consent(&url).await;
+    let (status, v) = send("tools/call", Some("other__echo"), retry).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["content"][0]["text"], "x", "{v}");
+    // A client that did not declare URL elicitation: -32021 naming it.
+    let third = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    add_server(&base, "third", &third).await;
+    let (status, v) = send(
+        "tools/call",
+        Some("third__echo"),
+        json!({"_meta": meta, "name": "third__echo", "arguments": {"text": "x"}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], -32021, "{v}");
+    assert!(
+        v["error"]["data"]["requiredCapabilities"]["elicitation"]["url"].is_object(),
+        "{v}"
+    );
+
+    // rmcp's client on the discover lifecycle, with a subscriptions/listen stream.
+    let transport = StreamableHttpClientTransport::from_uri(format!("{base}/mcp"));
+    let c = ()
+        .serve_with_lifecycle(
+            transport,
+            rmcp::ClientLifecycleMode::Discover {
+                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .unwrap();
+    let tools = c.list_all_tools().await.unwrap();
+    assert!(tools.iter().any(|t| t.name == "scripted__add"));
+    let mut sub = c
+        .listen(SubscriptionFilter::builder().tools_list_changed().build())
+        .await
+        .unwrap();
+    assert_eq!(sub.acknowledged().tools_list_changed, Some(true));
+    let r = client()
+        .delete(format!("{base}/v1/credentials/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let n = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a notification within 10 s")
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            n,
+            rmcp::model::ServerNotification::ToolListChangedNotification(_)
+        ),
+        "{n:?}"
+    );
+    let tools = c.list_all_tools().await.unwrap();
+    assert!(!tools.iter().any(|t| t.name == "scripted__add"));
+    drop(sub);
+    c.cancel().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Sessions belong to the principal that created them: another user's credential on
+/// the session id gets a 404, on every method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cannot_be_used_by_another_user() {
+    let logs = latchkey_testkit::logs::capture();
+    let idp = ScriptedIdp::start().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let toml = format!(
+        "allow_insecure_loopback = true\npublic_url = \"{base}\"\n[auth]\nmode = \"jwt\"\nissuer = \"{}\"\naudience = \"{base}/mcp\"\njwks_url = \"{}\"",
+        idp.issuer(),
+        idp.jwks_url()
+    );
+    let cfg = Config::parse(&toml, &HashMap::new()).unwrap();
+    let dir = std::env::temp_dir().join(format!("lk-gw-{}", latchkey_vault::store::new_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store: Arc<dyn latchkey_vault::Store> = Arc::new(
+        latchkey_vault::SqliteStore::open(&dir.join("db"))
+            .await
+            .unwrap(),
+    );
+    let app = latchkey_gateway::router(
+        latchkey_gateway::state(
+            &cfg,
+            store,
+            Arc::new(Keyring::new(keys())),
+            Arc::new(SystemClock),
+        )
+        .unwrap(),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let now = SystemClock.now().as_secs();
+    let token = |sub: &str| {
+        idp.mint(
+            KeyAlg::Es256,
+            &json!({"iss": idp.issuer(), "aud": format!("{base}/mcp"), "sub": sub, "exp": now + 600}),
+        )
+    };
+    let (alice, bob) = (token("alice"), token("bob"));
+
+    let rpc = |bearer: &str, session: Option<&str>, body: Value| {
+        let mut req = client()
+            .post(format!("{base}/mcp"))
+            .bearer_auth(bearer)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(s) = session {
+            req = req
+                .header("mcp-session-id", s)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        req.send()
+    };
+    let r = rpc(
+        &alice,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let _ = r.bytes().await;
+    let r = rpc(
+        &alice,
+        Some(&sid),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+
+    // Bob, with a valid credential of his own, cannot use, read or end Alice's session.
+    let r = rpc(&bob, Some(&sid), list.clone()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let r = client()
+        .get(format!("{base}/mcp"))
+        .bearer_auth(&bob)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let r = client()
+        .delete(format!("{base}/mcp"))
+        .bearer_auth(&bob)
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+
+    // Alice still can.
+    let r = rpc(&alice, Some(&sid), list.clone()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("latchkey_connect"), "{body}");
+
+    // Without a credential: the guard's challenge, before anything else.
+    let r = client()
+        .post(format!("{base}/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .json(&list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+
+    let text = logs.text();
+    assert!(text.contains("session_owner_mismatch"));
+    assert!(text.contains("missing_authorization"));
+    assert!(text.contains("auth_source=jwt"));
+    assert!(
+        !text.contains(&alice) && !text.contains(&bob),
+        "no token logged"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
