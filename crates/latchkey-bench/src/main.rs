@@ -1,0 +1,283 @@
+//! `latchkey-bench`: load runs that compare Latchkey against a direct connection, in one
+//! process run on one machine, so the ratio means something.
+//!
+//! `latchkey-bench proxy` starts a minimal upstream MCP server, starts `latchkey serve`
+//! (the release binary, embedded SQLite, a temporary data directory), registers the
+//! upstream as an OAuth server with a deposited refresh token, then alternates rounds of
+//! the same closed-loop load (`tools/call`) straight to the upstream and through
+//! `/mcp/{server}` with the cached token, and prints medians, p99s, throughput and the
+//! differences. `--soak-seconds` then keeps the proxied load running and samples
+//! Latchkey's resident memory.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout)] // a report tool: its output is the point
+
+mod floor;
+mod load;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt as _, Full};
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(name = "latchkey-bench", about = "Latchkey load runs")]
+enum Cli {
+    /// Direct vs through `/mcp/{server}`: latency, throughput, memory.
+    Proxy(ProxyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ProxyArgs {
+    /// The `latchkey` binary to run (build it with `cargo build --release`).
+    #[arg(long, default_value = "target/release/latchkey")]
+    latchkey: PathBuf,
+    /// Concurrent clients, each on its own keep-alive connection.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds per measured round.
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+    /// Rounds per path (direct and proxied rounds alternate).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Warm-up seconds per path before measuring.
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// After the comparison, run the proxied load this long and sample memory.
+    #[arg(long, default_value_t = 0)]
+    soak_seconds: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli {
+        Cli::Proxy(args) => rt.block_on(proxy(args)),
+    }
+}
+
+/// A free loopback port (bound then released).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// One JSON request over a fresh connection (setup calls only).
+async fn call_json(
+    addr: SocketAddr,
+    method: hyper::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<(u16, Value)> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))?;
+    let resp = send.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+/// Resident memory of `pid` in KiB (Linux).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `latchkey serve` on `port` with a fresh data directory, killed on drop.
+struct Latchkey {
+    child: tokio::process::Child,
+    dir: PathBuf,
+}
+
+impl Drop for Latchkey {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn start_latchkey(bin: &PathBuf, port: u16) -> anyhow::Result<Latchkey> {
+    let dir = std::env::temp_dir().join(format!("latchkey-bench-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let child = tokio::process::Command::new(bin)
+        .arg("serve")
+        .env("LATCHKEY_DATA_DIR", &dir)
+        .env("LATCHKEY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("LATCHKEY_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+        .env("LATCHKEY_ALLOW_INSECURE_LOOPBACK", "true")
+        .env("LATCHKEY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    let lk = Latchkey { child, dir };
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, _)) = call_json(addr, hyper::Method::GET, "/healthz", None).await {
+            return Ok(lk);
+        }
+        if Instant::now() > deadline {
+            bail!("latchkey did not answer /healthz within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn row(label: &str, o: &load::Outcome) -> String {
+    format!(
+        "| {label} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+        o.quantile(0.5),
+        o.quantile(0.99),
+        o.quantile(0.999),
+        o.throughput(),
+        o.errors
+    )
+}
+
+async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let (up, counters) = upstream::start().await?;
+    let port = free_port()?;
+    let lk = start_latchkey(&args.latchkey, port).await?;
+    let pid = lk.child.id().context("latchkey exited")?;
+    let lk_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+
+    let (status, server) = call_json(
+        lk_addr,
+        hyper::Method::POST,
+        "/v1/servers",
+        Some(json!({"name": "bench", "url": format!("http://{up}/mcp"), "auth_type": "oauth"})),
+    )
+    .await?;
+    if status != 201 {
+        bail!("registering the upstream: {status} {server}");
+    }
+    let id = server["id"].as_str().context("no server id")?.to_owned();
+    let (status, v) = call_json(
+        lk_addr,
+        hyper::Method::POST,
+        "/v1/credentials",
+        Some(json!({"server_id": id, "refresh_token": "bench-rt",
+                    "token_endpoint": format!("http://{up}/token"), "client_id": "bench"})),
+    )
+    .await?;
+    if status != 200 {
+        bail!("depositing the refresh token: {status} {v}");
+    }
+
+    let body = Bytes::from(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+               "params": {"name": "echo", "arguments": {"text": "hello"}}})
+        .to_string(),
+    );
+    let direct = load::Target {
+        addr: up,
+        path: "/mcp".into(),
+        authorization: Some("Bearer direct-token".into()),
+        body: body.clone(),
+    };
+    let proxied = load::Target {
+        addr: lk_addr,
+        path: format!("/mcp/{id}"),
+        authorization: None,
+        body,
+    };
+    let floor_addr = floor::start(up).await?;
+    let floor = load::Target {
+        addr: floor_addr,
+        path: "/mcp".into(),
+        authorization: None,
+        body: proxied.body.clone(),
+    };
+    let secs = Duration::from_secs(args.seconds);
+    let warm = Duration::from_secs(args.warmup);
+    load::run(&direct, args.clients, warm).await?;
+    load::run(&floor, args.clients, warm).await?;
+    load::run(&proxied, args.clients, warm).await?;
+    let rss_start = rss_kib(pid);
+    let (mut d_runs, mut f_runs, mut p_runs) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        d_runs.push(load::run(&direct, args.clients, secs).await?);
+        f_runs.push(load::run(&floor, args.clients, secs).await?);
+        p_runs.push(load::run(&proxied, args.clients, secs).await?);
+    }
+    let d = load::Outcome::merge(&d_runs);
+    let f = load::Outcome::merge(&f_runs);
+    let p = load::Outcome::merge(&p_runs);
+    println!(
+        "{} clients, {} rounds x {} s per path, tools/call, keep-alive HTTP/1",
+        args.clients, args.rounds, args.seconds
+    );
+    println!("| path | p50 µs | p99 µs | p99.9 µs | req/s | errors |");
+    println!("|---|---|---|---|---|---|");
+    println!("{}", row("direct", &d));
+    println!("{}", row("minimal hyper proxy (floor)", &f));
+    println!("{}", row("Latchkey /mcp/{server}", &p));
+    for (label, o) in [("floor", &f), ("Latchkey", &p)] {
+        println!(
+            "{label}: added p50 {:.0} µs, added p99 {:.0} µs, throughput {:.1} % of direct",
+            o.quantile(0.5) - d.quantile(0.5),
+            o.quantile(0.99) - d.quantile(0.99),
+            100.0 * o.throughput() / d.throughput()
+        );
+    }
+    println!(
+        "Latchkey's added p50 is {:.2} x the floor's",
+        (p.quantile(0.5) - d.quantile(0.5)) / (f.quantile(0.5) - d.quantile(0.5))
+    );
+    println!(
+        "refresh grants: {}; latchkey RSS after warm-up {} KiB, after the rounds {} KiB",
+        counters.grants.load(Ordering::Relaxed),
+        rss_start.unwrap_or(0),
+        rss_kib(pid).unwrap_or(0)
+    );
+
+    if args.soak_seconds > 0 {
+        println!("soak: {} s through /mcp/{{server}}", args.soak_seconds);
+        println!("| t (s) | RSS KiB | req/s | errors |");
+        println!("|---|---|---|---|");
+        let step = Duration::from_secs(30.min(args.soak_seconds));
+        let mut t = 0;
+        while t < args.soak_seconds {
+            let o = load::run(&proxied, args.clients, step).await?;
+            t += step.as_secs();
+            println!(
+                "| {t} | {} | {:.0} | {} |",
+                rss_kib(pid).unwrap_or(0),
+                o.throughput(),
+                o.errors
+            );
+        }
+    }
+    drop(lk);
+    Ok(())
+}
