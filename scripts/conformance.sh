@@ -4,6 +4,8 @@
 # 0.2.0-alpha.12 suites auth, backcompat, draft, extensions at --spec-version
 # 2025-11-25 and 2026-07-28. Scenarios that cannot pass yet are listed with reasons
 # in conformance/expected-failures-*.yml; anything else failing fails this script.
+# Then scripts/conformance-server.sh runs the suite's server scenarios against a
+# reference server directly and through Latchkey's `/mcp/{server}` proxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -71,4 +73,8 @@ run_suite alpha12-backcompat v0200a12 backcompat
 echo
 echo "Conformance totals (client suites):"
 printf '  %s\n' "${summary[@]}"
+
+echo
+echo "==> MCP conformance server scenarios: direct vs through Latchkey's /mcp/{server}"
+bash scripts/conformance-server.sh || status=1
 exit $status
