@@ -127,7 +127,10 @@ async fn client_for(
     };
     let reg = registration::register(&s.egress, &endpoint, &d.issuer, &req)
         .await
-        .map_err(|e| oauth_failure(&e))?;
+        .map_err(|e| {
+            tracing::warn!(event = "mcpoauth.dcr_failed", server_id = %server.id, issuer = %d.issuer, error = %e);
+            oauth_failure(&e)
+        })?;
     let id = new_id();
     let row = RegisteredClientRow {
         client_secret: reg
@@ -201,6 +204,14 @@ async fn store_tokens(
         id,
     };
     s.store.upsert_credential(&row).await?;
+    // R-OBS-1: ids and names only.
+    tracing::info!(
+        event = "mcpoauth.save_token",
+        tenant = %slot.tenant,
+        server_id = %slot.server,
+        credential_id = %row.id,
+        has_refresh_token = row.refresh_token.is_some(),
+    );
     s.tokens.evict(slot);
     s.events
         .publish_change(crate::events::CredentialChange::slot(slot));
@@ -306,7 +317,10 @@ pub(crate) async fn begin(
         .discoverer
         .discover(&server.url, None, DiscoveryOptions::default())
         .await
-        .map_err(|e| oauth_failure(&e))?;
+        .map_err(|e| {
+            tracing::warn!(event = "mcpoauth.discover_failed", server_id = %server.id, error = %e);
+            oauth_failure(&e)
+        })?;
     let redirect = redirect_uri(s);
     let scope = scope::select(scope::ScopeInputs {
         configured: server.scopes.as_deref(),
@@ -341,7 +355,10 @@ pub(crate) async fn begin(
             },
         )
         .await
-        .map_err(|_| ApiError::Upstream)?;
+        .map_err(|e| {
+            tracing::warn!(event = "mcpoauth.client_credentials_failed", server_id = %server.id, error = %e);
+            ApiError::Upstream
+        })?;
         store_tokens(
             s,
             &slot,
@@ -585,7 +602,7 @@ async fn finish(
     {
         Ok(t) => t,
         Err(e) => {
-            tracing::info!(event = "oauth.exchange_failed", error = %e);
+            tracing::info!(event = "mcpoauth.exchange_failed", error = %e);
             return Outcome::fail(StatusCode::BAD_GATEWAY, "exchange_failed", sid);
         }
     };

@@ -262,6 +262,11 @@ async fn run(
                     server_id: server.id.clone(),
                 });
             }
+            tracing::info!(
+                event = "proxy.recovered_after_refresh",
+                server_id = %server.id,
+                "MCP request succeeded after refreshing the credential"
+            );
             second
         }
         (StatusCode::UNAUTHORIZED, Some(_), None) => {

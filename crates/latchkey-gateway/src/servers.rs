@@ -256,12 +256,12 @@ pub async fn update(
             .into(),
         (None, None, false) => old.auth_type.clone(),
     };
-    let fingerprint_changed = url_changed
-        || secret_changed
+    let oauth_changed = secret_changed
         || row.auth_type != old.auth_type
         || row.client_id != old.client_id
         || row.grant_type != old.grant_type
         || row.scopes != old.scopes;
+    let fingerprint_changed = url_changed || oauth_changed;
     let updated = s.store.update_server(&row, s.now()).await;
     s.server_changed(p.tenant.as_str(), &id);
     if !updated? {
@@ -278,8 +278,21 @@ pub async fn update(
         s.tokens.evict_server(p.tenant.as_str(), &id);
         s.discoverer.invalidate(&old.url);
         match purged {
-            Ok(n) => detail = Some(format!("purged {n} credentials")),
-            Err(e) => tracing::warn!(event = "server.purge_failed", error = %e),
+            Ok(n) => {
+                tracing::info!(
+                    event = "mcp.oauth_tokens_purged_on_config_change",
+                    server_id = %id,
+                    url_changed,
+                    oauth_changed,
+                    purged = n,
+                );
+                detail = Some(format!("purged {n} credentials"));
+            }
+            Err(e) => tracing::warn!(
+                event = "mcp.oauth_purge_on_config_change_failed",
+                server_id = %id,
+                error = %e
+            ),
         }
     }
     // A purge disconnects every slot; a rename renames the federated tools.

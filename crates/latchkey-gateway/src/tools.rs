@@ -179,9 +179,18 @@ pub(crate) async fn call(
                 .access_token(&slot, true)
                 .await
                 .map_err(|e| token_failure(server, e))?;
-            exchange(s, server, Some(&fresh.token), method, params)
+            let retried = exchange(s, server, Some(&fresh.token), method, params)
                 .await
-                .map_err(fail)
+                .map_err(fail);
+            if retried.is_ok() {
+                // R-OBS-2: without this line the default level shows the failure only.
+                tracing::info!(
+                    event = "tools.recovered_after_refresh",
+                    server_id = %server.id,
+                    "MCP tools loaded after refreshing the credential"
+                );
+            }
+            retried
         }
         Err(other) => Err(fail(other)),
     }
