@@ -51,6 +51,9 @@ struct ProxyArgs {
     /// Warm-up seconds per path before measuring.
     #[arg(long, default_value_t = 3)]
     warmup: u64,
+    /// The floor proxy's outbound client.
+    #[arg(long, value_enum, default_value = "hyper")]
+    floor_client: floor::Client,
     /// After the comparison, run the proxied load this long and sample memory.
     #[arg(long, default_value_t = 0)]
     soak_seconds: u64,
@@ -211,7 +214,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         authorization: None,
         body,
     };
-    let floor_addr = floor::start(up).await?;
+    let floor_addr = floor::start(up, args.floor_client).await?;
     let floor = load::Target {
         addr: floor_addr,
         path: "/mcp".into(),
@@ -240,7 +243,13 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     println!("| path | p50 µs | p99 µs | p99.9 µs | req/s | errors |");
     println!("|---|---|---|---|---|---|");
     println!("{}", row("direct", &d));
-    println!("{}", row("minimal hyper proxy (floor)", &f));
+    println!(
+        "{}",
+        row(
+            &format!("minimal proxy, {:?} client (floor)", args.floor_client),
+            &f
+        )
+    );
     println!("{}", row("Latchkey /mcp/{server}", &p));
     for (label, o) in [("floor", &f), ("Latchkey", &p)] {
         println!(
