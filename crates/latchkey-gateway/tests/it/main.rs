@@ -53,6 +53,20 @@ async fn start(cfg: &Config, keys: StaticKeys) -> (String, std::path::PathBuf) {
     (base, dir)
 }
 
+/// The configuration most tests use: local mode, outbound `http://` to loopback
+/// allowed (the scripted servers listen there).
+fn loopback_config() -> Config {
+    Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap()
+}
+
+/// Drops a test's PostgreSQL schema (if it had one) and its data directory.
+async fn cleanup(dir: std::path::PathBuf, schema: Option<latchkey_testkit::pg::PgSchema>) {
+    if let Some(schema) = schema {
+        schema.drop_schema().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy)]
 enum Backend {

@@ -167,10 +167,7 @@ async fn the_proxy(backend: super::Backend) {
     assert_eq!(status, 500, "the upstream's own status passes through");
     upstream.set_mcp_fault(McpFault::None);
 
-    if let Some(schema) = schema {
-        schema.drop_schema().await.unwrap();
-    }
-    let _ = std::fs::remove_dir_all(dir);
+    super::cleanup(dir, schema).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

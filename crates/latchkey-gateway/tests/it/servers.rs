@@ -1,8 +1,5 @@
 //! `/v1/servers` over real HTTP, with the probe against the scripted MCP server.
 
-use std::collections::HashMap;
-
-use latchkey_gateway::Config;
 use latchkey_testkit::{AsConfig, ScriptedServer};
 use latchkey_vault::KeySet;
 use latchkey_vault::keyring::StaticKeys;
@@ -39,7 +36,7 @@ fn credential(server: &str) -> CredentialRow {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_are_probed_validated_purged_and_never_show_secrets() {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let cfg = super::loopback_config();
     let keys = StaticKeys(Some(KeySet::parse(KEY).unwrap()));
     let (base, dir, store) = super::start_with_store(&cfg, keys).await;
     let servers = format!("{base}/v1/servers");
@@ -144,7 +141,7 @@ async fn servers_are_probed_validated_purged_and_never_show_secrets() {
 
 #[tokio::test]
 async fn a_secret_without_a_key_is_the_typed_503() {
-    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let cfg = super::loopback_config();
     let (base, dir) = super::start(&cfg, StaticKeys(None)).await;
     let (status, v, _) = send(
         reqwest::Method::POST,

@@ -2,9 +2,6 @@
 //! injected, one refresh and one retry on a 401, typed 409s, upstream failures as
 //! errors, one refresh grant for many concurrent calls on an expired slot.
 
-use std::collections::HashMap;
-
-use latchkey_gateway::Config;
 use latchkey_testkit::{AsConfig, McpFault, ScriptedServer};
 use latchkey_vault::KeySet;
 use latchkey_vault::keyring::StaticKeys;
@@ -25,7 +22,7 @@ pub(super) async fn connected(
     std::path::PathBuf,
     Option<latchkey_testkit::pg::PgSchema>,
 ) {
-    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let cfg = super::loopback_config();
     let keys = StaticKeys(Some(KeySet::parse(KEY).unwrap()));
     let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys).await;
     let (status, server) = post(
@@ -146,10 +143,7 @@ async fn list_and_call(backend: super::Backend) {
     assert_eq!(status, 400);
     let (status, _) = get(&format!("{base}/v1/servers/nope/tools")).await;
     assert_eq!(status, 404);
-    if let Some(schema) = schema {
-        schema.drop_schema().await.unwrap();
-    }
-    let _ = std::fs::remove_dir_all(dir);
+    super::cleanup(dir, schema).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +169,7 @@ async fn many_concurrent_calls_on_an_expired_slot_make_one_refresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_without_credentials_needs_consent() {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let cfg = Config::parse("allow_insecure_loopback = true", &HashMap::new()).unwrap();
+    let cfg = super::loopback_config();
     let (base, dir) = super::start(&cfg, StaticKeys(Some(KeySet::parse(KEY).unwrap()))).await;
     let (_, server) = post(
         &format!("{base}/v1/servers"),
