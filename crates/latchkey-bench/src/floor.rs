@@ -55,10 +55,14 @@ async fn via_reqwest(
     .ok()
 }
 
-/// Starts the floor proxy in front of `upstream` (path kept); its address.
-pub(crate) async fn start(upstream: SocketAddr, outbound: Client) -> anyhow::Result<SocketAddr> {
+/// Starts the floor proxy on `listen` in front of `upstream` (path kept); its address.
+pub(crate) async fn start(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    outbound: Client,
+) -> anyhow::Result<SocketAddr> {
     let rc = reqwest::Client::builder().no_proxy().build()?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);

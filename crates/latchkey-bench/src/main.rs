@@ -32,6 +32,20 @@ use serde_json::{Value, json};
 enum Cli {
     /// Direct vs through `/mcp/{server}`: latency, throughput, memory.
     Proxy(ProxyArgs),
+    /// Runs the floor proxy alone (the `proxy` command starts it as a process of its
+    /// own, like Latchkey, so neither shares the load generator's runtime).
+    #[command(hide = true)]
+    Floor {
+        /// Where to listen.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The upstream.
+        #[arg(long)]
+        upstream: std::net::SocketAddr,
+        /// The outbound client.
+        #[arg(long, value_enum)]
+        client: floor::Client,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -66,6 +80,14 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli {
         Cli::Proxy(args) => rt.block_on(proxy(args)),
+        Cli::Floor {
+            listen,
+            upstream,
+            client,
+        } => rt.block_on(async move {
+            floor::start(listen, upstream, client).await?;
+            std::future::pending::<anyhow::Result<()>>().await
+        }),
     }
 }
 
@@ -214,7 +236,25 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         authorization: None,
         body,
     };
-    let floor_addr = floor::start(up, args.floor_client).await?;
+    let floor_port = free_port()?;
+    let floor_addr: SocketAddr = ([127, 0, 0, 1], floor_port).into();
+    let mut floor_proc = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "floor",
+            "--listen",
+            &floor_addr.to_string(),
+            "--upstream",
+            &up.to_string(),
+        ])
+        .arg("--client")
+        .arg(match args.floor_client {
+            floor::Client::Hyper => "hyper",
+            floor::Client::Reqwest => "reqwest",
+        })
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the floor proxy")?;
+    wait_for_port(floor_addr).await?;
     let floor = load::Target {
         addr: floor_addr,
         path: "/mcp".into(),
@@ -288,5 +328,18 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         }
     }
     drop(lk);
+    let _ = floor_proc.start_kill();
+    Ok(())
+}
+
+/// Waits until something accepts connections on `addr` (at most 30 s).
+async fn wait_for_port(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on {addr} after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok(())
 }
