@@ -78,20 +78,7 @@ fn bearer(idp: &ScriptedIdp, base: &str, tenant: &str, subject: &str, admin: boo
 /// One request with `auth` as the `Authorization` header; status, JSON body (`Null`
 /// if none) and the raw text.
 async fn send(method: Method, url: &str, auth: &str, body: Option<Value>) -> (u16, Value, String) {
-    let mut r = client().request(method, url).header("authorization", auth);
-    if let Some(b) = body {
-        r = r
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::Null),
-        text,
-    )
+    super::request(method, url, Some(auth), body).await
 }
 
 /// What the scripted upstream has been asked, by endpoint.

@@ -26,6 +26,30 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// One request (with `auth` as the `Authorization` header when given); status, JSON
+/// body (`Null` if none) and the raw text.
+async fn request(
+    method: reqwest::Method,
+    url: &str,
+    auth: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value, String) {
+    let mut r = client().request(method, url);
+    if let Some(a) = auth {
+        r = r.header("authorization", a);
+    }
+    if let Some(b) = body {
+        r = r
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    (status, v, text)
+}
+
 /// POSTs a raw JSON text; the status and the parsed body (`Null` if not JSON).
 async fn post_raw(url: &str, body: &str) -> (u16, serde_json::Value) {
     let r = client()
@@ -82,17 +106,17 @@ async fn start_with_store(
     (base, dir, store)
 }
 
-/// Latchkey in-process on `backend`; with PostgreSQL, the schema to drop afterwards.
-async fn start_on(
-    backend: Backend,
-    cfg: &Config,
-    keys: StaticKeys,
-) -> (
+/// A running Latchkey: base URL, data directory, store, and the PostgreSQL schema to
+/// drop afterwards (if any).
+type Started = (
     String,
     std::path::PathBuf,
     Arc<dyn latchkey_vault::Store>,
     Option<latchkey_testkit::pg::PgSchema>,
-) {
+);
+
+/// Latchkey in-process on `backend`; with PostgreSQL, the schema to drop afterwards.
+async fn start_on(backend: Backend, cfg: &Config, keys: StaticKeys) -> Started {
     start_configured(
         backend,
         |base| {
@@ -114,12 +138,7 @@ async fn start_configured(
     backend: Backend,
     cfg: impl FnOnce(&str) -> Config,
     keys: StaticKeys,
-) -> (
-    String,
-    std::path::PathBuf,
-    Arc<dyn latchkey_vault::Store>,
-    Option<latchkey_testkit::pg::PgSchema>,
-) {
+) -> Started {
     let dir = std::env::temp_dir().join(format!("lk-gw-{}", latchkey_vault::store::new_id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (store, schema): (Arc<dyn latchkey_vault::Store>, _) = match backend {

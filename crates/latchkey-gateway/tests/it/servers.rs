@@ -9,17 +9,7 @@ use serde_json::{Value, json};
 const KEY: &str = "1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 async fn send(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value, String) {
-    let mut r = reqwest::Client::new().request(method, url);
-    if let Some(b) = body {
-        r = r
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    let v = serde_json::from_str(&text).unwrap_or(Value::Null);
-    (status, v, text)
+    super::request(method, url, None, body).await
 }
 
 fn credential(server: &str) -> CredentialRow {
