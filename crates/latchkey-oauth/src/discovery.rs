@@ -96,6 +96,13 @@ impl Discoverer {
         }
     }
 
+    /// Drops every cached result (another instance's change may have been missed).
+    pub fn clear(&self) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.clear();
+        }
+    }
+
     /// A cached result, if fresh. Expired entries are removed when read.
     pub fn cached(
         &self,

@@ -368,6 +368,26 @@ pub fn flow_is_live(state_created_at: i64, now: i64) -> bool {
 }
 
 /// Persistence for servers, credentials and flows.
+/// What a [`Notifications`] stream yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A payload another instance sent with [`Store::notify`].
+    Message(String),
+    /// The channel broke: notifications sent from now until [`Notice::Resumed`] are lost.
+    Lost,
+    /// The channel is (again) listening. Anything sent before this may have been
+    /// missed, so a receiver treats it as "everything changed".
+    Resumed,
+}
+
+/// Notifications from the other instances on the same database.
+#[async_trait::async_trait]
+pub trait Notifications: Send {
+    /// The next notice. Reconnects by itself after [`Notice::Lost`] (the next call
+    /// waits until the database answers again, then yields [`Notice::Resumed`]).
+    async fn recv(&mut self) -> Notice;
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// A round trip to the database (readiness).
@@ -451,6 +471,36 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Records that key `id` was used at `now`, unless it already was within the last
     /// [`API_KEY_TOUCH_SECS`] (then nothing is written). True if the row was updated.
     async fn touch_api_key(&self, id: &str, now: i64) -> Result<bool, StoreError>;
+
+    // Several instances on one database (R-MULTI-1, R-MULTI-2).
+
+    /// Takes the slot's refresh lease for `holder` until `expires_at`, unless another
+    /// holder has one that has not expired at `now`. True if `holder` now holds it.
+    async fn try_lease(
+        &self,
+        slot: &Slot,
+        holder: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<bool, StoreError>;
+    /// Pushes the expiry of a lease `holder` holds. False if it no longer holds it.
+    async fn extend_lease(
+        &self,
+        slot: &Slot,
+        holder: &str,
+        expires_at: i64,
+    ) -> Result<bool, StoreError>;
+    /// Gives up a lease `holder` holds (nothing happens if it no longer does).
+    async fn release_lease(&self, slot: &Slot, holder: &str) -> Result<(), StoreError>;
+    /// Sends `payload` to every instance listening on this database. Nothing to do where
+    /// only one instance can use the database (SQLite).
+    async fn notify(&self, _payload: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The notifications other instances send; `None` where there are none (SQLite).
+    async fn listen(&self) -> Result<Option<Box<dyn Notifications>>, StoreError> {
+        Ok(None)
+    }
 
     // Key rotation (see `crate::rotate`). These read and write envelopes by row key
     // across tenants: they are for the operator's rotation, never for a request path.
@@ -671,7 +721,7 @@ where
 /// Implements [`Store`] for a pool type. Both backends run the same SQL text; the
 /// macro exists only because sqlx's executor bounds differ per database type.
 macro_rules! sql_store {
-    ($name:ident, $pool:ty, $migrator:expr) => {
+    ($name:ident, $pool:ty, $migrator:expr $(, { $($extra:tt)* })?) => {
         /// A store on this backend.
         #[derive(Debug, Clone)]
         pub struct $name {
@@ -696,6 +746,69 @@ macro_rules! sql_store {
 
         #[async_trait::async_trait]
         impl Store for $name {
+            $($($extra)*)?
+
+            async fn try_lease(
+                &self,
+                slot: &Slot,
+                holder: &str,
+                now: i64,
+                expires_at: i64,
+            ) -> Result<bool, StoreError> {
+                // One statement: a new lease, or the takeover of an expired one; a live
+                // lease of another holder leaves the row alone and returns nothing.
+                let taken = sqlx::query(
+                    "INSERT INTO refresh_leases (tenant_id, server_id, subject, holder, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, server_id, subject) \
+                     DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+                     WHERE refresh_leases.expires_at <= $6 OR refresh_leases.holder = $4 \
+                     RETURNING holder",
+                )
+                .bind(&slot.tenant)
+                .bind(&slot.server)
+                .bind(slot.subject.as_deref().unwrap_or(""))
+                .bind(holder)
+                .bind(expires_at)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(taken.is_some())
+            }
+
+            async fn extend_lease(
+                &self,
+                slot: &Slot,
+                holder: &str,
+                expires_at: i64,
+            ) -> Result<bool, StoreError> {
+                let r = sqlx::query(
+                    "UPDATE refresh_leases SET expires_at = $1 \
+                     WHERE tenant_id = $2 AND server_id = $3 AND subject = $4 AND holder = $5",
+                )
+                .bind(expires_at)
+                .bind(&slot.tenant)
+                .bind(&slot.server)
+                .bind(slot.subject.as_deref().unwrap_or(""))
+                .bind(holder)
+                .execute(&self.pool)
+                .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn release_lease(&self, slot: &Slot, holder: &str) -> Result<(), StoreError> {
+                sqlx::query(
+                    "DELETE FROM refresh_leases \
+                     WHERE tenant_id = $1 AND server_id = $2 AND subject = $3 AND holder = $4",
+                )
+                .bind(&slot.tenant)
+                .bind(&slot.server)
+                .bind(slot.subject.as_deref().unwrap_or(""))
+                .bind(holder)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
             async fn ping(&self) -> Result<(), StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
                 Ok(())
@@ -1379,7 +1492,71 @@ sql_store!(
     sqlx::SqlitePool,
     sqlx::migrate!("migrations/sqlite")
 );
-sql_store!(PgStore, sqlx::PgPool, sqlx::migrate!("migrations/postgres"));
+sql_store!(
+    PgStore,
+    sqlx::PgPool,
+    sqlx::migrate!("migrations/postgres"),
+    {
+        async fn notify(&self, payload: &str) -> Result<(), StoreError> {
+            // The channel is named after the schema, so several deployments (or test runs)
+            // in one database never hear each other.
+            sqlx::query("SELECT pg_notify('latchkey_' || current_schema(), $1)")
+                .bind(payload)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        }
+
+        async fn listen(&self) -> Result<Option<Box<dyn Notifications>>, StoreError> {
+            let schema: String = sqlx::query_scalar("SELECT current_schema()")
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(Some(Box::new(PgNotifications {
+                pool: self.pool.clone(),
+                channel: format!("latchkey_{schema}"),
+                listener: None,
+            })))
+        }
+    }
+);
+
+/// [`Notifications`] over PostgreSQL `LISTEN`: a dedicated connection, replaced after
+/// any failure (a fresh `LISTEN` is the only way to know from when on nothing is missed).
+struct PgNotifications {
+    pool: sqlx::PgPool,
+    channel: String,
+    listener: Option<sqlx::postgres::PgListener>,
+}
+
+/// How long to wait between attempts to listen again while the database is away.
+const RELISTEN_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+#[async_trait::async_trait]
+impl Notifications for PgNotifications {
+    async fn recv(&mut self) -> Notice {
+        let Some(listener) = self.listener.as_mut() else {
+            loop {
+                match sqlx::postgres::PgListener::connect_with(&self.pool).await {
+                    Ok(mut l) => match l.listen(&self.channel).await {
+                        Ok(()) => {
+                            self.listener = Some(l);
+                            return Notice::Resumed;
+                        }
+                        Err(_) => tokio::time::sleep(RELISTEN_EVERY).await,
+                    },
+                    Err(_) => tokio::time::sleep(RELISTEN_EVERY).await,
+                }
+            }
+        };
+        match listener.try_recv().await {
+            Ok(Some(n)) => Notice::Message(n.payload().to_owned()),
+            Ok(None) | Err(_) => {
+                self.listener = None;
+                Notice::Lost
+            }
+        }
+    }
+}
 
 /// Where the store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,6 +18,10 @@
 //! 6. **Cache fill** guarded by the slot's eviction epoch (R-REFRESH-14): a refresh that
 //!    started before an eviction does not repopulate the cache.
 //!
+//! 4a. **Lease** (R-MULTI-1, when configured): before a grant, the slot's lease row in
+//!    the database, so several instances make one grant per expiry ([`lease`]); a
+//!    waiter takes the token its peer persisted.
+//!
 //! `force_refresh` (R-REFRESH-16, after an upstream 401) skips the cache and the
 //! persisted token but still queues on the slot lock; if the row changed since the
 //! caller's view (a predecessor or a peer refreshed meanwhile) the fresh token is
@@ -32,6 +36,7 @@
 mod cache;
 mod error;
 mod flight;
+mod lease;
 mod stats;
 
 use std::fmt;
@@ -46,6 +51,7 @@ use latchkey_vault::rotate::SealedTable;
 use latchkey_vault::{CredentialRow, Keyring, Slot, Store, WriteBack};
 
 pub use error::{ReauthReason, TokenError};
+pub use lease::LeaseOptions;
 pub use stats::TokenStats;
 
 use cache::{Entry, Lookup, TokenCache};
@@ -67,6 +73,9 @@ pub struct TokenServiceOptions {
     /// Egress policy for stored token endpoints (default [`UrlSource::Remote`]: they
     /// were learned from AS metadata).
     pub token_endpoint_source: UrlSource,
+    /// The cross-instance refresh lease (R-MULTI-1); `None` (the default) for a store
+    /// only one instance uses.
+    pub lease: Option<LeaseOptions>,
 }
 
 impl Default for TokenServiceOptions {
@@ -75,6 +84,7 @@ impl Default for TokenServiceOptions {
             skew: DEFAULT_SKEW,
             default_token_ttl: DEFAULT_TOKEN_TTL,
             token_endpoint_source: UrlSource::Remote,
+            lease: None,
         }
     }
 }
@@ -231,7 +241,91 @@ impl TokenService {
         {
             return Ok(t);
         }
-        self.refresh(slot, row, &ticket, epoch).await
+        match self.lease(slot, &row, &ticket, epoch).await? {
+            Leased::Peer(t) => Ok(t),
+            Leased::NotHeld => self.refresh(slot, row, &ticket, epoch).await,
+            Leased::Held(held) => {
+                let r = self.refresh_leased(slot, row, &ticket, epoch).await;
+                held.release().await;
+                r
+            }
+        }
+    }
+
+    /// Waits for the slot's lease (R-MULTI-1). A peer's token persisted meanwhile is
+    /// taken instead; no lease is configured, or the wait ran out: refresh without one.
+    async fn lease(
+        &self,
+        slot: &Slot,
+        row: &CredentialRow,
+        ticket: &Ticket<'_>,
+        epoch: u64,
+    ) -> Result<Leased, TokenError> {
+        let Some(lo) = &self.opts.lease else {
+            return Ok(Leased::NotHeld);
+        };
+        let holder = format!("{}:{}", lo.instance, latchkey_vault::store::new_id());
+        let started = tokio::time::Instant::now();
+        loop {
+            let now = self.clock.now();
+            if self
+                .store
+                .try_lease(
+                    slot,
+                    &holder,
+                    lease::secs(now),
+                    lease::secs(now.plus(lo.ttl)),
+                )
+                .await?
+            {
+                return Ok(Leased::Held(lease::Held::start(
+                    self.store.clone(),
+                    self.clock.clone(),
+                    slot.clone(),
+                    holder,
+                    lo.ttl,
+                )));
+            }
+            if started.elapsed() >= lo.wait {
+                bump(&self.counters.lease_timeouts);
+                tracing::warn!(event = "token.lease_wait_exceeded", tenant = %slot.tenant, server = %slot.server);
+                return Ok(Leased::NotHeld);
+            }
+            tokio::time::sleep(lo.poll).await;
+            let now_row = self
+                .store
+                .get_credential(slot)
+                .await?
+                .ok_or(TokenError::NotConnected)?;
+            if (now_row.id != row.id || now_row.generation != row.generation)
+                && let Some(t) = self.persisted(slot, &now_row, ticket, epoch)?
+            {
+                tracing::debug!(event = "token.peer_refreshed", tenant = %slot.tenant, server = %slot.server);
+                return Ok(Leased::Peer(t));
+            }
+        }
+    }
+
+    /// The refresh under a lease: the row is read again first, since a peer may have
+    /// refreshed between our read and our lease.
+    async fn refresh_leased(
+        &self,
+        slot: &Slot,
+        row: CredentialRow,
+        ticket: &Ticket<'_>,
+        epoch: u64,
+    ) -> Result<AccessToken, TokenError> {
+        let now_row = self
+            .store
+            .get_credential(slot)
+            .await?
+            .ok_or(TokenError::NotConnected)?;
+        if (now_row.id != row.id || now_row.generation != row.generation)
+            && let Some(t) = self.persisted(slot, &now_row, ticket, epoch)?
+        {
+            return Ok(t);
+        }
+        self.refresh(slot, now_row, ticket, epoch).await
     }
 
     /// The row's access token if it is still valid (R-REFRESH-11), cached on the way.
@@ -480,6 +574,16 @@ impl TokenService {
                 TokenError::from(e)
             })
     }
+}
+
+/// What waiting for the lease gave.
+enum Leased {
+    /// This instance holds it.
+    Held(lease::Held),
+    /// A peer refreshed meanwhile: its token.
+    Peer(AccessToken),
+    /// No lease (none configured, or the wait ran out).
+    NotHeld,
 }
 
 fn secs(t: UnixTime) -> i64 {

@@ -22,6 +22,8 @@ pub struct TokenStats {
     pub write_backs_lost: u64,
     /// Write-backs that failed (sealing or database); the token was still returned.
     pub write_backs_failed: u64,
+    /// Refreshes made without the cross-instance lease because the wait ran out.
+    pub lease_timeouts: u64,
     /// Failures: [`TokenError::NotConnected`].
     pub not_connected: u64,
     /// Failures: [`TokenError::ReauthRequired`].
@@ -45,6 +47,7 @@ pub(crate) struct Counters {
     pub(crate) rotation_retries: AtomicU64,
     pub(crate) write_backs_lost: AtomicU64,
     pub(crate) write_backs_failed: AtomicU64,
+    pub(crate) lease_timeouts: AtomicU64,
     not_connected: AtomicU64,
     reauth_required: AtomicU64,
     encryption_key_missing: AtomicU64,
@@ -78,6 +81,7 @@ impl Counters {
             grants_succeeded: g(&self.grants_succeeded),
             rotation_retries: g(&self.rotation_retries),
             write_backs_lost: g(&self.write_backs_lost),
+            lease_timeouts: g(&self.lease_timeouts),
             write_backs_failed: g(&self.write_backs_failed),
             not_connected: g(&self.not_connected),
             reauth_required: g(&self.reauth_required),
