@@ -1,29 +1,73 @@
 //! `latchkey`: the command line.
 #![forbid(unsafe_code)]
 
+mod api;
 mod conformance;
+mod connect;
 mod doctor;
 mod keys;
+mod mcp_config;
+mod output;
 mod serve;
+mod servers;
 mod state;
+mod stdio;
+mod tools;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+
+/// The exit status table, shown by `--help` (and in README.md).
+const EXIT_STATUS: &str = "\
+Exit status:
+  0   success
+  1   failure: a tool reported an error, a connection attempt failed, doctor found a
+      broken OAuth chain, anything not listed below
+  2   usage error (bad command line)
+  65  invalid input: a bad --arg/--json, an ambiguous server name, Latchkey answered
+      400 invalid_request
+  66  not found: no server with that id or name (Latchkey answered 404)
+  69  unavailable: Latchkey (or the server doctor probes) cannot be reached, or it
+      answered 502/503 (an upstream or its database is down)
+  70  internal error
+  75  try again later: the server needs your consent first (run `latchkey connect`),
+      a conflicting operation (409), or no consent before --timeout
+  77  permission denied: Latchkey refused the credential (401) or the action (403);
+      see --token / LATCHKEY_TOKEN
+  78  configuration missing or invalid: a bad --url or --token, no encryption key";
 
 /// Latchkey: an OAuth 2.1 credential broker and gateway for MCP servers.
 #[derive(Debug, Parser)]
-#[command(name = "latchkey", version, about)]
+#[command(name = "latchkey", version, about, after_long_help = EXIT_STATUS)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connection: api::Connection,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the broker (loopback, embedded SQLite and a generated key file by default).
     Serve(serve::Args),
-    /// Walk OAuth discovery for an MCP server URL and report what it advertises.
+    /// Manage the MCP servers Latchkey knows (needs a running `latchkey serve`).
+    #[command(subcommand)]
+    Servers(servers::Command),
+    /// Connect your account to an OAuth server: consent in the browser, then wait.
+    Connect(connect::ConnectArgs),
+    /// Forget (and revoke) your tokens for a server.
+    Disconnect(connect::DisconnectArgs),
+    /// List and call a server's tools with your token.
+    #[command(subcommand)]
+    Tools(tools::Command),
+    /// A stdio MCP server that relays to one server through Latchkey, for MCP clients
+    /// that only run local servers.
+    Stdio(stdio::Args),
+    /// Print ready-to-paste configuration for MCP clients (Claude, VS Code, Cursor).
+    McpConfig(mcp_config::Args),
+    /// Walk OAuth discovery for an MCP server URL and report what it advertises, what
+    /// is missing or wrong, and why.
     Doctor(doctor::Args),
     /// Headless MCP OAuth client driven by the official MCP conformance suite
     /// (reads MCP_CONFORMANCE_SCENARIO, MCP_CONFORMANCE_CONTEXT, MCP_CONFORMANCE_PROTOCOL_VERSION).
@@ -31,17 +75,38 @@ enum Command {
     /// Manage the encryption keys: add a new current key, re-encrypt under it.
     #[command(subcommand)]
     Keys(keys::Command),
+    /// Print a shell completion script (e.g. `latchkey completions bash > /etc/bash_completion.d/latchkey`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
-/// Exit codes scripts can rely on (sysexits.h values).
+/// Exit codes scripts can rely on (sysexits.h values); the table is [`EXIT_STATUS`].
+/// API answers are mapped to them in one place, `api::Failure::from_answer`.
 mod exit {
     use std::process::ExitCode;
 
+    /// Anything else that failed.
+    pub(crate) const FAILURE: u8 = 1;
+    /// A bad command line (clap's own code).
+    pub(crate) const USAGE: u8 = 2;
+    /// Bad input data (an argument's value, a 400 from Latchkey).
+    pub(crate) const DATAERR: u8 = 65;
+    /// The thing named does not exist (404).
+    pub(crate) const NOINPUT: u8 = 66;
+    /// A service needed (Latchkey, its database, an upstream) is unavailable; retrying
+    /// may help.
+    pub(crate) const UNAVAILABLE: u8 = 69;
+    /// An internal error.
+    pub(crate) const SOFTWARE: u8 = 70;
+    /// Try again later: consent needed first, a conflict, a timeout.
+    pub(crate) const TEMPFAIL: u8 = 75;
+    /// The credential was refused or may not do this (401/403).
+    pub(crate) const NOPERM: u8 = 77;
     /// Configuration is missing or invalid (e.g. no encryption key).
     pub(crate) const CONFIG: u8 = 78;
-    /// A service Latchkey needs (the database) is unavailable; retrying may help.
-    pub(crate) const UNAVAILABLE: u8 = 69;
-    /// Either code as an [`ExitCode`].
+    /// A code as an [`ExitCode`].
     pub(crate) fn code(c: u8) -> ExitCode {
         ExitCode::from(c)
     }
@@ -67,7 +132,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("latchkey: cannot start the async runtime: {e}");
-            return ExitCode::from(70);
+            return exit::code(exit::SOFTWARE);
         }
     };
     let result = rt.block_on(async {
@@ -76,13 +141,40 @@ fn main() -> ExitCode {
             Command::Doctor(a) => doctor::run(a).await,
             Command::ConformanceClient(a) => conformance::run(a).await,
             Command::Keys(c) => keys::run(c).await,
+            Command::Servers(c) => servers::run(c, &cli.connection).await,
+            Command::Connect(a) => connect::connect(a, &cli.connection).await,
+            Command::Disconnect(a) => connect::disconnect(a, &cli.connection).await,
+            Command::Tools(c) => tools::run(c, &cli.connection).await,
+            Command::Stdio(a) => stdio::run(a, &cli.connection).await,
+            Command::McpConfig(a) => mcp_config::run(a, &cli.connection).await,
+            Command::Completions { shell } => {
+                let mut out = std::io::stdout();
+                clap_complete::generate(shell, &mut Cli::command(), "latchkey", &mut out);
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("latchkey: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<api::Failure>() {
+            Some(f) => {
+                eprintln!("latchkey: {}", f.message);
+                exit::code(f.code)
+            }
+            None => {
+                eprintln!("latchkey: {e:#}");
+                exit::code(exit::FAILURE)
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -85,12 +85,24 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
             return Ok(exit::code(exit::CONFIG));
         }
     };
+    // Other instances' changes (PostgreSQL only; nothing to do on SQLite).
+    if let Err(e) = latchkey_gateway::cluster::start(app_state.clone()).await {
+        eprintln!("latchkey: cannot listen for other instances' changes: {e}");
+        return Ok(exit::code(exit::UNAVAILABLE));
+    }
     let app = latchkey_gateway::router(app_state);
     println!(
         "Latchkey is listening on http://{local} (database {}, public URL {})",
         state.database, cfg.public_url
     );
     tracing::info!(event = "serve.started", listen = %local);
+    // Small writes (an SSE event, a short JSON answer) leave at once instead of waiting
+    // for the previous segment's acknowledgement (Nagle's algorithm).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(event = "serve.nodelay_failed", error = %e);
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await?;

@@ -39,6 +39,8 @@ pub struct AppState {
     pub servers: Arc<crate::server_cache::ServerCache>,
     /// The Prometheus recorder's handle, for `/metrics`.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// This instance's name among several on one database ([`crate::cluster`]).
+    pub instance: Arc<str>,
 }
 
 impl AppState {
@@ -67,10 +69,40 @@ impl AppState {
         if let Some(row) = self.servers.get(p.tenant.as_str(), id, now) {
             return Ok(row);
         }
+        // Stale-if-unavailable: while the database is away, the last row read keeps the
+        // call paths (and so the cached tokens) working. Changes made meanwhile by others
+        // could not have been committed either if the database is down for everyone,
+        // and every row is dropped as soon as the change channel listens again.
+        let stale = || {
+            self.servers.get_stale(
+                p.tenant.as_str(),
+                id,
+                now,
+                crate::server_cache::STALE_IF_UNAVAILABLE,
+            )
+        };
+        if self.servers.recently_unavailable(now)
+            && let Some(row) = stale()
+        {
+            return Ok(row);
+        }
         let epoch = self.servers.epoch();
-        let row = self.server(p, id).await?;
+        let row = match self.server(p, id).await {
+            Ok(row) => row,
+            Err(ApiError::Unavailable) => {
+                self.servers.mark_unavailable(now);
+                tracing::warn!(event = "store.unavailable", server_id = %id, "serving the last known server row");
+                return stale().ok_or(ApiError::Unavailable);
+            }
+            Err(e) => return Err(e),
+        };
         self.servers.put(row.clone(), epoch, now);
         Ok(row)
+    }
+
+    /// Applies `c` here and tells the other instances ([`crate::cluster::announce`]).
+    pub async fn announce(&self, c: crate::cluster::Change) {
+        crate::cluster::announce(self, c).await;
     }
 
     /// Forgets the cached row of a server this instance changed or deleted.
@@ -130,6 +162,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(crate::telemetry::render))
         .route("/v1/openapi.json", get(openapi))
         .route(crate::flows::CALLBACK_PATH, get(crate::flows::callback))
+        .merge(crate::ui::routes())
         .merge(crate::federated::routes(&state))
         .merge(api);
     // RFC 9728 metadata for the MCP endpoints, where there is an authorization server to

@@ -140,9 +140,7 @@ pub async fn deposit(
     };
     s.store.upsert_credential(&row).await?;
     // Synchronously, before answering (R-REFRESH-13).
-    s.tokens.evict(&slot);
-    s.events
-        .publish_change(crate::events::CredentialChange::slot(&slot));
+    s.announce(crate::cluster::Change::slot(&slot)).await;
     metrics::counter!("latchkey_deposits_total").increment(1);
     audit(&s, &p, "credential.deposit", &slot).await;
     Ok(Json(json!({"stored": true})))
@@ -161,10 +159,9 @@ pub async fn delete(
         crate::revoke::revoke_all(&s, &server, std::slice::from_ref(&c)).await;
     }
     let deleted = s.store.delete_credential(&slot).await?;
-    s.tokens.evict(&slot);
+    // Every instance stops serving the slot's token before this answers (R-MULTI-2).
+    s.announce(crate::cluster::Change::slot(&slot)).await;
     if deleted {
-        s.events
-            .publish_change(crate::events::CredentialChange::slot(&slot));
         audit(&s, &p, "credential.delete", &slot).await;
     }
     Ok(StatusCode::NO_CONTENT)

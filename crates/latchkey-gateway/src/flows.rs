@@ -212,9 +212,7 @@ async fn store_tokens(
         credential_id = %row.id,
         has_refresh_token = row.refresh_token.is_some(),
     );
-    s.tokens.evict(slot);
-    s.events
-        .publish_change(crate::events::CredentialChange::slot(slot));
+    s.announce(crate::cluster::Change::slot(slot)).await;
     Ok(())
 }
 
@@ -466,15 +464,15 @@ pub async fn callback(State(s): State<AppState>, RawQuery(q): RawQuery) -> Respo
     metrics::counter!("latchkey_oauth_callbacks_total", "outcome" => outcome.reason).increment(1);
     // Told on success and on failure, once the flow is known (R-UI-7, R-FLOW-13).
     if let (Some((slot, initiated_by)), Some(server_id)) = (&outcome.flow, &outcome.server_id) {
-        s.events.publish(crate::events::Event {
+        // On every instance: the client waiting for it may be connected to another.
+        s.announce(crate::cluster::Change::FlowCompleted {
             tenant: slot.tenant.clone(),
-            kind: "mcp.oauth_complete",
-            server_id: server_id.clone(),
-            user_id: slot.subject.clone(),
-            initiating_user_id: initiated_by.clone(),
-            status: if outcome.ok { "success" } else { "error" },
+            server: server_id.clone(),
+            user: slot.subject.clone(),
+            initiated_by: initiated_by.clone(),
             error: (!outcome.ok).then(|| outcome.reason.to_owned()),
-        });
+        })
+        .await;
     }
     tracing::info!(
         event = "oauth.callback",
@@ -636,35 +634,112 @@ async fn finish(
     }
 }
 
+/// The callback page's only script: reads the result from the JSON element and posts
+/// it on the `mcp-oauth` BroadcastChannel and to the opener at Latchkey's own origin
+/// (never `*`), then closes the window after about a second (R-UI-2). Constant, so
+/// the CSP allows exactly it by hash.
+const CALLBACK_SCRIPT: &str = "(function(){var m=JSON.parse(document.getElementById('latchkey-result').textContent);\
+try{new BroadcastChannel('mcp-oauth').postMessage(m);}catch(e){}\
+if(window.opener){try{window.opener.postMessage(m,window.location.origin);}catch(e){}}\
+setTimeout(function(){window.close();},1000);})();";
+
+/// The callback page's CSP: no source at all but the one script, by its hash.
+fn callback_csp() -> HeaderValue {
+    static CSP: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        use sha2::Digest;
+        let hash = base64(&sha2::Sha256::digest(CALLBACK_SCRIPT.as_bytes()));
+        HeaderValue::from_str(&format!(
+            "default-src 'none'; script-src 'sha256-{hash}'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))
+    })
+    .clone()
+}
+
+/// Standard base64 with padding (RFC 4648 §4), for the CSP hash.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// What the callback page says for a reason (R-UI-6): fixed texts only, never
+/// anything from the request.
+fn reason_text(reason: &str) -> &'static str {
+    match reason {
+        "connected" => "Connected. You can close this window.",
+        "provider_error" => "The authorization server refused the connection.",
+        "missing_code_or_state" | "missing_state" => {
+            "The authorization server's answer was incomplete. Please try again."
+        }
+        "invalid_state" => "Authorization expired. Please try again.",
+        "server_gone" => "The server was removed while you were authorizing it.",
+        "insecure_url" => "MCP OAuth requires https.",
+        "issuer_mismatch" => {
+            "The answer did not come from the expected authorization server. Please try again."
+        }
+        "invalid_callback" => "The authorization server's answer was malformed. Please try again.",
+        "encryption_key_missing" => {
+            "Latchkey has no encryption key configured. Contact your administrator."
+        }
+        "discovery_failed" => {
+            "The server's OAuth metadata could not be read. Please try again later."
+        }
+        "client_changed" => {
+            "The server's OAuth client changed while you were authorizing. Please try again."
+        }
+        "exchange_failed" => {
+            "The authorization code could not be exchanged for a token. Please try again."
+        }
+        _ => "Something went wrong while connecting. Please try again.",
+    }
+}
+
 /// The callback page (R-SEC-11, R-UI-2): no untrusted text in markup (the payload is
-/// JSON in a non-executable script element with `<` escaped), a strict CSP, and the
-/// result posted only to Latchkey's own origin and its BroadcastChannel.
+/// JSON in a non-executable script element with `<`, `>` and `&` escaped), a CSP that
+/// allows only its one constant script, and the result
+/// `{type:"mcp-oauth", ok, serverId?, reason, error?}` posted only to Latchkey's own
+/// origin and its BroadcastChannel.
 fn page(o: Outcome) -> Response {
     let payload = json!({
-        "type": "latchkey:oauth",
+        "type": "mcp-oauth",
         "ok": o.ok,
         "reason": o.reason,
-        "server_id": o.server_id,
+        "serverId": o.server_id,
         "error": o.detail,
     })
     .to_string()
     .replace('<', "\\u003c")
     .replace('>', "\\u003e")
     .replace('&', "\\u0026");
-    let headline = if o.ok {
-        "Connected. You can close this window."
+    let headline = reason_text(o.reason);
+    let close = if o.ok {
+        ""
     } else {
-        "The connection did not complete. You can close this window and try again."
+        "<p>You can close this window and try again from Latchkey.</p>"
     };
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Latchkey</title>\
-         <meta name=\"viewport\" content=\"width=device-width\"></head><body>\
-         <p role=\"status\">{headline}</p>\
+         <meta name=\"viewport\" content=\"width=device-width\"></head><body><main>\
+         <h1>Latchkey</h1><p role=\"status\">{headline}</p>{close}</main>\
          <script type=\"application/json\" id=\"latchkey-result\">{payload}</script>\
-         <script>(function(){{var m=JSON.parse(document.getElementById('latchkey-result').textContent);\
-         try{{new BroadcastChannel('latchkey-oauth').postMessage(m);}}catch(e){{}}\
-         if(window.opener){{try{{window.opener.postMessage(m,window.location.origin);}}catch(e){{}}}}\
-         if(m.ok){{setTimeout(function(){{window.close();}},300);}}}})();</script></body></html>"
+         <script>{CALLBACK_SCRIPT}</script></body></html>"
     );
     let mut resp = (o.status, html).into_response();
     let h = resp.headers_mut();
@@ -672,12 +747,7 @@ fn page(o: Outcome) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-        ),
-    );
+    h.insert(header::CONTENT_SECURITY_POLICY, callback_csp());
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         header::REFERRER_POLICY,
@@ -708,6 +778,45 @@ pub async fn status(
             "expires_at": c.access_expires_at,
             "expired": c.access_expires_at.is_some_and(|e| e <= now_s),
             "refreshable": c.refresh_token.is_some(),
+            "updated_at": c.updated_at,
+            "scopes": c.scopes,
         }),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), want);
+        }
+    }
+
+    #[test]
+    fn the_page_runs_only_its_hashed_script() {
+        let resp = page(Outcome::fail(StatusCode::OK, "provider_error", None));
+        let csp = resp.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+        use sha2::Digest;
+        let hash = base64(&sha2::Sha256::digest(CALLBACK_SCRIPT.as_bytes()));
+        assert!(
+            csp.contains(&format!("script-src 'sha256-{hash}'")),
+            "{csp}"
+        );
+        assert_eq!(hash.len(), 44);
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod api_keys;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod credentials;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod server_cache;
 pub mod servers;
 pub mod telemetry;
 pub mod tools;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -39,12 +41,19 @@ pub fn state(
 ) -> Result<AppState, ConfigError> {
     let egress = egress(cfg)?;
     let guard = guard(cfg, egress.clone(), clock.clone(), store.clone())?;
+    let instance: Arc<str> = latchkey_vault::store::new_id().into();
     let tokens = Arc::new(latchkey_broker::token_service::TokenService::new(
         store.clone(),
         keyring.clone(),
         egress.clone(),
         clock.clone(),
-        latchkey_broker::token_service::TokenServiceOptions::default(),
+        latchkey_broker::token_service::TokenServiceOptions {
+            // One refresh grant per expiry across every instance on the database.
+            lease: Some(latchkey_broker::token_service::LeaseOptions::new(
+                instance.to_string(),
+            )),
+            ..latchkey_broker::token_service::TokenServiceOptions::default()
+        },
     ));
     Ok(AppState {
         tokens,
@@ -61,6 +70,7 @@ pub fn state(
         events: events::Events::default(),
         servers: Arc::default(),
         metrics: telemetry::install(),
+        instance,
     })
 }
 pub use config::{AuthConfig, Config, ConfigError, JwtKeySource};

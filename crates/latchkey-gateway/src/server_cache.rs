@@ -14,6 +14,11 @@ use latchkey_vault::store::ServerRow;
 
 /// How long a row is served from memory.
 pub const TTL: Duration = Duration::from_secs(1);
+/// How long a cached row keeps serving the call paths while the database is
+/// unavailable (so cached tokens keep working through a database restart).
+pub const STALE_IF_UNAVAILABLE: Duration = Duration::from_secs(300);
+/// While the database is unavailable, how often a request asks it again.
+pub const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// Entries kept at most; past that the cache starts over (a bound, not an LRU: the rows
 /// are cheap to read again).
 const CAPACITY: usize = 10_000;
@@ -26,6 +31,8 @@ type Key = (String, String);
 pub struct ServerCache {
     rows: Mutex<HashMap<Key, (ServerRow, UnixTime)>>,
     epoch: AtomicU64,
+    /// When a read last found the database unavailable (Unix seconds; 0: never).
+    unavailable_at: AtomicU64,
 }
 
 impl ServerCache {
@@ -34,6 +41,33 @@ impl ServerCache {
         let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
         let (row, at) = rows.get(&(tenant.to_owned(), id.to_owned()))?;
         (now.since(*at) < TTL && *at <= now).then(|| row.clone())
+    }
+
+    /// The row of `(tenant, id)` if cached at most `max_age` before `now`, however stale
+    /// (served only while the database is unavailable).
+    pub fn get_stale(
+        &self,
+        tenant: &str,
+        id: &str,
+        now: UnixTime,
+        max_age: Duration,
+    ) -> Option<ServerRow> {
+        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let (row, at) = rows.get(&(tenant.to_owned(), id.to_owned()))?;
+        (now.since(*at) < max_age && *at <= now).then(|| row.clone())
+    }
+
+    /// Notes that the database was unavailable at `now`.
+    pub fn mark_unavailable(&self, now: UnixTime) {
+        self.unavailable_at.store(now.as_secs(), Ordering::Release);
+    }
+
+    /// Whether the database was found unavailable within [`PROBE_EVERY`] before `now`:
+    /// then a stale row is served without asking it again (one request per interval
+    /// waits for the database; the others do not).
+    pub fn recently_unavailable(&self, now: UnixTime) -> bool {
+        let at = self.unavailable_at.load(Ordering::Acquire);
+        at != 0 && now.as_secs().saturating_sub(at) < PROBE_EVERY.as_secs()
     }
 
     /// The epoch to hand back to [`ServerCache::put`] after reading a row.

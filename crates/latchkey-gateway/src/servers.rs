@@ -19,6 +19,7 @@ use latchkey_vault::store::{AuditEvent, ServerRow, new_id};
 use serde::Serialize;
 
 use crate::app::AppState;
+use crate::cluster::Change;
 use crate::error::ApiError;
 use crate::fields::{Fields, Patch};
 
@@ -171,11 +172,12 @@ pub async fn create(
     };
     s.store.create_server(&row, s.now()).await?;
     // A server without auth has tools at once; a same-named one renames the other's.
-    s.events
-        .publish_change(crate::events::CredentialChange::server(
-            p.tenant.as_str(),
-            &id,
-        ));
+    s.announce(Change::Server {
+        tenant: p.tenant.as_str().to_owned(),
+        server: id.clone(),
+        url: None,
+    })
+    .await;
     audit(&s, &p, "server.create", &id, None).await;
     Ok((StatusCode::CREATED, Json(ServerView::from(&row))))
 }
@@ -263,7 +265,13 @@ pub async fn update(
         || row.scopes != old.scopes;
     let fingerprint_changed = url_changed || oauth_changed;
     let updated = s.store.update_server(&row, s.now()).await;
-    s.server_changed(p.tenant.as_str(), &id);
+    // Told to every instance before answering, whatever happens next (R-MULTI-2).
+    s.announce(Change::Server {
+        tenant: p.tenant.as_str().to_owned(),
+        server: id.clone(),
+        url: Some(old.url.clone()),
+    })
+    .await;
     if !updated? {
         return Err(ApiError::NotFound);
     }
@@ -275,8 +283,13 @@ pub async fn update(
             crate::revoke::revoke_all(&s, &old, &creds).await;
         }
         let purged = s.store.purge_server(p.tenant.as_str(), &id).await;
-        s.tokens.evict_server(p.tenant.as_str(), &id);
-        s.discoverer.invalidate(&old.url);
+        // Every instance drops the purged tokens and the old URL's discovery.
+        s.announce(Change::Server {
+            tenant: p.tenant.as_str().to_owned(),
+            server: id.clone(),
+            url: Some(old.url.clone()),
+        })
+        .await;
         match purged {
             Ok(n) => {
                 tracing::info!(
@@ -295,12 +308,6 @@ pub async fn update(
             ),
         }
     }
-    // A purge disconnects every slot; a rename renames the federated tools.
-    s.events
-        .publish_change(crate::events::CredentialChange::server(
-            p.tenant.as_str(),
-            &id,
-        ));
     audit(&s, &p, "server.update", &id, detail).await;
     Ok(Json(ServerView::from(&row)))
 }
@@ -318,16 +325,13 @@ pub async fn delete(
     let creds = s.store.server_credentials(p.tenant.as_str(), &id).await?;
     crate::revoke::revoke_all(&s, &server, &creds).await;
     let deleted = s.store.delete_server(p.tenant.as_str(), &id).await;
-    s.server_changed(p.tenant.as_str(), &id);
-    let deleted = deleted?;
-    s.tokens.evict_server(p.tenant.as_str(), &id);
-    s.events
-        .publish_change(crate::events::CredentialChange::server(
-            p.tenant.as_str(),
-            &id,
-        ));
-    s.discoverer.invalidate(&server.url);
-    if !deleted {
+    s.announce(Change::Server {
+        tenant: p.tenant.as_str().to_owned(),
+        server: id.clone(),
+        url: Some(server.url.clone()),
+    })
+    .await;
+    if !deleted? {
         return Err(ApiError::NotFound);
     }
     audit(&s, &p, "server.delete", &id, None).await;

@@ -20,8 +20,12 @@ pub enum TokenFault {
     /// Normal behaviour.
     #[default]
     None,
-    /// Wait this long, then answer normally.
+    /// Wait this long, then answer normally (nothing is granted before the wait: a
+    /// client that goes away meanwhile leaves no trace).
     Slow(Duration),
+    /// Grant normally (rotating the refresh token), then wait this long before sending
+    /// the answer.
+    SlowAnswer(Duration),
     /// Answer with this status (meant for 5xx; an invalid code becomes 500) and a small
     /// JSON body `{"error":"server_error"}`.
     ServerError(u16),
@@ -103,7 +107,7 @@ const JSON: &str = "application/json";
 /// (after any delay, which the caller has already slept).
 pub(crate) fn token_fault_response(fault: &TokenFault) -> Option<Response> {
     let r = match fault {
-        TokenFault::None | TokenFault::Slow(_) => return None,
+        TokenFault::None | TokenFault::Slow(_) | TokenFault::SlowAnswer(_) => return None,
         TokenFault::ServerError(code) => (
             status(*code),
             [(header::CONTENT_TYPE, JSON)],

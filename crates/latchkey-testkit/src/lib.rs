@@ -19,6 +19,7 @@ pub mod faults;
 pub mod idp;
 pub mod logs;
 pub mod mcp;
+pub mod netcut;
 pub mod pg;
 
 use std::collections::{HashMap, HashSet};
@@ -85,6 +86,17 @@ impl Default for AsConfig {
     }
 }
 
+/// An error the authorization endpoint answers with instead of approving (RFC 6749
+/// §4.1.2.1): the browser is redirected back with `error`, `error_description`,
+/// `state` and (when `iss` is supported) `iss`, and no code is issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizeError {
+    /// The `error` code, e.g. `access_denied`.
+    pub error: String,
+    /// The `error_description` (untrusted text as far as a client is concerned).
+    pub description: Option<String>,
+}
+
 /// One request the server received: path, headers (lower-case names) and form/JSON body.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -139,6 +151,8 @@ struct AsState {
     mcp_sse: bool,
     sessions: HashSet<String>,
     next_session: u64,
+    authorize_error: Option<AuthorizeError>,
+    metadata_status: Option<u16>,
 }
 
 impl AsState {
@@ -235,6 +249,13 @@ impl ScriptedServer {
     /// The MCP endpoint.
     pub fn mcp_url(&self) -> String {
         format!("{}/mcp", self.base)
+    }
+
+    /// Answers the authorization server metadata endpoint with this status (and no
+    /// document) instead of the metadata; `None` restores it. For a broken discovery
+    /// chain: the protected resource metadata still names this server.
+    pub fn set_as_metadata_status(&self, status: Option<u16>) {
+        self.shared.lock().metadata_status = status;
     }
 
     /// Every request to `path`, in order.
@@ -355,6 +376,12 @@ impl ScriptedServer {
         self.shared.lock().required_scope = scope;
     }
 
+    /// Makes the authorization endpoint refuse every subsequent request with `error`
+    /// instead of approving it (`None`: approve again, the default).
+    pub fn set_authorize_error(&self, error: Option<AuthorizeError>) {
+        self.shared.lock().authorize_error = error;
+    }
+
     /// Answers MCP requests as a one-event `text/event-stream` instead of JSON.
     pub fn set_mcp_sse(&self, sse: bool) {
         self.shared.lock().mcp_sse = sse;
@@ -408,6 +435,11 @@ async fn metadata(State(s): State<Shared>, headers: HeaderMap) -> Response {
         &headers,
         HashMap::new(),
     );
+    if let Some(status) = s.lock().metadata_status {
+        return StatusCode::from_u16(status)
+            .unwrap_or(StatusCode::NOT_FOUND)
+            .into_response();
+    }
     let b = &s.base;
     let mut m = json!({
         "issuer": b,
@@ -452,6 +484,30 @@ async fn authorize(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     record(&s, "/authorize", &headers, q.clone());
+    let refusal = s.lock().authorize_error.clone();
+    if let Some(refusal) = refusal {
+        let Some(mut redirect) = q.get("redirect_uri").and_then(|r| url::Url::parse(r).ok()) else {
+            return (StatusCode::BAD_REQUEST, "redirect_uri").into_response();
+        };
+        {
+            let mut qp = redirect.query_pairs_mut();
+            qp.append_pair("error", &refusal.error);
+            if let Some(d) = &refusal.description {
+                qp.append_pair("error_description", d);
+            }
+            if let Some(st) = q.get("state") {
+                qp.append_pair("state", st);
+            }
+            if s.cfg.iss_supported {
+                qp.append_pair("iss", &s.base);
+            }
+        }
+        return (
+            StatusCode::FOUND,
+            [(header::LOCATION, redirect.to_string())],
+        )
+            .into_response();
+    }
     let code = {
         let mut st = s.lock();
         st.next += 1;
@@ -532,6 +588,25 @@ async fn token(
 ) -> Response {
     record(&s, "/token", &headers, f.clone());
     let fault = s.lock().token_fault.take();
+    // The grant is served (a refresh token rotated) before the wait: a client that goes
+    // away meanwhile never learns the new tokens.
+    let late = match fault {
+        TokenFault::SlowAnswer(d) => Some(d),
+        _ => None,
+    };
+    let r = token_served(&s, headers, f, fault).await;
+    if let Some(d) = late {
+        tokio::time::sleep(d).await;
+    }
+    r
+}
+
+async fn token_served(
+    s: &Shared,
+    headers: HeaderMap,
+    f: HashMap<String, String>,
+    fault: TokenFault,
+) -> Response {
     if let TokenFault::Slow(d) = fault {
         tokio::time::sleep(d).await;
     }

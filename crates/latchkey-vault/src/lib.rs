@@ -9,6 +9,6 @@ pub mod rotate;
 pub mod store;
 
 pub use store::{
-    ApiKeyRow, CredentialRow, FlowRow, Notice, Notifications, PgStore, ServerRow, Slot, SqliteStore,
-    Store, StoreError, WriteBack,
+    ApiKeyRow, CredentialRow, FlowRow, Notice, Notifications, PgStore, ServerRow, Slot,
+    SqliteStore, Store, StoreError, WriteBack,
 };

@@ -6,8 +6,12 @@ use std::process::Command;
 use latchkey_testkit::pg::PgSchema;
 use latchkey_testkit::{AsConfig, ScriptedServer};
 
+mod cluster;
+mod commands;
+mod doctor;
 mod keys;
 mod serve;
+mod stdio;
 
 fn latchkey(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_latchkey"))
@@ -49,9 +53,10 @@ async fn doctor_refuses_loopback_without_the_relaxation() {
     let out = tokio::task::spawn_blocking(move || latchkey(&["doctor", &url]))
         .await
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(65), "a refused URL is bad input");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("scheme \"http\" is not allowed"), "{err}");
+    assert!(err.contains("--allow-insecure-loopback"), "{err}");
     assert!(server.requests("/mcp").is_empty(), "nothing was sent");
 }
 

@@ -3,9 +3,9 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     announced: Vec<String>,
 }
 
@@ -16,7 +16,7 @@ impl Drop for Server {
     }
 }
 
-fn command(data_dir: &std::path::Path) -> Command {
+pub(crate) fn command(data_dir: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_latchkey"));
     c.arg("serve")
         .env("LATCHKEY_DATA_DIR", data_dir)
@@ -31,7 +31,7 @@ fn command(data_dir: &std::path::Path) -> Command {
 }
 
 /// Starts the server and reads its announcement up to the listening line.
-fn start(mut c: Command) -> Server {
+pub(crate) fn start(mut c: Command) -> Server {
     let mut child = c.spawn().unwrap();
     let out = BufReader::new(child.stdout.take().unwrap());
     let mut announced = Vec::new();

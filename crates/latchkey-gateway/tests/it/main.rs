@@ -10,6 +10,7 @@ use latchkey_gateway::{ApiError, Config, FieldError};
 use latchkey_vault::keyring::StaticKeys;
 use latchkey_vault::{Keyring, SqliteStore};
 
+mod cluster;
 mod credentials;
 mod federated;
 mod flows;
@@ -17,6 +18,7 @@ mod identity;
 mod proxy;
 mod servers;
 mod tools;
+mod ui;
 
 /// A client that never follows redirects (the tests look at each hop).
 fn client() -> reqwest::Client {
@@ -156,20 +158,28 @@ async fn start_configured(
             (store, Some(schema))
         }
     };
+    let base = serve(cfg, store.clone(), keys, Arc::new(SystemClock)).await;
+    (base, dir, store, schema)
+}
+
+/// One Latchkey instance in-process on `store`, listening for the other instances'
+/// changes; its base URL.
+async fn serve(
+    cfg: impl FnOnce(&str) -> Config,
+    store: Arc<dyn latchkey_vault::Store>,
+    keys: StaticKeys,
+    clock: Arc<dyn latchkey_core::Clock>,
+) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let cfg = cfg(&base);
-    let app = latchkey_gateway::router(
-        latchkey_gateway::state(
-            &cfg,
-            store.clone(),
-            Arc::new(Keyring::new(keys)),
-            Arc::new(SystemClock),
-        )
-        .unwrap(),
-    );
+    let state = latchkey_gateway::state(&cfg, store, Arc::new(Keyring::new(keys)), clock).unwrap();
+    latchkey_gateway::cluster::start(state.clone())
+        .await
+        .unwrap();
+    let app = latchkey_gateway::router(state);
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (base, dir, store, schema)
+    base
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::tools::connected;
 
 /// POSTs one JSON-RPC message to `url` with the MCP headers; status, headers, body.
-async fn rpc(
+pub(super) async fn rpc(
     http: &reqwest::Client,
     url: &str,
     session: Option<&str>,
@@ -53,7 +53,7 @@ fn initialize() -> Value {
         "clientInfo": {"name": "proxy-test", "version": "1"}}})
 }
 
-fn call(id: u64, name: &str, arguments: Value) -> Value {
+pub(super) fn call(id: u64, name: &str, arguments: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
            "params": {"name": name, "arguments": arguments}})
 }

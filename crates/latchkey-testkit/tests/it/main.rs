@@ -300,3 +300,32 @@ async fn non_rotating_refresh_still_answers_as_before() {
     assert_eq!(server.grants_served_for("refresh_token"), 2);
     assert_eq!(json!(server.issued_access_tokens().len()), json!(2));
 }
+
+#[tokio::test]
+async fn the_authorization_endpoint_can_refuse_with_an_error() {
+    let server = start(AsConfig::default()).await;
+    server.set_authorize_error(Some(latchkey_testkit::AuthorizeError {
+        error: "access_denied".into(),
+        description: Some("no <b>way</b>".into()),
+    }));
+    let url = format!(
+        "{}/authorize?response_type=code&client_id=c&redirect_uri=http%3A%2F%2Flocalhost%3A9%2Fcb%3Fx%3D1&state=st&code_challenge=abc&code_challenge_method=S256",
+        server.base
+    );
+    let r = client().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let loc = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let q: std::collections::HashMap<String, String> = loc.query_pairs().into_owned().collect();
+    assert_eq!(loc.path(), "/cb");
+    assert_eq!(q["x"], "1", "the redirect URI's own query is kept");
+    assert_eq!(q["error"], "access_denied");
+    assert_eq!(q["error_description"], "no <b>way</b>");
+    assert_eq!(q["state"], "st");
+    assert_eq!(q["iss"], server.base);
+    assert!(!q.contains_key("code"), "no code is issued");
+    // Approving again once the refusal is lifted.
+    server.set_authorize_error(None);
+    let r = client().get(&url).send().await.unwrap();
+    let loc = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    assert!(loc.query_pairs().any(|(k, _)| k == "code"));
+}

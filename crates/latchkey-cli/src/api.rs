@@ -1,0 +1,445 @@
+//! The HTTP client for a running `latchkey serve`, and the one place where a failure
+//! (Latchkey unreachable, an error answer of its API, bad input) becomes a message and
+//! an exit code ([`Failure`]).
+//!
+//! The credential: `--token` / `LATCHKEY_TOKEN`. A Latchkey API key (`lk_…`) is sent as
+//! `Authorization: Token <key>`; anything else (a JWT, or an opaque OAuth access token
+//! that Latchkey introspects) as `Authorization: Bearer <token>`; a value that already
+//! starts with `Bearer ` or `Token ` is sent as it is. In local mode (the default of
+//! `latchkey serve`) no token is needed. The token is a [`Secret`]: never printed, the
+//! header is marked sensitive.
+//!
+//! Requests never follow redirects (a credential must not travel to another origin) and
+//! ignore the environment's HTTP proxies (Latchkey is normally on loopback).
+
+use std::fmt;
+use std::time::Duration;
+
+use latchkey_core::Secret;
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use serde_json::Value;
+
+use crate::exit;
+
+/// Where `latchkey serve` listens by default.
+pub(crate) fn default_url() -> String {
+    format!("http://{}", latchkey_gateway::config::DEFAULT_LISTEN)
+}
+
+/// A failure with its exit code, printed by `main` as `latchkey: <message>`.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    /// The process exit code (see [`crate::exit`]).
+    pub(crate) code: u8,
+    /// What went wrong, for a person.
+    pub(crate) message: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl Failure {
+    pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Bad input on the command line (an argument that is not what it must be).
+    pub(crate) fn data(message: impl Into<String>) -> Self {
+        Self::new(exit::DATAERR, message)
+    }
+
+    /// The thing named does not exist.
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(exit::NOINPUT, message)
+    }
+
+    /// Latchkey (or the server probed) cannot be reached.
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(exit::UNAVAILABLE, message)
+    }
+
+    /// The mapping of an error answer of Latchkey's API (JSON `{code, message,
+    /// server_id?, scopes?, fields?}`, see `latchkey_gateway::error`) to a message and
+    /// an exit code.
+    pub(crate) fn from_answer(status: u16, body: &[u8]) -> Self {
+        let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let api_code = v.get("code").and_then(Value::as_str).unwrap_or_default();
+        let text = v
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        let server = v
+            .get("server_id")
+            .and_then(Value::as_str)
+            .unwrap_or("SERVER");
+        let mut message = match (status, api_code) {
+            (409, "needs_oauth_reauth") => {
+                format!("{text}: the server needs your consent; run `latchkey connect {server}`")
+            }
+            (409, "needs_scope_upgrade") => {
+                let scopes = strings(v.get("scopes")).join(" ");
+                format!("{text} ({scopes}): run `latchkey connect {server}` to grant them")
+            }
+            (401, _) => format!(
+                "Latchkey refused the credential (HTTP 401{}): set --token or LATCHKEY_TOKEN to an API key or a valid access token",
+                if api_code.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {api_code}")
+                }
+            ),
+            (403, _) => format!("{text} (HTTP 403): the credential may not do this"),
+            (503, "encryption_key_missing") => format!(
+                "{text}: configure an encryption key for `latchkey serve` (see `latchkey keys add`)"
+            ),
+            _ if api_code.is_empty() => text,
+            _ => format!("{text} ({api_code})"),
+        };
+        if let Some(fields) = v.get("fields").and_then(Value::as_array) {
+            for f in fields {
+                let field = f.get("field").and_then(Value::as_str).unwrap_or_default();
+                let why = f.get("message").and_then(Value::as_str).unwrap_or_default();
+                if field.is_empty() {
+                    message.push_str(&format!("\n  - {why}"));
+                } else {
+                    message.push_str(&format!("\n  - {field}: {why}"));
+                }
+            }
+        }
+        let code = match (status, api_code) {
+            (400 | 413 | 415 | 422, _) => exit::DATAERR,
+            (401 | 403, _) => exit::NOPERM,
+            (404, _) => exit::NOINPUT,
+            (409, _) => exit::TEMPFAIL,
+            (503, "encryption_key_missing") => exit::CONFIG,
+            (502..=504, _) => exit::UNAVAILABLE,
+            _ => exit::FAILURE,
+        };
+        Self::new(code, message)
+    }
+
+    /// A request that produced no answer.
+    pub(crate) fn transport(base: &str, e: &reqwest::Error) -> Self {
+        Self::unavailable(format!(
+            "cannot reach Latchkey at {base}: {}",
+            error_chain(e)
+        ))
+    }
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An error and its sources on one line (reqwest's own message is terse).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let m = s.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// Options that locate Latchkey's API (global: every command that talks to a running
+/// `latchkey serve` takes them).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Connection {
+    /// The URL of a running `latchkey serve`.
+    #[arg(
+        id = "latchkey_url",
+        long = "url",
+        env = "LATCHKEY_URL",
+        global = true,
+        value_name = "URL",
+        default_value_t = default_url(),
+        help_heading = "Latchkey API"
+    )]
+    pub(crate) url: String,
+    /// Credential for Latchkey: an API key (`lk_…`, sent as `Token`) or an access token
+    /// (sent as `Bearer`). Not needed in local mode.
+    #[arg(
+        id = "latchkey_token",
+        long = "token",
+        env = "LATCHKEY_TOKEN",
+        global = true,
+        value_name = "TOKEN",
+        hide_env_values = true,
+        value_parser = parse_secret,
+        help_heading = "Latchkey API"
+    )]
+    pub(crate) token: Option<Secret>,
+}
+
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    if s.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(Secret::new(s.trim()))
+}
+
+/// The `Authorization` value for `token` (see the module documentation).
+fn authorization(token: &Secret) -> Result<HeaderValue, Failure> {
+    let t = token.expose();
+    let explicit = t.split_once(' ').is_some_and(|(scheme, _)| {
+        scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token")
+    });
+    let value = if explicit {
+        Secret::new(t)
+    } else if t.starts_with(latchkey_guard::api_key::API_KEY_PREFIX) {
+        Secret::new(format!("Token {t}"))
+    } else {
+        Secret::new(format!("Bearer {t}"))
+    };
+    let mut hv = HeaderValue::from_str(value.expose()).map_err(|_| {
+        Failure::new(
+            exit::CONFIG,
+            "--token / LATCHKEY_TOKEN is not a valid header value",
+        )
+    })?;
+    hv.set_sensitive(true);
+    Ok(hv)
+}
+
+/// A client for one Latchkey.
+#[derive(Debug, Clone)]
+pub(crate) struct Api {
+    base: String,
+    http: reqwest::Client,
+    auth: Option<HeaderValue>,
+}
+
+/// How long an ordinary API call may take (adding a server probes it, up to 5 s).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Api {
+    /// A client for the Latchkey at `c.url`; a URL that is not `http(s)://…` is a
+    /// configuration error.
+    pub(crate) fn new(c: &Connection) -> Result<Self, Failure> {
+        let url = match c.url.trim() {
+            "" => default_url(),
+            u => u.to_owned(),
+        };
+        let base = url.trim_end_matches('/').to_owned();
+        let parsed = reqwest::Url::parse(&base).map_err(|e| {
+            Failure::new(exit::CONFIG, format!("--url / LATCHKEY_URL {base:?}: {e}"))
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(Failure::new(
+                exit::CONFIG,
+                format!("--url / LATCHKEY_URL {base:?}: not an http(s) URL"),
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("latchkey-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Failure::new(exit::FAILURE, format!("HTTP client: {e}")))?;
+        let auth = c.token.as_ref().map(authorization).transpose()?;
+        Ok(Self { base, http, auth })
+    }
+
+    /// The base URL, without a trailing slash.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Whether a credential is configured (for `mcp-config`, which never prints it).
+    pub(crate) fn has_token(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    /// A request to `path` (starting with `/`) carrying the credential.
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(a) = &self.auth {
+            r = r.header(AUTHORIZATION, a.clone());
+        }
+        r
+    }
+
+    /// Sends `r`; a transport failure or a non-2xx answer becomes a [`Failure`].
+    pub(crate) async fn send(
+        &self,
+        r: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Failure> {
+        let resp = r
+            .send()
+            .await
+            .map_err(|e| Failure::transport(&self.base, &e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        if status.is_redirection() {
+            return Err(Failure::new(
+                exit::FAILURE,
+                format!(
+                    "Latchkey answered with a redirect (HTTP {}); check --url",
+                    status.as_u16()
+                ),
+            ));
+        }
+        let body = resp.bytes().await.unwrap_or_default();
+        Err(Failure::from_answer(status.as_u16(), &body))
+    }
+
+    /// One JSON call: `body` sent as JSON when given; the answer's JSON (`Null` for an
+    /// empty answer such as a 204).
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, Failure> {
+        self.call_with_timeout(method, path, body, Some(CALL_TIMEOUT))
+            .await
+    }
+
+    /// [`Self::call`] with an explicit whole-request timeout (`None`: none; a tool call
+    /// may take as long as the tool does).
+    pub(crate) async fn call_with_timeout(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Option<Duration>,
+    ) -> Result<Value, Failure> {
+        let mut r = self
+            .request(method, path)
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(t) = timeout {
+            r = r.timeout(t);
+        }
+        if let Some(b) = body {
+            r = r
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b.to_string());
+        }
+        let resp = self.send(r).await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Failure::transport(&self.base, &e))?;
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Failure::new(
+                exit::FAILURE,
+                format!("Latchkey answered {path} with something that is not JSON: {e}"),
+            )
+        })
+    }
+
+    /// `GET path`.
+    pub(crate) async fn get(&self, path: &str) -> Result<Value, Failure> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+}
+
+/// `s` percent-encoded as one path segment (everything but RFC 3986 unreserved
+/// characters), so ids and tool names cannot change the path.
+pub(crate) fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scheme_follows_the_token() {
+        let h = |t: &str| {
+            authorization(&Secret::new(t))
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(h("lk_abc"), "Token lk_abc");
+        assert_eq!(h("eyJa.eyJb.sig"), "Bearer eyJa.eyJb.sig");
+        assert_eq!(h("opaque-token"), "Bearer opaque-token");
+        assert_eq!(h("Token lk_x"), "Token lk_x");
+        assert_eq!(h("bearer abc"), "bearer abc");
+        assert!(authorization(&Secret::new("a\nb")).is_err());
+        assert!(authorization(&Secret::new("lk_x")).unwrap().is_sensitive());
+    }
+
+    #[test]
+    fn api_errors_map_to_exit_codes() {
+        let f = |status, body: &str| Failure::from_answer(status, body.as_bytes());
+        let bad = f(
+            400,
+            r#"{"code":"invalid_request","message":"invalid request","fields":[{"field":"url","message":"scheme \"ftp\" is not allowed"}]}"#,
+        );
+        assert_eq!(bad.code, exit::DATAERR);
+        assert!(bad.message.contains("url: scheme"), "{}", bad.message);
+        assert_eq!(
+            f(404, r#"{"code":"not_found","message":"not found"}"#).code,
+            exit::NOINPUT
+        );
+        assert_eq!(f(401, "").code, exit::NOPERM);
+        assert_eq!(
+            f(403, r#"{"code":"forbidden","message":"forbidden"}"#).code,
+            exit::NOPERM
+        );
+        let reauth = f(
+            409,
+            r#"{"code":"needs_oauth_reauth","message":"the server needs to be reconnected","server_id":"s1"}"#,
+        );
+        assert_eq!(reauth.code, exit::TEMPFAIL);
+        assert!(reauth.message.contains("latchkey connect s1"));
+        assert_eq!(
+            f(
+                503,
+                r#"{"code":"encryption_key_missing","message":"no key"}"#
+            )
+            .code,
+            exit::CONFIG
+        );
+        assert_eq!(f(503, r#"{"code":"unavailable"}"#).code, exit::UNAVAILABLE);
+        assert_eq!(
+            f(502, r#"{"code":"upstream_error"}"#).code,
+            exit::UNAVAILABLE
+        );
+        assert_eq!(f(500, "oops").code, exit::FAILURE);
+    }
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(segment("a b/c?d"), "a%20b%2Fc%3Fd");
+        assert_eq!(segment("echo_1-x.y~"), "echo_1-x.y~");
+    }
+}

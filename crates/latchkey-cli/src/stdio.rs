@@ -1,0 +1,345 @@
+//! `latchkey stdio SERVER`: a stdio MCP server for local-only MCP clients, bridged to
+//! Latchkey's `POST {url}/mcp/{server_id}` (streamable HTTP), which injects the user's
+//! token for that server.
+//!
+//! Standard input carries newline-delimited JSON-RPC; each message is POSTed as it is
+//! (`Accept: application/json, text/event-stream`, with the `Mcp-Session-Id` and
+//! `MCP-Protocol-Version` learnt from earlier answers). A JSON answer is written to
+//! standard output as one line; an SSE answer is streamed, each `data:` event a line
+//! as it arrives; a 202 (notifications, responses) writes nothing. `initialize`,
+//! notifications and responses are forwarded one at a time, in order; requests run
+//! concurrently, so a slow tool call holds nothing up. A request whose answer never
+//! comes (Latchkey unreachable, an HTTP error without a JSON-RPC body) gets a JSON-RPC
+//! error, so the client never waits forever. On end of input the session is closed
+//! with a `DELETE`. Standard output carries protocol messages only; diagnostics go to
+//! standard error.
+//!
+//! Written by hand rather than with rmcp: a bridge must be transparent, passing every
+//! message through whatever its method or protocol version (batches, responses to the
+//! server's requests, methods newer than any SDK's model), and all it needs is line
+//! framing, two headers and SSE decoding; an SDK would parse and re-encode each
+//! message into its own types and could only relay what those types know.
+
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use reqwest::Method;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+use tokio::sync::mpsc;
+
+use crate::api::{Api, Connection, Failure, error_chain, segment};
+use crate::servers;
+
+const SESSION: HeaderName = HeaderName::from_static("mcp-session-id");
+const VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+
+/// JSON-RPC code for a request the bridge could not get answered (server error range).
+const BRIDGE_ERROR: i64 = -32000;
+
+/// Arguments of `latchkey stdio`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Server id or unique name.
+    server: String,
+}
+
+struct Bridge {
+    api: Api,
+    path: String,
+    session: Mutex<Option<HeaderValue>>,
+    version: Mutex<Option<HeaderValue>>,
+    out: mpsc::UnboundedSender<String>,
+}
+
+fn log(msg: impl std::fmt::Display) {
+    eprintln!("latchkey stdio: {msg}");
+}
+
+pub(crate) async fn run(a: Args, conn: &Connection) -> anyhow::Result<ExitCode> {
+    let api = Api::new(conn)?;
+    // Resolved before any message is read, so a wrong name fails at once with its code.
+    let id = servers::id_of(&servers::resolve(&api, &a.server).await?);
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let writer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        while let Some(line) = rx.recv().await {
+            let mut bytes = line.into_bytes();
+            bytes.push(b'\n');
+            if stdout.write_all(&bytes).await.is_err() || stdout.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let bridge = Arc::new(Bridge {
+        api,
+        path: format!("/mcp/{}", segment(&id)),
+        session: Mutex::new(None),
+        version: Mutex::new(None),
+        out: tx,
+    });
+
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut buf = Vec::new();
+    loop {
+        // Finished forwards are reaped as we go, so a long session does not pile them up.
+        while tasks.try_join_next().is_some() {}
+        buf.clear();
+        match stdin.read_until(b'\n', &mut buf).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                log(format!("cannot read standard input: {e}"));
+                break;
+            }
+        }
+        let line = buf.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        let Ok(msg) = serde_json::from_slice::<Value>(line) else {
+            bridge.emit(
+                json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "Parse error"}})
+                    .to_string(),
+            );
+            continue;
+        };
+        let body = line.to_vec();
+        // In order: `initialize` (the session comes with its answer), and notifications
+        // and responses (answered at once with a 202), so that e.g.
+        // `notifications/initialized` reaches the server before the requests after it.
+        // Requests run concurrently: a slow tool call does not hold up the rest.
+        let inline =
+            (bridge.session().is_none() && is_initialize(&msg)) || request_ids(&msg).is_empty();
+        if inline {
+            bridge.forward(body, msg).await;
+        } else {
+            let b = bridge.clone();
+            tasks.spawn(async move { b.forward(body, msg).await });
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    bridge.close().await;
+    drop(bridge);
+    let _ = writer.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn is_initialize(msg: &Value) -> bool {
+    msg.get("method").and_then(Value::as_str) == Some("initialize")
+}
+
+/// The ids of the requests in a message or a batch (notifications and responses have
+/// none to wait for).
+fn request_ids(msg: &Value) -> Vec<Value> {
+    let one = |m: &Value| {
+        m.get("method")?;
+        m.get("id").filter(|i| !i.is_null()).cloned()
+    };
+    match msg {
+        Value::Array(items) => items.iter().filter_map(one).collect(),
+        m => one(m).into_iter().collect(),
+    }
+}
+
+/// The ids answered by a message or a batch.
+fn answered_ids(msg: &Value) -> Vec<Value> {
+    let one = |m: &Value| {
+        if m.get("result").is_some() || m.get("error").is_some() {
+            m.get("id").cloned()
+        } else {
+            None
+        }
+    };
+    match msg {
+        Value::Array(items) => items.iter().filter_map(one).collect(),
+        m => one(m).into_iter().collect(),
+    }
+}
+
+impl Bridge {
+    fn session(&self) -> Option<HeaderValue> {
+        self.session.lock().ok().and_then(|s| s.clone())
+    }
+
+    fn version(&self) -> Option<HeaderValue> {
+        self.version.lock().ok().and_then(|s| s.clone())
+    }
+
+    fn set(slot: &Mutex<Option<HeaderValue>>, v: HeaderValue) {
+        if let Ok(mut s) = slot.lock() {
+            *s = Some(v);
+        }
+    }
+
+    fn emit(&self, line: String) {
+        let _ = self.out.send(line);
+    }
+
+    /// Writes one JSON-RPC message (or batch) from the server as one line; returns the
+    /// ids it answers. An `initialize` result fixes the protocol version to send when
+    /// the server did not say it in a header.
+    fn relay(&self, data: &str) -> Vec<Value> {
+        let parsed = serde_json::from_str::<Value>(data).ok();
+        let line = match &parsed {
+            // One line whatever the server's formatting.
+            Some(v) if data.contains(['\n', '\r']) => v.to_string(),
+            _ => data.to_owned(),
+        };
+        self.emit(line);
+        let Some(v) = parsed else { return Vec::new() };
+        if let Some(pv) = v.pointer("/result/protocolVersion").and_then(Value::as_str)
+            && v.pointer("/result/serverInfo").is_some()
+            && self.version().is_none()
+            && let Ok(h) = HeaderValue::from_str(pv)
+        {
+            Self::set(&self.version, h);
+        }
+        answered_ids(&v)
+    }
+
+    async fn forward(&self, body: Vec<u8>, msg: Value) {
+        let waiting = request_ids(&msg);
+        let mut r = self
+            .api
+            .request(Method::POST, &self.path)
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "application/json, text/event-stream")
+            .body(body);
+        if let Some(s) = self.session() {
+            r = r.header(SESSION, s);
+        }
+        if let Some(v) = self.version() {
+            r = r.header(VERSION, v);
+        }
+        let resp = match r.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let f = Failure::transport(self.api.base(), &e);
+                log(&f);
+                self.fail(&waiting, &f.message, None);
+                return;
+            }
+        };
+        if let Some(s) = resp.headers().get(&SESSION) {
+            Self::set(&self.session, s.clone());
+        }
+        if let Some(v) = resp.headers().get(&VERSION) {
+            Self::set(&self.version, v.clone());
+        }
+        let status = resp.status();
+        let sse = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        let mut answered = Vec::new();
+        let mut problem = None;
+        if sse {
+            let mut events = sse_stream::SseByteStream::new(resp.bytes_stream());
+            while let Some(item) = events.next().await {
+                match item {
+                    Ok(ev) => {
+                        if let Some(data) = ev.data.as_deref().filter(|d| !d.trim().is_empty()) {
+                            answered.extend(self.relay(data));
+                        }
+                    }
+                    Err(e) => {
+                        problem = Some(format!("the answer stream broke: {}", error_chain(&e)));
+                        break;
+                    }
+                }
+            }
+        } else {
+            match resp.bytes().await {
+                Ok(bytes) => {
+                    let v = serde_json::from_slice::<Value>(&bytes).ok();
+                    let is_rpc = match &v {
+                        Some(Value::Array(_)) => true,
+                        Some(Value::Object(m)) => m.contains_key("jsonrpc"),
+                        _ => false,
+                    };
+                    if is_rpc {
+                        answered.extend(self.relay(&String::from_utf8_lossy(&bytes)));
+                    } else if !status.is_success() {
+                        problem = Some(Failure::from_answer(status.as_u16(), &bytes).message);
+                    }
+                }
+                Err(e) => {
+                    problem = Some(format!("reading the answer failed: {}", error_chain(&e)));
+                }
+            }
+        }
+        let missing: Vec<Value> = waiting
+            .into_iter()
+            .filter(|id| !answered.contains(id))
+            .collect();
+        if missing.is_empty() && problem.is_none() {
+            return;
+        }
+        let why = problem.unwrap_or_else(|| {
+            if status.is_success() {
+                "Latchkey's answer held no response to this request".into()
+            } else {
+                format!("Latchkey answered HTTP {}", status.as_u16())
+            }
+        });
+        log(&why);
+        self.fail(&missing, &why, Some(status.as_u16()));
+    }
+
+    /// Answers each of `ids` with a JSON-RPC error.
+    fn fail(&self, ids: &[Value], why: &str, status: Option<u16>) {
+        for id in ids {
+            self.emit(
+                json!({"jsonrpc": "2.0", "id": id, "error": {
+                    "code": BRIDGE_ERROR,
+                    "message": why,
+                    "data": {"http_status": status},
+                }})
+                .to_string(),
+            );
+        }
+    }
+
+    /// Ends the session, best-effort.
+    async fn close(&self) {
+        let Some(s) = self.session() else { return };
+        let mut r = self
+            .api
+            .request(Method::DELETE, &self.path)
+            .header(SESSION, s)
+            .timeout(Duration::from_secs(5));
+        if let Some(v) = self.version() {
+            r = r.header(VERSION, v);
+        }
+        if let Err(e) = r.send().await {
+            log(format!("closing the session failed: {}", error_chain(&e)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_of_requests_and_answers() {
+        let batch = json!([
+            {"jsonrpc": "2.0", "id": 1, "method": "a"},
+            {"jsonrpc": "2.0", "method": "notifications/x"},
+            {"jsonrpc": "2.0", "id": 2, "result": {}},
+        ]);
+        assert_eq!(request_ids(&batch), vec![json!(1)]);
+        assert_eq!(answered_ids(&batch), vec![json!(2)]);
+        assert!(request_ids(&json!({"jsonrpc": "2.0", "method": "n"})).is_empty());
+        assert_eq!(
+            answered_ids(&json!({"jsonrpc": "2.0", "id": "x", "error": {}})),
+            vec![json!("x")]
+        );
+    }
+}

@@ -1,0 +1,671 @@
+// Latchkey's web UI: the tenant's MCP servers with their connection status, adding and
+// editing servers, connecting them (popup OAuth), their tools, and live updates.
+//
+// What the page keeps: the API's server views (never a secret: a client secret is only
+// `has_client_secret`), slot status, tool lists. A typed client secret goes into one
+// request body and the field is cleared at once.
+
+import { api, ApiError } from "./api.js";
+import { fill, h, relative, when } from "./dom.js";
+import {
+  AUTH_TYPES,
+  POPUP_BLOCKED,
+  POPUP_CLOSED,
+  callbackMessage,
+  describeError,
+} from "./messages.js";
+import * as oauth from "./oauth.js";
+
+const $ = (id) => document.getElementById(id);
+
+/** serverId -> { server, status, statusError, tools, toolsError, card, toolsSig } */
+const entries = new Map();
+let order = [];
+/** The server being edited, or null when the form adds one. */
+let editing = null;
+
+// ---------------------------------------------------------------------------------
+// Notices
+
+let noticeTimer = 0;
+
+/** A passing message (announced politely). */
+function notify(text) {
+  const n = $("notice");
+  fill(n, text);
+  n.hidden = false;
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => {
+    n.hidden = true;
+  }, 8000);
+}
+
+/** A problem (announced at once); stays until replaced or dismissed. */
+function alertUser(text) {
+  const a = $("alert");
+  fill(
+    a,
+    h("span", { class: "alert-text" }, text),
+    h("button", { type: "button", class: "link", onclick: () => (a.hidden = true) }, "Dismiss"),
+  );
+  a.hidden = false;
+}
+
+function clearAlert() {
+  $("alert").hidden = true;
+}
+
+// ---------------------------------------------------------------------------------
+// Loading
+
+async function loadAll() {
+  let servers;
+  try {
+    servers = await api.servers();
+  } catch (err) {
+    alertUser(`The servers could not be loaded. ${describeError(err)}`);
+    return;
+  }
+  const seen = new Set();
+  order = servers.map((s) => s.id);
+  for (const s of servers) {
+    seen.add(s.id);
+    const e = entries.get(s.id) || { status: null, tools: null };
+    e.server = s;
+    entries.set(s.id, e);
+  }
+  for (const [id, e] of entries) {
+    if (!seen.has(id)) {
+      e.card?.remove();
+      entries.delete(id);
+      oauth.cancel(id);
+    }
+  }
+  renderList();
+  await Promise.all(order.map((id) => refreshServer(id)));
+}
+
+/** Re-reads one server's slot status and tools, then redraws its card. */
+async function refreshServer(id) {
+  const e = entries.get(id);
+  if (!e) return;
+  const s = e.server;
+  e.loading = true;
+  renderCard(id);
+  let status = null;
+  let statusError = null;
+  if (s.auth_type === "oauth") {
+    try {
+      status = await api.status(id);
+    } catch (err) {
+      statusError = err;
+    }
+  }
+  const usable =
+    s.auth_type === "none" ||
+    (s.auth_type === "oauth" &&
+      ((status && status.has_token) || (statusError && statusError.code === "forbidden")));
+  let tools = null;
+  let toolsError = null;
+  if (usable) {
+    try {
+      const r = await api.tools(id);
+      tools = Array.isArray(r && r.tools) ? r.tools : [];
+    } catch (err) {
+      toolsError = err;
+    }
+  }
+  if (entries.get(id) !== e) return;
+  Object.assign(e, { status, statusError, tools, toolsError, loading: false });
+  renderCard(id);
+}
+
+async function refreshOne(id) {
+  // A server may have been added or removed meanwhile (another tab, the CLI).
+  if (!entries.has(id)) {
+    await loadAll();
+    return;
+  }
+  try {
+    const s = await api.servers();
+    const row = s.find((x) => x.id === id);
+    if (!row) {
+      await loadAll();
+      return;
+    }
+    entries.get(id).server = row;
+  } catch {
+    // Keep the row we have; the status call below reports the problem.
+  }
+  await refreshServer(id);
+}
+
+// ---------------------------------------------------------------------------------
+// What a card shows
+
+/** The connection state of a server: `{kind, text}`. */
+function view(e) {
+  const s = e.server;
+  if (oauth.isConnecting(s.id)) {
+    return {
+      kind: "connecting",
+      text:
+        s.grant_type === "client_credentials"
+          ? "Connecting…"
+          : "Connecting… finish signing in in the popup window.",
+    };
+  }
+  if (s.auth_type === "headers") {
+    return { kind: "info", text: "Static header authentication: not managed from this page." };
+  }
+  if (s.auth_type === "oauth") {
+    if (e.statusError) {
+      if (e.statusError.code === "forbidden" && s.token_scope === "shared") {
+        if (e.toolsError) return toolsView(e);
+        if (e.tools) return { kind: "connected", text: "Connected (shared, managed by tenant admins)." };
+        return { kind: "loading", text: "Checking…" };
+      }
+      return { kind: "error", text: `Error: ${describeError(e.statusError)}` };
+    }
+    if (!e.status) return { kind: "loading", text: "Checking…" };
+    if (!e.status.has_token) {
+      return { kind: "needs-consent", text: "Not connected: needs your consent." };
+    }
+  }
+  if (e.toolsError) return toolsView(e);
+  if (!e.tools) return { kind: "loading", text: "Loading tools…" };
+  return {
+    kind: "connected",
+    text: s.auth_type === "none" ? "Ready (no authentication needed)." : "Connected.",
+  };
+}
+
+function toolsView(e) {
+  const err = e.toolsError;
+  if (err.code === "needs_oauth_reauth") {
+    return { kind: "needs-consent", text: `Needs consent again. ${describeError(err)}` };
+  }
+  if (err.code === "needs_scope_upgrade") {
+    return { kind: "needs-scope", text: `Needs a scope upgrade. ${describeError(err)}` };
+  }
+  return { kind: "error", text: `Error: ${describeError(err)}` };
+}
+
+function renderList() {
+  const list = $("servers");
+  for (const id of order) {
+    const e = entries.get(id);
+    if (!e.card) {
+      e.card = h("li", { class: "card", dataset: { serverId: id } });
+    }
+    list.append(e.card); // keeps the API's order
+    renderCard(id);
+  }
+  $("empty").hidden = order.length > 0;
+}
+
+function renderCard(id) {
+  const e = entries.get(id);
+  if (!e || !e.card) return;
+  const s = e.server;
+  const v = view(e);
+  const card = e.card;
+  card.dataset.status = v.kind;
+  card.setAttribute("aria-busy", e.loading ? "true" : "false");
+  const titleId = `server-${id}-name`;
+  card.setAttribute("aria-labelledby", titleId);
+
+  const slot = s.token_scope === "shared" ? "Shared connection" : "Your connection";
+  const meta = h(
+    "p",
+    { class: "meta" },
+    h("span", { class: "badge" }, AUTH_TYPES[s.auth_type] || s.auth_type),
+    s.auth_type === "oauth" ? h("span", { class: "badge" }, slot) : null,
+    s.auth_type === "oauth" && s.grant_type === "client_credentials"
+      ? h("span", { class: "badge" }, "Client credentials")
+      : null,
+    e.tools ? h("span", { class: "badge", dataset: { role: "tool-count" } }, countTools(e.tools.length)) : null,
+  );
+
+  const details = [];
+  const st = e.status;
+  if (st && st.has_token) {
+    if (typeof st.expires_at === "number") {
+      details.push(
+        h(
+          "span",
+          { title: when(st.expires_at) },
+          st.expired ? `Token expired ${relative(st.expires_at)}` : `Token expires ${relative(st.expires_at)}`,
+        ),
+      );
+    }
+    if (typeof st.updated_at === "number") {
+      details.push(h("span", { title: when(st.updated_at) }, `Last refreshed ${relative(st.updated_at)}`));
+    }
+    details.push(h("span", {}, st.refreshable ? "Refreshes automatically" : "No refresh token"));
+    if (st.scopes) details.push(h("span", {}, `Scopes: ${st.scopes}`));
+  }
+
+  fill(
+    card,
+    h(
+      "div",
+      { class: "card-head" },
+      h("h3", { id: titleId }, s.name),
+      h("p", { class: "url" }, s.url),
+    ),
+    meta,
+    h("p", { class: `status status-${v.kind}`, dataset: { role: "status" } }, v.text),
+    details.length ? h("p", { class: "details" }, details) : null,
+    actions(e, v),
+    toolsPanel(e),
+  );
+}
+
+function countTools(n) {
+  return n === 1 ? "1 tool" : `${n} tools`;
+}
+
+function actions(e, v) {
+  const s = e.server;
+  const name = s.name;
+  const buttons = [];
+  if (s.auth_type === "oauth") {
+    const canManage = !(s.token_scope === "shared" && e.statusError && e.statusError.code === "forbidden");
+    if (v.kind === "connecting") {
+      buttons.push(
+        h("button", { type: "button", class: "secondary", "aria-label": `Cancel connecting ${name}`, onclick: () => oauth.cancel(s.id) }, "Cancel"),
+      );
+    } else if (canManage && v.kind === "needs-consent" && !(e.status && e.status.has_token)) {
+      buttons.push(
+        h("button", { type: "button", "aria-label": `Connect ${name}`, onclick: () => startConnect(s.id, false) }, "Connect"),
+      );
+    } else if (canManage && (v.kind === "needs-consent" || v.kind === "needs-scope")) {
+      buttons.push(
+        h("button", { type: "button", "aria-label": `Reconnect ${name}`, onclick: () => startConnect(s.id, true) }, "Reconnect"),
+      );
+    } else if (canManage && v.kind === "error" && !(e.status && e.status.has_token)) {
+      buttons.push(
+        h("button", { type: "button", "aria-label": `Connect ${name}`, onclick: () => startConnect(s.id, false) }, "Connect"),
+      );
+    }
+    if (canManage && e.status && e.status.has_token && v.kind !== "connecting") {
+      buttons.push(
+        h("button", { type: "button", class: "secondary", "aria-label": `Disconnect ${name}`, onclick: () => disconnect(s.id) }, "Disconnect"),
+      );
+    }
+  }
+  buttons.push(
+    h("button", { type: "button", class: "secondary", "aria-label": `Edit ${name}`, onclick: () => startEdit(s.id) }, "Edit"),
+    h("button", { type: "button", class: "danger", "aria-label": `Delete ${name}`, onclick: () => remove(s.id) }, "Delete"),
+  );
+  return h("div", { class: "actions" }, buttons);
+}
+
+// ---------------------------------------------------------------------------------
+// Tools
+
+function toolsPanel(e) {
+  if (!e.tools) {
+    e.toolsPanel = null;
+    e.toolsSig = null;
+    return null;
+  }
+  const sig = JSON.stringify(e.tools);
+  if (e.toolsPanel && e.toolsSig === sig) return e.toolsPanel; // keeps what was typed
+  const wasOpen = e.toolsPanel ? e.toolsPanel.open : false;
+  const s = e.server;
+  const panel = h(
+    "details",
+    { class: "tools", open: wasOpen },
+    h("summary", {}, `Tools (${e.tools.length})`),
+    e.tools.length === 0 ? h("p", { class: "muted" }, "This server offers no tools.") : null,
+    e.tools.map((t, i) => toolView(s, t, i)),
+  );
+  e.toolsPanel = panel;
+  e.toolsSig = sig;
+  return panel;
+}
+
+/** Example arguments from an input schema: each property with an empty value. */
+function skeleton(schema) {
+  const out = {};
+  const props = schema && typeof schema === "object" && schema.properties;
+  if (!props || typeof props !== "object") return out;
+  for (const [k, p] of Object.entries(props)) {
+    const t = p && p.type;
+    out[k] =
+      t === "string" ? "" :
+      t === "number" || t === "integer" ? 0 :
+      t === "boolean" ? false :
+      t === "array" ? [] :
+      t === "object" ? {} : null;
+  }
+  return out;
+}
+
+function toolView(server, tool, i) {
+  const name = typeof tool.name === "string" ? tool.name : "";
+  const base = `tool-${server.id}-${i}`;
+  const args = h("textarea", { id: `${base}-args`, rows: 4, spellcheck: "false", class: "mono" });
+  args.value = JSON.stringify(skeleton(tool.inputSchema), null, 2);
+  const output = h("div", { class: "tool-output", role: "status", "aria-live": "polite", id: `${base}-out` });
+  const button = h("button", { type: "submit" }, `Call ${name}`);
+  const form = h(
+    "form",
+    {
+      class: "tool-call",
+      "aria-label": `Call ${name}`,
+      onsubmit: async (ev) => {
+        ev.preventDefault();
+        let parsed;
+        try {
+          parsed = JSON.parse(args.value || "{}");
+        } catch (err) {
+          fill(output, h("p", { class: "status-error" }, `The arguments are not valid JSON: ${err.message}`));
+          return;
+        }
+        if (!parsed || typeof parsed !== "object" || Array.isArray(parsed)) {
+          fill(output, h("p", { class: "status-error" }, "The arguments must be a JSON object."));
+          return;
+        }
+        button.disabled = true;
+        fill(output, h("p", { class: "muted" }, "Calling…"));
+        try {
+          const result = await api.callTool(server.id, name, parsed);
+          fill(output, resultView(result));
+        } catch (err) {
+          fill(output, h("p", { class: "status-error" }, describeError(err)));
+          if (err instanceof ApiError && (err.code === "needs_oauth_reauth" || err.code === "needs_scope_upgrade")) {
+            refreshServer(server.id);
+          }
+        } finally {
+          button.disabled = false;
+        }
+      },
+    },
+    h("label", { for: args.id }, "Arguments (JSON)"),
+    args,
+    h("div", { class: "actions" }, button),
+    output,
+  );
+  return h(
+    "section",
+    { class: "tool", "aria-labelledby": `${base}-name`, dataset: { tool: name } },
+    h("h4", { id: `${base}-name`, class: "mono" }, name),
+    typeof tool.description === "string" ? h("p", {}, tool.description) : null,
+    h(
+      "details",
+      { class: "schema" },
+      h("summary", {}, "Input schema"),
+      h("pre", { class: "mono" }, JSON.stringify(tool.inputSchema ?? {}, null, 2)),
+    ),
+    form,
+  );
+}
+
+function resultView(result) {
+  const isError = !!(result && result.isError);
+  const texts = Array.isArray(result && result.content)
+    ? result.content.filter((c) => c && c.type === "text" && typeof c.text === "string").map((c) => c.text)
+    : [];
+  return [
+    h(
+      "p",
+      { class: isError ? "status-error" : "status-ok", dataset: { role: "result-text" } },
+      isError ? "The tool reported an error: " : "Result: ",
+      texts.length ? texts.join("\n") : "(no text content)",
+    ),
+    h(
+      "details",
+      {},
+      h("summary", {}, "Full result"),
+      h("pre", { class: "mono" }, JSON.stringify(result, null, 2)),
+    ),
+  ];
+}
+
+// ---------------------------------------------------------------------------------
+// Connecting
+
+/** Click handler of Connect / Reconnect: opens the popup before anything is awaited. */
+function startConnect(id, reconnect) {
+  const e = entries.get(id);
+  if (!e) return;
+  clearAlert();
+  oauth.connect(e.server, { reconnect });
+}
+
+oauth.configure({
+  changed: (id) => renderCard(id),
+  finished: (r) => {
+    if (r.popupBlocked) {
+      alertUser(POPUP_BLOCKED);
+      return;
+    }
+    const name = r.serverId && entries.get(r.serverId) ? entries.get(r.serverId).server.name : null;
+    if (!r.wasConnecting) {
+      // Another tab's flow, or the second copy of a result (postMessage and
+      // BroadcastChannel both deliver): just show the fresh state.
+      if (r.serverId) refreshOne(r.serverId);
+      return;
+    }
+    if (r.popupClosed) {
+      notify(name ? `${name}: ${POPUP_CLOSED}` : POPUP_CLOSED);
+    } else if (r.apiError) {
+      alertUser(`${name ? `${name}: ` : ""}${describeError(r.apiError)}`);
+    } else if (r.ok) {
+      clearAlert();
+      notify(`${name ? `${name}: ` : ""}${callbackMessage(r.reason, r.error)}`);
+    } else {
+      alertUser(`${name ? `${name}: ` : ""}${callbackMessage(r.reason, r.error)}`);
+    }
+    // R-UI-5: fresh server, status and tools on every outcome, success included.
+    if (r.serverId) refreshOne(r.serverId);
+    else loadAll();
+  },
+});
+
+async function disconnect(id) {
+  const e = entries.get(id);
+  if (!e) return;
+  if (!window.confirm(`Disconnect ${e.server.name}? Its tokens are revoked and deleted.`)) return;
+  try {
+    await api.disconnect(id);
+    notify(`${e.server.name}: disconnected.`);
+  } catch (err) {
+    alertUser(`${e.server.name}: ${describeError(err)}`);
+  }
+  await refreshServer(id);
+}
+
+async function remove(id) {
+  const e = entries.get(id);
+  if (!e) return;
+  if (!window.confirm(`Delete ${e.server.name}? Its connections are revoked and deleted.`)) return;
+  try {
+    await api.deleteServer(id);
+    notify(`${e.server.name}: deleted.`);
+    if (editing === id) resetForm();
+  } catch (err) {
+    alertUser(`${e.server.name}: ${describeError(err)}`);
+  }
+  await loadAll();
+}
+
+// ---------------------------------------------------------------------------------
+// The add / edit form
+
+function field(name) {
+  return $("server-form").elements.namedItem(name);
+}
+
+function setSecretState(hasSecret) {
+  fill($("f-secret-state"), hasSecret ? "A secret is set. Type a new one to replace it." : "Not set.");
+  $("f-clear-secret-row").hidden = !hasSecret;
+  $("f-clear-secret").checked = false;
+}
+
+function resetForm() {
+  editing = null;
+  $("server-form").reset();
+  setSecretState(false);
+  fill($("form-title"), "Add a server");
+  fill($("f-submit"), "Add server");
+  $("f-cancel").hidden = true;
+  $("advanced").open = false;
+}
+
+function startEdit(id) {
+  const e = entries.get(id);
+  if (!e) return;
+  const s = e.server;
+  editing = id;
+  const form = $("server-form");
+  form.reset();
+  field("name").value = s.name;
+  field("url").value = s.url;
+  field("auth_type").value = s.auth_type;
+  field("client_id").value = s.client_id || "";
+  field("client_secret").value = "";
+  field("scopes").value = s.scopes || "";
+  field("grant_type").value = s.grant_type;
+  for (const r of form.querySelectorAll('input[name="token_scope"]')) r.checked = r.value === s.token_scope;
+  setSecretState(!!s.has_client_secret);
+  // R-UI-8: the advanced section opens by itself when a client ID exists.
+  $("advanced").open = !!s.client_id || !!s.has_client_secret || !!s.scopes;
+  fill($("form-title"), `Edit ${s.name}`);
+  fill($("f-submit"), "Save changes");
+  $("f-cancel").hidden = false;
+  field("name").focus();
+  form.scrollIntoView({ block: "start" });
+}
+
+/** The request body from the form, for a create or (against `old`) an edit. */
+function formBody(old) {
+  const text = (n) => field(n).value.trim();
+  const body = { name: text("name"), url: text("url") };
+  const auth = field("auth_type").value;
+  if (auth) body.auth_type = auth;
+  const scope = $("server-form").querySelector('input[name="token_scope"]:checked');
+  body.token_scope = scope ? scope.value : "per_user";
+  body.grant_type = field("grant_type").value;
+  const clientId = text("client_id");
+  if (clientId) body.client_id = clientId;
+  else if (old && old.client_id) body.client_id = null;
+  const scopes = text("scopes");
+  if (scopes) body.scopes = scopes;
+  else if (old && old.scopes) body.scopes = null;
+  const secret = field("client_secret").value;
+  if (secret) body.client_secret = secret;
+  else if (old && $("f-clear-secret").checked) body.client_secret = null;
+  return body;
+}
+
+async function submitForm(ev) {
+  ev.preventDefault();
+  clearAlert();
+  const form = $("server-form");
+  const name = field("name");
+  const url = field("url");
+  if (!name.value.trim() || !url.value.trim()) {
+    alertUser("A name and a URL are required.");
+    (name.value.trim() ? url : name).focus();
+    return;
+  }
+  const old = editing ? entries.get(editing)?.server : null;
+  const body = formBody(old);
+  // R-UI-8: the secret leaves the page in this request and is kept nowhere.
+  field("client_secret").value = "";
+  const submit = $("f-submit");
+  submit.disabled = true;
+  form.setAttribute("aria-busy", "true");
+  let saved;
+  try {
+    saved = old ? await api.updateServer(old.id, body) : await api.createServer(body);
+  } catch (err) {
+    alertUser(describeError(err));
+    return;
+  } finally {
+    delete body.client_secret;
+    submit.disabled = false;
+    form.setAttribute("aria-busy", "false");
+  }
+  const auth = AUTH_TYPES[saved.auth_type] || saved.auth_type;
+  const how = body.auth_type || old ? "Authentication" : "Detected authentication";
+  notify(`${old ? "Saved" : "Added"} ${saved.name}. ${how}: ${auth}.`);
+  resetForm();
+  // R-UI-9: an OAuth server is connected right away (unless it already is). Started
+  // before anything else is awaited, while the click still allows a popup.
+  if (saved.auth_type === "oauth") {
+    let connected = false;
+    if (old) {
+      try {
+        connected = !!(await api.status(saved.id)).has_token;
+      } catch {
+        connected = true; // not ours to connect (a shared slot): leave it
+      }
+    }
+    if (!connected) oauth.connect(saved);
+  }
+  await loadAll();
+}
+
+// ---------------------------------------------------------------------------------
+// Live updates
+
+function liveUpdates() {
+  const live = $("live");
+  const set = (state, text) => {
+    live.dataset.state = state;
+    fill(live, text);
+  };
+  if (typeof EventSource !== "function") {
+    set("off", "Live updates: not supported by this browser.");
+    return;
+  }
+  const es = new EventSource("/v1/events");
+  es.addEventListener("open", () => set("on", "Live updates: on"));
+  es.addEventListener("error", () => set("off", "Live updates: reconnecting…"));
+  es.addEventListener("mcp.oauth_complete", (ev) => {
+    let d;
+    try {
+      d = JSON.parse(ev.data);
+    } catch {
+      return;
+    }
+    // The popup's own result clears the connecting state; this keeps other tabs
+    // (and a flow finished elsewhere) current.
+    if (d && typeof d.server_id === "string" && !oauth.isConnecting(d.server_id)) {
+      refreshOne(d.server_id);
+    }
+  });
+}
+
+async function whoami() {
+  try {
+    const me = await api.whoami();
+    fill($("whoami"), `Signed in as ${me.subject} (tenant ${me.tenant}${me.admin ? ", admin" : ""})`);
+  } catch (err) {
+    alertUser(describeError(err));
+  }
+}
+
+function main() {
+  oauth.listen();
+  $("server-form").addEventListener("submit", submitForm);
+  $("f-cancel").addEventListener("click", resetForm);
+  $("reload").addEventListener("click", () => {
+    clearAlert();
+    loadAll();
+  });
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") loadAll();
+  });
+  resetForm();
+  whoami();
+  liveUpdates();
+  loadAll();
+}
+
+main();
