@@ -32,6 +32,10 @@ pub(crate) struct ConnectArgs {
     /// Do not try to open a browser; only print the authorization URL.
     #[arg(long)]
     no_browser: bool,
+    /// Start a new consent even if the slot is connected (after `needs_oauth_reauth`,
+    /// or to grant more scopes); the stored connection serves until the new one lands.
+    #[arg(long)]
+    force: bool,
     /// How long to wait for the consent to complete.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     timeout: u64,
@@ -69,7 +73,11 @@ pub(crate) async fn connect(a: ConnectArgs, conn: &Connection) -> anyhow::Result
         .call(
             Method::POST,
             "/v1/oauth/start",
-            Some(&json!({"server_id": id})),
+            Some(&if a.force {
+                json!({"server_id": id, "force": true})
+            } else {
+                json!({"server_id": id})
+            }),
         )
         .await?;
     let status = started.get("status").and_then(Value::as_str).unwrap_or("");

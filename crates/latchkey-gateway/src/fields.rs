@@ -120,6 +120,18 @@ impl Fields {
         }
     }
 
+    /// A boolean, or absent.
+    pub fn boolean(&mut self, field: &str) -> Option<bool> {
+        match self.obj.get(field) {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => {
+                self.fail(field, "must be true or false");
+                None
+            }
+        }
+    }
+
     /// Records a problem found by the caller's own checks.
     pub fn invalid(&mut self, field: &str, message: impl Into<String>) {
         self.fail(field, message);

@@ -216,15 +216,18 @@ async fn store_tokens(
     Ok(())
 }
 
-/// `POST /v1/oauth/start` `{server_id, user_id?}`.
+/// `POST /v1/oauth/start` `{server_id, user_id?, force?}`. `force` starts a flow even
+/// when the slot holds a credential (reconnect after `needs_oauth_reauth` or for a scope
+/// upgrade); the stored credential keeps serving until the new one replaces it.
 pub async fn start(
     State(s): State<AppState>,
     axum::Extension(p): axum::Extension<Principal>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let mut f = Fields::parse(&body, &["server_id", "user_id"])?;
+    let mut f = Fields::parse(&body, &["server_id", "user_id", "force"])?;
     let server_id = f.string("server_id", true, 255);
     let user = f.string("user_id", false, 255);
+    let force = f.boolean("force").unwrap_or(false);
     f.finish()?;
     let Some(server_id) = server_id else {
         return Err(ApiError::BadRequest(Vec::new()));
@@ -237,7 +240,7 @@ pub async fn start(
         }]));
     }
     let slot = slot_for(&p, &server, user)?;
-    Ok(Json(match begin(&s, &p, &server, slot, false).await? {
+    Ok(Json(match begin(&s, &p, &server, slot, force).await? {
         Started::AlreadyAuthorized => json!({"status": "already_authorized"}),
         Started::Completed { client_id, issuer } => {
             json!({"status": "completed", "client_id": client_id, "issuer": issuer})

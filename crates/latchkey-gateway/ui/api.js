@@ -51,6 +51,7 @@ export const api = {
   tools: (id) => request("GET", `/v1/servers/${e(id)}/tools`),
   callTool: (id, name, args) =>
     request("POST", `/v1/servers/${e(id)}/tools/${e(name)}/call`, args),
-  start: (id) => request("POST", "/v1/oauth/start", { server_id: id }),
+  start: (id, force = false) =>
+    request("POST", "/v1/oauth/start", force ? { server_id: id, force: true } : { server_id: id }),
   disconnect: (id) => request("DELETE", `/v1/credentials/${e(id)}`),
 };

@@ -86,9 +86,9 @@ export function safeAuthorizationUrl(raw) {
 
 /**
  * Connects `server`. Must be called synchronously from a click handler (the popup is
- * opened before anything is awaited, or a blocker would stop it). `reconnect`
- * deletes the stored connection first (its tokens are revoked), for a connection the
- * server no longer accepts.
+ * opened before anything is awaited, or a blocker would stop it). `reconnect` starts
+ * a new flow even though a connection is stored (one the server no longer accepts, or
+ * one that needs more scopes); the stored one keeps serving until the new one lands.
  */
 export async function connect(server, { reconnect = false } = {}) {
   const id = server.id;
@@ -117,8 +117,7 @@ export async function connect(server, { reconnect = false } = {}) {
   hooks.changed(id);
   const current = () => connecting.get(id) === entry;
   try {
-    if (reconnect) await api.disconnect(id);
-    const started = await api.start(id);
+    const started = await api.start(id, reconnect);
     if (!current()) return; // closed or restarted meanwhile
     if (started && started.status === "redirect") {
       const url = safeAuthorizationUrl(started.authorization_url);

@@ -400,6 +400,24 @@ async fn connect_then_tools_then_disconnect() {
     assert_eq!(again["status"], "already_connected");
     let shown = json_of(&env.run(&["servers", "show", "scripted", "--json"]).await);
     assert_eq!(shown["connection"]["has_token"], true);
+    // --force starts a new consent anyway (here left unanswered); the connection stays.
+    let out = env
+        .run(&[
+            "connect",
+            "scripted",
+            "--force",
+            "--no-browser",
+            "--timeout",
+            "1",
+        ])
+        .await;
+    assert_fails(&out, 75, "no consent within 1 s");
+    assert!(
+        stderr(&out).contains("http"),
+        "a new authorization URL was shown"
+    );
+    let shown = json_of(&env.run(&["servers", "show", "scripted", "--json"]).await);
+    assert_eq!(shown["connection"]["has_token"], true);
 
     // tools list: table and JSON.
     let out = env.run(&["tools", "list", "scripted"]).await;

@@ -13,7 +13,7 @@ use latchkey_core::time::ManualClock;
 use latchkey_testkit::{AsConfig, ScriptedServer};
 use latchkey_vault::KeySet;
 use latchkey_vault::keyring::StaticKeys;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::proxy::{call, rpc};
 use super::{client, post};
@@ -50,6 +50,28 @@ async fn instances(url: &str, clock: &Arc<ManualClock>) -> Vec<String> {
     bases
 }
 
+/// A server named `scripted` created on `base` with a deposited refresh token (no
+/// access token yet); its id.
+async fn connected_on(base: &str, upstream: &ScriptedServer) -> String {
+    let (status, server) = post(
+        &format!("{base}/v1/servers"),
+        json!({"name": "scripted", "url": upstream.mcp_url()}),
+    )
+    .await;
+    assert_eq!(status, 201, "{server}");
+    let id = server["id"].as_str().unwrap().to_owned();
+    let (status, v) = post(
+        &format!("{base}/v1/credentials"),
+        json!({
+            "server_id": id, "refresh_token": upstream.mint_refresh_token(),
+            "token_endpoint": format!("{}/token", upstream.base), "client_id": "deposit-client",
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_postgres_behave_as_one() {
     let schema = latchkey_testkit::pg::PgSchema::new("lk_cluster")
@@ -60,22 +82,7 @@ async fn three_instances_on_postgres_behave_as_one() {
     let bases = instances(&schema.url, &clock).await;
 
     // A server and a deposited refresh token (no access token yet), on instance 1.
-    let (status, server) = post(
-        &format!("{}/v1/servers", bases[0]),
-        json!({"name": "scripted", "url": upstream.mcp_url()}),
-    )
-    .await;
-    assert_eq!(status, 201, "{server}");
-    let id = server["id"].as_str().unwrap().to_owned();
-    let (status, v) = post(
-        &format!("{}/v1/credentials", bases[0]),
-        json!({
-            "server_id": id, "refresh_token": upstream.mint_refresh_token(),
-            "token_endpoint": format!("{}/token", upstream.base), "client_id": "deposit-client",
-        }),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    let id = connected_on(&bases[0], &upstream).await;
 
     // 20 expiries; after each, 3 × 300 concurrent tool calls through `/mcp/{id}`.
     let http = client();
@@ -190,18 +197,8 @@ async fn three_instances_on_postgres_behave_as_one() {
     let r = client().get(&callback).send().await.unwrap();
     let html = r.text().await.unwrap();
     assert!(html.contains("\"ok\":true"), "{html}");
-    let mut seen = String::new();
-    while !seen.contains("\n\n") {
-        let chunk = tokio::time::timeout(Duration::from_secs(5), events.chunk())
-            .await
-            .expect("the completion reaches instance 2 within 5 s")
-            .unwrap()
-            .unwrap();
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    assert!(seen.starts_with("event: mcp.oauth_complete\n"), "{seen}");
-    let data: Value =
-        serde_json::from_str(seen.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    let (name, data) = super::next_event(&mut events).await;
+    assert_eq!(name, "mcp.oauth_complete", "{data}");
     assert_eq!(
         (data["status"].as_str(), data["server_id"].as_str()),
         (Some("success"), Some(second_id.as_str()))
@@ -266,22 +263,7 @@ async fn a_database_outage_is_a_typed_503_and_recovers_with_nothing_lost() {
         Arc::new(latchkey_core::SystemClock),
     )
     .await;
-    let (status, server) = post(
-        &format!("{base}/v1/servers"),
-        json!({"name": "scripted", "url": upstream.mcp_url()}),
-    )
-    .await;
-    assert_eq!(status, 201, "{server}");
-    let id = server["id"].as_str().unwrap().to_owned();
-    let (status, v) = post(
-        &format!("{base}/v1/credentials"),
-        json!({
-            "server_id": id, "refresh_token": upstream.mint_refresh_token(),
-            "token_endpoint": format!("{}/token", upstream.base), "client_id": "deposit-client",
-        }),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    let id = connected_on(&base, &upstream).await;
     let http = client();
     let mcp = format!("{base}/mcp/{id}");
     let echo = |n: u64| call(n, "echo", json!({"text": format!("m{n}")}));

@@ -91,18 +91,8 @@ async fn popup_flow(backend: super::Backend) {
     );
     assert!(!html.contains("postMessage(m,'*')") && !html.contains("\"*\""));
 
-    let mut seen = String::new();
-    while !seen.contains("\n\n") {
-        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), events.chunk())
-            .await
-            .expect("an event within 5 s")
-            .unwrap()
-            .unwrap();
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    assert!(seen.starts_with("event: mcp.oauth_complete\n"), "{seen}");
-    let data: Value =
-        serde_json::from_str(seen.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    let (name, data) = super::next_event(&mut events).await;
+    assert_eq!(name, "mcp.oauth_complete", "{data}");
     assert_eq!(data["status"], "success");
     assert_eq!(data["server_id"], id.as_str());
     assert_eq!(data["initiating_user_id"], "local");
@@ -145,6 +135,25 @@ async fn popup_flow(backend: super::Backend) {
         (status, again["status"].as_str()),
         (200, Some("already_authorized"))
     );
+    // Reconnect: `force` starts a new flow anyway; the stored credential stays usable
+    // until the new one lands (and, here, until the abandoned flow expires).
+    let (status, forced) = post(
+        &format!("{base}/v1/oauth/start"),
+        json!({"server_id": id, "force": true}),
+    )
+    .await;
+    assert_eq!(
+        (status, forced["status"].as_str()),
+        (200, Some("redirect")),
+        "{forced}"
+    );
+    assert!(store.get_credential(&slot).await.unwrap().is_some());
+    let (status, bad) = post(
+        &format!("{base}/v1/oauth/start"),
+        json!({"server_id": id, "force": "yes"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{bad}");
 
     // Disconnect revokes at the AS (refresh token, then access token), then deletes.
     let at = Keyring::new(StaticKeys(Some(KeySet::parse(KEY).unwrap())))

@@ -69,6 +69,32 @@ async fn post_raw(url: &str, body: &str) -> (u16, serde_json::Value) {
     )
 }
 
+/// The next server-sent event on an open `/v1/events` stream (within 5 s): its name
+/// and its JSON data.
+async fn next_event(events: &mut reqwest::Response) -> (String, serde_json::Value) {
+    let mut seen = String::new();
+    while !seen.contains("\n\n") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), events.chunk())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let name = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("event: "))
+        .unwrap_or_default()
+        .to_owned();
+    let data = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .map_or(serde_json::Value::Null, |d| {
+            serde_json::from_str(d).unwrap()
+        });
+    (name, data)
+}
+
 /// POSTs a JSON value.
 async fn post(url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
     post_raw(url, &body.to_string()).await
