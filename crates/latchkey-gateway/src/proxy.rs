@@ -215,7 +215,7 @@ async fn run(
                 .map_err(|e| crate::tools::token_failure(&server, e))?,
         ),
     };
-    let token_ref = token.as_ref().map(|t| &t.token);
+    let token_ref = token.as_ref().map(|t| &*t.token);
     let (first, replay) = match payload {
         Payload::Whole(b) => (
             attempt(
@@ -252,7 +252,7 @@ async fn run(
                 &server,
                 method,
                 headers,
-                Some(&fresh.token),
+                Some(&*fresh.token),
                 Some(b.into()),
             )
             .await?;

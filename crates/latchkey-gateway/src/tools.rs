@@ -169,7 +169,7 @@ pub(crate) async fn call(
         .access_token(&slot, false)
         .await
         .map_err(|e| token_failure(server, e))?;
-    match exchange(s, server, Some(&token.token), method, params.clone()).await {
+    match exchange(s, server, Some(&*token.token), method, params.clone()).await {
         Ok(v) => Ok(v),
         Err(Upstream::Unauthorized) => {
             // R-EXEC-3/4: one forced refresh, one retry.
@@ -179,7 +179,7 @@ pub(crate) async fn call(
                 .access_token(&slot, true)
                 .await
                 .map_err(|e| token_failure(server, e))?;
-            let retried = exchange(s, server, Some(&fresh.token), method, params)
+            let retried = exchange(s, server, Some(&*fresh.token), method, params)
                 .await
                 .map_err(fail);
             if retried.is_ok() {

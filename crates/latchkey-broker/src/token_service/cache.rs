@@ -5,6 +5,7 @@
 //! scanning key prefixes. Reads take a shared lock that is never held across an await.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -16,10 +17,10 @@ use super::AccessToken;
 /// One cached token and the version of the row it was persisted in.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
-    pub(crate) token: Secret,
+    pub(crate) token: Arc<Secret>,
     /// When the token expires (always known: A4 supplies a default).
     pub(crate) expires_at: UnixTime,
-    pub(crate) scopes: Option<String>,
+    pub(crate) scopes: Option<Arc<str>>,
     /// `(row id, generation)` of the credential row holding this token.
     pub(crate) row_id: String,
     pub(crate) generation: i64,
@@ -173,7 +174,7 @@ mod tests {
 
     fn e(exp: u64) -> Entry {
         Entry {
-            token: Secret::new("tok"),
+            token: Arc::new(Secret::new("tok")),
             expires_at: UnixTime::from_secs(exp),
             scopes: None,
             row_id: "r".into(),

@@ -92,12 +92,12 @@ impl Default for TokenServiceOptions {
 /// An access token for a slot. `Debug` shows no token.
 #[derive(Debug, Clone)]
 pub struct AccessToken {
-    /// The bearer token.
-    pub token: Secret,
+    /// The bearer token (shared with the cache: a cache hit copies no token).
+    pub token: Arc<Secret>,
     /// When it expires (for a token without `expires_in`, the A4 default).
     pub expires_at: Option<UnixTime>,
     /// Its scopes: as granted, else as stored.
-    pub scopes: Option<String>,
+    pub scopes: Option<Arc<str>>,
 }
 
 /// Per-slot access tokens with caching, single-flight refresh and eviction.
@@ -349,9 +349,9 @@ impl TokenService {
         }
         let token = self.open(envelope, ACCESS_TOKEN, &row.id)?;
         let t = AccessToken {
-            token,
+            token: Arc::new(token),
             expires_at: Some(expires_at),
-            scopes: row.scopes.clone(),
+            scopes: row.scopes.as_deref().map(Arc::from),
         };
         self.fill(slot, &t, &row.id, row.generation, ticket, epoch);
         bump(&self.counters.store_hits);
@@ -511,9 +511,9 @@ impl TokenService {
             None
         };
         let t = AccessToken {
-            token: tokens.access_token,
+            token: Arc::new(tokens.access_token),
             expires_at: Some(expires_at),
-            scopes: tokens.scope.or_else(|| row.scopes.clone()),
+            scopes: tokens.scope.or_else(|| row.scopes.clone()).map(Arc::from),
         };
         ticket.flight.refreshed();
         match self
