@@ -292,18 +292,36 @@ impl TokenService {
                 return Ok(Leased::NotHeld);
             }
             tokio::time::sleep(lo.poll).await;
-            let now_row = self
-                .store
-                .get_credential(slot)
-                .await?
-                .ok_or(TokenError::NotConnected)?;
-            if (now_row.id != row.id || now_row.generation != row.generation)
-                && let Some(t) = self.persisted(slot, &now_row, ticket, epoch)?
-            {
-                tracing::debug!(event = "token.peer_refreshed", tenant = %slot.tenant, server = %slot.server);
+            if let (_, Some(t)) = self.peer_refreshed(slot, row, ticket, epoch).await? {
                 return Ok(Leased::Peer(t));
             }
         }
+    }
+
+    /// The slot's row read again, and the token a peer persisted since `row` was read
+    /// (the row moved and holds a valid access token), if any.
+    async fn peer_refreshed(
+        &self,
+        slot: &Slot,
+        row: &CredentialRow,
+        ticket: &Ticket<'_>,
+        epoch: u64,
+    ) -> Result<(CredentialRow, Option<AccessToken>), TokenError> {
+        let now_row = self
+            .store
+            .get_credential(slot)
+            .await?
+            .ok_or(TokenError::NotConnected)?;
+        let moved = now_row.id != row.id || now_row.generation != row.generation;
+        let t = if moved {
+            self.persisted(slot, &now_row, ticket, epoch)?
+        } else {
+            None
+        };
+        if t.is_some() {
+            tracing::debug!(event = "token.peer_refreshed", tenant = %slot.tenant, server = %slot.server);
+        }
+        Ok((now_row, t))
     }
 
     /// The refresh under a lease: the row is read again first, since a peer may have
@@ -315,17 +333,10 @@ impl TokenService {
         ticket: &Ticket<'_>,
         epoch: u64,
     ) -> Result<AccessToken, TokenError> {
-        let now_row = self
-            .store
-            .get_credential(slot)
-            .await?
-            .ok_or(TokenError::NotConnected)?;
-        if (now_row.id != row.id || now_row.generation != row.generation)
-            && let Some(t) = self.persisted(slot, &now_row, ticket, epoch)?
-        {
-            return Ok(t);
+        match self.peer_refreshed(slot, &row, ticket, epoch).await? {
+            (_, Some(t)) => Ok(t),
+            (now_row, None) => self.refresh(slot, now_row, ticket, epoch).await,
         }
-        self.refresh(slot, now_row, ticket, epoch).await
     }
 
     /// The row's access token if it is still valid (R-REFRESH-11), cached on the way.

@@ -14,7 +14,7 @@ use super::{client, post};
 const KEY: &str = "1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 /// Follows the authorization URL to the AS and returns the callback URL it redirects to.
-async fn authorize(url: &str) -> String {
+pub(super) async fn authorize(url: &str) -> String {
     let r = client().get(url).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 302);
     r.headers()["location"].to_str().unwrap().to_owned()
