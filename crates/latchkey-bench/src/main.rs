@@ -7,12 +7,14 @@
 //! the same closed-loop load (`tools/call`) straight to the upstream and through
 //! `/mcp/{server}` with the cached token, and prints medians, p99s, throughput and the
 //! differences. `--soak-seconds` then keeps the proxied load running and samples
-//! Latchkey's resident memory.
+//! Latchkey's resident memory. `latchkey-bench startup` times `latchkey serve` from
+//! spawn to its first `/healthz` answer and reads its idle memory.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)] // a report tool: its output is the point
 
 mod floor;
 mod load;
+mod startup;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -32,6 +34,8 @@ use serde_json::{Value, json};
 enum Cli {
     /// Direct vs through `/mcp/{server}`: latency, throughput, memory.
     Proxy(ProxyArgs),
+    /// Start-up time of `latchkey serve` and its idle memory.
+    Startup(startup::StartupArgs),
     /// Runs the floor proxy alone (the `proxy` command starts it as a process of its
     /// own, like Latchkey, so neither shares the load generator's runtime).
     #[command(hide = true)]
@@ -80,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli {
         Cli::Proxy(args) => rt.block_on(proxy(args)),
+        Cli::Startup(args) => rt.block_on(startup::run(args)),
         Cli::Floor {
             listen,
             upstream,
