@@ -32,20 +32,8 @@ bin="$root/target/debug/latchkey"
 
 rm -rf "$out"
 mkdir -p "$out"
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=scripts/background.sh
+. "$root/scripts/background.sh"
 
 die() {
   echo "conformance-server: $*" >&2

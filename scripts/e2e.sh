@@ -47,20 +47,8 @@ cargo build --locked -p latchkey-cli --bin latchkey -p latchkey-testkit --bin sc
 bin="$root/target/debug"
 
 mkdir -p "$out"
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=scripts/background.sh
+. "$root/scripts/background.sh"
 
 # Waits until FILE has a line matching the sed expression, while PID lives; prints the
 # match. LOG is shown on failure.

@@ -106,6 +106,20 @@ impl Step {
         }
     }
 
+    /// A candidate that gave no answer: a warning, unless an earlier candidate already
+    /// answered (then only for information).
+    fn unreachable(&mut self, candidate: &str, why: &str, already_found: bool) {
+        self.outcome = format!("no answer: {why}");
+        self.add(
+            if already_found {
+                Level::Info
+            } else {
+                Level::Warning
+            },
+            format!("{candidate} could not be fetched: {why}"),
+        );
+    }
+
     fn add(&mut self, level: Level, message: impl Into<String>) {
         self.findings.push(Finding {
             level,
@@ -204,13 +218,7 @@ impl Walk {
             };
             let already = chosen.is_some();
             match fetch(egress, &candidate, source).await {
-                Fetched::Failed(why) => {
-                    s.outcome = format!("no answer: {why}");
-                    s.add(
-                        if already { Level::Info } else { Level::Warning },
-                        format!("{candidate} could not be fetched: {why}"),
-                    );
-                }
+                Fetched::Failed(why) => s.unreachable(&candidate, &why, already),
                 Fetched::Status(st) => {
                     s.status = Some(st);
                     s.outcome = format!("HTTP {st}: no document here");
@@ -314,13 +322,7 @@ impl Walk {
             s.request = Some(format!("GET {candidate}"));
             let already = chosen.is_some();
             match fetch(egress, &candidate, UrlSource::Remote).await {
-                Fetched::Failed(why) => {
-                    s.outcome = format!("no answer: {why}");
-                    s.add(
-                        if already { Level::Info } else { Level::Warning },
-                        format!("{candidate} could not be fetched: {why}"),
-                    );
-                }
+                Fetched::Failed(why) => s.unreachable(&candidate, &why, already),
                 Fetched::Status(st) => {
                     s.status = Some(st);
                     s.outcome = format!("HTTP {st}: no document here");
