@@ -23,7 +23,6 @@ use latchkey_egress::{EgressError, EgressRequest, EgressStream, UrlSource};
 use latchkey_guard::Principal;
 use latchkey_oauth::challenge;
 use latchkey_vault::store::ServerRow;
-use serde_json::Value;
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -88,15 +87,6 @@ async fn take_payload(body: Body) -> Result<Payload, ApiError> {
             }
         }
     }
-}
-
-/// The JSON-RPC id of a single request in `body`, if it is one (errors are answered in
-/// JSON-RPC only to a request that has an id to answer).
-fn request_id(body: &[u8]) -> Option<Value> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let obj = v.as_object()?;
-    obj.get("method")?;
-    obj.get("id").filter(|id| !id.is_null()).cloned()
 }
 
 /// One attempt upstream.
@@ -177,12 +167,13 @@ pub async fn forward(
         Ok(r) => r,
         // The slot-level outcomes answer a JSON-RPC request in JSON-RPC, so an MCP
         // client shows them; transport-level failures keep their HTTP status.
-        Err(e @ (ApiError::NeedsReauth { .. } | ApiError::NeedsScopeUpgrade { .. })) => {
-            match whole.as_deref().and_then(request_id) {
-                Some(id) => e.into_jsonrpc(id),
-                None => e.into_response(),
-            }
-        }
+        Err(e @ (ApiError::NeedsReauth { .. } | ApiError::NeedsScopeUpgrade { .. })) => match whole
+            .as_deref()
+            .and_then(latchkey_mcp::envelope::request_id)
+        {
+            Some(id) => e.into_jsonrpc(id),
+            None => e.into_response(),
+        },
         Err(e) => e.into_response(),
     }
 }

@@ -16,6 +16,8 @@
 //!   headers (SEP-2243, SEP-2575).
 #![forbid(unsafe_code)]
 
+pub mod envelope;
+
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -462,10 +464,10 @@ async fn find_response(headers: &HeaderMap, body: &Bytes, id: &Value) -> Option<
     if !is_sse {
         return serde_json::from_slice::<Value>(body)
             .ok()
-            .and_then(|v| pick(v, id));
+            .and_then(|v| envelope::response_with_id(v, id));
     }
     for msg in sse_messages(body.clone()).await {
-        if let Some(v) = pick(msg, id) {
+        if let Some(v) = envelope::response_with_id(msg, id) {
             return Some(v);
         }
     }
@@ -486,19 +488,6 @@ pub async fn sse_messages(body: Bytes) -> Vec<Value> {
         }
     }
     out
-}
-
-/// The response with `id` in a message or a batch.
-fn pick(v: Value, id: &Value) -> Option<Value> {
-    match v {
-        Value::Array(items) => items.into_iter().find_map(|m| pick(m, id)),
-        Value::Object(ref m)
-            if m.get("id") == Some(id) && (m.contains_key("result") || m.contains_key("error")) =>
-        {
-            Some(v)
-        }
-        _ => None,
-    }
 }
 
 #[cfg(test)]
