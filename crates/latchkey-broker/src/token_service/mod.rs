@@ -158,7 +158,12 @@ impl TokenService {
         slot: &Slot,
         force_refresh: bool,
     ) -> Result<AccessToken, TokenError> {
-        let r = self.resolve(slot, force_refresh).await;
+        if !force_refresh && let Some(t) = self.cached(slot) {
+            return Ok(t);
+        }
+        // The refresh path's future is several kilobytes; boxed, it is allocated on a
+        // miss only, and every caller's own future stays small.
+        let r = Box::pin(self.resolve(slot, force_refresh)).await;
         if let Err(e) = &r {
             self.counters.failure(e);
             tracing::debug!(
@@ -201,16 +206,22 @@ impl TokenService {
         self.counters.snapshot()
     }
 
+    /// The slot's cached token while it is fresh (counted as a hit).
+    fn cached(&self, slot: &Slot) -> Option<AccessToken> {
+        match self.cache.get(slot, self.clock.now(), self.opts.skew) {
+            Lookup::Hit(t) => {
+                bump(&self.counters.cache_hits);
+                Some(t)
+            }
+            Lookup::Miss => None,
+        }
+    }
+
     async fn resolve(&self, slot: &Slot, force: bool) -> Result<AccessToken, TokenError> {
-        let skew = self.opts.skew;
         // The version of the token a forcing caller was given (the one that got a 401).
         let view = if force {
             self.cache.version(slot)
         } else {
-            if let Lookup::Hit(t) = self.cache.get(slot, self.clock.now(), skew) {
-                bump(&self.counters.cache_hits);
-                return Ok(t);
-            }
             None
         };
 
@@ -221,9 +232,8 @@ impl TokenService {
         let predecessor_refreshed = ticket.flight.refreshes() != refreshes_before;
 
         if (!force || predecessor_refreshed)
-            && let Lookup::Hit(t) = self.cache.get(slot, self.clock.now(), skew)
+            && let Some(t) = self.cached(slot)
         {
-            bump(&self.counters.cache_hits);
             return Ok(t);
         }
 
