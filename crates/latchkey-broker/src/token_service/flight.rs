@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use latchkey_vault::Slot;
 
+use super::TokenError;
+
 /// One slot's in-flight state.
 #[derive(Debug, Default)]
 pub(crate) struct Flight {
@@ -22,6 +24,9 @@ pub(crate) struct Flight {
     pub(crate) lock: tokio::sync::Mutex<()>,
     epoch: AtomicU64,
     refreshes: AtomicU64,
+    failures: AtomicU64,
+    /// The last refresh failure the authorization server caused (see [`Flight::failed`]).
+    last_failure: Mutex<Option<TokenError>>,
 }
 
 impl Flight {
@@ -40,6 +45,27 @@ impl Flight {
 
     pub(crate) fn refreshed(&self) {
         self.refreshes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Refresh failures recorded by holders of this flight so far.
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures.load(Ordering::SeqCst)
+    }
+
+    /// Records a refresh that the authorization server failed (down, slow, garbage), so
+    /// the callers already queued behind it get the same answer at once instead of each
+    /// trying again and waiting out its own timeout. Callers arriving later try afresh.
+    pub(crate) fn failed(&self, e: &TokenError) {
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+        self.failures.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The failure recorded last.
+    pub(crate) fn last_failure(&self) -> Option<TokenError> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

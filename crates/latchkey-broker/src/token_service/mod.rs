@@ -227,9 +227,16 @@ impl TokenService {
 
         let ticket = self.flights.join(slot);
         let refreshes_before = ticket.flight.refreshes();
+        let failures_before = ticket.flight.failures();
         let _held = ticket.flight.lock.lock().await;
         let epoch = ticket.flight.epoch();
         let predecessor_refreshed = ticket.flight.refreshes() != refreshes_before;
+        if !predecessor_refreshed
+            && ticket.flight.failures() != failures_before
+            && let Some(e) = ticket.flight.last_failure()
+        {
+            return Err(e);
+        }
 
         if (!force || predecessor_refreshed)
             && let Some(t) = self.cached(slot)
@@ -251,7 +258,7 @@ impl TokenService {
         {
             return Ok(t);
         }
-        match self.lease(slot, &row, &ticket, epoch).await? {
+        let r = match self.lease(slot, &row, &ticket, epoch).await? {
             Leased::Peer(t) => Ok(t),
             Leased::NotHeld => self.refresh(slot, row, &ticket, epoch).await,
             Leased::Held(held) => {
@@ -259,7 +266,11 @@ impl TokenService {
                 held.release().await;
                 r
             }
+        };
+        if let Err(e @ TokenError::Upstream { .. }) = &r {
+            ticket.flight.failed(e);
         }
+        r
     }
 
     /// Waits for the slot's lease (R-MULTI-1). A peer's token persisted meanwhile is

@@ -202,6 +202,7 @@ on_both_backends!(
     key_missing_and_wrong_key,
     not_connected,
     forced_refresh_waiter_reuses_the_fresh_token,
+    queued_callers_share_an_authorization_server_failure,
 );
 
 /// Test 1 (R-REFRESH-1): the second call is served from memory.
@@ -579,4 +580,52 @@ async fn trace_logs_hold_no_secret() {
     let t = b.access_token(&fx.slot, false).await.unwrap();
     assert!(!format!("{t:?}").contains(t.token.expose()));
     assert!(!format!("{b:?}").contains(t.token.expose()));
+}
+
+/// An authorization server slower than the timeout: the callers queued behind the
+/// failing refresh get its answer at once (one token request, one timeout's wait), and
+/// a caller arriving afterwards tries again and succeeds once the AS is back.
+async fn queued_callers_share_an_authorization_server_failure(store: Arc<dyn Store>) {
+    let fx = Fx::new(store).await;
+    fx.deposit_expired().await;
+    let timeout = Duration::from_millis(600);
+    let svc = Arc::new(TokenService::new(
+        fx.store.clone(),
+        fx.keyring.clone(),
+        Egress::new(EgressConfig {
+            loopback: LoopbackPolicy::AllowInsecureLoopback,
+            request_timeout: timeout,
+            ..EgressConfig::default()
+        })
+        .unwrap(),
+        fx.clock.clone(),
+        TokenServiceOptions::default(),
+    ));
+    fx.server
+        .set_token_fault(latchkey_testkit::TokenFault::Slow(Duration::from_secs(5)));
+    let started = std::time::Instant::now();
+    let callers: Vec<_> = (0..4)
+        .map(|_| spawn_access(&svc, &fx.slot, false))
+        .collect();
+    for c in callers {
+        match c.await.unwrap() {
+            Err(e @ TokenError::Upstream { .. }) => assert_eq!(e.remedy(), Remedy::Retry),
+            other => panic!("expected a retryable upstream failure, got {other:?}"),
+        }
+    }
+    let waited = started.elapsed();
+    assert_eq!(
+        fx.server.token_requests(),
+        1,
+        "one attempt for the whole queue"
+    );
+    assert!(
+        waited < timeout * 2 + Duration::from_millis(400),
+        "the queue waited one timeout, not four: {waited:?}"
+    );
+    fx.server
+        .set_token_fault(latchkey_testkit::TokenFault::None);
+    let t = svc.access_token(&fx.slot, false).await.unwrap();
+    assert!(!tok(&t).is_empty());
+    assert_eq!(fx.grants(), 2, "the stored refresh token still worked");
 }
