@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use latchkey_core::Clock;
@@ -27,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::fields::Fields;
+use crate::fields::{Body, Fields};
 
 /// Longest key name accepted.
 const NAME_MAX: usize = 100;
@@ -182,7 +181,7 @@ async fn audit(s: &AppState, p: &Principal, action: &str, key: &ApiKeyRow) {
 pub async fn create(
     State(s): State<AppState>,
     axum::Extension(p): axum::Extension<Principal>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let mut f = Fields::parse(&body, &["name"])?;
     let name = f.string("name", true, NAME_MAX);

@@ -4,7 +4,6 @@
 //! one slot is for tenant admins only (R-API-9).
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use latchkey_core::Secret;
@@ -16,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::fields::Fields;
+use crate::fields::{Body, Fields};
 
 const FIELDS: &[&str] = &[
     "server_id",
@@ -69,7 +68,7 @@ async fn audit(s: &AppState, p: &Principal, action: &str, slot: &Slot) {
 pub async fn deposit(
     State(s): State<AppState>,
     axum::Extension(p): axum::Extension<Principal>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let mut f = Fields::parse(&body, FIELDS)?;
     let server_id = f.string("server_id", true, 255);

@@ -28,6 +28,9 @@ pub enum ApiError {
     /// 404: no such resource (for this tenant).
     #[error("not found")]
     NotFound,
+    /// 413: the request body is larger than the endpoint reads.
+    #[error("the request body is too large")]
+    PayloadTooLarge,
     /// 409: the slot needs the user's consent again.
     #[error("the server needs to be reconnected")]
     NeedsReauth {
@@ -75,6 +78,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::NeedsReauth { .. } => (StatusCode::CONFLICT, "needs_oauth_reauth"),
             ApiError::NeedsScopeUpgrade { .. } => (StatusCode::CONFLICT, "needs_scope_upgrade"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

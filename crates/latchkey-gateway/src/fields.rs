@@ -3,12 +3,34 @@
 //! rather than with serde's `deny_unknown_fields` because serde stops at the first
 //! error and names no path for type errors inside a flattened body.
 
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, FieldError};
 
 /// Largest request body the API reads.
 pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// A request body read whole, up to the router's limit ([`BODY_LIMIT`]). Unlike a bare
+/// [`Bytes`], whose rejection is axum's plain text, a larger body is the typed 413 and
+/// a body that cannot be read the typed 400.
+#[derive(Debug)]
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(Self(b)),
+            Err(e) if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge)
+            }
+            Err(_) => Err(one("", "the request body could not be read")),
+        }
+    }
+}
 
 /// A body being validated.
 #[derive(Debug)]

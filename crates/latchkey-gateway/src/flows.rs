@@ -3,7 +3,6 @@
 //! any instance can finish a flow another started.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::fields::Fields;
+use crate::fields::{Body, Fields};
 
 /// The callback path, under the public URL (R-FLOW-12).
 pub const CALLBACK_PATH: &str = "/v1/oauth/callback";
@@ -62,6 +61,9 @@ fn oauth_failure(e: &OAuthError) -> ApiError {
     tracing::info!(event = "oauth.start_failed", error = %e);
     match e {
         OAuthError::Egress(_) | OAuthError::TokenEndpoint { .. } => ApiError::Upstream,
+        // The authorization server failing now (metadata or registration unusable, a
+        // 5xx): the request is fine and a retry may help.
+        _ if e.remedy().is_retryable() => ApiError::Upstream,
         _ => ApiError::BadRequest(vec![crate::error::FieldError {
             field: "server_id".into(),
             message: format!("the server's OAuth setup cannot be used: {e}"),
@@ -222,7 +224,7 @@ async fn store_tokens(
 pub async fn start(
     State(s): State<AppState>,
     axum::Extension(p): axum::Extension<Principal>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let mut f = Fields::parse(&body, &["server_id", "user_id", "force"])?;
     let server_id = f.string("server_id", true, 255);

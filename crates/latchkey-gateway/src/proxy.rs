@@ -11,7 +11,12 @@
 //! * an upstream 401 on a replayable request forces one refresh and retries once; a second
 //!   401, or no usable token, is a typed error (a JSON-RPC error for a JSON-RPC request);
 //! * only the headers the MCP transport needs cross in either direction;
-//! * the response body (JSON or an SSE stream) is streamed back unbuffered.
+//! * a request body over [`BODY_LIMIT`] is the typed 413;
+//! * an SSE response is streamed back unbuffered; other answers up to 256 KiB are read
+//!   whole first, so an upstream failing mid-answer is a typed 502, not a cut-off 200.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
@@ -55,16 +60,40 @@ const RESPONSE_HEADERS: [HeaderName; 5] = [
     header::RETRY_AFTER,
 ];
 
-/// The caller's body: whole (replayable) or a stream that has already started.
+/// The largest request body passed upstream (as `/mcp` takes); a larger one is the typed
+/// 413, refused from its `Content-Length` or cut off where it crosses the limit.
+pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// How much of a body declared over [`BODY_LIMIT`] is read and dropped before the 413.
+const DRAIN_LIMIT: usize = 4 * BODY_LIMIT;
+
+/// The caller's body: whole (replayable) or a stream that has already started, with the
+/// flag its byte count sets when it crosses [`BODY_LIMIT`].
 enum Payload {
     Whole(Bytes),
-    Streaming(Body),
+    Streaming(Body, Arc<AtomicBool>),
 }
 
 /// Reads up to [`REPLAY_LIMIT`] bytes; if the body ends there it is kept whole,
-/// otherwise what was read is put back in front of the rest, unbuffered.
-async fn take_payload(body: Body) -> Result<Payload, ApiError> {
+/// otherwise what was read is put back in front of the rest, unbuffered and counted.
+async fn take_payload(headers: &HeaderMap, body: Body) -> Result<Payload, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let mut stream = body.into_data_stream();
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        // Read (and drop) what the client is sending, up to a bound, so it is still
+        // reading when the refusal comes rather than failing to write.
+        let mut drained = 0usize;
+        while drained <= DRAIN_LIMIT {
+            match stream.next().await {
+                Some(Ok(chunk)) => drained += chunk.len(),
+                _ => break,
+            }
+        }
+        return Err(ApiError::PayloadTooLarge);
+    }
     let mut prefix = bytes::BytesMut::new();
     loop {
         match stream.next().await {
@@ -82,7 +111,28 @@ async fn take_payload(body: Body) -> Result<Payload, ApiError> {
                         futures_util::stream::once(
                             async move { Ok::<_, axum::Error>(prefix.freeze()) },
                         );
-                    return Ok(Payload::Streaming(Body::from_stream(head.chain(stream))));
+                    let tripped = Arc::new(AtomicBool::new(false));
+                    let flag = tripped.clone();
+                    // Counts what passes; past the limit the upload ends with an error,
+                    // which aborts the upstream request.
+                    let counted = head.chain(stream).scan(0usize, move |seen, item| {
+                        let next = match item {
+                            // The error that ends the upload was sent: nothing follows.
+                            _ if *seen > BODY_LIMIT => None,
+                            Ok(c) => {
+                                *seen += c.len();
+                                if *seen > BODY_LIMIT {
+                                    flag.store(true, Ordering::Relaxed);
+                                    Some(Err(axum::Error::new("request body over the limit")))
+                                } else {
+                                    Some(Ok(c))
+                                }
+                            }
+                            Err(e) => Some(Err(e)),
+                        };
+                        std::future::ready(next)
+                    });
+                    return Ok(Payload::Streaming(Body::from_stream(counted), tripped));
                 }
             }
         }
@@ -153,7 +203,7 @@ pub async fn forward(
             .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
         return r;
     }
-    let payload = match take_payload(body).await {
+    let payload = match take_payload(&parts.headers, body).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -161,7 +211,7 @@ pub async fn forward(
     // answered; parsed only then.
     let whole = match &payload {
         Payload::Whole(b) => Some(b.clone()),
-        Payload::Streaming(_) => None,
+        Payload::Streaming(..) => None,
     };
     match run(&s, &p, &id, &parts.method, &parts.headers, payload).await {
         Ok(r) => r,
@@ -220,12 +270,18 @@ async fn run(
             .await?,
             Some(b),
         ),
-        Payload::Streaming(body) => {
+        Payload::Streaming(body, over_limit) => {
             let stream = reqwest::Body::wrap_stream(body.into_data_stream());
-            (
-                attempt(s, &server, method, headers, token_ref, Some(stream)).await?,
-                None,
-            )
+            let answer = attempt(s, &server, method, headers, token_ref, Some(stream))
+                .await
+                .map_err(|e| {
+                    if over_limit.load(Ordering::Relaxed) {
+                        ApiError::PayloadTooLarge
+                    } else {
+                        e
+                    }
+                })?;
+            (answer, None)
         }
     };
     let answer = match (first.status, slot, replay) {
@@ -284,8 +340,9 @@ async fn run(
 /// common case of a small JSON-RPC response. Anything else streams.
 const SIZED_LIMIT: u64 = 256 * 1024;
 
-/// The upstream answer with the allowed headers: small sized JSON answers whole, SSE and
-/// everything else streamed as it arrives.
+/// The upstream answer with the allowed headers: SSE streamed as it arrives; other
+/// answers up to [`SIZED_LIMIT`] read whole (a break in them is the typed 502), larger
+/// ones streamed.
 async fn respond(answer: EgressStream) -> Result<Response, ApiError> {
     let mut headers = HeaderMap::new();
     for name in &RESPONSE_HEADERS {
@@ -304,15 +361,38 @@ async fn respond(answer: EgressStream) -> Result<Response, ApiError> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let failed = |e: EgressError| {
+        tracing::info!(event = "proxy.upstream_body_failed", error = %e);
+        ApiError::Upstream
+    };
     let body = match declared {
-        Some(n) if !is_stream && n <= SIZED_LIMIT => {
+        _ if is_stream => Body::from_stream(answer.into_body()),
+        Some(n) if n <= SIZED_LIMIT => {
             let limit = usize::try_from(n).unwrap_or(0);
-            Body::from(answer.read_capped(limit).await.map_err(|e| {
-                tracing::info!(event = "proxy.upstream_body_failed", error = %e);
-                ApiError::Upstream
-            })?)
+            Body::from(answer.read_capped(limit).await.map_err(failed)?)
         }
-        _ => Body::from_stream(answer.into_body()),
+        Some(_) => Body::from_stream(answer.into_body()),
+        // No declared length: read up to the same size before answering, so an upstream
+        // that breaks off early is the typed 502 rather than a truncated 200.
+        None => {
+            let mut stream = Box::pin(answer.into_body());
+            let mut prefix = bytes::BytesMut::new();
+            loop {
+                match stream.next().await {
+                    None => break Body::from(prefix.freeze()),
+                    Some(Err(e)) => return Err(failed(e)),
+                    Some(Ok(chunk)) => {
+                        prefix.extend_from_slice(&chunk);
+                        if prefix.len() as u64 > SIZED_LIMIT {
+                            let head = futures_util::stream::once(async move {
+                                Ok::<_, EgressError>(prefix.freeze())
+                            });
+                            break Body::from_stream(head.chain(stream));
+                        }
+                    }
+                }
+            }
+        }
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;

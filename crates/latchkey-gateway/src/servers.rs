@@ -7,7 +7,6 @@
 //! sealed on the way in and never returned.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use latchkey_core::Secret;
@@ -21,7 +20,7 @@ use serde::Serialize;
 use crate::app::AppState;
 use crate::cluster::Change;
 use crate::error::ApiError;
-use crate::fields::{Fields, Patch};
+use crate::fields::{Body, Fields, Patch};
 
 const FIELDS: &[&str] = &[
     "name",
@@ -137,7 +136,7 @@ fn apply<T>(slot: &mut Option<T>, p: Patch<T>) {
 pub async fn create(
     State(s): State<AppState>,
     axum::Extension(p): axum::Extension<Principal>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<(StatusCode, Json<ServerView>), ApiError> {
     require_admin(&p)?;
     let input = read_input(&s, &body, true)?;
@@ -206,7 +205,7 @@ pub async fn update(
     State(s): State<AppState>,
     axum::Extension(p): axum::Extension<Principal>,
     Path(id): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Json<ServerView>, ApiError> {
     require_admin(&p)?;
     let input = read_input(&s, &body, false)?;

@@ -5,7 +5,6 @@
 //! is an error, never an empty list.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use http::{HeaderMap, HeaderValue};
 use latchkey_broker::token_service::TokenError;
@@ -20,6 +19,7 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::fields::Body;
 
 /// Why one upstream attempt failed.
 enum Upstream {
@@ -217,7 +217,7 @@ pub async fn invoke(
     State(s): State<AppState>,
     axum::Extension(p): axum::Extension<Principal>,
     Path((id, name)): Path<(String, String)>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let arguments = if body.is_empty() {
         json!({})

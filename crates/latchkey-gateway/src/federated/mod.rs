@@ -35,6 +35,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
+use axum::response::{IntoResponse, Response};
 use latchkey_broker::token_service::TokenError;
 use latchkey_guard::Principal;
 use latchkey_vault::store::ServerRow;
@@ -91,11 +92,55 @@ pub fn routes(state: &AppState) -> Router<AppState> {
             sessions,
             sessions::bind,
         ))
+        .route_layer(axum::middleware::from_fn(typed_refusals))
         .route_layer(axum::middleware::from_fn_with_state(
             state.guard.clone(),
             latchkey_guard::require_principal,
         ))
         .route_layer(axum::middleware::from_fn(sessions::lifecycle))
+}
+
+/// rmcp refuses what it cannot take (a body that is not one JSON-RPC message, wrong
+/// media types, a body over its limit, an unknown session) with a plain-text 4xx. This
+/// gives those answers the API's typed JSON body (`code`, `message`; fixed texts, never
+/// the request's content), keeping their status, headers and extensions; JSON and
+/// event-stream answers pass untouched.
+async fn typed_refusals(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let typed = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/event-stream"));
+    if typed || !status.is_client_error() {
+        return resp;
+    }
+    let message = match status {
+        http::StatusCode::NOT_ACCEPTABLE => {
+            "Accept must list application/json and text/event-stream"
+        }
+        http::StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            "the body must be one JSON-RPC message sent as application/json"
+        }
+        http::StatusCode::METHOD_NOT_ALLOWED => "method not allowed",
+        _ => "not a valid MCP request",
+    };
+    let error = match status {
+        http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        http::StatusCode::NOT_FOUND => ApiError::NotFound,
+        _ => ApiError::BadRequest(vec![crate::error::FieldError {
+            field: String::new(),
+            message: message.into(),
+        }]),
+    };
+    let (mut parts, _) = resp.into_parts();
+    let (typed_parts, body) = error.into_response().into_parts();
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    if let Some(ct) = typed_parts.headers.get(http::header::CONTENT_TYPE) {
+        parts.headers.insert(http::header::CONTENT_TYPE, ct.clone());
+    }
+    Response::from_parts(parts, body)
 }
 
 /// Upstream tool names by federated name, per slot, from the last listing.

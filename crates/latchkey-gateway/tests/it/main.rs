@@ -12,6 +12,7 @@ use latchkey_vault::{Keyring, SqliteStore};
 
 mod cluster;
 mod credentials;
+mod faults;
 mod federated;
 mod flows;
 mod identity;
