@@ -55,7 +55,7 @@ pub fn state(
             ..latchkey_broker::token_service::TokenServiceOptions::default()
         },
     ));
-    Ok(AppState {
+    Ok(AppState::from(app::Shared {
         tokens,
         store,
         keyring,
@@ -71,7 +71,7 @@ pub fn state(
         servers: Arc::default(),
         metrics: telemetry::install(),
         instance,
-    })
+    }))
 }
 pub use config::{AuthConfig, Config, ConfigError, JwtKeySource};
 pub use error::{ApiError, FieldError};

@@ -322,11 +322,11 @@ async fn gateway(cfg: impl FnOnce(&str) -> Config) -> Gateway {
         ..latchkey_egress::EgressConfig::default()
     })
     .unwrap();
-    state.discoverer = Arc::new(latchkey_oauth::discovery::Discoverer::new(
+    state.shared_mut().discoverer = Arc::new(latchkey_oauth::discovery::Discoverer::new(
         egress.clone(),
         clock.clone(),
     ));
-    state.tokens = Arc::new(TokenService::new(
+    state.shared_mut().tokens = Arc::new(TokenService::new(
         store.clone(),
         keyring,
         egress.clone(),
@@ -336,7 +336,7 @@ async fn gateway(cfg: impl FnOnce(&str) -> Config) -> Gateway {
             ..TokenServiceOptions::default()
         },
     ));
-    state.egress = egress;
+    state.shared_mut().egress = egress;
     latchkey_gateway::cluster::start(state.clone())
         .await
         .unwrap();
