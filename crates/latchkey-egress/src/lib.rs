@@ -15,9 +15,10 @@ mod message;
 mod policy;
 mod resolve;
 
+use std::collections::HashMap;
 use std::error::Error as _;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -150,7 +151,29 @@ pub struct Egress {
     cfg: Arc<EgressConfig>,
     operator: reqwest::Client,
     remote: reqwest::Client,
+    /// URLs that passed [`Egress::check_url`], by source: the proxy sends every request
+    /// to the same few server URLs, and parsing each again was 3 % of its CPU.
+    checked: Arc<Mutex<CheckedUrls>>,
 }
+
+/// Checked URLs by source and text; bounded (it starts over when full).
+#[derive(Debug, Default)]
+struct CheckedUrls {
+    operator: HashMap<String, CheckedUrl>,
+    remote: HashMap<String, CheckedUrl>,
+}
+
+impl CheckedUrls {
+    fn by_source(&mut self, source: UrlSource) -> &mut HashMap<String, CheckedUrl> {
+        match source {
+            UrlSource::Operator => &mut self.operator,
+            UrlSource::Remote => &mut self.remote,
+        }
+    }
+}
+
+/// Entries kept per source at most.
+const CHECKED_URLS: usize = 1024;
 
 impl fmt::Debug for Egress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -196,6 +219,7 @@ impl Egress {
             operator: build(UrlSource::Operator)?,
             remote: build(UrlSource::Remote)?,
             cfg,
+            checked: Arc::default(),
         })
     }
 
@@ -207,7 +231,23 @@ impl Egress {
     /// Static checks only (no DNS): WHATWG parse, scheme, no userinfo, IP literals and
     /// `localhost` names. Also the check for URLs handed to a browser (R-SEC-9).
     pub fn check_url(&self, raw: &str, source: UrlSource) -> Result<CheckedUrl, EgressError> {
-        policy::check_url(raw, source, &self.cfg)
+        {
+            let mut m = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = m.by_source(source).get(raw) {
+                return Ok(c.clone());
+            }
+        }
+        // The verdict depends only on the text, the source and this client's fixed
+        // settings, so a URL that passed once passes again (names are still resolved,
+        // and their addresses checked, on every connection).
+        let checked = policy::check_url(raw, source, &self.cfg)?;
+        let mut m = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        let urls = m.by_source(source);
+        if urls.len() >= CHECKED_URLS {
+            urls.clear();
+        }
+        urls.insert(raw.to_owned(), checked.clone());
+        Ok(checked)
     }
 
     /// Sends one request: [`Egress::check_url`], then a connection only to addresses the

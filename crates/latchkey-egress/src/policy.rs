@@ -227,32 +227,36 @@ pub(crate) fn check_url(
             "credentials in the URL are not allowed".into(),
         ));
     }
-    let (host, verdict) = match url.host() {
+    let verdict = match url.host() {
         None => return Err(EgressError::InvalidUrl("no host".into())),
         // IPv6 zone ids (`[fe80::1%25eth0]`) do not parse, so they never get this far.
-        Some(Host::Ipv4(ip)) => (ip.to_string(), classify_ip(ip.into(), source, cfg)),
-        Some(Host::Ipv6(ip)) => (ip.to_string(), classify_ip(ip.into(), source, cfg)),
-        Some(Host::Domain(d)) => {
-            let verdict = if is_localhost_name(d) {
-                if relaxed {
-                    Ok(())
-                } else {
-                    Err(DenyReason::Loopback)
-                }
+        Some(Host::Ipv4(ip)) => classify_ip(ip.into(), source, cfg),
+        Some(Host::Ipv6(ip)) => classify_ip(ip.into(), source, cfg),
+        Some(Host::Domain(d)) if is_localhost_name(d) => {
+            if relaxed {
+                Ok(())
             } else {
-                // WHATWG already turns every IPv4 spelling, trailing dot included, into
-                // Host::Ipv4; this catches whatever a future parser might leave as a name.
-                match d.trim_end_matches('.').parse::<IpAddr>() {
-                    Ok(ip) => classify_ip(ip, source, cfg),
-                    Err(_) => Ok(()), // a name: the guarded resolver checks its addresses
-                }
-            };
-            (d.to_owned(), verdict)
+                Err(DenyReason::Loopback)
+            }
         }
+        // WHATWG already turns every IPv4 spelling, trailing dot included, into
+        // Host::Ipv4; this catches whatever a future parser might leave as a name.
+        Some(Host::Domain(d)) => match d.trim_end_matches('.').parse::<IpAddr>() {
+            Ok(ip) => classify_ip(ip, source, cfg),
+            Err(_) => Ok(()), // a name: the guarded resolver checks its addresses
+        },
     };
     match verdict {
         Ok(()) => Ok(CheckedUrl { url }),
-        Err(reason) => Err(EgressError::AddressDenied { host, reason }),
+        Err(reason) => Err(EgressError::AddressDenied {
+            // As the parser spells it: IPv6 without brackets, names as normalised.
+            host: match url.host() {
+                Some(Host::Ipv6(ip)) => ip.to_string(),
+                Some(h) => h.to_string(),
+                None => String::new(),
+            },
+            reason,
+        }),
     }
 }
 

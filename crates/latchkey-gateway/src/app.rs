@@ -92,7 +92,7 @@ impl AppState {
         &self,
         p: &latchkey_guard::Principal,
         id: &str,
-    ) -> Result<latchkey_vault::store::ServerRow, ApiError> {
+    ) -> Result<Arc<latchkey_vault::store::ServerRow>, ApiError> {
         let now = self.clock.now();
         if let Some(row) = self.servers.get(p.tenant.as_str(), id, now) {
             return Ok(row);
@@ -116,7 +116,7 @@ impl AppState {
         }
         let epoch = self.servers.epoch();
         let row = match self.server(p, id).await {
-            Ok(row) => row,
+            Ok(row) => Arc::new(row),
             Err(ApiError::Unavailable) => {
                 self.servers.mark_unavailable(now);
                 tracing::warn!(event = "store.unavailable", server_id = %id, "serving the last known server row");

@@ -5,8 +5,8 @@
 //! notification). Mutations never read through this cache: they read the row itself.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use latchkey_core::UnixTime;
@@ -23,37 +23,62 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// are cheap to read again).
 const CAPACITY: usize = 10_000;
 
-type Key = (String, String);
+/// Rows by tenant, then by id: a lookup borrows the caller's strings.
+#[derive(Debug, Default)]
+struct Rows {
+    by_tenant: HashMap<String, HashMap<String, (Arc<ServerRow>, UnixTime)>>,
+    len: usize,
+}
+
+impl Rows {
+    fn get(&self, tenant: &str, id: &str) -> Option<&(Arc<ServerRow>, UnixTime)> {
+        self.by_tenant.get(tenant)?.get(id)
+    }
+
+    fn remove(&mut self, tenant: &str, id: &str) {
+        if let Some(ids) = self.by_tenant.get_mut(tenant)
+            && ids.remove(id).is_some()
+        {
+            self.len -= 1;
+            if ids.is_empty() {
+                self.by_tenant.remove(tenant);
+            }
+        }
+    }
+}
 
 /// The cache. An epoch counter makes an invalidation win over a read that was already
-/// under way when it happened: such a read's result is not stored.
+/// under way when it happened: such a read's result is not stored. Rows are shared
+/// (`Arc`), so a hit copies nothing.
 #[derive(Debug, Default)]
 pub struct ServerCache {
-    rows: Mutex<HashMap<Key, (ServerRow, UnixTime)>>,
+    rows: Mutex<Rows>,
     epoch: AtomicU64,
     /// When a read last found the database unavailable (Unix seconds; 0: never).
     unavailable_at: AtomicU64,
 }
 
 impl ServerCache {
-    /// The row of `(tenant, id)` if cached and younger than [`TTL`] at `now`.
-    pub fn get(&self, tenant: &str, id: &str, now: UnixTime) -> Option<ServerRow> {
-        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
-        let (row, at) = rows.get(&(tenant.to_owned(), id.to_owned()))?;
-        (now.since(*at) < TTL && *at <= now).then(|| row.clone())
+    fn rows(&self) -> std::sync::MutexGuard<'_, Rows> {
+        self.rows.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The row of `(tenant, id)` if cached at most `max_age` before `now`, however stale
-    /// (served only while the database is unavailable).
+    /// The row of `(tenant, id)` if cached and younger than [`TTL`] at `now`.
+    pub fn get(&self, tenant: &str, id: &str, now: UnixTime) -> Option<Arc<ServerRow>> {
+        self.get_stale(tenant, id, now, TTL)
+    }
+
+    /// The row of `(tenant, id)` if cached less than `max_age` before `now`, however
+    /// stale (beyond [`TTL`], served only while the database is unavailable).
     pub fn get_stale(
         &self,
         tenant: &str,
         id: &str,
         now: UnixTime,
         max_age: Duration,
-    ) -> Option<ServerRow> {
-        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
-        let (row, at) = rows.get(&(tenant.to_owned(), id.to_owned()))?;
+    ) -> Option<Arc<ServerRow>> {
+        let rows = self.rows();
+        let (row, at) = rows.get(tenant, id)?;
         (now.since(*at) < max_age && *at <= now).then(|| row.clone())
     }
 
@@ -76,29 +101,36 @@ impl ServerCache {
     }
 
     /// Stores `row`, read at `now`, unless something was invalidated since `epoch`.
-    pub fn put(&self, row: ServerRow, epoch: u64, now: UnixTime) {
-        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+    pub fn put(&self, row: Arc<ServerRow>, epoch: u64, now: UnixTime) {
+        let mut rows = self.rows();
         if self.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
-        if rows.len() >= CAPACITY {
-            rows.clear();
+        if rows.len >= CAPACITY {
+            *rows = Rows::default();
         }
-        rows.insert((row.tenant.clone(), row.id.clone()), (row, now));
+        let previous = rows
+            .by_tenant
+            .entry(row.tenant.clone())
+            .or_default()
+            .insert(row.id.clone(), (row, now));
+        if previous.is_none() {
+            rows.len += 1;
+        }
     }
 
     /// Forgets `(tenant, id)`.
     pub fn invalidate(&self, tenant: &str, id: &str) {
-        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows = self.rows();
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        rows.remove(&(tenant.to_owned(), id.to_owned()));
+        rows.remove(tenant, id);
     }
 
     /// Forgets everything.
     pub fn clear(&self) {
-        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows = self.rows();
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        rows.clear();
+        *rows = Rows::default();
     }
 }
 
@@ -106,8 +138,8 @@ impl ServerCache {
 mod tests {
     use super::*;
 
-    fn row(id: &str, url: &str) -> ServerRow {
-        ServerRow::new(id, "t", "n", url)
+    fn row(id: &str, url: &str) -> Arc<ServerRow> {
+        Arc::new(ServerRow::new(id, "t", "n", url))
     }
 
     #[test]
@@ -128,7 +160,7 @@ mod tests {
         let e = c.epoch();
         c.put(row("a", "https://two.example/mcp"), e, t0);
         assert_eq!(
-            c.get("t", "a", t0).map(|r| r.url).as_deref(),
+            c.get("t", "a", t0).map(|r| r.url.clone()).as_deref(),
             Some("https://two.example/mcp")
         );
         c.clear();
