@@ -379,7 +379,6 @@ impl Egress {
     ) -> Result<EgressStream, EgressError> {
         let checked = self.check_url(&req.url, req.source)?;
         let method = req.method.clone();
-        let host = checked.url().host_str().unwrap_or_default().to_owned();
         let client = match req.source {
             UrlSource::Operator => &self.operator,
             UrlSource::Remote => &self.remote,
@@ -419,6 +418,8 @@ impl Egress {
                 }
             }
         };
+        // Formatted only when debug logging is on.
+        let host = checked.url().host_str().unwrap_or_default();
         match &result {
             Ok(r) => tracing::debug!(event = "egress.response", %method, %host, status = %r.status),
             Err(e) => tracing::debug!(event = "egress.error", %method, %host, error = %e),
