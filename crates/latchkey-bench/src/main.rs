@@ -141,6 +141,43 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// CPU time (user + system) `pid` has used so far, in clock ticks (Linux).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces, in parentheses): state is
+    // field 3, utime 14 and stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 if it cannot be asked).
+fn ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// A load run with the CPU time the process `pid` spent serving it.
+async fn run_measured(
+    target: &load::Target,
+    clients: usize,
+    secs: Duration,
+    pid: Option<u32>,
+) -> anyhow::Result<(load::Outcome, u64)> {
+    let before = pid.and_then(cpu_ticks);
+    let o = load::run(target, clients, secs).await?;
+    let used = match (before, pid.and_then(cpu_ticks)) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => 0,
+    };
+    Ok((o, used))
+}
+
 /// `latchkey serve` on `port` with a fresh data directory, killed on drop.
 struct Latchkey {
     child: tokio::process::Child,
@@ -273,10 +310,16 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     load::run(&proxied, args.clients, warm).await?;
     let rss_start = rss_kib(pid);
     let (mut d_runs, mut f_runs, mut p_runs) = (Vec::new(), Vec::new(), Vec::new());
+    // CPU ticks of the floor's and Latchkey's processes while they served their rounds.
+    let (mut f_cpu, mut p_cpu) = (0u64, 0u64);
     for _ in 0..args.rounds {
         d_runs.push(load::run(&direct, args.clients, secs).await?);
-        f_runs.push(load::run(&floor, args.clients, secs).await?);
-        p_runs.push(load::run(&proxied, args.clients, secs).await?);
+        let (o, t) = run_measured(&floor, args.clients, secs, floor_proc.id()).await?;
+        f_runs.push(o);
+        f_cpu += t;
+        let (o, t) = run_measured(&proxied, args.clients, secs, Some(pid)).await?;
+        p_runs.push(o);
+        p_cpu += t;
     }
     let d = load::Outcome::merge(&d_runs);
     let f = load::Outcome::merge(&f_runs);
@@ -307,6 +350,16 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     println!(
         "Latchkey's added p50 is {:.2} x the floor's",
         (p.quantile(0.5) - d.quantile(0.5)) / (f.quantile(0.5) - d.quantile(0.5))
+    );
+    // CPU per request does not depend on how the two cores were shared during the run
+    // the way latency does: the figure to compare proxies by on a small machine.
+    let tck = ticks_per_second();
+    let per_request =
+        |ticks: u64, o: &load::Outcome| 1e6 * ticks as f64 / tck / (o.micros.len().max(1) as f64);
+    let (fc, pc) = (per_request(f_cpu, &f), per_request(p_cpu, &p));
+    println!(
+        "CPU per request: floor {fc:.1} µs, Latchkey {pc:.1} µs ({:.2} x the floor's)",
+        pc / fc
     );
     println!(
         "refresh grants: {}; latchkey RSS after warm-up {} KiB, after the rounds {} KiB",
