@@ -4,7 +4,8 @@
 //! `latchkey_oauth_callbacks_total{outcome}`, `latchkey_oauth_flows_started_total{kind}`,
 //! `latchkey_deposits_total`.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -65,17 +66,53 @@ pub async fn render(State(s): State<AppState>) -> Response {
 /// Middleware: counts and times every request by its route template (never the raw
 /// path, which could carry ids).
 pub async fn count(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let started = Instant::now();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("latchkey_http_requests_total", "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("latchkey_http_request_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    let (counter, histogram) = request_handles(route, resp.status().as_u16());
+    counter.increment(1);
+    histogram.record(started.elapsed().as_secs_f64());
     resp
+}
+
+/// The handles of one route's request metrics.
+#[derive(Default)]
+struct RouteHandles {
+    by_status: HashMap<u16, metrics::Counter>,
+    seconds: Option<metrics::Histogram>,
+}
+
+/// Handles by route template, registered once each: building a metric's key with its
+/// labels on every request (two `String`s, a label vector, a registry lookup) was a
+/// measurable part of the proxy's cost. Bounded by routes × statuses seen.
+static ROUTES: OnceLock<RwLock<HashMap<String, RouteHandles>>> = OnceLock::new();
+
+fn request_handles(route: &str, status: u16) -> (metrics::Counter, metrics::Histogram) {
+    let routes = ROUTES.get_or_init(RwLock::default);
+    {
+        let map = routes.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = map.get(route)
+            && let (Some(c), Some(s)) = (h.by_status.get(&status), &h.seconds)
+        {
+            return (c.clone(), s.clone());
+        }
+    }
+    let mut map = routes.write().unwrap_or_else(|p| p.into_inner());
+    let h = map.entry(route.to_owned()).or_default();
+    let owned = route.to_owned();
+    let counter = h
+        .by_status
+        .entry(status)
+        .or_insert_with(|| {
+            metrics::counter!("latchkey_http_requests_total", "route" => owned.clone(), "status" => status.to_string())
+        })
+        .clone();
+    let seconds = h
+        .seconds
+        .get_or_insert_with(
+            || metrics::histogram!("latchkey_http_request_seconds", "route" => owned),
+        )
+        .clone();
+    (counter, seconds)
 }

@@ -1408,10 +1408,12 @@ fn padded_object(len: usize) -> Vec<u8> {
 /// a body over its limit is its own typed 413.
 fn refused(kind: Kind, a: &Answer, oversize: bool) -> Result<(), String> {
     // The proxy passes the upstream's own refusal on; a chunked upload may reach the
-    // upstream's limit (its framework's 2 MB) before Latchkey's.
-    let passed_on = kind == Kind::Proxy && (!oversize || a.json["code"].is_null());
+    // upstream's limit (its framework's 2 MB) before Latchkey's, and an upstream that
+    // stops reading cuts the upload short: then the typed 502 is Latchkey's answer.
+    let cut_short = oversize && a.status == 502 && a.json["code"] == "upstream_error";
+    let passed_on = kind == Kind::Proxy && (!oversize || a.json["code"].is_null() || cut_short);
     if passed_on {
-        if a.broken.is_some() || a.status == 0 || a.status >= 500 {
+        if a.broken.is_some() || a.status == 0 || (a.status >= 500 && !cut_short) {
             return Err(format!("status {} {:?}: {}", a.status, a.broken, a.text));
         }
         return Ok(());
