@@ -202,6 +202,7 @@ pub fn router(state: AppState) -> Router {
         app = app.merge(prm);
     }
     app.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(crate::telemetry::count))
 }
 
@@ -256,4 +257,9 @@ async fn openapi() -> Response {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound
+}
+
+/// A known route with another method: the typed 405 (axum adds `Allow`).
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }

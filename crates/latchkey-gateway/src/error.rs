@@ -28,6 +28,9 @@ pub enum ApiError {
     /// 404: no such resource (for this tenant).
     #[error("not found")]
     NotFound,
+    /// 405: the route exists, not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// 413: the request body is larger than the endpoint reads.
     #[error("the request body is too large")]
     PayloadTooLarge,
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::NeedsReauth { .. } => (StatusCode::CONFLICT, "needs_oauth_reauth"),
             ApiError::NeedsScopeUpgrade { .. } => (StatusCode::CONFLICT, "needs_scope_upgrade"),

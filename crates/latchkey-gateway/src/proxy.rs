@@ -198,7 +198,7 @@ pub async fn forward(
 ) -> Response {
     let (parts, body) = req.into_parts();
     if !matches!(parts.method, Method::POST | Method::GET | Method::DELETE) {
-        let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
+        let mut r = ApiError::MethodNotAllowed.into_response();
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
         return r;
