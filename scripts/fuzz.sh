@@ -20,5 +20,8 @@ for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
   cargo fuzz run "$t" "corpus/$t" "seeds/$t" -- \
     -max_total_time="$secs" -max_len=65536 -print_final_stats=1 2>&1 |
-    grep -E '^#[0-9]+ +DONE|^Done|stat::number_of_executed_units|stat::peak_rss_mb|ERROR|SUMMARY|panicked'
+    grep -E '^#[0-9]+[[:space:]]+DONE|^Done|stat::number_of_executed_units|stat::peak_rss_mb|ERROR|SUMMARY|panicked'
+  # Coverage of everything kept so far (edges and features after replaying the corpus).
+  cargo fuzz run "$t" "corpus/$t" "seeds/$t" -- -runs=0 -max_len=65536 2>&1 |
+    grep -E 'INITED' | sed 's/^/corpus replay: /'
 done
