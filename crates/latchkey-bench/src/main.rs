@@ -8,13 +8,18 @@
 //! `/mcp/{server}` with the cached token, and prints medians, p99s, throughput and the
 //! differences. `--soak-seconds` then keeps the proxied load running and samples
 //! Latchkey's resident memory. `latchkey-bench startup` times `latchkey serve` from
-//! spawn to its first `/healthz` answer and reads its idle memory.
+//! spawn to its first `/healthz` answer and reads its idle memory. `latchkey-bench soak`
+//! sends a fixed rate through `/mcp/{server}` for minutes while tokens expire, and checks
+//! errors, refresh grants and memory. `latchkey-bench token-memory` measures the token
+//! service's memory with 100,000 cached tokens.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)] // a report tool: its output is the point
 
 mod floor;
 mod load;
+mod soak;
 mod startup;
+mod token_memory;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -36,6 +41,11 @@ enum Cli {
     Proxy(ProxyArgs),
     /// Start-up time of `latchkey serve` and its idle memory.
     Startup(startup::StartupArgs),
+    /// Minutes at a fixed rate through `/mcp/{server}` with token expiries: errors,
+    /// refresh grants, memory.
+    Soak(soak::SoakArgs),
+    /// The token service's memory with many cached tokens (in this process).
+    TokenMemory(token_memory::TokenMemoryArgs),
     /// Runs the floor proxy alone (the `proxy` command starts it as a process of its
     /// own, like Latchkey, so neither shares the load generator's runtime).
     #[command(hide = true)]
@@ -85,6 +95,8 @@ fn main() -> anyhow::Result<()> {
     match cli {
         Cli::Proxy(args) => rt.block_on(proxy(args)),
         Cli::Startup(args) => rt.block_on(startup::run(args)),
+        Cli::Soak(args) => rt.block_on(soak::run(args)),
+        Cli::TokenMemory(args) => rt.block_on(token_memory::run(args)),
         Cli::Floor {
             listen,
             upstream,

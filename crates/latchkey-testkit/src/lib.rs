@@ -153,6 +153,8 @@ struct AsState {
     next_session: u64,
     authorize_error: Option<AuthorizeError>,
     metadata_status: Option<u16>,
+    /// Requests are not recorded (see [`ScriptedServer::set_recording`]).
+    recording_off: bool,
 }
 
 impl AsState {
@@ -256,6 +258,15 @@ impl ScriptedServer {
     /// chain: the protected resource metadata still names this server.
     pub fn set_as_metadata_status(&self, status: Option<u16>) {
         self.shared.lock().metadata_status = status;
+    }
+
+    /// Records requests (the default) or stops recording them, for long runs whose
+    /// request log would otherwise grow without bound (a soak). Counters such as
+    /// [`Self::grants_served`], [`Self::mcp_requests`] and [`Self::reuse_detections`]
+    /// keep counting; [`Self::requests`] and [`Self::token_requests`] see only what was
+    /// recorded.
+    pub fn set_recording(&self, on: bool) {
+        self.shared.lock().recording_off = !on;
     }
 
     /// Every request to `path`, in order.
@@ -412,6 +423,9 @@ impl ScriptedServer {
 }
 
 pub(crate) fn record(s: &Shared, path: &str, headers: &HeaderMap, body: HashMap<String, String>) {
+    if s.lock().recording_off {
+        return;
+    }
     let headers = headers
         .iter()
         .map(|(k, v)| {
