@@ -20,6 +20,9 @@ pub(crate) struct Entry {
     pub(crate) token: Arc<Secret>,
     /// When the token expires (always known: A4 supplies a default).
     pub(crate) expires_at: UnixTime,
+    /// How long before `expires_at` it stops being served (the service's skew, at most
+    /// half the token's lifetime).
+    pub(crate) skew: Duration,
     pub(crate) scopes: Option<Arc<str>>,
     /// `(row id, generation)` of the credential row holding this token.
     pub(crate) row_id: String,
@@ -27,8 +30,8 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    fn fresh(&self, now: UnixTime, skew: Duration) -> bool {
-        now < self.expires_at.minus(skew)
+    fn fresh(&self, now: UnixTime) -> bool {
+        now < self.expires_at.minus(self.skew)
     }
 
     fn to_token(&self) -> AccessToken {
@@ -66,19 +69,19 @@ impl TokenCache {
 
     /// The slot's token while `now < expires_at - skew`; an entry past that point is
     /// removed (R-REFRESH-15).
-    pub(crate) fn get(&self, slot: &Slot, now: UnixTime, skew: Duration) -> Lookup {
+    pub(crate) fn get(&self, slot: &Slot, now: UnixTime) -> Lookup {
         {
             let map = self.read();
             match entry(&map, slot) {
                 None => return Lookup::Miss,
-                Some(e) if e.fresh(now, skew) => return Lookup::Hit(e.to_token()),
+                Some(e) if e.fresh(now) => return Lookup::Hit(e.to_token()),
                 Some(_) => {}
             }
         }
         // Stale: remove it, unless a fresher one replaced it meanwhile.
         let mut map = self.write();
         if let Some(e) = entry(&map, slot)
-            && e.fresh(now, skew)
+            && e.fresh(now)
         {
             return Lookup::Hit(e.to_token());
         }
@@ -176,6 +179,7 @@ mod tests {
         Entry {
             token: Arc::new(Secret::new("tok")),
             expires_at: UnixTime::from_secs(exp),
+            skew: Duration::from_secs(60),
             scopes: None,
             row_id: "r".into(),
             generation: 1,
@@ -185,14 +189,13 @@ mod tests {
     #[test]
     fn served_until_skew_then_removed_on_read() {
         let c = TokenCache::default();
-        let skew = Duration::from_secs(60);
         assert!(c.insert_if(&slot(Some("u")), e(1000), || true));
         assert!(matches!(
-            c.get(&slot(Some("u")), UnixTime::from_secs(939), skew),
+            c.get(&slot(Some("u")), UnixTime::from_secs(939)),
             Lookup::Hit(_)
         ));
         assert!(matches!(
-            c.get(&slot(Some("u")), UnixTime::from_secs(940), skew),
+            c.get(&slot(Some("u")), UnixTime::from_secs(940)),
             Lookup::Miss
         ));
         assert_eq!(c.len(), 0, "the stale entry was removed when read");

@@ -2,7 +2,8 @@
 //! a refresh grant (R-REFRESH-1..17).
 //!
 //! The path of [`TokenService::access_token`]:
-//! 1. **Cache** (R-REFRESH-1, R-REFRESH-15): a hit while `now < expires_at − skew`,
+//! 1. **Cache** (R-REFRESH-1, R-REFRESH-15): a hit while `now < expires_at − skew`
+//!    (the skew at most half the token's lifetime, so short-lived tokens are served),
 //!    under a shared lock that is never held across an await; stale entries go on read.
 //! 2. **Slot lock** (R-REFRESH-3): one FIFO async mutex per slot; the cache is checked
 //!    again once it is held, so waiters reuse their predecessor's token.
@@ -208,7 +209,7 @@ impl TokenService {
 
     /// The slot's cached token while it is fresh (counted as a hit).
     fn cached(&self, slot: &Slot) -> Option<AccessToken> {
-        match self.cache.get(slot, self.clock.now(), self.opts.skew) {
+        match self.cache.get(slot, self.clock.now()) {
             Lookup::Hit(t) => {
                 bump(&self.counters.cache_hits);
                 Some(t)
@@ -371,12 +372,14 @@ impl TokenService {
         let Some(envelope) = row.access_token.as_deref() else {
             return Ok(None);
         };
+        // The row was written when its access token was obtained.
+        let obtained = UnixTime::from_secs(u64::try_from(row.updated_at).unwrap_or(0));
         let expires_at = match row.access_expires_at {
             Some(e) => UnixTime::from_secs(u64::try_from(e).unwrap_or(0)),
-            None => UnixTime::from_secs(u64::try_from(row.updated_at).unwrap_or(0))
-                .plus(self.opts.default_token_ttl),
+            None => obtained.plus(self.opts.default_token_ttl),
         };
-        if self.clock.now() >= expires_at.minus(self.opts.skew) {
+        let skew = self.skew_for(obtained, expires_at);
+        if self.clock.now() >= expires_at.minus(skew) {
             return Ok(None);
         }
         let token = self.open(envelope, ACCESS_TOKEN, &row.id)?;
@@ -385,19 +388,28 @@ impl TokenService {
             expires_at: Some(expires_at),
             scopes: row.scopes.as_deref().map(Arc::from),
         };
-        self.fill(slot, &t, &row.id, row.generation, ticket, epoch);
+        self.fill(slot, &t, skew, (&row.id, row.generation), ticket, epoch);
         bump(&self.counters.store_hits);
         tracing::debug!(event = "token.store_hit", tenant = %slot.tenant, server = %slot.server, row = %row.id);
         Ok(Some(t))
     }
 
-    /// Caches `t` unless the slot was evicted since `epoch` was read.
+    /// How long before `expires_at` a token obtained at `obtained` stops being served:
+    /// the configured skew (R-REFRESH-1), but at most half the token's lifetime. A token
+    /// that lives no longer than the skew (an authorization server issuing 30 s tokens)
+    /// would otherwise never be served at all, and every call would make a grant.
+    fn skew_for(&self, obtained: UnixTime, expires_at: UnixTime) -> Duration {
+        self.opts.skew.min(expires_at.since(obtained) / 2)
+    }
+
+    /// Caches `t` (served until `skew` before it expires) under the credential row
+    /// `(id, generation)`, unless the slot was evicted since `epoch` was read.
     fn fill(
         &self,
         slot: &Slot,
         t: &AccessToken,
-        row_id: &str,
-        generation: i64,
+        skew: Duration,
+        (row_id, generation): (&str, i64),
         ticket: &Ticket<'_>,
         epoch: u64,
     ) -> bool {
@@ -407,6 +419,7 @@ impl TokenService {
         let entry = Entry {
             token: t.token.clone(),
             expires_at,
+            skew,
             scopes: t.scopes.clone(),
             row_id: row_id.to_owned(),
             generation,
@@ -537,6 +550,7 @@ impl TokenService {
             .map(Duration::from_secs)
             .unwrap_or(self.opts.default_token_ttl);
         let expires_at = now.plus(lifetime);
+        let skew = self.skew_for(now, expires_at);
         let new_refresh = if refreshed.rotated {
             tokens.refresh_token
         } else {
@@ -554,7 +568,7 @@ impl TokenService {
         {
             Ok(true) => {
                 tracing::debug!(event = "token.write_back", tenant = %slot.tenant, server = %slot.server, row = %row.id, rotated = refreshed.rotated);
-                self.fill(slot, &t, &row.id, row.generation + 1, ticket, epoch);
+                self.fill(slot, &t, skew, (&row.id, row.generation + 1), ticket, epoch);
             }
             Ok(false) => {
                 // Deleted or replaced meanwhile: nothing is resurrected, nothing cached.
@@ -564,7 +578,7 @@ impl TokenService {
             Err(e) => {
                 bump(&self.counters.write_backs_failed);
                 tracing::error!(event = "token.write_back_failed", tenant = %slot.tenant, server = %slot.server, row = %row.id, error = %e);
-                self.fill(slot, &t, &row.id, row.generation, ticket, epoch);
+                self.fill(slot, &t, skew, (&row.id, row.generation), ticket, epoch);
             }
         }
         t

@@ -62,7 +62,11 @@ impl Fx {
     }
 
     async fn new(store: Arc<dyn Store>) -> Self {
-        let server = ScriptedServer::start(AsConfig::default()).await.unwrap();
+        Self::with_as(store, AsConfig::default()).await
+    }
+
+    async fn with_as(store: Arc<dyn Store>, cfg: AsConfig) -> Self {
+        let server = ScriptedServer::start(cfg).await.unwrap();
         let tenant = format!("t-{}", new_id());
         store
             .create_server(
@@ -203,6 +207,7 @@ on_both_backends!(
     not_connected,
     forced_refresh_waiter_reuses_the_fresh_token,
     queued_callers_share_an_authorization_server_failure,
+    short_lived_tokens_are_served_for_half_their_lifetime,
 );
 
 /// Test 1 (R-REFRESH-1): the second call is served from memory.
@@ -628,4 +633,37 @@ async fn queued_callers_share_an_authorization_server_failure(store: Arc<dyn Sto
     let t = svc.access_token(&fx.slot, false).await.unwrap();
     assert!(!tok(&t).is_empty());
     assert_eq!(fx.grants(), 2, "the stored refresh token still worked");
+}
+
+/// R-REFRESH-1 with tokens that live no longer than the skew: a 30 s token is served
+/// (from memory, and by a cold instance from the store) until half its lifetime is
+/// left, instead of never, which made every call a grant.
+async fn short_lived_tokens_are_served_for_half_their_lifetime(store: Arc<dyn Store>) {
+    let fx = Fx::with_as(
+        store,
+        AsConfig {
+            access_ttl: 30,
+            ..AsConfig::default()
+        },
+    )
+    .await;
+    fx.deposit_expired().await;
+    let svc = fx.service();
+    let a = svc.access_token(&fx.slot, false).await.unwrap();
+    assert_eq!(fx.grants(), 1);
+    fx.clock.advance(Duration::from_secs(14));
+    let b = svc.access_token(&fx.slot, false).await.unwrap();
+    assert_eq!(tok(&a), tok(&b), "served from memory");
+    let cold = fx.service();
+    let c = cold.access_token(&fx.slot, false).await.unwrap();
+    assert_eq!(
+        tok(&a),
+        tok(&c),
+        "a cold instance reuses the persisted token"
+    );
+    assert_eq!(fx.grants(), 1);
+    fx.clock.advance(Duration::from_secs(1));
+    let d = svc.access_token(&fx.slot, false).await.unwrap();
+    assert_ne!(tok(&a), tok(&d), "refreshed with half the lifetime left");
+    assert_eq!(fx.grants(), 2);
 }
