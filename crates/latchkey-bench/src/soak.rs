@@ -13,7 +13,8 @@
 //! The token service refreshes [`DEFAULT_SKEW`] before an access token expires, so the
 //! authorization server issues `expires_in = expiry + skew` by default: Latchkey then
 //! needs a new token every `--expiry-seconds`. (`--expires-in` sets the issued lifetime
-//! directly; at or below the skew every request finds the token stale.)
+//! directly; a token living less than twice the skew is refreshed with half its
+//! lifetime left.)
 //!
 //! Reported: requests, errors (a status other than 200, a JSON-RPC error, a tool error
 //! or a wrong answer: must be 0), refresh grants served by the authorization server
@@ -284,8 +285,11 @@ pub(crate) async fn run(a: SoakArgs) -> anyhow::Result<()> {
     if a.seconds <= a.warmup_seconds {
         bail!("--seconds must be longer than --warmup-seconds");
     }
-    let skew = DEFAULT_SKEW.as_secs();
-    let expires_in = a.expires_in.unwrap_or(a.expiry_seconds + skew);
+    let expires_in = a
+        .expires_in
+        .unwrap_or(a.expiry_seconds + DEFAULT_SKEW.as_secs());
+    // As the token service applies it: at most half the token's lifetime.
+    let skew = DEFAULT_SKEW.as_secs().min(expires_in / 2);
     let auth = ScriptedServer::start(AsConfig {
         access_ttl: expires_in,
         rotate_refresh_tokens: true,
