@@ -290,3 +290,58 @@ async fn a_thousand_concurrent_calls_on_an_expired_slot_make_one_refresh() {
     assert_eq!(upstream.reuse_detections(), 0);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// An upstream that reads any body, however large, and answers 200 with its length.
+async fn unlimited_upstream() -> String {
+    async fn sink(body: axum::body::Body) -> axum::Json<Value> {
+        let n = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_or(0, |b| b.len());
+        axum::Json(json!({"jsonrpc": "2.0", "id": 1, "result": {"read": n}}))
+    }
+    let app = axum::Router::new().route("/mcp", axum::routing::post(sink));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/mcp")
+}
+
+/// A chunked upload (no length to refuse up front) crossing the proxy's limit is cut
+/// off there and answered with the typed 413, even by an upstream that would read it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_upload_over_the_limit_is_cut_off_with_a_typed_413() {
+    let scripted = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (base, _, dir, _) = connected(&scripted, super::Backend::Sqlite).await;
+    let (status, server) = super::post(
+        &format!("{base}/v1/servers"),
+        json!({"name": "sink", "url": unlimited_upstream().await, "auth_type": "none"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{server}");
+    let url = format!("{base}/mcp/{}", server["id"].as_str().unwrap());
+    let send = |total: usize| {
+        let chunk = bytes::Bytes::from(vec![b' '; 64 * 1024]);
+        let chunks = (0..total / chunk.len()).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
+        super::client()
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )))
+            .send()
+    };
+    // Under the limit (and over the replay limit): streamed through, read whole.
+    let r = send(2 * 1024 * 1024).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"]["read"], 2 * 1024 * 1024);
+    // Over it: the typed 413.
+    let r = send(latchkey_gateway::proxy::BODY_LIMIT + 1024 * 1024)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "payload_too_large");
+    let _ = std::fs::remove_dir_all(dir);
+}
