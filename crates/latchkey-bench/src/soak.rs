@@ -10,11 +10,12 @@
 //! keep-alive connections, each request on its own schedule (open loop: a slow answer
 //! does not lower the rate).
 //!
-//! The token service refreshes [`DEFAULT_SKEW`] before an access token expires, so the
-//! authorization server issues `expires_in = expiry + skew` by default: Latchkey then
-//! needs a new token every `--expiry-seconds`. (`--expires-in` sets the issued lifetime
-//! directly; a token living less than twice the skew is refreshed with half its
-//! lifetime left.)
+//! The token service refreshes a token `skew` before it expires: [`DEFAULT_SKEW`] (60 s),
+//! but at most half the token's lifetime. So the authorization server issues
+//! `expires_in = min(expiry + 60, 2 × expiry)` by default (90 s tokens refreshed 60 s
+//! early when the expiry is 90 s; 60 s tokens refreshed 30 s early when it is 30 s):
+//! Latchkey then needs a new token every `--expiry-seconds`. (`--expires-in` sets the
+//! issued lifetime directly; the expiries are then counted every `expires_in − skew`.)
 //!
 //! Reported: requests, errors (a status other than 200, a JSON-RPC error, a tool error
 //! or a wrong answer: must be 0), refresh grants served by the authorization server
@@ -55,8 +56,8 @@ pub(crate) struct SoakArgs {
     /// Seconds between token expiries: how often Latchkey needs a new access token.
     #[arg(long, default_value_t = 30)]
     expiry_seconds: u64,
-    /// The `expires_in` the authorization server issues (default: expiry-seconds plus
-    /// the token service's 60 s refresh skew).
+    /// The `expires_in` the authorization server issues (default: the lifetime the
+    /// token service refreshes every expiry-seconds, min(expiry + 60, 2 × expiry)).
     #[arg(long)]
     expires_in: Option<u64>,
     /// Keep-alive connections the requests are spread over.
@@ -285,11 +286,20 @@ pub(crate) async fn run(a: SoakArgs) -> anyhow::Result<()> {
     if a.seconds <= a.warmup_seconds {
         bail!("--seconds must be longer than --warmup-seconds");
     }
-    let expires_in = a
-        .expires_in
-        .unwrap_or(a.expiry_seconds + DEFAULT_SKEW.as_secs());
-    // As the token service applies it: at most half the token's lifetime.
-    let skew = DEFAULT_SKEW.as_secs().min(expires_in / 2);
+    let max_skew = DEFAULT_SKEW.as_secs();
+    // The token service refreshes `min(max_skew, lifetime / 2)` before expiry, so a
+    // token is renewed every `lifetime − that`: `expiry` for this lifetime.
+    let expires_in = a.expires_in.unwrap_or_else(|| {
+        a.expiry_seconds
+            .saturating_add(max_skew)
+            .min(a.expiry_seconds.saturating_mul(2))
+    });
+    if expires_in < 2 {
+        bail!("--expires-in must be at least 2 s");
+    }
+    let skew = (max_skew as f64).min(expires_in as f64 / 2.0);
+    // Seconds between refreshes as Latchkey sees them (`--expiry-seconds` by default).
+    let interval = expires_in as f64 - skew;
     let auth = ScriptedServer::start(AsConfig {
         access_ttl: expires_in,
         rotate_refresh_tokens: true,
@@ -342,9 +352,10 @@ pub(crate) async fn run(a: SoakArgs) -> anyhow::Result<()> {
 
     println!(
         "soak: {} s, {} req/s over {} keep-alive connections, tools/call through /mcp/{{server}}; \
-         access tokens issued with expires_in {expires_in} s, refreshed {skew} s early: \
-         an expiry every {} s",
-        a.seconds, a.rate, a.clients, a.expiry_seconds
+         access tokens issued with expires_in {expires_in} s, refreshed {skew} s early \
+         (the token service's skew, {max_skew} s at most, at most half the lifetime): \
+         an expiry every {interval} s",
+        a.seconds, a.rate, a.clients
     );
     println!("| t (s) | requests | errors | refresh grants | RSS MB |");
     println!("|---|---|---|---|---|");
@@ -405,7 +416,7 @@ pub(crate) async fn run(a: SoakArgs) -> anyhow::Result<()> {
     let refreshes = last.grants.saturating_sub(first_grants) as u64;
     // The last requests were scheduled before `until`; answers may end a little later.
     let window = until.min(ended).saturating_duration_since(primed);
-    let expiries = window.as_secs() / a.expiry_seconds;
+    let expiries = (window.as_secs_f64() / interval).floor() as u64;
     let sent = last.sent;
     let errors = last.errors;
     let elapsed = ended.saturating_duration_since(started).as_secs_f64();
