@@ -20,8 +20,11 @@
 //! Reported: requests, errors (a status other than 200, a JSON-RPC error, a tool error
 //! or a wrong answer: must be 0), refresh grants served by the authorization server
 //! against expiries elapsed (one per expiry, ±1 for the boundary), and the resident
-//! memory of the `latchkey serve` process after the warm-up and at the end (growth at
-//! most `--max-rss-growth` %). The exit status is non-zero when a check fails.
+//! memory of the `latchkey serve` process after the warm-up and at the end: total RSS,
+//! reported, and its anonymous part (heap and stacks, the process's own allocations),
+//! whose growth must be at most `--max-rss-growth` %. The file-backed rest is mostly the
+//! binary's code paged in as paths first run (shared, reclaimable, bounded by the
+//! binary), which made total RSS creep for minutes without any allocation growing. The exit status is non-zero when a check fails.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,7 +72,7 @@ pub(crate) struct SoakArgs {
     /// Seconds between memory readings (printed as they are taken).
     #[arg(long, default_value_t = 30)]
     sample_seconds: u64,
-    /// Allowed growth of resident memory from the warm-up to the end, in percent.
+    /// Allowed growth of anonymous resident memory from the warm-up to the end, in percent.
     #[arg(long, default_value_t = 10.0)]
     max_rss_growth: f64,
 }
@@ -106,6 +109,9 @@ struct Target {
 struct Sample {
     t: u64,
     rss_kib: u64,
+    /// The anonymous part of RSS (heap, stacks): the process's own allocations. The rest
+    /// is file-backed, mostly the binary's code paged in as paths are first run.
+    anon_kib: u64,
     sent: u64,
     errors: u64,
     grants: usize,
@@ -357,23 +363,25 @@ pub(crate) async fn run(a: SoakArgs) -> anyhow::Result<()> {
          an expiry every {interval} s",
         a.seconds, a.rate, a.clients
     );
-    println!("| t (s) | requests | errors | refresh grants | RSS MB |");
-    println!("|---|---|---|---|---|");
+    println!("| t (s) | requests | errors | refresh grants | RSS MB | anonymous MB |");
+    println!("|---|---|---|---|---|---|");
     let sample = |t: u64| Sample {
         t,
         rss_kib: crate::rss_kib(pid).unwrap_or(0),
+        anon_kib: crate::status_kib(pid, "RssAnon:").unwrap_or(0),
         sent: tally.sent.load(Ordering::Relaxed),
         errors: tally.errors.load(Ordering::Relaxed),
         grants: auth.grants_served_for("refresh_token"),
     };
     let print = |s: &Sample| {
         println!(
-            "| {} | {} | {} | {} | {:.1} |",
+            "| {} | {} | {} | {} | {:.1} | {:.1} |",
             s.t,
             s.sent,
             s.errors,
             s.grants.saturating_sub(first_grants),
-            mb(s.rss_kib)
+            mb(s.rss_kib),
+            mb(s.anon_kib)
         );
     };
     let mut samples = Vec::new();
@@ -412,7 +420,11 @@ pub(crate) async fn run(a: SoakArgs) -> anyhow::Result<()> {
         .find(|s| s.t >= a.warmup_seconds)
         .copied()
         .unwrap_or(last);
-    let growth = 100.0 * (last.rss_kib as f64 - warm.rss_kib as f64) / warm.rss_kib.max(1) as f64;
+    let pct = |a: u64, b: u64| 100.0 * (b as f64 - a as f64) / a.max(1) as f64;
+    let growth = pct(warm.rss_kib, last.rss_kib);
+    // The check: the process's own memory. File-backed pages (the binary's code, paged
+    // in as paths first run, shared and reclaimable) are reported, not judged.
+    let anon_growth = pct(warm.anon_kib, last.anon_kib);
     let refreshes = last.grants.saturating_sub(first_grants) as u64;
     // The last requests were scheduled before `until`; answers may end a little later.
     let window = until.min(ended).saturating_duration_since(primed);
@@ -423,15 +435,17 @@ pub(crate) async fn run(a: SoakArgs) -> anyhow::Result<()> {
 
     println!();
     println!(
-        "| requests | req/s | errors | refresh grants | expiries | RSS after {} s | RSS at end | growth | p50 ms | p99 ms | p99.9 ms |",
-        warm.t
+        "| requests | req/s | errors | refresh grants | expiries | RSS after {} s → end | growth | anonymous after {} s → end | growth | p50 ms | p99 ms | p99.9 ms |",
+        warm.t, warm.t
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {sent} | {:.1} | {errors} | {refreshes} | {expiries} | {:.1} MB | {:.1} MB | {growth:+.1} % | {:.2} | {:.2} | {:.2} |",
+        "| {sent} | {:.1} | {errors} | {refreshes} | {expiries} | {:.1} → {:.1} MB | {growth:+.1} % | {:.1} → {:.1} MB | {anon_growth:+.1} % | {:.2} | {:.2} | {:.2} |",
         sent as f64 / elapsed,
         mb(warm.rss_kib),
         mb(last.rss_kib),
+        mb(warm.anon_kib),
+        mb(last.anon_kib),
         q(0.5),
         q(0.99),
         q(0.999)
@@ -465,11 +479,11 @@ pub(crate) async fn run(a: SoakArgs) -> anyhow::Result<()> {
     if auth.reuse_detections() > 0 {
         failed.push("a rotated-out refresh token was used again".into());
     }
-    if warm.rss_kib == 0 || last.rss_kib == 0 {
+    if warm.anon_kib == 0 || last.anon_kib == 0 {
         failed.push("resident memory could not be read".into());
-    } else if growth > a.max_rss_growth {
+    } else if anon_growth > a.max_rss_growth {
         failed.push(format!(
-            "resident memory grew {growth:.1} % (allowed {} %)",
+            "anonymous resident memory grew {anon_growth:.1} % (allowed {} %)",
             a.max_rss_growth
         ));
     }
