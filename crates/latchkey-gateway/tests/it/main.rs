@@ -15,6 +15,7 @@ mod credentials;
 mod faults;
 mod federated;
 mod flows;
+mod hostile;
 mod identity;
 mod proxy;
 mod servers;

@@ -1,0 +1,1 @@
+//! Hostile cases: see mod.rs.
