@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 pub use message::{EgressRequest, EgressResponse};
-pub use policy::{CheckedUrl, DenyReason, LoopbackPolicy, UrlSource, classify_ip};
+pub use policy::{CheckedUrl, DenyReason, LoopbackPolicy, UrlSource, classify_ip, is_loopback_url};
 pub use resolve::{NameResolver, SystemResolver};
 
 /// Cap for discovery documents (R-DISC-5).
@@ -73,6 +73,15 @@ pub enum EgressError {
     /// Not https (or http without the loopback relaxation).
     #[error("scheme {0:?} is not allowed")]
     SchemeNotAllowed(String),
+    /// Plain http to a host that is not loopback: the loopback relaxation allows http
+    /// to loopback hosts only (R-SEC-10).
+    #[error(
+        "plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, [::1]), not {host}: use https"
+    )]
+    InsecureHttp {
+        /// The host, as the parser spells it.
+        host: String,
+    },
     /// The host is, or resolves to, a refused address.
     #[error("refused {host}: {reason}")]
     AddressDenied {
@@ -113,6 +122,9 @@ impl fmt::Debug for EgressError {
         match self {
             Self::InvalidUrl(m) => f.debug_tuple("InvalidUrl").field(m).finish(),
             Self::SchemeNotAllowed(s) => f.debug_tuple("SchemeNotAllowed").field(s).finish(),
+            Self::InsecureHttp { host } => {
+                f.debug_struct("InsecureHttp").field("host", host).finish()
+            }
             Self::AddressDenied { host, reason } => f
                 .debug_struct("AddressDenied")
                 .field("host", host)

@@ -47,8 +47,13 @@ pub enum UrlSource {
 /// Why an address is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyReason {
-    /// 169.254.0.0/16, fe80::/10 and cloud metadata addresses: refused always.
+    /// 169.254.0.0/16 and fe80::/10 (where most cloud metadata services live): refused
+    /// always.
     LinkLocal,
+    /// A cloud metadata service outside the link-local ranges (Alibaba Cloud, Azure's
+    /// wireserver, the IPv6 metadata addresses of AWS, GCP and others, Oracle's legacy
+    /// address) or a metadata host name: refused always.
+    Metadata,
     /// 0.0.0.0/8 and `::`: refused always (0.0.0.0 reaches loopback on Linux).
     Unspecified,
     /// 127.0.0.0/8, `::1`, `localhost`: only under the loopback relaxation.
@@ -63,18 +68,22 @@ pub enum DenyReason {
     /// 240.0.0.0/4, IETF protocol assignments, documentation, benchmarking, discard-only
     /// and Teredo ranges: never a legitimate OAuth endpoint.
     Reserved,
+    /// A `localhost` name that resolved to an address that is not loopback.
+    NotLoopback,
 }
 
 impl std::fmt::Display for DenyReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             DenyReason::LinkLocal => "link-local or metadata address",
+            DenyReason::Metadata => "cloud metadata address",
             DenyReason::Unspecified => "unspecified address",
             DenyReason::Loopback => "loopback address",
             DenyReason::Private => "private address",
             DenyReason::Multicast => "multicast address",
             DenyReason::Broadcast => "broadcast address",
             DenyReason::Reserved => "reserved address",
+            DenyReason::NotLoopback => "non-loopback address for a localhost name",
         })
     }
 }
@@ -112,11 +121,21 @@ const fn v6(s: [u16; 8], len: u8) -> Ipv6Net {
 /// Refused IPv4 ranges, first match wins. Written out as a table (rather than
 /// `Ipv4Addr::is_*`, several of which are unstable or narrower than needed) so the whole
 /// policy reads in one place.
+///
+/// Cloud metadata services: most answer on 169.254.169.254 (AWS, GCP, Azure, Oracle,
+/// IBM, DigitalOcean, OpenStack, Hetzner, Linode, Vultr…), and the rest of AWS's (ECS
+/// 169.254.170.2, EKS Pod Identity 169.254.170.23, Time Sync 169.254.169.123, DNS
+/// 169.254.169.253), Tencent's 169.254.0.23 and Scaleway's 169.254.42.42 are link-local
+/// too: the whole /16 is refused. The ones outside it are listed first, before the
+/// private and reserved ranges that hold them (so no allow list can open them).
 #[rustfmt::skip]
-const V4_RULES: [(Ipv4Net, DenyReason); 15] = [
+const V4_RULES: [(Ipv4Net, DenyReason); 18] = [
+    (v4(100, 100, 100, 200, 32), DenyReason::Metadata), // Alibaba Cloud (inside CGNAT 100.64/10)
+    (v4(168, 63, 129, 16, 32), DenyReason::Metadata),   // Azure wireserver (public space)
+    (v4(192, 0, 0, 192, 32), DenyReason::Metadata),     // Oracle Cloud legacy metadata
     (v4(0, 0, 0, 0, 8), DenyReason::Unspecified),
     (v4(127, 0, 0, 0, 8), DenyReason::Loopback),
-    (v4(169, 254, 0, 0, 16), DenyReason::LinkLocal),   // metadata 169.254.169.254, ECS 169.254.170.2
+    (v4(169, 254, 0, 0, 16), DenyReason::LinkLocal),   // metadata 169.254.169.254, ECS 169.254.170.2…
     (v4(10, 0, 0, 0, 8), DenyReason::Private),
     (v4(172, 16, 0, 0, 12), DenyReason::Private),
     (v4(192, 168, 0, 0, 16), DenyReason::Private),
@@ -134,11 +153,17 @@ const V4_RULES: [(Ipv4Net, DenyReason); 15] = [
 /// Refused IPv6 ranges, first match wins, applied after the embedded-IPv4 forms have
 /// been unwrapped.
 #[rustfmt::skip]
-const V6_RULES: [(Ipv6Net, DenyReason); 11] = [
+const V6_RULES: [(Ipv6Net, DenyReason); 16] = [
     (v6([0, 0, 0, 0, 0, 0, 0, 0], 128), DenyReason::Unspecified),
     (v6([0, 0, 0, 0, 0, 0, 0, 1], 128), DenyReason::Loopback),
     (v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10), DenyReason::LinkLocal),
-    (v6([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254], 128), DenyReason::LinkLocal), // AWS metadata, inside fc00::/7
+    // Metadata services inside fc00::/7, before it (so no allow list can open them).
+    (v6([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254], 128), DenyReason::Metadata), // AWS IMDS
+    (v6([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23], 128), DenyReason::Metadata),  // AWS EKS Pod Identity
+    (v6([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x123], 128), DenyReason::Metadata), // AWS Time Sync
+    (v6([0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254], 128), DenyReason::Metadata),  // GCP
+    (v6([0xfd00, 0xa9fe, 0xa9fe, 0, 0, 0, 0, 1], 128), DenyReason::Metadata), // Linode
+    (v6([0xfd00, 0x42, 0, 0, 0, 0, 0, 0x42], 128), DenyReason::Metadata),   // Scaleway
     (v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8), DenyReason::Multicast),
     (v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7), DenyReason::Private),   // unique-local
     (v6([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10), DenyReason::Private),  // deprecated site-local
@@ -206,7 +231,73 @@ fn is_localhost_name(host: &str) -> bool {
     h == "localhost" || h.ends_with(".localhost")
 }
 
+/// Host names of cloud metadata services. Every one of them resolves to an address the
+/// tables refuse, where it resolves at all; they are refused by name too so that the
+/// refusal does not depend on the resolver (a search domain, `/etc/hosts`, or a
+/// provider whose metadata name points at public addresses, as Equinix Metal's does).
+const METADATA_NAMES: &[&str] = &[
+    "metadata",                     // GCP's short name
+    "metadata.google.internal",     // GCP
+    "metadata.goog",                // GCP
+    "instance-data",                // AWS
+    "instance-data.ec2.internal",   // AWS
+    "metadata.tencentyun.com",      // Tencent Cloud
+    "metadata.platformequinix.com", // Equinix Metal
+    "metadata.packet.net",          // Equinix Metal (Packet)
+];
+
+fn is_metadata_name(host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    METADATA_NAMES.contains(&h.as_str())
+}
+
+/// Whether `host` names this machine by itself: an address in 127.0.0.0/8 or `::1` (or
+/// an IPv6 spelling of a 127/8 address), `localhost`, or a name under `localhost.`.
+///
+/// RFC 6761 §6.3 reserves the whole `localhost.` domain for loopback (and browsers treat
+/// `*.localhost` as potentially trustworthy), so `a.localhost` counts; because a system
+/// resolver may still send such a name to DNS, the guarded resolver refuses a
+/// `localhost` name whose answer holds any address that is not loopback.
+fn is_loopback_host(host: &Host<&str>) -> bool {
+    match host {
+        Host::Ipv4(ip) => is_loopback_ip((*ip).into()),
+        Host::Ipv6(ip) => is_loopback_ip((*ip).into()),
+        Host::Domain(d) => {
+            is_localhost_name(d)
+                || d.trim_end_matches('.')
+                    .parse::<IpAddr>()
+                    .is_ok_and(is_loopback_ip)
+        }
+    }
+}
+
+/// Whether `raw` is an http(s) URL whose host is loopback (see the egress policy: the
+/// only hosts plain `http://` may reach). For other components' URL checks (Latchkey's
+/// own public URL, whose callback an authorization server redirects the browser to).
+pub fn is_loopback_url(raw: &str) -> bool {
+    Url::parse(raw).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.username().is_empty()
+            && u.password().is_none()
+            && u.host().is_some_and(|h| is_loopback_host(&h))
+    })
+}
+
+/// Whether `ip` is loopback (127.0.0.0/8, `::1`, or an IPv6 spelling of 127/8).
+pub(crate) fn is_loopback_ip(ip: IpAddr) -> bool {
+    classify_raw(ip) == Some(DenyReason::Loopback)
+}
+
+/// Whether `host` (as given to the resolver) is a `localhost` name, whose addresses
+/// must all be loopback.
+pub(crate) fn must_resolve_to_loopback(host: &str) -> bool {
+    is_localhost_name(host)
+}
+
 /// The static checks: WHATWG parse, scheme, no userinfo, host classification.
+///
+/// Plain `http://` passes only under the loopback relaxation and only to a loopback
+/// host (R-SEC-10): `localhost` and names under it, 127.0.0.0/8, `[::1]`.
 pub(crate) fn check_url(
     raw: &str,
     source: UrlSource,
@@ -216,15 +307,16 @@ pub(crate) fn check_url(
     // The parser error says what is wrong without echoing the input (it may be a secret).
     let url = Url::parse(raw)
         .map_err(|e| EgressError::InvalidUrl(format!("not an absolute URL: {e}")))?;
-    match url.scheme() {
-        "https" => {}
-        "http" if relaxed => {}
+    let plain_http = match url.scheme() {
+        "https" => false,
+        "http" if relaxed => true,
         other => return Err(EgressError::SchemeNotAllowed(other.to_owned())),
-    }
-    // `https://evil.com@127.0.0.1/` reads differently to people and parsers: refuse it.
+    };
+    // `https://evil.com@127.0.0.1/` reads differently to people and parsers: refuse any
+    // userinfo, even an empty user with a password (`https://:p@h/`).
     if !url.username().is_empty() || url.password().is_some() {
         return Err(EgressError::InvalidUrl(
-            "credentials in the URL are not allowed".into(),
+            "credentials (user:password@) in the URL are not allowed".into(),
         ));
     }
     let verdict = match url.host() {
@@ -232,6 +324,7 @@ pub(crate) fn check_url(
         // IPv6 zone ids (`[fe80::1%25eth0]`) do not parse, so they never get this far.
         Some(Host::Ipv4(ip)) => classify_ip(ip.into(), source, cfg),
         Some(Host::Ipv6(ip)) => classify_ip(ip.into(), source, cfg),
+        Some(Host::Domain(d)) if is_metadata_name(d) => Err(DenyReason::Metadata),
         Some(Host::Domain(d)) if is_localhost_name(d) => {
             if relaxed {
                 Ok(())
@@ -246,18 +339,22 @@ pub(crate) fn check_url(
             Err(_) => Ok(()), // a name: the guarded resolver checks its addresses
         },
     };
-    match verdict {
-        Ok(()) => Ok(CheckedUrl { url }),
-        Err(reason) => Err(EgressError::AddressDenied {
-            // As the parser spells it: IPv6 without brackets, names as normalised.
-            host: match url.host() {
-                Some(Host::Ipv6(ip)) => ip.to_string(),
-                Some(h) => h.to_string(),
-                None => String::new(),
-            },
+    // As the parser spells it: IPv6 without brackets, names as normalised.
+    let host_text = || match url.host() {
+        Some(Host::Ipv6(ip)) => ip.to_string(),
+        Some(h) => h.to_string(),
+        None => String::new(),
+    };
+    if let Err(reason) = verdict {
+        return Err(EgressError::AddressDenied {
+            host: host_text(),
             reason,
-        }),
+        });
     }
+    if plain_http && !url.host().is_some_and(|h| is_loopback_host(&h)) {
+        return Err(EgressError::InsecureHttp { host: host_text() });
+    }
+    Ok(CheckedUrl { url })
 }
 
 #[cfg(test)]
@@ -306,7 +403,12 @@ mod tests {
             ("::1", Some(Loopback)),
             ("::2", Some(Unspecified)), // compatible form of 0.0.0.2
             ("fe80::1", Some(LinkLocal)),
-            ("fd00:ec2::254", Some(LinkLocal)),
+            ("fd00:ec2::254", Some(Metadata)),
+            ("100.100.100.200", Some(Metadata)),
+            ("100.100.100.201", Some(Private)),
+            ("168.63.129.16", Some(Metadata)),
+            ("192.0.0.192", Some(Metadata)),
+            ("fd20:ce::254", Some(Metadata)),
             ("fd00:ec2::253", Some(Private)),
             ("fec0::1", Some(Private)),
             ("64:ff9b:1::a00:1", Some(Private)),

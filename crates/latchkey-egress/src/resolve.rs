@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::EgressConfig;
-use crate::policy::{DenyReason, UrlSource, classify_ip};
+use crate::policy::{DenyReason, UrlSource, classify_ip, is_loopback_ip, must_resolve_to_loopback};
 
 /// Resolves host names. Injected so tests can play a rebinding DNS server.
 #[async_trait::async_trait]
@@ -64,9 +64,19 @@ impl reqwest::dns::Resolve for GuardedResolve {
                 return Err(format!("{host}: no addresses").into());
             }
             // One denied address fails the whole name: connecting to "the good one" would
-            // leave the choice to the attacker's ordering and to fallback on failure.
+            // leave the choice to the attacker's ordering and to fallback on failure. A
+            // `localhost` name (the only names plain http may reach) must resolve to
+            // loopback addresses only.
+            let loopback_only = must_resolve_to_loopback(&host);
             for a in &mut addrs {
-                if let Err(reason) = classify_ip(a.ip(), source, &cfg) {
+                let verdict = classify_ip(a.ip(), source, &cfg).and_then(|()| {
+                    if loopback_only && !is_loopback_ip(a.ip()) {
+                        Err(DenyReason::NotLoopback)
+                    } else {
+                        Ok(())
+                    }
+                });
+                if let Err(reason) = verdict {
                     tracing::debug!(event = "egress.address_denied", host = %host, %reason);
                     return Err(Denied { host, reason }.into());
                 }

@@ -201,7 +201,7 @@ async fn one_denied_address_in_an_answer_fails_the_request() {
     let e = Egress::with_resolver(relaxed_cfg(), dns).unwrap();
     let err = e
         .send(EgressRequest::get(
-            format!("http://mixed.test:{}/", srv.addr.port()),
+            format!("http://mixed.localhost:{}/", srv.addr.port()),
             UrlSource::Operator,
             1024,
         ))
@@ -252,7 +252,7 @@ async fn the_connection_goes_to_the_resolvers_checked_address() {
     let e = Egress::with_resolver(relaxed_cfg(), dns.clone()).unwrap();
     let r = e
         .send(EgressRequest::get(
-            format!("http://upstream.test:{}/x", srv.addr.port()),
+            format!("http://upstream.localhost:{}/x", srv.addr.port()),
             UrlSource::Operator,
             1024,
         ))
@@ -265,7 +265,7 @@ async fn the_connection_goes_to_the_resolvers_checked_address() {
     assert_eq!(dns.calls(), 1);
     let head = srv.last_request();
     assert!(head.starts_with("GET /x HTTP/1.1\r\n"), "{head}");
-    assert!(head.contains("host: upstream.test:"), "{head}");
+    assert!(head.contains("host: upstream.localhost:"), "{head}");
     assert!(head.contains("user-agent: latchkey/"), "{head}");
 }
 

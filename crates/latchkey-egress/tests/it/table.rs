@@ -11,6 +11,8 @@ enum V {
     Pass,
     D(DenyReason),
     Scheme,
+    /// Plain http to a host that is not loopback, under the relaxation.
+    Insecure,
     Invalid,
 }
 
@@ -21,6 +23,7 @@ fn verdict(e: &Egress, url: &str, source: UrlSource) -> V {
         Ok(_) => Pass,
         Err(EgressError::AddressDenied { reason, .. }) => D(reason),
         Err(EgressError::SchemeNotAllowed(_)) => Scheme,
+        Err(EgressError::InsecureHttp { .. }) => Insecure,
         Err(EgressError::InvalidUrl(_)) => Invalid,
         Err(other) => panic!("unexpected {other:?} for {url}"),
     }
@@ -66,7 +69,7 @@ fn rows() -> Vec<(&'static str, UrlSource, V, V)> {
         ("https://169.254.170.2/v2/credentials", Op, D(LinkLocal), D(LinkLocal)),
         ("https://[fe80::1]/", Op, D(LinkLocal), D(LinkLocal)),
         ("https://[febf::1]/", Op, D(LinkLocal), D(LinkLocal)),
-        ("https://[fd00:ec2::254]/", Op, D(LinkLocal), D(LinkLocal)),
+        ("https://[fd00:ec2::254]/", Op, D(Metadata), D(Metadata)),
         ("https://[::ffff:169.254.169.254]/", Op, D(LinkLocal), D(LinkLocal)),
         ("https://[::ffff:a9fe:a9fe]/", Op, D(LinkLocal), D(LinkLocal)),
         ("https://[64:ff9b::a9fe:a9fe]/", Op, D(LinkLocal), D(LinkLocal)),
@@ -142,7 +145,7 @@ fn rows() -> Vec<(&'static str, UrlSource, V, V)> {
         // WHATWG reads `\` as `/` in special schemes: the host is example.com, as in browsers
         ("https://example.com\\@127.0.0.1/", Op, Pass, Pass),
         // schemes
-        ("http://example.com/", Op, Scheme, Pass),
+        ("http://example.com/", Op, Scheme, Insecure),
         ("file:///etc/passwd", Op, Scheme, Scheme),
         ("ftp://example.com/", Op, Scheme, Scheme),
         ("gopher://127.0.0.1:70/", Op, Scheme, Scheme),
@@ -173,6 +176,139 @@ fn rows() -> Vec<(&'static str, UrlSource, V, V)> {
         ("https://[2002:808:808::1]/", Rem, Pass, Pass), // 6to4 of a public address
         ("https://example.com:8443/a?b=c#d", Rem, Pass, Pass),
     ]
+}
+
+/// Issue 15, items 10 and 11: what a hostile reviewer got through. Cloud metadata
+/// addresses and names, refused in every configuration and for every source; userinfo
+/// in every spelling; plain http only to loopback hosts under the relaxation.
+#[rustfmt::skip]
+fn hostile_rows() -> Vec<(&'static str, UrlSource, V, V)> {
+    vec![
+        // Alibaba Cloud: inside CGNAT 100.64/10, which operators may reach
+        ("https://100.100.100.200/latest/meta-data/", Op, D(Metadata), D(Metadata)),
+        ("https://100.100.100.200/", Rem, D(Metadata), D(Metadata)),
+        ("http://100.100.100.200/", Op, Scheme, D(Metadata)),
+        ("https://1684301000/", Op, D(Metadata), D(Metadata)),           // 100.100.100.200
+        ("https://0x64646464c8/", Op, Invalid, Invalid),                 // not an address
+        ("https://0x646464c8/", Op, D(Metadata), D(Metadata)),
+        ("https://[::ffff:100.100.100.200]/", Op, D(Metadata), D(Metadata)),
+        ("https://[64:ff9b::6464:64c8]/", Op, D(Metadata), D(Metadata)),
+        ("https://[2002:6464:64c8::1]/", Op, D(Metadata), D(Metadata)),
+        ("https://100.100.100.201/", Op, Pass, Pass),                    // the rest of CGNAT: operator
+        // Azure wireserver: public address space
+        ("https://168.63.129.16/machine?comp=goalstate", Op, D(Metadata), D(Metadata)),
+        ("https://168.63.129.16/", Rem, D(Metadata), D(Metadata)),
+        ("https://[::ffff:a83f:8110]/", Op, D(Metadata), D(Metadata)),
+        ("https://168.63.129.17/", Rem, Pass, Pass),
+        // Oracle Cloud legacy
+        ("https://192.0.0.192/opc/v1/instance/", Op, D(Metadata), D(Metadata)),
+        // the link-local ones: AWS IMDS, ECS, EKS Pod Identity, Time Sync, DNS; Tencent; Scaleway
+        ("https://169.254.169.254/", Op, D(LinkLocal), D(LinkLocal)),
+        ("https://169.254.170.2/", Op, D(LinkLocal), D(LinkLocal)),
+        ("https://169.254.170.23/", Op, D(LinkLocal), D(LinkLocal)),
+        ("https://169.254.169.123/", Op, D(LinkLocal), D(LinkLocal)),
+        ("https://169.254.169.253/", Op, D(LinkLocal), D(LinkLocal)),
+        ("https://169.254.0.23/", Op, D(LinkLocal), D(LinkLocal)),
+        ("https://169.254.42.42/", Op, D(LinkLocal), D(LinkLocal)),
+        // IPv6 metadata addresses, inside fc00::/7 (operators may reach the rest of it)
+        ("https://[fd00:ec2::254]/latest/meta-data/", Op, D(Metadata), D(Metadata)),
+        ("https://[fd00:ec2:0:0:0:0:0:254]/", Rem, D(Metadata), D(Metadata)),
+        ("https://[fd00:ec2::23]/", Op, D(Metadata), D(Metadata)),
+        ("https://[fd00:ec2::123]/", Op, D(Metadata), D(Metadata)),
+        ("https://[fd20:ce::254]/", Op, D(Metadata), D(Metadata)),
+        ("https://[fd00:a9fe:a9fe::1]/", Op, D(Metadata), D(Metadata)),
+        ("https://[fd00:42::42]/", Op, D(Metadata), D(Metadata)),
+        ("https://[fe80::a9fe:a9fe]/", Op, D(LinkLocal), D(LinkLocal)),  // OpenStack
+        ("https://[fd00:ec2::253]/", Op, Pass, Pass),                    // AWS DNS: not metadata, private
+        // metadata host names, whatever they resolve to
+        ("https://metadata.google.internal/computeMetadata/v1/", Op, D(Metadata), D(Metadata)),
+        ("https://METADATA.google.internal./", Rem, D(Metadata), D(Metadata)),
+        ("http://metadata.google.internal/", Op, Scheme, D(Metadata)),
+        ("https://metadata.goog/", Op, D(Metadata), D(Metadata)),
+        ("https://metadata/", Op, D(Metadata), D(Metadata)),
+        ("https://instance-data/", Op, D(Metadata), D(Metadata)),
+        ("https://instance-data.ec2.internal/", Op, D(Metadata), D(Metadata)),
+        ("https://metadata.tencentyun.com/", Op, D(Metadata), D(Metadata)),
+        ("https://metadata.platformequinix.com/", Op, D(Metadata), D(Metadata)),
+        ("https://metadata.packet.net/", Op, D(Metadata), D(Metadata)),
+        ("https://metadata.example.com/", Op, Pass, Pass),
+        // userinfo: refused under both policies, loopback or not
+        ("http://a@127.0.0.1/", Op, Scheme, Invalid),
+        ("http://a@localhost:8080/", Op, Scheme, Invalid),
+        ("http://u:p@127.0.0.1:8080/mcp", Op, Scheme, Invalid),
+        ("http://u:p@example.com/", Op, Scheme, Invalid),
+        ("https://a@example.com/", Op, Invalid, Invalid),
+        ("https://u:p@127.0.0.1/", Op, Invalid, Invalid),
+        ("https://:p@example.com/", Op, Invalid, Invalid),               // password, no user
+        ("https://u:@example.com/", Op, Invalid, Invalid),               // user, empty password
+        ("https://%40@example.com/", Op, Invalid, Invalid),              // an encoded @ in the user
+        ("https://a@b@example.com/", Op, Invalid, Invalid),              // WHATWG: user "a%40b"
+        ("https://ext@127.0.0.1/", Rem, Invalid, Invalid),
+        // WHATWG: `/` ends the authority, so `ext` is the host and `/@127.0.0.1` the path
+        ("https://ext/@127.0.0.1", Op, Pass, Pass),
+        ("http://ext/@127.0.0.1", Op, Scheme, Insecure),
+        ("http://localhost/@10.1.2.3", Op, Scheme, Pass),
+        // plain http: loopback hosts only, under the relaxation (R-SEC-10)
+        ("http://10.1.2.3/mcp", Op, Scheme, Insecure),
+        ("http://example.test/mcp", Op, Scheme, Insecure),
+        ("http://192.168.1.1/", Op, Scheme, Insecure),
+        ("http://[fd12:3456::1]/", Op, Scheme, Insecure),
+        ("http://93.184.216.34/", Rem, Scheme, Insecure),
+        ("http://localhost.example.com/", Op, Scheme, Insecure),
+        ("http://notlocalhost/", Op, Scheme, Insecure),
+        ("http://127.0.0.1/", Op, Scheme, Pass),
+        ("http://127.9.8.7:9/", Rem, Scheme, Pass),
+        ("http://[::1]/", Op, Scheme, Pass),
+        ("http://[::ffff:127.0.0.1]/", Op, Scheme, Pass),
+        ("http://localhost/", Op, Scheme, Pass),
+        ("http://LOCALHOST.:8080/", Op, Scheme, Pass),
+        ("http://mcp.localhost/", Op, Scheme, Pass),                     // RFC 6761 §6.3
+        ("http://127.0.0.1../", Op, Scheme, Pass),
+        // https to a non-loopback host is unaffected by the relaxation
+        ("https://10.1.2.3/mcp", Op, Pass, Pass),
+        ("https://example.test/mcp", Op, Pass, Pass),
+    ]
+}
+
+#[test]
+fn hostile_metadata_userinfo_and_loopback_http_table() {
+    let strict = super::strict();
+    let relaxed = super::relaxed();
+    let mut failures = Vec::new();
+    for (url, source, want_strict, want_relaxed) in hostile_rows() {
+        for (policy, e, want) in [
+            ("strict", &strict, want_strict),
+            ("relaxed", &relaxed, want_relaxed.clone()),
+        ] {
+            let got = verdict(e, url, source);
+            if got != want {
+                failures.push(format!(
+                    "{policy} {url:?} {source:?}: want {want:?}, got {got:?}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    // The allow list never opens a metadata address, not even one inside a range it names.
+    let e = Egress::new(EgressConfig {
+        private_allow_list: vec![
+            "100.64.0.0/10".parse().unwrap(),
+            "fc00::/7".parse().unwrap(),
+        ],
+        ..EgressConfig::default()
+    })
+    .unwrap();
+    assert_eq!(verdict(&e, "https://100.100.100.200/", Rem), D(Metadata));
+    assert_eq!(verdict(&e, "https://[fd00:ec2::254]/", Rem), D(Metadata));
+    assert_eq!(verdict(&e, "https://100.100.100.199/", Rem), Pass);
+    // The refusal of plain http names the host and says what would do.
+    let err = relaxed.check_url("http://10.1.2.3/mcp", Op).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("10.1.2.3") && text.contains("loopback") && text.contains("https"),
+        "{text}"
+    );
+    assert!(!err.is_retryable());
 }
 
 #[test]
@@ -247,8 +383,96 @@ fn private_allow_list_admits_remote_urls() {
     })
     .unwrap();
     assert_eq!(verdict(&e, "https://169.254.169.254/", Rem), D(LinkLocal));
-    assert_eq!(verdict(&e, "https://[fd00:ec2::254]/", Rem), D(LinkLocal));
+    assert_eq!(verdict(&e, "https://[fd00:ec2::254]/", Rem), D(Metadata));
     assert_eq!(verdict(&e, "https://127.0.0.1/", Rem), D(Loopback));
     assert_eq!(verdict(&e, "https://0.0.0.0/", Rem), D(Unspecified));
     assert_eq!(verdict(&e, "https://224.0.0.1/", Rem), D(Multicast));
+}
+
+/// Names are checked by their addresses when a request is sent: a name that resolves to
+/// a metadata address is refused, and a `localhost` name (which plain http may reach
+/// under the relaxation) must resolve to loopback addresses only.
+#[tokio::test]
+async fn hostile_names_are_judged_by_their_resolved_addresses() {
+    use latchkey_egress::EgressRequest;
+
+    use super::{Scripted, assert_denied, ip, relaxed_cfg};
+
+    let srv = super::Server::start(super::server::ok("ok")).await;
+    let port = srv.addr.port();
+    let cases = [
+        // (url, answer, policy relaxed?, refusal)
+        (
+            "https://alibaba.test/",
+            vec!["100.100.100.200"],
+            false,
+            Metadata,
+        ),
+        ("https://wire.test/", vec!["168.63.129.16"], false, Metadata),
+        ("https://v6.test/", vec!["fd00:ec2::254"], false, Metadata),
+        (
+            "https://gcp.test/",
+            vec!["169.254.169.254"],
+            true,
+            LinkLocal,
+        ),
+        (
+            "http://evil.localhost:{port}/",
+            vec!["10.1.2.3"],
+            true,
+            NotLoopback,
+        ),
+        (
+            "http://localhost:{port}/",
+            vec!["127.0.0.1", "192.168.1.1"],
+            true,
+            NotLoopback,
+        ),
+        (
+            "https://a.localhost:{port}/",
+            vec!["93.184.216.34"],
+            true,
+            NotLoopback,
+        ),
+        (
+            "http://mixed.localhost:{port}/",
+            vec!["::1", "fd00:ec2::254"],
+            true,
+            Metadata,
+        ),
+    ];
+    for (url, answer, relax, want) in cases {
+        let url = url.replace("{port}", &port.to_string());
+        let dns = Scripted::new(vec![answer.iter().map(|a| ip(a)).collect()]);
+        let cfg = if relax {
+            relaxed_cfg()
+        } else {
+            EgressConfig::default()
+        };
+        let e = Egress::with_resolver(cfg, dns.clone()).unwrap();
+        assert!(
+            e.check_url(&url, Op).is_ok(),
+            "{url}: the static check passes"
+        );
+        let err = e
+            .send(EgressRequest::get(&url, Op, 1024))
+            .await
+            .expect_err(&url);
+        assert_denied(&err, want);
+        assert_eq!(dns.calls(), 1, "{url}");
+    }
+    // A localhost name answering loopback only is reached.
+    let dns = Scripted::new(vec![vec![ip("127.0.0.1"), ip("::1")]]);
+    let e = Egress::with_resolver(relaxed_cfg(), dns).unwrap();
+    let r = e
+        .send(EgressRequest::get(
+            format!("http://mcp.localhost:{port}/"),
+            Op,
+            1024,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    srv.settle().await;
+    assert_eq!(srv.hits(), 1, "only the loopback-only name connected");
 }
