@@ -22,7 +22,6 @@ use latchkey_broker::token_service::{LeaseOptions, TokenService, TokenServiceOpt
 use latchkey_core::{Secret, SystemClock};
 use latchkey_egress::{Egress, EgressConfig, LoopbackPolicy};
 use latchkey_vault::keyring::StaticKeys;
-use latchkey_vault::rotate::SealedTable;
 use latchkey_vault::store::{ServerRow, new_id};
 use latchkey_vault::{CredentialRow, KeySet, Keyring, Slot, SqliteStore, Store};
 
@@ -75,11 +74,15 @@ impl Ctx {
     async fn deposit(&self, i: usize) -> anyhow::Result<()> {
         let slot = self.slot(i);
         let id = new_id();
-        let seal = |column: &'static str, v: String| {
-            self.keyring
-                .seal(&Secret::new(v), SealedTable::Credentials.aad(column, &id))
-        };
         let base = format!("https://as-{}.example.com", i % self.servers.len().max(1));
+        let mut bound = CredentialRow::new(id.clone(), slot.clone(), format!("{base}/token"), 0);
+        bound.issuer = Some(base.clone());
+        bound.resource = Some(format!(
+            "https://mcp-{}.example.com/mcp",
+            i % self.servers.len().max(1)
+        ));
+        let seal =
+            |column: &'static str, v: String| self.keyring.seal(&Secret::new(v), bound.aad(column));
         let row = CredentialRow {
             id: id.clone(),
             slot: slot.clone(),
@@ -89,6 +92,7 @@ impl Ctx {
                 i % self.servers.len().max(1)
             )),
             token_endpoint: format!("{base}/token"),
+            revocation_endpoint: None,
             client_id: Some("latchkey".into()),
             client_secret: None,
             auth_method: Some("none".into()),

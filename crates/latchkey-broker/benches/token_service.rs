@@ -16,7 +16,6 @@ use latchkey_core::{Clock, Secret, UnixTime};
 use latchkey_egress::{Egress, EgressConfig, LoopbackPolicy};
 use latchkey_testkit::{AsConfig, ScriptedServer};
 use latchkey_vault::keyring::StaticKeys;
-use latchkey_vault::rotate::SealedTable;
 use latchkey_vault::store::{ServerRow, new_id};
 use latchkey_vault::{CredentialRow, KeySet, Keyring, Slot, SqliteStore, Store};
 
@@ -71,10 +70,16 @@ impl Fixture {
     /// refresh token.
     async fn deposit(&self, slot: &Slot, access_until: i64) {
         let id = new_id();
+        let mut bound = CredentialRow::new(
+            id.clone(),
+            slot.clone(),
+            format!("{}/token", self.server.base),
+            0,
+        );
+        bound.issuer = Some(self.server.base.clone());
+        bound.resource = Some(self.server.mcp_url());
         let seal = |col: &'static str, v: &str| {
-            self.keyring
-                .seal(&Secret::new(v), SealedTable::Credentials.aad(col, &id))
-                .unwrap()
+            self.keyring.seal(&Secret::new(v), bound.aad(col)).unwrap()
         };
         let now = i64::try_from(self.clock.now().as_secs()).unwrap();
         let row = CredentialRow {
@@ -83,6 +88,7 @@ impl Fixture {
             issuer: Some(self.server.base.clone()),
             resource: Some(self.server.mcp_url()),
             token_endpoint: format!("{}/token", self.server.base),
+            revocation_endpoint: None,
             client_id: Some("client-1".into()),
             client_secret: None,
             auth_method: Some("none".into()),

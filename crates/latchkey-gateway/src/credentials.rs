@@ -9,7 +9,6 @@ use axum::http::StatusCode;
 use latchkey_core::Secret;
 use latchkey_egress::UrlSource;
 use latchkey_guard::Principal;
-use latchkey_vault::rotate::SealedTable;
 use latchkey_vault::store::{AuditEvent, CredentialRow, ServerRow, Slot, new_id};
 use serde_json::{Value, json};
 
@@ -101,42 +100,38 @@ pub async fn deposit(
     };
     let server = s.server(&p, &server_id).await?;
     let slot = slot_for(&p, &server)?;
-    let id = new_id();
-    let seal = |column: &'static str, v: String| {
-        s.keyring
-            .seal(&Secret::new(v), SealedTable::Credentials.aad(column, &id))
-    };
     let now = s.now();
-    let row = CredentialRow {
-        id: id.clone(),
-        slot: slot.clone(),
-        issuer,
-        resource,
-        token_endpoint,
-        auth_method: auth_method.or_else(|| {
-            client_id.as_ref().map(|_| {
-                if client_secret.is_some() {
-                    "client_secret_basic".into()
-                } else {
-                    "none".into()
-                }
-            })
-        }),
-        client_id,
-        client_secret: client_secret
-            .map(|v| seal("client_secret", v))
-            .transpose()?,
-        scopes,
-        access_expires_at: access_token
-            .as_ref()
-            .map(|_| now.saturating_add(i64::try_from(expires_in.unwrap_or(0)).unwrap_or(0))),
-        access_token: access_token.map(|v| seal("access_token", v)).transpose()?,
-        refresh_token: Some(seal("refresh_token", refresh_token)?),
-        generation: 0,
-        initiated_by: Some(p.subject.as_str().to_owned()),
-        created_at: now,
-        updated_at: now,
+    let mut row = CredentialRow::new(new_id(), slot.clone(), token_endpoint, now);
+    row.issuer = issuer;
+    // Bound to the resource it is for: the caller's word, else the server's URL now (a
+    // token is only ever sent to the resource it was stored for).
+    row.resource = resource.or_else(|| Some(server.url.clone()));
+    row.auth_method = auth_method.or_else(|| {
+        client_id.as_ref().map(|_| {
+            if client_secret.is_some() {
+                "client_secret_basic".into()
+            } else {
+                "none".into()
+            }
+        })
+    });
+    row.client_id = client_id;
+    row.scopes = scopes;
+    row.access_expires_at = access_token
+        .as_ref()
+        .map(|_| now.saturating_add(i64::try_from(expires_in.unwrap_or(0)).unwrap_or(0)));
+    row.initiated_by = Some(p.subject.as_str().to_owned());
+    // Sealed last: the values are bound to the row's slot, issuer and endpoints.
+    let seal = |row: &CredentialRow, column: &'static str, v: String| {
+        s.keyring.seal(&Secret::new(v), row.aad(column))
     };
+    row.client_secret = client_secret
+        .map(|v| seal(&row, "client_secret", v))
+        .transpose()?;
+    row.access_token = access_token
+        .map(|v| seal(&row, "access_token", v))
+        .transpose()?;
+    row.refresh_token = Some(seal(&row, "refresh_token", refresh_token)?);
     s.store.upsert_credential(&row).await?;
     // Synchronously, before answering (R-REFRESH-13).
     s.announce(crate::cluster::Change::slot(&slot)).await;

@@ -14,7 +14,6 @@ use latchkey_oauth::discovery::{Discovery, DiscoveryOptions};
 use latchkey_oauth::grants::{self, Grant, TokenRequest, TokenResponse};
 use latchkey_oauth::registration::{self, ApplicationType, DcrRequest, RegistrationPlan};
 use latchkey_oauth::{OAuthError, pkce, scope};
-use latchkey_vault::rotate::SealedTable;
 use latchkey_vault::store::{
     CredentialRow, FlowRow, RegisteredClientRow, ServerRow, Slot, flow_is_live, new_id,
 };
@@ -82,10 +81,7 @@ async fn client_for(
 ) -> Result<ClientCredentials, ApiError> {
     if let Some(id) = &server.client_id {
         let secret = match &server.client_secret {
-            Some(env) => Some(
-                s.keyring
-                    .open(env, SealedTable::Servers.aad("client_secret", &server.id))?,
-            ),
+            Some(env) => Some(s.keyring.open(env, server.secret_aad())?),
             None => None,
         };
         return Ok(match secret {
@@ -106,10 +102,7 @@ async fn client_for(
         return Ok(match &c.client_secret {
             Some(env) => ClientCredentials::with_secret(
                 c.client_id.clone(),
-                s.keyring.open(
-                    env,
-                    SealedTable::RegisteredClients.aad("client_secret", &c.id),
-                )?,
+                s.keyring.open(env, c.secret_aad())?,
                 method,
             ),
             None => ClientCredentials::public(c.client_id.clone()),
@@ -133,20 +126,9 @@ async fn client_for(
             tracing::warn!(event = "mcpoauth.dcr_failed", server_id = %server.id, issuer = %d.issuer, error = %e);
             oauth_failure(&e)
         })?;
-    let id = new_id();
-    let row = RegisteredClientRow {
-        client_secret: reg
-            .credentials
-            .secret
-            .as_ref()
-            .map(|sec| {
-                s.keyring.seal(
-                    sec,
-                    SealedTable::RegisteredClients.aad("client_secret", &id),
-                )
-            })
-            .transpose()?,
-        id,
+    let mut row = RegisteredClientRow {
+        client_secret: None,
+        id: new_id(),
         tenant: server.tenant.clone(),
         server: server.id.clone(),
         issuer: d.issuer.clone(),
@@ -158,6 +140,12 @@ async fn client_for(
         obtained_by: reg.kind.as_str().into(),
         created_at: s.now(),
     };
+    row.client_secret = reg
+        .credentials
+        .secret
+        .as_ref()
+        .map(|sec| s.keyring.seal(sec, row.secret_aad()))
+        .transpose()?;
     s.store.put_registered_client(&row).await?;
     Ok(reg.credentials)
 }
@@ -174,37 +162,29 @@ async fn store_tokens(
     client: &ClientCredentials,
     tokens: TokenResponse,
 ) -> Result<(), ApiError> {
-    let id = new_id();
-    let aad = |c| SealedTable::Credentials.aad(c, &id);
     let now = s.now();
-    let row = CredentialRow {
-        slot: slot.clone(),
-        issuer: Some(d_issuer.to_owned()),
-        resource: Some(resource.to_owned()),
-        token_endpoint: token_endpoint.to_owned(),
-        client_id: Some(client.client_id.clone()),
-        client_secret: client
-            .secret
-            .as_ref()
-            .map(|sec| s.keyring.seal(sec, aad("client_secret")))
-            .transpose()?,
-        auth_method: Some(client.method.as_str().into()),
-        scopes: tokens.scope.clone(),
-        access_token: Some(s.keyring.seal(&tokens.access_token, aad("access_token"))?),
-        access_expires_at: tokens
-            .expires_in
-            .map(|e| now.saturating_add(i64::try_from(e).unwrap_or(i64::MAX))),
-        refresh_token: tokens
-            .refresh_token
-            .as_ref()
-            .map(|rt| s.keyring.seal(rt, aad("refresh_token")))
-            .transpose()?,
-        generation: 0,
-        initiated_by: Some(initiated_by.to_owned()),
-        created_at: now,
-        updated_at: now,
-        id,
-    };
+    let mut row = CredentialRow::new(new_id(), slot.clone(), token_endpoint, now);
+    row.issuer = Some(d_issuer.to_owned());
+    row.resource = Some(resource.to_owned());
+    row.client_id = Some(client.client_id.clone());
+    row.auth_method = Some(client.method.as_str().into());
+    row.scopes = tokens.scope.clone();
+    row.access_expires_at = tokens
+        .expires_in
+        .map(|e| now.saturating_add(i64::try_from(e).unwrap_or(i64::MAX)));
+    row.initiated_by = Some(initiated_by.to_owned());
+    // Sealed last: the values are bound to the row's slot, issuer and endpoints.
+    row.client_secret = client
+        .secret
+        .as_ref()
+        .map(|sec| s.keyring.seal(sec, row.aad("client_secret")))
+        .transpose()?;
+    row.access_token = Some(s.keyring.seal(&tokens.access_token, row.aad("access_token"))?);
+    row.refresh_token = tokens
+        .refresh_token
+        .as_ref()
+        .map(|rt| s.keyring.seal(rt, row.aad("refresh_token")))
+        .transpose()?;
     s.store.upsert_credential(&row).await?;
     // R-OBS-1: ids and names only.
     tracing::info!(
@@ -405,11 +385,8 @@ pub(crate) async fn begin(
     )
     .map_err(|e| oauth_failure(&e))?;
     let state_hash = pkce::state_hash(pending.state.expose());
-    let flow = FlowRow {
-        verifier: s.keyring.seal(
-            &pending.verifier,
-            SealedTable::OAuthFlows.aad("verifier", &state_hash),
-        )?,
+    let mut flow = FlowRow {
+        verifier: Vec::new(),
         state_hash,
         slot,
         initiated_by: p.subject.as_str().to_owned(),
@@ -421,6 +398,7 @@ pub(crate) async fn begin(
         scopes: pending.scope.clone(),
         iss_required: pending.iss_required,
     };
+    flow.verifier = s.keyring.seal(&pending.verifier, flow.verifier_aad())?;
     s.store.insert_flow(&flow).await?;
     metrics::counter!("latchkey_oauth_flows_started_total", "kind" => "authorization_code")
         .increment(1);
@@ -551,10 +529,7 @@ async fn finish(
         }
         Err(_) => return Outcome::fail(StatusCode::BAD_REQUEST, "invalid_callback", sid),
     };
-    let verifier = match s.keyring.open(
-        &flow.verifier,
-        SealedTable::OAuthFlows.aad("verifier", &flow.state_hash),
-    ) {
+    let verifier = match s.keyring.open(&flow.verifier, flow.verifier_aad()) {
         Ok(v) => v,
         Err(latchkey_vault::KeyringError::Undecryptable) => {
             return Outcome::fail(StatusCode::BAD_REQUEST, "invalid_state", sid);

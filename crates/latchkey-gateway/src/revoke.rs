@@ -10,7 +10,6 @@ use std::time::Duration;
 use latchkey_oauth::client_auth::{AuthMethod, ClientCredentials};
 use latchkey_oauth::discovery::DiscoveryOptions;
 use latchkey_oauth::revocation::{self, TokenTypeHint};
-use latchkey_vault::rotate::SealedTable;
 use latchkey_vault::store::{CredentialRow, ServerRow};
 
 use crate::app::AppState;
@@ -56,11 +55,10 @@ pub async fn revoke_all(s: &AppState, server: &ServerRow, creds: &[CredentialRow
 fn client_of(s: &AppState, server: &ServerRow, c: &CredentialRow) -> Option<ClientCredentials> {
     let method = |m: Option<&str>| m.and_then(|m| m.parse().ok()).unwrap_or(AuthMethod::None);
     if let Some(id) = &c.client_id {
-        let secret = c.client_secret.as_deref().and_then(|env| {
-            s.keyring
-                .open(env, SealedTable::Credentials.aad("client_secret", &c.id))
-                .ok()
-        });
+        let secret = c
+            .client_secret
+            .as_deref()
+            .and_then(|env| s.keyring.open(env, c.aad("client_secret")).ok());
         return Some(match secret {
             Some(sec) => {
                 ClientCredentials::with_secret(id.clone(), sec, method(c.auth_method.as_deref()))
@@ -71,11 +69,10 @@ fn client_of(s: &AppState, server: &ServerRow, c: &CredentialRow) -> Option<Clie
     // The server's pre-registered client (the early return that skipped these was a
     // known bug in a source implementation).
     let id = server.client_id.clone()?;
-    let secret = server.client_secret.as_deref().and_then(|env| {
-        s.keyring
-            .open(env, SealedTable::Servers.aad("client_secret", &server.id))
-            .ok()
-    });
+    let secret = server
+        .client_secret
+        .as_deref()
+        .and_then(|env| s.keyring.open(env, server.secret_aad()).ok());
     Some(match secret {
         Some(sec) => ClientCredentials::with_secret(id, sec, AuthMethod::ClientSecretBasic),
         None => ClientCredentials::public(id),
@@ -102,11 +99,7 @@ async fn revoke_one(
             "refresh_token" => c.refresh_token.as_deref(),
             _ => c.access_token.as_deref(),
         };
-        let Some(token) = env.and_then(|e| {
-            s.keyring
-                .open(e, SealedTable::Credentials.aad(column, &c.id))
-                .ok()
-        }) else {
+        let Some(token) = env.and_then(|e| s.keyring.open(e, c.aad(column)).ok()) else {
             continue;
         };
         match revocation::revoke(

@@ -13,7 +13,6 @@ use latchkey_core::Secret;
 use latchkey_egress::UrlSource;
 use latchkey_guard::Principal;
 use latchkey_oauth::probe::{self, AuthType};
-use latchkey_vault::rotate::SealedTable;
 use latchkey_vault::store::{AuditEvent, ServerRow, new_id};
 use serde::Serialize;
 
@@ -155,10 +154,7 @@ pub async fn create(
         row.grant_type = g;
     }
     if let Patch::Set(secret) = input.client_secret {
-        row.client_secret = Some(s.keyring.seal(
-            &Secret::new(secret),
-            SealedTable::Servers.aad("client_secret", &id),
-        )?);
+        row.client_secret = Some(s.keyring.seal(&Secret::new(secret), row.secret_aad())?);
     }
     row.auth_type = match (input.auth_type, &row.client_id) {
         (Some(explicit), _) => explicit,
@@ -239,12 +235,15 @@ pub async fn update(
         Patch::Set(secret) => {
             // Compared by decrypting the stored one; a value that does not decrypt
             // counts as changed (R-STORE-15).
-            let aad = SealedTable::Servers.aad("client_secret", &id);
-            secret_changed = match old.client_secret.as_deref().map(|e| s.keyring.open(e, aad)) {
+            secret_changed = match old
+                .client_secret
+                .as_deref()
+                .map(|e| s.keyring.open(e, old.secret_aad()))
+            {
                 Some(Ok(stored)) => stored.expose() != secret,
                 _ => true,
             };
-            row.client_secret = Some(s.keyring.seal(&Secret::new(secret), aad)?);
+            row.client_secret = Some(s.keyring.seal(&Secret::new(secret), row.secret_aad())?);
         }
     }
     row.auth_type = match (input.auth_type, &row.client_id, url_changed) {

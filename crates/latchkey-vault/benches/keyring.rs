@@ -16,6 +16,15 @@ fn envelopes(c: &mut Criterion) {
         table: "credentials",
         column: "refresh_token",
         row: "0191f3a2-7c1e-7d55-9f1c-3a1b2c3d4e5f",
+        binding: latchkey_vault::Binding {
+            tenant: Some("default"),
+            server: Some("0191f3a2-7c1e-7d55-9f1c-3a1b2c3d4e60"),
+            subject: Some("alice"),
+            issuer: Some("https://as.example"),
+            resource: Some("https://mcp.example/mcp"),
+            token_endpoint: Some("https://as.example/token"),
+            revocation_endpoint: None,
+        },
     };
     let mut g = c.benchmark_group("envelope");
     for size in [64usize, 1024] {

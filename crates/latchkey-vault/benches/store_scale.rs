@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use latchkey_vault::keyring::StaticKeys;
-use latchkey_vault::rotate::{NoProgress, RotateOptions, SealedTable, rotate};
-use latchkey_vault::store::{ServerRow, Slot, new_id};
+use latchkey_vault::rotate::{NoProgress, RotateOptions, rotate};
+use latchkey_vault::store::{CredentialRow, ServerRow, Slot, new_id};
 use latchkey_vault::{KeySet, Keyring, PgStore, SqliteStore, Store};
 use rand::Rng;
 
@@ -53,7 +53,22 @@ fn seed_rows(k: &Keyring, from: usize, n: usize) -> Vec<Seed> {
     (from..from + n)
         .map(|i| {
             let id = new_id();
-            let aad = |c| SealedTable::Credentials.aad(c, &id);
+            let server = format!("srv{:03}", i / USERS_PER_SERVER);
+            let subject = format!("user{:06}", i % USERS_PER_SERVER);
+            // The binding the seeded columns below carry.
+            let mut row = CredentialRow::new(
+                id.clone(),
+                Slot {
+                    tenant: "t1".into(),
+                    server: server.clone(),
+                    subject: Some(subject.clone()),
+                },
+                "https://as.example/token",
+                0,
+            );
+            row.issuer = Some("https://as.example".into());
+            row.resource = Some("https://mcp.example/mcp".into());
+            let aad = |c| row.aad(c);
             // Realistic sizes: a JWT-ish access token, an opaque refresh token.
             let at = format!("eyJhbGciOiJSUzI1NiJ9.{}.sig{i:0>200}", "x".repeat(400));
             let rt = format!("rt-{i:0>60}");
@@ -63,8 +78,8 @@ fn seed_rows(k: &Keyring, from: usize, n: usize) -> Vec<Seed> {
                     .unwrap(),
                 access_token: k.encrypt(at.as_bytes(), aad("access_token")).unwrap(),
                 refresh_token: k.encrypt(rt.as_bytes(), aad("refresh_token")).unwrap(),
-                server: format!("srv{:03}", i / USERS_PER_SERVER),
-                subject: format!("user{:06}", i % USERS_PER_SERVER),
+                server,
+                subject,
                 id,
             }
         })

@@ -11,6 +11,7 @@
 //! not cached, so a key supplied later is picked up.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
@@ -295,8 +296,32 @@ impl KeySource for FileKeys {
     }
 }
 
-/// What a ciphertext belongs to: its table, column and row. Part of the AEAD's
-/// associated data, so a ciphertext only decrypts where it was written.
+/// What a sealed value belongs to beyond its table, column and row (AAD version 2):
+/// the tenant, server and slot subject, and for a credential the authorization server
+/// it was issued by and the endpoints it may be sent to. A row edited to point any of
+/// these elsewhere (another user's slot, another tenant, another token endpoint) no
+/// longer opens. Absent fields are encoded as absent, so `None` never equals `Some("")`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Binding<'a> {
+    /// Tenant.
+    pub tenant: Option<&'a str>,
+    /// Server id.
+    pub server: Option<&'a str>,
+    /// Slot subject (`None`: the shared slot).
+    pub subject: Option<&'a str>,
+    /// Authorization server issuer, verbatim.
+    pub issuer: Option<&'a str>,
+    /// RFC 8707 resource.
+    pub resource: Option<&'a str>,
+    /// Token endpoint.
+    pub token_endpoint: Option<&'a str>,
+    /// Revocation endpoint.
+    pub revocation_endpoint: Option<&'a str>,
+}
+
+/// What a ciphertext belongs to: its table, column and row, and what the row is bound
+/// to ([`Binding`]). Part of the AEAD's associated data, so a ciphertext only decrypts
+/// where it was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Aad<'a> {
     /// Table name.
@@ -305,18 +330,58 @@ pub struct Aad<'a> {
     pub column: &'static str,
     /// The row's identity (primary key as text).
     pub row: &'a str,
+    /// What the row belongs to.
+    pub binding: Binding<'a>,
+}
+
+/// Which associated-data convention an envelope was sealed under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AadVersion {
+    /// Table, column and row id only (values written before the binding existed).
+    /// Read while a re-seal is pending; never written.
+    V1,
+    /// Version 1 plus the [`Binding`]. Every new value.
+    V2,
+}
+
+fn push_field(out: &mut Vec<u8>, f: &str) {
+    out.extend_from_slice(&(f.len() as u32).to_be_bytes());
+    out.extend_from_slice(f.as_bytes());
 }
 
 impl Aad<'_> {
-    fn bytes(&self, header: u8) -> Vec<u8> {
-        // Length-prefixed fields: no two distinct (table, column, row) share an encoding.
+    fn bytes(&self, header: u8, version: AadVersion) -> Vec<u8> {
+        // Length-prefixed fields: no two distinct (table, column, row, binding) share
+        // an encoding.
         let mut out =
-            Vec::with_capacity(16 + self.table.len() + self.column.len() + self.row.len());
-        out.extend_from_slice(b"latchkey-aad-v1");
+            Vec::with_capacity(64 + self.table.len() + self.column.len() + self.row.len());
+        out.extend_from_slice(match version {
+            AadVersion::V1 => b"latchkey-aad-v1",
+            AadVersion::V2 => b"latchkey-aad-v2",
+        });
         out.push(header);
         for f in [self.table, self.column, self.row] {
-            out.extend_from_slice(&(f.len() as u32).to_be_bytes());
-            out.extend_from_slice(f.as_bytes());
+            push_field(&mut out, f);
+        }
+        if version == AadVersion::V2 {
+            let b = &self.binding;
+            for f in [
+                b.tenant,
+                b.server,
+                b.subject,
+                b.issuer,
+                b.resource,
+                b.token_endpoint,
+                b.revocation_endpoint,
+            ] {
+                match f {
+                    Some(v) => {
+                        out.push(1);
+                        push_field(&mut out, v);
+                    }
+                    None => out.push(0),
+                }
+            }
         }
         out
     }
@@ -354,6 +419,9 @@ impl Derived {
 pub struct Keyring {
     source: Box<dyn KeySource>,
     derived: RwLock<Option<Arc<Derived>>>,
+    /// Whether version-1 envelopes (row id only) are still opened: until the re-seal
+    /// to version 2 has finished.
+    legacy_aad: AtomicBool,
 }
 
 impl fmt::Debug for Keyring {
@@ -370,6 +438,7 @@ impl Keyring {
         Self {
             source: Box::new(source),
             derived: RwLock::new(None),
+            legacy_aad: AtomicBool::new(true),
         }
     }
 
@@ -410,7 +479,11 @@ impl Keyring {
         getrandom(&mut iv)?;
         let mut buf = plaintext.to_vec();
         let tag = cipher
-            .encrypt_in_place_detached(&Nonce::from(iv), &aad.bytes(keys.current), &mut buf)
+            .encrypt_in_place_detached(
+                &Nonce::from(iv),
+                &aad.bytes(keys.current, AadVersion::V2),
+                &mut buf,
+            )
             .map_err(|_| KeyringError::InvalidKeyConfig("encryption failed".into()))?;
         let mut out = Vec::with_capacity(ENVELOPE_OVERHEAD + buf.len());
         out.push(keys.current);
@@ -422,34 +495,64 @@ impl Keyring {
     }
 
     /// Opens an envelope written for the place `aad` names. The plaintext is zeroized
-    /// when dropped.
+    /// when dropped. A value that does not open is refused and logged (ids only).
     pub fn decrypt(
         &self,
         envelope: &[u8],
         aad: Aad<'_>,
     ) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
+        self.decrypt_versioned(envelope, aad)
+            .map(|(plain, _)| plain)
+    }
+
+    /// [`Keyring::decrypt`], also saying which AAD convention opened the envelope: the
+    /// current one ([`AadVersion::V2`]) or, while legacy values are still read, the
+    /// row-id-only one.
+    pub fn decrypt_versioned(
+        &self,
+        envelope: &[u8],
+        aad: Aad<'_>,
+    ) -> Result<(Zeroizing<Vec<u8>>, AadVersion), KeyringError> {
         let keys = self.keys()?;
-        if envelope.len() < ENVELOPE_OVERHEAD {
-            return Err(KeyringError::Undecryptable);
+        let opened = open_with(&keys, envelope, aad, AadVersion::V2)
+            .map(|p| (p, AadVersion::V2))
+            .or_else(|e| {
+                if self.legacy_aad.load(Ordering::Relaxed) {
+                    open_with(&keys, envelope, aad, AadVersion::V1).map(|p| (p, AadVersion::V1))
+                } else {
+                    Err(e)
+                }
+            });
+        if opened.is_err() {
+            let b = &aad.binding;
+            tracing::warn!(
+                event = "vault.tampering_suspected",
+                table = aad.table,
+                column = aad.column,
+                row = aad.row,
+                tenant = b.tenant.unwrap_or(""),
+                server = b.server.unwrap_or(""),
+                subject = b.subject.unwrap_or(""),
+                key_id = envelope.first().copied().unwrap_or(0),
+                "a stored value does not open under its binding (edited or moved row, or a key that is no longer configured); refused"
+            );
         }
-        let id = envelope[0];
-        let cipher = keys.cipher(id).ok_or(KeyringError::Undecryptable)?;
-        let iv: [u8; IV_LEN] = envelope[1..1 + IV_LEN]
-            .try_into()
-            .map_err(|_| KeyringError::Undecryptable)?;
-        let tag: [u8; TAG_LEN] = envelope[1 + IV_LEN..ENVELOPE_OVERHEAD]
-            .try_into()
-            .map_err(|_| KeyringError::Undecryptable)?;
-        let mut buf = Zeroizing::new(envelope[ENVELOPE_OVERHEAD..].to_vec());
-        cipher
-            .decrypt_in_place_detached(
-                &Nonce::from(iv),
-                &aad.bytes(id),
-                buf.as_mut(),
-                &Tag::from(tag),
-            )
-            .map_err(|_| KeyringError::Undecryptable)?;
-        Ok(buf)
+        opened
+    }
+
+    /// Stops opening version-1 (row-id-only) envelopes: called once every stored value
+    /// has been re-sealed under version 2, so an old value moved to another row, slot
+    /// or tenant is refused.
+    pub fn refuse_legacy_aad(&self) {
+        self.legacy_aad.store(false, Ordering::Relaxed);
+    }
+
+    /// The key ids configured, current first (loading them if needed).
+    pub fn key_ids(&self) -> Result<Vec<u8>, KeyringError> {
+        let keys = self.keys()?;
+        let mut ids: Vec<u8> = keys.ciphers.iter().map(|(id, _)| *id).collect();
+        ids.sort_by_key(|id| (*id != keys.current, std::cmp::Reverse(*id)));
+        Ok(ids)
     }
 
     /// [`Keyring::encrypt`] for a [`Secret`].
@@ -470,6 +573,35 @@ impl Keyring {
         let current = self.keys()?.current;
         Ok(envelope.first().is_some_and(|id| *id != current))
     }
+}
+
+fn open_with(
+    keys: &Derived,
+    envelope: &[u8],
+    aad: Aad<'_>,
+    version: AadVersion,
+) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
+    if envelope.len() < ENVELOPE_OVERHEAD {
+        return Err(KeyringError::Undecryptable);
+    }
+    let id = envelope[0];
+    let cipher = keys.cipher(id).ok_or(KeyringError::Undecryptable)?;
+    let iv: [u8; IV_LEN] = envelope[1..1 + IV_LEN]
+        .try_into()
+        .map_err(|_| KeyringError::Undecryptable)?;
+    let tag: [u8; TAG_LEN] = envelope[1 + IV_LEN..ENVELOPE_OVERHEAD]
+        .try_into()
+        .map_err(|_| KeyringError::Undecryptable)?;
+    let mut buf = Zeroizing::new(envelope[ENVELOPE_OVERHEAD..].to_vec());
+    cipher
+        .decrypt_in_place_detached(
+            &Nonce::from(iv),
+            &aad.bytes(id, version),
+            buf.as_mut(),
+            &Tag::from(tag),
+        )
+        .map_err(|_| KeyringError::Undecryptable)?;
+    Ok(buf)
 }
 
 fn getrandom(buf: &mut [u8]) -> Result<(), KeyringError> {
@@ -495,6 +627,7 @@ mod tests {
             table: "credentials",
             column: "refresh_token",
             row,
+            binding: Binding::default(),
         }
     }
 
@@ -561,6 +694,7 @@ mod tests {
             table: "credentials",
             column: "access_token",
             row: "row-1",
+            binding: Binding::default(),
         };
         assert_eq!(
             k1.decrypt(&env, col),
@@ -571,6 +705,7 @@ mod tests {
             table: "registered_clients",
             column: "refresh_token",
             row: "row-1",
+            binding: Binding::default(),
         };
         assert_eq!(
             k1.decrypt(&env, table),

@@ -4,8 +4,9 @@
 
 pub mod keyring;
 
-pub use keyring::{Aad, KeySet, KeySource, Keyring, KeyringError, MasterKey};
+pub use keyring::{Aad, AadVersion, Binding, KeySet, KeySource, Keyring, KeyringError, MasterKey};
 pub mod rotate;
+pub mod sealed;
 pub mod store;
 
 pub use store::{

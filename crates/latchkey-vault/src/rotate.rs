@@ -12,129 +12,18 @@
 //!   every sealed column of the row; it leaves `generation` alone, so a token service's
 //!   write-back (CAS on `(id, generation)`) is never broken by a rotation, and a row that
 //!   changed since it was read is re-read and retried rather than overwritten.
+//! * **Re-seals to the binding.** Until the store records AAD version 2, every value is
+//!   opened (under its binding, else under its row id alone, as values were sealed
+//!   before the binding existed) and those opened the old way are sealed again with
+//!   their binding ([`crate::sealed`]); at the end the version is recorded and the
+//!   keyring stops opening row-id-only values. `latchkey serve` runs this at start-up.
 //! * **Never destructive.** A value that cannot be decrypted with any configured key is
 //!   left exactly as it is and counted (R-STORE-6: that is "re-consent needed", never a
 //!   reason to delete).
 
-use crate::keyring::{Aad, Keyring, KeyringError};
+use crate::keyring::{AadVersion, Keyring, KeyringError};
+pub use crate::sealed::{Checkpoint, Rewrap, SealedRow, SealedTable};
 use crate::store::{Store, StoreError};
-
-/// A table whose columns hold keyring envelopes, with the AAD convention for them:
-/// table name, column name, and the row's key column as the row identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SealedTable {
-    /// `credentials`: client secret, access token, refresh token; keyed by `id`.
-    Credentials,
-    /// `registered_clients`: client secret; keyed by `id`.
-    RegisteredClients,
-    /// `oauth_flows`: PKCE verifier; keyed by `state_hash`.
-    OAuthFlows,
-    /// `servers`: a pre-registered client secret; keyed by `id`.
-    Servers,
-}
-
-impl SealedTable {
-    /// Every sealed table, in the order a rotation visits them.
-    pub const ALL: [SealedTable; 4] = [
-        SealedTable::Credentials,
-        SealedTable::RegisteredClients,
-        SealedTable::OAuthFlows,
-        SealedTable::Servers,
-    ];
-
-    /// The SQL table name.
-    pub fn name(self) -> &'static str {
-        match self {
-            SealedTable::Credentials => "credentials",
-            SealedTable::RegisteredClients => "registered_clients",
-            SealedTable::OAuthFlows => "oauth_flows",
-            SealedTable::Servers => "servers",
-        }
-    }
-
-    /// The primary-key column, whose value is the AAD row identity.
-    pub fn key_column(self) -> &'static str {
-        match self {
-            SealedTable::Credentials | SealedTable::RegisteredClients | SealedTable::Servers => {
-                "id"
-            }
-            SealedTable::OAuthFlows => "state_hash",
-        }
-    }
-
-    /// The columns holding envelopes.
-    pub fn columns(self) -> &'static [&'static str] {
-        match self {
-            SealedTable::Credentials => &["client_secret", "access_token", "refresh_token"],
-            SealedTable::RegisteredClients | SealedTable::Servers => &["client_secret"],
-            SealedTable::OAuthFlows => &["verifier"],
-        }
-    }
-
-    /// The associated data for `column` of the row keyed `row`.
-    pub fn aad<'a>(self, column: &'static str, row: &'a str) -> Aad<'a> {
-        Aad {
-            table: self.name(),
-            column,
-            row,
-        }
-    }
-}
-
-/// The sealed columns of one row, in [`SealedTable::columns`] order.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SealedRow {
-    /// The row's key.
-    pub key: String,
-    /// Where the row sits in the store's scan order (opaque; the rowid on SQLite, so a
-    /// scan and its updates walk the table's pages in order).
-    pub position: String,
-    /// One envelope (or NULL) per sealed column.
-    pub values: Vec<Option<Vec<u8>>>,
-}
-
-impl std::fmt::Debug for SealedRow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealedRow")
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A compare-and-swap replacement of a row's envelopes: applied only if every sealed
-/// column still holds `old`.
-#[derive(Clone)]
-pub struct Rewrap {
-    /// The row's key.
-    pub key: String,
-    /// Its [`SealedRow::position`].
-    pub position: String,
-    /// The envelopes as read.
-    pub old: Vec<Option<Vec<u8>>>,
-    /// The envelopes to write (unchanged columns repeat `old`).
-    pub new: Vec<Option<Vec<u8>>>,
-}
-
-impl std::fmt::Debug for Rewrap {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rewrap")
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Where a rotation stands in one table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
-    /// The key id the rotation re-encrypts to.
-    pub target_key: u8,
-    /// The position of the last row handled.
-    pub last_row: Option<String>,
-    /// The table is finished.
-    pub done: bool,
-    /// Unix seconds.
-    pub updated_at: i64,
-}
 
 /// Rotation settings.
 #[derive(Debug, Clone, Copy)]
@@ -216,6 +105,9 @@ pub async fn rotate(
     progress: &dyn RotationProgress,
 ) -> Result<RotationReport, RotateError> {
     let target = keyring.current_key_id()?;
+    // Values sealed before the binding existed are opened under their row id alone and
+    // re-sealed with their binding, whatever their key: every value is opened once.
+    let reseal = store.aad_version().await? < 2;
     let mut report = RotationReport {
         target_key: target,
         ..RotationReport::default()
@@ -253,7 +145,7 @@ pub async fn rotate(
             let n = page.len() as u64;
             let mut rewraps = Vec::new();
             for row in &page {
-                let (w, undecryptable) = rewrap_row(keyring, table, row)?;
+                let (w, undecryptable) = rewrap_row(keyring, table, row, reseal)?;
                 report.undecryptable += undecryptable;
                 rewraps.extend(w);
             }
@@ -262,7 +154,7 @@ pub async fn rotate(
             let conflicts = store.rewrap(table, &rewraps, &cp).await?;
             report.rows_scanned += n;
             count_written(&rewraps, &conflicts, &mut report);
-            retry_conflicts(store, keyring, table, conflicts, &mut report).await?;
+            retry_conflicts(store, keyring, table, conflicts, reseal, &mut report).await?;
             progress.advanced(n);
             if n < u64::from(batch) {
                 break;
@@ -273,6 +165,12 @@ pub async fn rotate(
         progress.table_finished(table);
     }
     store.clear_rotation_checkpoints().await?;
+    if reseal {
+        // Every value that opens is now sealed with its binding: from here on a value
+        // sealed to its row id alone (an old copy moved into a row) is refused.
+        store.set_aad_version(2).await?;
+        keyring.refuse_legacy_aad();
+    }
     Ok(report)
 }
 
@@ -282,6 +180,7 @@ async fn retry_conflicts(
     keyring: &Keyring,
     table: SealedTable,
     mut keys: Vec<String>,
+    reseal: bool,
     report: &mut RotationReport,
 ) -> Result<(), RotateError> {
     for _ in 0..CONFLICT_ROUNDS {
@@ -294,7 +193,7 @@ async fn retry_conflicts(
             // A row that is gone (deleted, or replaced under a new id) needs nothing.
             // Undecryptable values were counted when the row was first read.
             if let Some(row) = store.sealed_row(table, key).await? {
-                rewraps.extend(rewrap_row(keyring, table, &row)?.0);
+                rewraps.extend(rewrap_row(keyring, table, &row, reseal)?.0);
             }
         }
         let Some(cp) = store.rotation_checkpoint(table).await? else {
@@ -315,25 +214,30 @@ fn count_written(rewraps: &[Rewrap], conflicts: &[String], report: &mut Rotation
 }
 
 /// The rewrap for one row, or `None` when every value is already under the current
-/// key or cannot be opened (left alone); with the number of values that cannot be.
+/// key (and, with `reseal`, under its binding) or cannot be opened (left alone); with
+/// the number of values that cannot be.
 fn rewrap_row(
     keyring: &Keyring,
     table: SealedTable,
     row: &SealedRow,
+    reseal: bool,
 ) -> Result<(Option<Rewrap>, u64), RotateError> {
     let mut undecryptable = 0;
     let mut new = row.values.clone();
     let mut changed = false;
     for (slot, (column, value)) in new.iter_mut().zip(table.columns().iter().zip(&row.values)) {
         let Some(envelope) = value else { continue };
-        if !keyring.needs_rewrap(envelope)? {
+        let rekey = keyring.needs_rewrap(envelope)?;
+        if !rekey && !reseal {
             continue;
         }
-        let aad = table.aad(column, &row.key);
-        match keyring.decrypt(envelope, aad) {
-            Ok(plain) => {
-                *slot = Some(keyring.encrypt(&plain, aad)?);
-                changed = true;
+        let aad = row.aad(table, column);
+        match keyring.decrypt_versioned(envelope, aad) {
+            Ok((plain, version)) => {
+                if rekey || version == AadVersion::V1 {
+                    *slot = Some(keyring.encrypt(&plain, aad)?);
+                    changed = true;
+                }
             }
             Err(KeyringError::Undecryptable) => undecryptable += 1,
             Err(e) => return Err(e.into()),

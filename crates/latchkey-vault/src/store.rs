@@ -8,7 +8,8 @@
 
 use sqlx::Row;
 
-use crate::rotate::{Checkpoint, Rewrap, SealedRow, SealedTable};
+use crate::keyring::{Aad, Binding};
+use crate::sealed::{Checkpoint, Rewrap, SealedRow, SealedTable};
 
 /// A fresh row id (UUID v4), known before the row is written so values can be sealed
 /// to it.
@@ -81,9 +82,27 @@ pub struct ServerRow {
     pub client_secret: Option<Vec<u8>>,
     /// Scopes to request.
     pub scopes: Option<String>,
+    /// The issuer the pre-registered client belongs to: its id and secret go to this
+    /// authorization server only (compared as a string).
+    pub issuer: Option<String>,
 }
 
 impl ServerRow {
+    /// The associated data of the pre-registered client secret: bound to the tenant,
+    /// the server and the issuer.
+    pub fn secret_aad(&self) -> Aad<'_> {
+        SealedTable::Servers.aad(
+            "client_secret",
+            &self.id,
+            Binding {
+                tenant: Some(&self.tenant),
+                server: Some(&self.id),
+                issuer: self.issuer.as_deref(),
+                ..Binding::default()
+            },
+        )
+    }
+
     /// A server with the defaults: `headers` until probed, per-user slots, the
     /// authorization-code grant, no pre-registered client.
     pub fn new(
@@ -103,6 +122,7 @@ impl ServerRow {
             client_id: None,
             client_secret: None,
             scopes: None,
+            issuer: None,
         }
     }
 }
@@ -115,6 +135,7 @@ impl std::fmt::Debug for ServerRow {
             .field("url", &self.url)
             .field("auth_type", &self.auth_type)
             .field("token_scope", &self.token_scope)
+            .field("issuer", &self.issuer)
             .field("has_client_secret", &self.client_secret.is_some())
             .finish_non_exhaustive()
     }
@@ -133,6 +154,9 @@ pub struct CredentialRow {
     pub resource: Option<String>,
     /// Token endpoint (required).
     pub token_endpoint: String,
+    /// The issuer's revocation endpoint, when it was known as the token was issued or
+    /// deposited: the only place the token is ever revoked.
+    pub revocation_endpoint: Option<String>,
     /// Client id.
     pub client_id: Option<String>,
     /// Client secret envelope.
@@ -172,6 +196,7 @@ impl CredentialRow {
             issuer: None,
             resource: None,
             token_endpoint: token_endpoint.into(),
+            revocation_endpoint: None,
             client_id: None,
             client_secret: None,
             auth_method: None,
@@ -184,6 +209,27 @@ impl CredentialRow {
             created_at: now,
             updated_at: now,
         }
+    }
+}
+
+impl CredentialRow {
+    /// The associated data of `column` (`client_secret`, `access_token`,
+    /// `refresh_token`) in this row: bound to the row id, the slot (tenant, server,
+    /// subject), the issuer, the resource and the endpoints the values are sent to.
+    pub fn aad(&self, column: &'static str) -> Aad<'_> {
+        SealedTable::Credentials.aad(
+            column,
+            &self.id,
+            Binding {
+                tenant: Some(&self.slot.tenant),
+                server: Some(&self.slot.server),
+                subject: self.slot.subject.as_deref(),
+                issuer: self.issuer.as_deref(),
+                resource: self.resource.as_deref(),
+                token_endpoint: Some(&self.token_endpoint),
+                revocation_endpoint: self.revocation_endpoint.as_deref(),
+            },
+        )
     }
 }
 
@@ -254,6 +300,24 @@ pub struct FlowRow {
     pub iss_required: bool,
 }
 
+impl FlowRow {
+    /// The associated data of the PKCE verifier: bound to the state hash, the slot and
+    /// the issuer.
+    pub fn verifier_aad(&self) -> Aad<'_> {
+        SealedTable::OAuthFlows.aad(
+            "verifier",
+            &self.state_hash,
+            Binding {
+                tenant: Some(&self.slot.tenant),
+                server: Some(&self.slot.server),
+                subject: self.slot.subject.as_deref(),
+                issuer: Some(&self.issuer),
+                ..Binding::default()
+            },
+        )
+    }
+}
+
 impl std::fmt::Debug for FlowRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FlowRow")
@@ -288,6 +352,23 @@ pub struct RegisteredClientRow {
     pub obtained_by: String,
     /// Unix seconds.
     pub created_at: i64,
+}
+
+impl RegisteredClientRow {
+    /// The associated data of the client secret: bound to the tenant, the server and
+    /// the issuer it was registered at.
+    pub fn secret_aad(&self) -> Aad<'_> {
+        SealedTable::RegisteredClients.aad(
+            "client_secret",
+            &self.id,
+            Binding {
+                tenant: Some(&self.tenant),
+                server: Some(&self.server),
+                issuer: Some(&self.issuer),
+                ..Binding::default()
+            },
+        )
+    }
 }
 
 impl std::fmt::Debug for RegisteredClientRow {
@@ -536,18 +617,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<Checkpoint>, StoreError>;
     /// Forgets all rotation progress (the rotation finished).
     async fn clear_rotation_checkpoints(&self) -> Result<(), StoreError>;
+    /// The associated-data version every stored value is known to be sealed under:
+    /// 1 until a rotation has re-sealed every value with its binding, then 2.
+    async fn aad_version(&self) -> Result<u8, StoreError>;
+    /// Records that every stored value is sealed under AAD `version`.
+    async fn set_aad_version(&self, version: u8) -> Result<(), StoreError>;
+    /// The key ids the stored envelopes were sealed under (each envelope's first
+    /// byte), across every sealed column; empty when the database holds no sealed
+    /// value. One scan per column, for start-up and readiness checks.
+    async fn key_ids_in_use(&self) -> Result<std::collections::BTreeSet<u8>, StoreError>;
 }
 
-const CRED_COLS: &str = "id, tenant_id, server_id, subject, issuer, resource, token_endpoint, client_id, client_secret, auth_method, scopes, access_token, access_expires_at, refresh_token, generation, initiated_by, created_at, updated_at";
+const CRED_COLS: &str = "id, tenant_id, server_id, subject, issuer, resource, token_endpoint, revocation_endpoint, client_id, client_secret, auth_method, scopes, access_token, access_expires_at, refresh_token, generation, initiated_by, created_at, updated_at";
 
 const UPSERT_SET: &str = " DO UPDATE SET id = excluded.id, issuer = excluded.issuer, resource = excluded.resource, \
-     token_endpoint = excluded.token_endpoint, client_id = excluded.client_id, client_secret = excluded.client_secret, \
+     token_endpoint = excluded.token_endpoint, revocation_endpoint = excluded.revocation_endpoint, client_id = excluded.client_id, client_secret = excluded.client_secret, \
      auth_method = excluded.auth_method, scopes = excluded.scopes, access_token = excluded.access_token, \
      access_expires_at = excluded.access_expires_at, refresh_token = excluded.refresh_token, generation = 0, \
      initiated_by = excluded.initiated_by, created_at = excluded.created_at, updated_at = excluded.updated_at";
 
-const INSERT_CRED: &str = "INSERT INTO credentials (id, tenant_id, server_id, subject, issuer, resource, token_endpoint, client_id, client_secret, auth_method, scopes, access_token, access_expires_at, refresh_token, generation, initiated_by, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16, $17)";
+const INSERT_CRED: &str = "INSERT INTO credentials (id, tenant_id, server_id, subject, issuer, resource, token_endpoint, client_id, client_secret, auth_method, scopes, access_token, access_expires_at, refresh_token, generation, initiated_by, created_at, updated_at, revocation_endpoint) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16, $17, $18)";
 
 fn cred_from<R>(r: &R) -> Result<CredentialRow, sqlx::Error>
 where
@@ -569,6 +659,7 @@ where
         issuer: r.try_get("issuer")?,
         resource: r.try_get("resource")?,
         token_endpoint: r.try_get("token_endpoint")?,
+        revocation_endpoint: r.try_get("revocation_endpoint")?,
         client_id: r.try_get("client_id")?,
         client_secret: r.try_get("client_secret")?,
         auth_method: r.try_get("auth_method")?,
@@ -596,7 +687,7 @@ fn slot_clause(slot: &Slot) -> &'static str {
     }
 }
 
-const SERVER_COLS: &str = "id, tenant_id, name, url, auth_type, token_scope, grant_type, client_id, client_secret, scopes";
+const SERVER_COLS: &str = "id, tenant_id, name, url, auth_type, token_scope, grant_type, client_id, client_secret, scopes, issuer";
 
 fn server_from<R>(r: &R) -> Result<ServerRow, sqlx::Error>
 where
@@ -617,6 +708,7 @@ where
         client_id: r.try_get("client_id")?,
         client_secret: r.try_get("client_secret")?,
         scopes: r.try_get("scopes")?,
+        issuer: r.try_get("issuer")?,
     })
 }
 
@@ -817,7 +909,7 @@ macro_rules! sql_store {
             async fn create_server(&self, s: &ServerRow, now: i64) -> Result<(), StoreError> {
                 sqlx::query(
                     "INSERT INTO servers (id, tenant_id, name, url, auth_type, token_scope, grant_type, client_id, \
-                     client_secret, scopes, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+                     client_secret, scopes, created_at, updated_at, issuer) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
                 )
                 .bind(&s.id)
                 .bind(&s.tenant)
@@ -830,6 +922,7 @@ macro_rules! sql_store {
                 .bind(&s.client_secret)
                 .bind(&s.scopes)
                 .bind(now)
+                .bind(&s.issuer)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -880,7 +973,7 @@ macro_rules! sql_store {
             async fn update_server(&self, s: &ServerRow, now: i64) -> Result<bool, StoreError> {
                 let r = sqlx::query(
                     "UPDATE servers SET name = $1, url = $2, auth_type = $3, token_scope = $4, grant_type = $5, \
-                     client_id = $6, client_secret = $7, scopes = $8, updated_at = $9 WHERE tenant_id = $10 AND id = $11",
+                     client_id = $6, client_secret = $7, scopes = $8, updated_at = $9, issuer = $12 WHERE tenant_id = $10 AND id = $11",
                 )
                 .bind(&s.name)
                 .bind(&s.url)
@@ -893,6 +986,7 @@ macro_rules! sql_store {
                 .bind(now)
                 .bind(&s.tenant)
                 .bind(&s.id)
+                .bind(&s.issuer)
                 .execute(&self.pool)
                 .await?;
                 Ok(r.rows_affected() == 1)
@@ -934,6 +1028,7 @@ macro_rules! sql_store {
                     .bind(&c.initiated_by)
                     .bind(c.created_at)
                     .bind(c.updated_at)
+                    .bind(&c.revocation_endpoint)
                     .execute(&self.pool)
                     .await?;
                 Ok(())
@@ -1252,15 +1347,8 @@ macro_rules! sql_store {
                     .bind(i64::from(limit))
                     .fetch_all(&self.pool)
                     .await?;
-                let width = table.columns().len();
                 rows.iter()
-                    .map(|r| {
-                        Ok(SealedRow {
-                            key: r.try_get(0usize)?,
-                            values: (1..=width).map(|i| r.try_get(i)).collect::<Result<_, _>>()?,
-                            position: r.try_get(width + 1)?,
-                        })
-                    })
+                    .map(|r| sealed_from(table, r))
                     .collect::<Result<_, sqlx::Error>>()
                     .map_err(Into::into)
             }
@@ -1277,16 +1365,9 @@ macro_rules! sql_store {
                     .bind(key)
                     .fetch_optional(&self.pool)
                     .await?;
-                let width = table.columns().len();
-                row.map(|r| {
-                    Ok::<_, sqlx::Error>(SealedRow {
-                        key: r.try_get(0usize)?,
-                        values: (1..=width).map(|i| r.try_get(i)).collect::<Result<_, _>>()?,
-                        position: r.try_get(width + 1)?,
-                    })
-                })
-                .transpose()
-                .map_err(Into::into)
+                row.map(|r| sealed_from(table, &r))
+                    .transpose()
+                    .map_err(Into::into)
             }
 
             async fn rewrap(
@@ -1337,6 +1418,40 @@ macro_rules! sql_store {
                 sqlx::query("DELETE FROM key_rotation").execute(&self.pool).await?;
                 Ok(())
             }
+
+            async fn aad_version(&self) -> Result<u8, StoreError> {
+                let v: Option<i64> = sqlx::query_scalar("SELECT value FROM vault_state WHERE name = 'aad_version'")
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(v.and_then(|v| u8::try_from(v).ok()).unwrap_or(1))
+            }
+
+            async fn set_aad_version(&self, version: u8) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO vault_state (name, value) VALUES ('aad_version', $1) \
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                )
+                .bind(i64::from(version))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn key_ids_in_use(&self) -> Result<std::collections::BTreeSet<u8>, StoreError> {
+                let parts: Vec<String> = SealedTable::ALL
+                    .iter()
+                    .flat_map(|t| {
+                        t.columns().iter().map(move |c| {
+                            format!("SELECT DISTINCT substr({c}, 1, 1) AS k FROM {} WHERE {c} IS NOT NULL", t.name())
+                        })
+                    })
+                    .collect();
+                let sql = format!("SELECT DISTINCT k FROM ({}) AS u", parts.join(" UNION "));
+                let ids: Vec<Vec<u8>> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(ids.into_iter().filter_map(|k| k.first().copied()).collect())
+            }
         }
     };
 }
@@ -1349,12 +1464,37 @@ struct Position {
     param: &'static str,
 }
 
-/// `key, col1, col2 …` for a sealed table.
+/// `key, col1, col2 …, bind1, bind2 …` for a sealed table: the key, the sealed
+/// columns and the columns the values are bound to.
 fn sealed_select(table: SealedTable) -> String {
     std::iter::once(table.key_column())
         .chain(table.columns().iter().copied())
+        .chain(table.binding_columns().iter().copied())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A [`SealedRow`] from a row selected with [`sealed_select`] and the position last.
+fn sealed_from<R>(table: SealedTable, r: &R) -> Result<SealedRow, sqlx::Error>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<Vec<u8>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let width = table.columns().len();
+    let bound = table.binding_columns().len();
+    Ok(SealedRow {
+        key: r.try_get(0usize)?,
+        values: (1..=width)
+            .map(|i| r.try_get(i))
+            .collect::<Result<_, _>>()?,
+        binding: (width + 1..=width + bound)
+            .map(|i| r.try_get(i))
+            .collect::<Result<_, _>>()?,
+        position: r.try_get(width + bound + 1)?,
+    })
 }
 
 /// `col1 IS NOT DISTINCT FROM <old1> AND …`: the CAS on every sealed column (a NULL

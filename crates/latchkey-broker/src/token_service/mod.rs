@@ -48,7 +48,6 @@ use latchkey_core::{Clock, Secret, UnixTime};
 use latchkey_egress::{Egress, UrlSource};
 use latchkey_oauth::client_auth::{AuthMethod, ClientCredentials};
 use latchkey_oauth::grants::{Grant, Refreshed, TokenRequest, refresh};
-use latchkey_vault::rotate::SealedTable;
 use latchkey_vault::{CredentialRow, Keyring, Slot, Store, WriteBack};
 
 pub use error::{ReauthReason, TokenError};
@@ -382,7 +381,7 @@ impl TokenService {
         if self.clock.now() >= expires_at.minus(skew) {
             return Ok(None);
         }
-        let token = self.open(envelope, ACCESS_TOKEN, &row.id)?;
+        let token = self.open(envelope, ACCESS_TOKEN, row)?;
         let t = AccessToken {
             token: Arc::new(token),
             expires_at: Some(expires_at),
@@ -485,7 +484,7 @@ impl TokenService {
             .refresh_token
             .as_deref()
             .ok_or(TokenError::NotConnected)?;
-        let refresh_token = self.open(envelope, REFRESH_TOKEN, &row.id)?;
+        let refresh_token = self.open(envelope, REFRESH_TOKEN, row)?;
         let client = self.client(row)?;
         bump(&self.counters.grants_started);
         tracing::debug!(event = "token.refresh", tenant = %row.slot.tenant, server = %row.slot.server, row = %row.id, generation = row.generation);
@@ -514,7 +513,7 @@ impl TokenService {
         let secret = row
             .client_secret
             .as_deref()
-            .map(|e| self.open(e, CLIENT_SECRET, &row.id))
+            .map(|e| self.open(e, CLIENT_SECRET, row))
             .transpose()?;
         let method = match row.auth_method.as_deref() {
             Some(m) => m.parse::<AuthMethod>().map_err(TokenError::Misconfigured)?,
@@ -593,12 +592,11 @@ impl TokenService {
         expires_at: UnixTime,
         now: UnixTime,
     ) -> Result<bool, TokenError> {
-        let table = SealedTable::Credentials;
-        let access_token = self
-            .keyring
-            .seal(access, table.aad(ACCESS_TOKEN, &row.id))?;
+        // Sealed to the row as read: its id, slot, issuer and endpoints (the write-back
+        // changes none of them).
+        let access_token = self.keyring.seal(access, row.aad(ACCESS_TOKEN))?;
         let refresh_token = refresh
-            .map(|r| self.keyring.seal(r, table.aad(REFRESH_TOKEN, &row.id)))
+            .map(|r| self.keyring.seal(r, row.aad(REFRESH_TOKEN)))
             .transpose()?;
         let w = WriteBack {
             tenant: row.slot.tenant.clone(),
@@ -612,13 +610,19 @@ impl TokenService {
         Ok(self.store.write_back(&w).await?)
     }
 
-    fn open(&self, envelope: &[u8], column: &'static str, row: &str) -> Result<Secret, TokenError> {
-        self.keyring
-            .open(envelope, SealedTable::Credentials.aad(column, row))
-            .map_err(|e| {
-                tracing::warn!(event = "token.unsealable", row = %row, column = column, error = %e);
-                TokenError::from(e)
-            })
+    /// Opens a sealed value of `row` under the row's binding. A value that does not
+    /// open (a row edited or moved in the database) is refused: nothing is served or
+    /// sent, and the slot needs consent again.
+    fn open(
+        &self,
+        envelope: &[u8],
+        column: &'static str,
+        row: &CredentialRow,
+    ) -> Result<Secret, TokenError> {
+        self.keyring.open(envelope, row.aad(column)).map_err(|e| {
+            tracing::warn!(event = "token.unsealable", tenant = %row.slot.tenant, server = %row.slot.server, row = %row.id, column = column, error = %e);
+            TokenError::from(e)
+        })
     }
 }
 

@@ -11,7 +11,6 @@ use latchkey_core::{Remedy, Secret, UnixTime};
 use latchkey_egress::{Egress, EgressConfig, LoopbackPolicy};
 use latchkey_testkit::{AsConfig, ScriptedServer};
 use latchkey_vault::keyring::StaticKeys;
-use latchkey_vault::rotate::SealedTable;
 use latchkey_vault::store::new_id;
 use latchkey_vault::{CredentialRow, KeySet, Keyring, ServerRow, Slot, Store};
 
@@ -116,17 +115,23 @@ impl Fx {
         scopes: &str,
     ) -> CredentialRow {
         let id = new_id();
-        let seal = |col: &'static str, v: &str| {
-            self.keyring
-                .seal(&Secret::new(v), SealedTable::Credentials.aad(col, &id))
-                .unwrap()
-        };
+        let mut row = CredentialRow::new(
+            id.clone(),
+            self.slot.clone(),
+            self.token_endpoint.clone(),
+            0,
+        );
+        row.issuer = Some(self.server.base.clone());
+        row.resource = Some(self.server.mcp_url());
+        let seal =
+            |col: &'static str, v: &str| self.keyring.seal(&Secret::new(v), row.aad(col)).unwrap();
         let row = CredentialRow {
             id: id.clone(),
             slot: self.slot.clone(),
             issuer: Some(self.server.base.clone()),
             resource: Some(self.server.mcp_url()),
             token_endpoint: self.token_endpoint.clone(),
+            revocation_endpoint: None,
             client_id: Some("client-1".into()),
             client_secret: Some(seal("client_secret", CLIENT_SECRET)),
             auth_method: Some("client_secret_basic".into()),
@@ -168,7 +173,7 @@ impl Fx {
         }
         .unwrap();
         self.keyring
-            .open(env, SealedTable::Credentials.aad(col, &row.id))
+            .open(env, row.aad(col))
             .unwrap()
             .expose()
             .to_owned()

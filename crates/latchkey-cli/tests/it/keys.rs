@@ -58,16 +58,14 @@ async fn seed(store: &dyn Store, keyring: &Keyring, n: usize) {
         .await
         .unwrap();
     for i in 0..n {
-        let id = new_id();
-        let aad = |c| SealedTable::Credentials.aad(c, &id);
         let slot = Slot {
             tenant: "t1".into(),
             server: "s1".into(),
             subject: Some(format!("u{i}")),
         };
-        let mut row = CredentialRow::new(id.clone(), slot, "https://as.example/token", 0);
-        row.access_token = Some(keyring.encrypt(b"at", aad("access_token")).unwrap());
-        row.refresh_token = Some(keyring.encrypt(b"rt", aad("refresh_token")).unwrap());
+        let mut row = CredentialRow::new(new_id(), slot, "https://as.example/token", 0);
+        row.access_token = Some(keyring.encrypt(b"at", row.aad("access_token")).unwrap());
+        row.refresh_token = Some(keyring.encrypt(b"rt", row.aad("refresh_token")).unwrap());
         store.upsert_credential(&row).await.unwrap();
     }
 }

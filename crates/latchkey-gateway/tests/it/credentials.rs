@@ -2,7 +2,6 @@
 //! the caller's slot, sealing, idempotent delete, the typed 503 without a key.
 
 use latchkey_vault::keyring::StaticKeys;
-use latchkey_vault::rotate::SealedTable;
 use latchkey_vault::store::Slot;
 use latchkey_vault::{KeySet, Keyring};
 use serde_json::json;
@@ -80,7 +79,7 @@ async fn a_deposit_is_validated_sealed_and_replaces_the_slot() {
     let rt = keyring
         .open(
             row.refresh_token.as_deref().unwrap(),
-            SealedTable::Credentials.aad("refresh_token", &row.id),
+            row.aad("refresh_token"),
         )
         .unwrap();
     assert_eq!(rt.expose(), "rt-DEPOSITED-1");

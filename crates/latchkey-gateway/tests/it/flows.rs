@@ -4,7 +4,6 @@
 
 use latchkey_testkit::{AsConfig, ScriptedServer};
 use latchkey_vault::keyring::StaticKeys;
-use latchkey_vault::rotate::SealedTable;
 use latchkey_vault::store::Slot;
 use latchkey_vault::{KeySet, Keyring};
 use serde_json::{Value, json};
@@ -107,7 +106,7 @@ async fn popup_flow(backend: super::Backend) {
     let rt = Keyring::new(keys.clone())
         .open(
             row.refresh_token.as_deref().unwrap(),
-            SealedTable::Credentials.aad("refresh_token", &row.id),
+            row.aad("refresh_token"),
         )
         .unwrap();
     assert!(!rt.expose().is_empty());
@@ -159,7 +158,7 @@ async fn popup_flow(backend: super::Backend) {
     let at = Keyring::new(StaticKeys(Some(KeySet::parse(KEY).unwrap())))
         .open(
             row.access_token.as_deref().unwrap(),
-            SealedTable::Credentials.aad("access_token", &row.id),
+            row.aad("access_token"),
         )
         .unwrap();
     let r = client()
@@ -210,7 +209,7 @@ async fn popup_flow(backend: super::Backend) {
     let dcr_secret = Keyring::new(keys.clone())
         .open(
             dcr.client_secret.as_deref().unwrap(),
-            SealedTable::RegisteredClients.aad("client_secret", &dcr.id),
+            dcr.secret_aad(),
         )
         .unwrap();
     let text = logs.text();

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod api_keys;
+mod hostile_binding;
 mod rotation;
 
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use latchkey_vault::keyring::StaticKeys;
 use latchkey_vault::store::{FLOW_TTL_SECS, flow_is_live, new_id};
 use latchkey_vault::{
-    Aad, CredentialRow, FlowRow, KeySet, Keyring, PgStore, ServerRow, Slot, SqliteStore, Store,
+    CredentialRow, FlowRow, KeySet, Keyring, PgStore, ServerRow, Slot, SqliteStore, Store,
     WriteBack,
 };
 
@@ -107,6 +108,7 @@ fn credential(slot: &Slot, refresh: &[u8]) -> CredentialRow {
         issuer: Some("https://as.example".into()),
         resource: Some("https://mcp.example/mcp".into()),
         token_endpoint: "https://as.example/token".into(),
+        revocation_endpoint: None,
         client_id: Some("c".into()),
         client_secret: None,
         auth_method: Some("none".into()),
@@ -446,39 +448,18 @@ async fn no_plaintext_token_in_the_sqlite_file() {
     let mut c = credential(&slot("t1", "s1", Some("alice")), b"");
     c.refresh_token = Some(
         keyring
-            .encrypt(
-                token,
-                Aad {
-                    table: "credentials",
-                    column: "refresh_token",
-                    row: &c.id,
-                },
-            )
+            .encrypt(token, c.aad("refresh_token"))
             .unwrap(),
     );
     c.access_token = Some(
         keyring
-            .encrypt(
-                b"at-PLAINTEXT-MARKER",
-                Aad {
-                    table: "credentials",
-                    column: "access_token",
-                    row: &c.id,
-                },
-            )
+            .encrypt(b"at-PLAINTEXT-MARKER", c.aad("access_token"))
             .unwrap(),
     );
     store.upsert_credential(&c).await.unwrap();
     let row = store.get_credential(&c.slot).await.unwrap().unwrap();
     let back = keyring
-        .decrypt(
-            row.refresh_token.as_deref().unwrap(),
-            Aad {
-                table: "credentials",
-                column: "refresh_token",
-                row: &row.id,
-            },
-        )
+        .decrypt(row.refresh_token.as_deref().unwrap(), row.aad("refresh_token"))
         .unwrap();
     assert_eq!(&back[..], token);
     store.pool().close().await;

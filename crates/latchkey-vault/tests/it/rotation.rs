@@ -9,7 +9,7 @@ use latchkey_vault::rotate::{
     Checkpoint, NoProgress, Rewrap, RotateOptions, RotationProgress, SealedTable, rotate,
 };
 use latchkey_vault::store::RegisteredClientRow;
-use latchkey_vault::{KeySet, Keyring, Store, WriteBack};
+use latchkey_vault::{Aad, KeySet, Keyring, Store, WriteBack};
 
 use super::{NOW, credential, drop_schema, flow, postgres, server, slot, sqlite};
 
@@ -20,12 +20,12 @@ fn ring(spec: &str) -> Keyring {
     Keyring::new(StaticKeys(Some(KeySet::parse(spec).unwrap())))
 }
 
-fn seal(k: &Keyring, table: SealedTable, column: &'static str, row: &str, v: &str) -> Vec<u8> {
-    k.encrypt(v.as_bytes(), table.aad(column, row)).unwrap()
+fn seal(k: &Keyring, aad: Aad<'_>, v: &str) -> Vec<u8> {
+    k.encrypt(v.as_bytes(), aad).unwrap()
 }
 
-fn open(k: &Keyring, table: SealedTable, column: &'static str, row: &str, env: &[u8]) -> String {
-    let plain = k.decrypt(env, table.aad(column, row)).unwrap();
+fn open(k: &Keyring, aad: Aad<'_>, env: &[u8]) -> String {
+    let plain = k.decrypt(env, aad).unwrap();
     String::from_utf8(plain.to_vec()).unwrap()
 }
 
@@ -39,9 +39,9 @@ async fn seed(store: &dyn Store, k: &Keyring, n: usize) -> Vec<String> {
     for i in 0..n {
         let user = format!("u{i:05}");
         let mut c = credential(&slot("t1", "s1", Some(&user)), b"");
-        c.client_secret = (i % 3 != 0).then(|| seal(k, CRED, "client_secret", &c.id, "cs"));
-        c.access_token = Some(seal(k, CRED, "access_token", &c.id, &format!("at-{user}")));
-        c.refresh_token = Some(seal(k, CRED, "refresh_token", &c.id, &format!("rt-{user}")));
+        c.client_secret = (i % 3 != 0).then(|| seal(k, c.aad("client_secret"), "cs"));
+        c.access_token = Some(seal(k, c.aad("access_token"), &format!("at-{user}")));
+        c.refresh_token = Some(seal(k, c.aad("refresh_token"), &format!("rt-{user}")));
         store.upsert_credential(&c).await.unwrap();
         ids.push(c.id);
     }
@@ -60,10 +60,10 @@ async fn assert_all_under_key_2(store: &dyn Store, n: usize) {
             .unwrap();
         let rt = row.refresh_token.as_deref().unwrap();
         assert_eq!(rt[0], 2, "key id byte");
-        assert!(open(&only2, CRED, "refresh_token", &row.id, rt).starts_with("rt-"));
+        assert!(open(&only2, row.aad("refresh_token"), rt).starts_with("rt-"));
         assert_eq!(row.generation, 0, "a rotation never bumps the generation");
         if let Some(cs) = row.client_secret.as_deref() {
-            assert_eq!(open(&only2, CRED, "client_secret", &row.id, cs), "cs");
+            assert_eq!(open(&only2, row.aad("client_secret"), cs), "cs");
         }
     }
 }
@@ -79,36 +79,22 @@ async fn rotates_everything_and_keeps_what_it_cannot_open(store: Arc<dyn Store>)
     let k1 = ring(&format!("1:{K1}"));
     let ids = seed(store.as_ref(), &k1, 25).await;
     // A registered client and a pending flow are sealed too.
-    let client_id = latchkey_vault::store::new_id();
-    store
-        .put_registered_client(&RegisteredClientRow {
-            id: client_id.clone(),
-            tenant: "t1".into(),
-            server: "s1".into(),
-            issuer: "https://as.example".into(),
-            client_id: "c".into(),
-            client_secret: Some(seal(
-                &k1,
-                SealedTable::RegisteredClients,
-                "client_secret",
-                &client_id,
-                "dcr-secret",
-            )),
-            auth_method: "client_secret_basic".into(),
-            client_secret_expires_at: None,
-            obtained_by: "dcr".into(),
-            created_at: NOW,
-        })
-        .await
-        .unwrap();
+    let mut rc = RegisteredClientRow {
+        id: latchkey_vault::store::new_id(),
+        tenant: "t1".into(),
+        server: "s1".into(),
+        issuer: "https://as.example".into(),
+        client_id: "c".into(),
+        client_secret: None,
+        auth_method: "client_secret_basic".into(),
+        client_secret_expires_at: None,
+        obtained_by: "dcr".into(),
+        created_at: NOW,
+    };
+    rc.client_secret = Some(seal(&k1, rc.secret_aad(), "dcr-secret"));
+    store.put_registered_client(&rc).await.unwrap();
     let mut f = flow(&slot("t1", "s1", Some("u00000")), "ab12", NOW);
-    f.verifier = seal(
-        &k1,
-        SealedTable::OAuthFlows,
-        "verifier",
-        "ab12",
-        "verifier-1",
-    );
+    f.verifier = seal(&k1, f.verifier_aad(), "verifier-1");
     store.insert_flow(&f).await.unwrap();
     // One corrupt value under key 1: it must survive untouched.
     let read = store.sealed_row(CRED, &ids[4]).await.unwrap().unwrap();
@@ -141,13 +127,7 @@ async fn rotates_everything_and_keeps_what_it_cannot_open(store: Arc<dyn Store>)
     store.clear_rotation_checkpoints().await.unwrap();
     // The server's pre-registered client secret is sealed too.
     let mut srv = store.get_server("t1", "s1").await.unwrap().unwrap();
-    srv.client_secret = Some(seal(
-        &k1,
-        SealedTable::Servers,
-        "client_secret",
-        "s1",
-        "pre-secret",
-    ));
+    srv.client_secret = Some(seal(&k1, srv.secret_aad(), "pre-secret"));
     assert!(store.update_server(&srv, NOW).await.unwrap());
 
     let k2 = ring(&format!("2:{K2},1:{K1}"));
@@ -165,9 +145,7 @@ async fn rotates_everything_and_keeps_what_it_cannot_open(store: Arc<dyn Store>)
     assert_eq!(
         open(
             &ring(&format!("2:{K2}")),
-            SealedTable::Servers,
-            "client_secret",
-            "s1",
+            srv.secret_aad(),
             srv.client_secret.as_deref().unwrap()
         ),
         "pre-secret"
@@ -188,35 +166,18 @@ async fn rotates_everything_and_keeps_what_it_cannot_open(store: Arc<dyn Store>)
         .unwrap()
         .unwrap();
     assert_eq!(
-        open(
-            &only2,
-            SealedTable::RegisteredClients,
-            "client_secret",
-            &c.id,
-            c.client_secret.as_deref().unwrap()
-        ),
+        open(&only2, c.secret_aad(), c.client_secret.as_deref().unwrap()),
         "dcr-secret"
     );
     let f = store.consume_flow("ab12").await.unwrap().unwrap();
-    assert_eq!(
-        open(
-            &only2,
-            SealedTable::OAuthFlows,
-            "verifier",
-            "ab12",
-            &f.verifier
-        ),
-        "verifier-1"
-    );
+    assert_eq!(open(&only2, f.verifier_aad(), &f.verifier), "verifier-1");
     // Everything else opens with key 2 alone (skip the corrupt row's access token).
     for (i, id) in ids.iter().enumerate() {
         let row = store.sealed_row(CRED, id).await.unwrap().unwrap();
         assert_eq!(
             open(
                 &only2,
-                CRED,
-                "refresh_token",
-                id,
+                row.aad(CRED, "refresh_token"),
                 row.values[2].as_deref().unwrap()
             ),
             format!("rt-u{i:05}")
@@ -319,7 +280,7 @@ async fn never_overwrites_a_concurrent_write(store: Arc<dyn Store>) {
 
     // A stale rewrap loses to a write-back that landed after the read.
     let read = store.sealed_row(CRED, &ids[0]).await.unwrap().unwrap();
-    let fresh_at = seal(&k2, CRED, "access_token", &ids[0], "at-fresh");
+    let fresh_at = seal(&k2, read.aad(CRED, "access_token"), "at-fresh");
     assert!(
         store
             .write_back(&WriteBack {
@@ -370,8 +331,9 @@ async fn never_overwrites_a_concurrent_write(store: Arc<dyn Store>) {
             let mut ok = 0;
             for round in 0..3 {
                 for id in ids.iter().skip(1).step_by(7) {
-                    let at = seal(&k2, CRED, "access_token", id, &format!("at-w{round}"));
-                    let rt = seal(&k2, CRED, "refresh_token", id, &format!("rt-w{round}"));
+                    let row = store.sealed_row(CRED, id).await.unwrap().unwrap();
+                    let at = seal(&k2, row.aad(CRED, "access_token"), &format!("at-w{round}"));
+                    let rt = seal(&k2, row.aad(CRED, "refresh_token"), &format!("rt-w{round}"));
                     let w = WriteBack {
                         tenant: "t1".into(),
                         id: id.clone(),
@@ -400,9 +362,7 @@ async fn never_overwrites_a_concurrent_write(store: Arc<dyn Store>) {
         let row = store.sealed_row(CRED, id).await.unwrap().unwrap();
         let rt = open(
             &only2,
-            CRED,
-            "refresh_token",
-            id,
+            row.aad(CRED, "refresh_token"),
             row.values[2].as_deref().unwrap(),
         );
         if written.contains(&id) {
