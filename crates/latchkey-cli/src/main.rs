@@ -6,6 +6,7 @@ mod conformance;
 mod connect;
 mod doctor;
 mod keys;
+mod logging;
 mod mcp_config;
 mod output;
 mod serve;
@@ -114,15 +115,20 @@ mod exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut filter = tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    // rmcp logs whole JSON-RPC messages at debug (tool arguments and results, and the
-    // authorization URLs of consent elicitations): capped at info whatever the setting.
-    if let Ok(cap) = "rmcp=info".parse() {
-        filter = filter.add_directive(cap);
-    }
+    let spec = std::env::var("LATCHKEY_LOG").ok();
+    let filter = match logging::filter(spec.as_deref()) {
+        Ok(f) => f,
+        Err(logging::BadFilter(e)) => {
+            eprintln!("latchkey: {e}");
+            return exit::code(exit::CONFIG);
+        }
+    };
+    // Colours only for a person at a terminal, and never when NO_COLOR is set.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
