@@ -8,7 +8,29 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR=never
 export CARGO_INCREMENTAL=0
-step() { printf '\n==> %s\n' "$*"; }
+# Each stage is timed; the times are printed as each one ends and together at the end.
+stage= stage_began=$SECONDS timings=()
+end_stage() {
+  [ -n "$stage" ] || return 0
+  timings+=("$(printf '%5ds  %s' $((SECONDS - stage_began)) "$stage")")
+  printf '==> %s: %ds\n' "$stage" $((SECONDS - stage_began))
+  stage=
+}
+step() {
+  end_stage
+  stage="$*" stage_began=$SECONDS
+  printf '\n==> %s\n' "$*"
+}
+report() {
+  local rc=$?
+  end_stage
+  printf '\nstage times (total %ds):\n' "$SECONDS"
+  printf '%s\n' "${timings[@]}"
+  # The closing line, last.
+  [ -z "${summary:-}" ] || printf '\n%s\n' "$summary"
+  return $rc
+}
+trap report EXIT
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -19,6 +41,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked 2>&1 | tee .cache-test.log || { rm -f .cache-test.log; exit 1; }
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' .cache-test.log | awk '{s+=$4} END {print s+0}')
+# The hostile group (issue 15): every attack that once got through, by name.
+hostile=$(grep -Ec '^test .*hostile.* \.\.\. ok$' .cache-test.log || true)
+printf 'hostile group: %s tests passed\n' "$hostile"
 rm -f .cache-test.log
 
 step "web UI end-to-end (Playwright, headless Chromium)"
@@ -27,4 +52,4 @@ bash scripts/e2e.sh
 step "MCP conformance suites"
 bash scripts/conformance.sh
 
-printf '\ntests: %s passed, 0 failed\n' "$passed"
+summary="tests: $passed passed, 0 failed"
