@@ -10,7 +10,7 @@ use latchkey_core::{Clock, SystemClock};
 use latchkey_gateway::Config;
 
 use crate::exit;
-use crate::state::{Keys, StateArgs};
+use crate::state::StateArgs;
 
 /// Arguments of `latchkey serve`.
 #[derive(Debug, clap::Args)]
@@ -42,23 +42,19 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
             cfg.key_file.clone(),
         )
         .resolve()?;
-    if let Keys::File(file) = &state.keys {
-        match file.create_if_missing() {
-            Ok(true) => println!(
-                "Generated a new encryption key in {} (mode 0600). Back it up: without it the stored tokens cannot be read.",
-                file.0.display()
-            ),
-            Ok(false) => {}
-            Err(e) => {
-                eprintln!("latchkey: {e}");
-                return Ok(exit::code(exit::CONFIG));
-            }
-        }
-    }
     let store = match state.open_store().await {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
+    // The keys against the database (a lost or wrong key stops here, exit 78), then
+    // the re-seal of values written before they were bound to their rows.
+    let keyring = Arc::new(state.keyring());
+    if let Err(code) = state.check_keys(store.as_ref(), &keyring).await {
+        return Ok(code);
+    }
+    if let Err(code) = state.reseal(store.as_ref(), &keyring).await {
+        return Ok(code);
+    }
     let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -71,12 +67,9 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
         cfg.public_url = format!("http://{local}");
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let keyring = Arc::new(state.keyring());
     if let Err(e) = keyring.check() {
-        // Not fatal (R-STORE-4): only storing OAuth secrets needs the key.
-        eprintln!(
-            "latchkey: warning: {e}; OAuth connections will answer 503 until a key is configured"
-        );
+        eprintln!("latchkey: {e} ({})", state.key_location());
+        return Ok(exit::code(exit::CONFIG));
     }
     let app_state = match latchkey_gateway::state(&cfg, store, keyring, clock) {
         Ok(st) => st,

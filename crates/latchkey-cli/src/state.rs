@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use latchkey_vault::KeySource as _;
 use latchkey_vault::keyring::{EnvKeys, FileKeys};
 use latchkey_vault::store::DatabaseUrl;
 
@@ -98,6 +99,167 @@ impl State {
         })
     }
 
+    /// Where keys were looked for, for messages.
+    pub(crate) fn key_location(&self) -> String {
+        match &self.keys {
+            Keys::Env => format!("the environment variable {KEYS_ENV}"),
+            Keys::File(f) => format!(
+                "the key file {} (set {KEYS_ENV} or --key-file to look elsewhere)",
+                f.0.display()
+            ),
+        }
+    }
+
+    /// Start-up checks of the keys against the database (issue 15, item 8), then the
+    /// re-seal of values written before they were bound to their rows. On failure,
+    /// prints why and returns the configuration exit code:
+    /// * invalid key configuration (garbage in the variable or the file) stops here;
+    /// * a key file is created only while the database holds no sealed value: a lost
+    ///   key is never silently replaced by a fresh one that opens nothing;
+    /// * configured keys that include none of the key ids the database's envelopes
+    ///   carry, or that open none of a sample of the values under their own id (a
+    ///   wrong key with the right id), stop here, naming the ids needed;
+    /// * a key file readable by group or others is warned about (path only).
+    pub(crate) async fn check_keys(
+        &self,
+        store: &dyn latchkey_vault::Store,
+        keyring: &latchkey_vault::Keyring,
+    ) -> Result<(), std::process::ExitCode> {
+        let fail = |msg: String| {
+            eprintln!("latchkey: {msg}");
+            crate::exit::code(crate::exit::CONFIG)
+        };
+        let loaded = match &self.keys {
+            Keys::Env => EnvKeys(KEYS_ENV.into()).load(),
+            Keys::File(f) => f.load(),
+        };
+        let loaded = loaded.map_err(|e| {
+            fail(format!(
+                "{e} (keys read from {}); Latchkey does not start with unusable keys",
+                self.key_location()
+            ))
+        })?;
+        let in_use = store.key_ids_in_use().await.map_err(|e| {
+            eprintln!("latchkey: {}: {e}", self.database);
+            crate::exit::code(crate::exit::UNAVAILABLE)
+        })?;
+        let ids = |set: &std::collections::BTreeSet<u8>| {
+            set.iter().map(u8::to_string).collect::<Vec<_>>().join(", ")
+        };
+        let Some(set) = loaded else {
+            if !in_use.is_empty() {
+                return Err(fail(format!(
+                    "no encryption key found, but the database ({}) holds values sealed under key id(s) {}. \
+                     Looked in {}. Restore that key (e.g. from a backup) and start again; \
+                     Latchkey does not generate a new key while the database holds values only the old one opens.",
+                    self.database,
+                    ids(&in_use),
+                    self.key_location()
+                )));
+            }
+            let Keys::File(file) = &self.keys else {
+                return Err(fail(format!("{KEYS_ENV} holds no key")));
+            };
+            match file.create_if_missing() {
+                Ok(true) => {
+                    #[allow(clippy::print_stdout)] // the start-up announcement
+                    {
+                        println!(
+                            "Generated a new encryption key in {} (mode 0600). Back it up: without it the stored tokens cannot be read.",
+                            file.0.display()
+                        );
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => return Err(fail(e.to_string())),
+            }
+            return Ok(());
+        };
+        if let Keys::File(f) = &self.keys {
+            warn_if_shared(&f.0);
+        }
+        let configured: std::collections::BTreeSet<u8> = set.ids().into_iter().collect();
+        let missing: std::collections::BTreeSet<u8> =
+            in_use.difference(&configured).copied().collect();
+        if !in_use.is_empty() && missing.len() == in_use.len() {
+            return Err(fail(format!(
+                "the database ({}) holds values sealed under key id(s) {}, but the keys in {} have id(s) {}. \
+                 Configure the key(s) the database needs (older keys stay configured after a rotation).",
+                self.database,
+                ids(&in_use),
+                self.key_location(),
+                ids(&configured)
+            )));
+        }
+        if !missing.is_empty() {
+            tracing::warn!(
+                event = "keys.missing_ids",
+                missing = %ids(&missing),
+                "stored values are sealed under key ids no configured key has: their slots need consent again, and /readyz reports not ready"
+            );
+        }
+        for id in in_use.intersection(&configured) {
+            if let Some(false) = latchkey_vault::rotate::key_opens_sample(store, keyring, *id)
+                .await
+                .map_err(|e| fail(e.to_string()))?
+            {
+                return Err(fail(format!(
+                    "the configured key id {id} in {} opens none of the stored values sealed under key id {id}: \
+                     it is not the key they were sealed with. Restore the right key.",
+                    self.key_location()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-seals, with the rotation machinery, every value written before values were
+    /// bound to their rows (issue 15, item 7), unless the database says that is done;
+    /// then the keyring stops opening row-id-only values. Resumable and safe beside
+    /// other instances; runs once, on the first start after the upgrade.
+    pub(crate) async fn reseal(
+        &self,
+        store: &dyn latchkey_vault::Store,
+        keyring: &latchkey_vault::Keyring,
+    ) -> Result<(), std::process::ExitCode> {
+        let unavailable = |e: &dyn std::fmt::Display| {
+            eprintln!("latchkey: {}: {e}", self.database);
+            crate::exit::code(crate::exit::UNAVAILABLE)
+        };
+        if store.aad_version().await.map_err(|e| unavailable(&e))? >= 2 {
+            keyring.refuse_legacy_aad();
+            return Ok(());
+        }
+        use latchkey_core::Clock as _;
+        let opts = latchkey_vault::rotate::RotateOptions {
+            batch_size: latchkey_vault::rotate::RotateOptions::DEFAULT_BATCH,
+            now: i64::try_from(latchkey_core::SystemClock.now().as_secs()).unwrap_or(i64::MAX),
+        };
+        match latchkey_vault::rotate::rotate(
+            store,
+            keyring,
+            opts,
+            &latchkey_vault::rotate::NoProgress,
+        )
+        .await
+        {
+            Ok(r) => {
+                tracing::info!(
+                    event = "keys.resealed",
+                    rows = r.rows_rewrapped,
+                    values = r.values_rewrapped,
+                    undecryptable = r.undecryptable,
+                );
+                Ok(())
+            }
+            Err(latchkey_vault::rotate::RotateError::Store(e)) => Err(unavailable(&e)),
+            Err(e) => {
+                eprintln!("latchkey: re-sealing stored values failed: {e}");
+                Err(crate::exit::code(crate::exit::CONFIG))
+            }
+        }
+    }
+
     /// A keyring over the configured key source (read lazily, fails closed).
     pub(crate) fn keyring(&self) -> latchkey_vault::Keyring {
         match &self.keys {
@@ -105,6 +267,28 @@ impl State {
             Keys::File(f) => latchkey_vault::Keyring::new(f.clone()),
         }
     }
+}
+
+/// Warns (path only, never contents) when the key file is readable or writable by
+/// group or others.
+fn warn_if_shared(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    event = "keys.file_permissions",
+                    path = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "the key file is accessible to group or others; make it the owner's alone (chmod 600)"
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 fn default_data_dir() -> PathBuf {

@@ -59,6 +59,8 @@ pub struct Shared {
     pub discoverer: Arc<latchkey_oauth::discovery::Discoverer>,
     /// The public base URL (callbacks), without a trailing `/`.
     pub public_url: String,
+    /// What `/readyz` remembers of the key ids the stored values need.
+    pub key_use: Arc<KeyUse>,
     /// Events for `/v1/events`.
     pub events: crate::events::Events,
     /// Access tokens: cache, single-flight refresh, eviction.
@@ -215,21 +217,66 @@ async fn healthz() -> Response {
 /// broker that stores no OAuth secret works without one (R-STORE-4).
 async fn readyz(State(s): State<AppState>) -> Response {
     let db = s.store.ping().await;
-    let key = match s.keyring.check() {
+    let mut key = match s.keyring.check() {
         Ok(()) => "ok",
         Err(latchkey_vault::KeyringError::EncryptionKeyMissing) => "missing",
         Err(_) => "invalid",
     };
+    // Stored values no configured key opens (a lost or replaced key): not ready.
+    let unopenable = match db {
+        Ok(()) => s.key_use.unopenable(&s).await,
+        Err(_) => Vec::new(),
+    };
+    if !unopenable.is_empty() {
+        key = "unopenable";
+    }
+    let ready = db.is_ok() && unopenable.is_empty();
+    let mut checks = json!({"database": if db.is_ok() { "ok" } else { "unavailable" }, "encryption_key": key});
+    if !unopenable.is_empty() {
+        checks["missing_key_ids"] = json!(unopenable);
+    }
     let body = json!({
-        "status": if db.is_ok() { "ready" } else { "unready" },
-        "checks": {"database": if db.is_ok() { "ok" } else { "unavailable" }, "encryption_key": key},
+        "status": if ready { "ready" } else { "unready" },
+        "checks": checks,
     });
-    let status = if db.is_ok() {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// The key ids the stored envelopes carry that no configured key has, for `/readyz`:
+/// one scan of the sealed columns, remembered for [`KeyUse::TTL_SECS`].
+#[derive(Debug, Default)]
+pub struct KeyUse(std::sync::Mutex<Option<(u64, Vec<u8>)>>);
+
+impl KeyUse {
+    /// How long a scan's answer is reused.
+    pub const TTL_SECS: u64 = 30;
+
+    async fn unopenable(&self, s: &Shared) -> Vec<u8> {
+        let now = s.clock.now().as_secs();
+        if let Ok(g) = self.0.lock()
+            && let Some((at, ids)) = g.as_ref()
+            && now.saturating_sub(*at) < Self::TTL_SECS
+        {
+            return ids.clone();
+        }
+        let Ok(in_use) = s.store.key_ids_in_use().await else {
+            return Vec::new();
+        };
+        let configured = s.keyring.key_ids().unwrap_or_default();
+        let missing: Vec<u8> = in_use
+            .into_iter()
+            .filter(|id| !configured.contains(id))
+            .collect();
+        if let Ok(mut g) = self.0.lock() {
+            *g = Some((now, missing.clone()));
+        }
+        missing
+    }
 }
 
 /// Who the caller is, as Latchkey sees it.

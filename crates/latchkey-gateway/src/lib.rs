@@ -67,6 +67,7 @@ pub fn state(
         egress,
         clock,
         public_url: cfg.public_url.clone(),
+        key_use: Arc::default(),
         events: events::Events::default(),
         servers: Arc::default(),
         metrics: telemetry::install(),

@@ -146,10 +146,9 @@ impl KeySet {
             let (id, hex) = part.split_once(':').ok_or_else(|| {
                 KeyringError::InvalidKeyConfig("expected id:hex entries separated by commas".into())
             })?;
+            // The offending text is not repeated: it may be key material.
             let id: u8 = id.trim().parse().map_err(|_| {
-                KeyringError::InvalidKeyConfig(format!(
-                    "key id {id:?} is not a number from 1 to 255"
-                ))
+                KeyringError::InvalidKeyConfig("a key id is not a number from 1 to 255".into())
             })?;
             keys.push((id, MasterKey::from_hex(hex)?));
         }
@@ -538,6 +537,15 @@ impl Keyring {
             );
         }
         opened
+    }
+
+    /// Whether the envelope opens for the place `aad` names, without logging a refusal
+    /// (start-up's check that a configured key is the one the values were sealed with).
+    pub fn opens(&self, envelope: &[u8], aad: Aad<'_>) -> Result<bool, KeyringError> {
+        let keys = self.keys()?;
+        Ok(open_with(&keys, envelope, aad, AadVersion::V2).is_ok()
+            || (self.legacy_aad.load(Ordering::Relaxed)
+                && open_with(&keys, envelope, aad, AadVersion::V1).is_ok()))
     }
 
     /// Stops opening version-1 (row-id-only) envelopes: called once every stored value

@@ -174,6 +174,32 @@ pub async fn rotate(
     Ok(report)
 }
 
+/// Whether the key `id` opens any of a sample of stored values sealed under it (the
+/// first rows of each sealed table); `None` when the sample holds no value under `id`.
+/// A configured key that opens none of them is not the key they were sealed with.
+pub async fn key_opens_sample(
+    store: &dyn Store,
+    keyring: &Keyring,
+    id: u8,
+) -> Result<Option<bool>, RotateError> {
+    const SAMPLE: u32 = 64;
+    let mut tried = false;
+    for table in SealedTable::ALL {
+        for row in store.sealed_page(table, None, SAMPLE).await? {
+            for (column, value) in table.columns().iter().zip(&row.values) {
+                let Some(envelope) = value.as_deref().filter(|e| e.first() == Some(&id)) else {
+                    continue;
+                };
+                tried = true;
+                if keyring.opens(envelope, row.aad(table, column))? {
+                    return Ok(Some(true));
+                }
+            }
+        }
+    }
+    Ok(tried.then_some(false))
+}
+
 /// Re-reads rows whose CAS failed and tries again, a bounded number of times.
 async fn retry_conflicts(
     store: &dyn Store,

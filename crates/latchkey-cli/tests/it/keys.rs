@@ -166,3 +166,190 @@ fn add_refuses_when_keys_come_from_the_environment() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("0001020304"), "the key is never echoed");
 }
+
+// Issue 15, item 8: a lost or wrong key is never replaced silently.
+
+const KA: &str = "1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+const KB: &str = "1:f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff000102030405060708090a0b0c0d0e0f";
+const K2: &str = "2:a0a1a2a3a4a5a6a7a8a9aaabacadaeaf000102030405060708090a0b0c0d0e0f";
+
+/// A data directory whose database holds `n` credentials sealed under `spec`, and no
+/// key file.
+async fn sealed_database(dir: &TempDir, spec: &str, n: usize) {
+    let data = dir.0.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let store = latchkey_vault::SqliteStore::open(&data.join("latchkey.db"))
+        .await
+        .unwrap();
+    let keyring = Keyring::new(latchkey_vault::keyring::StaticKeys(Some(
+        latchkey_vault::KeySet::parse(spec).unwrap(),
+    )));
+    seed(&store, &keyring, n).await;
+    store.pool().close().await;
+}
+
+/// Runs `latchkey serve` and expects it to stop by itself within 30 s.
+fn serve_exits(c: &mut Command) -> Output {
+    let mut child = c.spawn().unwrap();
+    for _ in 0..300 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    panic!(
+        "serve kept running: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn hostile_a_lost_key_stops_start_up_naming_the_key_ids() {
+    let dir = TempDir::new();
+    sealed_database(&dir, KA, 3).await;
+    let data = dir.0.join("data");
+    let out = serve_exits(&mut super::serve::command(&data));
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("key id(s) 1"), "{err}");
+    assert!(
+        err.contains(&data.join("keys").display().to_string()),
+        "where keys were looked for: {err}"
+    );
+    assert!(
+        !data.join("keys").exists(),
+        "no key file is made while the database holds sealed values"
+    );
+    // A key from the environment that is not one the database needs.
+    let out = serve_exits(super::serve::command(&data).env("LATCHKEY_ENCRYPTION_KEYS", K2));
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("key id(s) 1") && err.contains("LATCHKEY_ENCRYPTION_KEYS"),
+        "{err}"
+    );
+    assert!(!err.contains("a0a1a2a3"), "the key is never echoed");
+}
+
+#[tokio::test]
+async fn hostile_a_wrong_key_with_the_right_id_stops_start_up() {
+    let dir = TempDir::new();
+    sealed_database(&dir, KA, 3).await;
+    let data = dir.0.join("data");
+    std::fs::write(data.join("keys"), format!("{KB}\n")).unwrap();
+    set_mode(&data.join("keys"), 0o600);
+    let out = serve_exits(&mut super::serve::command(&data));
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("key id 1") && err.contains("opens none"),
+        "{err}"
+    );
+}
+
+#[test]
+fn hostile_garbage_key_settings_stop_start_up() {
+    for (env, file) in [
+        (Some("garbage"), None),
+        (Some("1:abc"), None),
+        (None, Some("not a key\n")),
+        (None, Some(&format!("{}:{}\n", &KA[2..], &KA[2..])[..])),
+    ] {
+        let dir = TempDir::new();
+        let data = dir.0.join("data");
+        let mut c = super::serve::command(&data);
+        if let Some(v) = env {
+            c.env("LATCHKEY_ENCRYPTION_KEYS", v);
+        }
+        if let Some(v) = file {
+            std::fs::create_dir_all(&data).unwrap();
+            std::fs::write(data.join("keys"), v).unwrap();
+        }
+        let out = serve_exits(&mut c);
+        assert_eq!(out.status.code(), Some(78), "{env:?} {file:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("invalid encryption key configuration"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("0001020304"),
+            "the key is never echoed: {err}"
+        );
+    }
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Starts serve, reads stdout to the listening line, returns the base URL and the
+/// child (whose standard error is still to be read).
+fn start_reading(mut c: Command) -> (String, std::process::Child) {
+    use std::io::BufRead as _;
+    let mut child = c.spawn().unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    for line in out.lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("Latchkey is listening on ") {
+            let base = rest.split_whitespace().next().unwrap().to_owned();
+            return (base, child);
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    panic!(
+        "no listening line: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_readyz_is_not_ready_while_stored_values_need_a_missing_key() {
+    let dir = TempDir::new();
+    // Values under key 1 and under key 2; only key 2 is configured, in a file that
+    // group and others can read.
+    sealed_database(&dir, KA, 2).await;
+    let data = dir.0.join("data");
+    {
+        let store = latchkey_vault::SqliteStore::open(&data.join("latchkey.db"))
+            .await
+            .unwrap();
+        let keyring = Keyring::new(latchkey_vault::keyring::StaticKeys(Some(
+            latchkey_vault::KeySet::parse(K2).unwrap(),
+        )));
+        let slot = Slot {
+            tenant: "t1".into(),
+            server: "s1".into(),
+            subject: Some("k2-user".into()),
+        };
+        let mut row = CredentialRow::new(new_id(), slot, "https://as.example/token", 0);
+        row.refresh_token = Some(keyring.encrypt(b"rt", row.aad("refresh_token")).unwrap());
+        store.upsert_credential(&row).await.unwrap();
+        store.pool().close().await;
+    }
+    std::fs::write(data.join("keys"), format!("{K2}\n")).unwrap();
+    set_mode(&data.join("keys"), 0o644);
+    let (base, mut child) = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || start_reading(super::serve::command(&data))
+    })
+    .await
+    .unwrap();
+    let r = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["checks"]["encryption_key"], "unopenable", "{body}");
+    assert_eq!(body["checks"]["missing_key_ids"], serde_json::json!([1]));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("keys.file_permissions")
+            && err.contains(&data.join("keys").display().to_string()),
+        "a warning names the shared key file: {err}"
+    );
+    assert!(!err.contains("a0a1a2a3"), "never its contents");
+}
