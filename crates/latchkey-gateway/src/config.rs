@@ -80,12 +80,25 @@ pub enum AuthConfig {
         audience: String,
         /// Where the verification keys come from.
         keys: JwtKeySource,
-        /// The claim naming the tenant (absent: one default tenant).
-        tenant_claim: Option<String>,
+        /// Where every token's tenant comes from.
+        tenant: JwtTenant,
         /// Scopes every request needs.
         required_scopes: Vec<String>,
     },
 }
+
+/// Where a token's tenant comes from in jwt mode: a required claim, or (a deployment
+/// that says it is single-tenant) one fixed tenant. Never a silent default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtTenant {
+    /// `auth.tenant_claim` (default `"tenant"`): a token without it is refused.
+    Claim(String),
+    /// `auth.tenant`: every token's tenant, whatever its claims say.
+    Fixed(String),
+}
+
+/// The default `auth.tenant_claim`.
+pub const DEFAULT_TENANT_CLAIM: &str = "tenant";
 
 /// Where JWT verification keys come from: exactly one of `auth.jwks_url` and
 /// `auth.jwt_secret`.
@@ -253,11 +266,28 @@ impl Config {
                         JwtKeySource::SharedSecret(secret)
                     }
                 };
+                let tenant = match (a.tenant_claim, a.tenant) {
+                    (Some(_), Some(_)) => {
+                        return Err(err(
+                            "auth.tenant",
+                            "set either auth.tenant (one fixed tenant) or auth.tenant_claim, not both",
+                        ));
+                    }
+                    (_, Some(t)) if t.trim().is_empty() => {
+                        return Err(err("auth.tenant", "must not be empty"));
+                    }
+                    (Some(c), None) if c.trim().is_empty() => {
+                        return Err(err("auth.tenant_claim", "must not be empty"));
+                    }
+                    (None, Some(t)) => JwtTenant::Fixed(t),
+                    (Some(c), None) => JwtTenant::Claim(c),
+                    (None, None) => JwtTenant::Claim(DEFAULT_TENANT_CLAIM.into()),
+                };
                 AuthConfig::Jwt {
                     issuer: need("LATCHKEY_JWT_ISSUER", "auth.issuer", a.issuer)?,
                     audience: need("LATCHKEY_JWT_AUDIENCE", "auth.audience", a.audience)?,
                     keys,
-                    tenant_claim: a.tenant_claim,
+                    tenant,
                     required_scopes: a.required_scopes.unwrap_or_default(),
                 }
             }
@@ -439,6 +469,44 @@ mod tests {
         assert!(!e.to_string().contains(short), "{e}");
         let exactly = &SECRET[..MIN_JWT_SECRET_BYTES];
         assert!(Config::parse(&format!("{JWT}jwt_secret = \"{exactly}\""), &env(&[])).is_ok());
+    }
+
+    #[test]
+    fn the_tenant_is_a_required_claim_or_explicitly_fixed() {
+        let base = format!("{JWT}jwt_secret = \"{SECRET}\"\n");
+        let tenant = |toml: &str| match Config::parse(toml, &env(&[])).map(|c| c.auth) {
+            Ok(AuthConfig::Jwt { tenant, .. }) => Ok(tenant),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(
+            tenant(&base).unwrap(),
+            JwtTenant::Claim(DEFAULT_TENANT_CLAIM.into())
+        );
+        assert_eq!(
+            tenant(&format!("{base}tenant_claim = \"org_id\"")).unwrap(),
+            JwtTenant::Claim("org_id".into())
+        );
+        assert_eq!(
+            tenant(&format!("{base}tenant = \"solo\"")).unwrap(),
+            JwtTenant::Fixed("solo".into())
+        );
+        let e = tenant(&format!(
+            "{base}tenant = \"solo\"\ntenant_claim = \"org_id\""
+        ))
+        .unwrap_err();
+        assert_eq!(e.setting, "auth.tenant");
+        assert!(e.message.contains("auth.tenant_claim"), "{e}");
+        assert_eq!(
+            tenant(&format!("{base}tenant = \"\"")).unwrap_err().setting,
+            "auth.tenant"
+        );
+        assert_eq!(
+            tenant(&format!("{base}tenant_claim = \" \""))
+                .unwrap_err()
+                .setting,
+            "auth.tenant_claim"
+        );
     }
 
     #[test]

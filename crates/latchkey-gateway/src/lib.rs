@@ -74,7 +74,7 @@ pub fn state(
         instance,
     }))
 }
-pub use config::{AuthConfig, Config, ConfigError, JwtKeySource};
+pub use config::{AuthConfig, Config, ConfigError, JwtKeySource, JwtTenant};
 pub use error::{ApiError, FieldError};
 
 /// The outbound HTTP client the configuration asks for.
@@ -121,7 +121,7 @@ pub fn guard(
             issuer,
             audience,
             keys,
-            tenant_claim,
+            tenant,
             required_scopes,
         } => {
             let jwks = Arc::new(JwksCache::new(
@@ -137,12 +137,22 @@ pub fn guard(
                     JwtConfig::shared_secret(issuer.clone(), audience.clone(), secret.clone())
                 }
             };
-            if let Some(c) = tenant_claim {
-                jc.claims = ClaimMapping {
+            // The tenant is a required claim, or fixed by configuration: never a
+            // silent default.
+            jc.claims = match tenant {
+                JwtTenant::Claim(c) => ClaimMapping {
                     tenant_claims: vec![c.clone()],
+                    fixed_tenant: None,
                     ..ClaimMapping::default()
-                };
-            }
+                },
+                JwtTenant::Fixed(t) => {
+                    TenantId::new(t.clone()).map_err(|e| bad("auth.tenant", e.to_string()))?;
+                    ClaimMapping {
+                        fixed_tenant: Some(t.clone()),
+                        ..ClaimMapping::default()
+                    }
+                }
+            };
             let verifier = JwtVerifier::new(jc, jwks).map_err(|e| bad("auth", e.to_string()))?;
             let mut t = TokenAuthenticator::new(clock.clone());
             t.jwt = Some(verifier);

@@ -10,15 +10,21 @@ use crate::error::InvalidReason;
 use crate::principal::{AuthSource, Principal, Role, SubjectId, TenantId};
 
 /// Which claims name the subject, the tenant and the admin role.
+///
+/// There is no fallback tenant: a token without a usable tenant claim is invalid
+/// ([`InvalidReason::Tenant`]). A single-tenant deployment says so with
+/// [`ClaimMapping::fixed_tenant`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimMapping {
     /// Claims tried in order for the subject (default `["sub"]`).
     pub subject_claims: Vec<String>,
-    /// Claims tried in order for the tenant (default `["tenant"]`).
+    /// Claims tried in order for the tenant (default `["tenant"]`); one of them must be
+    /// a non-empty string or an integer. Ignored when `fixed_tenant` is set.
     pub tenant_claims: Vec<String>,
-    /// Tenant used when no tenant claim is present (default `Some("default")`); `None`
-    /// makes a missing tenant invalid.
-    pub default_tenant: Option<String>,
+    /// Every token's tenant, whatever its claims say (default `None`: the tenant comes
+    /// from `tenant_claims` and is required). Only for an explicitly single-tenant
+    /// deployment.
+    pub fixed_tenant: Option<String>,
     /// Claim holding roles: a string (space separated) or an array of strings
     /// (default `"roles"`).
     pub role_claim: String,
@@ -32,7 +38,7 @@ impl Default for ClaimMapping {
         Self {
             subject_claims: vec!["sub".into()],
             tenant_claims: vec!["tenant".into()],
-            default_tenant: Some("default".into()),
+            fixed_tenant: None,
             role_claim: "roles".into(),
             admin_value: "latchkey:admin".into(),
         }
@@ -142,10 +148,14 @@ pub fn principal_from_claims(
     let subject = first_id(claims, &mapping.subject_claims)
         .and_then(|s| SubjectId::new(s).ok())
         .ok_or(InvalidReason::Subject)?;
-    let tenant = first_id(claims, &mapping.tenant_claims)
-        .or_else(|| mapping.default_tenant.clone())
-        .and_then(|t| TenantId::new(t).ok())
-        .ok_or(InvalidReason::Tenant)?;
+    let tenant = match &mapping.fixed_tenant {
+        Some(fixed) => Some(fixed.clone()),
+        None => first_id(claims, &mapping.tenant_claims),
+    }
+    .and_then(|t| TenantId::new(t).ok())
+    .ok_or(InvalidReason::Tenant)?;
+    // Admin only when the role claim names the admin value; anything else (absent,
+    // another value, another type) is a member.
     let role = if has_role(claims, &mapping.role_claim, &mapping.admin_value) {
         Role::Admin
     } else {
@@ -228,7 +238,6 @@ mod tests {
         let m = ClaimMapping {
             subject_claims: vec!["sub".into(), "user_id".into()],
             tenant_claims: vec!["urn:x:account_id".into(), "account_id".into()],
-            default_tenant: None,
             ..ClaimMapping::default()
         };
         let p = principal_from_claims(
@@ -249,12 +258,96 @@ mod tests {
             Err(InvalidReason::Subject)
         );
         let d = principal_from_claims(
-            &map(json!({"sub": "u", "roles": "member"})),
+            &map(json!({"sub": "u", "tenant": "t", "roles": "member"})),
             &ClaimMapping::default(),
             AuthSource::Introspection,
         )
         .unwrap();
-        assert_eq!(d.tenant.as_str(), "default");
+        assert_eq!(d.tenant.as_str(), "t");
         assert!(!d.is_admin());
+    }
+
+    /// Every combination of tenant claim (present, absent, empty, wrong type) and role
+    /// claim (admin, absent, another value, wrong type): no tenant is never a
+    /// principal, and only the admin value makes an admin.
+    #[test]
+    fn tenant_is_required_and_role_defaults_to_member() {
+        let tenants: [(Option<Value>, Option<&str>); 6] = [
+            (Some(json!("acme")), Some("acme")),
+            (Some(json!(7)), Some("7")),
+            (None, None),
+            (Some(json!("")), None),
+            (Some(json!(["acme"])), None),
+            (Some(json!(null)), None),
+        ];
+        let roles: [(Option<Value>, bool); 6] = [
+            (Some(json!(["latchkey:admin"])), true),
+            (Some(json!("reader latchkey:admin")), true),
+            (None, false),
+            (Some(json!(["member", "admin"])), false),
+            (Some(json!({"latchkey:admin": true})), false),
+            (Some(json!(true)), false),
+        ];
+        let m = ClaimMapping::default();
+        for (tenant, want_tenant) in &tenants {
+            for (role, want_admin) in &roles {
+                let mut c = map(json!({"sub": "u"}));
+                if let Some(t) = tenant {
+                    c.insert("tenant".into(), t.clone());
+                }
+                if let Some(r) = role {
+                    c.insert("roles".into(), r.clone());
+                }
+                for source in [AuthSource::Jwt, AuthSource::Introspection] {
+                    let got = principal_from_claims(&c, &m, source);
+                    match want_tenant {
+                        None => assert_eq!(got, Err(InvalidReason::Tenant), "{c:?}"),
+                        Some(t) => {
+                            let p = got.unwrap();
+                            assert_eq!(p.tenant.as_str(), *t);
+                            assert_eq!(p.is_admin(), *want_admin, "{c:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A fixed tenant is every token's, whatever (or whether) the claim says; roles
+    /// are read as usual.
+    #[test]
+    fn a_fixed_tenant_ignores_the_claims() {
+        let m = ClaimMapping {
+            fixed_tenant: Some("solo".into()),
+            ..ClaimMapping::default()
+        };
+        for c in [
+            json!({"sub": "u"}),
+            json!({"sub": "u", "tenant": "other"}),
+            json!({"sub": "u", "tenant": ""}),
+        ] {
+            let p = principal_from_claims(&map(c), &m, AuthSource::Jwt).unwrap();
+            assert_eq!(p.tenant.as_str(), "solo");
+            assert!(!p.is_admin());
+        }
+        let p = principal_from_claims(
+            &map(json!({"sub": "u", "roles": ["latchkey:admin"]})),
+            &m,
+            AuthSource::Jwt,
+        )
+        .unwrap();
+        assert!(p.is_admin());
+        let bad = ClaimMapping {
+            fixed_tenant: Some(String::new()),
+            ..ClaimMapping::default()
+        };
+        assert_eq!(
+            principal_from_claims(
+                &map(json!({"sub": "u", "tenant": "t"})),
+                &bad,
+                AuthSource::Jwt
+            ),
+            Err(InvalidReason::Tenant)
+        );
     }
 }

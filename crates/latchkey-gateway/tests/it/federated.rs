@@ -628,7 +628,7 @@ async fn a_session_cannot_be_used_by_another_user() {
     let token = |sub: &str| {
         idp.mint(
             KeyAlg::Es256,
-            &json!({"iss": idp.issuer(), "aud": format!("{base}/mcp"), "sub": sub, "exp": now + 600}),
+            &json!({"iss": idp.issuer(), "aud": format!("{base}/mcp"), "sub": sub, "tenant": "t", "exp": now + 600}),
         )
     };
     let (alice, bob) = (token("alice"), token("bob"));

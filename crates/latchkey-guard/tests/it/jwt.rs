@@ -37,7 +37,7 @@ async fn valid_rs256_es256_and_eddsa_tokens() {
 }
 
 #[tokio::test]
-async fn scp_array_default_tenant_and_member_role() {
+async fn scp_array_no_tenant_and_member_role() {
     let idp = ScriptedIdp::start().await.unwrap();
     let v = jwt_verifier(&idp, &clock());
     let t = idp.mint(
@@ -47,9 +47,18 @@ async fn scp_array_default_tenant_and_member_role() {
             json!({"scope": null, "scp": ["a", "b"], "tenant": null, "aud": ["other", RESOURCE]}),
         ),
     );
+    // No tenant claim: refused, never a default tenant.
+    assert_eq!(v.verify(&t, now()).await, invalid(InvalidReason::Tenant));
+    let t = idp.mint(
+        KeyAlg::Es256,
+        &claims(
+            &idp,
+            json!({"scope": null, "scp": ["a", "b"], "aud": ["other", RESOURCE]}),
+        ),
+    );
     let p = v.verify(&t, now()).await.unwrap();
     assert_eq!(p.scopes, vec!["a", "b"]);
-    assert_eq!(p.tenant.as_str(), "default");
+    assert_eq!(p.tenant.as_str(), "acme");
     assert_eq!(p.role, Role::Member);
 }
 
@@ -144,7 +153,6 @@ async fn subject_and_tenant_are_required() {
     assert_eq!(v.verify(&t, now()).await, invalid(InvalidReason::Subject));
 
     let mut cfg = crate::jwt_config(&idp);
-    cfg.claims.default_tenant = None;
     cfg.claims.tenant_claims = vec!["urn:example:account_id".into(), "account_id".into()];
     let strict = JwtVerifier::new(cfg, jwks_cache(&clock())).unwrap();
     let t = idp.mint(KeyAlg::Rs256, &claims(&idp, json!({})));
