@@ -66,6 +66,8 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if cfg.listen.port() == 0 && cfg.public_url == format!("http://{}", cfg.listen) {
         cfg.public_url = format!("http://{local}");
     }
+    // The address actually bound: its origins are the ones the guard trusts.
+    cfg.listen = local;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Err(e) = keyring.check() {
         eprintln!("latchkey: {e} ({})", state.key_location());

@@ -1,11 +1,18 @@
 //! `/v1/api-keys`: Latchkey API keys for the `Token` scheme (R-RS-2), and the adapter
 //! that lets the guard find them in the store.
 //!
-//! A key acts as the principal that minted it: same tenant, subject and role. The
-//! plaintext is returned once, by the create call; the store keeps its SHA-256 only
-//! and no response, log line or audit record ever carries a key or a hash. Members see
-//! and delete their own keys; tenant admins, every key of their tenant. Another
-//! tenant's key is a 404, like anything else of another tenant (R-API-11).
+//! A key acts as the principal that minted it (same tenant and subject) with never more
+//! than its creator had: its role is at most the creator's role at creation, its
+//! scopes at most the creator's scopes, and it expires (issue 15): by default after
+//! `[api_keys] default_ttl` (30 days), at most `max_ttl` (90 days), and an admin key at
+//! most `admin_max_ttl` (7 days) — a demoted or removed admin keeps
+//! admin rights through a key they minted for at most that long, unless a tenant admin
+//! deletes it sooner. An expired key is refused like an unknown one (401
+//! `invalid_token`). The plaintext is returned once, by the create call; the store
+//! keeps its SHA-256 only and no response, log line or audit record ever carries a key
+//! or a hash. Members see and delete their own keys; tenant admins, every key of their
+//! tenant. Another tenant's key is a 404, like anything else of another tenant
+//! (R-API-11). Each key records its last use, at most once a minute.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,11 +32,15 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
+use crate::config::ApiKeyTtls;
 use crate::error::ApiError;
 use crate::fields::{Body, Fields};
 
 /// Longest key name accepted.
 const NAME_MAX: usize = 100;
+
+/// The shortest lifetime a key may be given, in seconds.
+pub const MIN_TTL_SECS: u64 = 60;
 
 /// The guard's view of the store's API keys ([`ApiKeyStore`] over [`Store`]): finds a
 /// key by hash, builds the principal it acts as and records its use (at most once a
@@ -48,8 +59,9 @@ pub struct StoreApiKeys {
 const TOUCHED_MAX: usize = 10_000;
 
 impl StoreApiKeys {
-    /// An adapter over `store`. Principals from keys are granted `scopes`: the scopes
-    /// the guard requires of every request, which the minting caller therefore held.
+    /// An adapter over `store`. A key carries the scopes its creator held; one made
+    /// before keys recorded them (migration 0008) is granted `scopes`: the scopes the
+    /// guard requires of every request, which the minting caller therefore held.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, scopes: Vec<String>) -> Self {
         Self {
             store,
@@ -93,7 +105,8 @@ fn role_name(r: Role) -> &'static str {
 }
 
 /// The principal a stored key acts as; `None` for a row that names no valid one.
-fn principal_of(row: &ApiKeyRow, scopes: &[String]) -> Option<Principal> {
+/// `legacy_scopes` are those of a key that recorded none.
+fn principal_of(row: &ApiKeyRow, legacy_scopes: &[String]) -> Option<Principal> {
     let role = match row.role.as_str() {
         "admin" => Role::Admin,
         "member" => Role::Member,
@@ -101,6 +114,7 @@ fn principal_of(row: &ApiKeyRow, scopes: &[String]) -> Option<Principal> {
     };
     let tenant = TenantId::new(row.tenant.clone()).ok()?;
     let subject = SubjectId::new(row.subject.clone()).ok()?;
+    let scopes = row.scopes.as_deref().unwrap_or(legacy_scopes);
     Some(
         Principal::new(tenant, subject, AuthSource::ApiKey)
             .with_role(role)
@@ -127,6 +141,10 @@ impl ApiKeyStore for StoreApiKeys {
         if !ApiKeyHash::from_bytes(*hash).ct_eq(&row.hash) {
             return Ok(None);
         }
+        if row.expires_at <= self.now() {
+            tracing::debug!(event = "api_key.expired", key_id = %row.id);
+            return Ok(None);
+        }
         let Some(p) = principal_of(&row, &self.scopes) else {
             tracing::warn!(event = "api_key.unusable_row", key_id = %row.id);
             return Ok(None);
@@ -143,7 +161,12 @@ pub struct ApiKeyView {
     name: String,
     subject: String,
     role: String,
+    /// The role its creator had when minting it.
+    creator_role: Option<String>,
+    /// `None`: a key from before scopes were recorded.
+    scopes: Option<Vec<String>>,
     created_at: i64,
+    expires_at: i64,
     last_used_at: Option<i64>,
 }
 
@@ -154,7 +177,10 @@ impl From<&ApiKeyRow> for ApiKeyView {
             name: r.name.clone(),
             subject: r.subject.clone(),
             role: r.role.clone(),
+            creator_role: r.creator_role.clone(),
+            scopes: r.scopes.clone(),
             created_at: r.created_at,
+            expires_at: r.expires_at,
             last_used_at: r.last_used_at,
         }
     }
@@ -175,33 +201,104 @@ async fn audit(s: &AppState, p: &Principal, action: &str, key: &ApiKeyRow) {
     }
 }
 
-/// `POST /v1/api-keys` `{"name"}`: a new key acting as the caller, shown this once.
-/// A key cannot mint another key (a leaked key must not be able to outlive its
-/// deletion).
+/// What a create request asks for, checked against the caller's own rights.
+struct Wanted {
+    name: String,
+    role: Role,
+    scopes: Vec<String>,
+    ttl: u64,
+}
+
+/// Reads `{"name", "expires_in"?, "role"?, "scopes"?}`: every problem reported at once,
+/// with its field. A key never gets more than `p` has: a role above the caller's, a
+/// scope the caller lacks, or a lifetime beyond the role's maximum is a 400.
+fn wanted(body: &[u8], p: &Principal, ttls: &ApiKeyTtls) -> Result<Wanted, ApiError> {
+    let mut f = Fields::parse(body, &["name", "expires_in", "role", "scopes"])?;
+    let name = f.string("name", true, NAME_MAX);
+    let expires_in = f.unsigned("expires_in");
+    let role = match f.choice("role", &["admin", "member"]).as_deref() {
+        None => p.role,
+        Some("admin") if !p.is_admin() => {
+            f.invalid("role", "cannot exceed your own role (member)");
+            Role::Member
+        }
+        Some("admin") => Role::Admin,
+        Some(_) => Role::Member,
+    };
+    let scopes = match f.string("scopes", false, 2048) {
+        None => p.scopes.clone(),
+        Some(list) => {
+            let asked: Vec<String> = list.split_whitespace().map(str::to_owned).collect();
+            let missing: Vec<&str> = asked
+                .iter()
+                .filter(|s| !p.scopes.contains(s))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                f.invalid(
+                    "scopes",
+                    format!("not among your own scopes: {}", missing.join(" ")),
+                );
+            }
+            asked
+        }
+    };
+    let admin = role == Role::Admin;
+    let max = ttls.max_for(admin);
+    let ttl = match expires_in {
+        None => ttls.default_for(admin),
+        Some(n) if n < MIN_TTL_SECS => {
+            f.invalid("expires_in", format!("at least {MIN_TTL_SECS} seconds"));
+            n
+        }
+        Some(n) if n > max => {
+            let kind = if admin { "an admin" } else { "a member" };
+            f.invalid(
+                "expires_in",
+                format!("at most {max} seconds for {kind} key"),
+            );
+            n
+        }
+        Some(n) => n,
+    };
+    f.finish()?;
+    let name = name.ok_or_else(|| ApiError::BadRequest(Vec::new()))?;
+    Ok(Wanted {
+        name,
+        role,
+        scopes,
+        ttl,
+    })
+}
+
+/// `POST /v1/api-keys` `{"name", "expires_in"?, "role"?, "scopes"?}`: a new key acting
+/// as the caller, shown this once. `expires_in` is seconds (default and maximum per
+/// [`ApiKeyTtls`]); `role` (`member` or `admin`) and `scopes` (space separated) may
+/// only narrow the caller's own. A key cannot mint another key (a leaked key must not
+/// be able to outlive its deletion).
 pub async fn create(
     State(s): State<AppState>,
     axum::Extension(p): axum::Extension<Principal>,
     Body(body): Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let mut f = Fields::parse(&body, &["name"])?;
-    let name = f.string("name", true, NAME_MAX);
-    f.finish()?;
-    let Some(name) = name else {
-        return Err(ApiError::BadRequest(Vec::new()));
-    };
+    let w = wanted(&body, &p, &s.api_key_ttls)?;
     if p.source == AuthSource::ApiKey {
         return Err(ApiError::Forbidden);
     }
     let minted = mint_api_key();
+    let now = s.now();
     let row = ApiKeyRow {
         id: new_ordered_id(),
         tenant: p.tenant.as_str().to_owned(),
         subject: p.subject.as_str().to_owned(),
-        role: role_name(p.role).to_owned(),
-        name: name.trim().to_owned(),
+        role: role_name(w.role).to_owned(),
+        name: w.name.trim().to_owned(),
         hash: *minted.hash.as_bytes(),
-        created_at: s.now(),
+        created_at: now,
         last_used_at: None,
+        expires_at: now.saturating_add(i64::try_from(w.ttl).unwrap_or(i64::MAX)),
+        scopes: Some(w.scopes),
+        creator_role: Some(role_name(p.role).to_owned()),
     };
     match s.store.insert_api_key(&row).await {
         Ok(()) => {}
@@ -217,7 +314,10 @@ pub async fn create(
             "id": row.id,
             "name": row.name,
             "key": minted.key.expose(),
+            "role": row.role,
+            "scopes": row.scopes,
             "created_at": row.created_at,
+            "expires_at": row.expires_at,
         })),
     ))
 }

@@ -71,6 +71,10 @@ pub struct Shared {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// This instance's name among several on one database ([`crate::cluster`]).
     pub instance: Arc<str>,
+    /// API key lifetimes.
+    pub api_key_ttls: crate::config::ApiKeyTtls,
+    /// Who may read `/metrics` and the OpenAPI document ([`crate::ops`]).
+    pub ops_access: crate::ops::OpsAccess,
 }
 
 impl AppState {
@@ -189,8 +193,20 @@ pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(crate::telemetry::render))
-        .route("/v1/openapi.json", get(openapi))
+        .route(
+            "/metrics",
+            get(crate::telemetry::render).route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::ops::gate,
+            )),
+        )
+        .route(
+            "/v1/openapi.json",
+            get(openapi).route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::ops::gate,
+            )),
+        )
         .route(crate::flows::CALLBACK_PATH, get(crate::flows::callback))
         .merge(crate::ui::routes())
         .merge(crate::federated::routes(&state))

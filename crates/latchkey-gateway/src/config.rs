@@ -46,6 +46,32 @@ struct FileConfig {
     key_file: Option<PathBuf>,
     allow_insecure_loopback: Option<bool>,
     auth: Option<FileAuth>,
+    api_keys: Option<FileApiKeys>,
+    metrics: Option<FileMetrics>,
+}
+
+/// `[api_keys]`: lifetimes, as seconds or `"<n>s|m|h|d"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApiKeys {
+    default_ttl: Option<FileDuration>,
+    max_ttl: Option<FileDuration>,
+    admin_max_ttl: Option<FileDuration>,
+}
+
+/// `[metrics]`: who may read `/metrics` and the OpenAPI document in jwt mode.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    token: Option<Secret>,
+}
+
+/// A duration in the file: seconds, or a string with a unit.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileDuration {
+    Secs(u64),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +154,71 @@ pub struct Config {
     pub allow_insecure_loopback: bool,
     /// Inbound authentication.
     pub auth: AuthConfig,
+    /// API key lifetimes.
+    pub api_keys: ApiKeyTtls,
+    /// The token that opens `/metrics` and `/v1/openapi.json` in jwt mode
+    /// (`[metrics] token`, `LATCHKEY_METRICS_TOKEN`); without one they are 404 there.
+    /// Local mode serves them to anyone on loopback.
+    pub metrics_token: Option<Secret>,
+}
+
+/// How long API keys live, in seconds (`[api_keys]`). A key's lifetime is chosen at
+/// creation (`expires_in`) up to its role's maximum, `default` when not chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiKeyTtls {
+    /// Lifetime when the creator names none (`default_ttl`, 30 days); capped by the
+    /// key's maximum.
+    pub default: u64,
+    /// Longest lifetime of a member key (`max_ttl`, 90 days).
+    pub max: u64,
+    /// Longest lifetime of an admin key (`admin_max_ttl`, 7 days, at most `max_ttl`):
+    /// a demoted admin keeps admin through a key for at most this long.
+    pub admin_max: u64,
+}
+
+impl Default for ApiKeyTtls {
+    fn default() -> Self {
+        Self {
+            default: 30 * DAY,
+            max: 90 * DAY,
+            admin_max: 7 * DAY,
+        }
+    }
+}
+
+impl ApiKeyTtls {
+    /// The longest lifetime of a key acting with `admin` rights or not.
+    pub fn max_for(&self, admin: bool) -> u64 {
+        if admin { self.admin_max } else { self.max }
+    }
+
+    /// The lifetime of a key whose creator named none.
+    pub fn default_for(&self, admin: bool) -> u64 {
+        self.default.min(self.max_for(admin))
+    }
+}
+
+const DAY: u64 = 86_400;
+
+/// The shortest metrics token accepted, in bytes.
+pub const MIN_METRICS_TOKEN_BYTES: usize = 16;
+
+/// `"90"`, `"90s"`, `"15m"`, `"12h"`, `"30d"` as seconds (more than zero).
+fn parse_duration(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => DAY,
+        _ => return None,
+    };
+    n.checked_mul(mult).filter(|s| *s > 0)
 }
 
 impl Config {
@@ -308,6 +399,77 @@ impl Config {
                 ),
             ));
         }
+        let api_keys = {
+            let k = f.api_keys.unwrap_or_default();
+            let mut ttls = ApiKeyTtls::default();
+            for (env_key, file_key, file_val, slot) in [
+                (
+                    "LATCHKEY_API_KEY_DEFAULT_TTL",
+                    "api_keys.default_ttl",
+                    k.default_ttl,
+                    &mut ttls.default,
+                ),
+                (
+                    "LATCHKEY_API_KEY_MAX_TTL",
+                    "api_keys.max_ttl",
+                    k.max_ttl,
+                    &mut ttls.max,
+                ),
+                (
+                    "LATCHKEY_API_KEY_ADMIN_MAX_TTL",
+                    "api_keys.admin_max_ttl",
+                    k.admin_max_ttl,
+                    &mut ttls.admin_max,
+                ),
+            ] {
+                let given = match (var(env_key), file_val) {
+                    (Some(v), _) => Some((env_key, parse_duration(&v))),
+                    (None, Some(FileDuration::Secs(n))) => {
+                        Some((file_key, Some(n).filter(|n| *n > 0)))
+                    }
+                    (None, Some(FileDuration::Text(t))) => Some((file_key, parse_duration(&t))),
+                    (None, None) => None,
+                };
+                if let Some((key, secs)) = given {
+                    *slot = secs.ok_or_else(|| {
+                        err(key, "expected a duration: seconds, or a number with s, m, h or d (e.g. \"30d\")")
+                    })?;
+                }
+            }
+            if ttls.admin_max > ttls.max {
+                return Err(err(
+                    "api_keys.admin_max_ttl",
+                    "must not exceed api_keys.max_ttl",
+                ));
+            }
+            if ttls.default > ttls.max {
+                return Err(err(
+                    "api_keys.default_ttl",
+                    "must not exceed api_keys.max_ttl",
+                ));
+            }
+            ttls
+        };
+        // Never trimmed, echoed or put in a message.
+        let metrics_token = match env.get("LATCHKEY_METRICS_TOKEN") {
+            Some(v) if !v.is_empty() => Some(("LATCHKEY_METRICS_TOKEN", Secret::new(v.as_str()))),
+            _ => f
+                .metrics
+                .and_then(|m| m.token)
+                .map(|t| ("metrics.token", t)),
+        };
+        let metrics_token = match metrics_token {
+            Some((key, t)) if t.len() < MIN_METRICS_TOKEN_BYTES => {
+                return Err(err(
+                    key,
+                    format!(
+                        "must be at least {MIN_METRICS_TOKEN_BYTES} bytes, is {}",
+                        t.len()
+                    ),
+                ));
+            }
+            other => other.map(|(_, t)| t),
+        };
         Ok(Self {
             listen,
             public_url,
@@ -316,6 +478,8 @@ impl Config {
             key_file: f.key_file,
             allow_insecure_loopback,
             auth,
+            api_keys,
+            metrics_token,
         })
     }
 }
@@ -507,6 +671,67 @@ mod tests {
                 .setting,
             "auth.tenant_claim"
         );
+    }
+
+    #[test]
+    fn api_key_lifetimes() {
+        let c = Config::parse("", &env(&[])).unwrap();
+        assert_eq!(c.api_keys, ApiKeyTtls::default());
+        assert_eq!(c.api_keys.default_for(true), 7 * DAY);
+        assert_eq!(c.api_keys.default_for(false), 30 * DAY);
+        let c = Config::parse(
+            "[api_keys]\ndefault_ttl = \"12h\"\nmax_ttl = 864000\nadmin_max_ttl = \"90m\"",
+            &env(&[("LATCHKEY_API_KEY_MAX_TTL", "20d")]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.api_keys,
+            ApiKeyTtls {
+                default: 12 * 3600,
+                max: 20 * DAY,
+                admin_max: 90 * 60
+            }
+        );
+        for (toml, e, setting) in [
+            (
+                "[api_keys]\ndefault_ttl = \"soon\"",
+                vec![],
+                "api_keys.default_ttl",
+            ),
+            ("[api_keys]\nmax_ttl = 0", vec![], "api_keys.max_ttl"),
+            (
+                "",
+                vec![("LATCHKEY_API_KEY_ADMIN_MAX_TTL", "1w")],
+                "LATCHKEY_API_KEY_ADMIN_MAX_TTL",
+            ),
+            (
+                "[api_keys]\nadmin_max_ttl = \"100d\"",
+                vec![],
+                "api_keys.admin_max_ttl",
+            ),
+            (
+                "[api_keys]\ndefault_ttl = \"1d\"\nmax_ttl = \"1h\"\nadmin_max_ttl = \"1m\"",
+                vec![],
+                "api_keys.default_ttl",
+            ),
+        ] {
+            let got = Config::parse(toml, &env(&e)).unwrap_err();
+            assert_eq!(got.setting, setting, "{toml}");
+        }
+    }
+
+    #[test]
+    fn a_metrics_token_is_a_long_enough_secret() {
+        let token = "metrics-token-0123456789";
+        let c = Config::parse(&format!("[metrics]\ntoken = \"{token}\""), &env(&[])).unwrap();
+        assert_eq!(c.metrics_token, Some(Secret::new(token)));
+        assert!(!format!("{c:?}").contains(token));
+        let c = Config::parse("", &env(&[("LATCHKEY_METRICS_TOKEN", token)])).unwrap();
+        assert_eq!(c.metrics_token, Some(Secret::new(token)));
+        let e = Config::parse("[metrics]\ntoken = \"short\"", &env(&[])).unwrap_err();
+        assert_eq!(e.setting, "metrics.token");
+        assert!(!e.to_string().contains("short"), "{e}");
+        assert_eq!(Config::parse("", &env(&[])).unwrap().metrics_token, None);
     }
 
     #[test]

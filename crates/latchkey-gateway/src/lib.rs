@@ -13,6 +13,7 @@ pub mod events;
 pub mod federated;
 pub mod fields;
 pub mod flows;
+pub mod ops;
 pub mod proxy;
 pub mod revoke;
 pub mod server_cache;
@@ -72,6 +73,8 @@ pub fn state(
         servers: Arc::default(),
         metrics: telemetry::install(),
         instance,
+        api_key_ttls: cfg.api_keys,
+        ops_access: ops::OpsAccess::from_config(cfg),
     }))
 }
 pub use config::{AuthConfig, Config, ConfigError, JwtKeySource, JwtTenant};
@@ -93,6 +96,20 @@ pub fn egress(cfg: &Config) -> Result<Egress, ConfigError> {
     })
 }
 
+/// The only `Origin`s Latchkey trusts (issue 15): its public URL's and its listen
+/// address's. A page on any other origin, another loopback port included, is refused.
+pub fn own_origins(cfg: &Config) -> Vec<String> {
+    let mut out: Vec<String> = latchkey_guard::origin::url_origin(&cfg.public_url)
+        .into_iter()
+        .collect();
+    for o in latchkey_guard::origin::listen_origins(cfg.listen) {
+        if !out.contains(&o) {
+            out.push(o);
+        }
+    }
+    out
+}
+
 /// The inbound guard the configuration asks for. In JWT mode the `Token` scheme takes
 /// the API keys in `store` (`Bearer` never does).
 pub fn guard(
@@ -106,6 +123,7 @@ pub fn guard(
         message,
     };
     let resource = format!("{}/mcp", cfg.public_url);
+    let origins = own_origins(cfg);
     let (auth, hosts, prm) = match &cfg.auth {
         AuthConfig::Local { tenant, subject } => {
             let t = TenantId::new(tenant.clone()).map_err(|e| bad("auth.tenant", e.to_string()))?;
@@ -113,7 +131,7 @@ pub fn guard(
                 SubjectId::new(subject.clone()).map_err(|e| bad("auth.subject", e.to_string()))?;
             (
                 Authenticator::local(t, s),
-                HostOriginPolicy::loopback(),
+                HostOriginPolicy::loopback_for(origins),
                 PrmConfig::default(),
             )
         }
@@ -171,7 +189,7 @@ pub fn guard(
                 Authenticator::tokens(t),
                 HostOriginPolicy {
                     allowed_hosts: vec![host],
-                    allowed_origins: None,
+                    allowed_origins: Some(origins),
                 },
                 PrmConfig {
                     authorization_servers: vec![issuer.clone()],

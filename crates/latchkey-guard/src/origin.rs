@@ -8,6 +8,12 @@
 //! * Without one, only loopback origins (`localhost`, `127.0.0.1`, `[::1]`) and origins
 //!   whose host equals the request's host are allowed. `Origin: null` is refused unless
 //!   listed.
+//!
+//! Latchkey itself always configures a list: its own origins ([`url_origin`] of its
+//! public URL and [`listen_origins`] of its listen address), so no other page, not even
+//! one on another loopback port, can drive its API from a browser (issue 15).
+
+use std::net::SocketAddr;
 
 use http::uri::{Authority, Uri};
 
@@ -28,11 +34,20 @@ pub struct HostOriginPolicy {
 }
 
 impl HostOriginPolicy {
-    /// Loopback names on any port, no origin list: the local single-user default.
+    /// Loopback names on any port, no origin list.
     pub fn loopback() -> Self {
         Self {
             allowed_hosts: LOOPBACK_HOSTS.iter().map(|h| (*h).to_owned()).collect(),
             allowed_origins: None,
+        }
+    }
+
+    /// Loopback names on any port, and only `origins` as `Origin`: the local
+    /// single-user mode, trusting its own pages and no other.
+    pub fn loopback_for(origins: Vec<String>) -> Self {
+        Self {
+            allowed_origins: Some(origins),
+            ..Self::loopback()
         }
     }
 
@@ -63,6 +78,51 @@ impl HostOriginPolicy {
             .any(|l| l.eq_ignore_ascii_case(origin_host))
             || parse_host(host).is_some_and(|h| h.host().eq_ignore_ascii_case(origin_host))
     }
+}
+
+/// The serialized origin of an `http(s)` URL as a browser sends it: scheme and host in
+/// lower case, the port only when it is not the scheme's default. `None` for anything
+/// else.
+pub fn url_origin(url: &str) -> Option<String> {
+    let uri: Uri = url.trim().parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = uri.authority()?;
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    let host = authority.host().to_ascii_lowercase();
+    Some(match authority.port_u16() {
+        Some(p) if p != default_port => format!("{scheme}://{host}:{p}"),
+        _ => format!("{scheme}://{host}"),
+    })
+}
+
+/// The origins of a plain-HTTP listener on `addr` as browsers name it: the address
+/// itself, and `localhost` too for a loopback address. None for an unspecified address
+/// (`0.0.0.0`, `[::]`): browsers reach such a listener by its public URL.
+pub fn listen_origins(addr: SocketAddr) -> Vec<String> {
+    let ip = addr.ip();
+    if ip.is_unspecified() {
+        return Vec::new();
+    }
+    let port = match addr.port() {
+        80 => String::new(),
+        p => format!(":{p}"),
+    };
+    let host = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    let mut out = vec![format!("http://{host}{port}")];
+    if ip.is_loopback() {
+        out.push(format!("http://localhost{port}"));
+    }
+    out
 }
 
 /// `Host` as an authority without userinfo.
@@ -150,6 +210,66 @@ mod tests {
         assert!(check_host_origin(&p, Some("lk.example.com"), Some("null")).is_err());
         assert!(check_host_origin(&p, None, None).is_err());
         assert!(check_host_origin(&p, Some("evil.example"), None).is_err());
+    }
+
+    #[test]
+    fn own_origins() {
+        assert_eq!(
+            url_origin("http://127.0.0.1:7878").as_deref(),
+            Some("http://127.0.0.1:7878")
+        );
+        assert_eq!(
+            url_origin("HTTPS://LK.Example.com:443/base/").as_deref(),
+            Some("https://lk.example.com")
+        );
+        assert_eq!(
+            url_origin("https://lk.example.com:8443").as_deref(),
+            Some("https://lk.example.com:8443")
+        );
+        assert_eq!(
+            url_origin("http://[::1]:80/").as_deref(),
+            Some("http://[::1]")
+        );
+        assert_eq!(url_origin("ftp://x"), None);
+        assert_eq!(url_origin("http://u@x"), None);
+        assert_eq!(
+            listen_origins("127.0.0.1:7878".parse().unwrap()),
+            vec!["http://127.0.0.1:7878", "http://localhost:7878"]
+        );
+        assert_eq!(
+            listen_origins("[::1]:80".parse().unwrap()),
+            vec!["http://[::1]", "http://localhost"]
+        );
+        assert_eq!(
+            listen_origins("10.0.0.5:7878".parse().unwrap()),
+            vec!["http://10.0.0.5:7878"]
+        );
+        assert!(listen_origins("0.0.0.0:7878".parse().unwrap()).is_empty());
+        let p = HostOriginPolicy::loopback_for(listen_origins("127.0.0.1:7878".parse().unwrap()));
+        for ok in [
+            None,
+            Some("http://127.0.0.1:7878"),
+            Some("http://LOCALHOST:7878"),
+        ] {
+            assert!(
+                check_host_origin(&p, Some("localhost:7878"), ok).is_ok(),
+                "{ok:?}"
+            );
+        }
+        for bad in [
+            "http://localhost:9",
+            "http://127.0.0.1:9",
+            "http://localhost",
+            "https://localhost:7878",
+            "http://[::1]:7878",
+            "null",
+        ] {
+            assert_eq!(
+                check_host_origin(&p, Some("localhost:7878"), Some(bad)),
+                Err(GuardError::BadHostOrOrigin),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

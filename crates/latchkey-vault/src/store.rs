@@ -421,6 +421,15 @@ pub struct ApiKeyRow {
     pub created_at: i64,
     /// When the key last authenticated a request (at most a minute stale), Unix seconds.
     pub last_used_at: Option<i64>,
+    /// When the key stops working, Unix seconds (refused from this second on).
+    pub expires_at: i64,
+    /// The scopes the key acts with (at most its creator's); `None` for a key made
+    /// before expiry existed (migration 0008), which acts with the scopes the guard
+    /// requires of every request.
+    pub scopes: Option<Vec<String>>,
+    /// The role its creator had when minting it (`admin` or `member`); `None` only for
+    /// rows that predate migration 0008 and had none recorded.
+    pub creator_role: Option<String>,
 }
 
 impl std::fmt::Debug for ApiKeyRow {
@@ -431,6 +440,7 @@ impl std::fmt::Debug for ApiKeyRow {
             .field("subject", &self.subject)
             .field("role", &self.role)
             .field("name", &self.name)
+            .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
     }
 }
@@ -754,7 +764,8 @@ where
     })
 }
 
-const API_KEY_COLS: &str = "id, tenant_id, subject, role, name, hash, created_at, last_used_at";
+const API_KEY_COLS: &str = "id, tenant_id, subject, role, name, hash, created_at, last_used_at, \
+     expires_at, scopes, creator_role";
 
 fn api_key_from<R>(r: &R) -> Result<ApiKeyRow, sqlx::Error>
 where
@@ -763,9 +774,11 @@ where
     for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> Vec<u8>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     let hash: Vec<u8> = r.try_get("hash")?;
+    let scopes: Option<String> = r.try_get("scopes")?;
     Ok(ApiKeyRow {
         id: r.try_get("id")?,
         tenant: r.try_get("tenant_id")?,
@@ -778,6 +791,9 @@ where
         })?,
         created_at: r.try_get("created_at")?,
         last_used_at: r.try_get("last_used_at")?,
+        expires_at: r.try_get("expires_at")?,
+        scopes: scopes.map(|s| s.split_whitespace().map(str::to_owned).collect()),
+        creator_role: r.try_get("creator_role")?,
     })
 }
 
@@ -1226,7 +1242,7 @@ macro_rules! sql_store {
 
             async fn insert_api_key(&self, k: &ApiKeyRow) -> Result<(), StoreError> {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO api_keys ({API_KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                    "INSERT INTO api_keys ({API_KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
                 )))
                 .bind(&k.id)
                 .bind(&k.tenant)
@@ -1236,6 +1252,9 @@ macro_rules! sql_store {
                 .bind(&k.hash[..])
                 .bind(k.created_at)
                 .bind(k.last_used_at)
+                .bind(k.expires_at)
+                .bind(k.scopes.as_ref().map(|s| s.join(" ")))
+                .bind(&k.creator_role)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -1763,7 +1782,13 @@ impl std::fmt::Display for DatabaseUrl {
 
 impl SqliteStore {
     /// Opens (creating if needed) an SQLite database file with foreign keys on and WAL.
+    ///
+    /// A database file it creates is the owner's alone (0600), and so are its `-wal`
+    /// and `-shm` files, which SQLite creates with the database file's mode.
     pub async fn open(path: &std::path::Path) -> Result<Self, StoreError> {
+        create_private_file(path).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create the database file: {e}"))
+        })?;
         let opts = sqlx::sqlite::SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -1781,6 +1806,23 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         Self::new(pool).await
+    }
+}
+
+/// Creates `path` empty with mode 0600 unless it exists (an existing file is left as it
+/// is). SQLite treats an empty file as a new database.
+fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

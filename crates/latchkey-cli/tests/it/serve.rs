@@ -194,3 +194,82 @@ fn invalid_configuration_stops_start_up_naming_the_setting() {
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_port"));
 }
+
+/// Issue 15, item 13, as a user starts it: the data directory Latchkey creates is
+/// 0700 and the SQLite database with its `-wal` and `-shm` files 0600, whatever the
+/// umask; and the API trusts only Latchkey's own origins (its public URL and the
+/// address it listens on, `localhost` included), never another loopback port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_keeps_its_files_private_and_trusts_only_its_own_origins() {
+    let dir = super::keys::TempDir::new();
+    let data = dir.0.join("nested").join("data");
+    // The same command under a umask that takes nothing away.
+    let c = command(&data);
+    let mut c0 = Command::new("sh");
+    c0.arg("-c")
+        .arg("umask 000 && exec \"$0\" serve")
+        .arg(c.get_program())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => c0.env(k, v),
+            None => c0.env_remove(k),
+        };
+    }
+    let s = tokio::task::spawn_blocking(move || start(c0))
+        .await
+        .unwrap();
+    let port = s.base.rsplit(':').next().unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let post = |origin: Option<String>| {
+        let mut r = client
+            .post(format!("{}/v1/api-keys", s.base))
+            .header("content-type", "application/json")
+            .body(r#"{"name": "k"}"#);
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send()
+    };
+    for own in [
+        None,
+        Some(format!("http://127.0.0.1:{port}")),
+        Some(format!("http://localhost:{port}")),
+    ] {
+        let r = post(own.clone()).await.unwrap();
+        assert_eq!(r.status().as_u16(), 201, "{own:?}");
+    }
+    for foreign in [
+        "http://localhost:9".to_owned(),
+        format!("http://127.0.0.1:{}", port.parse::<u16>().unwrap() + 1),
+        "http://localhost".to_owned(),
+        format!("https://localhost:{port}"),
+        "null".to_owned(),
+    ] {
+        let r = post(Some(foreign.clone())).await.unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{foreign}");
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("Invalid Host/Origin header"),
+            "{foreign}: {body}"
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("latchkey.db")), 0o600);
+        for side in ["latchkey.db-wal", "latchkey.db-shm"] {
+            if data.join(side).exists() {
+                assert_eq!(mode(&data.join(side)), 0o600, "{side}");
+            }
+        }
+        assert!(
+            data.join("latchkey.db-wal").exists(),
+            "the write-ahead log exists"
+        );
+    }
+    drop(s);
+}

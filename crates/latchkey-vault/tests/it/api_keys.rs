@@ -1,5 +1,7 @@
 //! API keys on both backends: stored by hash only, found by hash, listed and deleted
-//! within their tenant (and owner), touched at most once a minute.
+//! within their tenant (and owner), touched at most once a minute; their expiry,
+//! scopes and creator's role kept as written (migration 0008, issue 15 item 12), and
+//! the SQLite files private to their owner (item 13).
 
 use std::sync::Arc;
 
@@ -33,6 +35,9 @@ fn row(tenant: &str, subject: &str, role: &str, name: &str, hash: [u8; 32], at: 
         hash,
         created_at: at,
         last_used_at: None,
+        expires_at: at + 86_400,
+        scopes: Some(vec!["mcp".into(), "tools:read".into()]),
+        creator_role: Some(role.into()),
     }
 }
 
@@ -237,4 +242,183 @@ async fn no_plaintext_api_key_in_the_sqlite_file() {
     let random = &needle[3..];
     assert!(!bytes.windows(random.len()).any(|w| w == random));
     store.pool().close().await;
+}
+
+/// Expiry, scopes and the creator's role round-trip on both backends, including a key
+/// with no scopes and one that predates them (`None`).
+async fn bounds(store: Arc<dyn Store>) {
+    let (_, h1) = key();
+    let (_, h2) = key();
+    let (_, h3) = key();
+    let a = ApiKeyRow {
+        expires_at: NOW + 7 * 86_400,
+        role: "member".into(),
+        creator_role: Some("admin".into()),
+        ..row("t1", "ann", "admin", "downgraded", h1, NOW)
+    };
+    let b = ApiKeyRow {
+        scopes: Some(Vec::new()),
+        ..row("t1", "ann", "member", "no-scopes", h2, NOW)
+    };
+    let c = ApiKeyRow {
+        scopes: None,
+        creator_role: None,
+        ..row("t1", "ann", "member", "legacy", h3, NOW)
+    };
+    for r in [&a, &b, &c] {
+        store.insert_api_key(r).await.unwrap();
+        assert_eq!(
+            store.api_key_by_hash(&r.hash).await.unwrap().as_ref(),
+            Some(r)
+        );
+    }
+    let listed = store.list_api_keys("t1", Some("ann")).await.unwrap();
+    assert_eq!(listed, vec![a, b, c]);
+    let bad = ApiKeyRow {
+        creator_role: Some("owner".into()),
+        ..row("t1", "ann", "member", "bad", key().1, NOW)
+    };
+    assert!(store.insert_api_key(&bad).await.is_err(), "checked role");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_bounds_on_sqlite() {
+    let (store, _dir) = super::sqlite().await;
+    bounds(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_bounds_on_postgres() {
+    let (store, schema) = super::postgres().await;
+    bounds(store).await;
+    super::drop_schema(&schema).await;
+}
+
+/// Item 13: the database file SQLite creates, and its `-wal` and `-shm` files, are
+/// readable by their owner only, whatever the umask.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_sqlite_files_are_created_0600() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = super::tempdir::Dir::new();
+    let path = dir.path().join("latchkey.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let (_, hash) = key();
+    store
+        .insert_api_key(&row("t1", "alice", "member", "k", hash, NOW))
+        .await
+        .unwrap();
+    let mut seen = 0;
+    for name in ["latchkey.db", "latchkey.db-wal", "latchkey.db-shm"] {
+        let Ok(meta) = std::fs::metadata(dir.path().join(name)) else {
+            continue;
+        };
+        seen += 1;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+    }
+    assert!(seen >= 2, "the database and its write-ahead log exist");
+    store.pool().close().await;
+}
+
+/// Migration 0008 on keys made before it: each gets an expiry (its creation plus 7
+/// days for an admin key, 30 for a member key), its role as its creator's, and no
+/// recorded scopes. `migrator` is the backend's full set; only 0001–0007 run first.
+async fn legacy_keys_get_an_expiry<DB>(
+    pool: sqlx::Pool<DB>,
+    migrator: sqlx::migrate::Migrator,
+    open: impl AsyncFnOnce(sqlx::Pool<DB>) -> Arc<dyn Store>,
+) where
+    DB: sqlx::Database,
+    <DB as sqlx::Database>::Connection: sqlx::migrate::Migrate,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'c> &'c mut <DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Vec<u8>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut before = migrator;
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|m| m.version <= 7)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    before.run(&pool).await.unwrap();
+    let (_, admin_hash) = key();
+    let (_, member_hash) = key();
+    for (id, role, hash) in [
+        ("k-admin", "admin", admin_hash),
+        ("k-member", "member", member_hash),
+    ] {
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, subject, role, name, hash, created_at, last_used_at) \
+             VALUES ($1, 't1', 'ann', $2, 'old', $3, $4, NULL)",
+        )
+        .bind(id.to_owned())
+        .bind(role.to_owned())
+        .bind(hash.to_vec())
+        .bind(NOW)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let store = open(pool).await;
+    let admin = store.api_key_by_hash(&admin_hash).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            admin.expires_at,
+            admin.creator_role.as_deref(),
+            admin.scopes
+        ),
+        (NOW + 7 * 86_400, Some("admin"), None)
+    );
+    let member = store.api_key_by_hash(&member_hash).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            member.expires_at,
+            member.creator_role.as_deref(),
+            member.scopes
+        ),
+        (NOW + 30 * 86_400, Some("member"), None)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_api_keys_get_an_expiry_on_sqlite() {
+    let dir = super::tempdir::Dir::new();
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("latchkey.db"))
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    legacy_keys_get_an_expiry(pool, sqlx::migrate!("migrations/sqlite"), async |pool| {
+        Arc::new(SqliteStore::new(pool).await.unwrap()) as Arc<dyn Store>
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_api_keys_get_an_expiry_on_postgres() {
+    let (store, schema) = super::postgres().await;
+    drop(store);
+    // A second schema, empty, on the same server.
+    let fresh = format!("{schema}_legacy");
+    let admin = sqlx::PgPool::connect(&super::pg_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {fresh}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let opts: sqlx::postgres::PgConnectOptions = super::pg_url().parse().unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts.options([("search_path", fresh.as_str())]))
+        .await
+        .unwrap();
+    legacy_keys_get_an_expiry(pool, sqlx::migrate!("migrations/postgres"), async |pool| {
+        Arc::new(latchkey_vault::PgStore::new(pool).await.unwrap()) as Arc<dyn Store>
+    })
+    .await;
+    super::drop_schema(&fresh).await;
+    super::drop_schema(&schema).await;
 }
