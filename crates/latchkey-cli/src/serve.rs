@@ -91,16 +91,9 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
         state.database, cfg.public_url
     );
     tracing::info!(event = "serve.started", listen = %local);
-    // Small writes (an SSE event, a short JSON answer) leave at once instead of waiting
-    // for the previous segment's acknowledgement (Nagle's algorithm).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(event = "serve.nodelay_failed", error = %e);
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    // TCP_NODELAY, the connection cap and the header, idle and body deadlines of
+    // `[limits]`; graceful shutdown on SIGTERM or Ctrl-C.
+    latchkey_gateway::serve(listener, app, cfg.limits, shutdown()).await?;
     tracing::info!(event = "serve.stopped");
     Ok(ExitCode::SUCCESS)
 }

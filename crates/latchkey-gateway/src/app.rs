@@ -71,6 +71,8 @@ pub struct Shared {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// This instance's name among several on one database ([`crate::cluster`]).
     pub instance: Arc<str>,
+    /// Open event and MCP GET streams per principal ([`crate::limits`]).
+    pub streams: Arc<crate::limits::StreamSlots>,
     /// API key lifetimes.
     pub api_key_ttls: crate::config::ApiKeyTtls,
     /// Who may read `/metrics` and the OpenAPI document ([`crate::ops`]).
@@ -169,8 +171,24 @@ pub fn router(state: AppState) -> Router {
             "/v1/servers/{id}/tools/{name}/call",
             post(crate::tools::invoke),
         )
-        .route("/v1/events", get(crate::events::stream))
-        .route("/mcp/{server}", axum::routing::any(crate::proxy::forward))
+        // Long-lived streams: a cap per principal (the guard has run: route layers
+        // added below wrap these).
+        .route(
+            "/v1/events",
+            get(crate::events::stream).layer(axum::middleware::from_fn_with_state(
+                state.streams.clone(),
+                crate::limits::one_stream,
+            )),
+        )
+        .route(
+            "/mcp/{server}",
+            axum::routing::any(crate::proxy::forward).layer(
+                axum::middleware::from_fn_with_state(
+                    state.streams.clone(),
+                    crate::limits::one_stream,
+                ),
+            ),
+        )
         .route("/v1/oauth/start", post(crate::flows::start))
         .route("/v1/oauth/status/{server_id}", get(crate::flows::status))
         .route("/v1/credentials", post(crate::credentials::deposit))

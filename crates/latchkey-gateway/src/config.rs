@@ -46,6 +46,7 @@ struct FileConfig {
     key_file: Option<PathBuf>,
     allow_insecure_loopback: Option<bool>,
     auth: Option<FileAuth>,
+    limits: Option<crate::limits::FileLimits>,
     api_keys: Option<FileApiKeys>,
     metrics: Option<FileMetrics>,
 }
@@ -154,6 +155,8 @@ pub struct Config {
     pub allow_insecure_loopback: bool,
     /// Inbound authentication.
     pub auth: AuthConfig,
+    /// Connection and stream limits (`[limits]`).
+    pub limits: crate::limits::Limits,
     /// API key lifetimes.
     pub api_keys: ApiKeyTtls,
     /// The token that opens `/metrics` and `/v1/openapi.json` in jwt mode
@@ -276,10 +279,14 @@ impl Config {
             Some((key, u)) => {
                 let parsed =
                     url_like(&u).ok_or_else(|| err(key, format!("{u:?} is not an http(s) URL")))?;
-                if parsed != "https" && !listen.ip().is_loopback() && !is_loopback_url(&u) {
+                // The OAuth callback is under this URL: plain http only to a loopback
+                // host (R-SEC-10), whatever the listen address.
+                if parsed != "https" && !latchkey_egress::is_loopback_url(&u) {
                     return Err(err(
                         key,
-                        "must be https unless Latchkey serves loopback only",
+                        format!(
+                            "{u:?}: plain http is allowed only for a loopback host (localhost, 127.0.0.0/8, [::1]); use https"
+                        ),
                     ));
                 }
                 u.trim_end_matches('/').to_owned()
@@ -478,6 +485,7 @@ impl Config {
             key_file: f.key_file,
             allow_insecure_loopback,
             auth,
+            limits: crate::limits::Limits::from_config(f.limits, env)?,
             api_keys,
             metrics_token,
         })
@@ -501,15 +509,6 @@ fn url_like(u: &str) -> Option<&'static str> {
         ("http", true) => Some("http"),
         _ => None,
     }
-}
-
-fn is_loopback_url(u: &str) -> bool {
-    let host = u
-        .split_once("://")
-        .map(|(_, r)| r.split(['/', '?', '#']).next().unwrap_or(""))
-        .unwrap_or("");
-    let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
-    matches!(name, "localhost" | "127.0.0.1" | "[::1]")
 }
 
 #[cfg(test)]

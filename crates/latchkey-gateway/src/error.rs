@@ -34,6 +34,15 @@ pub enum ApiError {
     /// 413: the request body is larger than the endpoint reads.
     #[error("the request body is too large")]
     PayloadTooLarge,
+    /// 408: the request body did not arrive whole within `limits.body_timeout`.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
+    /// 429: the caller has as many event or MCP GET streams open as it may.
+    #[error("too many open streams: at most {limit} per caller; close one first")]
+    TooManyStreams {
+        /// `limits.max_streams_per_principal`.
+        limit: usize,
+    },
     /// 409: the slot needs the user's consent again.
     #[error("the server needs to be reconnected")]
     NeedsReauth {
@@ -83,6 +92,8 @@ impl ApiError {
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            ApiError::TooManyStreams { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams"),
             ApiError::NeedsReauth { .. } => (StatusCode::CONFLICT, "needs_oauth_reauth"),
             ApiError::NeedsScopeUpgrade { .. } => (StatusCode::CONFLICT, "needs_scope_upgrade"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

@@ -27,6 +27,7 @@ impl<S: Send + Sync> FromRequest<S> for Body {
             Err(e) if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::PayloadTooLarge)
             }
+            Err(e) if crate::limits::is_body_timeout(&e) => Err(ApiError::RequestTimeout),
             Err(_) => Err(one("", "the request body could not be read")),
         }
     }

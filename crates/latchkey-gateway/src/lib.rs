@@ -13,6 +13,8 @@ pub mod events;
 pub mod federated;
 pub mod fields;
 pub mod flows;
+pub mod limits;
+pub mod listener;
 pub mod ops;
 pub mod proxy;
 pub mod revoke;
@@ -32,6 +34,7 @@ use latchkey_guard::{
 };
 
 pub use app::{AppState, router};
+pub use listener::serve;
 
 /// Everything the application shares, built from the configuration.
 pub fn state(
@@ -73,6 +76,9 @@ pub fn state(
         servers: Arc::default(),
         metrics: telemetry::install(),
         instance,
+        streams: Arc::new(limits::StreamSlots::new(
+            cfg.limits.max_streams_per_principal,
+        )),
         api_key_ttls: cfg.api_keys,
         ops_access: ops::OpsAccess::from_config(cfg),
     }))

@@ -88,6 +88,11 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     );
     Router::new()
         .route_service(PATH, service)
+        // Innermost, so the guard (added below, hence outside) has found the principal.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.streams.clone(),
+            crate::limits::one_stream,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             sessions,
             sessions::bind,

@@ -206,7 +206,13 @@ async fn serve(
         .await
         .unwrap();
     let app = latchkey_gateway::router(state);
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    // The accept loop `latchkey serve` uses, with the configuration's limits.
+    tokio::spawn(latchkey_gateway::serve(
+        listener,
+        app,
+        cfg.limits,
+        std::future::pending(),
+    ));
     base
 }
 
