@@ -278,3 +278,49 @@ async fn opaque_bearer_is_never_treated_as_an_api_key() {
         Err(GuardError::Invalid(InvalidReason::NoVerifier))
     );
 }
+
+/// Issue 15, item 1, on the introspection path: an active answer without a usable
+/// tenant claim is invalid (never a default tenant), and only the admin value in the
+/// role claim makes an admin.
+#[tokio::test]
+async fn an_answer_without_the_tenant_is_invalid_and_no_role_is_a_member() {
+    let idp = ScriptedIdp::start().await.unwrap();
+    let i = introspector(&idp);
+    let tenants = [
+        (json!("globex"), Some("globex")),
+        (json!(9), Some("9")),
+        (Value::Null, None),
+        (json!(""), None),
+        (json!(["globex"]), None),
+    ];
+    let roles = [
+        (json!(["latchkey:admin"]), true),
+        (Value::Null, false),
+        (json!("member"), false),
+        (json!(["admin"]), false),
+    ];
+    let mut n = 0;
+    for (tenant, want_tenant) in &tenants {
+        for (role, want_admin) in &roles {
+            n += 1;
+            let token = format!("tenantless-{n}");
+            idp.set_introspection(
+                &token,
+                active(&idp, json!({"tenant": tenant, "roles": role})),
+            );
+            let got = i.verify(&token, now()).await;
+            match want_tenant {
+                None => assert_eq!(
+                    got,
+                    Err(GuardError::Invalid(InvalidReason::Tenant)),
+                    "{tenant} {role}"
+                ),
+                Some(t) => {
+                    let p = got.unwrap();
+                    assert_eq!(p.tenant.as_str(), *t);
+                    assert_eq!(p.role == Role::Admin, *want_admin, "{tenant} {role}");
+                }
+            }
+        }
+    }
+}
