@@ -58,9 +58,7 @@ fn split(directive: &str) -> Result<(Option<&str>, LevelFilter), BadFilter> {
 
 /// The crate a directive's target names (`hyper_util::client[span]` → `hyper_util`).
 fn crate_of(target: &str) -> &str {
-    let end = target
-        .find(|c: char| c == ':' || c == '[' || c == '{')
-        .unwrap_or(target.len());
+    let end = target.find([':', '[', '{']).unwrap_or(target.len());
     target[..end].trim()
 }
 
