@@ -86,6 +86,9 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
         return Ok(exit::code(exit::UNAVAILABLE));
     }
     let app = latchkey_gateway::router(app_state);
+    // Signal handlers before the announcement: a SIGTERM sent as soon as it is read
+    // stops the server gracefully instead of killing it.
+    let stop = shutdown();
     println!(
         "Latchkey is listening on http://{local} (database {}, public URL {})",
         state.database, cfg.public_url
@@ -93,29 +96,34 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
     tracing::info!(event = "serve.started", listen = %local);
     // TCP_NODELAY, the connection cap and the header, idle and body deadlines of
     // `[limits]`; graceful shutdown on SIGTERM or Ctrl-C.
-    latchkey_gateway::serve(listener, app, cfg.limits, shutdown()).await?;
+    latchkey_gateway::serve(listener, app, cfg.limits, stop).await?;
     tracing::info!(event = "serve.stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on Ctrl-C or SIGTERM. The SIGTERM handler is installed when this is
+/// called, not when the future is first polled.
+fn shutdown() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async move {
+            match term {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {}
+            () = term => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }
