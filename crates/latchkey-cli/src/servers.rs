@@ -64,6 +64,10 @@ pub(crate) struct Settings {
     /// on the command line).
     #[arg(long)]
     client_secret_stdin: bool,
+    /// The issuer of the authorization server the client is registered at (required
+    /// with a client secret): the id and secret are sent to that server only.
+    #[arg(long, value_name = "ISSUER")]
+    issuer: Option<String>,
     /// Scopes to ask for, space-separated.
     #[arg(long, value_name = "SCOPES")]
     scopes: Option<String>,
@@ -176,6 +180,7 @@ impl Settings {
         put("token_scope", self.token_scope);
         put("grant_type", self.grant_type);
         put("client_id", self.client_id);
+        put("issuer", self.issuer);
         put("scopes", self.scopes);
         if self.client_secret_stdin {
             // Sent once in the request body; never printed (answers only say

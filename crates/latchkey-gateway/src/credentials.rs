@@ -25,6 +25,7 @@ const FIELDS: &[&str] = &[
     "token_endpoint_auth_method",
     "scopes",
     "issuer",
+    "revocation_endpoint",
     "resource",
     "access_token",
     "expires_in",
@@ -83,6 +84,20 @@ pub async fn deposit(
     let auth_method = f.choice("token_endpoint_auth_method", AUTH_METHODS);
     let scopes = f.string("scopes", false, 2048);
     let issuer = f.string("issuer", false, 2048);
+    // Where the token may be revoked: recorded with it, the only place a disconnect
+    // sends it (without one, a disconnect forgets it locally and says so).
+    let revocation_endpoint = f.string("revocation_endpoint", false, 2048);
+    if let Some(r) = &revocation_endpoint {
+        if let Err(e) = s.egress.check_url(r, UrlSource::Remote) {
+            f.invalid("revocation_endpoint", e.to_string());
+        }
+        if issuer.is_none() {
+            f.invalid(
+                "revocation_endpoint",
+                "only with issuer (the authorization server it belongs to)",
+            );
+        }
+    }
     let resource = f.string("resource", false, 2048);
     let access_token = f.string("access_token", false, 16 * 1024);
     let expires_in = f.unsigned("expires_in");
@@ -103,6 +118,11 @@ pub async fn deposit(
     let now = s.now();
     let mut row = CredentialRow::new(new_id(), slot.clone(), token_endpoint, now);
     row.issuer = issuer;
+    row.revocation_endpoint = match (revocation_endpoint, &row.issuer) {
+        (Some(r), _) => Some(r),
+        (None, Some(issuer)) => discovered_revocation_endpoint(&s, &server, issuer).await,
+        (None, None) => None,
+    };
     // Bound to the resource it is for: the caller's word, else the server's URL now (a
     // token is only ever sent to the resource it was stored for).
     row.resource = resource.or_else(|| Some(server.url.clone()));
@@ -138,6 +158,30 @@ pub async fn deposit(
     metrics::counter!("latchkey_deposits_total").increment(1);
     audit(&s, &p, "credential.deposit", &slot).await;
     Ok(Json(json!({"stored": true})))
+}
+
+/// The revocation endpoint of the deposit's issuer, when the server's discovered
+/// authorization server is that issuer (compared as strings); `None` otherwise, and
+/// the token will only be forgotten locally on disconnect.
+async fn discovered_revocation_endpoint(
+    s: &AppState,
+    server: &ServerRow,
+    issuer: &str,
+) -> Option<String> {
+    let d = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        s.discoverer.discover(
+            &server.url,
+            None,
+            latchkey_oauth::discovery::DiscoveryOptions::default(),
+        ),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    (d.issuer == issuer)
+        .then(|| d.metadata.revocation_endpoint.clone())
+        .flatten()
 }
 
 /// `DELETE /v1/credentials/{server_id}`: the caller's slot; 204 whether or not it held

@@ -60,6 +60,19 @@ pub enum ApiError {
     /// 409: a competing operation is in progress, or the state changed.
     #[error("{0}")]
     Conflict(&'static str),
+    /// 422: the server's pre-registered client is bound to one authorization server and
+    /// discovery names another (or it is bound to none): nothing was sent. Issuers are
+    /// compared as strings.
+    #[error(
+        "the server's pre-registered client belongs to the authorization server {}, but its metadata names {discovered}; nothing was sent. Fix the server's issuer or its client",
+        configured.as_deref().unwrap_or("(none: set the server's issuer)")
+    )]
+    IssuerMismatch {
+        /// The issuer the client is bound to (`None`: a secret bound to no issuer).
+        configured: Option<String>,
+        /// The issuer discovery names.
+        discovered: String,
+    },
     /// 503: no encryption key is configured (an operator must act, a retry will not help).
     #[error("no encryption key is configured")]
     EncryptionKeyMissing,
@@ -97,6 +110,9 @@ impl ApiError {
             ApiError::NeedsReauth { .. } => (StatusCode::CONFLICT, "needs_oauth_reauth"),
             ApiError::NeedsScopeUpgrade { .. } => (StatusCode::CONFLICT, "needs_scope_upgrade"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::IssuerMismatch { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "issuer_mismatch")
+            }
             ApiError::EncryptionKeyMissing => {
                 (StatusCode::SERVICE_UNAVAILABLE, "encryption_key_missing")
             }

@@ -80,6 +80,17 @@ async fn client_for(
     scope: Option<&str>,
 ) -> Result<ClientCredentials, ApiError> {
     if let Some(id) = &server.client_id {
+        // A pre-registered client belongs to one authorization server: its id and
+        // secret go to that issuer only (compared as strings), else nothing is sent.
+        let bound = server.issuer.as_deref();
+        if bound.is_some_and(|i| i != d.issuer) || (bound.is_none() && server.client_secret.is_some())
+        {
+            tracing::warn!(event = "mcpoauth.issuer_mismatch", server_id = %server.id, configured = bound.unwrap_or(""), discovered = %d.issuer);
+            return Err(ApiError::IssuerMismatch {
+                configured: bound.map(str::to_owned),
+                discovered: d.issuer.clone(),
+            });
+        }
         let secret = match &server.client_secret {
             Some(env) => Some(s.keyring.open(env, server.secret_aad())?),
             None => None,
@@ -159,6 +170,7 @@ async fn store_tokens(
     d_issuer: &str,
     resource: &str,
     token_endpoint: &str,
+    revocation_endpoint: Option<&str>,
     client: &ClientCredentials,
     tokens: TokenResponse,
 ) -> Result<(), ApiError> {
@@ -166,6 +178,9 @@ async fn store_tokens(
     let mut row = CredentialRow::new(new_id(), slot.clone(), token_endpoint, now);
     row.issuer = Some(d_issuer.to_owned());
     row.resource = Some(resource.to_owned());
+    // The issuer's own revocation endpoint, recorded now: a disconnect revokes there or
+    // nowhere, whatever the server's metadata names by then.
+    row.revocation_endpoint = revocation_endpoint.map(str::to_owned);
     row.client_id = Some(client.client_id.clone());
     row.auth_method = Some(client.method.as_str().into());
     row.scopes = tokens.scope.clone();
@@ -349,6 +364,7 @@ pub(crate) async fn begin(
             &d.issuer,
             &d.resource,
             &d.metadata.token_endpoint,
+            d.metadata.revocation_endpoint.as_deref(),
             &client,
             tokens,
         )
@@ -555,6 +571,9 @@ async fn finish(
     {
         Ok(c) if c.client_id == flow.client_id => c,
         Ok(_) => return Outcome::fail(StatusCode::CONFLICT, "client_changed", sid),
+        Err(ApiError::IssuerMismatch { .. }) => {
+            return Outcome::fail(StatusCode::BAD_REQUEST, "issuer_mismatch", sid);
+        }
         Err(_) => return Outcome::fail(StatusCode::SERVICE_UNAVAILABLE, "unknown", sid),
     };
     let tokens = match grants::request_token(
@@ -591,6 +610,7 @@ async fn finish(
         &d.issuer,
         &flow.resource,
         &d.metadata.token_endpoint,
+        d.metadata.revocation_endpoint.as_deref(),
         &client,
         tokens,
     )

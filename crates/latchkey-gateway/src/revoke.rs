@@ -1,21 +1,28 @@
 //! Best-effort revocation before a credential is deleted or purged (R-STORE-16,
 //! R-API-8): the refresh token, then the access token, each with its
-//! `token_type_hint`, at the discovered `revocation_endpoint`, with the credential's own
-//! client or else the server's pre-registered one. Callers run this only after the
-//! tenant check (the server was loaded for the caller's tenant). It never fails the
-//! operation it precedes and never takes longer than [`BUDGET`].
+//! `token_type_hint`, at the revocation endpoint recorded with the credential when it
+//! was issued or deposited, never at one discovered now (a server's metadata may name
+//! another authorization server by then). The client is the credential's own, or the
+//! server's pre-registered one only when that is bound to the credential's issuer.
+//! A credential with no recorded endpoint is forgotten locally, and that is said (log
+//! and audit record). Callers run this only after the tenant check (the server was
+//! loaded for the caller's tenant). It never fails the operation it precedes and never
+//! takes longer than [`BUDGET`].
 
 use std::time::Duration;
 
 use latchkey_oauth::client_auth::{AuthMethod, ClientCredentials};
-use latchkey_oauth::discovery::DiscoveryOptions;
 use latchkey_oauth::revocation::{self, TokenTypeHint};
-use latchkey_vault::store::{CredentialRow, ServerRow};
+use latchkey_vault::store::{AuditEvent, CredentialRow, ServerRow};
 
 use crate::app::AppState;
 
 /// The most time revocation may add to a delete or purge.
 pub const BUDGET: Duration = Duration::from_secs(10);
+
+/// What is said when a token is only forgotten locally.
+pub const NOT_REVOKED: &str =
+    "not revoked at the authorization server: no revocation endpoint recorded";
 
 /// Revokes `creds` of `server`; logs and swallows every failure.
 pub async fn revoke_all(s: &AppState, server: &ServerRow, creds: &[CredentialRow]) {
@@ -23,28 +30,13 @@ pub async fn revoke_all(s: &AppState, server: &ServerRow, creds: &[CredentialRow
         return;
     }
     let work = async {
-        let endpoint = match s
-            .discoverer
-            .discover(&server.url, None, DiscoveryOptions::default())
-            .await
-        {
-            Ok(d) => match d.metadata.revocation_endpoint.clone() {
-                Some(e) => (e, d.issuer.clone()),
-                None => {
-                    tracing::info!(
-                        event = "revocation.skipped",
-                        reason = "no revocation_endpoint"
-                    );
-                    return;
-                }
-            },
-            Err(e) => {
-                tracing::info!(event = "revocation.skipped", reason = "discovery failed", error = %e);
-                return;
-            }
-        };
         for c in creds {
-            revoke_one(s, server, c, &endpoint.0, &endpoint.1).await;
+            match (c.revocation_endpoint.as_deref(), c.issuer.as_deref()) {
+                (Some(endpoint), Some(issuer)) => {
+                    revoke_one(s, server, c, endpoint, issuer).await;
+                }
+                _ => not_revoked(s, c).await,
+            }
         }
     };
     if tokio::time::timeout(BUDGET, work).await.is_err() {
@@ -52,7 +44,39 @@ pub async fn revoke_all(s: &AppState, server: &ServerRow, creds: &[CredentialRow
     }
 }
 
-fn client_of(s: &AppState, server: &ServerRow, c: &CredentialRow) -> Option<ClientCredentials> {
+/// The credential is forgotten without telling its authorization server: said in the
+/// log and the tenant's audit log (ids only).
+async fn not_revoked(s: &AppState, c: &CredentialRow) {
+    tracing::info!(
+        event = "revocation.skipped",
+        tenant = %c.slot.tenant,
+        server_id = %c.slot.server,
+        credential_id = %c.id,
+        reason = NOT_REVOKED,
+    );
+    let e = AuditEvent {
+        tenant: c.slot.tenant.clone(),
+        actor: "latchkey".into(),
+        action: "token.not_revoked".into(),
+        server: Some(c.slot.server.clone()),
+        subject: c.slot.subject.clone(),
+        detail: Some(NOT_REVOKED.into()),
+        at: s.now(),
+    };
+    if let Err(err) = s.store.audit(&e).await {
+        tracing::warn!(event = "audit.failed", action = "token.not_revoked", error = %err);
+    }
+}
+
+/// The client to authenticate with at `issuer`: the credential's own (sealed with it,
+/// so bound to its issuer), else the server's pre-registered client if that is bound
+/// to the same issuer (compared as strings). Never a client of another issuer.
+fn client_of(
+    s: &AppState,
+    server: &ServerRow,
+    c: &CredentialRow,
+    issuer: &str,
+) -> Option<ClientCredentials> {
     let method = |m: Option<&str>| m.and_then(|m| m.parse().ok()).unwrap_or(AuthMethod::None);
     if let Some(id) = &c.client_id {
         let secret = c
@@ -66,8 +90,9 @@ fn client_of(s: &AppState, server: &ServerRow, c: &CredentialRow) -> Option<Clie
             None => ClientCredentials::public(id.clone()),
         });
     }
-    // The server's pre-registered client (the early return that skipped these was a
-    // known bug in a source implementation).
+    if server.issuer.as_deref() != Some(issuer) {
+        return None;
+    }
     let id = server.client_id.clone()?;
     let secret = server
         .client_secret
@@ -86,11 +111,13 @@ async fn revoke_one(
     endpoint: &str,
     issuer: &str,
 ) {
-    let Some(client) = client_of(s, server, c) else {
-        tracing::info!(event = "revocation.skipped", reason = "no client");
+    let Some(client) = client_of(s, server, c, issuer) else {
+        tracing::info!(
+            event = "revocation.skipped",
+            reason = "no client for the credential's issuer"
+        );
         return;
     };
-    let issuer = c.issuer.as_deref().unwrap_or(issuer);
     for (column, hint) in [
         ("refresh_token", TokenTypeHint::RefreshToken),
         ("access_token", TokenTypeHint::AccessToken),
@@ -99,6 +126,7 @@ async fn revoke_one(
             "refresh_token" => c.refresh_token.as_deref(),
             _ => c.access_token.as_deref(),
         };
+        // A value that does not open under its binding (an edited row) is not sent.
         let Some(token) = env.and_then(|e| s.keyring.open(e, c.aad(column)).ok()) else {
             continue;
         };

@@ -29,6 +29,7 @@ const FIELDS: &[&str] = &[
     "grant_type",
     "client_id",
     "client_secret",
+    "issuer",
     "scopes",
 ];
 const AUTH_TYPES: &[&str] = &["oauth", "none", "headers"];
@@ -46,6 +47,7 @@ pub struct ServerView {
     grant_type: String,
     client_id: Option<String>,
     has_client_secret: bool,
+    issuer: Option<String>,
     scopes: Option<String>,
 }
 
@@ -60,6 +62,7 @@ impl From<&ServerRow> for ServerView {
             grant_type: s.grant_type.clone(),
             client_id: s.client_id.clone(),
             has_client_secret: s.client_secret.is_some(),
+            issuer: s.issuer.clone(),
             scopes: s.scopes.clone(),
         }
     }
@@ -97,6 +100,7 @@ struct Input {
     grant_type: Option<String>,
     client_id: Patch<String>,
     client_secret: Patch<String>,
+    issuer: Patch<String>,
     scopes: Patch<String>,
 }
 
@@ -117,10 +121,28 @@ fn read_input(s: &AppState, body: &[u8], creating: bool) -> Result<Input, ApiErr
         grant_type: f.choice("grant_type", GRANT_TYPES),
         client_id: f.patch_string("client_id", 255),
         client_secret: f.patch_string("client_secret", 4096),
+        // The authorization server the pre-registered client belongs to (its `issuer`,
+        // compared as a string): its id and secret are sent there and nowhere else.
+        issuer: f.patch_string("issuer", 2048),
         scopes: f.patch_string("scopes", 2048),
     };
+    if creating
+        && matches!(input.client_secret, Patch::Set(_))
+        && !matches!(input.issuer, Patch::Set(_))
+    {
+        f.invalid("issuer", ISSUER_REQUIRED);
+    }
     f.finish()?;
     Ok(input)
+}
+
+const ISSUER_REQUIRED: &str = "required with a client secret: the issuer of the authorization server the client is registered at (its secret is sent there and nowhere else)";
+
+fn field_error(field: &str, message: &str) -> ApiError {
+    ApiError::BadRequest(vec![crate::error::FieldError {
+        field: field.into(),
+        message: message.into(),
+    }])
 }
 
 fn apply<T>(slot: &mut Option<T>, p: Patch<T>) {
@@ -147,6 +169,7 @@ pub async fn create(
     let mut row = ServerRow::new(id.clone(), p.tenant.as_str(), name, url);
     apply(&mut row.client_id, input.client_id);
     apply(&mut row.scopes, input.scopes);
+    apply(&mut row.issuer, input.issuer);
     if let Some(t) = input.token_scope {
         row.token_scope = t;
     }
@@ -225,6 +248,20 @@ pub async fn update(
     }
     apply(&mut row.client_id, input.client_id);
     apply(&mut row.scopes, input.scopes);
+    apply(&mut row.issuer, input.issuer);
+    let issuer_changed = row.issuer != old.issuer;
+    let secret_given = matches!(input.client_secret, Patch::Set(_));
+    if secret_given && row.issuer.is_none() {
+        return Err(field_error("issuer", ISSUER_REQUIRED));
+    }
+    if issuer_changed && old.client_secret.is_some() && matches!(input.client_secret, Patch::Keep)
+    {
+        // The stored secret belongs to the old issuer: it is never carried over.
+        return Err(field_error(
+            "client_secret",
+            "give the client secret again (or null) when the issuer changes: a secret belongs to one authorization server",
+        ));
+    }
     let mut secret_changed = false;
     match input.client_secret {
         Patch::Keep => {}
@@ -260,7 +297,8 @@ pub async fn update(
         || row.auth_type != old.auth_type
         || row.client_id != old.client_id
         || row.grant_type != old.grant_type
-        || row.scopes != old.scopes;
+        || row.scopes != old.scopes
+        || issuer_changed;
     let fingerprint_changed = url_changed || oauth_changed;
     let updated = s.store.update_server(&row, s.now()).await;
     // Told to every instance before answering, whatever happens next (R-MULTI-2).

@@ -53,7 +53,7 @@ async fn servers_are_probed_validated_purged_and_never_show_secrets() {
         reqwest::Method::POST,
         &servers,
         Some(
-            json!({"name": "scripted", "url": upstream.mcp_url(), "client_secret": "s3cret-value"}),
+            json!({"name": "scripted", "url": upstream.mcp_url(), "client_secret": "s3cret-value", "issuer": upstream.base}),
         ),
     )
     .await;
@@ -121,13 +121,18 @@ async fn servers_are_probed_validated_purged_and_never_show_secrets() {
         vec![
             ("server.create".into(), None),
             ("server.update".into(), None),
+            // Deposited without a revocation endpoint: forgotten locally, and said.
+            ("token.not_revoked".into(), Some(NOT_REVOKED.into())),
             ("server.update".into(), Some("purged 1 credentials".into())),
+            ("token.not_revoked".into(), Some(NOT_REVOKED.into())),
             ("server.update".into(), Some("purged 1 credentials".into())),
             ("server.delete".into(), None),
         ]
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+const NOT_REVOKED: &str = latchkey_gateway::revoke::NOT_REVOKED;
 
 #[tokio::test]
 async fn a_secret_without_a_key_is_the_typed_503() {
@@ -136,7 +141,7 @@ async fn a_secret_without_a_key_is_the_typed_503() {
     let (status, v, _) = send(
         reqwest::Method::POST,
         &format!("{base}/v1/servers"),
-        Some(json!({"name": "n", "url": "http://127.0.0.1:9/mcp", "auth_type": "oauth", "client_secret": "x"})),
+        Some(json!({"name": "n", "url": "http://127.0.0.1:9/mcp", "auth_type": "oauth", "client_secret": "x", "issuer": "http://127.0.0.1:9"})),
     )
     .await;
     assert_eq!(
