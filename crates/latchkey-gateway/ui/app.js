@@ -528,6 +528,7 @@ function startEdit(id) {
   field("auth_type").value = s.auth_type;
   field("client_id").value = s.client_id || "";
   field("client_secret").value = "";
+  field("issuer").value = s.issuer || "";
   field("scopes").value = s.scopes || "";
   field("grant_type").value = s.grant_type;
   for (const r of form.querySelectorAll('input[name="token_scope"]')) r.checked = r.value === s.token_scope;
@@ -553,6 +554,9 @@ function formBody(old) {
   const clientId = text("client_id");
   if (clientId) body.client_id = clientId;
   else if (old && old.client_id) body.client_id = null;
+  const issuer = text("issuer");
+  if (issuer) body.issuer = issuer;
+  else if (old && old.issuer) body.issuer = null;
   const scopes = text("scopes");
   if (scopes) body.scopes = scopes;
   else if (old && old.scopes) body.scopes = null;
