@@ -109,7 +109,7 @@ async fn hostile_slow_header_and_idle_floods_are_closed_and_a_caller_is_answered
     // During the flood a legitimate caller is answered promptly.
     let asked = Instant::now();
     let r = tokio::time::timeout(
-        Duration::from_secs(2),
+        Duration::from_secs(3),
         crate::client().get(format!("{base}/v1/whoami")).send(),
     )
     .await
@@ -117,21 +117,30 @@ async fn hostile_slow_header_and_idle_floods_are_closed_and_a_caller_is_answered
     .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert!(
-        asked.elapsed() < Duration::from_secs(1),
+        asked.elapsed() < Duration::from_secs(2),
         "{:?}",
         asked.elapsed()
     );
 
-    // The idle sockets outlive the header deadline (they owe no head yet)...
+    // The idle sockets outlive the header deadline (they owe no head yet): every one
+    // idle for longer than that, and not yet for its own deadline, is still open.
     let (_, last_idle) = idle.last().unwrap();
     tokio::time::sleep_until(
         (*last_idle + limits.header_read_timeout + Duration::from_millis(300)).into(),
     )
     .await;
-    let open = idle.iter().filter(|(s, _)| still_open(s)).count();
-    assert!(
-        open >= 290,
-        "only {open} of 300 idle sockets outlived the header deadline"
+    let window = limits.header_read_timeout + Duration::from_millis(200)
+        ..limits.idle_timeout - Duration::from_millis(300);
+    let checked: Vec<bool> = idle
+        .iter()
+        .filter(|(_, since)| window.contains(&since.elapsed()))
+        .map(|(s, _)| still_open(s))
+        .collect();
+    assert!(!checked.is_empty());
+    let closed = checked.iter().filter(|open| !**open).count();
+    assert_eq!(
+        closed, 0,
+        "{closed} idle sockets closed at the header deadline instead of the idle one"
     );
 
     // ...and every socket is closed by the server within its deadline (+ margin).
@@ -159,7 +168,7 @@ async fn hostile_slow_header_and_idle_floods_are_closed_and_a_caller_is_answered
     // Not before their deadlines either (the idle ones were given the longer one).
     let earliest_idle = idle_closed.iter().flatten().min().unwrap();
     assert!(
-        *earliest_idle >= limits.idle_timeout - Duration::from_millis(100),
+        *earliest_idle >= limits.idle_timeout - Duration::from_millis(300),
         "an idle socket closed after {earliest_idle:?}"
     );
     assert!(flood_started.elapsed() < Duration::from_secs(15));
@@ -194,7 +203,7 @@ async fn hostile_a_trickled_body_is_cut_off_with_the_typed_408() {
     });
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
-    let closed = tokio::time::timeout(Duration::from_secs(4), async {
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
@@ -210,7 +219,7 @@ async fn hostile_a_trickled_body_is_cut_off_with_the_typed_408() {
     assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
     assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
     assert!(
-        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_millis(2500),
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_millis(3500),
         "{elapsed:?}"
     );
     let _ = std::fs::remove_dir_all(dir);
