@@ -111,7 +111,7 @@ async function waitStatus(page, name, want, timeout) {
   await until(async () => (await status(page, name)) === want, `${name} to be ${want}`, timeout);
 }
 
-async function addServer(page, { name, url, auth, clientId, secret, grant, shared }) {
+async function addServer(page, { name, url, auth, clientId, secret, issuer, grant, shared }) {
   await page.getByLabel("Name", { exact: true }).fill(name);
   await page.getByLabel("MCP server URL").fill(url);
   if (auth) await page.getByLabel("Authentication", { exact: true }).selectOption(auth);
@@ -120,6 +120,7 @@ async function addServer(page, { name, url, auth, clientId, secret, grant, share
     if (!(await adv.evaluate((d) => d.open))) await page.getByText("Advanced OAuth settings").click();
     if (clientId) await page.getByLabel("Pre-registered client ID").fill(clientId);
     if (secret) await page.getByLabel("Client secret", { exact: true }).fill(secret);
+    if (issuer) await page.getByLabel("Client issuer").fill(issuer);
     if (grant) await page.getByLabel("Grant type").selectOption(grant);
     if (shared) await page.getByLabel("Shared by the whole tenant").check();
   }
@@ -292,6 +293,8 @@ test("client credentials connect without a popup, and the secret is never shown"
     auth: "oauth",
     clientId: "machine-client",
     secret,
+    // A secret is bound to the authorization server it belongs to.
+    issuer: SCRIPTED.ok.base,
     grant: "client_credentials",
     shared: true,
   });
