@@ -404,3 +404,65 @@ fn hostile_an_http_public_url_must_be_loopback() {
         );
     }
 }
+
+/// The stream cap counts per principal: one user's streams do not use up another's,
+/// in the same tenant or another.
+#[tokio::test]
+async fn hostile_the_stream_cap_is_per_principal() {
+    use latchkey_testkit::idp::{KeyAlg, ScriptedIdp};
+
+    let idp = ScriptedIdp::start().await.unwrap();
+    let (issuer, jwks) = (idp.issuer(), idp.jwks_url());
+    let (base, dir, _, _) = crate::start_configured(
+        crate::Backend::Sqlite,
+        move |base| {
+            let toml = format!(
+                "public_url = \"{base}\"\nallow_insecure_loopback = true\n\
+                 [limits]\nmax_streams_per_principal = 1\n\
+                 [auth]\nmode = \"jwt\"\nissuer = \"{issuer}\"\naudience = \"{base}/mcp\"\njwks_url = \"{jwks}\"\n"
+            );
+            Config::parse(&toml, &std::collections::HashMap::new()).unwrap()
+        },
+        StaticKeys(None),
+    )
+    .await;
+    let now = std::time::SystemTime::UNIX_EPOCH
+        .elapsed()
+        .unwrap()
+        .as_secs();
+    let bearer = |tenant: &str, sub: &str| {
+        let claims = serde_json::json!({
+            "iss": idp.issuer(), "aud": format!("{base}/mcp"), "sub": sub,
+            "tenant": tenant, "iat": now, "exp": now + 600,
+        });
+        format!("Bearer {}", idp.mint(KeyAlg::Rs256, &claims))
+    };
+    let open = |auth: String| {
+        let url = format!("{base}/v1/events");
+        async move {
+            crate::client()
+                .get(url)
+                .header("authorization", auth)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let alice = open(bearer("t1", "alice")).await;
+    assert_eq!(alice.status().as_u16(), 200);
+    assert_eq!(open(bearer("t1", "alice")).await.status().as_u16(), 429);
+    // Bob in the same tenant, and an "alice" in another tenant, have slots of their own.
+    let bob = open(bearer("t1", "bob")).await;
+    assert_eq!(bob.status().as_u16(), 200);
+    let other = open(bearer("t2", "alice")).await;
+    assert_eq!(other.status().as_u16(), 200);
+    // A refused caller never counts: an unauthenticated GET is the guard's 401.
+    let r = crate::client()
+        .get(format!("{base}/v1/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    drop((alice, bob, other));
+    let _ = std::fs::remove_dir_all(dir);
+}
