@@ -29,7 +29,8 @@ pub struct Limits {
     /// A kept-alive connection with no request for this long is closed (default 60 s).
     pub idle_timeout: Duration,
     /// A request body must have arrived whole this long after its head: a trickled
-    /// body is cut off with the typed 408 and its connection closed (default 30 s).
+    /// body is cut off and its connection closed; the API answers the typed 408
+    /// (default 30 s).
     pub body_timeout: Duration,
     /// Open connections at most; one more is closed as soon as it is accepted (default
     /// 1024).
