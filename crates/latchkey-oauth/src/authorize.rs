@@ -90,6 +90,15 @@ pub fn start(
                 q.append_pair(k, v);
             }
         }
+        // OIDC Core §11: an OpenID provider grants `offline_access` (the refresh token)
+        // only when the request also asks for consent; without it the user "connects"
+        // and the connection dies at the first expiry. Other servers ignore `prompt`.
+        let offline = req
+            .scope
+            .is_some_and(|s| s.split_whitespace().any(|x| x == "offline_access"));
+        if offline && !req.extra.iter().any(|(k, _)| k == "prompt") {
+            q.append_pair("prompt", "consent");
+        }
     }
     Ok(PendingAuthorization {
         url: url.into(),
@@ -177,6 +186,27 @@ mod tests {
 
     fn params(q: &str) -> CallbackParams {
         CallbackParams::from_query(q)
+    }
+
+    #[test]
+    fn offline_access_asks_for_consent() {
+        let egress = Egress::new(latchkey_egress::EgressConfig::default()).unwrap();
+        let req = |scope| AuthorizationRequest {
+            authorization_endpoint: "https://as.example/authorize",
+            issuer: "https://as.example",
+            iss_supported: true,
+            client_id: "c",
+            redirect_uri: "https://lk.example/cb",
+            scope,
+            resource: "https://mcp.example/mcp",
+            extra: &[],
+        };
+        let with = start(&egress, &req(Some("mcp offline_access"))).unwrap();
+        assert!(with.url.contains("&prompt=consent"), "{}", with.url);
+        let without = start(&egress, &req(Some("mcp"))).unwrap();
+        assert!(!without.url.contains("prompt="), "{}", without.url);
+        let none = start(&egress, &req(None)).unwrap();
+        assert!(!none.url.contains("prompt="));
     }
 
     #[test]

@@ -38,9 +38,19 @@ pub enum OAuthError {
     /// No way to obtain a client id: nothing pre-registered, no CIMD, no DCR endpoint.
     #[error("no client_id: DCR not supported and no client credentials configured")]
     NoClient,
-    /// Dynamic client registration failed.
+    /// Dynamic client registration failed (transport, a 5xx, an unreadable answer).
     #[error("Dynamic Client Registration failed: {0}")]
     Registration(String),
+    /// The authorization server refused the registration (RFC 7591 §3.2.2): a
+    /// configuration problem, not one a retry fixes.
+    #[error("the authorization server refused the client registration: {error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    RegistrationRefused {
+        /// The `error` code (`invalid_client_metadata`, `invalid_redirect_uri` …) or
+        /// `HTTP <status>` when the body had none.
+        error: String,
+        /// `error_description`, made printable and capped ([`crate::json::printable`]).
+        description: Option<String>,
+    },
     /// The token endpoint answered with an OAuth error or an unexpected status.
     #[error("token endpoint answered {status}{}", error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default())]
     TokenEndpoint {
@@ -135,6 +145,7 @@ impl OAuthError {
             OAuthError::Revocation(s) if *s >= 500 => Remedy::Retry,
             OAuthError::Revocation(_) => Remedy::Reconfigure,
             OAuthError::Discovery(_) | OAuthError::Registration(_) => Remedy::Retry,
+            OAuthError::RegistrationRefused { .. } => Remedy::Reconfigure,
             OAuthError::ResourceMismatch { .. }
             | OAuthError::IssuerMismatch { .. }
             | OAuthError::PkceNotSupported

@@ -36,6 +36,21 @@ pub(crate) fn strings(m: &Map<String, Value>, key: &str) -> Option<Vec<String>> 
     }
 }
 
+/// Untrusted text from a peer (an `error_description`) made safe to show: control
+/// characters become spaces, and at most `max` characters are kept (an ellipsis marks
+/// the cut).
+pub(crate) fn printable(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect();
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    out.trim().to_owned()
+}
+
 /// A boolean field; anything but `true`/`false` is absent.
 pub(crate) fn boolean(m: &Map<String, Value>, key: &str) -> Option<bool> {
     m.get(key).and_then(Value::as_bool)

@@ -180,13 +180,75 @@ pub async fn register(
         http::HeaderValue::from_static("application/json"),
     );
     let resp = egress.send(r).await?;
-    if !matches!(resp.status.as_u16(), 200 | 201) {
+    let status = resp.status.as_u16();
+    if !matches!(status, 200 | 201) {
         let m = json::object(&resp.body);
-        let what =
-            json::string(&m, "error").unwrap_or_else(|| format!("HTTP {}", resp.status.as_u16()));
-        return Err(OAuthError::Registration(what));
+        let error = json::string(&m, "error").map(|e| json::printable(&e, 64));
+        // A 4xx is the server's judgement of the request: configuration. A 5xx (or an
+        // answer without an OAuth error) is the server failing: a retry may help.
+        return Err(match error {
+            Some(error) if (400..500).contains(&status) => OAuthError::RegistrationRefused {
+                error,
+                description: json::string(&m, "error_description")
+                    .map(|d| json::printable(&d, DESCRIPTION_MAX)),
+            },
+            Some(error) => OAuthError::Registration(error),
+            None if (400..500).contains(&status) => OAuthError::RegistrationRefused {
+                error: format!("HTTP {status}"),
+                description: None,
+            },
+            None => OAuthError::Registration(format!("HTTP {status}")),
+        });
     }
     parse_registration(issuer, &resp.body, req.auth_method)
+}
+
+/// The most of an authorization server's `error_description` shown to anyone.
+pub const DESCRIPTION_MAX: usize = 200;
+
+/// The scope to ask for at registration: only values the authorization server lists in
+/// `scopes_supported`, where it lists them (an AS may refuse a registration naming
+/// others, as oidc-provider does); none when nothing is left.
+pub fn registration_scope(scope: Option<&str>, supported: Option<&[String]>) -> Option<String> {
+    let scope = scope?;
+    let Some(supported) = supported else {
+        return Some(scope.to_owned());
+    };
+    let kept: Vec<&str> = scope
+        .split_whitespace()
+        .filter(|s| supported.iter().any(|x| x == s))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(" "))
+}
+
+/// [`register`] with the rules that make it work with more servers: the scope is cut
+/// to what the server lists ([`registration_scope`]), and a registration refused as
+/// `invalid_client_metadata` or `invalid_redirect_uri` is tried once more with a
+/// minimal document (redirect URIs, name, grant and response types, auth method: no
+/// scope, no application type), since servers differ in what else they accept.
+pub async fn register_adapted(
+    egress: &Egress,
+    endpoint: &str,
+    issuer: &str,
+    req: &DcrRequest,
+    scopes_supported: Option<&[String]>,
+) -> Result<RegisteredClient, OAuthError> {
+    let mut req = req.clone();
+    req.scope = registration_scope(req.scope.as_deref(), scopes_supported);
+    match register(egress, endpoint, issuer, &req).await {
+        Err(OAuthError::RegistrationRefused { error, .. })
+            if error == "invalid_client_metadata" || error == "invalid_redirect_uri" =>
+        {
+            tracing::info!(event = "mcpoauth.dcr_retry_minimal", issuer, error = %error);
+            let minimal = DcrRequest {
+                scope: None,
+                application_type: None,
+                ..req
+            };
+            register(egress, endpoint, issuer, &minimal).await
+        }
+        other => other,
+    }
 }
 
 /// Parses a registration response.
@@ -252,6 +314,21 @@ pub fn client_metadata_document(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registration_asks_only_for_listed_scopes() {
+        let listed = vec!["openid".to_owned(), "offline_access".to_owned()];
+        assert_eq!(
+            registration_scope(Some("openid mcp:tools offline_access"), Some(&listed)),
+            Some("openid offline_access".into())
+        );
+        assert_eq!(registration_scope(Some("mcp:tools"), Some(&listed)), None);
+        assert_eq!(
+            registration_scope(Some("mcp:tools"), None),
+            Some("mcp:tools".into())
+        );
+        assert_eq!(registration_scope(None, Some(&listed)), None);
+    }
 
     fn md(json: &str) -> AuthorizationServerMetadata {
         AuthorizationServerMetadata::parse(json.as_bytes()).unwrap()

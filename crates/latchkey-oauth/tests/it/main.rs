@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod probe;
+mod registration;
 
 use std::sync::Arc;
 use std::time::Duration;
