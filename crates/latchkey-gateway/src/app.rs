@@ -71,6 +71,8 @@ pub struct Shared {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// This instance's name among several on one database ([`crate::cluster`]).
     pub instance: Arc<str>,
+    /// Upstream MCP sessions kept between tool calls ([`crate::upstream_sessions`]).
+    pub upstream: Arc<crate::upstream_sessions::UpstreamSessions>,
     /// Open event and MCP GET streams per principal ([`crate::limits`]).
     pub streams: Arc<crate::limits::StreamSlots>,
     /// API key lifetimes.
@@ -182,12 +184,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/mcp/{server}",
-            axum::routing::any(crate::proxy::forward).layer(
-                axum::middleware::from_fn_with_state(
-                    state.streams.clone(),
-                    crate::limits::one_stream,
-                ),
-            ),
+            axum::routing::any(crate::proxy::forward).layer(axum::middleware::from_fn_with_state(
+                state.streams.clone(),
+                crate::limits::one_stream,
+            )),
         )
         .route("/v1/oauth/start", post(crate::flows::start))
         .route("/v1/oauth/status/{server_id}", get(crate::flows::status))
@@ -204,6 +204,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::fields::BODY_LIMIT,
         ))
+        .route_layer(axum::middleware::from_fn(require_json))
         .route_layer(axum::middleware::from_fn_with_state(
             state.guard.clone(),
             require_principal,
@@ -226,6 +227,10 @@ pub fn router(state: AppState) -> Router {
             )),
         )
         .route(crate::flows::CALLBACK_PATH, get(crate::flows::callback))
+        .route(
+            "/v1/oauth/callback/{issuer_key}",
+            get(crate::flows::callback_keyed),
+        )
         .merge(crate::ui::routes())
         .merge(crate::federated::routes(&state))
         .merge(api);
@@ -239,7 +244,62 @@ pub fn router(state: AppState) -> Router {
     }
     app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(harden))
         .layer(axum::middleware::from_fn(crate::telemetry::count))
+}
+
+/// The policy every answer gets unless its route set its own (the UI and the callback
+/// page do): never sniffed, and if a browser renders it anyway, a sandbox with nothing
+/// allowed, so nothing on Latchkey's origin runs script it did not write (issue 15).
+pub const SANDBOX_CSP: &str = "sandbox; default-src 'none'";
+
+async fn harden(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    if !h.contains_key(axum::http::header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            axum::http::header::CONTENT_SECURITY_POLICY,
+            axum::http::HeaderValue::from_static(SANDBOX_CSP),
+        );
+    }
+    resp
+}
+
+/// Whether `value` (a `Content-Type`) is `application/json`, parameters aside.
+pub(crate) fn is_json(value: Option<&axum::http::HeaderValue>) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// A state-changing request to the API or the MCP proxy must be `application/json`: a
+/// page elsewhere can send a cross-site `text/plain` or form POST without asking the
+/// browser first, but not a JSON one (defence in depth beside the Origin check). A
+/// `DELETE` without a body says nothing and needs nothing.
+async fn require_json(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    use axum::http::{Method, header};
+    let has_body = |h: &axum::http::HeaderMap| {
+        h.contains_key(header::TRANSFER_ENCODING)
+            || h.get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0")
+    };
+    let needs_json = match *req.method() {
+        // (No route takes PUT: it stays the typed 405.)
+        Method::POST | Method::PATCH => true,
+        Method::DELETE => has_body(req.headers()),
+        _ => false,
+    };
+    if needs_json && !is_json(req.headers().get(header::CONTENT_TYPE)) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    Ok(next.run(req).await)
 }
 
 /// Liveness: the process answers.
@@ -265,7 +325,8 @@ async fn readyz(State(s): State<AppState>) -> Response {
         key = "unopenable";
     }
     let ready = db.is_ok() && unopenable.is_empty();
-    let mut checks = json!({"database": if db.is_ok() { "ok" } else { "unavailable" }, "encryption_key": key});
+    let mut checks =
+        json!({"database": if db.is_ok() { "ok" } else { "unavailable" }, "encryption_key": key});
     if !unopenable.is_empty() {
         checks["missing_key_ids"] = json!(unopenable);
     }

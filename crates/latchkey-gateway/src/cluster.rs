@@ -123,6 +123,7 @@ pub fn apply(s: &AppState, c: &Change) {
         } => {
             s.server_changed(tenant, server);
             s.tokens.evict_server(tenant, server);
+            s.upstream.forget_server(tenant, server);
             if let Some(url) = url {
                 s.discoverer.invalidate(url);
             }
@@ -132,6 +133,7 @@ pub fn apply(s: &AppState, c: &Change) {
         Change::Everything => {
             s.servers.clear();
             s.tokens.evict_all();
+            s.upstream.clear();
             s.discoverer.clear();
         }
         Change::FlowCompleted {

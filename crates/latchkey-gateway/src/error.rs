@@ -82,6 +82,26 @@ pub enum ApiError {
     /// 502: an upstream server failed.
     #[error("upstream failure")]
     Upstream,
+    /// 502 (or the upstream's own 4xx, with this body in place of its own): an upstream
+    /// MCP server answered something Latchkey will not relay; names the server and the
+    /// cause, never the upstream's body.
+    #[error("{server_name}: {cause}")]
+    UpstreamRefused {
+        /// The server.
+        server_id: String,
+        /// The name the user gave it.
+        server_name: String,
+        /// What was wrong with the answer (Latchkey's words).
+        cause: String,
+        /// The status to answer with: 502, or the upstream's 4xx.
+        status: StatusCode,
+    },
+    /// 415: a state-changing request must be sent as `application/json`.
+    #[error("state-changing requests must be sent with Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// 406: the request asks for a media type this endpoint does not serve.
+    #[error("{0}")]
+    NotAcceptable(&'static str),
 }
 
 #[derive(Serialize)]
@@ -118,6 +138,11 @@ impl ApiError {
             }
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Upstream => (StatusCode::BAD_GATEWAY, "upstream_error"),
+            ApiError::UpstreamRefused { status, .. } => (*status, "upstream_error"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
         }
     }
 }
@@ -130,7 +155,8 @@ impl ApiError {
             message: self.to_string(),
             server_id: match self {
                 ApiError::NeedsReauth { server_id }
-                | ApiError::NeedsScopeUpgrade { server_id, .. } => Some(server_id),
+                | ApiError::NeedsScopeUpgrade { server_id, .. }
+                | ApiError::UpstreamRefused { server_id, .. } => Some(server_id),
                 _ => None,
             },
             scopes: match self {

@@ -26,8 +26,39 @@ use crate::fields::{Body, Fields};
 /// The callback path, under the public URL (R-FLOW-12).
 pub const CALLBACK_PATH: &str = "/v1/oauth/callback";
 
-fn redirect_uri(s: &AppState) -> String {
-    format!("{}{CALLBACK_PATH}", s.public_url)
+/// The redirect URI for a flow with the authorization server `issuer`.
+///
+/// Mix-up defence (RFC 9700 §4.4) that does not depend on the server: one that sends
+/// `iss` in its answer (RFC 9207) shares [`CALLBACK_PATH`], where `iss` is checked;
+/// every other one gets a path of its own, keyed by its issuer
+/// ([`CALLBACK_PATH`]`/{key}`), and a callback completes a flow only on the exact
+/// redirect URI that flow was started with, so a code sent for one authorization server
+/// can never complete a flow started with another.
+pub fn redirect_uri(public_url: &str, issuer: &str, iss_supported: bool) -> String {
+    if iss_supported {
+        format!("{public_url}{CALLBACK_PATH}")
+    } else {
+        format!("{public_url}{CALLBACK_PATH}/{}", issuer_key(issuer))
+    }
+}
+
+/// Whether a callback that `arrived` on one redirect URI is for a flow started with
+/// `expected`: the same callback path (the shared one, or the same issuer's). Only the
+/// part after [`CALLBACK_PATH`] is compared, so instances behind one public name that
+/// each know their own base URL still take each other's callbacks.
+fn same_callback(expected: &str, arrived: &str) -> bool {
+    let tail = |u: &str| u.rsplit_once(CALLBACK_PATH).map(|(_, t)| t.to_owned());
+    matches!((tail(expected), tail(arrived)), (Some(a), Some(b)) if a == b)
+}
+
+/// The issuer's path segment: the first 128 bits of the SHA-256 of the issuer string
+/// (verbatim, no normalisation), in hex.
+pub fn issuer_key(issuer: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(issuer.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The slot `p` may act on for `server`: their own, or (tenant admins only) the shared
@@ -83,7 +114,8 @@ async fn client_for(
         // A pre-registered client belongs to one authorization server: its id and
         // secret go to that issuer only (compared as strings), else nothing is sent.
         let bound = server.issuer.as_deref();
-        if bound.is_some_and(|i| i != d.issuer) || (bound.is_none() && server.client_secret.is_some())
+        if bound.is_some_and(|i| i != d.issuer)
+            || (bound.is_none() && server.client_secret.is_some())
         {
             tracing::warn!(event = "mcpoauth.issuer_mismatch", server_id = %server.id, configured = bound.unwrap_or(""), discovered = %d.issuer);
             return Err(ApiError::IssuerMismatch {
@@ -131,8 +163,14 @@ async fn client_for(
         application_type: Some(ApplicationType::for_redirect(redirect)),
         scope: scope.map(str::to_owned),
     };
-    let reg = registration::register(&s.egress, &endpoint, &d.issuer, &req)
-        .await
+    let reg = registration::register_adapted(
+        &s.egress,
+        &endpoint,
+        &d.issuer,
+        &req,
+        d.metadata.scopes_supported.as_deref(),
+    )
+    .await
         .map_err(|e| {
             tracing::warn!(event = "mcpoauth.dcr_failed", server_id = %server.id, issuer = %d.issuer, error = %e);
             oauth_failure(&e)
@@ -194,7 +232,10 @@ async fn store_tokens(
         .as_ref()
         .map(|sec| s.keyring.seal(sec, row.aad("client_secret")))
         .transpose()?;
-    row.access_token = Some(s.keyring.seal(&tokens.access_token, row.aad("access_token"))?);
+    row.access_token = Some(
+        s.keyring
+            .seal(&tokens.access_token, row.aad("access_token"))?,
+    );
     row.refresh_token = tokens
         .refresh_token
         .as_ref()
@@ -319,7 +360,11 @@ pub(crate) async fn begin(
             tracing::warn!(event = "mcpoauth.discover_failed", server_id = %server.id, error = %e);
             oauth_failure(&e)
         })?;
-    let redirect = redirect_uri(s);
+    let redirect = redirect_uri(
+        &s.public_url,
+        &d.issuer,
+        d.metadata.authorization_response_iss_parameter_supported,
+    );
     let scope = scope::select(scope::ScopeInputs {
         configured: server.scopes.as_deref(),
         challenge: None,
@@ -452,10 +497,27 @@ impl Outcome {
 /// `GET /v1/oauth/callback`: unauthenticated (the browser carries no credential of
 /// ours); the single-use state is the binding (Ambiguity A17). Always an HTML page.
 pub async fn callback(State(s): State<AppState>, RawQuery(q): RawQuery) -> Response {
+    let arrived = format!("{}{CALLBACK_PATH}", s.public_url);
+    complete(s, q, arrived).await
+}
+
+/// `GET /v1/oauth/callback/{issuer_key}`: the callback of an authorization server that
+/// does not send `iss` ([`redirect_uri`]).
+pub async fn callback_keyed(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let arrived = format!("{}{CALLBACK_PATH}/{key}", s.public_url);
+    complete(s, q, arrived).await
+}
+
+async fn complete(s: AppState, q: Option<String>, arrived: String) -> Response {
     let mut found = None;
     let mut outcome = finish(
         &s,
         CallbackParams::from_query(q.as_deref().unwrap_or("")),
+        &arrived,
         &mut found,
     )
     .await;
@@ -485,6 +547,7 @@ pub async fn callback(State(s): State<AppState>, RawQuery(q): RawQuery) -> Respo
 async fn finish(
     s: &AppState,
     params: CallbackParams,
+    arrived: &str,
     found: &mut Option<(Slot, String)>,
 ) -> Outcome {
     let Some(state) = params.state.clone() else {
@@ -508,6 +571,12 @@ async fn finish(
     *found = Some((flow.slot.clone(), flow.initiated_by.clone()));
     if !flow_is_live(flow.state_created_at, s.now()) {
         return Outcome::fail(StatusCode::BAD_REQUEST, "invalid_state", sid);
+    }
+    // Mix-up: the answer must come back where this flow's authorization server was
+    // told to send it (the state is burnt either way).
+    if !same_callback(&flow.redirect_uri, arrived) {
+        tracing::warn!(event = "oauth.callback_wrong_redirect", server_id = %flow.slot.server);
+        return Outcome::fail(StatusCode::BAD_REQUEST, "issuer_mismatch", sid);
     }
     let server = match s
         .store

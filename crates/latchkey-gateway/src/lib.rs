@@ -23,6 +23,7 @@ pub mod servers;
 pub mod telemetry;
 pub mod tools;
 pub mod ui;
+pub mod upstream_sessions;
 
 use std::sync::Arc;
 
@@ -76,6 +77,7 @@ pub fn state(
         servers: Arc::default(),
         metrics: telemetry::install(),
         instance,
+        upstream: Arc::default(),
         streams: Arc::new(limits::StreamSlots::new(
             cfg.limits.max_streams_per_principal,
         )),

@@ -13,7 +13,11 @@
 //! * only the headers the MCP transport needs cross in either direction;
 //! * a request body over [`BODY_LIMIT`] is the typed 413;
 //! * an SSE response is streamed back unbuffered; other answers up to 256 KiB are read
-//!   whole first, so an upstream failing mid-answer is a typed 502, not a cut-off 200.
+//!   whole first, so an upstream failing mid-answer is a typed 502, not a cut-off 200;
+//! * only the transport's media types come back (`application/json`,
+//!   `text/event-stream`, or no body): anything else, an HTML page above all, would be
+//!   served on Latchkey's origin, so it is Latchkey's typed error instead, and a GET
+//!   must ask for an event stream (a browser navigation does not).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,6 +102,9 @@ async fn take_payload(headers: &HeaderMap, body: Body) -> Result<Payload, ApiErr
     loop {
         match stream.next().await {
             None => return Ok(Payload::Whole(prefix.freeze())),
+            Some(Err(e)) if crate::limits::is_body_timeout(&e) => {
+                return Err(ApiError::RequestTimeout);
+            }
             Some(Err(_)) => {
                 return Err(ApiError::BadRequest(vec![crate::error::FieldError {
                     field: String::new(),
@@ -203,6 +210,10 @@ pub async fn forward(
             .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
         return r;
     }
+    if parts.method == Method::GET && !accepts_event_stream(&parts.headers) {
+        return ApiError::NotAcceptable("a GET on an MCP endpoint must accept text/event-stream")
+            .into_response();
+    }
     let payload = match take_payload(&parts.headers, body).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -249,12 +260,7 @@ async fn run(
     };
     let token = match &slot {
         None => None,
-        Some(slot) => Some(
-            s.tokens
-                .access_token(slot, false)
-                .await
-                .map_err(|e| crate::tools::token_failure(&server, e))?,
-        ),
+        Some(slot) => Some(crate::tools::bearer(s, &server, slot, false).await?),
     };
     let token_ref = token.as_ref().map(|t| &*t.token);
     let (first, replay) = match payload {
@@ -289,11 +295,7 @@ async fn run(
             // R-EXEC-3/4: one forced refresh, one retry; only a 401 counts.
             drop(first);
             tracing::info!(event = "proxy.retry_after_401", server_id = %server.id);
-            let fresh = s
-                .tokens
-                .access_token(&slot, true)
-                .await
-                .map_err(|e| crate::tools::token_failure(&server, e))?;
+            let fresh = crate::tools::bearer(s, &server, &slot, true).await?;
             let second = attempt(
                 s,
                 &server,
@@ -332,7 +334,70 @@ async fn run(
             scopes,
         });
     }
-    respond(answer).await
+    respond(&server, answer).await
+}
+
+/// Whether `Accept` names `text/event-stream` itself (`*/*`, which every browser
+/// navigation sends, does not count).
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|item| item.split(';').next())
+        .any(|essence| essence.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+/// What an upstream answer is, by its `Content-Type`'s essence.
+#[derive(Debug, PartialEq, Eq)]
+enum Kind {
+    Json,
+    EventStream,
+    /// No `Content-Type` at all (a 202 to a notification, a 204, an empty 4xx).
+    Untyped,
+    /// Anything else: never relayed.
+    Other,
+}
+
+fn kind(headers: &HeaderMap) -> Kind {
+    let Some(v) = headers.get(header::CONTENT_TYPE) else {
+        return Kind::Untyped;
+    };
+    let essence = v
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
+        .unwrap_or_default();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Kind::Json
+    } else if essence.eq_ignore_ascii_case("text/event-stream") {
+        Kind::EventStream
+    } else {
+        Kind::Other
+    }
+}
+
+/// The typed refusal of an answer Latchkey will not relay: a 4xx keeps its status (an
+/// MCP client acts on 404 and 405) with Latchkey's body in place of the upstream's;
+/// anything else is a 502.
+fn refused(server: &ServerRow, status: StatusCode, cause: String) -> ApiError {
+    tracing::info!(event = "proxy.answer_refused", server_id = %server.id, status = status.as_u16());
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The upstream's limit is lower than ours: the same answer to the caller.
+        return ApiError::PayloadTooLarge;
+    }
+    ApiError::UpstreamRefused {
+        server_id: server.id.clone(),
+        server_name: server.name.clone(),
+        cause,
+        status: if status.is_client_error() {
+            status
+        } else {
+            StatusCode::BAD_GATEWAY
+        },
+    }
 }
 
 /// Answers with a declared length up to this size that are not event streams are read
@@ -343,24 +408,58 @@ const SIZED_LIMIT: u64 = 256 * 1024;
 /// The upstream answer with the allowed headers: SSE streamed as it arrives; other
 /// answers up to [`SIZED_LIMIT`] read whole (a break in them is the typed 502), larger
 /// ones streamed.
-async fn respond(answer: EgressStream) -> Result<Response, ApiError> {
-    let mut headers = HeaderMap::new();
-    for name in &RESPONSE_HEADERS {
-        for value in answer.headers.get_all(name) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    let status = answer.status;
-    let is_stream = answer
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+async fn respond(server: &ServerRow, answer: EgressStream) -> Result<Response, ApiError> {
+    let kind = kind(&answer.headers);
     let declared = answer
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let status = answer.status;
+    match kind {
+        Kind::Json | Kind::EventStream => {}
+        // Only an answer with nothing in it may come back without a type.
+        Kind::Untyped if declared == Some(0) || status == StatusCode::NO_CONTENT => {}
+        Kind::Untyped => {
+            let headers = relayed_headers(&answer.headers);
+            return match answer.read_capped(0).await {
+                Ok(_) => Ok(finish(status, headers, Body::empty())),
+                Err(_) => Err(refused(
+                    server,
+                    status,
+                    format!(
+                        "HTTP {} with a body of no declared type (withheld)",
+                        status.as_u16()
+                    ),
+                )),
+            };
+        }
+        Kind::Other => {
+            let shown = answer
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(';').next())
+                .map(|v| {
+                    v.trim()
+                        .chars()
+                        .filter(|c| c.is_ascii_graphic())
+                        .take(64)
+                        .collect()
+                })
+                .unwrap_or_else(|| String::from("an unreadable type"));
+            return Err(refused(
+                server,
+                status,
+                format!(
+                    "HTTP {} answered with {shown}, which is not an MCP answer (withheld)",
+                    status.as_u16()
+                ),
+            ));
+        }
+    }
+    let headers = relayed_headers(&answer.headers);
+    let is_stream = kind == Kind::EventStream;
     let failed = |e: EgressError| {
         tracing::info!(event = "proxy.upstream_body_failed", error = %e);
         ApiError::Upstream
@@ -394,8 +493,34 @@ async fn respond(answer: EgressStream) -> Result<Response, ApiError> {
             }
         }
     };
+    Ok(finish(status, headers, body))
+}
+
+/// The response headers that cross (see [`RESPONSE_HEADERS`]).
+fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for name in &RESPONSE_HEADERS {
+        for value in upstream.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+}
+
+/// The relayed answer. It is the upstream's: never sniffed, never a document with
+/// rights on Latchkey's origin (the application's outer layer adds the same to every
+/// answer; set here too so the relay does not depend on where it is mounted).
+fn finish(status: StatusCode, mut headers: HeaderMap, body: Body) -> Response {
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(crate::app::SANDBOX_CSP),
+    );
     let mut r = Response::new(body);
     *r.status_mut() = status;
     *r.headers_mut() = headers;
-    Ok(r)
+    r
 }

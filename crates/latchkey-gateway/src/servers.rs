@@ -254,8 +254,7 @@ pub async fn update(
     if secret_given && row.issuer.is_none() {
         return Err(field_error("issuer", ISSUER_REQUIRED));
     }
-    if issuer_changed && old.client_secret.is_some() && matches!(input.client_secret, Patch::Keep)
-    {
+    if issuer_changed && old.client_secret.is_some() && matches!(input.client_secret, Patch::Keep) {
         // The stored secret belongs to the old issuer: it is never carried over.
         return Err(field_error(
             "client_secret",
@@ -300,26 +299,16 @@ pub async fn update(
         || row.scopes != old.scopes
         || issuer_changed;
     let fingerprint_changed = url_changed || oauth_changed;
-    let updated = s.store.update_server(&row, s.now()).await;
-    // Told to every instance before answering, whatever happens next (R-MULTI-2).
-    s.announce(Change::Server {
-        tenant: p.tenant.as_str().to_owned(),
-        server: id.clone(),
-        url: Some(old.url.clone()),
-    })
-    .await;
-    if !updated? {
-        return Err(ApiError::NotFound);
-    }
     let mut detail = None;
+    let mut to_revoke = Vec::new();
     if fingerprint_changed {
-        // Unrelated edits (name, slot kind) purge nothing. Revocation uses the old
-        // settings, which issued the tokens.
-        if let Ok(creds) = s.store.server_credentials(p.tenant.as_str(), &id).await {
-            crate::revoke::revoke_all(&s, &old, &creds).await;
-        }
+        // The old settings' credentials go *before* the new settings take effect, on
+        // every instance: a call that reads the new row finds no token issued under the
+        // old one (and the token path refuses any it might still meet: a token goes only
+        // to the resource it was issued for). Unrelated edits (name, slot kind) purge
+        // nothing. A purge that fails changes nothing.
+        to_revoke = s.store.server_credentials(p.tenant.as_str(), &id).await?;
         let purged = s.store.purge_server(p.tenant.as_str(), &id).await;
-        // Every instance drops the purged tokens and the old URL's discovery.
         s.announce(Change::Server {
             tenant: p.tenant.as_str().to_owned(),
             server: id.clone(),
@@ -337,12 +326,31 @@ pub async fn update(
                 );
                 detail = Some(format!("purged {n} credentials"));
             }
-            Err(e) => tracing::warn!(
-                event = "mcp.oauth_purge_on_config_change_failed",
-                server_id = %id,
-                error = %e
-            ),
+            Err(e) => {
+                tracing::warn!(
+                    event = "mcp.oauth_purge_on_config_change_failed",
+                    server_id = %id,
+                    error = %e
+                );
+                return Err(e.into());
+            }
         }
+    }
+    let updated = s.store.update_server(&row, s.now()).await;
+    // Told to every instance before answering, whatever happens next (R-MULTI-2).
+    s.announce(Change::Server {
+        tenant: p.tenant.as_str().to_owned(),
+        server: id.clone(),
+        url: Some(old.url.clone()),
+    })
+    .await;
+    if !updated? {
+        return Err(ApiError::NotFound);
+    }
+    // Revoked at the authorization server last (network calls, up to its budget), with
+    // the old settings, which issued the tokens.
+    if !to_revoke.is_empty() {
+        crate::revoke::revoke_all(&s, &old, &to_revoke).await;
     }
     audit(&s, &p, "server.update", &id, detail).await;
     Ok(Json(ServerView::from(&row)))

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::fields::Body;
+use crate::upstream_sessions::{CredentialMark, Session, SessionKey};
 
 /// Why one upstream attempt failed.
 enum Upstream {
@@ -27,6 +28,8 @@ enum Upstream {
     Unauthorized,
     /// 403 with `insufficient_scope`: these scopes are needed.
     Scope(Vec<String>),
+    /// 404 to a request in a session: the upstream no longer knows the session.
+    SessionGone,
     /// Anything else.
     Failed(ApiError),
 }
@@ -53,10 +56,14 @@ pub(crate) fn token_failure(server: &ServerRow, e: TokenError) -> ApiError {
     }
 }
 
-/// One MCP session with `token`: initialize, then `method`; the result or why not.
+/// `method` on `server` with `token`, in the upstream session kept for `key`
+/// ([`crate::upstream_sessions`]): opened with `initialize` when there is none (or it
+/// is stale), and opened again once if the upstream says it is gone. The result, or why
+/// not.
 async fn exchange(
     s: &AppState,
     server: &ServerRow,
+    key: &SessionKey,
     token: Option<&Secret>,
     method: &str,
     params: Option<Value>,
@@ -68,37 +75,82 @@ async fn exchange(
         v.set_sensitive(true);
         headers.insert(http::header::AUTHORIZATION, v);
     }
+    let mark = CredentialMark::of(token);
     let mut mcp = McpClient::new(
         s.egress.clone(),
         server.url.clone(),
         UrlSource::Operator,
         ProtocolVersion::V_2025_11_25,
     );
-    let init = mcp.initialize_request();
-    let ex = send(&mcp, &init, &headers).await?;
-    mcp.accept_initialize(&ex);
-    let note = mcp.initialized_notification();
-    send(&mcp, &note, &headers).await?;
-    let req = mcp.request(method, params);
-    let result = send(&mcp, &req, &headers).await;
-    release(s, &mcp, headers);
-    result?.into_result().map_err(|e| {
+    // initialize, a request, and the same two again after a lost session.
+    mcp.number_from(s.upstream.reserve_ids(4));
+    let resumed = match s.upstream.get(key, &server.url, mark, s.clock.now()) {
+        Some(session) => {
+            mcp.resume(session.id, session.negotiated);
+            true
+        }
+        None => {
+            open(s, server, key, mark, &mut mcp, &headers).await?;
+            false
+        }
+    };
+    let req = mcp.request(method, params.clone());
+    let ex = match send(server, &mcp, &req, &headers).await {
+        Err(Upstream::SessionGone) if resumed => {
+            // The upstream forgot it (restarted, expired it): once more, in a new one.
+            tracing::info!(event = "tools.upstream_session_reopened", server_id = %server.id);
+            s.upstream.forget(key);
+            mcp.reset_session();
+            open(s, server, key, mark, &mut mcp, &headers).await?;
+            let req = mcp.request(method, params);
+            send(server, &mcp, &req, &headers).await
+        }
+        other => other,
+    }?;
+    ex.into_result().map_err(|e| {
         tracing::info!(event = "tools.protocol_error", server_id = %server.id, error = %e);
-        Upstream::Failed(ApiError::Upstream)
+        Upstream::Failed(upstream_failed(
+            server,
+            format!("its answer was not usable: {e}"),
+        ))
     })
 }
 
-/// Ends the upstream session in the background (best-effort `DELETE`): one session
-/// per call until connections are pooled.
-fn release(s: &AppState, mcp: &McpClient, mut headers: HeaderMap) {
-    let Some(id) = mcp
-        .session_id()
-        .and_then(|id| HeaderValue::from_str(id).ok())
-    else {
+/// Opens a session (`initialize`, `notifications/initialized`) and remembers it; the
+/// session it replaces, if any, is ended.
+async fn open(
+    s: &AppState,
+    server: &ServerRow,
+    key: &SessionKey,
+    mark: CredentialMark,
+    mcp: &mut McpClient,
+    headers: &HeaderMap,
+) -> Result<(), Upstream> {
+    let init = mcp.initialize_request();
+    let ex = send(server, mcp, &init, headers).await?;
+    mcp.accept_initialize(&ex);
+    let note = mcp.initialized_notification();
+    send(server, mcp, &note, headers).await?;
+    let session = Session {
+        id: mcp.session_id().map(str::to_owned),
+        negotiated: mcp.negotiated().map(str::to_owned),
+    };
+    if let Some(old) = s
+        .upstream
+        .put(key.clone(), &server.url, mark, session, s.clock.now())
+    {
+        release(s, mcp.url(), old, headers.clone());
+    }
+    Ok(())
+}
+
+/// Ends an upstream session in the background (best-effort `DELETE`).
+fn release(s: &AppState, url: &str, id: String, mut headers: HeaderMap) {
+    let Ok(id) = HeaderValue::from_str(&id) else {
         return;
     };
     headers.insert(http::HeaderName::from_static("mcp-session-id"), id);
-    let mut req = latchkey_egress::EgressRequest::delete(mcp.url(), UrlSource::Operator);
+    let mut req = latchkey_egress::EgressRequest::delete(url, UrlSource::Operator);
     for (name, value) in &headers {
         req = req.header(name.clone(), value.clone());
     }
@@ -108,15 +160,40 @@ fn release(s: &AppState, mcp: &McpClient, mut headers: HeaderMap) {
     });
 }
 
+/// The typed 502 naming `server` and what went wrong with it (never the upstream's
+/// own text).
+/// The cause is made printable and capped: it may quote the upstream's own error.
+pub(crate) fn upstream_failed(server: &ServerRow, cause: String) -> ApiError {
+    const MAX: usize = 300;
+    let mut cause: String = cause
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX)
+        .collect();
+    if cause.chars().count() == MAX {
+        cause.push('…');
+    }
+    ApiError::UpstreamRefused {
+        server_id: server.id.clone(),
+        server_name: server.name.clone(),
+        cause,
+        status: http::StatusCode::BAD_GATEWAY,
+    }
+}
+
 async fn send(
+    server: &ServerRow,
     mcp: &McpClient,
     message: &Value,
     headers: &HeaderMap,
 ) -> Result<latchkey_mcp::Exchange, Upstream> {
     let ex = mcp.send(message, headers).await.map_err(|e| {
-        tracing::info!(event = "tools.upstream_unreachable", error = %e);
+        tracing::info!(event = "tools.upstream_unreachable", server_id = %server.id, error = %e);
         Upstream::Failed(match e {
-            McpError::Egress(_) | McpError::Protocol(_) => ApiError::Upstream,
+            McpError::Egress(e) => upstream_failed(server, format!("cannot be reached: {e}")),
+            McpError::Protocol(e) => {
+                upstream_failed(server, format!("its answer was not usable: {e}"))
+            }
         })
     })?;
     match ex.status.as_u16() {
@@ -126,9 +203,46 @@ async fn send(
             Some(c) if c.is_insufficient_scope() => Err(Upstream::Scope(c.scopes())),
             _ => Err(Upstream::Failed(ApiError::Forbidden)),
         },
-        s if s >= 500 => Err(Upstream::Failed(ApiError::Unavailable)),
-        _ => Err(Upstream::Failed(ApiError::Upstream)),
+        // Streamable HTTP: a 404 to a request in a session means the session is gone.
+        404 if mcp.session_id().is_some() => Err(Upstream::SessionGone),
+        s => {
+            tracing::info!(event = "tools.upstream_status", server_id = %server.id, status = s);
+            Err(Upstream::Failed(upstream_failed(
+                server,
+                format!("the MCP server answered HTTP {s}"),
+            )))
+        }
     }
+}
+
+/// The slot's Bearer for a call to `server` (forcing a refresh when `force`), never one
+/// issued for another resource: after a server's URL changes, a token for the old one
+/// may still be cached on some instance, or deposited or granted by a flow that began
+/// before the change, until the purge reaches it. Such a token is dropped from this
+/// instance's cache and the slot answers as needing consent; the token is not sent.
+pub(crate) async fn bearer(
+    s: &AppState,
+    server: &ServerRow,
+    slot: &latchkey_vault::Slot,
+    force: bool,
+) -> Result<latchkey_broker::token_service::AccessToken, ApiError> {
+    let token = s
+        .tokens
+        .access_token(slot, force)
+        .await
+        .map_err(|e| token_failure(server, e))?;
+    if token.issued_for(&server.url) {
+        return Ok(token);
+    }
+    tracing::warn!(
+        event = "token.resource_mismatch",
+        server_id = %server.id,
+        "a stored token was issued for another resource than the server's URL; not sent"
+    );
+    s.tokens.evict(slot);
+    Err(ApiError::NeedsReauth {
+        server_id: server.id.clone(),
+    })
 }
 
 /// Runs `method` for the caller's slot of `server`, with the refresh-and-retry rule.
@@ -147,11 +261,18 @@ pub(crate) async fn call(
             server_id: server.id.clone(),
             scopes,
         },
+        Upstream::SessionGone => upstream_failed(server, "it lost the session twice".into()),
         Upstream::Failed(e) => e,
     };
     match server.auth_type.as_str() {
         "none" => {
-            return exchange(s, server, None, method, params)
+            // No slot: the caller's own session.
+            let key = SessionKey {
+                tenant: p.tenant.as_str().to_owned(),
+                server: server.id.clone(),
+                subject: Some(p.subject.as_str().to_owned()),
+            };
+            return exchange(s, server, &key, None, method, params)
                 .await
                 .map_err(fail);
         }
@@ -164,22 +285,19 @@ pub(crate) async fn call(
         }
     }
     let slot = slot_for(p, server);
-    let token = s
-        .tokens
-        .access_token(&slot, false)
-        .await
-        .map_err(|e| token_failure(server, e))?;
-    match exchange(s, server, Some(&*token.token), method, params.clone()).await {
+    let key = SessionKey {
+        tenant: slot.tenant.clone(),
+        server: slot.server.clone(),
+        subject: slot.subject.clone(),
+    };
+    let token = bearer(s, server, &slot, false).await?;
+    match exchange(s, server, &key, Some(&*token.token), method, params.clone()).await {
         Ok(v) => Ok(v),
         Err(Upstream::Unauthorized) => {
             // R-EXEC-3/4: one forced refresh, one retry.
             tracing::info!(event = "tools.retry_after_401", server_id = %server.id);
-            let fresh = s
-                .tokens
-                .access_token(&slot, true)
-                .await
-                .map_err(|e| token_failure(server, e))?;
-            let retried = exchange(s, server, Some(&*fresh.token), method, params)
+            let fresh = bearer(s, server, &slot, true).await?;
+            let retried = exchange(s, server, &key, Some(&*fresh.token), method, params)
                 .await
                 .map_err(fail);
             if retried.is_ok() {

@@ -141,6 +141,25 @@ impl McpClient {
         self.session_id.as_deref()
     }
 
+    /// The protocol version `initialize` negotiated, if any.
+    pub fn negotiated(&self) -> Option<&str> {
+        self.negotiated.as_deref()
+    }
+
+    /// Continues a session opened earlier (by another client value): its id and the
+    /// version it negotiated. The caller must have kept them from
+    /// [`McpClient::session_id`] and [`McpClient::negotiated`] after `initialize`.
+    pub fn resume(&mut self, session_id: Option<String>, negotiated: Option<String>) {
+        self.session_id = session_id;
+        self.negotiated = negotiated;
+    }
+
+    /// Numbers this client's requests from `first` on: clients sharing one upstream
+    /// session must never have two requests with one id in flight.
+    pub fn number_from(&mut self, first: i64) {
+        self.next_id = first.saturating_sub(1);
+    }
+
     /// Forgets the session (after a 404 "session expired", or to start again).
     pub fn reset_session(&mut self) {
         self.session_id = None;

@@ -24,6 +24,8 @@ pub(crate) struct Entry {
     /// half the token's lifetime).
     pub(crate) skew: Duration,
     pub(crate) scopes: Option<Arc<str>>,
+    /// The resource the token was issued for.
+    pub(crate) resource: Option<Arc<str>>,
     /// `(row id, generation)` of the credential row holding this token.
     pub(crate) row_id: String,
     pub(crate) generation: i64,
@@ -39,6 +41,7 @@ impl Entry {
             token: self.token.clone(),
             expires_at: Some(self.expires_at),
             scopes: self.scopes.clone(),
+            resource: self.resource.clone(),
         }
     }
 }
@@ -181,6 +184,7 @@ mod tests {
             expires_at: UnixTime::from_secs(exp),
             skew: Duration::from_secs(60),
             scopes: None,
+            resource: None,
             row_id: "r".into(),
             generation: 1,
         }

@@ -98,6 +98,21 @@ pub struct AccessToken {
     pub expires_at: Option<UnixTime>,
     /// Its scopes: as granted, else as stored.
     pub scopes: Option<Arc<str>>,
+    /// The resource (RFC 8707) it was issued for, as stored with the credential: a
+    /// caller injects it only into that resource ([`AccessToken::issued_for`]).
+    pub resource: Option<Arc<str>>,
+}
+
+impl AccessToken {
+    /// Whether this token may be sent to the MCP server at `server_url`: it was issued
+    /// for that server's resource (the URL itself, or the protected resource it lies
+    /// under: same origin, whole path segments). A token with no recorded resource is
+    /// sent nowhere.
+    pub fn issued_for(&self, server_url: &str) -> bool {
+        self.resource.as_deref().is_some_and(|r| {
+            r == server_url || latchkey_oauth::prm::resource_matches(r, server_url)
+        })
+    }
 }
 
 /// Per-slot access tokens with caching, single-flight refresh and eviction.
@@ -386,6 +401,7 @@ impl TokenService {
             token: Arc::new(token),
             expires_at: Some(expires_at),
             scopes: row.scopes.as_deref().map(Arc::from),
+            resource: row.resource.as_deref().map(Arc::from),
         };
         self.fill(slot, &t, skew, (&row.id, row.generation), ticket, epoch);
         bump(&self.counters.store_hits);
@@ -420,6 +436,7 @@ impl TokenService {
             expires_at,
             skew,
             scopes: t.scopes.clone(),
+            resource: t.resource.clone(),
             row_id: row_id.to_owned(),
             generation,
         };
@@ -559,6 +576,7 @@ impl TokenService {
             token: Arc::new(tokens.access_token),
             expires_at: Some(expires_at),
             scopes: tokens.scope.or_else(|| row.scopes.clone()).map(Arc::from),
+            resource: row.resource.as_deref().map(Arc::from),
         };
         ticket.flight.refreshed();
         match self

@@ -249,6 +249,8 @@ async fn servers_add_list_show_edit_rm() {
             "renamed",
             "--client-id",
             "cid",
+            "--issuer",
+            &env.upstream.base,
             "--client-secret-stdin",
         ],
         Some("s3cret-value\n"),
@@ -707,4 +709,52 @@ async fn tokens_and_permission_errors_in_jwt_mode() {
     .await;
     assert_fails(&out, 77, "refused the credential");
     assert!(!stderr(&out).contains("wrong-key-value"));
+}
+
+/// Issue 16: an authorization server that issues no refresh token (an OpenID provider
+/// without `offline_access`, for one): `connect` says plainly that the connection
+/// cannot be renewed without consent, and when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_says_when_a_connection_cannot_be_renewed() {
+    let env = Env::start_with(
+        AsConfig {
+            issue_refresh_tokens: false,
+            ..AsConfig::default()
+        },
+        &[],
+    )
+    .await;
+    env.add_server("scripted").await;
+    let mut c = latchkey_command(&env.base());
+    c.args(["connect", "scripted", "--no-browser", "--timeout", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let err = child.stderr.take().unwrap();
+    let (url, rest) = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(err).lines();
+        while let Some(Ok(l)) = lines.next() {
+            if l.trim().starts_with("http") {
+                return (l.trim().to_owned(), lines);
+            }
+        }
+        panic!("no authorization URL on stderr");
+    })
+    .await
+    .unwrap();
+    consent(&url).await;
+    let (out, tail) = tokio::task::spawn_blocking(move || {
+        let tail: Vec<String> = rest.map_while(Result::ok).collect();
+        (child.wait_with_output().unwrap(), tail.join("\n"))
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{tail}");
+    assert!(stdout(&out).contains("Connected scripted."));
+    assert!(
+        tail.contains("issued no refresh token")
+            && tail.contains("cannot be renewed without your consent")
+            && tail.contains("in about 60 minutes"),
+        "{tail}"
+    );
 }

@@ -54,8 +54,7 @@ async fn rpc(url: &str, session: Option<&str>, msg: Value) -> (Value, Option<Str
     let v = text
         .lines()
         .filter_map(|l| l.strip_prefix("data:"))
-        .filter(|d| !d.trim().is_empty())
-        .next_back()
+        .rfind(|d| !d.trim().is_empty())
         .map_or_else(
             || serde_json::from_str(&text).unwrap_or(Value::Null),
             |d| serde_json::from_str(d.trim()).unwrap(),

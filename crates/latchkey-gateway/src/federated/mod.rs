@@ -379,7 +379,13 @@ impl Federation {
         let params = json!({"name": upstream, "arguments": arguments.unwrap_or_default()});
         match crate::tools::call(&self.s, p, &m.server, "tools/call", Some(params)).await {
             Ok(result) => match serde_json::from_value::<CallToolResult>(result) {
-                Ok(r) => Ok(CallToolResponse::Complete(r)),
+                Ok(mut r) => {
+                    // An upstream on an older revision sends no `resultType`; on the
+                    // 2026-07-28 wire every result must carry it (rmcp strips it again
+                    // for older peers).
+                    r.result_type = Some(rmcp::model::ResultType::COMPLETE);
+                    Ok(CallToolResponse::Complete(r))
+                }
                 Err(e) => {
                     tracing::info!(
                         event = "mcp.federated.bad_result",

@@ -488,6 +488,8 @@ async fn stateless_2026_07_28_requests() {
         .map(|t| t["name"].as_str().unwrap())
         .collect();
     assert!(names.contains(&"scripted__echo"), "{v}");
+    // Complete results of the 2026-07-28 revision (its schema requires `resultType`).
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
     let (status, v) = send(
         "tools/call",
         Some("scripted__add"),
@@ -496,6 +498,22 @@ async fn stateless_2026_07_28_requests() {
     .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["result"]["structuredContent"]["sum"], 42, "{v}");
+    // Relayed from an upstream on 2025-11-25, which sends no `resultType`.
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+    assert!(v["result"]["content"].is_array(), "{v}");
+    // Steady state: one upstream request per federated call (the upstream session is
+    // kept between calls).
+    let before = upstream.mcp_requests();
+    for _ in 0..3 {
+        let (status, v) = send(
+            "tools/call",
+            Some("scripted__add"),
+            json!({"_meta": meta, "name": "scripted__add", "arguments": {"a": 2, "b": 2}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    assert_eq!(upstream.mcp_requests() - before, 3);
     // Without the `_meta` keys the 2026-07-28 request is refused.
     let (status, v) = send("tools/list", None, json!({})).await;
     assert_eq!(status, 400, "{v}");

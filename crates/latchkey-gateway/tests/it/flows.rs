@@ -207,10 +207,7 @@ async fn popup_flow(backend: super::Backend) {
         .unwrap()
         .unwrap();
     let dcr_secret = Keyring::new(keys.clone())
-        .open(
-            dcr.client_secret.as_deref().unwrap(),
-            dcr.secret_aad(),
-        )
+        .open(dcr.client_secret.as_deref().unwrap(), dcr.secret_aad())
         .unwrap();
     let text = logs.text();
     assert!(text.contains("oauth.callback"), "the capture works");

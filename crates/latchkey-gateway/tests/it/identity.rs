@@ -477,7 +477,15 @@ async fn api_keys_minted_over_the_api_work_on_the_token_scheme_only() {
     fields.sort_unstable();
     assert_eq!(
         fields,
-        vec!["created_at", "expires_at", "id", "key", "name", "role", "scopes"]
+        vec![
+            "created_at",
+            "expires_at",
+            "id",
+            "key",
+            "name",
+            "role",
+            "scopes"
+        ]
     );
     let key = minted["key"].as_str().unwrap().to_owned();
     let key_id = minted["id"].as_str().unwrap().to_owned();

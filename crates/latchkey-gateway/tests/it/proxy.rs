@@ -157,14 +157,18 @@ async fn the_proxy(backend: super::Backend) {
 
     // An upstream failure is a gateway error, not a silent success.
     upstream.set_mcp_fault(McpFault::ServerError(500));
-    let (status, _, _) = rpc(
+    let (status, _, v) = rpc(
         &http,
         &url,
         Some(&session),
         call(6, "echo", json!({"text": "x"})),
     )
     .await;
-    assert_eq!(status, 500, "the upstream's own status passes through");
+    // Its body is not an MCP answer, so it is not relayed: Latchkey's 502 names the
+    // server and the upstream's status.
+    assert_eq!(status, 502, "{v}");
+    assert_eq!(v["code"], "upstream_error");
+    assert!(v["message"].as_str().unwrap().contains("HTTP 500"), "{v}");
     upstream.set_mcp_fault(McpFault::None);
 
     super::cleanup(dir, schema).await;
@@ -239,7 +243,12 @@ async fn large_bodies_stream_and_slots_without_a_token_never_reach_upstream() {
         (200, Some("needs_oauth_reauth"))
     );
     // A GET (SSE stream) has no JSON-RPC id to answer: the REST error.
-    let r = super::client().get(&url).send().await.unwrap();
+    let r = super::client()
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
     assert_eq!(upstream.mcp_requests(), before);
 

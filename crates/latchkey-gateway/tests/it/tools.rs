@@ -128,10 +128,12 @@ async fn list_and_call(backend: super::Backend) {
     assert_eq!(upstream.grants_served_for("refresh_token"), 3);
     upstream.set_required_scope(None);
 
-    // Upstream failure: an error, never an empty list.
+    // Upstream failure: an error, never an empty list; a 502 naming the server (503
+    // is kept for Latchkey's own dependencies).
     upstream.set_mcp_fault(McpFault::ServerError(500));
     let (status, v) = get(&format!("{base}/v1/servers/{id}/tools")).await;
-    assert_eq!((status, v["code"].as_str()), (503, Some("unavailable")));
+    assert_eq!((status, v["code"].as_str()), (502, Some("upstream_error")));
+    assert_eq!(v["server_id"], id.as_str());
     upstream.set_mcp_fault(McpFault::ResetConnection);
     let (status, v) = get(&format!("{base}/v1/servers/{id}/tools")).await;
     assert_eq!((status, v["code"].as_str()), (502, Some("upstream_error")));
@@ -240,4 +242,54 @@ async fn token_endpoint_faults_are_typed_and_lose_nothing() {
     assert_eq!(v["content"][0]["text"], "back");
     assert_eq!(upstream.reuse_detections(), 0);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Issue 16: one upstream session per slot, kept between calls (one upstream request
+/// per call in steady state), opened again when the upstream forgets it; an upstream
+/// failure names the server and its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_sessions_are_kept_between_calls() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (base, id, dir, schema) = connected(&upstream, super::Backend::Sqlite).await;
+    let call = format!("{base}/v1/servers/{id}/tools/echo/call");
+    let (status, v) = post(&call, json!({"text": "first"})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(upstream.mcp_sessions().len(), 1, "one session opened");
+    let before = upstream.mcp_requests();
+    for n in 0..5 {
+        let (status, v) = post(&call, json!({"text": format!("again {n}")})).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    assert_eq!(
+        upstream.mcp_requests() - before,
+        5,
+        "one upstream request per call"
+    );
+    assert_eq!(upstream.mcp_sessions().len(), 1, "no new session");
+
+    // The upstream forgets it (a restart): the next call opens a new one and succeeds.
+    upstream.expire_mcp_sessions();
+    let before = upstream.mcp_requests();
+    let (status, v) = post(&call, json!({"text": "after a restart"})).await;
+    assert_eq!(status, 200, "{v}");
+    // The refused request, initialize, initialized, the request again.
+    assert_eq!(upstream.mcp_requests() - before, 4);
+    assert_eq!(upstream.mcp_sessions().len(), 1);
+
+    // A failing upstream is named, with its status; 503 stays Latchkey's own.
+    upstream.set_mcp_fault(McpFault::ServerError(500));
+    let (status, v) = post(&call, json!({"text": "x"})).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (502, Some("upstream_error")),
+        "{v}"
+    );
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.contains("scripted") && msg.contains("HTTP 500"),
+        "{msg}"
+    );
+    assert_eq!(v["server_id"], id.as_str());
+    upstream.set_mcp_fault(McpFault::None);
+    super::cleanup(dir, schema).await;
 }

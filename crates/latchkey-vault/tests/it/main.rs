@@ -446,11 +446,7 @@ async fn no_plaintext_token_in_the_sqlite_file() {
     store.create_server(&server("t1", "s1"), NOW).await.unwrap();
     let token = b"rt-PLAINTEXT-MARKER-7f3a9c";
     let mut c = credential(&slot("t1", "s1", Some("alice")), b"");
-    c.refresh_token = Some(
-        keyring
-            .encrypt(token, c.aad("refresh_token"))
-            .unwrap(),
-    );
+    c.refresh_token = Some(keyring.encrypt(token, c.aad("refresh_token")).unwrap());
     c.access_token = Some(
         keyring
             .encrypt(b"at-PLAINTEXT-MARKER", c.aad("access_token"))
@@ -459,7 +455,10 @@ async fn no_plaintext_token_in_the_sqlite_file() {
     store.upsert_credential(&c).await.unwrap();
     let row = store.get_credential(&c.slot).await.unwrap().unwrap();
     let back = keyring
-        .decrypt(row.refresh_token.as_deref().unwrap(), row.aad("refresh_token"))
+        .decrypt(
+            row.refresh_token.as_deref().unwrap(),
+            row.aad("refresh_token"),
+        )
         .unwrap();
     assert_eq!(&back[..], token);
     store.pool().close().await;

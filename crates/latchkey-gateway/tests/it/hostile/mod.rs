@@ -5,6 +5,7 @@
 mod credentials;
 mod identity;
 mod logs;
+mod mixup;
 mod network;
 mod relay;
 mod resource;

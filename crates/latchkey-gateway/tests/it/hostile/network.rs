@@ -177,6 +177,12 @@ async fn hostile_slow_header_and_idle_floods_are_closed_and_a_caller_is_answered
 
 #[tokio::test]
 async fn hostile_a_trickled_body_is_cut_off_with_the_typed_408() {
+    // The API's bodies, and the proxy's, which it reads itself.
+    trickled("/v1/servers").await;
+    trickled("/mcp/any-server").await;
+}
+
+async fn trickled(path: &str) {
     let (_, addr, dir) = start(Limits {
         header_read_timeout: Duration::from_secs(5),
         ..short()
@@ -184,7 +190,7 @@ async fn hostile_a_trickled_body_is_cut_off_with_the_typed_408() {
     .await;
     let mut sock = TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "POST /v1/servers HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n"
     );
     sock.write_all(head.as_bytes()).await.unwrap();
     let started = Instant::now();
@@ -215,8 +221,11 @@ async fn hostile_a_trickled_body_is_cut_off_with_the_typed_408() {
     let elapsed = started.elapsed();
     trickle.abort();
     let text = String::from_utf8_lossy(&got);
-    assert!(closed.is_ok(), "the connection stayed open; got {text:?}");
-    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(
+        closed.is_ok(),
+        "{path}: the connection stayed open; got {text:?}"
+    );
+    assert!(text.starts_with("HTTP/1.1 408 "), "{path}: {text}");
     assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
     assert!(
         elapsed >= Duration::from_millis(900) && elapsed < Duration::from_millis(3500),

@@ -1,0 +1,234 @@
+//! Upstream MCP sessions kept between calls (issue 16): the REST tool path and the
+//! federated endpoint call an upstream server through one session per slot (per
+//! caller for servers without authorization), opened once with `initialize` and reused,
+//! so a call in steady state is one upstream request and the upstream's session state
+//! survives between calls.
+//!
+//! Only what a session is needs keeping: its id and negotiated version. Each call
+//! builds its own client around them, numbering its requests from a counter shared by
+//! every client, so concurrent calls in one session never reuse a JSON-RPC id. A
+//! session is opened again when the upstream says it is gone (404), when it has been
+//! idle for [`IDLE`], when the server's URL changed, and when the credential changed
+//! (a refreshed or new token: the session may be bound to the old one).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use latchkey_core::{Secret, UnixTime};
+
+/// A session unused this long is not reused (servers expire idle sessions; a 404 would
+/// tell us anyway, at the cost of a request).
+pub const IDLE: Duration = Duration::from_secs(5 * 60);
+
+/// At most this many sessions are remembered; past it, idle ones are dropped first,
+/// then all (they are only an optimisation: a dropped one is opened again).
+pub const MAX_SESSIONS: usize = 10_000;
+
+/// Whose session: a slot (tenant, server, subject or `None` for a shared slot); for a
+/// server without authorization, the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    /// Tenant.
+    pub tenant: String,
+    /// Server id.
+    pub server: String,
+    /// The slot's subject, or the caller's for a server without authorization.
+    pub subject: Option<String>,
+}
+
+/// The fingerprint of the credential a session was opened with (a hash: no token is
+/// kept here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CredentialMark([u8; 16]);
+
+impl CredentialMark {
+    /// The mark of `token` (none for a server without authorization).
+    pub fn of(token: Option<&Secret>) -> Self {
+        use sha2::Digest;
+        let mut out = [0u8; 16];
+        if let Some(t) = token {
+            let d = sha2::Sha256::digest(t.expose().as_bytes());
+            out.copy_from_slice(&d[..16]);
+        }
+        Self(out)
+    }
+}
+
+/// A remembered session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The `Mcp-Session-Id` the upstream gave (none: it keeps no session).
+    pub id: Option<String>,
+    /// The protocol version `initialize` negotiated.
+    pub negotiated: Option<String>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    url: String,
+    credential: CredentialMark,
+    session: Session,
+    last_used: UnixTime,
+}
+
+/// The sessions, shared by every request of this instance.
+#[derive(Debug, Default)]
+pub struct UpstreamSessions {
+    map: Mutex<HashMap<SessionKey, Entry>>,
+    ids: AtomicI64,
+}
+
+impl UpstreamSessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionKey, Entry>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The session to reuse for `key` at `url` with `credential`, if one is live.
+    pub fn get(
+        &self,
+        key: &SessionKey,
+        url: &str,
+        credential: CredentialMark,
+        now: UnixTime,
+    ) -> Option<Session> {
+        let mut map = self.lock();
+        let e = map.get_mut(key)?;
+        let idle = now.as_secs().saturating_sub(e.last_used.as_secs());
+        if e.url != url || e.credential != credential || idle >= IDLE.as_secs() {
+            return None;
+        }
+        e.last_used = now;
+        Some(e.session.clone())
+    }
+
+    /// Remembers the session just opened for `key`; the one it replaces, if it had an
+    /// id, so the caller can end it.
+    pub fn put(
+        &self,
+        key: SessionKey,
+        url: &str,
+        credential: CredentialMark,
+        session: Session,
+        now: UnixTime,
+    ) -> Option<String> {
+        let mut map = self.lock();
+        if map.len() >= MAX_SESSIONS && !map.contains_key(&key) {
+            map.retain(|_, e| now.as_secs().saturating_sub(e.last_used.as_secs()) < IDLE.as_secs());
+            if map.len() >= MAX_SESSIONS {
+                map.clear();
+            }
+        }
+        let old = map.insert(
+            key,
+            Entry {
+                url: url.to_owned(),
+                credential,
+                session: session.clone(),
+                last_used: now,
+            },
+        );
+        old.and_then(|e| e.session.id)
+            .filter(|id| Some(id) != session.id.as_ref())
+    }
+
+    /// Forgets `key`'s session (the upstream said it is gone).
+    pub fn forget(&self, key: &SessionKey) {
+        self.lock().remove(key);
+    }
+
+    /// Forgets every session of a server (its settings changed or it was deleted).
+    pub fn forget_server(&self, tenant: &str, server: &str) {
+        self.lock()
+            .retain(|k, _| !(k.tenant == tenant && k.server == server));
+    }
+
+    /// Forgets everything (the change channel was lost).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// The first of `n` request ids reserved for one client.
+    pub fn reserve_ids(&self, n: i64) -> i64 {
+        self.ids.fetch_add(n, Ordering::Relaxed) + 1
+    }
+
+    /// How many sessions are remembered.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> SessionKey {
+        SessionKey {
+            tenant: "t".into(),
+            server: s.into(),
+            subject: Some("u".into()),
+        }
+    }
+
+    fn session(id: &str) -> Session {
+        Session {
+            id: Some(id.into()),
+            negotiated: Some("2025-11-25".into()),
+        }
+    }
+
+    #[test]
+    fn reused_until_the_url_credential_or_idle_time_changes() {
+        let s = UpstreamSessions::default();
+        let a = CredentialMark::of(Some(&Secret::new("a")));
+        let b = CredentialMark::of(Some(&Secret::new("b")));
+        let t0 = UnixTime::from_secs(1000);
+        assert_eq!(s.put(key("x"), "http://u/mcp", a, session("s1"), t0), None);
+        assert_eq!(s.get(&key("x"), "http://u/mcp", a, t0), Some(session("s1")));
+        assert_eq!(s.get(&key("x"), "http://other/mcp", a, t0), None);
+        assert_eq!(s.get(&key("x"), "http://u/mcp", b, t0), None);
+        assert_eq!(s.get(&key("y"), "http://u/mcp", a, t0), None);
+        let later = t0.plus(IDLE);
+        assert_eq!(s.get(&key("x"), "http://u/mcp", a, later), None);
+        // Use keeps it alive.
+        let t1 = t0.plus(IDLE / 2);
+        assert!(s.get(&key("x"), "http://u/mcp", a, t1).is_some());
+        assert!(
+            s.get(&key("x"), "http://u/mcp", a, t1.plus(IDLE / 2))
+                .is_some()
+        );
+        // Replacing names the old session, once.
+        assert_eq!(
+            s.put(key("x"), "http://u/mcp", b, session("s2"), t1),
+            Some("s1".into())
+        );
+        s.forget_server("t", "x");
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn ids_never_repeat_across_clients() {
+        let s = UpstreamSessions::default();
+        let a = s.reserve_ids(4);
+        let b = s.reserve_ids(4);
+        assert_eq!(b - a, 4);
+    }
+
+    #[test]
+    fn bounded() {
+        let s = UpstreamSessions::default();
+        let t = UnixTime::from_secs(1);
+        let m = CredentialMark::of(None);
+        for i in 0..MAX_SESSIONS + 5 {
+            s.put(key(&i.to_string()), "u", m, session("s"), t);
+        }
+        assert!(s.len() <= MAX_SESSIONS);
+    }
+}
