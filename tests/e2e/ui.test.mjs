@@ -359,3 +359,63 @@ test("at phone width the page has no horizontal overflow", { timeout: 60000 }, a
   assert.deepEqual(problems, []);
   await context.close();
 });
+
+test("a hostile upstream's page runs no script on Latchkey's origin, and a cross-site form changes nothing", { timeout: 60000 }, async () => {
+  // The hostile server is added through the API (it needs no authorization).
+  const created = await fetch(`${BASE}/v1/servers`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ name: "Hostile", url: SCRIPTED.hostile.mcp_url, auth_type: "none" }),
+  });
+  assert.equal(created.status, 201);
+  const { id } = await created.json();
+  const before = await (await fetch(`${BASE}/v1/servers`)).text();
+
+  const context = await browser.newContext({ viewport: DESKTOP });
+  const page = await context.newPage();
+  const apiReads = [];
+  page.on("request", (r) => {
+    if (r.url().startsWith(`${BASE}/v1/`)) apiReads.push(`${r.method()} ${r.url()}`);
+  });
+  // A navigation to the proxy, as a link or a redirect would make it: Latchkey answers
+  // itself (a GET must ask for an event stream); the upstream's page is never served.
+  const resp = await page.goto(`${BASE}/mcp/${id}`);
+  assert.equal(resp.status(), 406);
+  const headers = resp.headers();
+  assert.equal(headers["x-content-type-options"], "nosniff");
+  assert.equal(headers["content-security-policy"], "sandbox; default-src 'none'");
+  assert.match(headers["content-type"], /^application\/json/);
+  await page.waitForTimeout(500);
+  assert.doesNotMatch(await page.title(), /PWNED/);
+  assert.doesNotMatch(await page.content(), /hostile upstream/);
+  await shot(page, "hostile-navigation");
+
+  // A page on another origin posts a cross-site form (text/plain, the JSON trick):
+  // refused, nothing created.
+  await page.goto(`${SCRIPTED.hostile.base}/attack?target=${BASE}`);
+  await page.waitForLoadState("load");
+  await page.waitForTimeout(500);
+  await shot(page, "hostile-form-post");
+  const after = await (await fetch(`${BASE}/v1/servers`)).text();
+  assert.equal(after, before, "the form post created nothing");
+  assert.ok(!apiReads.some((r) => r.startsWith("GET")), `no script read the API: ${apiReads}`);
+  await context.close();
+  await fetch(`${BASE}/v1/servers/${id}`, { method: "DELETE" });
+});
+
+test("a connection without a refresh token says it cannot be renewed, and until when", { timeout: 60000 }, async () => {
+  const { context, page, problems } = await open();
+  const popup = page.waitForEvent("popup");
+  await addServer(page, { name: "Short-lived", url: SCRIPTED.norefresh.mcp_url });
+  await closed(await popup);
+  await waitStatus(page, "Short-lived", "connected");
+  const note = card(page, "Short-lived").locator('[data-role="not-renewable"]');
+  await until(async () => (await note.count()) === 1, "the not-renewable note");
+  const text = await note.textContent();
+  assert.match(text, /Cannot be renewed without your consent/);
+  assert.match(text, /ends in/);
+  await shot(page, "not-renewable");
+  await card(page, "Short-lived").getByRole("button", { name: "Delete Short-lived" }).click();
+  assert.deepEqual(problems, []);
+  await context.close();
+});

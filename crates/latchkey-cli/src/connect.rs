@@ -89,6 +89,7 @@ pub(crate) async fn connect(a: ConnectArgs, conn: &Connection) -> anyhow::Result
                 "already_connected"
             };
             report(a.json, &id, &name, outcome, &started);
+            warn_if_not_renewable(&api, &id, &name).await;
             return Ok(ExitCode::SUCCESS);
         }
         "redirect" => {}
@@ -127,6 +128,7 @@ pub(crate) async fn connect(a: ConnectArgs, conn: &Connection) -> anyhow::Result
         Ok(Err(f)) => Err(f.into()),
         Ok(Ok(event)) if event["status"] == "success" => {
             report(a.json, &id, &name, "connected", &started);
+            warn_if_not_renewable(&api, &id, &name).await;
             Ok(ExitCode::SUCCESS)
         }
         Ok(Ok(event)) => Err(Failure::new(
@@ -141,6 +143,31 @@ pub(crate) async fn connect(a: ConnectArgs, conn: &Connection) -> anyhow::Result
         )
         .into()),
     }
+}
+
+/// Says so plainly (on standard error) when the authorization server gave no refresh
+/// token: the connection then ends when the access token does, and only a new consent
+/// renews it (issue 16).
+async fn warn_if_not_renewable(api: &Api, id: &str, name: &str) {
+    let Ok(st) = api.get(&format!("/v1/oauth/status/{}", segment(id))).await else {
+        return;
+    };
+    if st["has_token"] != true || st["refreshable"] != false {
+        return;
+    }
+    let until = st["expires_at"]
+        .as_i64()
+        .map(|at| {
+            use latchkey_core::Clock as _;
+            let now = i64::try_from(latchkey_core::SystemClock.now().as_secs()).unwrap_or(i64::MAX);
+            format!(" in about {} minutes", ((at - now).max(0) + 59) / 60)
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "Note: the authorization server of {name} issued no refresh token, so this \
+         connection cannot be renewed without your consent: it ends when its access \
+         token expires{until}. Run `latchkey connect {name} --force` then."
+    );
 }
 
 fn report(json: bool, id: &str, name: &str, outcome: &str, started: &Value) {

@@ -435,9 +435,10 @@ impl Walk {
         );
         match &m.authorization_endpoint {
             Some(_) => s.add(Level::Ok, "authorization_endpoint and token_endpoint present"),
+            // Predicts `connect`: a finding that makes it fail is a failure here too.
             None => s.add(
-                Level::Warning,
-                "no authorization_endpoint: users cannot consent; only the client_credentials grant can work",
+                Level::Error,
+                "no authorization_endpoint: users cannot consent, so `latchkey connect` fails; only a server set to the client_credentials grant can work",
             ),
         }
         s.add(
@@ -527,9 +528,24 @@ impl Walk {
                 format!("Latchkey registers itself by DCR (RFC 7591) at {e} on the first connect"),
             ),
             _ => s.add(
-                if dcr { Level::Info } else { Level::Warning },
-                "no registration_endpoint: Latchkey needs a pre-registered client (`latchkey servers edit SERVER --client-id ID --client-secret-stdin`)",
+                if dcr { Level::Info } else { Level::Error },
+                "no registration_endpoint: `latchkey connect` fails until the server is given a pre-registered client (`latchkey servers edit SERVER --client-id ID --client-secret-stdin`)",
             ),
+        }
+        let lists =
+            |v: &Option<Vec<String>>, x: &str| v.as_ref().is_some_and(|l| l.iter().any(|s| s == x));
+        if lists(&m.scopes_supported, "offline_access") {
+            s.add(
+                Level::Info,
+                "scopes_supported lists offline_access: Latchkey asks for it with prompt=consent (OIDC Core §11), so the connection gets a refresh token",
+            );
+        } else if m.grant_types_supported.is_some()
+            && !lists(&m.grant_types_supported, "refresh_token")
+        {
+            s.add(
+                Level::Warning,
+                "grant_types_supported does not list refresh_token: a connection may last only as long as its first access token",
+            );
         }
         s.add(
             Level::Info,

@@ -242,7 +242,17 @@ function renderCard(id) {
     if (typeof st.updated_at === "number") {
       details.push(h("span", { title: when(st.updated_at) }, `Last refreshed ${relative(st.updated_at)}`));
     }
-    details.push(h("span", {}, st.refreshable ? "Refreshes automatically" : "No refresh token"));
+    details.push(
+      st.refreshable
+        ? h("span", {}, "Refreshes automatically")
+        : h(
+            "span",
+            { class: "warn", dataset: { role: "not-renewable" } },
+            typeof st.expires_at === "number"
+              ? `Cannot be renewed without your consent: the server issued no refresh token, so this connection ends ${relative(st.expires_at)}`
+              : "Cannot be renewed without your consent: the server issued no refresh token",
+          ),
+    );
     if (st.scopes) details.push(h("span", {}, `Scopes: ${st.scopes}`));
   }
 

@@ -64,6 +64,9 @@ pub struct AsConfig {
     pub required_scope: Option<String>,
     /// Advertise `code_challenge_methods_supported: ["S256"]`.
     pub advertise_pkce: bool,
+    /// Issue a refresh token with the code grant (an AS that does not, for a client
+    /// that did not get `offline_access`, leaves a connection that cannot be renewed).
+    pub issue_refresh_tokens: bool,
 }
 
 impl Default for AsConfig {
@@ -82,6 +85,7 @@ impl Default for AsConfig {
             ],
             required_scope: None,
             advertise_pkce: true,
+            issue_refresh_tokens: true,
         }
     }
 }
@@ -661,7 +665,12 @@ async fn token_served(
             if URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) != challenge {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
             }
-            let body = issue(&mut st, &cfg, &scope, None, token_type);
+            let mut body = issue(&mut st, &cfg, &scope, None, token_type);
+            if !cfg.issue_refresh_tokens
+                && let Some(m) = body.as_object_mut()
+            {
+                m.remove("refresh_token");
+            }
             served(&mut st, "authorization_code", body)
         }
         Some("refresh_token") => {

@@ -159,3 +159,23 @@ async fn an_unreachable_server_is_69() {
     assert_fails(&out, 69, "probe of http://127.0.0.1:1/mcp failed");
     assert!(out.stdout.is_empty());
 }
+
+/// Issue 16: doctor predicts `connect`. An authorization server with no way for
+/// Latchkey to get a client is a failure, with the exit code saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_registration_endpoint_is_a_failure_like_connect() {
+    let server = ScriptedServer::start(AsConfig {
+        registration: false,
+        ..AsConfig::default()
+    })
+    .await
+    .unwrap();
+    let out = doctor(&[&server.mcp_url()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("[FAIL] no registration_endpoint: `latchkey connect` fails"),
+        "{text}"
+    );
+    assert!(text.contains("Result: BROKEN"), "{text}");
+}

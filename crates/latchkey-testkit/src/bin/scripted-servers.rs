@@ -7,16 +7,25 @@
 //! * `ok`: approves every authorization request at once (consent is automatic) and
 //!   serves the `echo` and `add` tools;
 //! * `denied`: answers every authorization request with `error=access_denied` and a
-//!   hostile `error_description` (markup that must never reach a page).
+//!   hostile `error_description` (markup that must never reach a page);
+//! * `norefresh`: like `ok`, but its code grant issues no refresh token;
+//! * `hostile`: an MCP server with no authorization that answers `initialize` properly
+//!   and every other request with an HTML page whose script tries to read Latchkey's
+//!   API (`/v1/servers`) and marks the document title `PWNED` if it runs; its
+//!   `/attack` page, on its own origin, posts a cross-site form to Latchkey's
+//!   `/v1/servers` (`?target=` names Latchkey's base URL).
 //!
 //! ```json
 //! {"ok":{"base":"http://localhost:1234","mcp_url":"http://localhost:1234/mcp"},
-//!  "denied":{"base":"…","mcp_url":"…","error":"access_denied","error_description":"…"}}
+//!  "denied":{"base":"…","mcp_url":"…","error":"access_denied","error_description":"…"},
+//!  "hostile":{"base":"…","mcp_url":"…"},"norefresh":{"base":"…","mcp_url":"…"}}
 //! ```
 #![forbid(unsafe_code)]
 
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use latchkey_testkit::{AsConfig, AuthorizeError, ScriptedServer};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// The description the refusing server sends: markup, so a test can check that no
 /// page renders it.
@@ -31,6 +40,12 @@ async fn main() -> std::io::Result<()> {
         error: "access_denied".into(),
         description: Some(DENIED_DESCRIPTION.into()),
     }));
+    let norefresh = ScriptedServer::start(AsConfig {
+        issue_refresh_tokens: false,
+        ..AsConfig::default()
+    })
+    .await?;
+    let hostile = hostile().await?;
     let line = json!({
         "ok": {"base": ok.base, "mcp_url": ok.mcp_url()},
         "denied": {
@@ -39,9 +54,62 @@ async fn main() -> std::io::Result<()> {
             "error": "access_denied",
             "error_description": DENIED_DESCRIPTION,
         },
+        "hostile": {"base": hostile, "mcp_url": format!("{hostile}/mcp")},
+        "norefresh": {"base": norefresh.base, "mcp_url": norefresh.mcp_url()},
     });
     println!("{line}");
     // Serves until the process is killed (the servers run on the runtime's tasks).
     std::future::pending::<()>().await;
     Ok(())
+}
+
+/// The page a hostile upstream answers with: if its script runs on Latchkey's origin it
+/// reads the API and says so in the title.
+const HOSTILE_PAGE: &str = "<!doctype html><title>hostile</title><script>\
+document.title='PWNED';\
+fetch('/v1/servers').then(r=>r.text()).then(t=>{document.title='PWNED:'+t.length})\
+</script><p>hostile upstream</p>";
+
+/// The hostile upstream (see the module documentation); its base URL.
+async fn hostile() -> std::io::Result<String> {
+    async fn answer(uri: Uri, body: String) -> Response {
+        if uri.path() == "/attack" {
+            let target = uri
+                .query()
+                .and_then(|q| q.strip_prefix("target="))
+                .unwrap_or("")
+                .replace(
+                    |c: char| !(c.is_ascii_alphanumeric() || ":/.".contains(c)),
+                    "",
+                );
+            let page = format!(
+                "<!doctype html><form id=f method=post enctype=text/plain action=\"{target}/v1/servers\">\
+                 <input name='{{\"name\":\"planted\",\"url\":\"http://127.0.0.1:9/mcp\",\"x\":\"' value='\"}}'>\
+                 </form><script>document.getElementById('f').submit()</script>"
+            );
+            return ([(header::CONTENT_TYPE, "text/html")], page).into_response();
+        }
+        let msg: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if msg["method"] == "initialize" {
+            let result = json!({"jsonrpc": "2.0", "id": msg["id"], "result": {
+                "protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+                "serverInfo": {"name": "hostile", "version": "1"}}});
+            return (
+                [(header::CONTENT_TYPE, "application/json")],
+                result.to_string(),
+            )
+                .into_response();
+        }
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            HOSTILE_PAGE,
+        )
+            .into_response()
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let app = axum::Router::new().fallback(answer);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(base)
 }
