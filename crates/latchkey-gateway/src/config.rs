@@ -224,6 +224,39 @@ fn parse_duration(text: &str) -> Option<u64> {
     n.checked_mul(mult).filter(|s| *s > 0)
 }
 
+/// `listen`: an IP address and port, or `localhost:PORT` (which binds 127.0.0.1; no
+/// name is looked up).
+fn parse_listen(raw: &str) -> Option<SocketAddr> {
+    if let Ok(a) = raw.parse() {
+        return Some(a);
+    }
+    let (host, port) = raw.rsplit_once(':')?;
+    host.eq_ignore_ascii_case("localhost")
+        .then(|| port.parse::<u16>().ok())
+        .flatten()
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+}
+
+/// A TOML error with where it is, as a person counts (line and column, not bytes).
+fn toml_error(setting: String, text: &str, e: &toml::de::Error) -> ConfigError {
+    let place = e
+        .span()
+        .map(|s| {
+            let (line, column) = line_and_column(text, s.start);
+            format!(" (line {line}, column {column})")
+        })
+        .unwrap_or_default();
+    err(setting, format!("{}{place}", e.message()))
+}
+
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
 impl Config {
     /// Reads `file` (if given), applies overrides from `env`, validates.
     pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
@@ -232,15 +265,8 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| err("--config", format!("cannot read {}: {e}", path.display())))?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| {
-                    err(
-                        path.display().to_string(),
-                        e.message().to_owned()
-                            + &e.span()
-                                .map(|s| format!(" (at byte {})", s.start))
-                                .unwrap_or_default(),
-                    )
-                })?
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| toml_error(path.display().to_string(), &text, &e))?
             }
         };
         Self::from_parts(parsed, env)
@@ -249,7 +275,7 @@ impl Config {
     /// Validates a TOML document's text (for tests and `--check`).
     pub fn parse(toml_text: &str, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let parsed = toml::from_str::<FileConfig>(toml_text)
-            .map_err(|e| err("config", e.message().to_owned()))?;
+            .map_err(|e| toml_error("config".into(), toml_text, &e))?;
         Self::from_parts(parsed, env)
     }
 
@@ -268,10 +294,12 @@ impl Config {
 
         let (listen_key, listen_raw) = pick("LATCHKEY_LISTEN", "listen", f.listen)
             .unwrap_or(("listen", DEFAULT_LISTEN.to_owned()));
-        let listen: SocketAddr = listen_raw.parse().map_err(|_| {
+        let listen = parse_listen(&listen_raw).ok_or_else(|| {
             err(
                 listen_key,
-                format!("{listen_raw:?} is not an IP address and port, e.g. {DEFAULT_LISTEN}"),
+                format!(
+                    "{listen_raw:?} is not an IP address (or localhost) and port, e.g. {DEFAULT_LISTEN}"
+                ),
             )
         })?;
 
@@ -533,6 +561,16 @@ mod tests {
 
     #[test]
     fn errors_name_the_setting() {
+        let c = Config::parse("listen = \"localhost:7999\"", &env(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7999");
+        assert_eq!(line_and_column("a = 1\nbb = x", 11), (2, 6));
+        assert_eq!(line_and_column("x", 0), (1, 1));
+        let e = Config::parse(
+            "listen = \"127.0.0.1:1\"\nallow_insecure_loopback = maybe",
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("(line 2, column 27)"), "{}", e.message);
         let e = Config::parse("listen = \"nowhere\"", &env(&[])).unwrap_err();
         assert_eq!(e.setting, "listen");
         let e = Config::parse("", &env(&[("LATCHKEY_LISTEN", "x")])).unwrap_err();
