@@ -55,6 +55,7 @@ const SCENARIOS = [
   ["rest", "REST call"],
   ["proxy", "/mcp/{id}"],
   ["federated", "/mcp"],
+  ["steady", "/mcp: 1 upstream request per call"],
   ["refresh", "refresh ×50"],
   ["restart", "restart"],
   ["refresh2", "refresh after restart"],
@@ -62,9 +63,21 @@ const SCENARIOS = [
 ];
 
 // Failures Latchkey has today, each with the bullet of issue 16 it belongs to. Remove an
-// entry when its fix lands (the run fails while a listed scenario passes).
+// entry when its fix lands: the run fails while a listed scenario passes, except for an
+// entry marked `flaky` (a race that does not lose every time), whose pass is reported
+// as `PASS (known flaky: …)`.
+const SESSION_RACE = {
+  bullet: "6. Federated /mcp (one upstream session per slot)",
+  reason: "concurrent calls replace the slot's upstream session and DELETE it under another: 502 'it lost the session twice'",
+  flaky: true,
+};
 const KNOWN_FAILURES = {
-  // "oidc-provider (resource-indicators)/connect": { bullet: "1. Registration", reason: "…" },
+  "oidc-provider (resource-indicators)/refresh": SESSION_RACE,
+  "oidc-provider (resource-indicators)/refresh2": SESSION_RACE,
+  "oidc-provider (offline-access)/refresh": SESSION_RACE,
+  "oidc-provider (offline-access)/refresh2": SESSION_RACE,
+  "oidc-provider (rotation)/refresh": SESSION_RACE,
+  "oidc-provider (rotation)/refresh2": SESSION_RACE,
 };
 
 // ---------------------------------------------------------------------------------
@@ -77,6 +90,7 @@ function cell(peer, scenario) {
   const r = results.get(peer)?.get(scenario);
   const known = KNOWN_FAILURES[`${peer}/${scenario}`];
   if (!r) return "not run";
+  if (r.ok && known?.flaky) return "PASS (known flaky)";
   if (r.ok) return known ? "PASS (remove from known failures)" : "PASS";
   return known ? `FAIL (known: ${known.reason})` : "FAIL";
 }
@@ -101,7 +115,7 @@ function writeMatrix() {
       const r = results.get(peer)?.get(s);
       const known = KNOWN_FAILURES[`${peer}/${s}`];
       if (r && !r.ok) notes.push(`- ${peer} / ${title}${known ? ` (issue 16, ${known.bullet})` : ""}: ${r.detail}`);
-      if (r && r.ok && known) notes.push(`- ${peer} / ${title}: passes; remove it from KNOWN_FAILURES`);
+      if (r && r.ok && known && !known.flaky) notes.push(`- ${peer} / ${title}: passes; remove it from KNOWN_FAILURES`);
     }
   }
   if (notes.length) lines.push("", "Failures, as observed:", "", ...notes);
@@ -128,7 +142,7 @@ function scenario(peer, id, fn, timeout = 90000) {
     results.get(peer).set(id, { ok, detail });
     const known = KNOWN_FAILURES[`${peer}/${id}`];
     if (!ok) t.diagnostic(`failed: ${detail}`);
-    if (ok && known) {
+    if (ok && known && !known.flaky) {
       unexpected += 1;
       assert.fail(`${peer} / ${title} passes: remove it from KNOWN_FAILURES`);
     }
@@ -460,6 +474,21 @@ for (const profile of PROFILES) {
       const call = await rpc(url, { jsonrpc: "2.0", id: 3, method: "tools/call", params: { name, arguments: { text: "federated" } } }, session, version);
       assert.equal(call.status, 200, `tools/call ${name}: ${brief(call)}`);
       assert.equal(resultText(call.msg), "federated", `tools/call ${name}: ${brief(call)}`);
+      env.federated = { url, session, version, name };
+    });
+
+    // Issue 16, bullet 6: in steady state a federated tools/call is one upstream
+    // request (the upstream session kept), as through /mcp/{server}.
+    scenario(peer, "steady", async () => {
+      const f = env.federated;
+      assert.ok(f, "no federated session (/mcp failed)");
+      const mark = (await mcpLog()).requests.length;
+      for (let i = 0; i < 3; i++) {
+        const call = await rpc(f.url, { jsonrpc: "2.0", id: 10 + i, method: "tools/call", params: { name: f.name, arguments: { text: `steady ${i}` } } }, f.session, f.version);
+        assert.equal(resultText(call.msg), `steady ${i}`, `tools/call ${f.name}: ${brief(call)}`);
+      }
+      const upstream = (await mcpLog()).requests.slice(mark).map((r) => `${r.http} ${r.rpc ?? ""}`.trim());
+      assert.deepEqual(upstream, Array(3).fill("POST tools/call"), `3 federated calls made ${upstream.length} upstream requests: ${upstream.join(", ")}`);
     });
 
     /**
@@ -482,7 +511,12 @@ for (const profile of PROFILES) {
       const grants = events.filter((e) => e.name === "grant.success" && e.grant_type === "refresh_token");
       const refused = events.filter((e) => e.name === "grant.error");
       const bad = answers.filter((r) => r.status !== 200);
-      const hint = `AS events: ${JSON.stringify(events.map((e) => [e.name, e.grant_type, e.error].filter(Boolean))).slice(0, 300)}`;
+      // What the connection started with: the authorization request as sent and
+      // whether the code grant gave a refresh token.
+      const all = await asEvents();
+      const asked = all.filter((e) => e.name === "authorization.request").map((e) => `scope=${e.scope} prompt=${e.prompt}`);
+      const code = all.filter((e) => e.name === "grant.success" && e.grant_type === "authorization_code").map((e) => `refresh token ${e.refresh_token_issued ? "issued" : "NOT issued"}`);
+      const hint = `authorization request ${asked.join(", ")}; code grant: ${code.join(", ")}; AS events since the expiry: ${JSON.stringify(events.map((e) => [e.name, e.grant_type, e.error].filter(Boolean))).slice(0, 300)}`;
       assert.equal(bad.length, 0, `${bad.length}/${callers} calls failed, e.g. ${bad[0] && brief(bad[0])}; ${hint}`);
       assert.equal(grants.length, 1, `${grants.length} refresh grants for one expiry; ${hint}`);
       assert.equal(refused.length, 0, `refused grants; ${hint}`);
