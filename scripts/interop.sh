@@ -83,6 +83,7 @@ mkdir -p "$out"
 # shellcheck source=scripts/background.sh
 . "$root/scripts/background.sh"
 rc=0
+: >"$out/driver.log"
 (
   # Nothing from the caller's environment may redirect the Latchkey instances.
   for v in $(compgen -e); do

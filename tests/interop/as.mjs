@@ -26,7 +26,8 @@
 // Prints one JSON line {"issuer": …} once it listens on 127.0.0.1 (a port of its own).
 // GET /_test/events answers every recorded provider event (also written to stderr as
 // JSON lines): token-endpoint grants with their grant_type, refresh-token rotations,
-// revocations, registrations, errors. Nothing secret is recorded.
+// revocations, registrations, errors. Nothing secret is recorded. POST
+// /_test/revoke-grants ends every grant, as an administrator revoking access would.
 import http from "node:http";
 import { parseArgs } from "node:util";
 import { peer } from "./peers.mjs";
@@ -121,6 +122,9 @@ provider.on("registration_create.success", (ctx, client) =>
 );
 provider.on("registration_create.error", (ctx, err) => record("registration_create.error", oidcError(err)));
 provider.on("revocation.error", (ctx, err) => record("revocation.error", oidcError(err)));
+// Every grant, so /_test/revoke-grants can end them as an administrator would.
+const grants = new Set();
+provider.on("grant.saved", (g) => grants.add(g.jti));
 provider.on("server_error", (ctx, err) => record("server_error", { error: String(err?.stack ?? err) }));
 
 const app = provider.callback();
@@ -130,6 +134,21 @@ server.on("request", (req, res) => {
   if (req.url.startsWith("/auth?")) {
     const q = new URL(req.url, issuer).searchParams;
     record("authorization.request", { scope: q.get("scope"), prompt: q.get("prompt"), resource: q.get("resource") });
+  }
+  if (req.url === "/_test/revoke-grants" && req.method === "POST") {
+    // The AS ends every grant (refresh tokens then fail with invalid_grant).
+    Promise.all([...grants].map(async (id) => (await provider.Grant.find(id))?.destroy())).then(
+      () => {
+        record("test.grants_revoked", { count: grants.size });
+        grants.clear();
+        res.end("{}");
+      },
+      (e) => {
+        res.statusCode = 500;
+        res.end(JSON.stringify({ error: String(e) }));
+      },
+    );
+    return;
   }
   if (req.url === "/_test/events") {
     res.setHeader("content-type", "application/json");

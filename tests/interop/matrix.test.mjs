@@ -60,7 +60,10 @@ const SCENARIOS = [
   ["restart", "restart"],
   ["refresh2", "refresh after restart"],
   ["disconnect", "disconnect + revoke"],
+  ["dead", "grant revoked at the AS"],
 ];
+// Scenarios run for one profile only (the rest of the row shows "—").
+const ONLY_FOR = { dead: "rotation" };
 
 // Failures Latchkey has today, each with the bullet of issue 16 it belongs to. Remove an
 // entry when its fix lands: the run fails while a listed scenario passes, except for an
@@ -72,6 +75,10 @@ const SESSION_RACE = {
   flaky: true,
 };
 const KNOWN_FAILURES = {
+  "oidc-provider (rotation)/dead": {
+    bullet: "4. Dead credentials stay dead until consent",
+    reason: "the revoked refresh token is presented again on every call",
+  },
   "oidc-provider (resource-indicators)/refresh": SESSION_RACE,
   "oidc-provider (resource-indicators)/refresh2": SESSION_RACE,
   "oidc-provider (offline-access)/refresh": SESSION_RACE,
@@ -89,7 +96,7 @@ let unexpected = 0;
 function cell(peer, scenario) {
   const r = results.get(peer)?.get(scenario);
   const known = KNOWN_FAILURES[`${peer}/${scenario}`];
-  if (!r) return "not run";
+  if (!r) return ONLY_FOR[scenario] ? "—" : "not run";
   if (r.ok && known?.flaky) return "PASS (known flaky)";
   if (r.ok) return known ? "PASS (remove from known failures)" : "PASS";
   return known ? `FAIL (known: ${known.reason})` : "FAIL";
@@ -555,5 +562,34 @@ for (const profile of PROFILES) {
       const after = await echo("after disconnect");
       assert.equal(after.status, 409, `a call after disconnect: ${brief(after)}`);
     });
+
+    // Issue 16, bullet 4: after the AS revoked the grant, the refresh token is dead:
+    // at most one refused grant (plus the re-read retry), every call a 409
+    // needs_oauth_reauth, and /v1/oauth/start without force starts a new flow.
+    if (ONLY_FOR.dead === profile) {
+      scenario(peer, "dead", async () => {
+        const start = await http("POST", `${env.base}/v1/oauth/start`, { server_id: env.serverId }, {}, 30000);
+        assert.equal(start.json?.status, "redirect", `reconnect: POST /v1/oauth/start: ${brief(start)}`);
+        await consent(start.json.authorization_url, env.base, `${profile}-reconnect`);
+        const first = await echo("reconnected");
+        assert.equal(first.status, 200, `a call after reconnecting: ${brief(first)}`);
+        const revoked = await http("POST", `${env.issuer}/_test/revoke-grants`);
+        assert.equal(revoked.status, 200, `revoking at the AS: ${brief(revoked)}`);
+        const seen = await mcpLog();
+        const wait = Math.max(...seen.accepted.map((a) => a.exp)) * 1000 + 1000 - Date.now();
+        if (wait > 0) await sleep(wait);
+        const mark = (await asEvents()).length;
+        const answers = [];
+        for (let i = 0; i < 7; i++) answers.push(await echo(`dead ${i}`));
+        const refused = (await asEvents()).slice(mark).filter((e) => e.name === "grant.error");
+        const codes = answers.map((r) => `${r.status} ${r.json?.code ?? ""}`.trim());
+        const again = await http("POST", `${env.base}/v1/oauth/start`, { server_id: env.serverId }, {}, 30000);
+        const problems = [];
+        if (!codes.every((c) => c === "409 needs_oauth_reauth")) problems.push(`7 calls answered: ${codes.join(", ")}`);
+        if (refused.length > 2) problems.push(`7 calls made ${refused.length} refused grants at the AS (${[...new Set(refused.map((e) => e.error))]})`);
+        if (again.json?.status !== "redirect") problems.push(`POST /v1/oauth/start without force on the dead slot: ${brief(again)}`);
+        assert.ok(problems.length === 0, problems.join("; "));
+      }, (AT_TTL + 60) * 1000);
+    }
   });
 }
