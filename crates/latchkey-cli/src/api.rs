@@ -89,6 +89,9 @@ impl Failure {
                 let scopes = strings(v.get("scopes")).join(" ");
                 format!("{text} ({scopes}): run `latchkey connect {server}` to grant them")
             }
+            (409, "name_taken") => format!(
+                "another server is named so already ({server}): choose another name, or edit that one with `latchkey servers edit {server}`"
+            ),
             (401, _) => format!(
                 "Latchkey refused the credential (HTTP 401{}): set --token or LATCHKEY_TOKEN to an API key or a valid access token",
                 if api_code.is_empty() {
@@ -119,6 +122,7 @@ impl Failure {
             (400 | 413 | 415 | 422, _) => exit::DATAERR,
             (401 | 403, _) => exit::NOPERM,
             (404, _) => exit::NOINPUT,
+            (409, "name_taken") => exit::DATAERR,
             (409, _) => exit::TEMPFAIL,
             (503, "encryption_key_missing") => exit::CONFIG,
             (502..=504, _) => exit::UNAVAILABLE,

@@ -40,7 +40,7 @@ Exit status:
 
 /// Latchkey: an OAuth 2.1 credential broker and gateway for MCP servers.
 #[derive(Debug, Parser)]
-#[command(name = "latchkey", version, about, after_long_help = EXIT_STATUS)]
+#[command(name = "latchkey", version, after_long_help = EXIT_STATUS)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

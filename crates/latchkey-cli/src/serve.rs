@@ -96,9 +96,25 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
     tracing::info!(event = "serve.started", listen = %local);
     // TCP_NODELAY, the connection cap and the header, idle and body deadlines of
     // `[limits]`; graceful shutdown on SIGTERM or Ctrl-C.
+    // Stopping is said, like starting: when the signal comes and when the last request
+    // is done.
+    let stop = async move {
+        stop.await;
+        say("Latchkey is stopping: finishing the requests under way");
+        tracing::info!(event = "serve.stopping");
+    };
     latchkey_gateway::serve(listener, app, cfg.limits, stop).await?;
+    say("Latchkey stopped.");
     tracing::info!(event = "serve.stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A line on standard output that may be closed by now (a supervisor that read the
+/// start-up line and went away): never a panic for that.
+fn say(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 /// Resolves on Ctrl-C or SIGTERM. The SIGTERM handler is installed when this is

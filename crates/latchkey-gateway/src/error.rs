@@ -57,6 +57,12 @@ pub enum ApiError {
         /// The scopes the server asked for.
         scopes: Vec<String>,
     },
+    /// 409: another server of the tenant has this name.
+    #[error("a server with this name exists already: {existing_id}")]
+    NameTaken {
+        /// The server that has it.
+        existing_id: String,
+    },
     /// 409: a competing operation is in progress, or the state changed.
     #[error("{0}")]
     Conflict(&'static str),
@@ -130,6 +136,7 @@ impl ApiError {
             ApiError::NeedsReauth { .. } => (StatusCode::CONFLICT, "needs_oauth_reauth"),
             ApiError::NeedsScopeUpgrade { .. } => (StatusCode::CONFLICT, "needs_scope_upgrade"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::NameTaken { .. } => (StatusCode::CONFLICT, "name_taken"),
             ApiError::IssuerMismatch { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "issuer_mismatch")
             }
@@ -156,7 +163,10 @@ impl ApiError {
             server_id: match self {
                 ApiError::NeedsReauth { server_id }
                 | ApiError::NeedsScopeUpgrade { server_id, .. }
-                | ApiError::UpstreamRefused { server_id, .. } => Some(server_id),
+                | ApiError::UpstreamRefused { server_id, .. }
+                | ApiError::NameTaken {
+                    existing_id: server_id,
+                } => Some(server_id),
                 _ => None,
             },
             scopes: match self {

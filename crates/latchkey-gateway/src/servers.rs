@@ -136,6 +136,28 @@ fn read_input(s: &AppState, body: &[u8], creating: bool) -> Result<Input, ApiErr
     Ok(input)
 }
 
+/// Server names are unique in a tenant (people and the CLI call servers by name): a
+/// name another server of the tenant has is the typed 409 naming that server.
+async fn name_is_free(
+    s: &AppState,
+    p: &Principal,
+    name: &str,
+    this: Option<&str>,
+) -> Result<(), ApiError> {
+    let taken = s
+        .store
+        .list_servers(p.tenant.as_str())
+        .await?
+        .into_iter()
+        .find(|other| other.name == name && Some(other.id.as_str()) != this);
+    match taken {
+        Some(other) => Err(ApiError::NameTaken {
+            existing_id: other.id,
+        }),
+        None => Ok(()),
+    }
+}
+
 const ISSUER_REQUIRED: &str = "required with a client secret: the issuer of the authorization server the client is registered at (its secret is sent there and nowhere else)";
 
 fn field_error(field: &str, message: &str) -> ApiError {
@@ -165,6 +187,7 @@ pub async fn create(
         // `read_input` requires both when creating.
         return Err(ApiError::BadRequest(Vec::new()));
     };
+    name_is_free(&s, &p, &name, None).await?;
     let id = new_id();
     let mut row = ServerRow::new(id.clone(), p.tenant.as_str(), name, url);
     apply(&mut row.client_id, input.client_id);
@@ -231,6 +254,7 @@ pub async fn update(
     let old = s.server(&p, &id).await?;
     let mut row = old.clone();
     if let Some(n) = input.name {
+        name_is_free(&s, &p, &n, Some(&id)).await?;
         row.name = n;
     }
     let url_changed = input

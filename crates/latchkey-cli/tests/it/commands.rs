@@ -291,15 +291,16 @@ async fn servers_add_list_show_edit_rm() {
         66,
         "no server has the id or name",
     );
+    // Names are unique: a second "plain" is refused, naming the first (65).
+    let first_plain = json_of(&env.run(&["servers", "show", "plain", "--json"]).await)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let out = env
         .run(&["servers", "add", "plain", &mcp, "--auth-type", "none"])
         .await;
-    assert!(out.status.success());
-    assert_fails(
-        &env.run(&["servers", "show", "plain"]).await,
-        65,
-        "2 servers are named",
-    );
+    assert_fails(&out, 65, "another server is named so already");
+    assert!(stderr(&out).contains(&first_plain), "{}", stderr(&out));
     assert_fails(
         &env.run(&["servers", "add", "bad", "ftp://example.com/mcp"])
             .await,
@@ -326,7 +327,7 @@ async fn servers_add_list_show_edit_rm() {
             .as_array()
             .unwrap()
             .len(),
-        1
+        0
     );
     assert_fails(&env.run(&["servers", "rm", &other]).await, 66, "no server");
 }

@@ -66,3 +66,15 @@ fn conformance_client_needs_a_url() {
     let out = latchkey(&["conformance-client"]);
     assert_eq!(out.status.code(), Some(2), "clap usage error");
 }
+
+#[test]
+fn the_top_level_help_says_what_latchkey_is() {
+    let out = latchkey(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("Latchkey: an OAuth 2.1 credential broker and gateway for MCP servers"),
+        "{text}"
+    );
+    assert!(!text.contains("binary"), "{text}");
+}

@@ -7,6 +7,8 @@ pub(crate) struct Server {
     child: Child,
     pub(crate) base: String,
     announced: Vec<String>,
+    /// The rest of standard output, after the listening line.
+    out: Option<BufReader<std::process::ChildStdout>>,
 }
 
 impl Drop for Server {
@@ -33,10 +35,10 @@ pub(crate) fn command(data_dir: &std::path::Path) -> Command {
 /// Starts the server and reads its announcement up to the listening line.
 pub(crate) fn start(mut c: Command) -> Server {
     let mut child = c.spawn().unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
+    let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut announced = Vec::new();
     let mut base = None;
-    for line in out.lines() {
+    for line in std::io::Read::by_ref(&mut out).lines() {
         let line = line.unwrap();
         if let Some(rest) = line.strip_prefix("Latchkey is listening on ") {
             base = rest.split_whitespace().next().map(str::to_owned);
@@ -50,6 +52,7 @@ pub(crate) fn start(mut c: Command) -> Server {
         child,
         base,
         announced,
+        out: Some(out),
     }
 }
 
@@ -130,14 +133,29 @@ async fn serve_with_no_configuration_is_usable_at_once() {
                 .success()
         );
         let mut s = s;
-        let status = tokio::task::spawn_blocking(move || {
+        let (status, said) = tokio::task::spawn_blocking(move || {
             let st = s.child.wait().unwrap();
+            let said: Vec<String> = s
+                .out
+                .take()
+                .unwrap()
+                .lines()
+                .map_while(Result::ok)
+                .collect();
             std::mem::forget(s);
-            st
+            (st, said)
         })
         .await
         .unwrap();
         assert!(status.success(), "{status:?}");
+        // Stopping is said, like starting.
+        assert_eq!(
+            said,
+            [
+                "Latchkey is stopping: finishing the requests under way",
+                "Latchkey stopped."
+            ]
+        );
     }
 }
 

@@ -14,7 +14,7 @@ const KEY: &str = "1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1
 async fn server(base: &str, token_scope: &str) -> String {
     let (status, v) = post(
         &format!("{base}/v1/servers"),
-        &json!({"name": "s", "url": "http://127.0.0.1:9/mcp", "auth_type": "oauth", "token_scope": token_scope})
+        &json!({"name": format!("s-{token_scope}"), "url": "http://127.0.0.1:9/mcp", "auth_type": "oauth", "token_scope": token_scope})
             .to_string(),
     )
     .await;

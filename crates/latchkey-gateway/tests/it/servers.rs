@@ -150,3 +150,48 @@ async fn a_secret_without_a_key_is_the_typed_503() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue 17: server names are unique in a tenant; a duplicate, on create or rename, is a
+/// 409 naming the server that has the name.
+#[tokio::test]
+async fn server_names_are_unique_in_a_tenant() {
+    let (base, dir) = super::start(
+        &super::loopback_config(),
+        StaticKeys(Some(KeySet::parse(KEY).unwrap())),
+    )
+    .await;
+    let servers = format!("{base}/v1/servers");
+    let body = |name: &str, port: u16| json!({"name": name, "url": format!("http://127.0.0.1:{port}/mcp"), "auth_type": "none"});
+    let (status, first, _) = send(reqwest::Method::POST, &servers, Some(body("linear", 9))).await;
+    assert_eq!(status, 201, "{first}");
+    let (status, dup, _) = send(reqwest::Method::POST, &servers, Some(body("linear", 10))).await;
+    assert_eq!(
+        (status, dup["code"].as_str()),
+        (409, Some("name_taken")),
+        "{dup}"
+    );
+    assert_eq!(dup["server_id"], first["id"]);
+    let (status, other, _) = send(reqwest::Method::POST, &servers, Some(body("github", 11))).await;
+    assert_eq!(status, 201, "{other}");
+    let other_id = other["id"].as_str().unwrap();
+    let (status, v, _) = send(
+        reqwest::Method::PATCH,
+        &format!("{servers}/{other_id}"),
+        Some(json!({"name": "linear"})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["server_id"].as_str()),
+        (409, first["id"].as_str()),
+        "{v}"
+    );
+    // Renaming a server to its own name is no conflict.
+    let (status, v, _) = send(
+        reqwest::Method::PATCH,
+        &format!("{servers}/{other_id}"),
+        Some(json!({"name": "github"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let _ = std::fs::remove_dir_all(dir);
+}
