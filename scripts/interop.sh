@@ -8,7 +8,7 @@
 #
 # Installs what it needs itself, pinned in tests/interop/peers.lock: Node 22 and the
 # npm packages into .cache/conformance/ (scripts/npm-cache.sh), Debian's chromium
-# (apt-get, only when /usr/bin/chromium is missing; needs root). Everything listens on
+# (apt-get, only when no `chromium` is on PATH; needs root). Everything listens on
 # 127.0.0.1. The table peer × scenario is printed at the end and written to
 # target/interop/matrix.md; logs land in target/interop/<UTC timestamp>/.
 #
@@ -17,7 +17,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-chromium=/usr/bin/chromium
 lock="$root/tests/interop/peers.lock"
 # Seconds for the whole browser-driven run (the script's budget is ~6 minutes).
 run_timeout=420
@@ -42,12 +41,13 @@ done
 playwright_pkg=$(pinned playwright-core)
 
 # 2. Chromium from Debian.
-if [ ! -x "$chromium" ]; then
+chromium=$(command -v chromium || true)
+if [ -z "$chromium" ]; then
   echo "interop: installing chromium (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null || die "apt-get update failed"
   apt-get install -y -qq chromium >/dev/null || die "apt-get install chromium failed"
-  [ -x "$chromium" ] || die "$chromium is missing after installing chromium"
+  chromium=$(command -v chromium) || die "no chromium after installing chromium"
 fi
 
 # 3. Node 22 and the packages. The peers go into one directory named after their
