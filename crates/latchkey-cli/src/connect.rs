@@ -156,12 +156,8 @@ async fn warn_if_not_renewable(api: &Api, id: &str, name: &str) {
         return;
     }
     let until = st["expires_at"]
-        .as_i64()
-        .map(|at| {
-            use latchkey_core::Clock as _;
-            let now = i64::try_from(latchkey_core::SystemClock.now().as_secs()).unwrap_or(i64::MAX);
-            format!(" in about {} minutes", ((at - now).max(0) + 59) / 60)
-        })
+        .as_str()
+        .map(|at| format!(" (at {at})"))
         .unwrap_or_default();
     eprintln!(
         "Note: the authorization server of {name} issued no refresh token, so this \

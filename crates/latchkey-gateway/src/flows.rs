@@ -844,13 +844,19 @@ pub async fn status(
             "has_token": true,
             "client_id": c.client_id,
             "issuer": c.issuer,
-            "expires_at": c.access_expires_at,
+            // Timestamps in RFC 3339 (R-API-7).
+            "expires_at": c.access_expires_at.map(rfc3339),
             "expired": c.access_expires_at.is_some_and(|e| e <= now_s),
             "refreshable": c.refresh_token.is_some(),
-            "updated_at": c.updated_at,
+            "updated_at": rfc3339(c.updated_at),
             "scopes": c.scopes,
         }),
     }))
+}
+
+/// Unix seconds from the store as RFC 3339.
+fn rfc3339(secs: i64) -> String {
+    latchkey_core::UnixTime::from_secs(u64::try_from(secs).unwrap_or(0)).to_rfc3339()
 }
 
 #[cfg(test)]

@@ -228,7 +228,7 @@ function renderCard(id) {
   );
 
   const details = [];
-  const st = e.status;
+  const st = e.status && { ...e.status, expires_at: seconds(e.status.expires_at), updated_at: seconds(e.status.updated_at) };
   if (st && st.has_token) {
     if (typeof st.expires_at === "number") {
       details.push(
@@ -683,3 +683,10 @@ function main() {
 }
 
 main();
+
+/** Unix seconds of an RFC 3339 timestamp from the API (R-API-7); null if absent. */
+function seconds(rfc3339) {
+  if (typeof rfc3339 !== "string") return null;
+  const ms = Date.parse(rfc3339);
+  return Number.isNaN(ms) ? null : ms / 1000;
+}

@@ -86,6 +86,23 @@ async fn a_deposit_is_validated_sealed_and_replaces_the_slot() {
     assert_eq!(row.auth_method.as_deref(), Some("client_secret_basic"));
     assert_eq!(row.initiated_by.as_deref(), Some("local"));
     assert!(row.access_expires_at.is_some());
+    // Status timestamps are RFC 3339 (R-API-7).
+    let st: serde_json::Value = reqwest::get(format!("{base}/v1/oauth/status/{id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let want =
+        latchkey_core::UnixTime::from_secs(u64::try_from(row.access_expires_at.unwrap()).unwrap())
+            .to_rfc3339();
+    assert_eq!(st["expires_at"], want.as_str(), "{st}");
+    let at = st["expires_at"].as_str().unwrap();
+    assert!(
+        at.len() == 20 && at.ends_with('Z') && &at[10..11] == "T",
+        "{at}"
+    );
+    assert!(st["updated_at"].as_str().unwrap().ends_with('Z'), "{st}");
 
     // A second deposit replaces the slot under a new id.
     let (status, _) = post(&url, &deposit.to_string()).await;
