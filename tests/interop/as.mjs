@@ -22,8 +22,10 @@
 // (oidc-provider supports S256 only), revocation enabled, devInteractions (its built-in
 // login and consent pages) for the browser, in-memory storage.
 //
-// Usage: node as.mjs --profile NAME --resource URL [--at-ttl SECONDS]
-// Prints one JSON line {"issuer": …} once it listens on 127.0.0.1 (a port of its own).
+// Usage: node as.mjs --profile NAME --resource URL [--at-ttl SECONDS] [--port N]
+// Prints one JSON line {"issuer": …} once it listens on 127.0.0.1 (a port of its own
+// unless given: a restart on the same port is the same issuer that forgot everything,
+// clients included, as with its default in-memory storage).
 // GET /_test/events answers every recorded provider event (also written to stderr as
 // JSON lines): token-endpoint grants with their grant_type, refresh-token rotations,
 // revocations, registrations, errors. Nothing secret is recorded. POST
@@ -37,6 +39,7 @@ const { values: args } = parseArgs({
     profile: { type: "string" },
     resource: { type: "string" },
     "at-ttl": { type: "string", default: "30" },
+    port: { type: "string", default: "0" },
   },
 });
 const PROFILES = ["resource-indicators", "offline-access", "rotation"];
@@ -50,7 +53,7 @@ const { default: Provider, errors } = await peer("oidc-provider");
 
 // Listen first: the issuer names the port.
 const server = http.createServer();
-await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+await new Promise((resolve) => server.listen(Number(args.port), "127.0.0.1", resolve));
 const issuer = `http://127.0.0.1:${server.address().port}`;
 
 const profile = args.profile;

@@ -61,9 +61,10 @@ const SCENARIOS = [
   ["refresh2", "refresh after restart"],
   ["disconnect", "disconnect + revoke"],
   ["dead", "grant revoked at the AS"],
+  ["forgotten", "AS forgot its clients"],
 ];
 // Scenarios run for one profile only (the rest of the row shows "—").
-const ONLY_FOR = { dead: "rotation" };
+const ONLY_FOR = { dead: "rotation", forgotten: "resource-indicators" };
 
 // Failures Latchkey has today, each with the bullet of issue 16 it belongs to. Remove an
 // entry when its fix lands: the run fails while a listed scenario passes, except for an
@@ -78,6 +79,10 @@ const SESSION_RACE = {
   flaky: true,
 };
 const KNOWN_FAILURES = {
+  "oidc-provider (resource-indicators)/forgotten": {
+    bullet: "5. A forgotten client is re-registered",
+    reason: "the reconnect reuses the forgotten client_id; the AS shows its raw invalid_client page",
+  },
   "oidc-provider (rotation)/dead": {
     bullet: "4. Dead credentials stay dead until consent",
     reason: "the revoked refresh token is presented again on every call",
@@ -358,7 +363,10 @@ async function consent(authorizationUrl, latchkeyBase, shotName) {
       } else {
         await page.waitForLoadState("load", { timeout: 5000 });
         if (!page.url().startsWith(`${latchkeyBase}/v1/oauth/callback`)) {
-          const text = (await page.locator("body").innerText()).replace(/\s+/g, " ").slice(0, 300);
+          const text = (await page.locator("body").innerText())
+            .replace(/\s+/g, " ")
+            .replace(/state: \S+/g, "state: …")
+            .slice(0, 300);
           await page.screenshot({ path: path.join(OUT, `${shotName}.png`), fullPage: true });
           throw new Error(`stuck at ${new URL(page.url()).pathname}: ${text}`);
         }
@@ -396,14 +404,18 @@ for (const profile of PROFILES) {
     const mcpLog = async () => (await http("GET", `${env.mcpBase}/_test/log`)).json;
     const echo = (text) => http("POST", `${env.base}/v1/servers/${env.serverId}/tools/echo/call`, { text }, {}, 30000);
 
-    before(async () => {
-      const mcpPort = await freePort();
-      const resource = `http://127.0.0.1:${mcpPort}/mcp`;
-      as = await start("oidc-provider", NODE, [path.join(HERE, "as.mjs"), "--profile", profile, "--resource", resource, "--at-ttl", String(AT_TTL)], {
+    async function startAs(port = 0) {
+      as = await start("oidc-provider", NODE, [path.join(HERE, "as.mjs"), "--profile", profile, "--resource", env.resource, "--at-ttl", String(AT_TTL), "--port", String(port)], {
         ready: /^\{"issuer":"([^"]+)"/m,
         log: `${profile}-as.log`,
       });
-      env.issuer = as.match[1];
+      return as.match[1];
+    }
+
+    before(async () => {
+      const mcpPort = await freePort();
+      env.resource = `http://127.0.0.1:${mcpPort}/mcp`;
+      env.issuer = await startAs();
       mcp = await start("MCP server", NODE, [path.join(HERE, "mcp-server.mjs"), "--port", String(mcpPort), "--issuer", env.issuer], {
         ready: /^\{"url":"([^"]+)"/m,
         log: `${profile}-mcp.log`,
@@ -582,6 +594,43 @@ for (const profile of PROFILES) {
       const after = await echo("after disconnect");
       assert.equal(after.status, 409, `a call after disconnect: ${brief(after)}`);
     });
+
+    // Issue 16, bullet 5: the AS restarts with its in-memory storage and forgets the
+    // client Latchkey registered. After the expiry the refresh fails (the client is
+    // unknown); the next connect must register again and work.
+    if (ONLY_FOR.forgotten === profile) {
+      scenario(peer, "forgotten", async () => {
+        const start1 = await http("POST", `${env.base}/v1/oauth/start`, { server_id: env.serverId }, {}, 30000);
+        assert.equal(start1.json?.status, "redirect", `reconnect: POST /v1/oauth/start: ${brief(start1)}`);
+        await consent(start1.json.authorization_url, env.base, `${profile}-reconnect`);
+        const first = await echo("reconnected");
+        assert.equal(first.status, 200, `a call after reconnecting: ${brief(first)}`);
+        await stop(as.child);
+        assert.equal(await startAs(new URL(env.issuer).port), env.issuer, "the AS restarted as the same issuer");
+        const seen = await mcpLog();
+        const wait = Math.max(...seen.accepted.map((a) => a.exp)) * 1000 + 1000 - Date.now();
+        if (wait > 0) await sleep(wait);
+        const problems = [];
+        const dead = await echo("after the AS forgot");
+        if (!(dead.status === 409 && dead.json?.code === "needs_oauth_reauth")) problems.push(`a call once the AS forgot the client: ${brief(dead)}`);
+        const start2 = await http("POST", `${env.base}/v1/oauth/start`, { server_id: env.serverId }, {}, 30000);
+        if (start2.json?.status !== "redirect") {
+          problems.push(`POST /v1/oauth/start without force: ${brief(start2)}`);
+        } else {
+          const registered = (await asEvents()).filter((e) => e.name === "registration_create.success").map((e) => e.client_id);
+          const used = new URL(start2.json.authorization_url).searchParams.get("client_id");
+          if (!registered.includes(used)) problems.push(`the new flow uses a client the AS does not know (registrations since its restart: ${registered.length})`);
+          try {
+            await consent(start2.json.authorization_url, env.base, `${profile}-forgotten`);
+            const r = await echo("registered again");
+            if (r.status !== 200) problems.push(`a call after connecting again: ${brief(r)}`);
+          } catch (e) {
+            problems.push(`consent: ${e.message}`);
+          }
+        }
+        assert.ok(problems.length === 0, problems.join(" | "));
+      }, (AT_TTL + 90) * 1000);
+    }
 
     // Issue 16, bullet 4: after the AS revoked the grant, the refresh token is dead:
     // at most one refused grant (plus the re-read retry), every call a 409
