@@ -245,16 +245,17 @@ pub async fn one_stream(
     };
     next.run(req)
         .await
-        .map(|body| axum::body::Body::new(Holding { body, _slot: slot }))
+        .map(|body| axum::body::Body::new(Holding { body, _held: slot }))
 }
 
-/// A response body that holds a stream slot until it is dropped.
-struct Holding {
-    body: axum::body::Body,
-    _slot: StreamSlot,
+/// A response body that holds something (a stream slot, the listener's in-request
+/// mark) until the body is dropped: the answer is done when its body is.
+pub(crate) struct Holding<T> {
+    pub(crate) body: axum::body::Body,
+    pub(crate) _held: T,
 }
 
-impl HttpBody for Holding {
+impl<T: Unpin> HttpBody for Holding<T> {
     type Data = Bytes;
     type Error = axum::Error;
 

@@ -27,8 +27,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -124,7 +123,7 @@ async fn connection(
         let app = app.clone();
         async move {
             let Ok(resp) = app.oneshot(req).await;
-            Ok::<_, Infallible>(resp.map(|body| Tracked { body, _done: done }))
+            Ok::<_, Infallible>(resp.map(|body| crate::limits::Holding { body, _held: done }))
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -220,32 +219,6 @@ impl InRequest {
 impl Drop for InRequest {
     fn drop(&mut self) {
         self.0.in_request.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The response body, holding its request's [`InRequest`].
-struct Tracked {
-    body: axum::body::Body,
-    _done: InRequest,
-}
-
-impl HttpBody for Tracked {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
