@@ -206,22 +206,27 @@ const DAY: u64 = 86_400;
 /// The shortest metrics token accepted, in bytes.
 pub const MIN_METRICS_TOKEN_BYTES: usize = 16;
 
-/// `"90"`, `"90s"`, `"15m"`, `"12h"`, `"30d"` as seconds (more than zero).
-fn parse_duration(text: &str) -> Option<u64> {
+/// A duration setting: `"90"` (seconds), `"500ms"`, `"90s"`, `"15m"`, `"12h"`, `"30d"`.
+/// One reader for every such setting (`[limits]`, `[api_keys]`); each judges its range.
+pub(crate) fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
     let t = text.trim();
-    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => t.split_at(i),
-        None => (t, "s"),
-    };
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
     let n: u64 = digits.parse().ok()?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => DAY,
-        _ => return None,
-    };
-    n.checked_mul(mult).filter(|s| *s > 0)
+    let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs);
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(DAY),
+        _ => None,
+    }
+}
+
+/// A lifetime setting in whole seconds, more than zero.
+fn parse_seconds(text: &str) -> Option<u64> {
+    parse_duration(text).map(|d| d.as_secs()).filter(|s| *s > 0)
 }
 
 /// `listen`: an IP address and port, or `localhost:PORT` (which binds 127.0.0.1; no
@@ -458,11 +463,11 @@ impl Config {
                 ),
             ] {
                 let given = match (var(env_key), file_val) {
-                    (Some(v), _) => Some((env_key, parse_duration(&v))),
+                    (Some(v), _) => Some((env_key, parse_seconds(&v))),
                     (None, Some(FileDuration::Secs(n))) => {
                         Some((file_key, Some(n).filter(|n| *n > 0)))
                     }
-                    (None, Some(FileDuration::Text(t))) => Some((file_key, parse_duration(&t))),
+                    (None, Some(FileDuration::Text(t))) => Some((file_key, parse_seconds(&t))),
                     (None, None) => None,
                 };
                 if let Some((key, secs)) = given {

@@ -74,18 +74,6 @@ enum FileDuration {
 /// The longest timeout accepted: a longer one is a mistake, not a protection.
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
-fn parse_duration(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = digits.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "" | "s" => Some(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        _ => None,
-    }
-}
-
 impl Limits {
     /// `[limits]` with its `LATCHKEY_*` overrides; errors name the setting.
     pub(crate) fn from_config(
@@ -124,11 +112,13 @@ impl Limits {
             ),
         ] {
             let given = match (var(env_key), file_val) {
-                (Some(v), _) => Some((env_key, parse_duration(&v))),
+                (Some(v), _) => Some((env_key, crate::config::parse_duration(&v))),
                 (None, Some(FileDuration::Secs(n))) => {
                     Some((file_key, Some(Duration::from_secs(n))))
                 }
-                (None, Some(FileDuration::Text(t))) => Some((file_key, parse_duration(&t))),
+                (None, Some(FileDuration::Text(t))) => {
+                    Some((file_key, crate::config::parse_duration(&t)))
+                }
                 (None, None) => None,
             };
             if let Some((key, d)) = given {
