@@ -107,6 +107,8 @@ impl Ctx {
             initiated_by: slot.subject.clone(),
             created_at: self.now,
             updated_at: self.now,
+            grant_type: None,
+            needs_consent: None,
         };
         self.store.upsert_credential(&row).await?;
         self.tokens.evict(&slot);

@@ -100,6 +100,8 @@ impl Fixture {
             initiated_by: None,
             created_at: now,
             updated_at: now,
+            grant_type: None,
+            needs_consent: None,
         };
         self.store.upsert_credential(&row).await.unwrap();
     }

@@ -157,6 +157,7 @@ pub fn apply(s: &AppState, c: &Change) {
 /// Starts applying the other instances' changes, for as long as the runtime runs.
 /// Nothing to do on a store only one instance uses.
 pub async fn start(s: AppState) -> Result<(), latchkey_vault::StoreError> {
+    announce_consent_lost(s.clone());
     let Some(mut rx) = s.store.listen().await? else {
         return Ok(());
     };
@@ -185,4 +186,24 @@ pub async fn start(s: AppState) -> Result<(), latchkey_vault::StoreError> {
         }
     });
     Ok(())
+}
+
+/// Announces every slot whose credential the token service found refused by its
+/// authorization server (marked as needing consent in the store), so no instance keeps
+/// serving or refreshing it from memory.
+fn announce_consent_lost(s: AppState) {
+    let mut lost = s.tokens.consent_lost();
+    tokio::spawn(async move {
+        loop {
+            match lost.recv().await {
+                Ok(slot) => announce(&s, Change::slot(&slot)).await,
+                // Missed some: every instance reads the mark from the row anyway once
+                // its cached token expires; emptying the caches now is quicker.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    announce(&s, Change::Everything).await;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
 }

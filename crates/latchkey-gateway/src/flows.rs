@@ -332,10 +332,11 @@ pub(crate) async fn begin(
     force: bool,
 ) -> Result<Started, ApiError> {
     let now_s = s.now();
-    // R-FLOW-15: a usable token means nothing to do.
+    // R-FLOW-15: a slot that can serve now means nothing to do; one that cannot (no
+    // credential, or one refused by its authorization server) gets a new flow.
     if !force
         && let Some(c) = s.store.get_credential(&slot).await?
-        && (c.refresh_token.is_some() || c.access_expires_at.is_some_and(|e| e > now_s))
+        && can_serve(&c, now_s)
     {
         return Ok(Started::AlreadyAuthorized);
     }
@@ -468,6 +469,16 @@ pub(crate) async fn begin(
         client_id: pending.client_id,
         issuer: pending.issuer,
     })
+}
+
+/// Whether the credential `c` can serve a call now: not refused by its authorization
+/// server, and an access token still valid or a way to get one (a refresh token, or the
+/// client credentials grant it was minted with).
+fn can_serve(c: &CredentialRow, now_s: i64) -> bool {
+    c.needs_consent.is_none()
+        && (c.refresh_token.is_some()
+            || c.grant_type.as_deref() == Some("client_credentials")
+            || (c.access_token.is_some() && c.access_expires_at.is_some_and(|e| e > now_s)))
 }
 
 /// How a callback ended, for the page and its message.
@@ -848,6 +859,8 @@ pub async fn status(
             "expires_at": c.access_expires_at.map(rfc3339),
             "expired": c.access_expires_at.is_some_and(|e| e <= now_s),
             "refreshable": c.refresh_token.is_some(),
+            // The authorization server refused the credential: connect again.
+            "needs_consent": c.needs_consent,
             "updated_at": rfc3339(c.updated_at),
             "scopes": c.scopes,
         }),

@@ -179,6 +179,15 @@ pub struct CredentialRow {
     pub created_at: i64,
     /// Unix seconds.
     pub updated_at: i64,
+    /// How its tokens are obtained again: `client_credentials` for a credential minted
+    /// with the client credentials grant (renewed with it); `None` for one that came
+    /// from a user's consent or a deposit (renewed only with its refresh token).
+    pub grant_type: Option<String>,
+    /// Why the authorization server refused this credential (`invalid_grant`,
+    /// `invalid_client`, `unauthorized_client`); set with its tokens cleared, so nothing
+    /// is sent with it again. `None`: not known dead. Only a new credential (consent or
+    /// deposit) clears it.
+    pub needs_consent: Option<String>,
 }
 
 impl CredentialRow {
@@ -208,6 +217,8 @@ impl CredentialRow {
             initiated_by: None,
             created_at: now,
             updated_at: now,
+            grant_type: None,
+            needs_consent: None,
         }
     }
 }
@@ -512,6 +523,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn delete_credential(&self, slot: &Slot) -> Result<bool, StoreError>;
     /// Compare-and-swap write-back; false when the row is gone or newer (never inserts).
     async fn write_back(&self, w: &WriteBack) -> Result<bool, StoreError>;
+    /// Marks the credential `(id, generation)` of `tenant` as refused by its
+    /// authorization server: `reason` recorded, access and refresh tokens cleared,
+    /// generation bumped (a compare-and-swap like [`Store::write_back`]; `false` when
+    /// the row changed or went meanwhile, which then stays as it is).
+    async fn mark_needs_consent(
+        &self,
+        tenant: &str,
+        id: &str,
+        generation: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool, StoreError>;
     /// Stores a pending flow.
     async fn insert_flow(&self, f: &FlowRow) -> Result<(), StoreError>;
     /// Removes and returns the flow with this state hash: exactly one caller gets it.
@@ -527,6 +550,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         server: &str,
         issuer: &str,
     ) -> Result<Option<RegisteredClientRow>, StoreError>;
+    /// Forgets the client `client_id` registered dynamically (`obtained_by` = `dcr`) for
+    /// `(tenant, server, issuer)`, so the next flow registers afresh (the authorization
+    /// server no longer knows it). A pre-registered or CIMD client, or another id, is
+    /// left alone. Whether a row went.
+    async fn forget_registered_client(
+        &self,
+        tenant: &str,
+        server: &str,
+        issuer: &str,
+        client_id: &str,
+    ) -> Result<bool, StoreError>;
     /// Forgets every registered client of a server (URL or configuration change,
     /// `invalid_client`). Returns how many were removed.
     async fn delete_registered_clients(
@@ -638,16 +672,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn key_ids_in_use(&self) -> Result<std::collections::BTreeSet<u8>, StoreError>;
 }
 
-const CRED_COLS: &str = "id, tenant_id, server_id, subject, issuer, resource, token_endpoint, revocation_endpoint, client_id, client_secret, auth_method, scopes, access_token, access_expires_at, refresh_token, generation, initiated_by, created_at, updated_at";
+const CRED_COLS: &str = "id, tenant_id, server_id, subject, issuer, resource, token_endpoint, revocation_endpoint, client_id, client_secret, auth_method, scopes, access_token, access_expires_at, refresh_token, generation, initiated_by, created_at, updated_at, grant_type, needs_consent";
 
 const UPSERT_SET: &str = " DO UPDATE SET id = excluded.id, issuer = excluded.issuer, resource = excluded.resource, \
      token_endpoint = excluded.token_endpoint, revocation_endpoint = excluded.revocation_endpoint, client_id = excluded.client_id, client_secret = excluded.client_secret, \
      auth_method = excluded.auth_method, scopes = excluded.scopes, access_token = excluded.access_token, \
      access_expires_at = excluded.access_expires_at, refresh_token = excluded.refresh_token, generation = 0, \
-     initiated_by = excluded.initiated_by, created_at = excluded.created_at, updated_at = excluded.updated_at";
+     initiated_by = excluded.initiated_by, created_at = excluded.created_at, updated_at = excluded.updated_at, \
+     grant_type = excluded.grant_type, needs_consent = excluded.needs_consent";
 
-const INSERT_CRED: &str = "INSERT INTO credentials (id, tenant_id, server_id, subject, issuer, resource, token_endpoint, client_id, client_secret, auth_method, scopes, access_token, access_expires_at, refresh_token, generation, initiated_by, created_at, updated_at, revocation_endpoint) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16, $17, $18)";
+const INSERT_CRED: &str = "INSERT INTO credentials (id, tenant_id, server_id, subject, issuer, resource, token_endpoint, client_id, client_secret, auth_method, scopes, access_token, access_expires_at, refresh_token, generation, initiated_by, created_at, updated_at, revocation_endpoint, grant_type, needs_consent) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16, $17, $18, $19, $20)";
 
 fn cred_from<R>(r: &R) -> Result<CredentialRow, sqlx::Error>
 where
@@ -681,6 +716,8 @@ where
         initiated_by: r.try_get("initiated_by")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        grant_type: r.try_get("grant_type")?,
+        needs_consent: r.try_get("needs_consent")?,
     })
 }
 
@@ -1045,6 +1082,8 @@ macro_rules! sql_store {
                     .bind(c.created_at)
                     .bind(c.updated_at)
                     .bind(&c.revocation_endpoint)
+                    .bind(&c.grant_type)
+                    .bind(&c.needs_consent)
                     .execute(&self.pool)
                     .await?;
                 Ok(())
@@ -1101,6 +1140,30 @@ macro_rules! sql_store {
                 .bind(&w.id)
                 .bind(w.generation)
                 .bind(&w.tenant)
+                .execute(&self.pool)
+                .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn mark_needs_consent(
+                &self,
+                tenant: &str,
+                id: &str,
+                generation: i64,
+                reason: &str,
+                now: i64,
+            ) -> Result<bool, StoreError> {
+                // Clearing sealed values is safe: nothing bound into their AAD changes.
+                let r = sqlx::query(
+                    "UPDATE credentials SET needs_consent = $1, access_token = NULL, access_expires_at = NULL, \
+                     refresh_token = NULL, generation = generation + 1, updated_at = $2 \
+                     WHERE id = $3 AND generation = $4 AND tenant_id = $5",
+                )
+                .bind(reason)
+                .bind(now)
+                .bind(id)
+                .bind(generation)
+                .bind(tenant)
                 .execute(&self.pool)
                 .await?;
                 Ok(r.rows_affected() == 1)
@@ -1198,6 +1261,26 @@ macro_rules! sql_store {
                 .fetch_optional(&self.pool)
                 .await?;
                 Ok(row.as_ref().map(client_from).transpose()?)
+            }
+
+            async fn forget_registered_client(
+                &self,
+                tenant: &str,
+                server: &str,
+                issuer: &str,
+                client_id: &str,
+            ) -> Result<bool, StoreError> {
+                let r = sqlx::query(
+                    "DELETE FROM registered_clients WHERE tenant_id = $1 AND server_id = $2 \
+                     AND issuer = $3 AND client_id = $4 AND obtained_by = 'dcr'",
+                )
+                .bind(tenant)
+                .bind(server)
+                .bind(issuer)
+                .bind(client_id)
+                .execute(&self.pool)
+                .await?;
+                Ok(r.rows_affected() > 0)
             }
 
             async fn delete_registered_clients(&self, tenant: &str, server: &str) -> Result<u64, StoreError> {

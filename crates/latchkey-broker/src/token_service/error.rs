@@ -31,6 +31,17 @@ impl ReauthReason {
             ReauthReason::Undecryptable => "undecryptable",
         }
     }
+
+    /// The reason named by [`ReauthReason::as_str`] (a stored `needs_consent`); an
+    /// unknown name reads as `invalid_grant`, the credential being dead either way.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "invalid_client" => ReauthReason::InvalidClient,
+            "unauthorized_client" => ReauthReason::UnauthorizedClient,
+            "undecryptable" => ReauthReason::Undecryptable,
+            _ => ReauthReason::InvalidGrant,
+        }
+    }
 }
 
 /// Why no access token could be supplied.

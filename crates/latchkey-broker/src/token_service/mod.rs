@@ -125,6 +125,9 @@ pub struct TokenService {
     cache: TokenCache,
     flights: Flights,
     counters: Counters,
+    /// Slots whose credential was just marked as needing consent (see
+    /// [`TokenService::consent_lost`]).
+    consent_lost: tokio::sync::broadcast::Sender<Slot>,
 }
 
 impl fmt::Debug for TokenService {
@@ -162,7 +165,16 @@ impl TokenService {
             cache: TokenCache::default(),
             flights: Flights::default(),
             counters: Counters::default(),
+            consent_lost: tokio::sync::broadcast::channel(64).0,
         }
+    }
+
+    /// The slots whose credential this instance has just marked as needing consent (the
+    /// authorization server refused it): the gateway announces them, so every instance
+    /// drops what it cached. A lagging receiver misses some; each instance still reads
+    /// the mark from the row once its cached token expires.
+    pub fn consent_lost(&self) -> tokio::sync::broadcast::Receiver<Slot> {
+        self.consent_lost.subscribe()
     }
 
     /// An access token for `slot`. With `force_refresh` (after an upstream 401) the
@@ -264,6 +276,10 @@ impl TokenService {
             .get_credential(slot)
             .await?
             .ok_or(TokenError::NotConnected)?;
+        // Refused by the authorization server: nothing is sent with it until consent.
+        if let Some(reason) = refused(&row) {
+            return Err(TokenError::ReauthRequired(reason));
+        }
 
         let row_moved = view
             .as_ref()
@@ -457,6 +473,9 @@ impl TokenService {
         ticket: &Ticket<'_>,
         epoch: u64,
     ) -> Result<AccessToken, TokenError> {
+        if let Some(reason) = refused(&row) {
+            return Err(TokenError::ReauthRequired(reason));
+        }
         if row.refresh_token.is_none() {
             // Expired (or absent) access token and nothing to refresh with (R-REFRESH-12).
             return Err(TokenError::NotConnected);
@@ -475,7 +494,13 @@ impl TokenService {
                     || reread.refresh_token != row.refresh_token;
                 if !changed {
                     tracing::info!(event = "token.reauth_required", tenant = %slot.tenant, server = %slot.server, row = %row.id, reason = "invalid_grant");
-                    return Err(TokenError::ReauthRequired(ReauthReason::InvalidGrant));
+                    return Err(self
+                        .refused_by_as(slot, &row, ReauthReason::InvalidGrant)
+                        .await);
+                }
+                if let Some(reason) = refused(&reread) {
+                    // A peer found it dead meanwhile.
+                    return Err(TokenError::ReauthRequired(reason));
                 }
                 // A peer that refreshed has persisted a token we can use as it is.
                 if let Some(t) = self.persisted(slot, &reread, ticket, epoch)? {
@@ -486,12 +511,60 @@ impl TokenService {
                 }
                 bump(&self.counters.rotation_retries);
                 tracing::info!(event = "token.rotation_retry", tenant = %slot.tenant, server = %slot.server, row = %reread.id, generation = reread.generation);
-                let r = self.grant(&reread).await?;
+                let r = match self.grant(&reread).await {
+                    Ok(r) => r,
+                    Err(TokenError::ReauthRequired(reason))
+                        if reason != ReauthReason::Undecryptable =>
+                    {
+                        return Err(self.refused_by_as(slot, &reread, reason).await);
+                    }
+                    Err(e) => return Err(e),
+                };
                 // R-REFRESH-6: write back against the re-read row, not the snapshot.
                 Ok(self.finish(slot, &reread, r, ticket, epoch).await)
             }
+            Err(TokenError::ReauthRequired(reason)) if reason != ReauthReason::Undecryptable => {
+                // `invalid_client`, `unauthorized_client`: the client itself is refused.
+                tracing::info!(event = "token.reauth_required", tenant = %slot.tenant, server = %slot.server, row = %row.id, reason = reason.as_str());
+                Err(self.refused_by_as(slot, &row, reason).await)
+            }
             Err(e) => Err(e),
         }
+    }
+
+    /// The authorization server refused `row` for good: it is marked as needing consent
+    /// in the store (tokens cleared, compare-and-swap on `(id, generation)`, so a
+    /// credential deposited meanwhile is left alone), dropped from this instance's cache
+    /// and reported through [`TokenService::consent_lost`] for the other instances. No
+    /// grant is sent with it again, here or on a peer, until a new consent replaces it.
+    async fn refused_by_as(
+        &self,
+        slot: &Slot,
+        row: &CredentialRow,
+        reason: ReauthReason,
+    ) -> TokenError {
+        let now = secs(self.clock.now());
+        match self
+            .store
+            .mark_needs_consent(&slot.tenant, &row.id, row.generation, reason.as_str(), now)
+            .await
+        {
+            Ok(true) => {
+                bump(&self.counters.consent_lost);
+                tracing::info!(event = "token.consent_lost", tenant = %slot.tenant, server = %slot.server, row = %row.id, reason = reason.as_str());
+                self.evict(slot);
+                // No receiver (a store only this instance uses) is fine.
+                let _ = self.consent_lost.send(slot.clone());
+            }
+            Ok(false) => {
+                tracing::debug!(event = "token.consent_lost_row_moved", tenant = %slot.tenant, server = %slot.server, row = %row.id);
+            }
+            Err(e) => {
+                // The next caller's grant is refused again and marks it then.
+                tracing::warn!(event = "token.consent_lost_unrecorded", tenant = %slot.tenant, server = %slot.server, row = %row.id, error = %e);
+            }
+        }
+        TokenError::ReauthRequired(reason)
     }
 
     /// One refresh grant from the stored row (R-REFRESH-2, R-REFRESH-17). The decrypted
@@ -652,6 +725,11 @@ enum Leased {
     Peer(AccessToken),
     /// No lease (none configured, or the wait ran out).
     NotHeld,
+}
+
+/// Why the authorization server refused `row`, if it is marked so (R-REFRESH-7).
+fn refused(row: &CredentialRow) -> Option<ReauthReason> {
+    row.needs_consent.as_deref().map(ReauthReason::parse)
 }
 
 fn secs(t: UnixTime) -> i64 {

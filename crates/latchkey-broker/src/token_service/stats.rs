@@ -24,6 +24,9 @@ pub struct TokenStats {
     pub write_backs_failed: u64,
     /// Refreshes made without the cross-instance lease because the wait ran out.
     pub lease_timeouts: u64,
+    /// Credentials marked as needing consent after the authorization server refused
+    /// them (no grant is sent with them again).
+    pub consent_lost: u64,
     /// Failures: [`TokenError::NotConnected`].
     pub not_connected: u64,
     /// Failures: [`TokenError::ReauthRequired`].
@@ -48,6 +51,7 @@ pub(crate) struct Counters {
     pub(crate) write_backs_lost: AtomicU64,
     pub(crate) write_backs_failed: AtomicU64,
     pub(crate) lease_timeouts: AtomicU64,
+    pub(crate) consent_lost: AtomicU64,
     not_connected: AtomicU64,
     reauth_required: AtomicU64,
     encryption_key_missing: AtomicU64,
@@ -82,6 +86,7 @@ impl Counters {
             rotation_retries: g(&self.rotation_retries),
             write_backs_lost: g(&self.write_backs_lost),
             lease_timeouts: g(&self.lease_timeouts),
+            consent_lost: g(&self.consent_lost),
             write_backs_failed: g(&self.write_backs_failed),
             not_connected: g(&self.not_connected),
             reauth_required: g(&self.reauth_required),

@@ -143,6 +143,8 @@ impl Fx {
             initiated_by: Some("alice".into()),
             created_at: self.now(),
             updated_at: self.now(),
+            grant_type: None,
+            needs_consent: None,
         };
         self.store.upsert_credential(&row).await.unwrap();
         row

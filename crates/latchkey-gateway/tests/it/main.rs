@@ -17,6 +17,7 @@ mod federated;
 mod flows;
 mod hostile;
 mod identity;
+mod lifecycle;
 mod proxy;
 mod servers;
 mod tools;

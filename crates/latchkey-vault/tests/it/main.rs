@@ -120,6 +120,8 @@ fn credential(slot: &Slot, refresh: &[u8]) -> CredentialRow {
         initiated_by: Some("alice".into()),
         created_at: NOW,
         updated_at: NOW,
+        grant_type: None,
+        needs_consent: None,
     }
 }
 
