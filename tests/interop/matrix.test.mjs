@@ -83,10 +83,6 @@ const KNOWN_FAILURES = {
     bullet: "5. A forgotten client is re-registered",
     reason: "the reconnect reuses the forgotten client_id; the AS shows its raw invalid_client page",
   },
-  "oidc-provider (rotation)/dead": {
-    bullet: "4. Dead credentials stay dead until consent",
-    reason: "the revoked refresh token is presented again on every call",
-  },
   "oidc-provider (resource-indicators)/refresh": SESSION_RACE,
   "oidc-provider (resource-indicators)/refresh2": SESSION_RACE,
   "oidc-provider (offline-access)/refresh": SESSION_RACE,
