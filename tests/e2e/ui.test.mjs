@@ -327,7 +327,7 @@ test("an upstream failure shows as an error with its reason; delete removes serv
   await waitStatus(page, "Broken", "error");
   assert.match(
     await card(page, "Broken").locator('[data-role="status"]').textContent(),
-    /^Error: The MCP server or its authorization server failed to answer properly\.$/,
+    /^Error: Broken: the MCP server answered HTTP 404\.$/,
   );
   await shot(page, "upstream-error");
   for (const name of ["Broken", "Refusing"]) {

@@ -89,6 +89,10 @@ impl Failure {
                 let scopes = strings(v.get("scopes")).join(" ");
                 format!("{text} ({scopes}): run `latchkey connect {server}` to grant them")
             }
+            (422, "probe_failed") => format!(
+                "{}: add --auth-type oauth|headers|none to add it anyway",
+                text.trim_end_matches("; set auth_type to add it anyway")
+            ),
             (409, "name_taken") => format!(
                 "another server is named so already ({server}): choose another name, or edit that one with `latchkey servers edit {server}`"
             ),

@@ -57,6 +57,10 @@ pub enum ApiError {
         /// The scopes the server asked for.
         scopes: Vec<String>,
     },
+    /// 422: the URL does not answer as an MCP server (the probe's reason); `auth_type`
+    /// adds it anyway.
+    #[error("{0}")]
+    ProbeFailed(String),
     /// 409: another server of the tenant has this name.
     #[error("a server with this name exists already: {existing_id}")]
     NameTaken {
@@ -137,6 +141,7 @@ impl ApiError {
             ApiError::NeedsScopeUpgrade { .. } => (StatusCode::CONFLICT, "needs_scope_upgrade"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::NameTaken { .. } => (StatusCode::CONFLICT, "name_taken"),
+            ApiError::ProbeFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "probe_failed"),
             ApiError::IssuerMismatch { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "issuer_mismatch")
             }

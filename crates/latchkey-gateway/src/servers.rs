@@ -136,6 +136,19 @@ fn read_input(s: &AppState, body: &[u8], creating: bool) -> Result<Input, ApiErr
     Ok(input)
 }
 
+/// The auth type the probe finds at `url`; a URL that gives no MCP answer (a wrong
+/// path, port or host, a server that is down) is refused with the probe's reason rather
+/// than saved as a server that cannot work. An explicit `auth_type` skips this.
+async fn probed(s: &AppState, url: &str) -> Result<String, ApiError> {
+    let p = probe::probe(&s.egress, url, UrlSource::Operator).await;
+    match p.problem {
+        Some(why) => Err(ApiError::ProbeFailed(format!(
+            "{why}; set auth_type to add it anyway"
+        ))),
+        None => Ok(p.auth_type.as_str().into()),
+    }
+}
+
 /// Server names are unique in a tenant (people and the CLI call servers by name): a
 /// name another server of the tenant has is the typed 409 naming that server.
 async fn name_is_free(
@@ -205,11 +218,7 @@ pub async fn create(
     row.auth_type = match (input.auth_type, &row.client_id) {
         (Some(explicit), _) => explicit,
         (None, Some(_)) => AuthType::Oauth.as_str().into(),
-        (None, None) => probe::probe(&s.egress, &row.url, UrlSource::Operator)
-            .await
-            .auth_type
-            .as_str()
-            .into(),
+        (None, None) => probed(&s, &row.url).await?,
     };
     s.store.create_server(&row, s.now()).await?;
     // A server without auth has tools at once; a same-named one renames the other's.
@@ -309,11 +318,7 @@ pub async fn update(
     row.auth_type = match (input.auth_type, &row.client_id, url_changed) {
         (Some(explicit), _, _) => explicit,
         (None, Some(_), _) => AuthType::Oauth.as_str().into(),
-        (None, None, true) => probe::probe(&s.egress, &row.url, UrlSource::Operator)
-            .await
-            .auth_type
-            .as_str()
-            .into(),
+        (None, None, true) => probed(&s, &row.url).await?,
         (None, None, false) => old.auth_type.clone(),
     };
     let oauth_changed = secret_changed

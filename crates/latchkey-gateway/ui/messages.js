@@ -85,6 +85,14 @@ export function describeError(err) {
   if (err.code === "needs_scope_upgrade" && err.scopes && err.scopes.length) {
     return `${CODES.needs_scope_upgrade} Needed: ${err.scopes.join(" ")}.`;
   }
+  // An upstream failure names the server and the cause (issue 17); the bare code is
+  // the fallback for an answer that does not.
+  if (err.code === "upstream_error" && err.message && err.message !== "upstream failure") {
+    return `${err.message}.`;
+  }
+  if (err.code === "probe_failed" && err.message) {
+    return `${err.message}. To add it anyway, choose its authentication.`;
+  }
   if (err.code && CODES[err.code]) return CODES[err.code];
   if (typeof err.message === "string" && err.message) return err.message;
   return REASONS.unknown;

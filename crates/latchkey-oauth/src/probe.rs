@@ -54,6 +54,10 @@ pub struct Probe {
     pub challenge: Option<BearerChallenge>,
     /// Why the probe could not classify from an answer (transport failure, refused URL).
     pub failure: Option<String>,
+    /// Why the answer is not an MCP endpoint's (issue 17): no answer at all, a status
+    /// that is neither success nor a credential demand, or a success that is not an MCP
+    /// message. `None` when it is one.
+    pub problem: Option<String>,
 }
 
 /// The probe's timeout (R-DISC-9).
@@ -77,11 +81,12 @@ pub async fn probe(egress: &Egress, url: &str, source: UrlSource) -> Probe {
     let resp = match egress.send(req).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(event = "probe.failed", error = %e);
+            tracing::info!(event = "probe.failed", error = %e);
             return Probe {
                 auth_type: AuthType::Headers,
                 status: None,
                 challenge: None,
+                problem: Some(format!("no answer from {}: {e}", host_of(url))),
                 failure: Some(e.to_string()),
             };
         }
@@ -121,5 +126,53 @@ pub async fn probe(egress: &Egress, url: &str, source: UrlSource) -> Probe {
         status: Some(resp.status.as_u16()),
         challenge: ch,
         failure: None,
+        problem: not_mcp(url, &resp),
     }
+}
+
+/// Why an answer to `initialize` is not an MCP endpoint's, if it is not. A credential
+/// demand (401, 403) is an MCP server that wants one; a success must be JSON-RPC
+/// (JSON with `jsonrpc`, or an event stream).
+fn not_mcp(url: &str, resp: &latchkey_egress::EgressResponse) -> Option<String> {
+    let status = resp.status.as_u16();
+    let path = path_of(url);
+    match status {
+        401 | 403 => None,
+        200..=299 => {
+            let ct = resp
+                .header_str("content-type")
+                .and_then(|v| v.split(';').next())
+                .map(|v| v.trim().to_ascii_lowercase())
+                .unwrap_or_default();
+            let jsonrpc = ct == "application/json"
+                && serde_json::from_slice::<serde_json::Value>(&resp.body)
+                    .is_ok_and(|v| v.get("jsonrpc").is_some());
+            (!(jsonrpc || ct == "text/event-stream")).then(|| {
+                format!(
+                    "HTTP {status} from {path}, but not an MCP answer ({}): not an MCP endpoint",
+                    if ct.is_empty() {
+                        "no content type"
+                    } else {
+                        &ct
+                    }
+                )
+            })
+        }
+        500..=599 => Some(format!("HTTP {status} from {path}: the server failed")),
+        _ => Some(format!("HTTP {status} from {path}: not an MCP endpoint")),
+    }
+}
+
+/// `host[:port]` of a URL, for messages.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?', '#']).next().unwrap_or(rest)
+}
+
+/// The path of a URL (`/` when it has none), for messages.
+fn path_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = &rest[host_of(url).len()..];
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    if path.is_empty() { "/" } else { path }
 }

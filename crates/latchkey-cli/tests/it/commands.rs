@@ -759,3 +759,38 @@ async fn connect_says_when_a_connection_cannot_be_renewed() {
         "{tail}"
     );
 }
+
+/// Issue 17: a URL that gives no MCP answer is refused at add time with the probe's
+/// reason (exit 65), not saved as a server that cannot work; `--auth-type` insists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_url_is_refused_at_add_time() {
+    let env = Env::start().await;
+    let wrong_path = format!("{}/wrong", env.upstream.base);
+    let out = env.run(&["servers", "add", "wrong", &wrong_path]).await;
+    assert_fails(&out, 65, "HTTP 404 from /wrong: not an MCP endpoint");
+    assert!(stderr(&out).contains("--auth-type"), "{}", stderr(&out));
+    // Nothing listens on port 1.
+    let out = env
+        .run(&["servers", "add", "down", "http://127.0.0.1:1/mcp"])
+        .await;
+    assert_fails(&out, 65, "no answer from 127.0.0.1:1");
+    assert!(
+        json_of(&env.run(&["servers", "list", "--json"]).await)
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "nothing was saved"
+    );
+    // The user may insist.
+    let out = env
+        .run(&[
+            "servers",
+            "add",
+            "down",
+            "http://127.0.0.1:1/mcp",
+            "--auth-type",
+            "none",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+}
