@@ -462,6 +462,9 @@ for (const profile of PROFILES) {
       const status = await http("GET", `${env.base}/v1/oauth/status/${env.serverId}`);
       assert.equal(status.json?.has_token, true, `after the callback (${JSON.stringify(result).slice(0, 200)}), status: ${brief(status)}`);
       env.connected = status.json;
+      // Issue 16, bullet 2: every profile can issue a refresh token when asked
+      // properly (offline-access: only with offline_access and prompt=consent).
+      assert.equal(status.json.refreshable, true, `connected without a refresh token: ${brief(status)}`);
     });
 
     scenario(peer, "doctor", async () => {

@@ -1,0 +1,531 @@
+// The client half of the interop matrix (issue 16): unmodified MCP clients against
+// Latchkey's own endpoints in jwt mode, with oidc-provider as Latchkey's authorization
+// server. Started by scripts/interop-clients.sh, which installs the pinned peers
+// (peers.lock) and sets the environment below.
+//
+// Setup: oidc-provider (as.mjs) for Latchkey's resource `<public_url>/mcp`; two MCP
+// servers with an `echo` tool and no authorization: the TypeScript SDK's (upstream.mjs,
+// 2025-11-25 sessions) and the Python SDK's (py_upstream.py, 2025-11-25 sessions and
+// the 2026-07-28 wire); `latchkey serve` in
+// jwt mode (issuer, audience `<public_url>/mcp`, the provider's JWKS, required scope
+// `mcp`, so its PRM lists it), loopback upstreams allowed, a temporary data directory.
+// An admin token (the account "admin" gets the role latchkey:admin) is obtained with
+// one authorization-code flow here, and the upstreams are added as "ts-echo" and
+// "py-echo" with POST /v1/servers {"auth_type": "none"}.
+//
+// Rows (clients) × columns (scenarios): each client discovers Latchkey's
+// authorization server from its 401 challenge and PRM, registers at oidc-provider
+// (DCR), gets consent (as the account "alice", a tenant member) and a token, then
+// connect, tools/list and tools/call on /mcp (the tools `ts-echo__echo` and
+// `py-echo__echo`) and on /mcp/{server} for each upstream (the tool `echo`).
+//
+// KNOWN_FAILURES below lists failures caused by Latchkey defects: they still run, are
+// reported as `FAIL (known: …)` and do not fail the run. Any other failure fails the
+// run, and so does a listed one that passes ("remove from known failures").
+//
+// Environment: CLIENTS_PEERS (the npm install), CLIENTS_LATCHKEY (the binary),
+// CLIENTS_NODE, CLIENTS_PYTHON (the virtualenv's python), CLIENTS_OUT (logs),
+// CLIENTS_TMP (scratch), CLIENTS_TABLE (the Markdown table), CLIENTS_LOCK (the lock
+// file), CLIENTS_ONLY (optional: a comma-separated subset of the row ids).
+import { spawn } from "node:child_process";
+import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { consent } from "./consent.mjs";
+import { peer, resolver } from "./peers.mjs";
+
+const need = (name) => {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set (run scripts/interop-clients.sh)`);
+  return v;
+};
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const LATCHKEY = need("CLIENTS_LATCHKEY");
+const NODE = need("CLIENTS_NODE");
+const PYTHON = need("CLIENTS_PYTHON");
+const OUT = need("CLIENTS_OUT");
+const TMP = need("CLIENTS_TMP");
+const TABLE = need("CLIENTS_TABLE");
+const PINNED = readFileSync(need("CLIENTS_LOCK"), "utf8").split("\n").filter((l) => l.trim() && !l.startsWith("#"));
+const pinned = (name) => PINNED.find((l) => l.split(/\s+/)[1].startsWith(`${name}@`) || l.split(/\s+/)[1].startsWith(`${name}==`))?.split(/[@=]+/).pop();
+mkdirSync(OUT, { recursive: true });
+
+// Columns.
+// Columns. Each MCP cell is: connect (initialize, or none on the 2026-07-28 wire),
+// tools/list (the expected tools listed), tools/call of each (its text echoed); a
+// failure names the step.
+const SCENARIOS = [
+  ["auth", "OAuth: 401 → PRM → DCR → consent → token"],
+  ["mcp", "/mcp (ts-echo__echo, py-echo__echo)"],
+  ["ts", "/mcp/{server}: TS SDK server"],
+  ["py", "/mcp/{server}: Python SDK server"],
+];
+// Rows.
+const CLIENTS = [
+  ["ts-sdk", `TypeScript SDK ${pinned("@modelcontextprotocol/sdk")} (StreamableHTTPClientTransport + OAuthClientProvider)`],
+  ["py-auto", `Python SDK ${pinned("mcp")}, default mode (auto)`],
+  ["py-legacy", `Python SDK ${pinned("mcp")}, mode legacy (2025-11-25)`],
+  ["py-2026", `Python SDK ${pinned("mcp")}, mode 2026-07-28`],
+  ["mcp-remote", `mcp-remote ${pinned("mcp-remote")} under the TypeScript SDK's StdioClientTransport`],
+].filter(([id]) => !process.env.CLIENTS_ONLY || process.env.CLIENTS_ONLY.split(",").includes(id));
+
+// Failures caused by Latchkey defects: "<row>/<scenario>" → why. `match`, when given,
+// must match the failure's detail, so that another failure in the same cell is not
+// taken for the known one. Remove an entry when its fix lands (the run then fails
+// until it is removed).
+const KNOWN_FAILURES = {};
+
+// ---------------------------------------------------------------------------------
+// Results and the table.
+
+const results = new Map(); // row -> Map(scenario -> {ok, detail})
+const record = (row, step, ok, detail = "") => {
+  if (!results.has(row)) results.set(row, new Map());
+  results.get(row).set(step, { ok, detail: String(detail).replace(/\s+/g, " ").slice(0, 700) });
+  process.stdout.write(`  ${row} / ${step}: ${ok ? "pass" : "FAIL"}${detail ? ` (${String(detail).replace(/\s+/g, " ").slice(0, 300)})` : ""}\n`);
+};
+const knownFor = (row, step, r) => {
+  const k = KNOWN_FAILURES[`${row}/${step}`];
+  if (!k || !r || r.ok) return k;
+  return !k.match || k.match.test(r.detail) ? k : undefined;
+};
+function cell(row, step) {
+  const r = results.get(row)?.get(step);
+  const known = knownFor(row, step, r);
+  if (!r) return "not run";
+  if (r.ok) return known ? "PASS (remove from known failures)" : "PASS";
+  return known ? `FAIL (known: ${known.reason})` : "FAIL";
+}
+function unexpected() {
+  let n = 0;
+  for (const [row] of CLIENTS) {
+    for (const [step] of SCENARIOS) {
+      const r = results.get(row)?.get(step);
+      const known = knownFor(row, step, r);
+      if (r ? r.ok === Boolean(known) : !known) n += 1;
+    }
+  }
+  return n;
+}
+function table(seconds) {
+  const lines = [
+    "# Interop: clients",
+    "",
+    `Generated by scripts/interop-clients.sh on ${new Date().toISOString()} in ${seconds} s; Latchkey in jwt mode, oidc-provider ${pinned("oidc-provider")} as its authorization server; Node ${process.versions.node}.`,
+    `Pinned (tests/interop/clients/peers.lock): ${PINNED.map((l) => l.split(/\s+/)[1]).join(", ")}.`,
+    "",
+    `| client | ${SCENARIOS.map(([, t]) => t).join(" | ")} |`,
+    `|---|${SCENARIOS.map(() => "---").join("|")}|`,
+    ...CLIENTS.map(([row, title]) => `| ${title} | ${SCENARIOS.map(([s]) => cell(row, s)).join(" | ")} |`),
+  ];
+  const notes = [];
+  for (const [row, title] of CLIENTS) {
+    for (const [s, t] of SCENARIOS) {
+      const r = results.get(row)?.get(s);
+      if (r && !r.ok) notes.push(`- ${title} / ${t}: ${r.detail}`);
+      if (r?.ok && knownFor(row, s, r)) notes.push(`- ${title} / ${t}: passes; remove it from KNOWN_FAILURES in tests/interop/clients/driver.mjs`);
+    }
+  }
+  if (notes.length) lines.push("", "Failures, as observed:", "", ...notes);
+  return `${lines.join("\n")}\n`;
+}
+
+// ---------------------------------------------------------------------------------
+// Processes and HTTP.
+
+const children = new Set();
+process.on("exit", () => children.forEach((c) => c.kill("SIGKILL")));
+for (const sig of ["SIGTERM", "SIGINT"]) process.on(sig, () => process.exit(1));
+
+/** Starts a process, its output appended to OUT/log; resolves with the first match of `ready`. */
+function start(name, cmd, args, { ready, log, env = {} }) {
+  const file = createWriteStream(path.join(OUT, log), { flags: "a" });
+  const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  children.add(child);
+  child.on("exit", () => children.delete(child));
+  return new Promise((resolve, reject) => {
+    let buf = "";
+    const timer = setTimeout(() => reject(new Error(`${name} was not ready within 30 s`)), 30000);
+    const onData = (d) => {
+      file.write(d);
+      if (buf === null) return;
+      buf += d.toString();
+      const m = buf.match(ready);
+      if (m) {
+        buf = null;
+        clearTimeout(timer);
+        resolve({ child, match: m });
+      }
+    };
+    child.stdout.on("data", onData);
+    child.stderr.on("data", onData);
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      if (buf !== null) reject(new Error(`${name} exited (${code}) before it was ready; see ${log}`));
+    });
+  });
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function http(method, url, body, headers = {}) {
+  const r = await fetch(url, {
+    method,
+    headers: body === undefined ? headers : { "content-type": "application/json", ...headers },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal: AbortSignal.timeout(20000),
+  });
+  const text = await r.text();
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: r.status, headers: r.headers, text, json };
+}
+const brief = (r) => `${r.status} ${r.text.replace(/\s+/g, " ").slice(0, 300)}`;
+const withTimeout = (promise, ms, what) =>
+  Promise.race([promise, new Promise((_, reject) => setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms).unref())]);
+const describe = (e) => String(e?.message ?? e).replace(/\s+/g, " ");
+
+// ---------------------------------------------------------------------------------
+// Setup.
+
+const env = {};
+
+async function setup() {
+  const port = await freePort();
+  env.base = `http://127.0.0.1:${port}`;
+  env.resource = `${env.base}/mcp`;
+  const as = await start("oidc-provider", NODE, [path.join(HERE, "as.mjs"), "--resource", env.resource], {
+    ready: /^\{"issuer":"([^"]+)"/m,
+    log: "as.log",
+  });
+  env.issuer = as.match[1];
+  const meta = (await http("GET", `${env.issuer}/.well-known/openid-configuration`)).json;
+  const up = await start("upstream MCP server", NODE, [path.join(HERE, "upstream.mjs")], { ready: /^\{"url":"([^"]+)"/m, log: "upstream.log" });
+  env.upstream = up.match[1];
+  const pyPort = await freePort();
+  await start("Python upstream MCP server", PYTHON, [path.join(HERE, "py_upstream.py"), "--port", String(pyPort)], {
+    ready: /Uvicorn running on/,
+    log: "py-upstream.log",
+  });
+  env.pyUpstream = `http://127.0.0.1:${pyPort}/mcp`;
+  const dir = path.join(TMP, "latchkey");
+  mkdirSync(path.join(dir, "data"), { recursive: true });
+  const config = path.join(dir, "latchkey.toml");
+  writeFileSync(
+    config,
+    [
+      `listen = "127.0.0.1:${port}"`,
+      `public_url = "${env.base}"`,
+      `data_dir = "${dir}/data"`,
+      "allow_insecure_loopback = true",
+      "[auth]",
+      'mode = "jwt"',
+      `issuer = "${env.issuer}"`,
+      `audience = "${env.resource}"`,
+      `jwks_url = "${meta.jwks_uri}"`,
+      'required_scopes = ["mcp"]',
+      "",
+    ].join("\n"),
+  );
+  await start("latchkey serve", LATCHKEY, ["serve", "--config", config], {
+    env: { LATCHKEY_LOG: "info" },
+    ready: /Latchkey is listening on (http:\/\/127\.0\.0\.1:[0-9]+)/,
+    log: "latchkey.log",
+  });
+
+  // An admin's token: one authorization-code flow with PKCE at oidc-provider.
+  const redirect = "http://127.0.0.1:9/admin-callback";
+  const reg = await http("POST", meta.registration_endpoint, {
+    client_name: "interop driver (admin)",
+    redirect_uris: [redirect],
+    token_endpoint_auth_method: "none",
+    grant_types: ["authorization_code"],
+    response_types: ["code"],
+    scope: "mcp",
+  });
+  if (reg.status !== 201) throw new Error(`DCR for the admin: ${brief(reg)}`);
+  const verifier = randomBytes(32).toString("base64url");
+  const authorize = new URL(meta.authorization_endpoint);
+  for (const [k, v] of Object.entries({
+    client_id: reg.json.client_id,
+    response_type: "code",
+    redirect_uri: redirect,
+    scope: "mcp",
+    state: randomBytes(8).toString("hex"),
+    code_challenge: createHash("sha256").update(verifier).digest("base64url"),
+    code_challenge_method: "S256",
+    resource: env.resource,
+  })) authorize.searchParams.set(k, v);
+  const back = new URL(await consent(authorize.href, { login: "admin" }));
+  const token = await fetch(meta.token_endpoint, {
+    method: "POST",
+    headers: { "content-type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({
+      grant_type: "authorization_code",
+      code: back.searchParams.get("code") ?? "",
+      redirect_uri: redirect,
+      client_id: reg.json.client_id,
+      code_verifier: verifier,
+      resource: env.resource,
+    }),
+    signal: AbortSignal.timeout(10000),
+  }).then((r) => r.json());
+  if (!token.access_token) throw new Error(`the admin's token: ${JSON.stringify(token)}`);
+  const admin = { authorization: `Bearer ${token.access_token}` };
+  const who = await http("GET", `${env.base}/v1/whoami`, undefined, admin);
+  if (who.status !== 200) throw new Error(`GET /v1/whoami with the admin's token: ${brief(who)}`);
+  env.ids = {};
+  for (const [name, url] of [["ts-echo", env.upstream], ["py-echo", env.pyUpstream]]) {
+    const added = await http("POST", `${env.base}/v1/servers`, { name, url, auth_type: "none" }, admin);
+    if (added.status !== 201) throw new Error(`POST /v1/servers ${name}: ${brief(added)}`);
+    env.ids[name] = added.json.id;
+  }
+  env.targets = [
+    { id: "mcp", url: `${env.base}/mcp`, tools: ["ts-echo__echo", "py-echo__echo"] },
+    { id: "ts", url: `${env.base}/mcp/${env.ids["ts-echo"]}`, tools: ["echo"] },
+    { id: "py", url: `${env.base}/mcp/${env.ids["py-echo"]}`, tools: ["echo"] },
+  ];
+  process.stdout.write(`setup: Latchkey ${env.base} (jwt), oidc-provider ${env.issuer}, upstreams ${JSON.stringify(env.ids)}; the admin is ${JSON.stringify(who.json)}\n`);
+}
+
+// ---------------------------------------------------------------------------------
+// The TypeScript SDK's Client on one target: tools/list, then tools/call of each tool.
+
+async function exercise(client, target, label) {
+  let step = "tools/list";
+  try {
+    const { tools } = await withTimeout(client.listTools(), 30000, "tools/list");
+    const names = tools.map((t) => t.name);
+    const missing = target.tools.filter((t) => !names.includes(t));
+    if (missing.length) throw new Error(`${missing} not in tools/list: ${names}`);
+    for (const name of target.tools) {
+      step = `tools/call ${name}`;
+      const text = `${label} ${target.id} ${name}`;
+      const result = await withTimeout(client.callTool({ name, arguments: { text } }), 30000, "tools/call");
+      const got = (result.content ?? []).map((c) => c.text).join("");
+      if (result.isError || got !== text) throw new Error(JSON.stringify(result).slice(0, 300));
+    }
+  } catch (e) {
+    throw new Error(`${step}: ${describe(e)}`);
+  }
+}
+
+// The TypeScript SDK's client with an OAuthClientProvider of ours (tokens in memory,
+// consent by HTTP on oidc-provider's pages); one provider for every target, so only
+// the first needs consent.
+
+async function tsSdk(row) {
+  const { Client } = await peer("@modelcontextprotocol/sdk/client/index.js");
+  const { StreamableHTTPClientTransport } = await peer("@modelcontextprotocol/sdk/client/streamableHttp.js");
+  const { UnauthorizedError } = await peer("@modelcontextprotocol/sdk/client/auth.js");
+  const store = { landed: undefined, flows: 0 };
+  const redirectUrl = "http://127.0.0.1:9/callback"; // never listened on: consent() stops at it
+  const provider = {
+    get redirectUrl() {
+      return redirectUrl;
+    },
+    get clientMetadata() {
+      return {
+        client_name: "interop: TypeScript MCP SDK",
+        redirect_uris: [redirectUrl],
+        grant_types: ["authorization_code", "refresh_token"],
+        response_types: ["code"],
+        token_endpoint_auth_method: "none",
+      };
+    },
+    state: () => (store.state = randomBytes(8).toString("hex")),
+    clientInformation: () => store.client,
+    saveClientInformation: (c) => void (store.client = c),
+    tokens: () => store.tokens,
+    saveTokens: (t) => void (store.tokens = t),
+    saveCodeVerifier: (v) => void (store.verifier = v),
+    codeVerifier: () => store.verifier,
+    async redirectToAuthorization(url) {
+      store.flows += 1;
+      store.landed = new URL(await consent(url.href, { login: "alice" }));
+    },
+  };
+  const connect = async (url) => {
+    const open = () => {
+      const transport = new StreamableHTTPClientTransport(new URL(url), { authProvider: provider });
+      const client = new Client({ name: "interop-ts", version: "1.0.0" });
+      return { client, transport, done: withTimeout(client.connect(transport), 30000, "connect") };
+    };
+    let c = open();
+    try {
+      await c.done;
+    } catch (e) {
+      if (!(e instanceof UnauthorizedError) || !store.landed) throw e;
+      const { landed } = store;
+      store.landed = undefined;
+      if (landed.searchParams.get("state") !== store.state) throw new Error(`state mismatch at the redirect: ${landed}`);
+      const code = landed.searchParams.get("code");
+      if (!code) throw new Error(`no code at the redirect: ${landed}`);
+      await withTimeout(c.transport.finishAuth(code), 20000, "finishAuth (token request)");
+      c = open();
+      await c.done;
+    }
+    return c;
+  };
+  for (const [i, target] of env.targets.entries()) {
+    let c;
+    try {
+      try {
+        c = await connect(target.url);
+      } catch (e) {
+        throw new Error(`connect: ${describe(e)}`);
+      } finally {
+        if (i === 0) record(row, "auth", Boolean(store.tokens), `${store.flows} consent(s)`);
+      }
+      await exercise(c.client, target, "typescript");
+      record(row, target.id, true, `protocol ${c.transport.protocolVersion}`);
+    } catch (e) {
+      record(row, target.id, false, describe(e));
+    } finally {
+      await c?.client.close().catch(() => {});
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// The Python SDK's client (py_client.py) in one mode.
+
+function python(row, mode) {
+  return new Promise((resolve) => {
+    const log = createWriteStream(path.join(OUT, `${row}.log`));
+    const child = spawn(
+      PYTHON,
+      [path.join(HERE, "py_client.py"), "--mode", mode, "--node", NODE, "--consent", path.join(HERE, "consent.mjs"), "--targets", JSON.stringify(env.targets)],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    children.add(child);
+    const timer = setTimeout(() => child.kill("SIGKILL"), 200000);
+    let buf = "";
+    child.stdout.on("data", (d) => {
+      log.write(d);
+      buf += d.toString();
+      let i;
+      while ((i = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        try {
+          const m = JSON.parse(line);
+          record(row, m.step, m.ok, m.detail);
+        } catch {
+          // not one of ours
+        }
+      }
+    });
+    child.stderr.on("data", (d) => log.write(d));
+    child.on("exit", (code, signal) => {
+      clearTimeout(timer);
+      children.delete(child);
+      if (code !== 0) {
+        for (const [s] of SCENARIOS) if (!results.get(row)?.has(s)) record(row, s, false, `py_client.py exited ${code ?? signal}; see ${row}.log`);
+      }
+      resolve();
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------
+// mcp-remote (a stdio ↔ streamable-HTTP bridge that does its own OAuth) under the TS
+// SDK's stdio client, one mcp-remote per target (each URL is its own server to it, so
+// each registers and asks for consent). It prints the authorization URL on stderr and
+// tries to open a browser (BROWSER=/bin/true and no display here: none opens); we
+// give consent by HTTP and complete its loopback callback with a plain GET, as the
+// browser would after the AS's redirect.
+
+async function mcpRemote(row) {
+  const { Client } = await peer("@modelcontextprotocol/sdk/client/index.js");
+  const { StdioClientTransport } = await peer("@modelcontextprotocol/sdk/client/stdio.js");
+  const bin = path.join(path.dirname(resolver.resolve("mcp-remote/package.json")), "dist", "proxy.js");
+  const configDir = path.join(TMP, "mcp-remote");
+  mkdirSync(configDir, { recursive: true });
+  const issuerAuth = new RegExp(`(${env.issuer.replace(/[.:/]/g, "\\$&")}/auth\\?\\S+)`);
+  for (const [i, target] of env.targets.entries()) {
+    const log = createWriteStream(path.join(OUT, `mcp-remote-${target.id}.log`));
+    const transport = new StdioClientTransport({
+      command: NODE,
+      args: [bin, target.url, "--allow-http", "--host", "127.0.0.1", "--auth-timeout", "60"],
+      env: { PATH: process.env.PATH, HOME: TMP, MCP_REMOTE_CONFIG_DIR: configDir, BROWSER: "/bin/true" },
+      stderr: "pipe",
+    });
+    const client = new Client({ name: "interop-mcp-remote", version: "1.0.0" });
+    let consentError;
+    let consents = 0;
+    let buf = "";
+    transport.stderr?.on("data", (d) => {
+      log.write(d);
+      if (buf === null) return;
+      buf += d.toString();
+      const m = buf.match(issuerAuth);
+      if (!m) return;
+      buf = null;
+      consent(m[1], { login: "alice" })
+        .then((callback) => {
+          consents += 1;
+          return fetch(callback, { signal: AbortSignal.timeout(10000) });
+        })
+        .catch((e) => (consentError = e));
+    });
+    try {
+      try {
+        await withTimeout(client.connect(transport), 90000, "connect through mcp-remote");
+        if (consentError) throw consentError;
+      } catch (e) {
+        throw new Error(`connect: ${consentError ? `consent: ${describe(consentError)}` : describe(e)}`);
+      } finally {
+        if (i === 0) record(row, "auth", consents === 1 && !consentError, `${consents} consent(s) by HTTP, its callback completed by GET`);
+      }
+      await exercise(client, target, "mcp-remote");
+      record(row, target.id, true, `${consents} consent(s); server ${client.getServerVersion()?.name}`);
+    } catch (e) {
+      record(row, target.id, false, `${describe(e)} (see mcp-remote-${target.id}.log)`);
+    } finally {
+      await withTimeout(client.close(), 10000, "close").catch(() => {});
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+
+const began = Date.now();
+let failed = false;
+try {
+  await withTimeout(setup(), 90000, "setup");
+  for (const [row] of CLIENTS) {
+    process.stdout.write(`${row}:\n`);
+    if (row === "ts-sdk") await tsSdk(row);
+    if (row === "py-auto") await python(row, "auto");
+    if (row === "py-legacy") await python(row, "legacy");
+    if (row === "py-2026") await python(row, "2026-07-28");
+    if (row === "mcp-remote") await mcpRemote(row);
+  }
+} catch (e) {
+  failed = true;
+  process.stdout.write(`setup failed: ${describe(e)}\n`);
+}
+const text = table(Math.round((Date.now() - began) / 1000));
+mkdirSync(path.dirname(TABLE), { recursive: true });
+writeFileSync(TABLE, text);
+writeFileSync(path.join(OUT, "clients.md"), text);
+process.stdout.write(`\n${text}`);
+const n = unexpected();
+if (n) process.stdout.write(`\n${n} cell(s) not as expected (an unlisted failure, or a listed one that passes)\n`);
+process.exit(failed || n ? 1 : 0);
