@@ -86,6 +86,16 @@ pub enum ApiError {
     /// 503: no encryption key is configured (an operator must act, a retry will not help).
     #[error("no encryption key is configured")]
     EncryptionKeyMissing,
+    /// 503 with `Retry-After`: the slot's token is being refreshed and the authorization
+    /// server is slow; the grant goes on in the background, so a retry soon gets the new
+    /// token.
+    #[error(
+        "the server's token is being refreshed and its authorization server is slow; retry shortly"
+    )]
+    RefreshPending {
+        /// The server.
+        server_id: String,
+    },
     /// 503: a dependency (the database) is unavailable; retrying may help.
     #[error("temporarily unavailable")]
     Unavailable,
@@ -149,6 +159,7 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "encryption_key_missing")
             }
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::RefreshPending { .. } => (StatusCode::SERVICE_UNAVAILABLE, "refresh_pending"),
             ApiError::Upstream => (StatusCode::BAD_GATEWAY, "upstream_error"),
             ApiError::UpstreamRefused { status, .. } => (*status, "upstream_error"),
             ApiError::UnsupportedMediaType => {
@@ -167,6 +178,7 @@ impl ApiError {
             message: self.to_string(),
             server_id: match self {
                 ApiError::NeedsReauth { server_id }
+                | ApiError::RefreshPending { server_id }
                 | ApiError::NeedsScopeUpgrade { server_id, .. }
                 | ApiError::UpstreamRefused { server_id, .. }
                 | ApiError::NameTaken {
@@ -225,7 +237,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let mut resp = (status, Json(&self.body())).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE && code == "unavailable" {
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            && (code == "unavailable" || code == "refresh_pending")
+        {
             resp.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("5"),

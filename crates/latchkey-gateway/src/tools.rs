@@ -52,6 +52,9 @@ pub(crate) fn token_failure(server: &ServerRow, e: TokenError) -> ApiError {
         },
         TokenError::EncryptionKeyMissing => ApiError::EncryptionKeyMissing,
         TokenError::Store(_) => ApiError::Unavailable,
+        TokenError::RefreshPending => ApiError::RefreshPending {
+            server_id: server.id.clone(),
+        },
         TokenError::Upstream { .. } | TokenError::Misconfigured(_) => ApiError::Upstream,
     }
 }

@@ -67,6 +67,11 @@ pub enum TokenError {
         /// What happened (status, OAuth error code, transport failure); no secret.
         detail: String,
     },
+    /// A refresh grant for the slot is still awaited (the authorization server is slow):
+    /// this caller's wait ran out, the grant goes on in the background and its tokens
+    /// are kept whenever they arrive. Retry shortly.
+    #[error("a refresh of this slot's token is still in flight; retry shortly")]
+    RefreshPending,
     /// The stored credential or the key configuration cannot work as configured (an
     /// unknown auth method, `private_key_jwt` without a key, an invalid key set).
     #[error("misconfigured: {0}")]
@@ -89,7 +94,7 @@ impl TokenError {
                     Remedy::Reconfigure
                 }
             }
-            TokenError::Store(_) => Remedy::Retry,
+            TokenError::Store(_) | TokenError::RefreshPending => Remedy::Retry,
         }
     }
 
@@ -98,9 +103,9 @@ impl TokenError {
         match self {
             TokenError::NotConnected => ErrorClass::Caller,
             TokenError::ReauthRequired(ReauthReason::Undecryptable) => ErrorClass::Internal,
-            TokenError::ReauthRequired(_) | TokenError::Upstream { .. } => {
-                ErrorClass::AuthorizationServer
-            }
+            TokenError::ReauthRequired(_)
+            | TokenError::Upstream { .. }
+            | TokenError::RefreshPending => ErrorClass::AuthorizationServer,
             TokenError::EncryptionKeyMissing | TokenError::Misconfigured(_) => {
                 ErrorClass::Configuration
             }
@@ -117,6 +122,7 @@ impl TokenError {
             TokenError::Upstream { .. } => "upstream",
             TokenError::Misconfigured(_) => "misconfigured",
             TokenError::Store(_) => "store",
+            TokenError::RefreshPending => "refresh_pending",
         }
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Each slot with a caller past the cache has a [`Flight`]: a FIFO async mutex (tokio's
 //! is fair), an eviction epoch and a count of refreshes completed under it. The entry
-//! lives exactly as long as some caller holds a [`Ticket`]; the last one to leave removes
-//! it (also when its future is dropped), so memory stays bounded by the slots in use.
+//! lives exactly as long as some caller (or a refresh running in the background) holds a
+//! [`Ticket`]; the last one to leave removes it (also when its future is dropped), so
+//! memory stays bounded by the slots in use.
 //!
 //! Epochs only matter to refreshes in flight, so they live on the flight: an eviction
 //! bumps the epoch of the slot's flight (if any); a refresh snapshots the epoch when it
@@ -20,8 +21,9 @@ use super::TokenError;
 /// One slot's in-flight state.
 #[derive(Debug, Default)]
 pub(crate) struct Flight {
-    /// Held for the whole load → refresh → write-back of the slot.
-    pub(crate) lock: tokio::sync::Mutex<()>,
+    /// Held for the whole load → refresh → write-back of the slot; shared, so a refresh
+    /// running in a task of its own can own its guard.
+    pub(crate) lock: Arc<tokio::sync::Mutex<()>>,
     epoch: AtomicU64,
     refreshes: AtomicU64,
     failures: AtomicU64,
@@ -81,7 +83,7 @@ impl Flights {
     }
 
     /// Joins (or starts) the slot's flight.
-    pub(crate) fn join<'a>(&'a self, slot: &'a Slot) -> Ticket<'a> {
+    pub(crate) fn join(self: &Arc<Self>, slot: &Slot) -> Ticket {
         let mut map = self.lock();
         let flight = match map.get(slot) {
             Some(f) => f.clone(),
@@ -92,8 +94,8 @@ impl Flights {
             }
         };
         Ticket {
-            flights: self,
-            slot,
+            flights: self.clone(),
+            slot: slot.clone(),
             flight,
         }
     }
@@ -130,23 +132,34 @@ impl Flights {
 /// A caller's membership in a slot's flight; leaving removes the flight when it was
 /// the last member.
 #[derive(Debug)]
-pub(crate) struct Ticket<'a> {
-    flights: &'a Flights,
-    slot: &'a Slot,
+pub(crate) struct Ticket {
+    flights: Arc<Flights>,
+    slot: Slot,
     pub(crate) flight: Arc<Flight>,
 }
 
-impl Drop for Ticket<'_> {
+impl Ticket {
+    /// Another membership in the same flight (for a refresh that outlives its caller).
+    pub(crate) fn share(&self) -> Ticket {
+        Ticket {
+            flights: self.flights.clone(),
+            slot: self.slot.clone(),
+            flight: self.flight.clone(),
+        }
+    }
+}
+
+impl Drop for Ticket {
     fn drop(&mut self) {
         let mut map = self.flights.lock();
         // The map's reference and ours: nobody else is queued or holding the lock.
         // Joins clone under the same map lock, so this count cannot race.
         if Arc::strong_count(&self.flight) == 2
             && map
-                .get(self.slot)
+                .get(&self.slot)
                 .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
         {
-            map.remove(self.slot);
+            map.remove(&self.slot);
         }
     }
 }
@@ -157,7 +170,7 @@ mod tests {
 
     #[test]
     fn last_ticket_removes_the_flight() {
-        let flights = Flights::default();
+        let flights = Arc::new(Flights::default());
         let slot = Slot {
             tenant: "t".into(),
             server: "s".into(),

@@ -23,6 +23,17 @@
 //!    the database, so several instances make one grant per expiry ([`lease`]); a
 //!    waiter takes the token its peer persisted.
 //!
+//! Steps 4a to 6 (the *flight*) run in a task of their own that owns the slot lock: a
+//! refresh grant once sent is never abandoned (a rotating authorization server that
+//! completes it after the client gave up would see the old refresh token again and
+//! revoke the family). The grant is awaited up to
+//! [`TokenServiceOptions::refresh_deadline`] (120 s), its tokens written back whenever
+//! they arrive, and the lease kept by its watchdog meanwhile so peers wait for it. A
+//! caller waits at most [`TokenServiceOptions::caller_timeout`] (its egress request
+//! timeout, 15 s) and then gets [`TokenError::RefreshPending`]; callers arriving
+//! meanwhile queue on the slot lock the task holds, within the same timeout, and take
+//! its token from the cache once it is done.
+//!
 //! `force_refresh` (R-REFRESH-16, after an upstream 401) skips the cache and the
 //! persisted token but still queues on the slot lock; if the row changed since the
 //! caller's view (a predecessor or a peer refreshed meanwhile) the fresh token is
@@ -62,6 +73,8 @@ use stats::{Counters, bump};
 pub const DEFAULT_SKEW: Duration = Duration::from_secs(60);
 /// The default lifetime of a token whose response had no `expires_in` (A4).
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(300);
+/// How long a refresh grant once sent is awaited by default.
+pub const DEFAULT_REFRESH_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Token service settings.
 #[derive(Debug, Clone)]
@@ -76,6 +89,14 @@ pub struct TokenServiceOptions {
     /// The cross-instance refresh lease (R-MULTI-1); `None` (the default) for a store
     /// only one instance uses.
     pub lease: Option<LeaseOptions>,
+    /// How long a refresh grant, once sent, is awaited in the background (default
+    /// 120 s): the token endpoint's request timeout for refreshes. A rotated token that
+    /// arrives within it is written back although every caller has given up.
+    pub refresh_deadline: Duration,
+    /// How long a caller waits for its slot's refresh before it gets
+    /// [`TokenError::RefreshPending`]; `None` (the default): the egress client's request
+    /// timeout.
+    pub caller_timeout: Option<Duration>,
 }
 
 impl Default for TokenServiceOptions {
@@ -85,6 +106,8 @@ impl Default for TokenServiceOptions {
             default_token_ttl: DEFAULT_TOKEN_TTL,
             token_endpoint_source: UrlSource::Remote,
             lease: None,
+            refresh_deadline: DEFAULT_REFRESH_DEADLINE,
+            caller_timeout: None,
         }
     }
 }
@@ -119,12 +142,16 @@ impl AccessToken {
 pub struct TokenService {
     store: Arc<dyn Store>,
     keyring: Arc<Keyring>,
+    /// For refresh grants: the caller's egress with [`TokenServiceOptions::refresh_deadline`]
+    /// as its request timeout.
     egress: Egress,
     clock: Arc<dyn Clock>,
-    opts: TokenServiceOptions,
-    cache: TokenCache,
-    flights: Flights,
-    counters: Counters,
+    opts: Arc<TokenServiceOptions>,
+    /// [`TokenServiceOptions::caller_timeout`], resolved.
+    caller_timeout: Duration,
+    cache: Arc<TokenCache>,
+    flights: Arc<Flights>,
+    counters: Arc<Counters>,
     /// Slots whose credential was just marked as needing consent (see
     /// [`TokenService::consent_lost`]).
     consent_lost: tokio::sync::broadcast::Sender<Slot>,
@@ -156,16 +183,45 @@ impl TokenService {
         clock: Arc<dyn Clock>,
         opts: TokenServiceOptions,
     ) -> Self {
+        let caller_timeout = opts
+            .caller_timeout
+            .unwrap_or(egress.config().request_timeout);
+        let egress = Egress::new(latchkey_egress::EgressConfig {
+            request_timeout: opts.refresh_deadline,
+            ..egress.config().clone()
+        })
+        .unwrap_or_else(|e| {
+            // Grants then time out with the caller; the lease and re-read still hold.
+            tracing::error!(event = "token.grant_client_failed", error = %e);
+            egress
+        });
         Self {
             store,
             keyring,
             egress,
             clock,
-            opts,
-            cache: TokenCache::default(),
-            flights: Flights::default(),
-            counters: Counters::default(),
+            opts: Arc::new(opts),
+            caller_timeout,
+            cache: Arc::default(),
+            flights: Arc::default(),
+            counters: Arc::default(),
             consent_lost: tokio::sync::broadcast::channel(64).0,
+        }
+    }
+
+    /// The same service (shared caches, flights and counters), for a task of its own.
+    fn share(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            keyring: self.keyring.clone(),
+            egress: self.egress.clone(),
+            clock: self.clock.clone(),
+            opts: self.opts.clone(),
+            caller_timeout: self.caller_timeout,
+            cache: self.cache.clone(),
+            flights: self.flights.clone(),
+            counters: self.counters.clone(),
+            consent_lost: self.consent_lost.clone(),
         }
     }
 
@@ -245,6 +301,7 @@ impl TokenService {
     }
 
     async fn resolve(&self, slot: &Slot, force: bool) -> Result<AccessToken, TokenError> {
+        let deadline = tokio::time::Instant::now() + self.caller_timeout;
         // The version of the token a forcing caller was given (the one that got a 401).
         let view = if force {
             self.cache.version(slot)
@@ -255,7 +312,10 @@ impl TokenService {
         let ticket = self.flights.join(slot);
         let refreshes_before = ticket.flight.refreshes();
         let failures_before = ticket.flight.failures();
-        let _held = ticket.flight.lock.lock().await;
+        // Behind a flight still running (a slow grant) a caller waits only so long.
+        let held = tokio::time::timeout_at(deadline, ticket.flight.lock.clone().lock_owned())
+            .await
+            .map_err(|_| self.pending(slot))?;
         let epoch = ticket.flight.epoch();
         let predecessor_refreshed = ticket.flight.refreshes() != refreshes_before;
         if !predecessor_refreshed
@@ -289,11 +349,37 @@ impl TokenService {
         {
             return Ok(t);
         }
-        let r = match self.lease(slot, &row, &ticket, epoch).await? {
+        // The flight runs on its own, holding the slot lock, so a grant once sent is
+        // awaited (and its rotated token written back) even when this caller goes.
+        let flight = tokio::spawn(
+            self.share()
+                .fly(slot.clone(), row, ticket.share(), held, epoch),
+        );
+        match tokio::time::timeout_at(deadline, flight).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(TokenError::Upstream {
+                retryable: true,
+                detail: format!("the refresh task failed: {e}"),
+            }),
+            Err(_) => Err(self.pending(slot)),
+        }
+    }
+
+    /// The flight: lease, refresh grant with rotation recovery, write-back and cache
+    /// fill, holding the slot lock (`_held`) and a ticket until it is done.
+    async fn fly(
+        self,
+        slot: Slot,
+        row: CredentialRow,
+        ticket: Ticket,
+        _held: tokio::sync::OwnedMutexGuard<()>,
+        epoch: u64,
+    ) -> Result<AccessToken, TokenError> {
+        let r = match self.lease(&slot, &row, &ticket, epoch).await? {
             Leased::Peer(t) => Ok(t),
-            Leased::NotHeld => self.refresh(slot, row, &ticket, epoch).await,
+            Leased::NotHeld => self.refresh(&slot, row, &ticket, epoch).await,
             Leased::Held(held) => {
-                let r = self.refresh_leased(slot, row, &ticket, epoch).await;
+                let r = self.refresh_leased(&slot, row, &ticket, epoch).await;
                 held.release().await;
                 r
             }
@@ -304,19 +390,29 @@ impl TokenService {
         r
     }
 
+    /// A caller's wait for its slot's flight ran out.
+    fn pending(&self, slot: &Slot) -> TokenError {
+        tracing::info!(event = "token.refresh_pending", tenant = %slot.tenant, server = %slot.server);
+        TokenError::RefreshPending
+    }
+
     /// Waits for the slot's lease (R-MULTI-1). A peer's token persisted meanwhile is
     /// taken instead; no lease is configured, or the wait ran out: refresh without one.
     async fn lease(
         &self,
         slot: &Slot,
         row: &CredentialRow,
-        ticket: &Ticket<'_>,
+        ticket: &Ticket,
         epoch: u64,
     ) -> Result<Leased, TokenError> {
         let Some(lo) = &self.opts.lease else {
             return Ok(Leased::NotHeld);
         };
         let holder = format!("{}:{}", lo.instance, latchkey_vault::store::new_id());
+        // A holder keeps its lease while its grant is awaited, up to the refresh
+        // deadline: wait that long before failing open, or a slow grant's old refresh
+        // token would be presented again.
+        let wait = lo.wait.max(self.opts.refresh_deadline + lo.ttl);
         let started = tokio::time::Instant::now();
         loop {
             let now = self.clock.now();
@@ -338,7 +434,7 @@ impl TokenService {
                     lo.ttl,
                 )));
             }
-            if started.elapsed() >= lo.wait {
+            if started.elapsed() >= wait {
                 bump(&self.counters.lease_timeouts);
                 tracing::warn!(event = "token.lease_wait_exceeded", tenant = %slot.tenant, server = %slot.server);
                 return Ok(Leased::NotHeld);
@@ -356,7 +452,7 @@ impl TokenService {
         &self,
         slot: &Slot,
         row: &CredentialRow,
-        ticket: &Ticket<'_>,
+        ticket: &Ticket,
         epoch: u64,
     ) -> Result<(CredentialRow, Option<AccessToken>), TokenError> {
         let now_row = self
@@ -382,7 +478,7 @@ impl TokenService {
         &self,
         slot: &Slot,
         row: CredentialRow,
-        ticket: &Ticket<'_>,
+        ticket: &Ticket,
         epoch: u64,
     ) -> Result<AccessToken, TokenError> {
         match self.peer_refreshed(slot, &row, ticket, epoch).await? {
@@ -396,7 +492,7 @@ impl TokenService {
         &self,
         slot: &Slot,
         row: &CredentialRow,
-        ticket: &Ticket<'_>,
+        ticket: &Ticket,
         epoch: u64,
     ) -> Result<Option<AccessToken>, TokenError> {
         let Some(envelope) = row.access_token.as_deref() else {
@@ -441,7 +537,7 @@ impl TokenService {
         t: &AccessToken,
         skew: Duration,
         (row_id, generation): (&str, i64),
-        ticket: &Ticket<'_>,
+        ticket: &Ticket,
         epoch: u64,
     ) -> bool {
         let Some(expires_at) = t.expires_at else {
@@ -470,7 +566,7 @@ impl TokenService {
         &self,
         slot: &Slot,
         row: CredentialRow,
-        ticket: &Ticket<'_>,
+        ticket: &Ticket,
         epoch: u64,
     ) -> Result<AccessToken, TokenError> {
         if let Some(reason) = refused(&row) {
@@ -629,7 +725,7 @@ impl TokenService {
         slot: &Slot,
         row: &CredentialRow,
         refreshed: Refreshed,
-        ticket: &Ticket<'_>,
+        ticket: &Ticket,
         epoch: u64,
     ) -> AccessToken {
         let now = self.clock.now();

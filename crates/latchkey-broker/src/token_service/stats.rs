@@ -39,6 +39,9 @@ pub struct TokenStats {
     pub misconfigured: u64,
     /// Failures: [`TokenError::Store`].
     pub store_failures: u64,
+    /// Failures: [`TokenError::RefreshPending`] (a caller's wait for a slow grant ran
+    /// out; the grant went on in the background).
+    pub refresh_pending: u64,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +61,7 @@ pub(crate) struct Counters {
     upstream_failures: AtomicU64,
     misconfigured: AtomicU64,
     store_failures: AtomicU64,
+    refresh_pending: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -73,6 +77,7 @@ impl Counters {
             TokenError::Upstream { .. } => &self.upstream_failures,
             TokenError::Misconfigured(_) => &self.misconfigured,
             TokenError::Store(_) => &self.store_failures,
+            TokenError::RefreshPending => &self.refresh_pending,
         });
     }
 
@@ -94,6 +99,7 @@ impl Counters {
             upstream_failures: g(&self.upstream_failures),
             misconfigured: g(&self.misconfigured),
             store_failures: g(&self.store_failures),
+            refresh_pending: g(&self.refresh_pending),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use latchkey_broker::token_service::{
-    AccessToken, ReauthReason, TokenError, TokenService, TokenServiceOptions,
+    AccessToken, LeaseOptions, ReauthReason, TokenError, TokenService, TokenServiceOptions,
 };
 use latchkey_core::time::ManualClock;
 use latchkey_core::{Remedy, Secret, UnixTime};
@@ -215,6 +215,7 @@ on_both_backends!(
     forced_refresh_waiter_reuses_the_fresh_token,
     queued_callers_share_an_authorization_server_failure,
     short_lived_tokens_are_served_for_half_their_lifetime,
+    a_stalled_grant_is_awaited_and_loses_no_consent,
 );
 
 /// Test 1 (R-REFRESH-1): the second call is served from memory.
@@ -594,9 +595,11 @@ async fn trace_logs_hold_no_secret() {
     assert!(!format!("{b:?}").contains(t.token.expose()));
 }
 
-/// An authorization server slower than the timeout: the callers queued behind the
-/// failing refresh get its answer at once (one token request, one timeout's wait), and
-/// a caller arriving afterwards tries again and succeeds once the AS is back.
+/// An authorization server slower than the callers' timeout and the refresh deadline:
+/// the callers get the typed "still in flight" answer after one timeout (one token
+/// request for all of them); once the grant has timed out in the background the
+/// callers queued behind it get its failure at once, and a caller arriving afterwards
+/// tries again and succeeds once the AS is back.
 async fn queued_callers_share_an_authorization_server_failure(store: Arc<dyn Store>) {
     let fx = Fx::new(store).await;
     fx.deposit_expired().await;
@@ -611,7 +614,10 @@ async fn queued_callers_share_an_authorization_server_failure(store: Arc<dyn Sto
         })
         .unwrap(),
         fx.clock.clone(),
-        TokenServiceOptions::default(),
+        TokenServiceOptions {
+            refresh_deadline: Duration::from_millis(1500),
+            ..TokenServiceOptions::default()
+        },
     ));
     fx.server
         .set_token_fault(latchkey_testkit::TokenFault::Slow(Duration::from_secs(5)));
@@ -621,19 +627,36 @@ async fn queued_callers_share_an_authorization_server_failure(store: Arc<dyn Sto
         .collect();
     for c in callers {
         match c.await.unwrap() {
-            Err(e @ TokenError::Upstream { .. }) => assert_eq!(e.remedy(), Remedy::Retry),
-            other => panic!("expected a retryable upstream failure, got {other:?}"),
+            Err(e @ TokenError::RefreshPending) => assert_eq!(e.remedy(), Remedy::Retry),
+            other => panic!("expected a refresh still in flight, got {other:?}"),
         }
     }
     let waited = started.elapsed();
+    assert!(
+        waited < timeout * 2 + Duration::from_millis(400),
+        "the callers waited one timeout, not four: {waited:?}"
+    );
+    // Queued behind the grant until it times out at the refresh deadline: they share
+    // its failure.
+    let queued: Vec<_> = (0..3)
+        .map(|_| spawn_access(&svc, &fx.slot, false))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = spawn_access(&svc, &fx.slot, false);
+    for c in queued {
+        match c.await.unwrap() {
+            Err(TokenError::RefreshPending) => {}
+            other => panic!("expected a refresh still in flight, got {other:?}"),
+        }
+    }
+    match late.await.unwrap() {
+        Err(e @ TokenError::Upstream { .. }) => assert_eq!(e.remedy(), Remedy::Retry),
+        other => panic!("expected the grant's failure, got {other:?}"),
+    }
     assert_eq!(
         fx.server.token_requests(),
         1,
         "one attempt for the whole queue"
-    );
-    assert!(
-        waited < timeout * 2 + Duration::from_millis(400),
-        "the queue waited one timeout, not four: {waited:?}"
     );
     fx.server
         .set_token_fault(latchkey_testkit::TokenFault::None);
@@ -673,4 +696,89 @@ async fn short_lived_tokens_are_served_for_half_their_lifetime(store: Arc<dyn St
     let d = svc.access_token(&fx.slot, false).await.unwrap();
     assert_ne!(tok(&a), tok(&d), "refreshed with half the lifetime left");
     assert_eq!(fx.grants(), 2);
+}
+
+/// How long the scripted AS stalls after granting in
+/// [`a_stalled_grant_is_awaited_and_loses_no_consent`]: 20 s, or
+/// `LATCHKEY_STALL_SECS` (the long run uses 60).
+fn stall() -> Duration {
+    let secs = std::env::var("LATCHKEY_STALL_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    Duration::from_secs(secs)
+}
+
+/// Issue 16, item 3: an authorization server that receives the refresh, rotates the
+/// token and answers only after a long stall (with reuse detection). Two instances
+/// with the lease: the first callers get the typed "still in flight" answer after the
+/// caller timeout, the grant is awaited in the background and its rotated token
+/// written back; the other instance waits on the lease instead of sending the old
+/// token; later callers get the new token. One grant, no reuse, no consent lost.
+async fn a_stalled_grant_is_awaited_and_loses_no_consent(store: Arc<dyn Store>) {
+    let fx = Fx::new(store).await;
+    let (_, rt0) = fx.deposit_expired().await;
+    let stall = stall();
+    let caller_timeout = Duration::from_secs(2);
+    let instance = |name: &str| {
+        Arc::new(TokenService::new(
+            fx.store.clone(),
+            fx.keyring.clone(),
+            Egress::new(EgressConfig {
+                loopback: LoopbackPolicy::AllowInsecureLoopback,
+                request_timeout: caller_timeout,
+                ..EgressConfig::default()
+            })
+            .unwrap(),
+            fx.clock.clone(),
+            TokenServiceOptions {
+                lease: Some(LeaseOptions::new(name)),
+                ..TokenServiceOptions::default()
+            },
+        ))
+    };
+    let (a, b) = (instance("a"), instance("b"));
+    fx.server
+        .set_token_fault_for(latchkey_testkit::TokenFault::SlowAnswer(stall), 1);
+    let started = std::time::Instant::now();
+    let first: Vec<_> = (0..3).map(|_| spawn_access(&a, &fx.slot, false)).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let peer: Vec<_> = (0..3).map(|_| spawn_access(&b, &fx.slot, false)).collect();
+    for c in first.into_iter().chain(peer) {
+        assert_eq!(c.await.unwrap().unwrap_err(), TokenError::RefreshPending);
+    }
+    assert!(
+        started.elapsed() < caller_timeout * 2,
+        "the callers were answered after their timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(a.stats().refresh_pending, 3);
+    // Callers arriving during the stall, on both instances: the same answer.
+    assert_eq!(
+        a.access_token(&fx.slot, false).await.unwrap_err(),
+        TokenError::RefreshPending
+    );
+    assert_eq!(
+        b.access_token(&fx.slot, false).await.unwrap_err(),
+        TokenError::RefreshPending
+    );
+    // After the stall the rotated token is written back; everyone gets the new token.
+    tokio::time::sleep(stall.saturating_sub(started.elapsed()) + Duration::from_secs(1)).await;
+    let from_a = a.access_token(&fx.slot, false).await.unwrap();
+    let from_b = b.access_token(&fx.slot, false).await.unwrap();
+    assert_eq!(tok(&from_a), tok(&from_b));
+    assert_eq!(fx.grants(), 1, "one refresh grant in total");
+    assert_eq!(fx.server.reuse_detections(), 0);
+    let row = fx.row().await.unwrap();
+    let rt1 = fx.open(&row, "refresh_token");
+    assert_ne!(rt1, rt0, "the rotated refresh token was written back");
+    assert_eq!(fx.open(&row, "access_token"), tok(&from_a));
+    // No consent lost: the next expiry refreshes with the rotated token.
+    fx.clock.advance(Duration::from_secs(3600));
+    let next = b.access_token(&fx.slot, false).await.unwrap();
+    assert_ne!(tok(&next), tok(&from_a));
+    let reqs = fx.server.requests("/token");
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[1].body["refresh_token"], rt1);
+    assert_eq!(fx.server.reuse_detections(), 0);
 }

@@ -333,6 +333,10 @@ async fn gateway(cfg: impl FnOnce(&str) -> Config) -> Gateway {
         clock.clone(),
         TokenServiceOptions {
             lease: Some(LeaseOptions::new(state.instance.to_string())),
+            // A grant is awaited no longer than the fault timeout (an AS slower than
+            // that is a failure here), and its callers wait for its outcome.
+            refresh_deadline: FAULT_TIMEOUT,
+            caller_timeout: Some(FAULT_TIMEOUT + Duration::from_secs(2)),
             ..TokenServiceOptions::default()
         },
     ));
@@ -849,6 +853,25 @@ async fn authorization_server_faults_are_typed_and_lose_nothing() {
                         "round {round}: refresh, {what}, {via:?}: a grant was served during the fault"
                     )
                 });
+                if matches!(refusal, Refusal::Reauth) {
+                    // Refused for good (issue 16): the slot stays dead, with no grant
+                    // tried, until the user connects again (here a deposit).
+                    let tried = upstream.token_requests();
+                    let a = echo(base, &scripted, via, "dead").await;
+                    let got = outcome(via, &a);
+                    check(
+                        &mut failures,
+                        got == Err((want.0, want.1.into())) && upstream.token_requests() == tried,
+                        || format!("round {round}: refresh, {what}, {via:?}: not dead: {got:?}"),
+                    );
+                    deposit(
+                        base,
+                        &scripted.id,
+                        &upstream.mint_refresh_token(),
+                        &token_endpoint,
+                    )
+                    .await;
+                }
                 // The fault cleared: the same stored refresh token works, one grant.
                 let a = echo(base, &scripted, via, "after").await;
                 let got = outcome(via, &a);
