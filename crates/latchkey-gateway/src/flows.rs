@@ -200,9 +200,13 @@ async fn client_for(
 }
 
 /// Seals `tokens` into a new row for `slot` and replaces the slot (R-FLOW-13 step 1).
+/// `grant_type` is `Some("client_credentials")` for tokens minted with that grant: the
+/// token service renews them with it (they come with no refresh token); `None` for a
+/// user's consent, which only its refresh token renews.
 #[allow(clippy::too_many_arguments)]
 async fn store_tokens(
     s: &AppState,
+    grant_type: Option<&'static str>,
     slot: &Slot,
     initiated_by: &str,
     d_issuer: &str,
@@ -226,6 +230,7 @@ async fn store_tokens(
         .expires_in
         .map(|e| now.saturating_add(i64::try_from(e).unwrap_or(i64::MAX)));
     row.initiated_by = Some(initiated_by.to_owned());
+    row.grant_type = grant_type.map(str::to_owned);
     // Sealed last: the values are bound to the row's slot, issuer and endpoints.
     row.client_secret = client
         .secret
@@ -405,6 +410,7 @@ pub(crate) async fn begin(
         })?;
         store_tokens(
             s,
+            Some("client_credentials"),
             &slot,
             p.subject.as_str(),
             &d.issuer,
@@ -685,6 +691,7 @@ async fn finish(
     };
     if let Err(e) = store_tokens(
         s,
+        None,
         &flow.slot,
         &flow.initiated_by,
         &d.issuer,

@@ -11,6 +11,10 @@
 //!    token is reused before any grant (R-REFRESH-11, R-MULTI-4).
 //! 4. **Refresh** (R-REFRESH-2, R-REFRESH-17): the refresh token and client secret are
 //!    decrypted from the row just before the request and dropped (zeroized) after it.
+//!    A credential minted with the client credentials grant (`grant_type`) is renewed
+//!    with that grant instead; a credential the authorization server refused
+//!    (`invalid_grant` after the re-read, `invalid_client`, `unauthorized_client`) is
+//!    marked as needing consent and never sent again.
 //!    `invalid_grant` re-reads the row and retries once if a peer changed it
 //!    (R-REFRESH-5), writing back against the re-read row (R-REFRESH-6).
 //! 5. **Write-back** (R-REFRESH-10, R-STORE-9): new tokens sealed to the row id, then a
@@ -58,7 +62,7 @@ use std::time::Duration;
 use latchkey_core::{Clock, Secret, UnixTime};
 use latchkey_egress::{Egress, UrlSource};
 use latchkey_oauth::client_auth::{AuthMethod, ClientCredentials};
-use latchkey_oauth::grants::{Grant, Refreshed, TokenRequest, refresh};
+use latchkey_oauth::grants::{Grant, Refreshed, TokenRequest, refresh, request_token};
 use latchkey_vault::{CredentialRow, Keyring, Slot, Store, WriteBack};
 
 pub use error::{ReauthReason, TokenError};
@@ -172,6 +176,9 @@ impl fmt::Debug for TokenService {
 const ACCESS_TOKEN: &str = "access_token";
 const REFRESH_TOKEN: &str = "refresh_token";
 const CLIENT_SECRET: &str = "client_secret";
+/// [`CredentialRow::grant_type`] of a credential renewed with the client credentials
+/// grant.
+const CLIENT_CREDENTIALS: &str = "client_credentials";
 
 impl TokenService {
     /// A token service over `store`, sealing with `keyring`, granting through `egress`
@@ -572,6 +579,17 @@ impl TokenService {
         if let Some(reason) = refused(&row) {
             return Err(TokenError::ReauthRequired(reason));
         }
+        if row.grant_type.as_deref() == Some(CLIENT_CREDENTIALS) {
+            return match self.mint(&row).await {
+                Ok(r) => Ok(self.finish(slot, &row, r, ticket, epoch).await),
+                Err(TokenError::ReauthRequired(reason))
+                    if reason != ReauthReason::Undecryptable =>
+                {
+                    Err(self.refused_by_as(slot, &row, reason).await)
+                }
+                Err(e) => Err(e),
+            };
+        }
         if row.refresh_token.is_none() {
             // Expired (or absent) access token and nothing to refresh with (R-REFRESH-12).
             return Err(TokenError::NotConnected);
@@ -689,6 +707,42 @@ impl TokenService {
         let r = refresh(&self.egress, req).await?;
         bump(&self.counters.grants_succeeded);
         Ok(r)
+    }
+
+    /// A new access token for a credential minted with the client credentials grant
+    /// (it has no refresh token): the same grant again, with the client stored in the
+    /// row (its secret sealed to the row, so bound to its issuer and token endpoint).
+    /// Only rows that [`CredentialRow::grant_type`] marks so; never a user's consent.
+    async fn mint(&self, row: &CredentialRow) -> Result<Refreshed, TokenError> {
+        let client = self
+            .client(row)?
+            .filter(|c| c.secret.is_some())
+            .ok_or_else(|| {
+                TokenError::Misconfigured(
+                    "a client-credentials credential without a client secret".into(),
+                )
+            })?;
+        bump(&self.counters.grants_started);
+        tracing::debug!(event = "token.client_credentials", tenant = %row.slot.tenant, server = %row.slot.server, row = %row.id, generation = row.generation);
+        let req = TokenRequest {
+            token_endpoint: &row.token_endpoint,
+            source: self.opts.token_endpoint_source,
+            issuer: row.issuer.as_deref().unwrap_or(&row.token_endpoint),
+            grant: Grant::ClientCredentials,
+            client: Some(&client),
+            resource: row.resource.as_deref(),
+            scope: row.scopes.as_deref(),
+            dpop: None,
+            dpop_nonce: None,
+            now: self.clock.now(),
+        };
+        let tokens = request_token(&self.egress, req).await?;
+        bump(&self.counters.grants_succeeded);
+        // Nothing to rotate: a refresh token in the answer is not kept.
+        Ok(Refreshed {
+            tokens,
+            rotated: false,
+        })
     }
 
     /// Client authentication from the row: id, decrypted secret, method.

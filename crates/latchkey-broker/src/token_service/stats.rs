@@ -12,9 +12,10 @@ pub struct TokenStats {
     /// Calls answered with a still-valid access token persisted in the store
     /// (R-REFRESH-11, R-MULTI-4), without a grant.
     pub store_hits: u64,
-    /// Refresh grants sent (retries included).
+    /// Refresh grants sent (retries included), and client credentials grants renewing a
+    /// credential minted with that grant.
     pub grants_started: u64,
-    /// Refresh grants that returned tokens.
+    /// Those grants that returned tokens.
     pub grants_succeeded: u64,
     /// Second grants after an `invalid_grant` when a peer had changed the row (R-REFRESH-5).
     pub rotation_retries: u64,

@@ -216,6 +216,7 @@ on_both_backends!(
     queued_callers_share_an_authorization_server_failure,
     short_lived_tokens_are_served_for_half_their_lifetime,
     a_stalled_grant_is_awaited_and_loses_no_consent,
+    client_credentials_are_renewed_with_their_grant,
 );
 
 /// Test 1 (R-REFRESH-1): the second call is served from memory.
@@ -781,4 +782,70 @@ async fn a_stalled_grant_is_awaited_and_loses_no_consent(store: Arc<dyn Store>) 
     assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[1].body["refresh_token"], rt1);
     assert_eq!(fx.server.reuse_detections(), 0);
+}
+
+/// Issue 16, item 6: a credential minted with the client credentials grant has no
+/// refresh token; at expiry the token service mints a new one with the same grant and
+/// the client stored in the row (exactly one grant per expiry), while a credential from
+/// a user's consent without a refresh token still needs consent.
+async fn client_credentials_are_renewed_with_their_grant(store: Arc<dyn Store>) {
+    let fx = Fx::with_as(
+        store,
+        AsConfig {
+            access_ttl: 30,
+            ..AsConfig::default()
+        },
+    )
+    .await;
+    // A user's consent without a refresh token: expired means reconnect, no grant.
+    fx.deposit(Some(("at-consent", fx.now() - 1)), None, "mcp:read")
+        .await;
+    let svc = fx.service();
+    assert_eq!(
+        svc.access_token(&fx.slot, false).await.unwrap_err(),
+        TokenError::NotConnected
+    );
+    assert_eq!(fx.grants(), 0);
+
+    let minted = CredentialRow {
+        grant_type: Some("client_credentials".into()),
+        ..fx.deposit(Some(("at-minted", fx.now() - 1)), None, "mcp:read")
+            .await
+    };
+    fx.store.upsert_credential(&minted).await.unwrap();
+    svc.evict(&fx.slot);
+    let a = svc.access_token(&fx.slot, false).await.unwrap();
+    assert_eq!(fx.server.grants_served_for("client_credentials"), 1);
+    assert_eq!(fx.grants(), 1);
+    let req = &fx.server.requests("/token")[0];
+    assert_eq!(req.body["grant_type"], "client_credentials");
+    assert_eq!(req.body["resource"], fx.server.mcp_url());
+    assert!(!req.body.contains_key("refresh_token"));
+    assert_eq!(
+        latchkey_testkit::basic_credentials(req).unwrap(),
+        ("client-1".to_owned(), CLIENT_SECRET.to_owned())
+    );
+    let row = fx.row().await.unwrap();
+    assert_eq!(row.id, minted.id);
+    assert_eq!(fx.open(&row, "access_token"), tok(&a));
+    assert!(row.refresh_token.is_none());
+    assert_eq!(row.grant_type.as_deref(), Some("client_credentials"));
+    // Served until half its 30 s lifetime is left, then minted again, once.
+    let b = svc.access_token(&fx.slot, false).await.unwrap();
+    assert_eq!(tok(&a), tok(&b));
+    fx.clock.advance(Duration::from_secs(16));
+    let callers: Vec<_> = {
+        let svc = Arc::new(svc);
+        (0..10)
+            .map(|_| spawn_access(&svc, &fx.slot, false))
+            .collect()
+    };
+    let mut tokens = std::collections::HashSet::new();
+    for c in callers {
+        tokens.insert(tok(&c.await.unwrap().unwrap()));
+    }
+    assert_eq!(tokens.len(), 1);
+    assert!(!tokens.contains(&tok(&a)));
+    assert_eq!(fx.server.grants_served_for("client_credentials"), 2);
+    assert_eq!(fx.grants(), 2);
 }

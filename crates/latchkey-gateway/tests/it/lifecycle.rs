@@ -191,3 +191,65 @@ async fn dead_until_consent(backend: super::Backend) {
     assert_eq!(upstream.reuse_detections(), 0);
     super::cleanup(dir, schema).await;
 }
+
+/// Issue 16, item 6: a server connected with the client credentials grant keeps
+/// working past its first expiry: the token service mints a new token with the same
+/// grant (exactly one), where before the slot needed a consent it cannot have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_credentials_connection_outlives_its_first_token() {
+    let upstream = ScriptedServer::start(AsConfig {
+        access_ttl: 2,
+        ..AsConfig::default()
+    })
+    .await
+    .unwrap();
+    let (base, dir, store, schema) =
+        super::start_on(super::Backend::Sqlite, &super::loopback_config(), keys()).await;
+    let (status, server) = post(
+        &format!("{base}/v1/servers"),
+        json!({
+            "name": "machine", "url": upstream.mcp_url(), "grant_type": "client_credentials",
+            "client_id": "pre", "client_secret": "pre-SECRET", "issuer": upstream.base,
+            "token_scope": "shared",
+        }),
+    )
+    .await;
+    assert_eq!(status, 201, "{server}");
+    let id = server["id"].as_str().unwrap().to_owned();
+    let (status, v) = post(&format!("{base}/v1/oauth/start"), json!({"server_id": id})).await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (200, Some("completed")),
+        "{v}"
+    );
+    let shared = Slot {
+        tenant: "default".into(),
+        server: id.clone(),
+        subject: None,
+    };
+    let row = store.get_credential(&shared).await.unwrap().unwrap();
+    assert_eq!(row.grant_type.as_deref(), Some("client_credentials"));
+    assert!(row.refresh_token.is_none());
+    let (status, v) = call(&base, &id).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(upstream.grants_served_for("client_credentials"), 1);
+
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (status, v) = call(&base, &id).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = call(&base, &id).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        upstream.grants_served_for("client_credentials"),
+        2,
+        "one new grant at expiry"
+    );
+    // It can serve: a start without force has nothing to do.
+    let (status, v) = post(&format!("{base}/v1/oauth/start"), json!({"server_id": id})).await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (200, Some("already_authorized")),
+        "{v}"
+    );
+    super::cleanup(dir, schema).await;
+}
