@@ -87,26 +87,37 @@ async fn exchange(
     );
     // initialize, a request, and the same two again after a lost session.
     mcp.number_from(s.upstream.reserve_ids(4));
-    let resumed = match s.upstream.get(key, &server.url, mark, s.clock.now()) {
-        Some(session) => {
-            mcp.resume(session.id, session.negotiated);
-            true
-        }
+    let session = match s.upstream.get(key, &server.url, mark, s.clock.now()) {
+        Some(session) => session,
         None => {
-            open(s, server, key, mark, &mut mcp, &headers).await?;
-            false
+            // One caller opens the session; those arriving meanwhile wait for it and use
+            // it (fifty calls after a refresh open one session, not fifty that replace
+            // each other).
+            let gate = s.upstream.opening(key);
+            let _open = gate.lock().await;
+            match s.upstream.get(key, &server.url, mark, s.clock.now()) {
+                Some(session) => session,
+                None => open(s, server, key, mark, &mut mcp, &headers).await?,
+            }
         }
     };
+    mcp.resume(session.id.clone(), session.negotiated.clone());
     let req = mcp.request(method, params.clone());
     let ex = match send(server, &mcp, &req, &headers).await {
-        Err(Upstream::SessionGone) if resumed => {
+        Err(Upstream::SessionGone) => {
             // The upstream forgot it (restarted, expired it): once more, in a new one.
             tracing::info!(event = "tools.upstream_session_reopened", server_id = %server.id);
-            s.upstream.forget(key);
+            s.upstream.forget_session(key, session.id.as_deref());
             mcp.reset_session();
             open(s, server, key, mark, &mut mcp, &headers).await?;
             let req = mcp.request(method, params);
-            send(server, &mcp, &req, &headers).await
+            match send(server, &mcp, &req, &headers).await {
+                Err(Upstream::SessionGone) => Err(Upstream::Failed(upstream_failed(
+                    server,
+                    "the MCP server lost the session it had just opened (HTTP 404)".into(),
+                ))),
+                other => other,
+            }
         }
         other => other,
     }?;
@@ -119,8 +130,9 @@ async fn exchange(
     })
 }
 
-/// Opens a session (`initialize`, `notifications/initialized`) and remembers it; the
-/// session it replaces, if any, is ended.
+/// Opens a session (`initialize`, `notifications/initialized`) and remembers it. A
+/// session it replaces (opened with an older token or URL) is left to expire upstream:
+/// ending it here could cut off a call still using it.
 async fn open(
     s: &AppState,
     server: &ServerRow,
@@ -128,7 +140,7 @@ async fn open(
     mark: CredentialMark,
     mcp: &mut McpClient,
     headers: &HeaderMap,
-) -> Result<(), Upstream> {
+) -> Result<Session, Upstream> {
     let init = mcp.initialize_request();
     let ex = send(server, mcp, &init, headers).await?;
     mcp.accept_initialize(&ex);
@@ -138,29 +150,14 @@ async fn open(
         id: mcp.session_id().map(str::to_owned),
         negotiated: mcp.negotiated().map(str::to_owned),
     };
-    if let Some(old) = s
-        .upstream
-        .put(key.clone(), &server.url, mark, session, s.clock.now())
-    {
-        release(s, mcp.url(), old, headers.clone());
-    }
-    Ok(())
-}
-
-/// Ends an upstream session in the background (best-effort `DELETE`).
-fn release(s: &AppState, url: &str, id: String, mut headers: HeaderMap) {
-    let Ok(id) = HeaderValue::from_str(&id) else {
-        return;
-    };
-    headers.insert(http::HeaderName::from_static("mcp-session-id"), id);
-    let mut req = latchkey_egress::EgressRequest::delete(url, UrlSource::Operator);
-    for (name, value) in &headers {
-        req = req.header(name.clone(), value.clone());
-    }
-    let egress = s.egress.clone();
-    tokio::spawn(async move {
-        let _ = egress.send(req).await;
-    });
+    s.upstream.put(
+        key.clone(),
+        &server.url,
+        mark,
+        session.clone(),
+        s.clock.now(),
+    );
+    Ok(session)
 }
 
 /// The typed 502 naming `server` and what went wrong with it (never the upstream's
@@ -264,7 +261,9 @@ pub(crate) async fn call(
             server_id: server.id.clone(),
             scopes,
         },
-        Upstream::SessionGone => upstream_failed(server, "it lost the session twice".into()),
+        Upstream::SessionGone => {
+            upstream_failed(server, "the MCP server lost the session (HTTP 404)".into())
+        }
         Upstream::Failed(e) => e,
     };
     match server.auth_type.as_str() {

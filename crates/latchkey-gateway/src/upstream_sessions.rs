@@ -12,8 +12,8 @@
 //! (a refreshed or new token: the session may be bound to the old one).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use latchkey_core::{Secret, UnixTime};
@@ -77,6 +77,8 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct UpstreamSessions {
     map: Mutex<HashMap<SessionKey, Entry>>,
+    /// One gate per key, held while its session is being opened.
+    gates: Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
     ids: AtomicI64,
 }
 
@@ -103,8 +105,19 @@ impl UpstreamSessions {
         Some(e.session.clone())
     }
 
+    /// The gate a caller holds while opening `key`'s session, so callers arriving
+    /// meanwhile wait and reuse it instead of opening their own.
+    pub fn opening(&self, key: &SessionKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        if gates.len() >= MAX_SESSIONS && !gates.contains_key(key) {
+            // Only a gate no one holds may go: a held one is in `Arc` use elsewhere.
+            gates.retain(|_, g| Arc::strong_count(g) > 1);
+        }
+        gates.entry(key.clone()).or_default().clone()
+    }
+
     /// Remembers the session just opened for `key`; the one it replaces, if it had an
-    /// id, so the caller can end it.
+    /// id (it is not ended: a call may still be using it).
     pub fn put(
         &self,
         key: SessionKey,
@@ -133,9 +146,13 @@ impl UpstreamSessions {
             .filter(|id| Some(id) != session.id.as_ref())
     }
 
-    /// Forgets `key`'s session (the upstream said it is gone).
-    pub fn forget(&self, key: &SessionKey) {
-        self.lock().remove(key);
+    /// Forgets `key`'s session if it is still the one with id `id` (the upstream said
+    /// it is gone; a caller may already have opened the next one).
+    pub fn forget_session(&self, key: &SessionKey, id: Option<&str>) {
+        let mut map = self.lock();
+        if map.get(key).is_some_and(|e| e.session.id.as_deref() == id) {
+            map.remove(key);
+        }
     }
 
     /// Forgets every session of a server (its settings changed or it was deleted).
@@ -147,6 +164,10 @@ impl UpstreamSessions {
     /// Forgets everything (the change channel was lost).
     pub fn clear(&self) {
         self.lock().clear();
+        self.gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, g| Arc::strong_count(g) > 1);
     }
 
     /// The first of `n` request ids reserved for one client.
@@ -209,6 +230,15 @@ mod tests {
             s.put(key("x"), "http://u/mcp", b, session("s2"), t1),
             Some("s1".into())
         );
+        s.forget_session(&key("x"), Some("s1"));
+        assert_eq!(
+            s.len(),
+            1,
+            "a newer session is not forgotten for an old one"
+        );
+        s.forget_session(&key("x"), Some("s2"));
+        assert!(s.is_empty());
+        s.put(key("x"), "http://u/mcp", b, session("s3"), t1);
         s.forget_server("t", "x");
         assert!(s.is_empty());
     }

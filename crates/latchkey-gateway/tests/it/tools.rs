@@ -252,8 +252,18 @@ async fn upstream_sessions_are_kept_between_calls() {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let (base, id, dir, schema) = connected(&upstream, super::Backend::Sqlite).await;
     let call = format!("{base}/v1/servers/{id}/tools/echo/call");
-    let (status, v) = post(&call, json!({"text": "first"})).await;
-    assert_eq!(status, 200, "{v}");
+    // Fifty callers at once on a slot with no session yet: one session is opened and
+    // every call succeeds in it (none replaces another's).
+    let calls: Vec<_> = (0..50)
+        .map(|n| {
+            let call = call.clone();
+            tokio::spawn(async move { post(&call, json!({"text": format!("first {n}")})).await })
+        })
+        .collect();
+    for c in calls {
+        let (status, v) = c.await.unwrap();
+        assert_eq!(status, 200, "{v}");
+    }
     assert_eq!(upstream.mcp_sessions().len(), 1, "one session opened");
     let before = upstream.mcp_requests();
     for n in 0..5 {
