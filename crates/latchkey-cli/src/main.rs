@@ -6,6 +6,7 @@ mod conformance;
 mod connect;
 mod doctor;
 mod keys;
+mod lock;
 mod logging;
 mod mcp_config;
 mod output;

@@ -46,6 +46,18 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
+    // One process per SQLite database, taken before anything is written (the re-seal
+    // below writes); held until this function returns.
+    let _lock = match &state.database {
+        latchkey_vault::store::DatabaseUrl::Sqlite(path) => match crate::lock::take(path) {
+            Ok(l) => Some(l),
+            Err(crate::lock::Held(why)) => {
+                eprintln!("latchkey: {why}");
+                return Ok(exit::code(exit::UNAVAILABLE));
+            }
+        },
+        latchkey_vault::store::DatabaseUrl::Postgres(_) => None,
+    };
     // The keys against the database (a lost or wrong key stops here, exit 78), then
     // the re-seal of values written before they were bound to their rows.
     let keyring = Arc::new(state.keyring());

@@ -291,3 +291,53 @@ async fn serve_keeps_its_files_private_and_trusts_only_its_own_origins() {
     }
     drop(s);
 }
+
+/// Issue 17: one `serve` per SQLite data directory. A second one stops at once with
+/// exit 69, naming the PID that holds it and PostgreSQL for several instances; commands
+/// that open the database directly keep working; once the first stops, a new one
+/// starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_one_data_directory_is_refused() {
+    let dir = super::keys::TempDir::new();
+    let data = dir.0.join("data");
+    let first = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || start(command(&data))
+    })
+    .await
+    .unwrap();
+    let pid = first.child.id();
+    let out = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || command(&data).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(69));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("(PID {pid})")), "{err}");
+    assert!(err.contains("PostgreSQL"), "{err}");
+    // The first still answers; a command on the database itself still works.
+    let (status, _) = get(&format!("{}/healthz", first.base)).await;
+    assert_eq!(status, 200);
+    let keys = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["keys", "add", "--json"])
+        .env("LATCHKEY_DATA_DIR", &data)
+        .env_remove("LATCHKEY_ENCRYPTION_KEYS")
+        .env_remove("LATCHKEY_KEY_FILE")
+        .env_remove("LATCHKEY_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        keys.status.success(),
+        "{}",
+        String::from_utf8_lossy(&keys.stderr)
+    );
+    // Stopped (even killed), the lock goes with the process.
+    drop(first);
+    let again = tokio::task::spawn_blocking(move || start(command(&data)))
+        .await
+        .unwrap();
+    let (status, _) = get(&format!("{}/healthz", again.base)).await;
+    assert_eq!(status, 200);
+}
