@@ -6,8 +6,12 @@
 // Latchkey reads: `tenant` (always "interop") and `roles` (["latchkey:admin"] for the
 // account "admin" only), added with extraTokenClaims. devInteractions (its built-in
 // login and consent pages) stand in for a real login: any name and password sign in.
+// Access tokens live --at-ttl seconds; a client registered for the refresh_token grant
+// gets a refresh token (oidc-provider's documented issueRefreshToken override: MCP
+// clients do not all ask for offline_access, and OIDC grants that only with
+// prompt=consent), not rotated.
 //
-// Usage: node as.mjs --resource URL
+// Usage: node as.mjs --resource URL [--at-ttl SECONDS]
 // Prints one JSON line {"issuer": …} once it listens on 127.0.0.1 (a port of its own).
 // GET /_test/events answers the recorded provider events (nothing secret):
 // registrations, authorizations, grants, errors.
@@ -15,7 +19,7 @@ import http from "node:http";
 import { parseArgs } from "node:util";
 import { peer } from "./peers.mjs";
 
-const { values: args } = parseArgs({ options: { resource: { type: "string" } } });
+const { values: args } = parseArgs({ options: { resource: { type: "string" }, "at-ttl": { type: "string", default: "600" } } });
 if (!args.resource) throw new Error("--resource URL is required");
 const RESOURCE = args.resource;
 const SCOPE = "mcp";
@@ -42,7 +46,7 @@ const provider = new Provider(issuer, {
         return {
           scope: SCOPE,
           audience: RESOURCE,
-          accessTokenTTL: 600,
+          accessTokenTTL: Number(args["at-ttl"]),
           accessTokenFormat: "jwt",
           jwt: { sign: { alg: "RS256" } },
         };
@@ -52,6 +56,7 @@ const provider = new Provider(issuer, {
   extraTokenClaims(_ctx, token) {
     return { tenant: TENANT, roles: token.accountId === "admin" ? ["latchkey:admin"] : [] };
   },
+  issueRefreshToken: (_ctx, client) => client.grantTypeAllowed("refresh_token"),
   pkce: { required: () => true },
 });
 

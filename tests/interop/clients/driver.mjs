@@ -15,9 +15,12 @@
 //
 // Rows (clients) × columns (scenarios): each client discovers Latchkey's
 // authorization server from its 401 challenge and PRM, registers at oidc-provider
-// (DCR), gets consent (as the account "alice", a tenant member) and a token, then
-// connect, tools/list and tools/call on /mcp (the tools `ts-echo__echo` and
-// `py-echo__echo`) and on /mcp/{server} for each upstream (the tool `echo`).
+// (DCR), gets consent (as an account of its own, `user-<row>`, a tenant member) and a
+// token, then connect, tools/list and tools/call on /mcp (the tools `ts-echo__echo`
+// and `py-echo__echo`) and on /mcp/{server} for each upstream (the tool `echo`); then,
+// on the /mcp session kept open, one more tools/call once the access token has expired
+// (the client must renew it, with its refresh token, and go on). The rows run side by
+// side (most of a row's time is that wait).
 //
 // KNOWN_FAILURES below lists failures caused by Latchkey defects: they still run, are
 // reported as `FAIL (known: …)` and do not fail the run. Any other failure fails the
@@ -26,7 +29,8 @@
 // Environment: CLIENTS_PEERS (the npm install), CLIENTS_LATCHKEY (the binary),
 // CLIENTS_NODE, CLIENTS_PYTHON (the virtualenv's python), CLIENTS_OUT (logs),
 // CLIENTS_TMP (scratch), CLIENTS_TABLE (the Markdown table), CLIENTS_LOCK (the lock
-// file), CLIENTS_ONLY (optional: a comma-separated subset of the row ids).
+// file), CLIENTS_ONLY (optional: a comma-separated subset of the row ids),
+// CLIENTS_AT_TTL (access tokens' lifetime in seconds, default 20).
 import { spawn } from "node:child_process";
 import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createHash, randomBytes } from "node:crypto";
@@ -51,6 +55,13 @@ const TABLE = need("CLIENTS_TABLE");
 const PINNED = readFileSync(need("CLIENTS_LOCK"), "utf8").split("\n").filter((l) => l.trim() && !l.startsWith("#"));
 const pinned = (name) => PINNED.find((l) => l.split(/\s+/)[1].startsWith(`${name}@`) || l.split(/\s+/)[1].startsWith(`${name}==`))?.split(/[@=]+/).pop();
 mkdirSync(OUT, { recursive: true });
+// Access tokens' lifetime, and how long after a token's `exp` a client is made to call
+// again: Latchkey's JWT leeway (30 s by default) and 2 s more, so that Latchkey refuses
+// the old token whatever the client does.
+const AT_TTL = Number(process.env.CLIENTS_AT_TTL || 20);
+const EXPIRY_WAIT = 32;
+const sleep = (ms) => new Promise((r) => setTimeout(r, Math.max(0, ms)));
+const expOf = (jwt) => JSON.parse(Buffer.from(String(jwt).split(".")[1] ?? "", "base64url").toString() || "{}").exp;
 
 // Columns.
 // Columns. Each MCP cell is: connect (initialize, or none on the 2026-07-28 wire),
@@ -61,6 +72,7 @@ const SCENARIOS = [
   ["mcp", "/mcp (ts-echo__echo, py-echo__echo)"],
   ["ts", "/mcp/{server}: TS SDK server"],
   ["py", "/mcp/{server}: Python SDK server"],
+  ["expiry", "/mcp session after its access token expired"],
 ];
 // Rows.
 const CLIENTS = [
@@ -221,7 +233,7 @@ async function setup() {
   const port = await freePort();
   env.base = `http://127.0.0.1:${port}`;
   env.resource = `${env.base}/mcp`;
-  const as = await start("oidc-provider", NODE, [path.join(HERE, "as.mjs"), "--resource", env.resource], {
+  const as = await start("oidc-provider", NODE, [path.join(HERE, "as.mjs"), "--resource", env.resource, "--at-ttl", String(AT_TTL)], {
     ready: /^\{"issuer":"([^"]+)"/m,
     log: "as.log",
   });
@@ -369,7 +381,7 @@ async function tsSdk(row) {
     codeVerifier: () => store.verifier,
     async redirectToAuthorization(url) {
       store.flows += 1;
-      store.landed = new URL(await consent(url.href, { login: "alice" }));
+      store.landed = new URL(await consent(url.href, { login: `user-${row}` }));
     },
   };
   const connect = async (url) => {
@@ -394,6 +406,7 @@ async function tsSdk(row) {
     }
     return c;
   };
+  let kept;
   for (const [i, target] of env.targets.entries()) {
     let c;
     try {
@@ -406,11 +419,25 @@ async function tsSdk(row) {
       }
       await exercise(c.client, target, "typescript");
       record(row, target.id, true, `protocol ${c.transport.protocolVersion}`);
+      if (i === 0) kept = c;
     } catch (e) {
       record(row, target.id, false, describe(e));
     } finally {
-      await c?.client.close().catch(() => {});
+      if (c !== kept) await c?.client.close().catch(() => {});
     }
+  }
+  // The /mcp session, once its access token has expired.
+  try {
+    if (!kept) throw new Error("no open /mcp session");
+    const before = store.tokens?.access_token;
+    await sleep((expOf(before) + EXPIRY_WAIT) * 1000 - Date.now());
+    await exercise(kept.client, { id: "expiry", tools: env.targets[0].tools.slice(0, 1) }, "typescript");
+    if (store.tokens?.access_token === before) throw new Error("the call worked but the client still holds its first token");
+    record(row, "expiry", true, `${store.flows} consent(s) in all`);
+  } catch (e) {
+    record(row, "expiry", false, describe(e));
+  } finally {
+    await kept?.client.close().catch(() => {});
   }
 }
 
@@ -422,7 +449,8 @@ function python(row, mode) {
     const log = createWriteStream(path.join(OUT, `${row}.log`));
     const child = spawn(
       PYTHON,
-      [path.join(HERE, "py_client.py"), "--mode", mode, "--node", NODE, "--consent", path.join(HERE, "consent.mjs"), "--targets", JSON.stringify(env.targets)],
+      [path.join(HERE, "py_client.py"), "--mode", mode, "--node", NODE, "--consent", path.join(HERE, "consent.mjs"), "--targets", JSON.stringify(env.targets),
+        "--login", `user-${row}`, "--expiry-wait", String(EXPIRY_WAIT)],
       { stdio: ["ignore", "pipe", "pipe"] },
     );
     children.add(child);
@@ -470,6 +498,8 @@ async function mcpRemote(row) {
   const configDir = path.join(TMP, "mcp-remote");
   mkdirSync(configDir, { recursive: true });
   const issuerAuth = new RegExp(`(${env.issuer.replace(/[.:/]/g, "\\$&")}/auth\\?\\S+)`);
+  let kept;
+  let mintedAt;
   for (const [i, target] of env.targets.entries()) {
     const log = createWriteStream(path.join(OUT, `mcp-remote-${target.id}.log`));
     const transport = new StdioClientTransport({
@@ -489,10 +519,12 @@ async function mcpRemote(row) {
       const m = buf.match(issuerAuth);
       if (!m) return;
       buf = null;
-      consent(m[1], { login: "alice" })
-        .then((callback) => {
+      consent(m[1], { login: `user-${row}` })
+        .then(async (callback) => {
           consents += 1;
-          return fetch(callback, { signal: AbortSignal.timeout(10000) });
+          const r = await fetch(callback, { signal: AbortSignal.timeout(10000) });
+          if (i === 0) mintedAt = Date.now();
+          return r;
         })
         .catch((e) => (consentError = e));
     });
@@ -507,11 +539,28 @@ async function mcpRemote(row) {
       }
       await exercise(client, target, "mcp-remote");
       record(row, target.id, true, `${consents} consent(s); server ${client.getServerVersion()?.name}`);
+      if (i === 0) kept = client;
     } catch (e) {
       record(row, target.id, false, `${describe(e)} (see mcp-remote-${target.id}.log)`);
     } finally {
-      await withTimeout(client.close(), 10000, "close").catch(() => {});
+      if (client !== kept) await withTimeout(client.close(), 10000, "close").catch(() => {});
     }
+  }
+  // The /mcp session through the first mcp-remote, once its access token has expired
+  // (minted when its callback completed): the renewal is mcp-remote's, seen at the AS.
+  try {
+    if (!kept || !mintedAt) throw new Error("no open /mcp session");
+    await sleep(mintedAt + (AT_TTL + EXPIRY_WAIT) * 1000 - Date.now());
+    const mark = (await http("GET", `${env.issuer}/_test/events`)).json.length;
+    await exercise(kept, { id: "expiry", tools: env.targets[0].tools.slice(0, 1) }, "mcp-remote");
+    const events = (await http("GET", `${env.issuer}/_test/events`)).json;
+    const ours = new Set(events.filter((e) => e.name === "registration_create.success" && e.redirect_uris?.some((u) => u.endsWith("/oauth/callback"))).map((e) => e.client_id));
+    const refreshed = events.slice(mark).filter((e) => e.name === "grant.success" && e.grant_type === "refresh_token" && ours.has(e.client_id)).length;
+    record(row, "expiry", true, `${refreshed} refresh grant(s) by mcp-remote at the AS`);
+  } catch (e) {
+    record(row, "expiry", false, `${describe(e)} (see mcp-remote-mcp.log)`);
+  } finally {
+    await withTimeout(kept?.close() ?? Promise.resolve(), 10000, "close").catch(() => {});
   }
 }
 
@@ -521,14 +570,15 @@ const began = Date.now();
 let failed = false;
 try {
   await withTimeout(setup(), 90000, "setup");
-  for (const [row] of CLIENTS) {
-    process.stdout.write(`${row}:\n`);
-    if (row === "ts-sdk") await tsSdk(row);
-    if (row === "py-auto") await python(row, "auto");
-    if (row === "py-legacy") await python(row, "legacy");
-    if (row === "py-2026") await python(row, "2026-07-28");
-    if (row === "mcp-remote") await mcpRemote(row);
-  }
+  const runners = {
+    "ts-sdk": tsSdk,
+    "py-auto": (row) => python(row, "auto"),
+    "py-legacy": (row) => python(row, "legacy"),
+    "py-2026": (row) => python(row, "2026-07-28"),
+    "mcp-remote": mcpRemote,
+  };
+  // Side by side: most of a row's time is the wait for its token's expiry.
+  await Promise.all(CLIENTS.map(([row]) => runners[row](row)));
 } catch (e) {
   failed = true;
   process.stdout.write(`setup failed: ${describe(e)}\n`);

@@ -9,15 +9,21 @@ Usage: python py_client.py --mode auto|legacy|2026-07-28 --node NODE
          --consent consent.mjs --targets '[{"id": …, "url": …, "tools": […]}, …]'
 For each target in turn (one OAuth provider and token store for all, so only the
 first needs consent): connect, tools/list (every name in `tools` listed), tools/call
-of each with {"text": …} (answered with that text). Prints one JSON line per target,
-and one for "auth" after the first: {"step": …, "ok": …, "detail": …}.
+of each with {"text": …} (answered with that text). The first target's client stays
+open; with --expiry-wait S, once its access token has been expired for S seconds, it
+calls again on that session ("expiry": the SDK must renew the token). Prints one JSON
+line per target, one for "auth" after the first and one for "expiry":
+{"step": …, "ok": …, "detail": …}.
 """
 
 import argparse
 import asyncio
+import base64
 import json
 import sys
+import time
 import traceback
+from contextlib import AsyncExitStack
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
@@ -57,7 +63,7 @@ def describe(e: BaseException) -> str:
         e = e.exceptions[0]
     if isinstance(e, BaseExceptionGroup):
         return " | ".join(describe(x) for x in e.exceptions)
-    text = f"{type(e).__name__}: {e}"
+    text = str(e) if type(e) is RuntimeError else f"{type(e).__name__}: {e}"
     return text.replace("\n", " ")
 
 
@@ -67,6 +73,8 @@ async def main() -> int:
     p.add_argument("--mode", required=True)
     p.add_argument("--node", required=True)
     p.add_argument("--consent", required=True)
+    p.add_argument("--login", default="alice")
+    p.add_argument("--expiry-wait", type=float, default=0)
     a = p.parse_args()
 
     storage = MemoryStorage()
@@ -74,7 +82,7 @@ async def main() -> int:
 
     async def redirect_handler(url: str) -> None:
         proc = await asyncio.create_subprocess_exec(
-            a.node, a.consent, url, "alice", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            a.node, a.consent, url, a.login, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         if proc.returncode != 0:
@@ -104,42 +112,94 @@ async def main() -> int:
         http = httpx2.AsyncClient(auth=auth, timeout=httpx2.Timeout(30.0))
         return Client(streamable_http_client(url, http_client=http), mode=a.mode, read_timeout_seconds=30)
 
-    async def scenario(target: dict, first: bool) -> None:
-        step = "connect"
+    async def exercise(client: Client, target: dict, label: str) -> None:
+        step = "tools/list"
         try:
-            async with client_for(target["url"]) as client:
-                version = client.protocol_version
-                step = "tools/list"
-                tools = await client.list_tools()
-                names = [t.name for t in tools.tools]
-                if first:
-                    emit("auth", storage.tokens is not None, "" if storage.tokens else "no token after the first request")
-                missing = [t for t in target["tools"] if t not in names]
-                if missing:
-                    raise AssertionError(f"{missing} not in tools/list: {names}")
-                for name in target["tools"]:
-                    step = f"tools/call {name}"
-                    text = f"python {a.mode} {target['id']} {name}"
-                    result = await client.call_tool(name, {"text": text})
-                    got = "".join(getattr(c, "text", "") for c in result.content)
-                    if result.is_error or got != text:
-                        raise AssertionError(f"is_error={result.is_error} content={got!r}")
-                step = "close"
-                emit(target["id"], True, f"protocol {version}")
-        except BaseException as e:  # noqa: BLE001 (every failure is reported)
-            if step == "close":  # the session ended badly after every check passed
-                emit(target["id"], True, f"protocol {version}; closing: {describe(e)}")
-                return
-            if first and step in ("connect", "tools/list"):
-                emit("auth", storage.tokens is not None, "" if storage.tokens else describe(e))
-            emit(target["id"], False, f"{step}: {describe(e)}")
-            print(traceback.format_exc(), file=sys.stderr)
+            tools = await client.list_tools()
+            names = [t.name for t in tools.tools]
+            missing = [t for t in target["tools"] if t not in names]
+            if missing:
+                raise AssertionError(f"{missing} not in tools/list: {names}")
+            for name in target["tools"]:
+                step = f"tools/call {name}"
+                text = f"python {a.mode} {label} {name}"
+                result = await client.call_tool(name, {"text": text})
+                got = "".join(getattr(c, "text", "") for c in result.content)
+                if result.is_error or got != text:
+                    raise AssertionError(f"is_error={result.is_error} content={got!r}")
+        except BaseException as e:
+            raise RuntimeError(f"{step}: {describe(e)}") from e
 
-    for i, target in enumerate(json.loads(a.targets)):
+    async def scenario(target: dict, first: bool, keep: AsyncExitStack | None) -> Client | None:
+        """Connects and exercises one target; the client stays open on `keep` if given."""
         try:
-            await asyncio.wait_for(scenario(target, i == 0), 90)
-        except TimeoutError:
-            emit(target["id"], False, "no outcome within 90 s")
+            if keep is not None:
+                try:
+                    client = await keep.enter_async_context(client_for(target["url"]))
+                except BaseException as e:
+                    raise RuntimeError(f"connect: {describe(e)}") from e
+                await exercise(client, target, target["id"])
+                if first:
+                    emit("auth", storage.tokens is not None, "" if storage.tokens else "no token")
+                emit(target["id"], True, f"protocol {client.protocol_version}")
+                return client
+            version, done = None, False
+            try:
+                async with client_for(target["url"]) as c:
+                    version = c.protocol_version
+                    await exercise(c, target, target["id"])
+                    done = True
+            except BaseException as e:
+                if version is None:
+                    raise RuntimeError(f"connect: {describe(e)}") from e
+                if not done:
+                    raise
+                # every check passed; the session ended badly
+                emit(target["id"], True, f"protocol {version}; closing: {describe(e)}")
+                return None
+            emit(target["id"], True, f"protocol {version}")
+        except BaseException as e:  # noqa: BLE001 (every failure is reported)
+            if first:
+                emit("auth", storage.tokens is not None, "" if storage.tokens else describe(e))
+            emit(target["id"], False, describe(e))
+            print(traceback.format_exc(), file=sys.stderr)
+        return None
+
+    def expiry_of(token: str) -> float:
+        payload = token.split(".")[1]
+        return float(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
+
+    targets = json.loads(a.targets)
+    async with AsyncExitStack() as keep:
+        first = None
+        for i, target in enumerate(targets):
+            try:
+                client = await asyncio.wait_for(scenario(target, i == 0, keep if i == 0 else None), 90)
+            except TimeoutError:
+                emit(target["id"], False, "no outcome within 90 s")
+                client = None
+            if i == 0:
+                first = client
+        if a.expiry_wait > 0:
+            # The first connection, kept open, after its access token expired: the SDK
+            # must renew it (with its refresh token) and the session go on.
+            try:
+                if first is None or storage.tokens is None:
+                    raise RuntimeError(f"no open session on {targets[0]['id']}")
+                before = storage.tokens.access_token
+                wait = expiry_of(before) + a.expiry_wait - time.time()
+                await asyncio.sleep(max(0, wait))
+                await asyncio.wait_for(exercise(first, {"tools": targets[0]["tools"][:1]}, "expiry"), 60)
+                if storage.tokens.access_token == before:
+                    raise RuntimeError("the call worked but the client still holds its first token (no refresh seen)")
+                emit("expiry", True, f"waited {wait:.0f} s; refreshed: {storage.tokens.refresh_token is not None}")
+            except BaseException as e:  # noqa: BLE001
+                emit("expiry", False, describe(e))
+                print(traceback.format_exc(), file=sys.stderr)
+        try:
+            await keep.aclose()
+        except BaseException:  # noqa: BLE001 (closing is not a scenario)
+            pass
     return 0
 
 
