@@ -477,6 +477,25 @@ pub(crate) async fn begin(
     })
 }
 
+/// The authorization server no longer knows `client_id` (`invalid_client` at the code
+/// exchange): if Latchkey registered it dynamically, the registration is dropped so the
+/// next connect registers afresh (R-REG-3). Other clients are left alone.
+async fn forget_client(s: &AppState, slot: &Slot, issuer: &str, client_id: &str) {
+    match s
+        .store
+        .forget_registered_client(&slot.tenant, &slot.server, issuer, client_id)
+        .await
+    {
+        Ok(true) => {
+            tracing::info!(event = "mcpoauth.client_forgotten", server_id = %slot.server, issuer = %issuer, client_id = %client_id);
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(event = "mcpoauth.client_forget_failed", server_id = %slot.server, error = %e);
+        }
+    }
+}
+
 /// Whether the credential `c` can serve a call now: not refused by its authorization
 /// server, and an access token still valid or a way to get one (a refresh token, or the
 /// client credentials grant it was minted with).
@@ -686,6 +705,10 @@ async fn finish(
         Ok(t) => t,
         Err(e) => {
             tracing::info!(event = "mcpoauth.exchange_failed", error = %e);
+            if e.oauth_error_code() == Some("invalid_client") {
+                forget_client(s, &flow.slot, &d.issuer, &client.client_id).await;
+                return Outcome::fail(StatusCode::BAD_GATEWAY, "client_unknown", sid);
+            }
             return Outcome::fail(StatusCode::BAD_GATEWAY, "exchange_failed", sid);
         }
     };
@@ -793,6 +816,9 @@ fn reason_text(reason: &str) -> &'static str {
         }
         "exchange_failed" => {
             "The authorization code could not be exchanged for a token. Please try again."
+        }
+        "client_unknown" => {
+            "The authorization server no longer knows Latchkey's registration; connect again and Latchkey registers afresh."
         }
         _ => "Something went wrong while connecting. Please try again.",
     }

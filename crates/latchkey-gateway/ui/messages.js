@@ -29,6 +29,8 @@ const REASONS = {
   client_changed:
     "The server's OAuth client changed while you were authorizing. Please try again.",
   exchange_failed: "The authorization code could not be exchanged for a token. Please try again.",
+  client_unknown:
+    "The authorization server no longer knows Latchkey's registration; connect again and Latchkey registers afresh.",
   token_exchange_failed:
     "The authorization code could not be exchanged for a token. Please try again.",
   unknown: "Something went wrong while connecting. Please try again.",

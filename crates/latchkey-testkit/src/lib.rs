@@ -159,6 +159,14 @@ struct AsState {
     metadata_status: Option<u16>,
     /// Requests are not recorded (see [`ScriptedServer::set_recording`]).
     recording_off: bool,
+    /// Client ids handed out by `/register` since the last
+    /// [`ScriptedServer::forget_clients`].
+    registered_clients: Vec<String>,
+    /// Client ids the server no longer knows: its token endpoint answers
+    /// `invalid_client` to them.
+    forgotten_clients: HashSet<String>,
+    /// How many times it forgot its clients (a registration's id names it).
+    client_generation: u64,
 }
 
 impl AsState {
@@ -389,6 +397,16 @@ impl ScriptedServer {
     /// Replaces the scope the MCP resource demands (see [`AsConfig::required_scope`]).
     pub fn set_required_scope(&self, scope: Option<String>) {
         self.shared.lock().required_scope = scope;
+    }
+
+    /// Forgets every client registered so far, as an authorization server restarted
+    /// with in-memory storage does: its token endpoint answers 401 `invalid_client` to
+    /// them, and `/register` hands out new client ids.
+    pub fn forget_clients(&self) {
+        let mut st = self.shared.lock();
+        let ids = std::mem::take(&mut st.registered_clients);
+        st.forgotten_clients.extend(ids);
+        st.client_generation += 1;
     }
 
     /// Makes the authorization endpoint refuse every subsequent request with `error`
@@ -656,6 +674,13 @@ async fn token_served(
     let token_type = if dpop.is_some() { "DPoP" } else { "Bearer" };
     let cfg = s.cfg.clone();
     let mut st = s.lock();
+    if client_id(&headers, &f).is_some_and(|id| st.forgotten_clients.contains(&id)) {
+        return faults::token_fault_response(&TokenFault::OAuthError {
+            status: 401,
+            error: "invalid_client".into(),
+        })
+        .unwrap_or_else(|| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"));
+    }
     match f.get("grant_type").map(String::as_str) {
         Some("authorization_code") => {
             let Some((challenge, scope)) = f.get("code").and_then(|c| st.codes.remove(c)) else {
@@ -736,7 +761,16 @@ async fn register(
         .get("token_endpoint_auth_method")
         .and_then(Value::as_str)
         .unwrap_or("client_secret_basic");
-    let mut resp = json!({"client_id": "dcr-client", "token_endpoint_auth_method": method});
+    let client_id = {
+        let mut st = s.lock();
+        let id = match st.client_generation {
+            0 => "dcr-client".to_owned(),
+            n => format!("dcr-client-{n}"),
+        };
+        st.registered_clients.push(id.clone());
+        id
+    };
+    let mut resp = json!({"client_id": client_id, "token_endpoint_auth_method": method});
     if method != "none" {
         resp["client_secret"] = "dcr-secret".into();
     }
@@ -760,6 +794,18 @@ async fn revoke(
         }
     }
     StatusCode::OK.into_response()
+}
+
+/// The client a token request authenticates as: HTTP Basic, else the `client_id` field.
+fn client_id(headers: &HeaderMap, f: &HashMap<String, String>) -> Option<String> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|v| STANDARD.decode(v).ok())
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|raw| raw.split_once(':').map(|(id, _)| id.to_owned()));
+    basic.or_else(|| f.get("client_id").cloned())
 }
 
 /// `Authorization: Basic` decoded to `(client_id, secret)`.

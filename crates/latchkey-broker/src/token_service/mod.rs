@@ -657,6 +657,9 @@ impl TokenService {
         row: &CredentialRow,
         reason: ReauthReason,
     ) -> TokenError {
+        if reason == ReauthReason::InvalidClient {
+            self.forget_client(slot, row).await;
+        }
         let now = secs(self.clock.now());
         match self
             .store
@@ -679,6 +682,30 @@ impl TokenService {
             }
         }
         TokenError::ReauthRequired(reason)
+    }
+
+    /// The authorization server no longer knows the row's client (`invalid_client`): if
+    /// Latchkey registered it dynamically, that registration is dropped, so the next
+    /// connect registers afresh instead of reusing a dead client id (R-REG-3, A10).
+    /// Pre-registered and CIMD clients, and deposited ones, are left alone.
+    async fn forget_client(&self, slot: &Slot, row: &CredentialRow) {
+        let (Some(issuer), Some(client_id)) = (row.issuer.as_deref(), row.client_id.as_deref())
+        else {
+            return;
+        };
+        match self
+            .store
+            .forget_registered_client(&slot.tenant, &slot.server, issuer, client_id)
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(event = "token.client_forgotten", tenant = %slot.tenant, server = %slot.server, issuer = %issuer, client_id = %client_id);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(event = "token.client_forget_failed", tenant = %slot.tenant, server = %slot.server, error = %e);
+            }
+        }
     }
 
     /// One refresh grant from the stored row (R-REFRESH-2, R-REFRESH-17). The decrypted

@@ -930,9 +930,15 @@ async fn authorization_server_faults_are_typed_and_lose_nothing() {
             )
         });
 
-        // 3. The callback's code exchange: a failed exchange shows `exchange_failed`,
-        //    burns the state and leaves the slot's credential as it was.
+        // 3. The callback's code exchange: a failed exchange shows `exchange_failed`
+        //    (`client_unknown` when the AS does not know the client), burns the state
+        //    and leaves the slot's credential as it was.
         for (what, fault, _) in as_faults(&elsewhere) {
+            let reason = if what.contains("invalid_client") {
+                "client_unknown"
+            } else {
+                "exchange_failed"
+            };
             let authorization_url = start_flow(base, &fronted).await;
             let callback_url = super::flows::authorize(&authorization_url).await;
             let before = credential(&gw.store, &fronted_slot).await;
@@ -942,7 +948,7 @@ async fn authorization_server_faults_are_typed_and_lose_nothing() {
             disarm(&upstream, &door).await;
             check(
                 &mut failures,
-                got == (502, "exchange_failed".into(), false),
+                got == (502, reason.into(), false),
                 || format!("round {round}: callback, {what}: got {got:?}"),
             );
             check(&mut failures, codes() == exchanged, || {

@@ -28,10 +28,14 @@ fn slot(server: &str) -> Slot {
     }
 }
 
-/// `POST /v1/oauth/start` without `force`, the consent at the scripted AS and the
-/// callback: the slot connected through a user's consent.
-async fn consent(base: &str, id: &str) {
-    let (status, started) = post(&format!("{base}/v1/oauth/start"), json!({"server_id": id})).await;
+/// `POST /v1/oauth/start` (with `force` or not), the consent at the scripted AS and
+/// the callback: the slot connected through a user's consent.
+async fn consent_with(base: &str, id: &str, force: bool) {
+    let (status, started) = post(
+        &format!("{base}/v1/oauth/start"),
+        json!({"server_id": id, "force": force}),
+    )
+    .await;
     assert_eq!(
         (status, started["status"].as_str()),
         (200, Some("redirect")),
@@ -43,6 +47,11 @@ async fn consent(base: &str, id: &str) {
     let html = r.text().await.unwrap();
     assert_eq!(status, 200, "{html}");
     assert!(html.contains("\"ok\":true"), "{html}");
+}
+
+/// [`consent_with`] without `force`.
+async fn consent(base: &str, id: &str) {
+    consent_with(base, id, false).await;
 }
 
 /// A tool call; status and body.
@@ -251,5 +260,89 @@ async fn a_client_credentials_connection_outlives_its_first_token() {
         (200, Some("already_authorized")),
         "{v}"
     );
+    super::cleanup(dir, schema).await;
+}
+
+/// Issue 16, item 5: an authorization server that forgot Latchkey's registered client
+/// (restarted with in-memory storage). A refresh refused with `invalid_client` marks
+/// the slot as needing consent and drops the registration, so the next connect
+/// registers afresh and works; a code exchange refused so shows Latchkey's page with
+/// the reason `client_unknown` (never the AS's JSON) and drops the registration too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_client_is_registered_again() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (base, dir, store, schema) =
+        super::start_on(super::Backend::Sqlite, &super::loopback_config(), keys()).await;
+    let (status, server) = post(
+        &format!("{base}/v1/servers"),
+        json!({"name": "scripted", "url": upstream.mcp_url()}),
+    )
+    .await;
+    assert_eq!(status, 201, "{server}");
+    let id = server["id"].as_str().unwrap().to_owned();
+    let registered = || async {
+        store
+            .get_registered_client("default", &id, &upstream.base)
+            .await
+            .unwrap()
+            .map(|c| c.client_id)
+    };
+    consent(&base, &id).await;
+    assert_eq!(upstream.requests("/register").len(), 1);
+    assert_eq!(registered().await.as_deref(), Some("dcr-client"));
+    let (status, v) = call(&base, &id).await;
+    assert_eq!(status, 200, "{v}");
+
+    // The refresh: invalid_client → needs consent, registration dropped.
+    upstream.forget_clients();
+    upstream.expire_access_tokens();
+    for _ in 0..3 {
+        let (status, v) = call(&base, &id).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (409, Some("needs_oauth_reauth")),
+            "{v}"
+        );
+    }
+    assert_eq!(refresh_grants(&upstream), 1, "one refused grant");
+    let row = store.get_credential(&slot(&id)).await.unwrap().unwrap();
+    assert_eq!(row.needs_consent.as_deref(), Some("invalid_client"));
+    assert_eq!(
+        registered().await,
+        None,
+        "the dead registration was dropped"
+    );
+    consent(&base, &id).await;
+    assert_eq!(upstream.requests("/register").len(), 2, "registered afresh");
+    assert_eq!(registered().await.as_deref(), Some("dcr-client-1"));
+    let (status, v) = call(&base, &id).await;
+    assert_eq!(status, 200, "{v}");
+
+    // The code exchange: the AS forgets the client between start and callback.
+    let (status, started) = post(
+        &format!("{base}/v1/oauth/start"),
+        json!({"server_id": id, "force": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{started}");
+    upstream.forget_clients();
+    let callback = super::flows::authorize(started["authorization_url"].as_str().unwrap()).await;
+    let r = client().get(&callback).send().await.unwrap();
+    let status = r.status().as_u16();
+    let html = r.text().await.unwrap();
+    assert_eq!(status, 502, "{html}");
+    assert!(html.contains("\"reason\":\"client_unknown\""), "{html}");
+    assert!(html.contains("no longer knows"), "{html}");
+    assert!(
+        !html.contains("invalid_client"),
+        "not the AS's answer: {html}"
+    );
+    assert_eq!(registered().await, None);
+    // The credential from before still serves; a reconnect registers afresh.
+    consent_with(&base, &id, true).await;
+    assert_eq!(upstream.requests("/register").len(), 3);
+    assert_eq!(registered().await.as_deref(), Some("dcr-client-2"));
+    let (status, v) = call(&base, &id).await;
+    assert_eq!(status, 200, "{v}");
     super::cleanup(dir, schema).await;
 }
