@@ -49,6 +49,14 @@ struct FileConfig {
     limits: Option<crate::limits::FileLimits>,
     api_keys: Option<FileApiKeys>,
     metrics: Option<FileMetrics>,
+    oauth: Option<FileOAuth>,
+}
+
+/// `[oauth]`: the credential lifecycle.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOAuth {
+    refresh_deadline: Option<FileDuration>,
 }
 
 /// `[api_keys]`: lifetimes, as seconds or `"<n>s|m|h|d"`.
@@ -163,6 +171,10 @@ pub struct Config {
     /// (`[metrics] token`, `LATCHKEY_METRICS_TOKEN`); without one they are 404 there.
     /// Local mode serves them to anyone on loopback.
     pub metrics_token: Option<Secret>,
+    /// How long a refresh grant, once sent, is awaited in the background
+    /// (`[oauth] refresh_deadline`, `LATCHKEY_REFRESH_DEADLINE`; default 120 s, at most
+    /// an hour): its rotated token is kept although the callers stopped waiting.
+    pub refresh_deadline: std::time::Duration,
 }
 
 /// How long API keys live, in seconds (`[api_keys]`). A key's lifetime is chosen at
@@ -510,7 +522,38 @@ impl Config {
             }
             other => other.map(|(_, t)| t),
         };
+        let refresh_deadline = {
+            let given = match (
+                var("LATCHKEY_REFRESH_DEADLINE"),
+                f.oauth.and_then(|o| o.refresh_deadline),
+            ) {
+                (Some(v), _) => Some(("LATCHKEY_REFRESH_DEADLINE", parse_duration(&v))),
+                (None, Some(FileDuration::Secs(n))) => Some((
+                    "oauth.refresh_deadline",
+                    Some(std::time::Duration::from_secs(n)),
+                )),
+                (None, Some(FileDuration::Text(t))) => {
+                    Some(("oauth.refresh_deadline", parse_duration(&t)))
+                }
+                (None, None) => None,
+            };
+            match given {
+                None => latchkey_broker::token_service::DEFAULT_REFRESH_DEADLINE,
+                Some((key, d)) => d
+                    .filter(|d| {
+                        (std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600))
+                            .contains(d)
+                    })
+                    .ok_or_else(|| {
+                        err(
+                            key,
+                            "expected a duration from 1s to 1h: seconds, or a number with ms, s, m or h (e.g. \"120s\")",
+                        )
+                    })?,
+            }
+        };
         Ok(Self {
+            refresh_deadline,
             listen,
             public_url,
             data_dir: f.data_dir,
@@ -713,6 +756,44 @@ mod tests {
                 .setting,
             "auth.tenant_claim"
         );
+    }
+
+    #[test]
+    fn the_refresh_deadline() {
+        use std::time::Duration;
+        let c = Config::parse("", &env(&[])).unwrap();
+        assert_eq!(c.refresh_deadline, Duration::from_secs(120));
+        let c = Config::parse("[oauth]\nrefresh_deadline = \"5m\"", &env(&[])).unwrap();
+        assert_eq!(c.refresh_deadline, Duration::from_secs(300));
+        let c = Config::parse(
+            "[oauth]\nrefresh_deadline = 200",
+            &env(&[("LATCHKEY_REFRESH_DEADLINE", "90s")]),
+        )
+        .unwrap();
+        assert_eq!(c.refresh_deadline, Duration::from_secs(90));
+        for (toml, e, setting) in [
+            (
+                "[oauth]\nrefresh_deadline = 0",
+                vec![],
+                "oauth.refresh_deadline",
+            ),
+            (
+                "[oauth]\nrefresh_deadline = \"2h\"",
+                vec![],
+                "oauth.refresh_deadline",
+            ),
+            (
+                "",
+                vec![("LATCHKEY_REFRESH_DEADLINE", "soon")],
+                "LATCHKEY_REFRESH_DEADLINE",
+            ),
+        ] {
+            assert_eq!(
+                Config::parse(toml, &env(&e)).unwrap_err().setting,
+                setting,
+                "{toml}"
+            );
+        }
     }
 
     #[test]

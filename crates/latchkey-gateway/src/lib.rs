@@ -57,6 +57,8 @@ pub fn state(
             lease: Some(latchkey_broker::token_service::LeaseOptions::new(
                 instance.to_string(),
             )),
+            // A sent grant is awaited this long, whatever the callers do (issue 16).
+            refresh_deadline: cfg.refresh_deadline,
             ..latchkey_broker::token_service::TokenServiceOptions::default()
         },
     ));
