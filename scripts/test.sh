@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and integration tests, the web UI in
-# headless Chromium, and the official MCP conformance suite against
-# `latchkey conformance-client`. Installs what it needs (Node 22, the suite,
+# headless Chromium, the official MCP conformance suite against
+# `latchkey conformance-client`, and the interop matrix against unmodified third-party
+# peers (scripts/interop.sh). Installs what it needs (Node 22, the suite,
 # playwright-core into .cache/; Debian's chromium) on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,5 +52,8 @@ bash scripts/e2e.sh
 
 step "MCP conformance suites"
 bash scripts/conformance.sh
+
+step "interop matrix: unmodified third-party authorization servers"
+bash scripts/interop.sh
 
 summary="tests: $passed passed, 0 failed"

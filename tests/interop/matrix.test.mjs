@@ -72,23 +72,7 @@ const ONLY_FOR = { dead: "rotation", forgotten: "resource-indicators" };
 // as `PASS (known flaky: …)`.
 // `match`, when given, must match every part of the failure (parts are separated by
 // " | "), so another failure in the same scenario is not taken for the known one.
-const SESSION_RACE = {
-  match: /lost the session twice/,
-  bullet: "6. Federated /mcp (one upstream session per slot)",
-  reason: "concurrent calls replace the slot's upstream session and DELETE it under another: 502 'it lost the session twice'",
-  flaky: true,
-};
 const KNOWN_FAILURES = {
-  "oidc-provider (resource-indicators)/forgotten": {
-    bullet: "5. A forgotten client is re-registered",
-    reason: "the reconnect reuses the forgotten client_id; the AS shows its raw invalid_client page",
-  },
-  "oidc-provider (resource-indicators)/refresh": SESSION_RACE,
-  "oidc-provider (resource-indicators)/refresh2": SESSION_RACE,
-  "oidc-provider (offline-access)/refresh": SESSION_RACE,
-  "oidc-provider (offline-access)/refresh2": SESSION_RACE,
-  "oidc-provider (rotation)/refresh": SESSION_RACE,
-  "oidc-provider (rotation)/refresh2": SESSION_RACE,
 };
 
 // ---------------------------------------------------------------------------------
