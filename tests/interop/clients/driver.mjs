@@ -106,7 +106,9 @@ const results = new Map(); // row -> Map(scenario -> {ok, detail})
 const record = (row, step, ok, detail = "") => {
   if (!results.has(row)) results.set(row, new Map());
   results.get(row).set(step, { ok, detail: String(detail).replace(/\s+/g, " ").slice(0, 700) });
-  process.stdout.write(`  ${row} / ${step}: ${ok ? "pass" : "FAIL"}${detail ? ` (${String(detail).replace(/\s+/g, " ").slice(0, 300)})` : ""}\n`);
+  const r = results.get(row).get(step);
+  const verdict = ok ? "pass" : NOT_APPLICABLE[`${row}/${step}`] && knownFor(row, step, r) ? "n/a" : knownFor(row, step, r) ? "FAIL (known)" : "FAIL";
+  process.stdout.write(`  ${row} / ${step}: ${verdict}${detail ? ` (${String(detail).replace(/\s+/g, " ").slice(0, 300)})` : ""}\n`);
 };
 const knownFor = (row, step, r) => {
   const k = KNOWN_FAILURES[`${row}/${step}`] ?? NOT_APPLICABLE[`${row}/${step}`];
@@ -152,7 +154,7 @@ function table(seconds) {
       if (r?.ok && knownFor(row, s, r)) notes.push(`- ${title} / ${t}: passes; remove it from KNOWN_FAILURES (or NOT_APPLICABLE) in tests/interop/clients/driver.mjs`);
     }
   }
-  if (notes.length) lines.push("", "Failures, as observed:", "", ...notes);
+  if (notes.length) lines.push("", "Failures and stale list entries, as observed:", "", ...notes);
   return `${lines.join("\n")}\n`;
 }
 
