@@ -63,7 +63,6 @@ const EXPIRY_WAIT = 32;
 const sleep = (ms) => new Promise((r) => setTimeout(r, Math.max(0, ms)));
 const expOf = (jwt) => JSON.parse(Buffer.from(String(jwt).split(".")[1] ?? "", "base64url").toString() || "{}").exp;
 
-// Columns.
 // Columns. Each MCP cell is: connect (initialize, or none on the 2026-07-28 wire),
 // tools/list (the expected tools listed), tools/call of each (its text echoed); a
 // failure names the step.
@@ -83,10 +82,11 @@ const CLIENTS = [
   ["mcp-remote", `mcp-remote ${pinned("mcp-remote")} under the TypeScript SDK's StdioClientTransport`],
 ].filter(([id]) => !process.env.CLIENTS_ONLY || process.env.CLIENTS_ONLY.split(",").includes(id));
 
-// Failures caused by Latchkey defects: "<row>/<scenario>" → why. `match`, when given,
-// must match the failure's detail, so that another failure in the same cell is not
-// taken for the known one. Remove an entry when its fix lands (the run then fails
-// until it is removed).
+// Failures caused by Latchkey defects, one entry per cell:
+//   "<row>/<scenario>": { reason: "what Latchkey does (issue N)", match: /…/ }
+// `match`, when given, must match the failure's detail, so that another failure in the
+// same cell is not taken for the known one. Remove an entry when its fix lands (the run
+// fails while a listed cell passes). None today.
 const KNOWN_FAILURES = {};
 
 // Cells that cannot pass by design, whoever implements them well: run all the same,
