@@ -56,4 +56,7 @@ bash scripts/conformance.sh
 step "interop matrix: unmodified third-party authorization servers"
 bash scripts/interop.sh
 
+step "interop matrix: unmodified third-party MCP clients against Latchkey in jwt mode"
+bash scripts/interop-clients.sh
+
 summary="tests: $passed passed, 0 failed"
