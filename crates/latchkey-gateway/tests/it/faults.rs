@@ -946,11 +946,9 @@ async fn authorization_server_faults_are_typed_and_lose_nothing() {
             arm(&upstream, &door, &fault).await;
             let got = callback(&callback_url).await;
             disarm(&upstream, &door).await;
-            check(
-                &mut failures,
-                got == (502, reason.into(), false),
-                || format!("round {round}: callback, {what}: got {got:?}"),
-            );
+            check(&mut failures, got == (502, reason.into(), false), || {
+                format!("round {round}: callback, {what}: got {got:?}")
+            });
             check(&mut failures, codes() == exchanged, || {
                 format!("round {round}: callback, {what}: a code was exchanged during the fault")
             });
