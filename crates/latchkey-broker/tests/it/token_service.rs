@@ -642,7 +642,14 @@ async fn queued_callers_share_an_authorization_server_failure(store: Arc<dyn Sto
     let queued: Vec<_> = (0..3)
         .map(|_| spawn_access(&svc, &fx.slot, false))
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One more caller queued well before the grant's deadline (1.5 s from the start)
+    // and whose own wait (0.6 s) ends well after it: it gets the failure when the grant
+    // gives up. Timed from the start, not from the callers above, so a loaded machine
+    // does not move it across either edge.
+    tokio::time::sleep_until(tokio::time::Instant::from_std(
+        started + Duration::from_millis(1150),
+    ))
+    .await;
     let late = spawn_access(&svc, &fx.slot, false);
     for c in queued {
         match c.await.unwrap() {
