@@ -71,6 +71,25 @@ for p in "${peers[@]}"; do
   [ "$got" = "${p##*@}" ] || die "${p%@*} is $got in $peers_dir, not ${p##*@}"
 done
 
+# 3b. Python and the PyPI packages (the Authlib authorization server), pinned in
+# tests/interop/requirements.lock, in a virtualenv named after that file.
+py_lock="$root/tests/interop/requirements.lock"
+python=/usr/bin/python3
+[ -x "$python" ] || python=$(command -v python3) || die "no python3"
+venv="$root/.cache/interop-venv-$(grep -vE '^\s*(#|$)' "$py_lock" | sha256sum | cut -c1-16)"
+if [ ! -f "$venv/.installed" ]; then
+  echo "interop: installing the PyPI packages of $py_lock into a virtualenv"
+  rm -rf "$venv"
+  "$python" -m venv "$venv" || die "$python -m venv failed (Debian: apt-get install python3-venv)"
+  "$venv/bin/pip" install --disable-pip-version-check -q -r "$py_lock" || die "pip install -r $py_lock failed"
+  touch "$venv/.installed"
+fi
+while read -r spec; do
+  case $spec in '' | '#'*) continue ;; esac
+  got=$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('${spec%%==*}'))")
+  [ "$got" = "${spec##*==}" ] || die "${spec%%==*} is $got in $venv, not ${spec##*==}"
+done <"$py_lock"
+
 # 4. The binary (debug build; shares the target directory).
 cargo build --locked -p latchkey-cli --bin latchkey
 bin="$root/target/debug/latchkey"
@@ -90,7 +109,7 @@ rc=0
     case $v in LATCHKEY_*) unset "$v" ;; esac
   done
   INTEROP_PEERS="$peers_dir" INTEROP_LATCHKEY="$bin" INTEROP_OUT="$out" INTEROP_TMP="$tmp" \
-    INTEROP_NODE="$node" INTEROP_PLAYWRIGHT_CORE="$playwright" INTEROP_CHROMIUM="$chromium" \
+    INTEROP_NODE="$node" INTEROP_PYTHON="$venv/bin/python" INTEROP_PLAYWRIGHT_CORE="$playwright" INTEROP_CHROMIUM="$chromium" \
     INTEROP_MATRIX="$root/target/interop/matrix.md" \
     exec timeout "$run_timeout" "$node" --test --test-concurrency=1 --test-reporter=spec \
     "$root/tests/interop/matrix.test.mjs"

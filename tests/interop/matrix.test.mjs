@@ -48,11 +48,14 @@ mkdirSync(OUT, { recursive: true });
 // (simpleStreamableHttp --oauth-strict: its demo authorization server and its MCP
 // server in one program, which brings its own MCP server URL and tools).
 const OIDC_PROFILES = ["resource-indicators", "offline-access", "rotation"];
-const PROFILES = [...OIDC_PROFILES, "ts-sdk-demo"].filter(
+// `authlib` is our small authorization server on Authlib (py_as.py, in the virtualenv
+// scripts/interop.sh makes), protecting mcp-server.mjs as oidc-provider does.
+const PROFILES = [...OIDC_PROFILES, "ts-sdk-demo", "authlib"].filter(
   (p) => !process.env.INTEROP_ONLY || process.env.INTEROP_ONLY.split(",").includes(p),
 );
 const PEER_NAMES = {
   "ts-sdk-demo": "MCP TS SDK example (simpleStreamableHttp --oauth-strict)",
+  authlib: "Authlib (Python, Flask)",
 };
 const peerName = (profile) => PEER_NAMES[profile] ?? `oidc-provider (${profile})`;
 // The tool each profile's MCP server has that answers its argument back.
@@ -211,7 +214,10 @@ function start(name, cmd, args, { env, ready, log }) {
   child.on("exit", () => children.delete(child));
   return new Promise((resolve, reject) => {
     let buf = "";
-    const timer = setTimeout(() => reject(new Error(`${name} was not ready within 30 s`)), 30000);
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL"); // else it keeps the driver alive
+      reject(new Error(`${name} was not ready within 30 s`));
+    }, 30000);
     const onData = (d) => {
       file.write(d);
       if (buf === null) return;
@@ -435,7 +441,11 @@ for (const profile of PROFILES) {
     }
 
     async function startAs(port = 0) {
-      as = await start("oidc-provider", NODE, [path.join(HERE, "as.mjs"), "--profile", profile, "--resource", env.resource, "--at-ttl", String(AT_TTL), "--port", String(port)], {
+      const [name, cmd, argv] =
+        profile === "authlib"
+          ? ["the Authlib AS", need("INTEROP_PYTHON"), [path.join(HERE, "py_as.py")]]
+          : ["oidc-provider", NODE, [path.join(HERE, "as.mjs"), "--profile", profile]];
+      as = await start(name, cmd, [...argv, "--resource", env.resource, "--at-ttl", String(AT_TTL), "--port", String(port)], {
         ready: /^\{"issuer":"([^"]+)"/m,
         log: `${profile}-as.log`,
       });
@@ -510,7 +520,7 @@ for (const profile of PROFILES) {
     });
 
     scenario(peer, "add", async () => {
-      const r = await http("POST", `${env.base}/v1/servers`, { name: sdkDemo ? "sdk demo" : `oidc ${profile}`, url: env.mcpUrl });
+      const r = await http("POST", `${env.base}/v1/servers`, { name: sdkDemo ? "sdk demo" : profile === "authlib" ? "authlib" : `oidc ${profile}`, url: env.mcpUrl });
       assert.equal(r.status, 201, `POST /v1/servers: ${brief(r)}`);
       assert.equal(r.json.auth_type, "oauth", `probed auth type ${r.json.auth_type}`);
       env.serverId = r.json.id;

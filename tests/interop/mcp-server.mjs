@@ -37,8 +37,16 @@ const { isInitializeRequest } = await peer("@modelcontextprotocol/sdk/types.js")
 const { z } = await peer("zod");
 const jose = await peer("jose");
 
-// The AS's metadata (oidc-provider serves the OpenID form only).
-const meta = await (await fetch(`${ISSUER}/.well-known/openid-configuration`, { signal: AbortSignal.timeout(10000) })).json();
+// The AS's metadata: RFC 8414's (the Authlib AS), else the OpenID form (oidc-provider
+// serves only that one).
+async function asMetadata() {
+  for (const doc of ["oauth-authorization-server", "openid-configuration"]) {
+    const r = await fetch(`${ISSUER}/.well-known/${doc}`, { signal: AbortSignal.timeout(10000) });
+    if (r.ok) return r.json();
+  }
+  throw new Error(`no authorization server metadata at ${ISSUER}`);
+}
+const meta = await asMetadata();
 const jwks = jose.createRemoteJWKSet(new URL(meta.jwks_uri), { timeoutDuration: 5000 });
 
 const seen = { accepted: [], refused: 0, requests: [] };
