@@ -102,3 +102,9 @@ tail -n +1 -f --pid="${pids[-1]}" "$out/driver.log"
 wait "${pids[-1]}" || rc=$?
 echo "interop-clients: table in target/interop/clients.md, logs in $out ($((SECONDS - began)) s)"
 [ "$rc" -eq 0 ] || die "the client interop run failed (exit $rc); see $out/driver.log"
+# The README's copy of the table, from a complete green run outside CI.
+if [ -z "${CLIENTS_ONLY:-}" ]; then
+  # shellcheck source=scripts/readme-table.sh
+  . "$root/scripts/readme-table.sh"
+  readme_table interop-clients "$root/target/interop/clients.md"
+fi

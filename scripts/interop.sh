@@ -120,3 +120,9 @@ tail -n +1 -f --pid="${pids[-1]}" "$out/driver.log"
 wait "${pids[-1]}" || rc=$?
 echo "interop: table in target/interop/matrix.md, logs in $out ($((SECONDS - began)) s)"
 [ "$rc" -eq 0 ] || die "the interop matrix failed (exit $rc); see $out/driver.log"
+# The README's copy of the table, from a complete green run outside CI.
+if [ -z "${INTEROP_ONLY:-}" ]; then
+  # shellcheck source=scripts/readme-table.sh
+  . "$root/scripts/readme-table.sh"
+  readme_table interop-matrix "$root/target/interop/matrix.md"
+fi
