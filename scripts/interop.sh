@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # The interop matrix (issue 16): unmodified third-party peers against `latchkey serve`.
 # Today: oidc-provider as the authorization server in three configurations
-# (tests/interop/as.mjs), each protecting an MCP server built on the TypeScript MCP
-# SDK (tests/interop/mcp-server.mjs); tests/interop/matrix.test.mjs drives doctor,
+# (tests/interop/as.mjs) and an Authlib AS (tests/interop/py_as.py), each protecting an
+# MCP server built on the TypeScript MCP SDK (tests/interop/mcp-server.mjs), and the
+# TypeScript MCP SDK's example server (simpleStreamableHttp --oauth-strict, its AS and
+# MCP server in one program); tests/interop/matrix.test.mjs drives doctor,
 # connect (consent in headless Chromium), calls through REST, /mcp/{server} and /mcp,
 # refresh at expiry under 50 concurrent callers, restart and disconnect.
 #
 # Installs what it needs itself, pinned in tests/interop/peers.lock: Node 22 and the
-# npm packages into .cache/conformance/ (scripts/npm-cache.sh), Debian's chromium
+# npm packages into .cache/conformance/ (scripts/npm-cache.sh); the PyPI packages of
+# tests/interop/requirements.lock into a virtualenv under .cache/; Debian's chromium
 # (apt-get, only when no `chromium` is on PATH; needs root). Everything listens on
 # 127.0.0.1. The table peer × scenario is printed at the end and written to
-# target/interop/matrix.md; logs land in target/interop/<UTC timestamp>/.
+# target/interop/matrix.md (and, after a complete green run outside CI, into README.md
+# between its interop-matrix markers); logs land in target/interop/<UTC timestamp>/.
 #
 # Exit status: 0 when every scenario passed or failed as listed in the driver's
 # known-failures list; 1 otherwise (an unlisted failure, or a listed one that passes).

@@ -17,7 +17,9 @@ Usage: python py_as.py --resource URL [--at-ttl SECONDS] [--port N]
 Prints one JSON line {"issuer": ...} once it listens on 127.0.0.1. GET /_test/events
 answers the recorded events in the shape tests/interop/as.mjs records them
 (grant.success with grant_type, grant.error, grant.revoked, refresh_token.destroyed,
-registration_create.success, authorization.request); never a secret.
+registration_create.success, authorization.request); never a secret. POST
+/_test/revoke-grants ends every grant. A restart on the same port is the same issuer
+that forgot everything, clients included (in-memory storage).
 """
 
 import argparse
@@ -269,7 +271,9 @@ class Registration(ClientRegistrationEndpoint):
         return METADATA
 
 
-KEY = RSAKey.generate_key(2048, parameters={"kid": "interop-1", "alg": "RS256", "use": "sig"})
+# A key id of its own per process: a restarted AS (which forgot everything) signs with a
+# new key, which resource servers must fetch rather than take for the old one.
+KEY = RSAKey.generate_key(2048, parameters={"kid": f"interop-{secrets.token_hex(4)}", "alg": "RS256", "use": "sig"})
 
 
 class AccessTokens(JWTBearerTokenGenerator):
@@ -394,6 +398,17 @@ def register():
         body = resp.get_json(silent=True) or {}
         record("registration_create.error", error=body.get("error"), error_description=body.get("error_description"))
     return resp
+
+
+@app.post("/_test/revoke-grants")
+def test_revoke_grants():
+    """The AS ends every grant, as an administrator revoking access would (refresh
+    tokens then fail with invalid_grant)."""
+    families = {t.family for t in refresh_tokens.values() if not t.revoked}
+    for f in families:
+        revoke_family(f, "administrator")
+    record("test.grants_revoked", count=len(families))
+    return jsonify({})
 
 
 @app.get("/_test/events")
