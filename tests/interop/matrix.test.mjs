@@ -21,12 +21,14 @@
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFile } from "node:child_process";
+import { execFile } from "node:child_process";
 import { createRequire } from "node:module";
-import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+
+import { killAll, start as startIn } from "./process.mjs";
 
 const need = (name) => {
   const v = process.env[name];
@@ -192,11 +194,6 @@ function scenario(peer, id, fn, timeout = 90000) {
 // ---------------------------------------------------------------------------------
 // Processes.
 
-const children = new Set();
-const killAll = () => {
-  for (const c of children) c.kill("SIGKILL");
-};
-process.on("exit", killAll);
 for (const sig of ["SIGTERM", "SIGINT"]) {
   process.on(sig, () => {
     killAll();
@@ -204,39 +201,9 @@ for (const sig of ["SIGTERM", "SIGINT"]) {
   });
 }
 
-/**
- * Starts `cmd args`, its stderr (and stdout) appended to OUT/log; resolves with the
- * first stdout/stderr match of `ready` (a regexp) or fails after 30 s or on exit.
- */
-function start(name, cmd, args, { env, ready, log }) {
-  const file = createWriteStream(path.join(OUT, log), { flags: "a" });
-  const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  children.add(child);
-  child.on("exit", () => children.delete(child));
-  return new Promise((resolve, reject) => {
-    let buf = "";
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL"); // else it keeps the driver alive
-      reject(new Error(`${name} was not ready within 30 s`));
-    }, 30000);
-    const onData = (d) => {
-      file.write(d);
-      if (buf === null) return;
-      buf += d.toString();
-      const m = buf.match(ready);
-      if (m) {
-        buf = null;
-        clearTimeout(timer);
-        resolve({ child, match: m });
-      }
-    };
-    child.stdout.on("data", onData);
-    child.stderr.on("data", onData);
-    child.on("exit", (code) => {
-      clearTimeout(timer);
-      if (buf !== null) reject(new Error(`${name} exited (${code}) before it was ready`));
-    });
-  });
+/** [`startIn`] with the logs under OUT. */
+function start(name, cmd, args, opts) {
+  return startIn(name, cmd, args, { dir: OUT, ...opts });
 }
 
 async function stop(child, timeout = 10000) {

@@ -37,6 +37,8 @@ import { createHash, randomBytes } from "node:crypto";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+
+import { children, start as startIn } from "../process.mjs";
 import { consent } from "./consent.mjs";
 import { peer, resolver } from "./peers.mjs";
 
@@ -161,37 +163,11 @@ function table(seconds) {
 // ---------------------------------------------------------------------------------
 // Processes and HTTP.
 
-const children = new Set();
-process.on("exit", () => children.forEach((c) => c.kill("SIGKILL")));
 for (const sig of ["SIGTERM", "SIGINT"]) process.on(sig, () => process.exit(1));
 
-/** Starts a process, its output appended to OUT/log; resolves with the first match of `ready`. */
-function start(name, cmd, args, { ready, log, env = {} }) {
-  const file = createWriteStream(path.join(OUT, log), { flags: "a" });
-  const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  children.add(child);
-  child.on("exit", () => children.delete(child));
-  return new Promise((resolve, reject) => {
-    let buf = "";
-    const timer = setTimeout(() => reject(new Error(`${name} was not ready within 30 s`)), 30000);
-    const onData = (d) => {
-      file.write(d);
-      if (buf === null) return;
-      buf += d.toString();
-      const m = buf.match(ready);
-      if (m) {
-        buf = null;
-        clearTimeout(timer);
-        resolve({ child, match: m });
-      }
-    };
-    child.stdout.on("data", onData);
-    child.stderr.on("data", onData);
-    child.on("exit", (code) => {
-      clearTimeout(timer);
-      if (buf !== null) reject(new Error(`${name} exited (${code}) before it was ready; see ${log}`));
-    });
-  });
+/** [`startIn`] with the logs under OUT. */
+function start(name, cmd, args, opts) {
+  return startIn(name, cmd, args, { dir: OUT, ...opts });
 }
 
 function freePort() {
