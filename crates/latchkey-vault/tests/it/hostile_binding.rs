@@ -17,7 +17,7 @@ use latchkey_vault::{
 };
 use sha2::Sha256;
 
-use super::{NOW, credential, flow, pg_url, server, slot, tempdir};
+use super::{NOW, credential, flow, server, slot, tempdir};
 
 const K1: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 const K2: &str = "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff000102030405060708090a0b0c0d0e0f";
@@ -43,22 +43,8 @@ impl Db {
     }
 
     async fn postgres() -> Self {
-        let url = pg_url();
-        let schema = format!("lk_hostile_{}", new_id().replace('-', ""));
-        let admin = sqlx::PgPool::connect(&url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-        let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
-        let opts = opts.options([("search_path", schema.as_str())]);
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await
-            .unwrap();
-        Db::Pg(PgStore::new(pool).await.unwrap(), schema)
+        let (store, schema) = super::pg_store("lk_hostile", 4).await;
+        Db::Pg(store, schema)
     }
 
     fn store(&self) -> &dyn Store {

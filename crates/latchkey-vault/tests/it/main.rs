@@ -33,8 +33,15 @@ fn pg_url() -> String {
 /// A store in a schema of its own on the machine's PostgreSQL, so runs never collide.
 /// Returns the schema name for [`drop_schema`].
 async fn postgres() -> (Arc<dyn Store>, String) {
+    let (store, schema) = pg_store("lk_test", 16).await;
+    (Arc::new(store), schema)
+}
+
+/// [`postgres`] as the concrete store (tests that reach its pool), in a schema named
+/// `prefix_…`, with at most `connections` connections.
+async fn pg_store(prefix: &str, connections: u32) -> (PgStore, String) {
     let url = pg_url();
-    let schema = format!("lk_test_{}", new_id().replace('-', ""));
+    let schema = format!("{prefix}_{}", new_id().replace('-', ""));
     let admin = sqlx::PgPool::connect(&url)
         .await
         .expect("PostgreSQL at LATCHKEY_TEST_DATABASE_URL");
@@ -46,11 +53,11 @@ async fn postgres() -> (Arc<dyn Store>, String) {
     let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
     let opts = opts.options([("search_path", schema.as_str())]);
     let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(16)
+        .max_connections(connections)
         .connect_with(opts)
         .await
         .unwrap();
-    (Arc::new(PgStore::new(pool).await.unwrap()), schema)
+    (PgStore::new(pool).await.unwrap(), schema)
 }
 
 async fn drop_schema(schema: &str) {

@@ -78,6 +78,16 @@ async fn setup() -> (String, HashMap<&'static str, String>, std::path::PathBuf) 
     (base, ids, dir)
 }
 
+/// One JSON-RPC message through `/mcp/{id}`: status, headers, body.
+async fn relay(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    message: Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    crate::proxy::rpc(http, &format!("{base}/mcp/{id}"), None, message).await
+}
+
 fn assert_hardened(h: &reqwest::header::HeaderMap) {
     assert_eq!(h["x-content-type-options"], "nosniff");
     assert_eq!(h["content-security-policy"], "sandbox; default-src 'none'");
@@ -133,25 +143,13 @@ async fn hostile_upstream_html_is_never_relayed() {
     // The same for a POST answered with HTML.
     let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                       "params": {"name": "x", "arguments": {}}});
-    let (status, h, v) = crate::proxy::rpc(
-        &http,
-        &format!("{base}/mcp/{}", ids["/mcp"]),
-        None,
-        call.clone(),
-    )
-    .await;
+    let (status, h, v) = relay(&http, &base, &ids["/mcp"], call.clone()).await;
     assert_eq!(status, 502, "{v}");
     assert_hardened(&h);
     assert_eq!(v["code"], "upstream_error");
 
     // A 4xx keeps its status (an MCP client acts on a 404), with Latchkey's body.
-    let (status, h, v) = crate::proxy::rpc(
-        &http,
-        &format!("{base}/mcp/{}", ids["/gone"]),
-        None,
-        call.clone(),
-    )
-    .await;
+    let (status, h, v) = relay(&http, &base, &ids["/gone"], call.clone()).await;
     assert_eq!(status, 404, "{v}");
     assert_hardened(&h);
     assert_eq!(v["code"], "upstream_error");
@@ -163,19 +161,12 @@ async fn hostile_upstream_html_is_never_relayed() {
     );
 
     // A body with no declared type is not relayed either (a browser would sniff it).
-    let (status, h, v) = crate::proxy::rpc(
-        &http,
-        &format!("{base}/mcp/{}", ids["/typeless"]),
-        None,
-        call.clone(),
-    )
-    .await;
+    let (status, h, v) = relay(&http, &base, &ids["/typeless"], call.clone()).await;
     assert_eq!(status, 502, "{v}");
     assert_hardened(&h);
 
     // A proper JSON answer is relayed, hardened too.
-    let (status, h, v) =
-        crate::proxy::rpc(&http, &format!("{base}/mcp/{}", ids["/ok"]), None, call).await;
+    let (status, h, v) = relay(&http, &base, &ids["/ok"], call).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["result"]["serverInfo"]["name"], "hostile");
     assert_hardened(&h);
