@@ -507,18 +507,10 @@ fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
     headers
 }
 
-/// The relayed answer. It is the upstream's: never sniffed, never a document with
-/// rights on Latchkey's origin (the application's outer layer adds the same to every
-/// answer; set here too so the relay does not depend on where it is mounted).
-fn finish(status: StatusCode, mut headers: HeaderMap, body: Body) -> Response {
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(crate::app::SANDBOX_CSP),
-    );
+/// The relayed answer. Its `nosniff` and sandboxing CSP come from the application's
+/// outer layer (`app::harden`), as for every answer (no upstream CSP crosses:
+/// [`RESPONSE_HEADERS`]).
+fn finish(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
     let mut r = Response::new(body);
     *r.status_mut() = status;
     *r.headers_mut() = headers;
