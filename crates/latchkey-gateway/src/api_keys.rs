@@ -31,10 +31,10 @@ use latchkey_vault::{Store, StoreError};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::app::AppState;
 use crate::config::ApiKeyTtls;
 use crate::error::ApiError;
 use crate::fields::{Body, Fields};
+use crate::state::AppState;
 
 /// Longest key name accepted.
 const NAME_MAX: usize = 100;

@@ -19,8 +19,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
 use crate::events::{CredentialChange, Event};
+use crate::state::AppState;
 use latchkey_vault::{Notice, Slot};
 
 /// What changed.
@@ -79,6 +79,13 @@ impl Change {
 struct Envelope {
     from: String,
     change: Change,
+}
+
+impl AppState {
+    /// Applies `c` here and tells the other instances ([`crate::cluster::announce`]).
+    pub async fn announce(&self, c: crate::cluster::Change) {
+        crate::cluster::announce(self, c).await;
+    }
 }
 
 /// Applies `c` to this instance's caches and tells the other instances.

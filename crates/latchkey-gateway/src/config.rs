@@ -3,6 +3,8 @@
 //!
 //! Loading is pure: the environment is passed in, so tests need no process state.
 
+pub use crate::setting::ConfigError;
+use crate::setting::{DAY, err, parse_duration};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,24 +18,6 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
 /// The default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
-
-/// A configuration problem, naming the setting (`listen`, `auth.issuer`,
-/// `LATCHKEY_LISTEN` …).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration: {setting}: {message}")]
-pub struct ConfigError {
-    /// The setting, as the user wrote it (TOML key path or environment variable).
-    pub setting: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-fn err(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        setting: setting.into(),
-        message: message.into(),
-    }
-}
 
 /// The file's shape. Unknown keys are errors (a typo must not be silently ignored).
 #[derive(Debug, Default, Deserialize)]
@@ -213,28 +197,8 @@ impl ApiKeyTtls {
     }
 }
 
-const DAY: u64 = 86_400;
-
 /// The shortest metrics token accepted, in bytes.
 pub const MIN_METRICS_TOKEN_BYTES: usize = 16;
-
-/// A duration setting: `"90"` (seconds), `"500ms"`, `"90s"`, `"15m"`, `"12h"`, `"30d"`.
-/// One reader for every such setting (`[limits]`, `[api_keys]`); each judges its range.
-pub(crate) fn parse_duration(text: &str) -> Option<std::time::Duration> {
-    use std::time::Duration;
-    let t = text.trim();
-    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = digits.parse().ok()?;
-    let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs);
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "" | "s" => secs(1),
-        "m" => secs(60),
-        "h" => secs(3600),
-        "d" => secs(DAY),
-        _ => None,
-    }
-}
 
 /// A lifetime setting in whole seconds, more than zero.
 fn parse_seconds(text: &str) -> Option<u64> {

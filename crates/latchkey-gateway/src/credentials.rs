@@ -12,9 +12,9 @@ use latchkey_guard::Principal;
 use latchkey_vault::store::{AuditEvent, CredentialRow, ServerRow, Slot, new_id};
 use serde_json::{Value, json};
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::fields::{Body, Fields};
+use crate::state::AppState;
 
 const FIELDS: &[&str] = &[
     "server_id",

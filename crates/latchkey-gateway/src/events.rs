@@ -14,8 +14,6 @@ use latchkey_guard::Principal;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::app::AppState;
-
 /// One event. `tenant` routes it and is not sent.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -147,10 +145,10 @@ impl Events {
 
 /// `GET /v1/events`.
 pub async fn stream(
-    State(s): State<AppState>,
+    State(events): State<Events>,
     axum::Extension(p): axum::Extension<Principal>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let rx = s.events.subscribe();
+    let rx = events.subscribe();
     let events = futures_util::stream::unfold((rx, p), |(mut rx, p)| async move {
         loop {
             match rx.recv().await {

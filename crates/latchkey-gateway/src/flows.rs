@@ -19,9 +19,9 @@ use latchkey_vault::store::{
 };
 use serde_json::{Value, json};
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::fields::{Body, Fields};
+use crate::state::AppState;
 
 /// The callback path, under the public URL (R-FLOW-12).
 pub const CALLBACK_PATH: &str = "/v1/oauth/callback";

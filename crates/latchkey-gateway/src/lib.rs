@@ -20,6 +20,8 @@ pub mod proxy;
 pub mod revoke;
 pub mod server_cache;
 pub mod servers;
+pub mod setting;
+pub mod state;
 pub mod telemetry;
 pub mod tools;
 pub mod ui;
@@ -34,8 +36,9 @@ use latchkey_guard::{
     JwtConfig, JwtVerifier, PrmConfig, ResourceResolver, SubjectId, TenantId, TokenAuthenticator,
 };
 
-pub use app::{AppState, router};
+pub use app::router;
 pub use listener::serve;
+pub use state::AppState;
 
 /// Everything the application shares, built from the configuration.
 pub fn state(
@@ -62,7 +65,7 @@ pub fn state(
             ..latchkey_broker::token_service::TokenServiceOptions::default()
         },
     ));
-    Ok(AppState::from(app::Shared {
+    Ok(AppState::from(state::Shared {
         tokens,
         store,
         keyring,

@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use serde::Deserialize;
 
-use crate::config::ConfigError;
 use crate::error::ApiError;
+use crate::setting::ConfigError;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -112,12 +112,12 @@ impl Limits {
             ),
         ] {
             let given = match (var(env_key), file_val) {
-                (Some(v), _) => Some((env_key, crate::config::parse_duration(&v))),
+                (Some(v), _) => Some((env_key, crate::setting::parse_duration(&v))),
                 (None, Some(FileDuration::Secs(n))) => {
                     Some((file_key, Some(Duration::from_secs(n))))
                 }
                 (None, Some(FileDuration::Text(t))) => {
-                    Some((file_key, crate::config::parse_duration(&t)))
+                    Some((file_key, crate::setting::parse_duration(&t)))
                 }
                 (None, None) => None,
             };

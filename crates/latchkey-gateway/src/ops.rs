@@ -11,7 +11,6 @@ use axum::response::Response;
 use latchkey_core::Secret;
 use subtle::ConstantTimeEq;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 
 /// Access to the operator's documents.
@@ -57,7 +56,7 @@ impl OpsAccess {
 
 /// Middleware for the operator's routes: 404 unless [`OpsAccess::allows`] the caller.
 pub async fn gate(
-    State(s): State<AppState>,
+    State(access): State<OpsAccess>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
@@ -65,7 +64,7 @@ pub async fn gate(
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    if !s.ops_access.allows(auth) {
+    if !access.allows(auth) {
         return Err(ApiError::NotFound);
     }
     Ok(next.run(req).await)

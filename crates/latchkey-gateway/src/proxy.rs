@@ -33,8 +33,8 @@ use latchkey_guard::Principal;
 use latchkey_oauth::challenge;
 use latchkey_vault::store::ServerRow;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// A request body that ends within this many bytes is kept for a retry.
 pub const REPLAY_LIMIT: usize = 256 * 1024;

@@ -15,7 +15,7 @@ use latchkey_oauth::client_auth::{AuthMethod, ClientCredentials};
 use latchkey_oauth::revocation::{self, TokenTypeHint};
 use latchkey_vault::store::{AuditEvent, CredentialRow, ServerRow};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// The most time revocation may add to a delete or purge.
 pub const BUDGET: Duration = Duration::from_secs(10);

@@ -16,10 +16,10 @@ use latchkey_oauth::probe::{self, AuthType};
 use latchkey_vault::store::{AuditEvent, ServerRow, new_id};
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::cluster::Change;
 use crate::error::ApiError;
 use crate::fields::{Body, Fields, Patch};
+use crate::state::AppState;
 
 const FIELDS: &[&str] = &[
     "name",

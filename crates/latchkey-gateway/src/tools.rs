@@ -17,9 +17,9 @@ use latchkey_vault::store::{ServerRow, Slot};
 use rmcp::model::ProtocolVersion;
 use serde_json::{Value, json};
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::fields::Body;
+use crate::state::AppState;
 use crate::upstream_sessions::{CredentialMark, Session, SessionKey};
 
 /// Why one upstream attempt failed.

@@ -53,10 +53,10 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::events::{CredentialChange, change_visible_to};
 use crate::flows::Started;
+use crate::state::AppState;
 
 /// Where the endpoint is mounted.
 pub const PATH: &str = "/mcp";
