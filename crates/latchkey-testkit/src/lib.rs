@@ -167,6 +167,9 @@ struct AsState {
     forgotten_clients: HashSet<String>,
     /// How many times it forgot its clients (a registration's id names it).
     client_generation: u64,
+    /// Static-header mode ([`ScriptedServer::require_header`]): the header's name
+    /// (lower case) and the values it accepts in place of a Bearer token.
+    required_header: Option<(String, Vec<String>)>,
 }
 
 impl AsState {
@@ -441,6 +444,19 @@ impl ScriptedServer {
     /// or if no request came yet).
     pub fn last_mcp_authorization(&self) -> Option<String> {
         self.shared.lock().last_mcp_authorization.clone()
+    }
+
+    /// Turns the MCP resource into a static-header (API key) server: every `/mcp`
+    /// request must carry the header `name` with one of `values` (no Bearer token is
+    /// looked at); a missing or wrong value gets a 401 without a Bearer challenge, as
+    /// API-key servers answer. `None` turns the mode off.
+    pub fn require_header(&self, header: Option<(&str, &[&str])>) {
+        self.shared.lock().required_header = header.map(|(name, values)| {
+            (
+                name.to_ascii_lowercase(),
+                values.iter().map(|v| (*v).to_owned()).collect(),
+            )
+        });
     }
 }
 

@@ -12,7 +12,8 @@
 //! (by `access_ttl`) or revoked tokens get a 401 with a `WWW-Authenticate` challenge
 //! pointing at the protected resource metadata; a token without the required scope
 //! gets a 403 `insufficient_scope`. Faults ([`McpFault`]) are applied before the token
-//! is looked at.
+//! is looked at. In static-header mode ([`crate::ScriptedServer::require_header`]) a
+//! configured header value stands in for the token: anything else is a bare 401.
 
 use std::collections::HashMap;
 
@@ -190,11 +191,16 @@ pub(crate) async fn handle(State(s): State<Shared>, headers: HeaderMap, body: By
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let (fault, required, sse) = {
+    let (fault, required, sse, required_header) = {
         let mut st = s.lock();
         st.mcp_requests += 1;
         st.last_mcp_authorization = auth.clone();
-        (st.mcp_fault.take(), st.required_scope.clone(), st.mcp_sse)
+        (
+            st.mcp_fault.take(),
+            st.required_scope.clone(),
+            st.mcp_sse,
+            st.required_header.clone(),
+        )
     };
     let required = required.as_deref();
     match fault {
@@ -206,17 +212,29 @@ pub(crate) async fn handle(State(s): State<Shared>, headers: HeaderMap, body: By
         McpFault::ResetConnection => return faults::reset_connection(),
     }
 
-    let token = auth.as_deref().and_then(presented_token);
-    let granted = match token.map(|t| s.access_status(t)) {
-        None | Some(TokenStatus::Unknown) => return unauthorized(&s, required, None),
-        Some(TokenStatus::Expired) => return unauthorized(&s, required, Some("token expired")),
-        Some(TokenStatus::Revoked) => return unauthorized(&s, required, Some("token revoked")),
-        Some(TokenStatus::Valid { scope }) => scope,
-    };
-    if let Some(req) = required
-        && !has_scopes(&granted, req)
-    {
-        return forbidden(&s, required);
+    if let Some((name, accepted)) = required_header {
+        // Static-header mode: the key, and nothing about OAuth in the refusal.
+        let presented = headers.get(name.as_str()).and_then(|v| v.to_str().ok());
+        if !presented.is_some_and(|v| accepted.iter().any(|a| a == v)) {
+            return (StatusCode::UNAUTHORIZED, "missing or wrong API key").into_response();
+        }
+    } else {
+        let token = auth.as_deref().and_then(presented_token);
+        let granted = match token.map(|t| s.access_status(t)) {
+            None | Some(TokenStatus::Unknown) => return unauthorized(&s, required, None),
+            Some(TokenStatus::Expired) => {
+                return unauthorized(&s, required, Some("token expired"));
+            }
+            Some(TokenStatus::Revoked) => {
+                return unauthorized(&s, required, Some("token revoked"));
+            }
+            Some(TokenStatus::Valid { scope }) => scope,
+        };
+        if let Some(req) = required
+            && !has_scopes(&granted, req)
+        {
+            return forbidden(&s, required);
+        }
     }
 
     if !msg.is_object() {

@@ -9,6 +9,8 @@
 //! * `denied`: answers every authorization request with `error=access_denied` and a
 //!   hostile `error_description` (markup that must never reach a page);
 //! * `norefresh`: like `ok`, but its code grant issues no refresh token;
+//! * `apikey`: the `echo` and `add` tools behind a static header (`X-Api-Key` must be
+//!   [`API_KEY`]), no OAuth;
 //! * `hostile`: an MCP server with no authorization that answers `initialize` properly
 //!   and every other request with an HTML page whose script tries to read Latchkey's
 //!   API (`/v1/servers`) and marks the document title `PWNED` if it runs; its
@@ -26,6 +28,10 @@ use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use latchkey_testkit::{AsConfig, AuthorizeError, ScriptedServer};
 use serde_json::{Value, json};
+
+/// The header the `apikey` server demands, and the one value it accepts.
+const API_KEY_HEADER: &str = "X-Api-Key";
+const API_KEY: &str = "e2e-api-key-0123456789";
 
 /// The description the refusing server sends: markup, so a test can check that no
 /// page renders it.
@@ -45,6 +51,8 @@ async fn main() -> std::io::Result<()> {
         ..AsConfig::default()
     })
     .await?;
+    let apikey = ScriptedServer::start(AsConfig::default()).await?;
+    apikey.require_header(Some((API_KEY_HEADER, &[API_KEY])));
     let hostile = hostile().await?;
     let line = json!({
         "ok": {"base": ok.base, "mcp_url": ok.mcp_url()},
@@ -56,6 +64,12 @@ async fn main() -> std::io::Result<()> {
         },
         "hostile": {"base": hostile, "mcp_url": format!("{hostile}/mcp")},
         "norefresh": {"base": norefresh.base, "mcp_url": norefresh.mcp_url()},
+        "apikey": {
+            "base": apikey.base,
+            "mcp_url": apikey.mcp_url(),
+            "header": API_KEY_HEADER,
+            "value": API_KEY,
+        },
     });
     println!("{line}");
     // Serves until the process is killed (the servers run on the runtime's tasks).
