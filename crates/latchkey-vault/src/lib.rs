@@ -2,6 +2,7 @@
 //! store (SQLite and PostgreSQL behind one trait) and key rotation.
 #![forbid(unsafe_code)]
 
+pub mod headers;
 pub mod keyring;
 
 pub use keyring::{Aad, AadVersion, Binding, KeySet, KeySource, Keyring, KeyringError, MasterKey};
@@ -10,6 +11,6 @@ pub mod sealed;
 pub mod store;
 
 pub use store::{
-    ApiKeyRow, CredentialRow, FlowRow, Notice, Notifications, PgStore, ServerRow, Slot,
-    SqliteStore, Store, StoreError, WriteBack,
+    ApiKeyRow, CredentialRow, FlowRow, HeaderValuesRow, Notice, Notifications, PgStore, ServerRow,
+    Slot, SqliteStore, Store, StoreError, WriteBack,
 };

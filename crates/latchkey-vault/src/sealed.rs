@@ -19,15 +19,18 @@ pub enum SealedTable {
     OAuthFlows,
     /// `servers`: a pre-registered client secret; keyed by `id`.
     Servers,
+    /// `header_values`: a slot's static-header values (one JSON object); keyed by `id`.
+    HeaderValues,
 }
 
 impl SealedTable {
     /// Every sealed table, in the order a rotation visits them.
-    pub const ALL: [SealedTable; 4] = [
+    pub const ALL: [SealedTable; 5] = [
         SealedTable::Credentials,
         SealedTable::RegisteredClients,
         SealedTable::OAuthFlows,
         SealedTable::Servers,
+        SealedTable::HeaderValues,
     ];
 
     /// The SQL table name.
@@ -37,15 +40,17 @@ impl SealedTable {
             SealedTable::RegisteredClients => "registered_clients",
             SealedTable::OAuthFlows => "oauth_flows",
             SealedTable::Servers => "servers",
+            SealedTable::HeaderValues => "header_values",
         }
     }
 
     /// The primary-key column, whose value is the AAD row identity.
     pub fn key_column(self) -> &'static str {
         match self {
-            SealedTable::Credentials | SealedTable::RegisteredClients | SealedTable::Servers => {
-                "id"
-            }
+            SealedTable::Credentials
+            | SealedTable::RegisteredClients
+            | SealedTable::Servers
+            | SealedTable::HeaderValues => "id",
             SealedTable::OAuthFlows => "state_hash",
         }
     }
@@ -56,6 +61,7 @@ impl SealedTable {
             SealedTable::Credentials => &["client_secret", "access_token", "refresh_token"],
             SealedTable::RegisteredClients | SealedTable::Servers => &["client_secret"],
             SealedTable::OAuthFlows => &["verifier"],
+            SealedTable::HeaderValues => &["sealed_values"],
         }
     }
 
@@ -65,7 +71,9 @@ impl SealedTable {
     ///   revocation endpoint;
     /// * registered clients: tenant, server, issuer;
     /// * flows: tenant, server, slot subject, issuer;
-    /// * servers: tenant, the server itself (its id), issuer.
+    /// * servers: tenant, the server itself (its id), issuer;
+    /// * header values: tenant, server, slot subject, the URL they were set for (in
+    ///   the binding's `resource` place: the resource the values are sent to).
     pub fn binding_columns(self) -> &'static [&'static str] {
         match self {
             SealedTable::Credentials => &[
@@ -80,6 +88,7 @@ impl SealedTable {
             SealedTable::RegisteredClients => &["tenant_id", "server_id", "issuer"],
             SealedTable::OAuthFlows => &["tenant_id", "server_id", "subject", "issuer"],
             SealedTable::Servers => &["tenant_id", "id", "issuer"],
+            SealedTable::HeaderValues => &["tenant_id", "server_id", "subject", "url"],
         }
     }
 
@@ -107,6 +116,13 @@ impl SealedTable {
                 server: at(1),
                 subject: at(2),
                 issuer: at(3),
+                ..Binding::default()
+            },
+            SealedTable::HeaderValues => Binding {
+                tenant: at(0),
+                server: at(1),
+                subject: at(2),
+                resource: at(3),
                 ..Binding::default()
             },
         }

@@ -8,7 +8,7 @@
 //!
 //! One module per table or concern, each with its row type, its SQL and its part of
 //! the [`Store`] implementation (a `methods!` macro): `servers`, `credentials`,
-//! `flows`, `clients` (registered clients), `audit`, `api_keys`, `leases` (refresh
+//! `flows`, `headers` (static-header values), `clients` (registered clients), `audit`, `api_keys`, `leases` (refresh
 //! leases), `sealed_columns` (what key rotation reads and rewrites), `notify`
 //! (PostgreSQL `NOTIFY`/`LISTEN`) and `open` (the database URL, SQLite files).
 //! `sql_store!` here assembles each backend's one `impl Store` from them. The store
@@ -20,6 +20,7 @@ mod audit;
 mod clients;
 mod credentials;
 mod flows;
+mod headers;
 mod leases;
 mod notify;
 mod open;
@@ -31,6 +32,8 @@ pub use audit::AuditEvent;
 pub use clients::RegisteredClientRow;
 pub use credentials::{CredentialRow, WriteBack};
 pub use flows::{FLOW_TTL_SECS, FlowRow, flow_is_live};
+pub use headers::HeaderValuesRow;
+pub(crate) use headers::values_aad;
 pub use notify::{Notice, Notifications};
 pub use open::DatabaseUrl;
 pub use servers::ServerRow;
@@ -43,6 +46,7 @@ use audit::audit_from;
 use clients::client_from;
 use credentials::{CRED_COLS, INSERT_CRED, UPSERT_SET, cred_from};
 use flows::{FLOW_COLS, flow_from};
+use headers::{HEADER_COLS, HEADERS_UPSERT_SET, INSERT_HEADERS, header_values_from};
 use notify::PgNotifications;
 use sealed_columns::{sealed_from, sealed_select};
 use servers::{SERVER_COLS, server_from};
@@ -109,9 +113,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn list_servers(&self, tenant: &str) -> Result<Vec<ServerRow>, StoreError>;
     /// Replaces the settings of the tenant's server `s.id`. False if absent.
     async fn update_server(&self, s: &ServerRow, now: i64) -> Result<bool, StoreError>;
-    /// Deletes every credential (shared and per user), pending flow and registered
-    /// client of the tenant's server, in one transaction (R-STORE-15). Returns how
-    /// many credentials went.
+    /// Deletes every credential and static-header value (shared and per user), pending
+    /// flow and registered client of the tenant's server, in one transaction
+    /// (R-STORE-15). Returns how many credentials and header-value rows went.
     async fn purge_server(&self, tenant: &str, server: &str) -> Result<u64, StoreError>;
     /// Deletes a server and, by cascade, its credentials and flows. False if absent.
     async fn delete_server(&self, tenant: &str, id: &str) -> Result<bool, StoreError>;
@@ -142,6 +146,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         reason: &str,
         now: i64,
     ) -> Result<bool, StoreError>;
+    /// Replaces the slot's static-header values atomically with `h` (its id is new).
+    async fn put_header_values(&self, h: &HeaderValuesRow) -> Result<(), StoreError>;
+    /// The slot's static-header values.
+    async fn get_header_values(&self, slot: &Slot) -> Result<Option<HeaderValuesRow>, StoreError>;
+    /// Deletes the slot's static-header values. False if there were none.
+    async fn delete_header_values(&self, slot: &Slot) -> Result<bool, StoreError>;
+    /// Every static-header value row of the tenant's server (the shared slot first,
+    /// then per user by subject).
+    async fn server_header_values(
+        &self,
+        tenant: &str,
+        server: &str,
+    ) -> Result<Vec<HeaderValuesRow>, StoreError>;
     /// Stores a pending flow.
     async fn insert_flow(&self, f: &FlowRow) -> Result<(), StoreError>;
     /// Removes and returns the flow with this state hash: exactly one caller gets it.
@@ -289,6 +306,25 @@ fn slot_clause(slot: &Slot) -> &'static str {
     }
 }
 
+/// A list of names as the JSON array text stored in a column.
+fn json_text(names: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(names).map_err(|e| StoreError::Conflict(e.to_string()))
+}
+
+/// The list of names in the JSON array text column `column`.
+fn json_list<R>(r: &R, column: &str) -> Result<Vec<String>, sqlx::Error>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let text: String = r.try_get(column)?;
+    serde_json::from_str(&text).map_err(|e| sqlx::Error::ColumnDecode {
+        index: column.into(),
+        source: Box::new(e),
+    })
+}
+
 /// Implements [`Store`] for a pool type, with the methods of the listed table modules
 /// (each module's `methods!` adds its methods and hands the collection back to
 /// `@impl`; the last one emits the `impl Store`). Both backends run the same SQL text;
@@ -345,6 +381,7 @@ sql_store!(
         servers,
         credentials,
         flows,
+        headers,
         clients,
         audit,
         api_keys,
@@ -360,6 +397,7 @@ sql_store!(
         servers,
         credentials,
         flows,
+        headers,
         clients,
         audit,
         api_keys,

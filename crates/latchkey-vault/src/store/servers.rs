@@ -1,5 +1,5 @@
 //! `servers`: a tenant's MCP servers, their settings and a pre-registered client's
-//! sealed secret; purging a server's slots.
+//! sealed secret and the names of its static headers; purging a server's slots.
 
 use sqlx::Row;
 
@@ -32,6 +32,9 @@ pub struct ServerRow {
     /// The issuer the pre-registered client belongs to: its id and secret go to this
     /// authorization server only (compared as a string).
     pub issuer: Option<String>,
+    /// The header names a `headers` server needs, as the user typed them (their values
+    /// are per slot, in [`HeaderValuesRow`](super::HeaderValuesRow)); empty for others.
+    pub header_names: Vec<String>,
 }
 
 impl ServerRow {
@@ -70,6 +73,7 @@ impl ServerRow {
             client_secret: None,
             scopes: None,
             issuer: None,
+            header_names: Vec::new(),
         }
     }
 }
@@ -84,11 +88,12 @@ impl std::fmt::Debug for ServerRow {
             .field("token_scope", &self.token_scope)
             .field("issuer", &self.issuer)
             .field("has_client_secret", &self.client_secret.is_some())
+            .field("header_names", &self.header_names)
             .finish_non_exhaustive()
     }
 }
 
-pub(super) const SERVER_COLS: &str = "id, tenant_id, name, url, auth_type, token_scope, grant_type, client_id, client_secret, scopes, issuer";
+pub(super) const SERVER_COLS: &str = "id, tenant_id, name, url, auth_type, token_scope, grant_type, client_id, client_secret, scopes, issuer, header_names";
 
 pub(super) fn server_from<R>(r: &R) -> Result<ServerRow, sqlx::Error>
 where
@@ -110,6 +115,7 @@ where
         client_secret: r.try_get("client_secret")?,
         scopes: r.try_get("scopes")?,
         issuer: r.try_get("issuer")?,
+        header_names: super::json_list(r, "header_names")?,
     })
 }
 
@@ -122,7 +128,7 @@ macro_rules! methods {
             async fn create_server(&self, s: &ServerRow, now: i64) -> Result<(), StoreError> {
                 sqlx::query(
                     "INSERT INTO servers (id, tenant_id, name, url, auth_type, token_scope, grant_type, client_id, \
-                     client_secret, scopes, created_at, updated_at, issuer) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
+                     client_secret, scopes, created_at, updated_at, issuer, header_names) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13)",
                 )
                 .bind(&s.id)
                 .bind(&s.tenant)
@@ -136,6 +142,7 @@ macro_rules! methods {
                 .bind(&s.scopes)
                 .bind(now)
                 .bind(&s.issuer)
+                .bind($crate::store::json_text(&s.header_names)?)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -144,6 +151,12 @@ macro_rules! methods {
             async fn purge_server(&self, tenant: &str, server: &str) -> Result<u64, StoreError> {
                 let mut tx = self.pool.begin().await?;
                 let creds = sqlx::query("DELETE FROM credentials WHERE tenant_id = $1 AND server_id = $2")
+                    .bind(tenant)
+                    .bind(server)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let headers = sqlx::query("DELETE FROM header_values WHERE tenant_id = $1 AND server_id = $2")
                     .bind(tenant)
                     .bind(server)
                     .execute(&mut *tx)
@@ -159,7 +172,7 @@ macro_rules! methods {
                     .await?;
                 }
                 tx.commit().await?;
-                Ok(creds)
+                Ok(creds + headers)
             }
 
             async fn get_server(&self, tenant: &str, id: &str) -> Result<Option<ServerRow>, StoreError> {
@@ -186,7 +199,7 @@ macro_rules! methods {
             async fn update_server(&self, s: &ServerRow, now: i64) -> Result<bool, StoreError> {
                 let r = sqlx::query(
                     "UPDATE servers SET name = $1, url = $2, auth_type = $3, token_scope = $4, grant_type = $5, \
-                     client_id = $6, client_secret = $7, scopes = $8, updated_at = $9, issuer = $12 WHERE tenant_id = $10 AND id = $11",
+                     client_id = $6, client_secret = $7, scopes = $8, updated_at = $9, issuer = $12, header_names = $13 WHERE tenant_id = $10 AND id = $11",
                 )
                 .bind(&s.name)
                 .bind(&s.url)
@@ -200,6 +213,7 @@ macro_rules! methods {
                 .bind(&s.tenant)
                 .bind(&s.id)
                 .bind(&s.issuer)
+                .bind($crate::store::json_text(&s.header_names)?)
                 .execute(&self.pool)
                 .await?;
                 Ok(r.rows_affected() == 1)

@@ -19,22 +19,22 @@ use sha2::Sha256;
 
 use super::{NOW, credential, flow, server, slot, tempdir};
 
-const K1: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-const K2: &str = "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff000102030405060708090a0b0c0d0e0f";
+pub(super) const K1: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+pub(super) const K2: &str = "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff000102030405060708090a0b0c0d0e0f";
 
-fn ring(spec: &str) -> Keyring {
+pub(super) fn ring(spec: &str) -> Keyring {
     Keyring::new(StaticKeys(Some(KeySet::parse(spec).unwrap())))
 }
 
 /// Runs `sql` against the database behind the store, as an attacker with write access
 /// to the database would.
-enum Db {
+pub(super) enum Db {
     Sqlite(SqliteStore, #[allow(dead_code)] tempdir::Dir),
     Pg(PgStore, String),
 }
 
 impl Db {
-    async fn sqlite() -> Self {
+    pub(super) async fn sqlite() -> Self {
         let dir = tempdir::Dir::new();
         let s = SqliteStore::open(&dir.path().join("latchkey.db"))
             .await
@@ -42,19 +42,19 @@ impl Db {
         Db::Sqlite(s, dir)
     }
 
-    async fn postgres() -> Self {
+    pub(super) async fn postgres() -> Self {
         let (store, schema) = super::pg_store("lk_hostile", 4).await;
         Db::Pg(store, schema)
     }
 
-    fn store(&self) -> &dyn Store {
+    pub(super) fn store(&self) -> &dyn Store {
         match self {
             Db::Sqlite(s, _) => s,
             Db::Pg(s, _) => s,
         }
     }
 
-    async fn exec(&self, sql: &str) {
+    pub(super) async fn exec(&self, sql: &str) {
         match self {
             Db::Sqlite(s, _) => {
                 sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
@@ -71,7 +71,7 @@ impl Db {
         }
     }
 
-    async fn drop(self) {
+    pub(super) async fn drop(self) {
         if let Db::Pg(s, schema) = self {
             s.pool().close().await;
             super::drop_schema(&schema).await;

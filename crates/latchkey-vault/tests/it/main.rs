@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod api_keys;
+mod headers;
 mod hostile_binding;
 mod rotation;
 
