@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod revoke;
 pub mod server_cache;
 pub mod servers;
+pub mod service;
 pub mod setting;
 pub mod state;
 pub mod telemetry;

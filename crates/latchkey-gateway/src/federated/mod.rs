@@ -55,7 +55,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::error::ApiError;
 use crate::events::{CredentialChange, change_visible_to};
-use crate::flows::Started;
+use crate::service::flows::Started;
 use crate::state::AppState;
 
 /// Where the endpoint is mounted.
@@ -480,7 +480,7 @@ impl Federation {
             }
         }
         let slot = crate::tools::slot_for(p, server);
-        match crate::flows::begin(&self.s, p, server, slot, force).await {
+        match crate::service::flows::begin(&self.s, p, server, slot, force).await {
             Ok(Started::Redirect {
                 authorization_url, ..
             }) => {

@@ -17,6 +17,7 @@ mod federated;
 mod flows;
 mod hostile;
 mod identity;
+mod layout;
 mod lifecycle;
 mod proxy;
 mod servers;
