@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)] // a report tool: its output is the point
 
+mod callgrind;
 mod floor;
 mod load;
 mod soak;
@@ -85,6 +86,14 @@ struct ProxyArgs {
     /// After the comparison, run the proxied load this long and sample memory.
     #[arg(long, default_value_t = 0)]
     soak_seconds: u64,
+    /// Instead of the load rounds: instructions per request of each hop's process
+    /// (nginx, the minimal hyper proxy, Latchkey in four cases) over this many sequential
+    /// requests, counted by valgrind's callgrind.
+    #[arg(long)]
+    callgrind: Option<usize>,
+    /// The nginx binary for `--callgrind` (its rows are left out if it is missing).
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    nginx: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -249,6 +258,9 @@ fn row(label: &str, o: &load::Outcome) -> String {
 }
 
 async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    if let Some(n) = args.callgrind {
+        return callgrind::run(&args.latchkey, &args.nginx, n).await;
+    }
     let (up, counters) = upstream::start().await?;
     let port = free_port()?;
     let lk = start_latchkey(&args.latchkey, port).await?;

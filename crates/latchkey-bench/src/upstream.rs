@@ -1,6 +1,7 @@
 //! A minimal upstream MCP server and token endpoint, as cheap as we can make them so the
 //! measurement is of the hop in front of it: `POST /mcp` answers `tools/call` with the
-//! `text` argument, anything else with an empty result; without a Bearer it answers 401
+//! `text` argument, anything else with an empty result (under `/sse/…` the same answer
+//! as one server-sent event); without a Bearer it answers 401
 //! with a challenge. `POST /token` hands out a day-long access token.
 
 use std::convert::Infallible;
@@ -115,8 +116,17 @@ async fn handle(
         }
         _ => json!({}),
     };
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"jsonrpc": "2.0", "id": id, "result": result}),
-    ))
+    let answer = json!({"jsonrpc": "2.0", "id": id, "result": result});
+    if path.starts_with("/sse/") {
+        // One event, as the TypeScript SDK's servers answer by default.
+        let mut r = Response::new(Full::new(Bytes::from(format!(
+            "event: message\ndata: {answer}\n\n"
+        ))));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/event-stream"),
+        );
+        return Ok(r);
+    }
+    Ok(json_response(StatusCode::OK, &answer))
 }
