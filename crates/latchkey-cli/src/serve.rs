@@ -12,8 +12,10 @@ use latchkey_gateway::Config;
 use crate::exit;
 use crate::state::StateArgs;
 
-/// Arguments of `latchkey serve`.
+/// Arguments of `latchkey serve`; its long help lists every setting
+/// (`latchkey_gateway::config::SETTINGS`).
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = latchkey_gateway::config::settings_help())]
 pub(crate) struct Args {
     /// A TOML configuration file; `LATCHKEY_*` environment variables override it.
     #[arg(long, env = "LATCHKEY_CONFIG", value_name = "FILE")]
@@ -153,5 +155,26 @@ fn shutdown() -> impl std::future::Future<Output = ()> + Send + 'static {
             () = ctrl_c => {}
             () = term => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The settings table says what the log filter defaults to.
+    #[test]
+    fn the_log_default_in_the_settings_table_is_true() {
+        let log = latchkey_gateway::config::SETTINGS
+            .iter()
+            .find(|s| s.env == Some("LATCHKEY_LOG"))
+            .map(|s| s.default);
+        assert_eq!(
+            log,
+            Some(
+                crate::logging::DEFAULT_LEVEL
+                    .to_string()
+                    .to_lowercase()
+                    .as_str()
+            )
+        );
     }
 }

@@ -19,6 +19,227 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 /// The default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
 
+/// One setting of `latchkey serve`, for its help and the README: where it is set and
+/// what it means. [`SETTINGS`] lists them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// The key in the TOML configuration file (`None`: environment only).
+    pub toml: Option<&'static str>,
+    /// The environment variable that overrides it (`None`: file only).
+    pub env: Option<&'static str>,
+    /// What it does, in one line.
+    pub meaning: &'static str,
+    /// The default.
+    pub default: &'static str,
+}
+
+const fn setting(
+    toml: Option<&'static str>,
+    env: Option<&'static str>,
+    meaning: &'static str,
+    default: &'static str,
+) -> Setting {
+    Setting {
+        toml,
+        env,
+        meaning,
+        default,
+    }
+}
+
+/// Every setting of `latchkey serve`: the TOML key (file given by `--config` /
+/// `LATCHKEY_CONFIG`), the environment variable (which wins over the file), a one-line
+/// meaning and the default. A unit test checks that every `LATCHKEY_*` variable the
+/// loader reads is here.
+pub const SETTINGS: &[Setting] = &[
+    setting(
+        None,
+        Some("LATCHKEY_CONFIG"),
+        "the TOML configuration file (also --config)",
+        "none",
+    ),
+    setting(
+        Some("listen"),
+        Some("LATCHKEY_LISTEN"),
+        "address and port to listen on (an IP address or localhost)",
+        DEFAULT_LISTEN,
+    ),
+    setting(
+        Some("public_url"),
+        Some("LATCHKEY_PUBLIC_URL"),
+        "the URL browsers and authorization servers reach Latchkey at (OAuth callbacks); https unless on loopback",
+        "http://LISTEN",
+    ),
+    setting(
+        Some("data_dir"),
+        Some("LATCHKEY_DATA_DIR"),
+        "directory of the SQLite database and the key file (also --data-dir)",
+        "$XDG_DATA_HOME/latchkey or ~/.local/share/latchkey",
+    ),
+    setting(
+        Some("database_url"),
+        Some("LATCHKEY_DATABASE_URL"),
+        "postgres://… for PostgreSQL (several instances), or an SQLite file (also --database-url)",
+        "DATA_DIR/latchkey.db",
+    ),
+    setting(
+        Some("key_file"),
+        Some("LATCHKEY_KEY_FILE"),
+        "the encryption key file, generated on the first start (also --key-file)",
+        "DATA_DIR/keys",
+    ),
+    setting(
+        None,
+        Some("LATCHKEY_ENCRYPTION_KEYS"),
+        "the encryption keys inline (id:hex[,id:hex…], current first), instead of the key file",
+        "none",
+    ),
+    setting(
+        Some("allow_insecure_loopback"),
+        Some("LATCHKEY_ALLOW_INSECURE_LOOPBACK"),
+        "allow MCP servers and authorization servers on loopback (http://localhost…): local development only",
+        "false",
+    ),
+    setting(
+        Some("auth.mode"),
+        Some("LATCHKEY_AUTH_MODE"),
+        "who is calling: local (one user, loopback only) or jwt (access tokens of your identity provider)",
+        "local",
+    ),
+    setting(
+        Some("auth.tenant"),
+        None,
+        "local: the tenant; jwt: one fixed tenant for every token (instead of auth.tenant_claim)",
+        "default (local mode)",
+    ),
+    setting(
+        Some("auth.subject"),
+        None,
+        "local: the user every request acts as",
+        "local",
+    ),
+    setting(
+        Some("auth.issuer"),
+        Some("LATCHKEY_JWT_ISSUER"),
+        "jwt: the tokens' expected iss",
+        "required in jwt mode",
+    ),
+    setting(
+        Some("auth.audience"),
+        Some("LATCHKEY_JWT_AUDIENCE"),
+        "jwt: the tokens' expected aud (PUBLIC_URL/mcp)",
+        "required in jwt mode",
+    ),
+    setting(
+        Some("auth.jwks_url"),
+        Some("LATCHKEY_JWKS_URL"),
+        "jwt: where the verification keys are (RS256, ES256, EdDSA)",
+        "none; jwt mode needs it or auth.jwt_secret",
+    ),
+    setting(
+        Some("auth.jwt_secret"),
+        Some("LATCHKEY_JWT_SECRET"),
+        "jwt: an HS256 secret shared with the issuer, at least 32 bytes",
+        "none; jwt mode needs it or auth.jwks_url",
+    ),
+    setting(
+        Some("auth.tenant_claim"),
+        None,
+        "jwt: the claim naming a token's tenant (a token without it is refused)",
+        DEFAULT_TENANT_CLAIM,
+    ),
+    setting(
+        Some("auth.required_scopes"),
+        None,
+        "jwt: scopes every request needs (a list)",
+        "none",
+    ),
+    setting(
+        Some("limits.header_read_timeout"),
+        Some("LATCHKEY_HEADER_READ_TIMEOUT"),
+        "a request head must arrive within this",
+        "10s",
+    ),
+    setting(
+        Some("limits.idle_timeout"),
+        Some("LATCHKEY_IDLE_TIMEOUT"),
+        "an idle kept-alive connection is closed after this",
+        "60s",
+    ),
+    setting(
+        Some("limits.body_timeout"),
+        Some("LATCHKEY_BODY_TIMEOUT"),
+        "a request body must arrive whole within this",
+        "30s",
+    ),
+    setting(
+        Some("limits.max_connections"),
+        Some("LATCHKEY_MAX_CONNECTIONS"),
+        "open connections at most",
+        "1024",
+    ),
+    setting(
+        Some("limits.max_streams_per_principal"),
+        Some("LATCHKEY_MAX_STREAMS_PER_PRINCIPAL"),
+        "open event and MCP GET streams per caller at most",
+        "8",
+    ),
+    setting(
+        Some("api_keys.default_ttl"),
+        Some("LATCHKEY_API_KEY_DEFAULT_TTL"),
+        "lifetime of an API key created without one",
+        "30d",
+    ),
+    setting(
+        Some("api_keys.max_ttl"),
+        Some("LATCHKEY_API_KEY_MAX_TTL"),
+        "longest lifetime of a member's API key",
+        "90d",
+    ),
+    setting(
+        Some("api_keys.admin_max_ttl"),
+        Some("LATCHKEY_API_KEY_ADMIN_MAX_TTL"),
+        "longest lifetime of an admin's API key",
+        "7d",
+    ),
+    setting(
+        Some("metrics.token"),
+        Some("LATCHKEY_METRICS_TOKEN"),
+        "jwt: the token that opens /metrics and /v1/openapi.json (at least 16 bytes)",
+        "none: 404 in jwt mode",
+    ),
+    setting(
+        Some("oauth.refresh_deadline"),
+        Some("LATCHKEY_REFRESH_DEADLINE"),
+        "how long a refresh grant once sent is awaited (1s to 1h)",
+        "120s",
+    ),
+    setting(
+        None,
+        Some("LATCHKEY_LOG"),
+        "log filter: error, warn, info, debug, trace, or target=level,…",
+        "warn",
+    ),
+];
+
+/// [`SETTINGS`] as text for `latchkey serve --help`: each setting's TOML key and
+/// environment variable with its default, its meaning indented below.
+pub fn settings_help() -> String {
+    let mut out = String::from(
+        "Settings (TOML key in the --config file, and the environment variable, which wins):\n",
+    );
+    for s in SETTINGS {
+        let names: Vec<&str> = [s.toml, s.env].into_iter().flatten().collect();
+        out.push_str(&format!(
+            "  {}  [default: {}]\n      {}\n",
+            names.join(" | "),
+            s.default,
+            s.meaning
+        ));
+    }
+    out
+}
+
 /// The file's shape. Unknown keys are errors (a typo must not be silently ignored).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -560,6 +781,68 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    /// Every `LATCHKEY_*` variable the loader reads (here and in `[limits]`) is in
+    /// [`SETTINGS`], once; so is every TOML key of the file's shape.
+    #[test]
+    fn every_setting_is_in_the_table() {
+        // The loaders' code: `Config`'s impl (not the table above it) and `limits.rs`,
+        // each up to its tests.
+        let config = include_str!("config.rs");
+        let config = &config[config.find("impl Config {").unwrap()..];
+        let sources = [config, include_str!("limits.rs")];
+        let mut read = std::collections::BTreeSet::new();
+        for src in sources {
+            let code = src.split("#[cfg(test)]").next().unwrap_or(src);
+            for (i, _) in code.match_indices("\"LATCHKEY_") {
+                let name: String = code[i + 1..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                    .collect();
+                read.insert(name);
+            }
+        }
+        // `LATCHKEY_` alone is no variable (a prefix in a comment or message).
+        read.remove("LATCHKEY_");
+        assert!(
+            read.len() >= 15
+                && read.contains("LATCHKEY_LISTEN")
+                && read.contains("LATCHKEY_MAX_CONNECTIONS"),
+            "the scan found the loader's variables: {read:?}"
+        );
+        let table: Vec<&str> = SETTINGS.iter().filter_map(|s| s.env).collect();
+        for name in &read {
+            assert!(table.contains(&name.as_str()), "{name} is not in SETTINGS");
+        }
+        let mut unique = table.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), table.len(), "a variable is listed twice");
+        // The file's keys: an unknown key is an error, so each listed key must parse.
+        for s in SETTINGS {
+            let Some(key) = s.toml else { continue };
+            let (section, name) = key.split_once('.').map_or(("", key), |(a, b)| (a, b));
+            let value = match name {
+                "required_scopes" => "[]",
+                "max_connections" | "max_streams_per_principal" => "1",
+                "allow_insecure_loopback" => "false",
+                _ => "\"x\"",
+            };
+            let doc = if section.is_empty() {
+                format!("{name} = {value}")
+            } else {
+                format!("[{section}]\n{name} = {value}")
+            };
+            let known = toml::from_str::<FileConfig>(&doc);
+            assert!(
+                known.as_ref().is_ok() || !format!("{known:?}").contains("unknown field"),
+                "{key} is not a key of the configuration file: {known:?}"
+            );
+        }
+        let help = settings_help();
+        assert!(help.contains("allow_insecure_loopback | LATCHKEY_ALLOW_INSECURE_LOOPBACK"));
+        assert!(help.contains(&format!("[default: {DEFAULT_LISTEN}]")));
     }
 
     #[test]
