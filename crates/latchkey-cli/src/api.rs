@@ -77,17 +77,29 @@ impl Failure {
             .and_then(Value::as_str)
             .map(str::to_owned)
             .unwrap_or_else(|| format!("HTTP {status}"));
+        // Hints name the server as the user knows it: its name, else its id.
         let server = v
-            .get("server_id")
+            .get("server_name")
+            .or_else(|| v.get("server_id"))
             .and_then(Value::as_str)
             .unwrap_or("SERVER");
+        // Latchkey's own words say how to connect when they carry a `reason` (or a
+        // `server_name`); older answers get the hint here.
+        let explained = v.get("reason").is_some() || v.get("server_name").is_some();
         let mut message = match (status, api_code) {
+            (409, "needs_oauth_reauth") if explained => text,
             (409, "needs_oauth_reauth") => {
                 format!("{text}: the server needs your consent; run `latchkey connect {server}`")
             }
             (409, "needs_scope_upgrade") => {
                 let scopes = strings(v.get("scopes")).join(" ");
-                format!("{text} ({scopes}): run `latchkey connect {server}` to grant them")
+                if explained {
+                    format!("{text} (missing: {scopes})")
+                } else {
+                    format!(
+                        "{text} ({scopes}): run `latchkey connect {server} --force` to grant them"
+                    )
+                }
             }
             (422, "probe_failed") => format!(
                 "{}: add --auth-type oauth|headers|none to add it anyway",
@@ -429,6 +441,16 @@ mod tests {
         );
         assert_eq!(reauth.code, exit::TEMPFAIL);
         assert!(reauth.message.contains("latchkey connect s1"));
+        // Latchkey's own words, when it explains, are not repeated or overridden.
+        let said = "docs is not connected yet: connect it with `latchkey connect docs` or in Latchkey's web UI";
+        let not_connected = f(
+            409,
+            &serde_json::json!({"code": "needs_oauth_reauth", "message": said, "server_id": "s1",
+                "server_name": "docs", "reason": "not_connected"})
+            .to_string(),
+        );
+        assert_eq!(not_connected.code, exit::TEMPFAIL);
+        assert_eq!(not_connected.message, said);
         assert_eq!(
             f(
                 503,

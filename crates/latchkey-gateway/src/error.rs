@@ -43,17 +43,28 @@ pub enum ApiError {
         /// `limits.max_streams_per_principal`.
         limit: usize,
     },
-    /// 409: the slot needs the user's consent again.
-    #[error("the server needs to be reconnected")]
+    /// 409: the slot has no usable credential: the user must connect (never connected)
+    /// or reconnect (the credential was refused). One code for both (R-API-3, R-EXEC-9:
+    /// clients show "connect" for either); `reason` and the message tell them apart.
+    #[error("{}", reauth_message(server_name, *reason))]
     NeedsReauth {
         /// The server.
         server_id: String,
+        /// The name the user gave it (hints use it, not the id).
+        server_name: String,
+        /// Why there is no usable credential.
+        reason: Reauth,
     },
     /// 409: the slot's token lacks scopes the server demands (step-up needed).
-    #[error("the server needs more scopes")]
+    #[error(
+        "{server_name} needs more scopes: grant them with `latchkey connect {} --force` or reconnect it in Latchkey's web UI",
+        shell_word(server_name)
+    )]
     NeedsScopeUpgrade {
         /// The server.
         server_id: String,
+        /// The name the user gave it.
+        server_name: String,
         /// The scopes the server asked for.
         scopes: Vec<String>,
     },
@@ -124,12 +135,102 @@ pub enum ApiError {
     NotAcceptable(&'static str),
 }
 
+/// Why a slot has no usable credential ([`ApiError::NeedsReauth`]'s `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reauth {
+    /// Never connected (or disconnected): nothing is stored for the slot.
+    NotConnected,
+    /// The authorization server refused the stored credential (`invalid_grant` and the
+    /// like): it was marked as needing consent.
+    Refused,
+    /// The MCP server refused the token even after a forced refresh.
+    Rejected,
+    /// The stored token was issued for another resource than the server's URL.
+    OtherResource,
+    /// The stored credential does not open under the configured keys.
+    Unreadable,
+}
+
+impl Reauth {
+    /// The stable `reason` of the answer body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reauth::NotConnected => "not_connected",
+            Reauth::Refused => "consent_refused",
+            Reauth::Rejected => "token_rejected",
+            Reauth::OtherResource => "other_resource",
+            Reauth::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// `name` as one shell word: as it is when it is plain, else single-quoted.
+pub fn shell_word(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '@'));
+    if plain {
+        name.to_owned()
+    } else {
+        format!("'{}'", name.replace('\'', r"'\''"))
+    }
+}
+
+/// `refusal` (the egress policy's words for `url`), with the setting that allows it
+/// named when that is all it takes: a loopback URL (`http://localhost…`,
+/// `http://127.0.0.1…`, `[::1]`) while the loopback relaxation is off.
+pub fn loopback_hint(
+    egress: &latchkey_egress::Egress,
+    url: &str,
+    refusal: impl std::fmt::Display,
+) -> String {
+    if egress.config().loopback == latchkey_egress::LoopbackPolicy::Deny
+        && latchkey_egress::is_loopback_url(url)
+    {
+        format!(
+            "{refusal}: servers on this machine (loopback, plain http) are refused unless allowed for local development: set allow_insecure_loopback = true in the configuration file or LATCHKEY_ALLOW_INSECURE_LOOPBACK=true and restart `latchkey serve`"
+        )
+    } else {
+        refusal.to_string()
+    }
+}
+
+/// What [`ApiError::NeedsReauth`] says: what is wrong and how to connect, by the
+/// server's name.
+fn reauth_message(name: &str, reason: Reauth) -> String {
+    let word = shell_word(name);
+    match reason {
+        Reauth::NotConnected => format!(
+            "{name} is not connected yet: connect it with `latchkey connect {word}` or in Latchkey's web UI"
+        ),
+        other => format!(
+            "{name} needs to be reconnected: {}; reconnect it with `latchkey connect {word} --force` or in Latchkey's web UI",
+            match other {
+                Reauth::Refused =>
+                    "its authorization server no longer accepts the stored authorization",
+                Reauth::Rejected => "the server refused its token even after a refresh",
+                Reauth::Unreadable =>
+                    "the stored authorization cannot be decrypted with the configured keys",
+                _ => "the stored authorization was issued for another URL of the server",
+            }
+        ),
+    }
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     code: &'a str,
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     server_id: Option<&'a str>,
+    /// The server's name, for hints (never the id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_name: Option<&'a str>,
+    /// Why a slot needs consent (`needs_oauth_reauth`): `not_connected`,
+    /// `consent_refused`, `token_rejected`, `other_resource` or `unreadable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fields: Option<&'a [FieldError]>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -176,8 +277,18 @@ impl ApiError {
         Body {
             code: self.status_and_code().1,
             message: self.to_string(),
+            server_name: match self {
+                ApiError::NeedsReauth { server_name, .. }
+                | ApiError::NeedsScopeUpgrade { server_name, .. }
+                | ApiError::UpstreamRefused { server_name, .. } => Some(server_name),
+                _ => None,
+            },
+            reason: match self {
+                ApiError::NeedsReauth { reason, .. } => Some(reason.as_str()),
+                _ => None,
+            },
             server_id: match self {
-                ApiError::NeedsReauth { server_id }
+                ApiError::NeedsReauth { server_id, .. }
                 | ApiError::RefreshPending { server_id }
                 | ApiError::NeedsScopeUpgrade { server_id, .. }
                 | ApiError::UpstreamRefused { server_id, .. }

@@ -33,7 +33,7 @@ use latchkey_guard::Principal;
 use latchkey_oauth::challenge;
 use latchkey_vault::store::ServerRow;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Reauth};
 use crate::state::AppState;
 
 /// A request body that ends within this many bytes is kept for a retry.
@@ -307,9 +307,7 @@ async fn run(
             .await?;
             if second.status == StatusCode::UNAUTHORIZED {
                 tracing::info!(event = "token.reauth_required", server_id = %server.id, via = "proxy");
-                return Err(ApiError::NeedsReauth {
-                    server_id: server.id.clone(),
-                });
+                return Err(crate::tools::needs_reauth(&server, Reauth::Rejected));
             }
             tracing::info!(
                 event = "proxy.recovered_after_refresh",
@@ -321,9 +319,7 @@ async fn run(
         (StatusCode::UNAUTHORIZED, Some(_), None) => {
             // Not replayable: the caller's client retries, and the next request
             // refreshes (the 401 is not cached as a good token).
-            return Err(ApiError::NeedsReauth {
-                server_id: server.id.clone(),
-            });
+            return Err(crate::tools::needs_reauth(&server, Reauth::Rejected));
         }
         (StatusCode::UNAUTHORIZED, None, _) => return Err(ApiError::Upstream),
         (_, _, _) => first,
@@ -331,6 +327,7 @@ async fn run(
     if let Some(scopes) = insufficient_scope(&answer) {
         return Err(ApiError::NeedsScopeUpgrade {
             server_id: server.id.clone(),
+            server_name: server.name.clone(),
             scopes,
         });
     }

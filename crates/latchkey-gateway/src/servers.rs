@@ -69,7 +69,8 @@ fn read_input(s: &AppState, body: &[u8], creating: bool) -> Result<ServerInput, 
     if let Some(u) = &url
         && let Err(e) = s.egress.check_url(u, UrlSource::Operator)
     {
-        f.invalid("url", e.to_string());
+        // A loopback URL refused only because the relaxation is off names the setting.
+        f.invalid("url", crate::error::loopback_hint(&s.egress, u, e));
     }
     let input = ServerInput {
         name,

@@ -7,7 +7,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use http::{HeaderMap, HeaderValue};
-use latchkey_broker::token_service::TokenError;
+use latchkey_broker::token_service::{ReauthReason, TokenError};
 use latchkey_core::Secret;
 use latchkey_egress::UrlSource;
 use latchkey_guard::Principal;
@@ -17,7 +17,7 @@ use latchkey_vault::store::{ServerRow, Slot};
 use rmcp::model::ProtocolVersion;
 use serde_json::{Value, json};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Reauth};
 use crate::fields::Body;
 use crate::state::AppState;
 use crate::upstream_sessions::{CredentialMark, Session, SessionKey};
@@ -43,13 +43,24 @@ pub(crate) fn slot_for(p: &Principal, server: &ServerRow) -> Slot {
     }
 }
 
+/// The user must connect `server` (again), for `reason`.
+pub(crate) fn needs_reauth(server: &ServerRow, reason: Reauth) -> ApiError {
+    ApiError::NeedsReauth {
+        server_id: server.id.clone(),
+        server_name: server.name.clone(),
+        reason,
+    }
+}
+
 /// A token-service failure as the API's typed error.
 pub(crate) fn token_failure(server: &ServerRow, e: TokenError) -> ApiError {
     tracing::info!(event = "tools.token_failed", server_id = %server.id, kind = ?e.kind());
     match e {
-        TokenError::NotConnected | TokenError::ReauthRequired(_) => ApiError::NeedsReauth {
-            server_id: server.id.clone(),
-        },
+        TokenError::NotConnected => needs_reauth(server, Reauth::NotConnected),
+        TokenError::ReauthRequired(ReauthReason::Undecryptable) => {
+            needs_reauth(server, Reauth::Unreadable)
+        }
+        TokenError::ReauthRequired(_) => needs_reauth(server, Reauth::Refused),
         TokenError::EncryptionKeyMissing => ApiError::EncryptionKeyMissing,
         TokenError::Store(_) => ApiError::Unavailable,
         TokenError::RefreshPending => ApiError::RefreshPending {
@@ -240,9 +251,7 @@ pub(crate) async fn bearer(
         "a stored token was issued for another resource than the server's URL; not sent"
     );
     s.tokens.evict(slot);
-    Err(ApiError::NeedsReauth {
-        server_id: server.id.clone(),
-    })
+    Err(needs_reauth(server, Reauth::OtherResource))
 }
 
 /// Runs `method` for the caller's slot of `server`, with the refresh-and-retry rule.
@@ -254,11 +263,10 @@ pub(crate) async fn call(
     params: Option<Value>,
 ) -> Result<Value, ApiError> {
     let fail = |u: Upstream| match u {
-        Upstream::Unauthorized => ApiError::NeedsReauth {
-            server_id: server.id.clone(),
-        },
+        Upstream::Unauthorized => needs_reauth(server, Reauth::Rejected),
         Upstream::Scope(scopes) => ApiError::NeedsScopeUpgrade {
             server_id: server.id.clone(),
+            server_name: server.name.clone(),
             scopes,
         },
         Upstream::SessionGone => {

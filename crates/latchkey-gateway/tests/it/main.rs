@@ -293,6 +293,8 @@ async fn errors_have_stable_codes_and_no_secret() {
         (
             ApiError::NeedsReauth {
                 server_id: "s1".into(),
+                server_name: "my server".into(),
+                reason: latchkey_gateway::error::Reauth::NotConnected,
             },
             409,
             "needs_oauth_reauth",
@@ -317,6 +319,15 @@ async fn errors_have_stable_codes_and_no_secret() {
         assert_eq!(v["code"], code);
         if code == "needs_oauth_reauth" {
             assert_eq!(v["server_id"], "s1");
+            // Issue 17: a never-connected server says so, by its name (quoted for the
+            // shell), not "needs to be reconnected"; the code stays the one clients
+            // show "connect" for.
+            assert_eq!(v["server_name"], "my server");
+            assert_eq!(v["reason"], "not_connected");
+            assert_eq!(
+                v["message"],
+                "my server is not connected yet: connect it with `latchkey connect 'my server'` or in Latchkey's web UI"
+            );
         }
         if code == "invalid_request" {
             assert_eq!(v["fields"][0]["field"], "token_endpoint");
