@@ -10,7 +10,8 @@
 //! the [`Store`] implementation (a `methods!` macro): `servers`, `credentials`,
 //! `flows`, `headers` (static-header values), `clients` (registered clients), `audit`, `api_keys`, `leases` (refresh
 //! leases), `sealed_columns` (what key rotation reads and rewrites), `notify`
-//! (PostgreSQL `NOTIFY`/`LISTEN`) and `open` (the database URL, SQLite files).
+//! (PostgreSQL `NOTIFY`/`LISTEN`), `open` (the database URL, SQLite files) and `wal`
+//! (SQLite's write-ahead log kept bounded).
 //! `sql_store!` here assembles each backend's one `impl Store` from them. The store
 //! uses [`crate::sealed`] for the AAD convention and never [`crate::rotate`], which
 //! uses the store through the trait.
@@ -26,6 +27,7 @@ mod notify;
 mod open;
 mod sealed_columns;
 mod servers;
+mod wal;
 
 pub use api_keys::{API_KEY_TOUCH_SECS, ApiKeyRow};
 pub use audit::AuditEvent;
@@ -37,6 +39,7 @@ pub(crate) use headers::values_aad;
 pub use notify::{Notice, Notifications};
 pub use open::DatabaseUrl;
 pub use servers::ServerRow;
+pub use wal::{WalBound, WalCheckpoint};
 
 use crate::sealed::{Checkpoint, Rewrap, SealedRow, SealedTable};
 
@@ -330,11 +333,12 @@ where
 /// `@impl`; the last one emits the `impl Store`). Both backends run the same SQL text;
 /// the macro exists only because sqlx's executor bounds differ per database type.
 macro_rules! sql_store {
-    ($name:ident, $pool:ty, $migrator:expr, [$($table:ident),* $(,)?]) => {
+    ($name:ident, $pool:ty, $migrator:expr, [$($table:ident),* $(,)?] $(, $field:ident: $fty:ty)*) => {
         /// A store on this backend.
         #[derive(Debug, Clone)]
         pub struct $name {
             pool: $pool,
+            $($field: $fty,)*
         }
 
         impl $name {
@@ -344,7 +348,10 @@ macro_rules! sql_store {
                     .run(&pool)
                     .await
                     .map_err(|e| StoreError::Migration(e.to_string()))?;
-                Ok(Self { pool })
+                Ok(Self {
+                    pool,
+                    $($field: Default::default(),)*
+                })
             }
 
             /// The pool.
@@ -387,7 +394,8 @@ sql_store!(
         api_keys,
         leases,
         sealed_columns
-    ]
+    ],
+    wal: Option<std::sync::Arc<wal::WalKeeper>>
 );
 sql_store!(
     PgStore,

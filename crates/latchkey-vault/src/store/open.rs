@@ -1,6 +1,7 @@
 //! Where the store lives ([`DatabaseUrl`]) and opening an SQLite file.
 
-use super::{PgStore, SqliteStore, Store, StoreError};
+use super::wal::{WAL_AUTOCHECKPOINT_PAGES, WalKeeper};
+use super::{PgStore, SqliteStore, Store, StoreError, WalBound, WalCheckpoint};
 
 /// Where the store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +71,14 @@ impl SqliteStore {
     ///
     /// A database file it creates is the owner's alone (0600), and so are its `-wal`
     /// and `-shm` files, which SQLite creates with the database file's mode.
+    ///
+    /// Its write-ahead log is kept bounded as [`WalBound::default`] says.
     pub async fn open(path: &std::path::Path) -> Result<Self, StoreError> {
+        Self::open_with(path, WalBound::default()).await
+    }
+
+    /// [`SqliteStore::open`] with the WAL kept within `bound`.
+    pub async fn open_with(path: &std::path::Path, bound: WalBound) -> Result<Self, StoreError> {
         create_private_file(path).map_err(|e| {
             StoreError::Unavailable(format!("cannot create the database file: {e}"))
         })?;
@@ -85,12 +93,28 @@ impl SqliteStore {
             .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
             // 64 MiB of page cache per connection (the default is 2 MiB): slot lookups
             // on a million rows stay in memory.
-            .pragma("cache_size", "-65536");
+            .pragma("cache_size", "-65536")
+            // The WAL stays bounded (see `wal`): truncated to the limit when a
+            // checkpoint resets it, and checkpointed passively every 1,000 pages.
+            .pragma("journal_size_limit", bound.limit.to_string())
+            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string());
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
-        Self::new(pool).await
+        let mut store = Self::new(pool).await?;
+        store.wal = Some(WalKeeper::start(&opts, path, bound).await?);
+        Ok(store)
+    }
+
+    /// Checkpoints the whole write-ahead log now and truncates it (what the WAL keeper
+    /// of a store opened from a file does every [`WalBound::every`], or as soon as the
+    /// WAL is over [`WalBound::limit`]), waiting up to [`WalBound::wait`] for readers.
+    pub async fn checkpoint(&self) -> Result<WalCheckpoint, StoreError> {
+        match &self.wal {
+            Some(keeper) => keeper.checkpoint().await,
+            None => super::wal::checkpoint(&self.pool).await,
+        }
     }
 }
 

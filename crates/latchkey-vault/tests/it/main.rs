@@ -6,6 +6,7 @@ mod api_keys;
 mod headers;
 mod hostile_binding;
 mod rotation;
+mod wal;
 
 use std::sync::Arc;
 
