@@ -11,6 +11,7 @@
 //! * Nothing here logs or prints a query string, a header value or a body.
 #![forbid(unsafe_code)]
 
+mod hop;
 mod message;
 mod policy;
 mod resolve;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
+pub use hop::{HopBody, hop_body};
 pub use message::{EgressRequest, EgressResponse};
 pub use policy::{CheckedUrl, DenyReason, LoopbackPolicy, UrlSource, classify_ip, is_loopback_url};
 pub use resolve::{NameResolver, SystemResolver};
@@ -166,6 +168,9 @@ pub struct Egress {
     /// URLs that passed [`Egress::check_url`], by source: the proxy sends every request
     /// to the same few server URLs, and parsing each again was 3 % of its CPU.
     checked: Arc<Mutex<CheckedUrls>>,
+    /// The proxy's hop ([`hop`]), built at its first use.
+    hop: Arc<std::sync::OnceLock<Result<hop::HopClients, String>>>,
+    resolver: Arc<dyn NameResolver>,
 }
 
 /// Checked URLs by source and text; bounded (it starts over when full).
@@ -232,7 +237,17 @@ impl Egress {
             remote: build(UrlSource::Remote)?,
             cfg,
             checked: Arc::default(),
+            hop: Arc::default(),
+            resolver,
         })
+    }
+
+    /// The hop's clients, built once.
+    fn hop_clients(&self) -> Result<&hop::HopClients, EgressError> {
+        self.hop
+            .get_or_init(|| hop::HopClients::new(&self.cfg, &self.resolver))
+            .as_ref()
+            .map_err(|e| EgressError::Http(e.clone()))
     }
 
     /// The settings.
@@ -446,15 +461,8 @@ const STREAM_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Maps a reqwest error, finding a guard refusal anywhere in its cause chain.
 fn map_err(e: reqwest::Error) -> EgressError {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(c) = cause {
-        if let Some(d) = c.downcast_ref::<resolve::Denied>() {
-            return EgressError::AddressDenied {
-                host: d.host.clone(),
-                reason: d.reason,
-            };
-        }
-        cause = c.source();
+    if let Some(denied) = resolve::find_denied(&e) {
+        return denied;
     }
     if e.is_timeout() {
         EgressError::Timeout

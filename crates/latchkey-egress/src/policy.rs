@@ -93,6 +93,8 @@ impl std::fmt::Display for DenyReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedUrl {
     url: Url,
+    /// The same URL as a request URI, derived once (the proxy's hop sends it as is).
+    uri: http::Uri,
 }
 
 impl CheckedUrl {
@@ -104,6 +106,11 @@ impl CheckedUrl {
     /// The URL as text.
     pub fn as_str(&self) -> &str {
         self.url.as_str()
+    }
+
+    /// The URL as a request URI.
+    pub fn uri(&self) -> &http::Uri {
+        &self.uri
     }
 }
 
@@ -354,7 +361,10 @@ pub(crate) fn check_url(
     if plain_http && !url.host().is_some_and(|h| is_loopback_host(&h)) {
         return Err(EgressError::InsecureHttp { host: host_text() });
     }
-    Ok(CheckedUrl { url })
+    // The serialised WHATWG URL is always a valid URI; checked anyway, not assumed.
+    let uri = http::Uri::try_from(url.as_str())
+        .map_err(|e| EgressError::InvalidUrl(format!("not a request URI: {e}")))?;
+    Ok(CheckedUrl { url, uri })
 }
 
 #[cfg(test)]

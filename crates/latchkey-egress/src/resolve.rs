@@ -59,32 +59,63 @@ impl reqwest::dns::Resolve for GuardedResolve {
         let cfg = self.cfg.clone();
         let source = self.source;
         Box::pin(async move {
-            let mut addrs = resolver.resolve(&host, 0).await?;
-            if addrs.is_empty() {
-                return Err(format!("{host}: no addresses").into());
-            }
-            // One denied address fails the whole name: connecting to "the good one" would
-            // leave the choice to the attacker's ordering and to fallback on failure. A
-            // `localhost` name (the only names plain http may reach) must resolve to
-            // loopback addresses only.
-            let loopback_only = must_resolve_to_loopback(&host);
-            for a in &mut addrs {
-                let verdict = classify_ip(a.ip(), source, &cfg).and_then(|()| {
-                    if loopback_only && !is_loopback_ip(a.ip()) {
-                        Err(DenyReason::NotLoopback)
-                    } else {
-                        Ok(())
-                    }
-                });
-                if let Err(reason) = verdict {
-                    tracing::debug!(event = "egress.address_denied", host = %host, %reason);
-                    return Err(Denied { host, reason }.into());
-                }
-                // Port 0 tells hyper to use the URL's port (explicit or scheme default)
-                // instead of whatever the resolver put there.
-                a.set_port(0);
-            }
+            let addrs = guarded_addrs(&*resolver, &host, source, &cfg).await?;
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
+}
+
+/// Resolves `host` once and classifies every address; exactly those addresses, or the
+/// refusal. Shared by reqwest's hook and the proxy's hop ([`crate::hop`]).
+pub(crate) async fn guarded_addrs(
+    resolver: &dyn NameResolver,
+    host: &str,
+    source: UrlSource,
+    cfg: &EgressConfig,
+) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut addrs = resolver.resolve(host, 0).await?;
+    if addrs.is_empty() {
+        return Err(format!("{host}: no addresses").into());
+    }
+    // One denied address fails the whole name: connecting to "the good one" would
+    // leave the choice to the attacker's ordering and to fallback on failure. A
+    // `localhost` name (the only names plain http may reach) must resolve to
+    // loopback addresses only.
+    let loopback_only = must_resolve_to_loopback(host);
+    for a in &mut addrs {
+        let verdict = classify_ip(a.ip(), source, cfg).and_then(|()| {
+            if loopback_only && !is_loopback_ip(a.ip()) {
+                Err(DenyReason::NotLoopback)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(reason) = verdict {
+            tracing::debug!(event = "egress.address_denied", host = %host, %reason);
+            return Err(Denied {
+                host: host.to_owned(),
+                reason,
+            }
+            .into());
+        }
+        // Port 0 tells hyper to use the URL's port (explicit or scheme default)
+        // instead of whatever the resolver put there.
+        a.set_port(0);
+    }
+    Ok(addrs)
+}
+
+/// A guard refusal anywhere in `e`'s causes, as the egress error.
+pub(crate) fn find_denied(e: &(dyn std::error::Error + 'static)) -> Option<crate::EgressError> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(d) = c.downcast_ref::<Denied>() {
+            return Some(crate::EgressError::AddressDenied {
+                host: d.host.clone(),
+                reason: d.reason,
+            });
+        }
+        cause = c.source();
+    }
+    None
 }

@@ -588,3 +588,149 @@ fn config_defaults_fail_closed() {
     assert_eq!(c.request_timeout, Duration::from_secs(15));
     assert!(c.user_agent.starts_with("latchkey/"));
 }
+
+/// The proxy's hop (`Egress::hop`): the same guard as `send`, on hyper's pooled client.
+mod hop {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderMap, Method};
+    use http_body_util::BodyExt as _;
+    use latchkey_egress::hop_body;
+
+    async fn hop(
+        e: &Egress,
+        url: &str,
+        headers: HeaderMap,
+        head: Duration,
+    ) -> Result<http::Response<hyper::body::Incoming>, EgressError> {
+        e.hop(
+            url,
+            UrlSource::Operator,
+            Method::POST,
+            headers,
+            hop_body(Bytes::from_static(b"{\"jsonrpc\":\"2.0\"}")),
+            head,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn it_relays_the_request_and_hands_back_the_body() {
+        let srv = Server::start(server::ok("relayed")).await;
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, "Bearer t".parse().unwrap());
+        let resp = hop(
+            &relaxed(),
+            &http_url(srv.addr, "/mcp?x=1"),
+            headers,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"relayed");
+        let seen = srv.last_request().to_ascii_lowercase();
+        assert!(seen.starts_with("post /mcp?x=1 http/1.1"), "{seen}");
+        assert!(seen.contains("authorization: bearer t"), "{seen}");
+        assert!(seen.contains("user-agent: latchkey"), "{seen}");
+        assert!(seen.ends_with("{\"jsonrpc\":\"2.0\"}"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn it_checks_the_addresses_it_connects_to() {
+        // Rebinding: the static check sees a name, the connection would reach loopback.
+        let srv = Server::start(server::ok("ok")).await;
+        let dns = Scripted::new(vec![vec![ip("127.0.0.1")]]);
+        let e = Egress::with_resolver(EgressConfig::default(), dns.clone()).unwrap();
+        let url = format!("https://rebind.test:{}/mcp", srv.addr.port());
+        let err = hop(&e, &url, HeaderMap::new(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_denied(&err, DenyReason::Loopback);
+        assert_eq!(dns.calls(), 1, "resolved exactly once");
+        // One metadata address among good ones fails the whole name, relaxed or not.
+        let dns = Scripted::new(vec![vec![ip("127.0.0.1"), ip("169.254.169.254")]]);
+        let e = Egress::with_resolver(relaxed_cfg(), dns).unwrap();
+        let url = format!("http://localhost:{}/mcp", srv.addr.port());
+        let err = hop(&e, &url, HeaderMap::new(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, EgressError::AddressDenied { .. }),
+            "expected a refusal, got {err:?}"
+        );
+        srv.settle().await;
+        assert_eq!(srv.hits(), 0, "the server must see no connection");
+    }
+
+    #[tokio::test]
+    async fn it_never_follows_a_redirect() {
+        let srv = Server::start(
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:1/x\r\ncontent-length: 0\r\n\r\n"
+                .into(),
+        )
+        .await;
+        let err = hop(
+            &relaxed(),
+            &http_url(srv.addr, "/mcp"),
+            HeaderMap::new(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, EgressError::Redirect { status: 307, .. }),
+            "{err:?}"
+        );
+        assert_eq!(srv.hits(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out_at_the_head_deadline() {
+        let srv = Server::start_silent().await;
+        let started = std::time::Instant::now();
+        let err = hop(
+            &relaxed(),
+            &http_url(srv.addr, "/mcp"),
+            HeaderMap::new(),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, EgressError::Timeout), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn plain_http_stays_behind_the_relaxation_and_closed_ports_are_connect_errors() {
+        let srv = Server::start(server::ok("ok")).await;
+        let e = Egress::new(EgressConfig::default()).unwrap();
+        let err = hop(
+            &e,
+            &http_url(srv.addr, "/"),
+            HeaderMap::new(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, EgressError::SchemeNotAllowed(_)), "{err:?}");
+        srv.settle().await;
+        assert_eq!(srv.hits(), 0);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = hop(
+            &relaxed(),
+            &format!("http://127.0.0.1:{port}/"),
+            HeaderMap::new(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, EgressError::Connect(_)), "{err:?}");
+        assert!(err.is_retryable());
+    }
+}
