@@ -15,7 +15,7 @@ use crate::servers;
 /// `latchkey tools …`
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
-    /// List a server's tools.
+    /// List a server's tools with their parameters.
     #[command(visible_alias = "ls")]
     List {
         /// Server id or unique name.
@@ -40,12 +40,12 @@ pub(crate) struct CallArgs {
     /// `list=[1,2]`), else as a string. Repeatable.
     #[arg(long = "arg", value_name = "KEY=VALUE")]
     args: Vec<String>,
-    /// All arguments as one JSON object (instead of --arg).
-    #[arg(long = "json", value_name = "OBJECT", conflicts_with = "args")]
-    json_args: Option<String>,
+    /// All arguments as one JSON object, e.g. '{"text": "hi"}' (instead of --arg).
+    #[arg(long = "args-json", value_name = "OBJECT", conflicts_with = "args")]
+    args_json: Option<String>,
     /// Print the whole MCP tool result as JSON instead of its text content.
-    #[arg(long)]
-    raw: bool,
+    #[arg(long, alias = "raw")]
+    json: bool,
 }
 
 pub(crate) async fn run(cmd: Command, conn: &Connection) -> anyhow::Result<ExitCode> {
@@ -70,7 +70,7 @@ async fn list(api: &Api, server: &str, json: bool) -> anyhow::Result<ExitCode> {
         output::json(&answer);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut t = Table::new(&["NAME", "DESCRIPTION"]);
+    let mut t = Table::new(&["NAME", "PARAMETERS (* required)", "DESCRIPTION"]);
     for tool in answer["tools"]
         .as_array()
         .map(Vec::as_slice)
@@ -78,10 +78,71 @@ async fn list(api: &Api, server: &str, json: bool) -> anyhow::Result<ExitCode> {
     {
         let description = text(tool, "description");
         let first = description.lines().next().unwrap_or_default();
-        t.row(vec![text(tool, "name"), shorten(first, 100)]);
+        t.row(vec![
+            text(tool, "name"),
+            parameters(tool.get("inputSchema").unwrap_or(&Value::Null)),
+            shorten(first, 80),
+        ]);
     }
     t.print();
     Ok(ExitCode::SUCCESS)
+}
+
+/// A tool's parameters from its input schema, for a person: `name*: type` (`*` marks a
+/// required one), comma-separated, the required ones first (in the schema's `required`
+/// order), then the others by name; `-` when it takes none.
+fn parameters(schema: &Value) -> String {
+    let Some(props) = schema["properties"].as_object().filter(|p| !p.is_empty()) else {
+        return "-".into();
+    };
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut out: Vec<String> = required
+        .iter()
+        .filter_map(|name| Some(format!("{name}*: {}", type_of(props.get(*name)?))))
+        .collect();
+    let mut optional: Vec<(&String, &Value)> = props
+        .iter()
+        .filter(|(name, _)| !required.contains(&name.as_str()))
+        .collect();
+    optional.sort_by(|a, b| a.0.cmp(b.0));
+    out.extend(
+        optional
+            .into_iter()
+            .map(|(name, p)| format!("{name}: {}", type_of(p))),
+    );
+    out.join(", ")
+}
+
+/// A property's type in a few characters: `string`, `number|null`, `string[]`, a short
+/// enum as its values (`"c"|"f"`), else `any`.
+fn type_of(p: &Value) -> String {
+    if let Some(values) = p["enum"].as_array()
+        && !values.is_empty()
+        && values.len() <= 4
+    {
+        return values
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("|");
+    }
+    match &p["type"] {
+        Value::String(t) if t == "array" => match p["items"]["type"].as_str() {
+            Some(item) => format!("{item}[]"),
+            None => "array".into(),
+        },
+        Value::String(t) => t.clone(),
+        Value::Array(ts) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join("|"),
+        _ if p.get("enum").is_some() => "enum".into(),
+        _ => "any".into(),
+    }
 }
 
 fn shorten(s: &str, max: usize) -> String {
@@ -93,13 +154,15 @@ fn shorten(s: &str, max: usize) -> String {
     out
 }
 
-/// The arguments object from `--arg k=v …` or `--json '{…}'`.
+/// The arguments object from `--arg k=v …` or `--args-json '{…}'`.
 fn arguments(args: &[String], json: Option<&str>) -> Result<Value, Failure> {
     if let Some(j) = json {
         return match serde_json::from_str::<Value>(j) {
             Ok(v @ Value::Object(_)) => Ok(v),
-            Ok(_) => Err(Failure::data("--json: the arguments must be a JSON object")),
-            Err(e) => Err(Failure::data(format!("--json: not valid JSON: {e}"))),
+            Ok(_) => Err(Failure::data(
+                "--args-json: the arguments must be a JSON object",
+            )),
+            Err(e) => Err(Failure::data(format!("--args-json: not valid JSON: {e}"))),
         };
     }
     let mut m = Map::new();
@@ -117,7 +180,7 @@ fn arguments(args: &[String], json: Option<&str>) -> Result<Value, Failure> {
 }
 
 async fn call(api: &Api, a: CallArgs) -> anyhow::Result<ExitCode> {
-    let body = arguments(&a.args, a.json_args.as_deref())?;
+    let body = arguments(&a.args, a.args_json.as_deref())?;
     let id = servers::id_of(&servers::resolve(api, &a.server).await?);
     let result = api
         .call_with_timeout(
@@ -131,7 +194,7 @@ async fn call(api: &Api, a: CallArgs) -> anyhow::Result<ExitCode> {
             None,
         )
         .await?;
-    if a.raw {
+    if a.json {
         output::json(&result);
     } else {
         print_content(&result);
@@ -177,6 +240,27 @@ fn print_content(result: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameters_from_the_schema() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "days": {"type": ["integer", "null"]},
+                "unit": {"enum": ["c", "f"]},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "extra": {"anyOf": [{"type": "string"}, {"type": "object"}]},
+            },
+            "required": ["city", "unit"],
+        });
+        assert_eq!(
+            parameters(&schema),
+            r#"city*: string, unit*: "c"|"f", days: integer|null, extra: any, tags: string[]"#
+        );
+        assert_eq!(parameters(&serde_json::json!({"type": "object"})), "-");
+        assert_eq!(parameters(&Value::Null), "-");
+    }
 
     #[test]
     fn args_are_json_when_they_parse() {
