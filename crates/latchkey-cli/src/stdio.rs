@@ -14,6 +14,17 @@
 //! with a `DELETE`. Standard output carries protocol messages only; diagnostics go to
 //! standard error.
 //!
+//! Server-initiated messages: once the client has sent `notifications/initialized`, the
+//! bridge opens the standalone stream (`GET {url}/mcp/{server_id}`, `Accept:
+//! text/event-stream`) and writes each message that arrives on it to standard output;
+//! a 405 means the server offers none, which is fine and said nowhere. A stream that
+//! ends is opened again after a pause (1 s, doubling up to 30 s).
+//!
+//! Consent: when Latchkey answers that the server needs the user's consent (JSON-RPC
+//! error -32001), the answer goes to the client as it is, and the bridge starts the
+//! managed flow once (`POST /v1/oauth/start`) and prints its sign-in URL on standard
+//! error, once per run, however many messages are refused meanwhile.
+//!
 //! Written by hand rather than with rmcp: a bridge must be transparent, passing every
 //! message through whatever its method or protocol version (batches, responses to the
 //! server's requests, methods newer than any SDK's model), and all it needs is line
@@ -21,6 +32,7 @@
 //! message into its own types and could only relay what those types know.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +52,13 @@ const VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
 /// JSON-RPC code for a request the bridge could not get answered (server error range).
 const BRIDGE_ERROR: i64 = -32000;
 
+/// JSON-RPC code of Latchkey's "the server needs your consent" answer
+/// (`latchkey_gateway::error::JSONRPC_NEEDS_REAUTH`).
+const NEEDS_CONSENT: i64 = latchkey_gateway::error::JSONRPC_NEEDS_REAUTH;
+
+/// The longest pause before the standalone stream is opened again.
+const STREAM_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 /// Arguments of `latchkey stdio`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -49,10 +68,17 @@ pub(crate) struct Args {
 
 struct Bridge {
     api: Api,
+    /// The server's id and the name the user knows it by.
+    server_id: String,
+    name: String,
     path: String,
     session: Mutex<Option<HeaderValue>>,
     version: Mutex<Option<HeaderValue>>,
     out: mpsc::UnboundedSender<String>,
+    /// Whether the sign-in URL was printed (or tried): once per run.
+    consent_shown: AtomicBool,
+    /// The task printing it, awaited before the bridge exits.
+    signing_in: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 fn log(msg: impl std::fmt::Display) {
@@ -62,7 +88,8 @@ fn log(msg: impl std::fmt::Display) {
 pub(crate) async fn run(a: Args, conn: &Connection) -> anyhow::Result<ExitCode> {
     let api = Api::new(conn)?;
     // Resolved before any message is read, so a wrong name fails at once with its code.
-    let id = servers::id_of(&servers::resolve(&api, &a.server).await?);
+    let server = servers::resolve(&api, &a.server).await?;
+    let id = servers::id_of(&server);
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let writer = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
@@ -77,10 +104,16 @@ pub(crate) async fn run(a: Args, conn: &Connection) -> anyhow::Result<ExitCode> 
     let bridge = Arc::new(Bridge {
         api,
         path: format!("/mcp/{}", segment(&id)),
+        name: crate::output::text(&server, "name"),
+        server_id: id,
         session: Mutex::new(None),
         version: Mutex::new(None),
         out: tx,
+        consent_shown: AtomicBool::new(false),
+        signing_in: Mutex::new(None),
     });
+    // The standalone stream of server-initiated messages, opened once initialized.
+    let mut listener: Option<tokio::task::JoinHandle<()>> = None;
 
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
     let mut tasks = tokio::task::JoinSet::new();
@@ -115,14 +148,27 @@ pub(crate) async fn run(a: Args, conn: &Connection) -> anyhow::Result<ExitCode> 
         // Requests run concurrently: a slow tool call does not hold up the rest.
         let inline =
             (bridge.session().is_none() && is_initialize(&msg)) || request_ids(&msg).is_empty();
+        let initialized = is_initialized(&msg);
         if inline {
             bridge.forward(body, msg).await;
         } else {
             let b = bridge.clone();
             tasks.spawn(async move { b.forward(body, msg).await });
         }
+        if initialized && listener.is_none() && bridge.version().is_some() {
+            let b = bridge.clone();
+            listener = Some(tokio::spawn(async move { b.listen().await }));
+        }
     }
     while tasks.join_next().await.is_some() {}
+    if let Some(l) = listener {
+        l.abort();
+        let _ = l.await;
+    }
+    let signing_in = bridge.signing_in.lock().ok().and_then(|mut t| t.take());
+    if let Some(t) = signing_in {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
     bridge.close().await;
     drop(bridge);
     let _ = writer.await;
@@ -131,6 +177,27 @@ pub(crate) async fn run(a: Args, conn: &Connection) -> anyhow::Result<ExitCode> 
 
 fn is_initialize(msg: &Value) -> bool {
     msg.get("method").and_then(Value::as_str) == Some("initialize")
+}
+
+fn is_initialized(msg: &Value) -> bool {
+    msg.get("method").and_then(Value::as_str) == Some("notifications/initialized")
+}
+
+/// The message of the first "needs consent" error in a message or a batch.
+fn consent_needed(msg: &Value) -> Option<String> {
+    let one = |m: &Value| {
+        let e = m.get("error")?;
+        (e.get("code").and_then(Value::as_i64) == Some(NEEDS_CONSENT)).then(|| {
+            e.get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("the server needs your consent")
+                .to_owned()
+        })
+    };
+    match msg {
+        Value::Array(items) => items.iter().find_map(one),
+        m => one(m),
+    }
 }
 
 /// The ids of the requests in a message or a batch (notifications and responses have
@@ -192,6 +259,9 @@ impl Bridge {
         };
         self.emit(line);
         let Some(v) = parsed else { return Vec::new() };
+        if let Some(why) = consent_needed(&v) {
+            self.consent_needed(why);
+        }
         if let Some(pv) = v.pointer("/result/protocolVersion").and_then(Value::as_str)
             && v.pointer("/result/serverInfo").is_some()
             && self.version().is_none()
@@ -292,6 +362,75 @@ impl Bridge {
         self.fail(&missing, &why, Some(status.as_u16()));
     }
 
+    /// Latchkey said the server needs the user's consent (`why`, its words): the first
+    /// time, a managed flow is started and its sign-in URL printed on standard error
+    /// (in a task of its own: the answer is relayed meanwhile).
+    fn consent_needed(&self, why: String) {
+        if self.consent_shown.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let api = self.api.clone();
+        let (id, name) = (self.server_id.clone(), self.name.clone());
+        let task = tokio::spawn(async move { sign_in(&api, &id, &name, &why).await });
+        if let Ok(mut t) = self.signing_in.lock() {
+            *t = Some(task);
+        }
+    }
+
+    /// Relays the server-initiated messages of the standalone stream until the bridge
+    /// ends; opened again after a pause when it ends, given up on a refusal.
+    async fn listen(&self) {
+        let mut pause = Duration::from_secs(1);
+        loop {
+            let mut r = self
+                .api
+                .request(Method::GET, &self.path)
+                .header(ACCEPT, "text/event-stream");
+            if let Some(s) = self.session() {
+                r = r.header(SESSION, s);
+            }
+            if let Some(v) = self.version() {
+                r = r.header(VERSION, v);
+            }
+            let resp = match r.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    log(format!(
+                        "the server's message stream failed: {}",
+                        Failure::transport(self.api.base(), &e)
+                    ));
+                    return;
+                }
+            };
+            let status = resp.status();
+            // 405: the server sends nothing on its own, which is fine.
+            if status == reqwest::StatusCode::METHOD_NOT_ALLOWED {
+                return;
+            }
+            if !status.is_success() {
+                let body = resp.bytes().await.unwrap_or_default();
+                log(format!(
+                    "the server's message stream is not available: {}",
+                    Failure::from_answer(status.as_u16(), &body).message
+                ));
+                return;
+            }
+            let mut events = sse_stream::SseByteStream::new(resp.bytes_stream());
+            let mut got = false;
+            while let Some(Ok(ev)) = events.next().await {
+                if let Some(data) = ev.data.as_deref().filter(|d| !d.trim().is_empty()) {
+                    self.relay(data);
+                    got = true;
+                }
+            }
+            if got {
+                pause = Duration::from_secs(1);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(STREAM_BACKOFF_MAX);
+        }
+    }
+
     /// Answers each of `ids` with a JSON-RPC error.
     fn fail(&self, ids: &[Value], why: &str, status: Option<u16>) {
         for id in ids {
@@ -320,6 +459,32 @@ impl Bridge {
         if let Err(e) = r.send().await {
             log(format!("closing the session failed: {}", error_chain(&e)));
         }
+    }
+}
+
+/// Starts the managed flow for the server and prints its sign-in URL on standard error
+/// (the URL is for the person at the terminal; it is never logged).
+async fn sign_in(api: &Api, id: &str, name: &str, why: &str) {
+    let started = api
+        .call(
+            Method::POST,
+            "/v1/oauth/start",
+            Some(&json!({"server_id": id})),
+        )
+        .await;
+    match started {
+        Ok(v) => match v.get("authorization_url").and_then(Value::as_str) {
+            Some(url) => log(format!(
+                "{why}. To connect {name}, open this URL in a browser and approve the access \
+                 (or run `latchkey connect {name}`), then retry:\n  {url}"
+            )),
+            // Connected meanwhile (or a client credentials grant): a retry works.
+            None => log(format!("{why}; {name} is connected now: retry")),
+        },
+        Err(f) => log(format!(
+            "{why}; connect it with `latchkey connect {name}` or in Latchkey's web UI ({})",
+            f.message
+        )),
     }
 }
 
