@@ -27,7 +27,7 @@ Exit status:
   1   failure: a tool reported an error, a connection attempt failed, doctor found a
       broken OAuth chain, anything not listed below
   2   usage error (bad command line)
-  65  invalid input: a bad --arg/--json, an ambiguous server name, Latchkey answered
+  65  invalid input: a bad --arg/--args-json, an ambiguous server name, Latchkey answered
       400 invalid_request
   66  not found: no server with that id or name (Latchkey answered 404)
   69  unavailable: Latchkey (or the server doctor probes) cannot be reached, or it
@@ -39,9 +39,29 @@ Exit status:
       see --token / LATCHKEY_TOKEN
   78  configuration missing or invalid: a bad --url or --token, no encryption key";
 
+/// How to begin, shown by `--help` after the one-line description.
+const GETTING_STARTED: &str = "\
+Latchkey: an OAuth 2.1 credential broker and gateway for MCP servers
+
+It signs in to MCP servers for you (OAuth consent in the browser, or an API key), keeps
+the tokens encrypted and refreshed, and adds them to every call your MCP clients make
+through it.
+
+Getting started:
+  latchkey serve                       start it (then open http://127.0.0.1:7878)
+  latchkey servers add NAME URL        register an MCP server
+  latchkey connect NAME                sign in to it in your browser
+  latchkey tools list NAME             see its tools
+  latchkey mcp-config                  configuration to paste into your MCP client";
+
 /// Latchkey: an OAuth 2.1 credential broker and gateway for MCP servers.
 #[derive(Debug, Parser)]
-#[command(name = "latchkey", version, after_long_help = EXIT_STATUS)]
+#[command(
+    name = "latchkey",
+    version,
+    long_about = GETTING_STARTED,
+    after_long_help = EXIT_STATUS
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,30 +71,35 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the broker (loopback, embedded SQLite and a generated key file by default).
+    /// Start Latchkey: the web UI, the API and the MCP endpoints (by default on
+    /// 127.0.0.1:7878, with an SQLite database and a generated key file).
     Serve(serve::Args),
     /// Manage the MCP servers Latchkey knows (needs a running `latchkey serve`).
     #[command(subcommand)]
     Servers(servers::Command),
-    /// Connect your account to an OAuth server: consent in the browser, then wait.
+    /// Sign in to a server that uses OAuth: approve the access in your browser, and
+    /// Latchkey keeps the tokens.
     Connect(connect::ConnectArgs),
-    /// Forget (and revoke) your tokens for a server.
+    /// Sign out of a server: your tokens for it are revoked and forgotten.
     Disconnect(connect::DisconnectArgs),
-    /// List and call a server's tools with your token.
+    /// List a server's tools and call them (Latchkey adds your credentials).
     #[command(subcommand)]
     Tools(tools::Command),
-    /// A stdio MCP server that relays to one server through Latchkey, for MCP clients
-    /// that only run local servers.
+    /// Relay one server to an MCP client that only runs local (stdio) servers: use
+    /// `latchkey stdio SERVER` as the command in the client's configuration.
     Stdio(stdio::Args),
     /// Print ready-to-paste configuration for MCP clients (Claude, VS Code, Cursor).
     McpConfig(mcp_config::Args),
-    /// Walk OAuth discovery for an MCP server URL and report what it advertises, what
-    /// is missing or wrong, and why.
+    /// Check an MCP server's OAuth setup: walk its discovery and report what it
+    /// advertises, what is missing or wrong, and why.
     Doctor(doctor::Args),
-    /// Headless MCP OAuth client driven by the official MCP conformance suite
-    /// (reads MCP_CONFORMANCE_SCENARIO, MCP_CONFORMANCE_CONTEXT, MCP_CONFORMANCE_PROTOCOL_VERSION).
+    /// For the MCP conformance suite's harness, not for people: a headless MCP OAuth
+    /// client (reads MCP_CONFORMANCE_SCENARIO, MCP_CONFORMANCE_CONTEXT,
+    /// MCP_CONFORMANCE_PROTOCOL_VERSION).
+    #[command(hide = true)]
     ConformanceClient(conformance::Args),
-    /// Manage the encryption keys: add a new current key, re-encrypt under it.
+    /// Manage the keys that encrypt stored secrets: add a new current key, re-encrypt
+    /// under it.
     #[command(subcommand)]
     Keys(keys::Command),
     /// Print a shell completion script (e.g. `latchkey completions bash > /etc/bash_completion.d/latchkey`).

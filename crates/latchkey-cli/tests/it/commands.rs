@@ -354,12 +354,15 @@ async fn connect_then_tools_then_disconnect() {
     let env = Env::start().await;
     env.add_server("scripted").await;
 
-    // Not connected yet: the tools answer "needs consent" (75).
+    // Not connected yet: the tools say so, by the server's name, and how to connect
+    // (75).
+    let out = env.run(&["tools", "list", "scripted"]).await;
     assert_fails(
-        &env.run(&["tools", "list", "scripted"]).await,
+        &out,
         75,
-        "latchkey connect",
+        "scripted is not connected yet: connect it with `latchkey connect scripted` or in Latchkey's web UI",
     );
+    assert!(!stderr(&out).contains("reconnect"), "{}", stderr(&out));
 
     // connect: the URL on standard error; the consent given in "the browser"; the
     // command ends when the completion event arrives.
@@ -422,16 +425,42 @@ async fn connect_then_tools_then_disconnect() {
     let shown = json_of(&env.run(&["servers", "show", "scripted", "--json"]).await);
     assert_eq!(shown["connection"]["has_token"], true);
 
-    // tools list: table and JSON.
+    // tools list: a table with each tool's parameters (name, type, * when required),
+    // and JSON.
     let out = env.run(&["tools", "list", "scripted"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.starts_with("NAME "), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
     assert!(
-        text.contains("echo  Returns the text it is given."),
+        lines[0].starts_with("NAME  PARAMETERS (* required)  DESCRIPTION"),
         "{text}"
     );
-    assert!(text.contains("add   Adds two numbers."), "{text}");
+    let params_col = lines[0].find("PARAMETERS").unwrap();
+    let description_col = lines[0].find("DESCRIPTION").unwrap();
+    let row = |name: &str| {
+        let l = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} row: {text}"));
+        (
+            l[params_col..description_col].trim_end().to_owned(),
+            l[description_col..].to_owned(),
+        )
+    };
+    assert_eq!(
+        row("echo"),
+        (
+            "text*: string".to_owned(),
+            "Returns the text it is given.".to_owned()
+        )
+    );
+    assert_eq!(
+        row("add"),
+        (
+            "a*: number, b*: number".to_owned(),
+            "Adds two numbers.".to_owned()
+        )
+    );
     let listed = json_of(&env.run(&["tools", "list", "scripted", "--json"]).await);
     let names: Vec<&str> = listed["tools"]
         .as_array()
@@ -441,7 +470,8 @@ async fn connect_then_tools_then_disconnect() {
         .collect();
     assert_eq!(names, ["echo", "add"]);
 
-    // tools call: --arg values parsed as JSON when they parse, --json, --raw.
+    // tools call: --arg values parsed as JSON when they parse, --args-json; --json
+    // prints the whole result (as every command's --json does; --raw is its old name).
     let out = env
         .run(&[
             "tools", "call", "scripted", "add", "--arg", "a=2", "--arg", "b=3.5",
@@ -451,19 +481,26 @@ async fn connect_then_tools_then_disconnect() {
     assert_eq!(stdout(&out), "5.5\n");
     let raw = json_of(
         &env.run(&[
-            "tools", "call", "scripted", "add", "--arg", "a=2", "--arg", "b=3", "--raw",
+            "tools", "call", "scripted", "add", "--arg", "a=2", "--arg", "b=3", "--json",
         ])
         .await,
     );
     assert_eq!(raw["structuredContent"]["sum"], 5);
     assert_eq!(raw["isError"], false);
+    let old_name = json_of(
+        &env.run(&[
+            "tools", "call", "scripted", "add", "--arg", "a=1", "--arg", "b=1", "--raw",
+        ])
+        .await,
+    );
+    assert_eq!(old_name["structuredContent"]["sum"], 2);
     let out = env
         .run(&[
             "tools",
             "call",
             "scripted",
             "echo",
-            "--json",
+            "--args-json",
             r#"{"text":"hi there"}"#,
         ])
         .await;
@@ -491,10 +528,24 @@ async fn connect_then_tools_then_disconnect() {
         stdout(&out)
     );
     assert_fails(
-        &env.run(&["tools", "call", "scripted", "echo", "--json", "[1]"])
+        &env.run(&["tools", "call", "scripted", "echo", "--args-json", "[1]"])
             .await,
         65,
-        "must be a JSON object",
+        "--args-json: the arguments must be a JSON object",
+    );
+    // --json takes no value any more: the old spelling is a usage error (2).
+    assert_fails(
+        &env.run(&[
+            "tools",
+            "call",
+            "scripted",
+            "echo",
+            "--json",
+            r#"{"text":"x"}"#,
+        ])
+        .await,
+        2,
+        "unexpected argument",
     );
     assert_fails(
         &env.run(&["tools", "call", "scripted", "echo", "--arg", "novalue"])
@@ -516,7 +567,7 @@ async fn connect_then_tools_then_disconnect() {
         &env.run(&["tools", "call", "scripted", "echo", "--arg", "text=x"])
             .await,
         75,
-        "needs your consent",
+        "scripted is not connected yet",
     );
     assert_fails(&env.run(&["connect", "nope"]).await, 66, "no server");
 }

@@ -11,6 +11,8 @@ mod commands;
 mod doctor;
 mod hostile;
 mod keys;
+mod messages;
+mod operations;
 mod serve;
 mod stdio;
 
