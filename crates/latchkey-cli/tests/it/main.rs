@@ -12,7 +12,6 @@ mod doctor;
 mod hostile;
 mod keys;
 mod messages;
-mod operations;
 mod serve;
 mod stdio;
 
