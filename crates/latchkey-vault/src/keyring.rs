@@ -463,6 +463,27 @@ impl Keyring {
         self.keys().map(|_| ())
     }
 
+    /// Reads the key source again (the key set changed: `latchkey keys add`) and uses
+    /// what it holds from now on; whether the current key or the key ids differ from
+    /// before. On an error (no keys, invalid keys, an unreadable file) the keys in use
+    /// are kept and the error returned.
+    pub fn reload(&self) -> Result<bool, KeyringError> {
+        let set = self
+            .source
+            .load()?
+            .ok_or(KeyringError::EncryptionKeyMissing)?;
+        let fresh = Arc::new(Derived::from(&set)?);
+        let ids = |d: &Derived| {
+            let mut v: Vec<u8> = d.ciphers.iter().map(|(id, _)| *id).collect();
+            v.sort_unstable();
+            (d.current, v)
+        };
+        let mut g = self.derived.write().unwrap_or_else(|p| p.into_inner());
+        let changed = g.as_ref().is_none_or(|old| ids(old) != ids(&fresh));
+        *g = Some(fresh);
+        Ok(changed)
+    }
+
     /// The id new values are written under.
     pub fn current_key_id(&self) -> Result<u8, KeyringError> {
         Ok(self.keys()?.current)
@@ -651,6 +672,29 @@ mod tests {
         assert_ne!(env, k.encrypt(b"rt-secret", aad("row-1")).unwrap());
         let s = k.seal(&Secret::new("tok"), aad("r")).unwrap();
         assert_eq!(k.open(&s, aad("r")).unwrap().expose(), "tok");
+    }
+
+    #[test]
+    fn reload_picks_up_a_changed_key_file_and_keeps_the_old_keys_on_error() {
+        let path = std::env::temp_dir().join(format!("lk-reload-{}", uuid::Uuid::new_v4()));
+        let file = FileKeys(path.clone());
+        file.write(&KeySet::parse(&format!("1:{K1}")).unwrap())
+            .unwrap();
+        let k = Keyring::new(file.clone());
+        let old = k.encrypt(b"v", aad("r")).unwrap();
+        assert_eq!(old[0], 1);
+        assert!(!k.reload().unwrap(), "nothing changed");
+        file.write(&KeySet::parse(&format!("2:{K2},1:{K1}")).unwrap())
+            .unwrap();
+        assert_eq!(k.current_key_id().unwrap(), 1, "read once until reloaded");
+        assert!(k.reload().unwrap());
+        assert_eq!(k.current_key_id().unwrap(), 2);
+        assert_eq!(k.encrypt(b"v", aad("r")).unwrap()[0], 2);
+        assert_eq!(&k.decrypt(&old, aad("r")).unwrap()[..], b"v");
+        std::fs::write(&path, "garbage").unwrap();
+        assert!(k.reload().is_err());
+        assert_eq!(k.current_key_id().unwrap(), 2, "the keys in use are kept");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! One module per table or concern, each with its row type, its SQL and its part of
 //! the [`Store`] implementation (a `methods!` macro): `servers`, `credentials`,
 //! `flows`, `headers` (static-header values), `clients` (registered clients), `audit`, `api_keys`, `leases` (refresh
-//! leases), `sealed_columns` (what key rotation reads and rewrites), `notify`
+//! leases), `sealed_columns` (what key rotation reads and rewrites), `key_set` (the
+//! key-set version serving instances watch), `notify`
 //! (PostgreSQL `NOTIFY`/`LISTEN`), `open` (the database URL, SQLite files) and `wal`
 //! (SQLite's write-ahead log kept bounded).
 //! `sql_store!` here assembles each backend's one `impl Store` from them. The store
@@ -22,6 +23,7 @@ mod clients;
 mod credentials;
 mod flows;
 mod headers;
+mod key_set;
 mod leases;
 mod notify;
 mod open;
@@ -297,6 +299,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// byte), across every sealed column; empty when the database holds no sealed
     /// value. One scan per column, for start-up and readiness checks.
     async fn key_ids_in_use(&self) -> Result<std::collections::BTreeSet<u8>, StoreError>;
+    /// How many times the key set was changed (`key_set` module): 0 until the first
+    /// change. Serving instances compare it with the value they last saw.
+    async fn key_set_version(&self) -> Result<i64, StoreError>;
+    /// Records a key-set change; the new version.
+    async fn bump_key_set_version(&self) -> Result<i64, StoreError>;
 }
 
 /// The `WHERE` clause selecting a slot: `$1` tenant, `$2` server, and `$3` subject for a
@@ -393,7 +400,8 @@ sql_store!(
         audit,
         api_keys,
         leases,
-        sealed_columns
+        sealed_columns,
+        key_set
     ],
     wal: Option<std::sync::Arc<wal::WalKeeper>>
 );
@@ -411,6 +419,7 @@ sql_store!(
         api_keys,
         leases,
         sealed_columns,
+        key_set,
         notify
     ]
 );
