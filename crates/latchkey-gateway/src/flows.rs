@@ -85,14 +85,15 @@ try{new BroadcastChannel('mcp-oauth').postMessage(m);}catch(e){}\
 if(window.opener){try{window.opener.postMessage(m,window.location.origin);}catch(e){}}\
 setTimeout(function(){window.close();},1000);})();";
 
-/// The callback page's CSP: no source at all but the one script, by its hash.
+/// The callback page's CSP: no source at all but the one script, by its hash, and the
+/// app's stylesheet and icon from this origin (styled like the app, issue 17).
 fn callback_csp() -> HeaderValue {
     static CSP: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
     CSP.get_or_init(|| {
         use sha2::Digest;
         let hash = base64(&sha2::Sha256::digest(CALLBACK_SCRIPT.as_bytes()));
         HeaderValue::from_str(&format!(
-            "default-src 'none'; script-src 'sha256-{hash}'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+            "default-src 'none'; script-src 'sha256-{hash}'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
         ))
         .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))
     })
@@ -158,7 +159,8 @@ fn reason_text(reason: &str) -> &'static str {
 
 /// The callback page (R-SEC-11, R-UI-2): no untrusted text in markup (the payload is
 /// JSON in a non-executable script element with `<`, `>` and `&` escaped), a CSP that
-/// allows only its one constant script, and the result
+/// allows only its one constant script (and the app's own stylesheet and icon under
+/// `/ui/`, so it looks like the app), and the result
 /// `{type:"mcp-oauth", ok, serverId?, reason, error?}` posted only to Latchkey's own
 /// origin and its BroadcastChannel.
 fn page(o: Outcome) -> Response {
@@ -174,15 +176,23 @@ fn page(o: Outcome) -> Response {
     .replace('>', "\\u003e")
     .replace('&', "\\u0026");
     let headline = reason_text(o.reason);
-    let close = if o.ok {
-        ""
+    let (title, tone, close) = if o.ok {
+        ("Connected", "connected", "")
     } else {
-        "<p>You can close this window and try again from Latchkey.</p>"
+        (
+            "Not connected",
+            "error",
+            "<p class=\"muted\">You can close this window and try again from Latchkey.</p>",
+        )
     };
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Latchkey</title>\
-         <meta name=\"viewport\" content=\"width=device-width\"></head><body><main>\
-         <h1>Latchkey</h1><p role=\"status\">{headline}</p>{close}</main>\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <link rel=\"icon\" href=\"/ui/icon.svg\" type=\"image/svg+xml\">\
+         <link rel=\"stylesheet\" href=\"/ui/app.css\"></head><body class=\"callback\">\
+         <header class=\"top\"><h1><img src=\"/ui/icon.svg\" alt=\"\" width=\"28\" height=\"28\"> Latchkey</h1></header>\
+         <main><section class=\"panel\"><h2>{title}</h2>\
+         <p role=\"status\" class=\"status status-{tone}\">{headline}</p>{close}</section></main>\
          <script type=\"application/json\" id=\"latchkey-result\">{payload}</script>\
          <script>{CALLBACK_SCRIPT}</script></body></html>"
     );
@@ -212,6 +222,10 @@ pub async fn status(
     Path(server_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let server = s.server(&p, &server_id).await?;
+    if let Some(headers) = crate::headers::status(&s, &p, &server).await? {
+        // A static-header server: its names, set or not in the caller's slot.
+        return Ok(Json(json!({"has_token": false, "headers": headers})));
+    }
     let slot = crate::service::own_slot(&p, &server)?;
     let now_s = s.now();
     Ok(Json(match s.store.get_credential(&slot).await? {
@@ -224,6 +238,9 @@ pub async fn status(
             "expires_at": c.access_expires_at.map(rfc3339),
             "expired": c.access_expires_at.is_some_and(|e| e <= now_s),
             "refreshable": c.refresh_token.is_some(),
+            // A disconnect revokes the tokens only at the revocation endpoint recorded
+            // with them; without one they are only forgotten here.
+            "revocable": c.revocation_endpoint.is_some(),
             // The authorization server refused the credential: connect again.
             "needs_consent": c.needs_consent,
             "updated_at": rfc3339(c.updated_at),

@@ -103,6 +103,9 @@ async fn a_deposit_is_validated_sealed_and_replaces_the_slot() {
         "{at}"
     );
     assert!(st["updated_at"].as_str().unwrap().ends_with('Z'), "{st}");
+    // Deposited without a revocation endpoint (nor an issuer to find one at): a
+    // disconnect can only forget these tokens.
+    assert_eq!(st["revocable"], false, "{st}");
 
     // A second deposit replaces the slot under a new id.
     let (status, _) = post(&url, &deposit.to_string()).await;

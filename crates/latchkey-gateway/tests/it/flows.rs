@@ -127,6 +127,8 @@ async fn popup_flow(backend: super::Backend) {
     let st: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(st["has_token"], true);
     assert_eq!(st["refreshable"], true);
+    // The scripted AS advertises a revocation endpoint, recorded with the tokens.
+    assert_eq!(st["revocable"], true);
     assert!(!st.to_string().contains(rt.expose()));
 
     let (status, again) = post(&format!("{base}/v1/oauth/start"), json!({"server_id": id})).await;

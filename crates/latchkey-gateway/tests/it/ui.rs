@@ -150,5 +150,20 @@ async fn the_callback_page_posts_the_result_the_ui_listens_for() {
     assert!(csp.contains("script-src 'sha256-"), "{csp}");
     assert!(!csp.contains("unsafe-inline"), "{csp}");
     assert_eq!(header(&h, "referrer-policy"), "no-referrer");
+    // Styled like the app (issue 17): its stylesheet and icon, from this origin only.
+    assert!(
+        html.contains(r#"<link rel="stylesheet" href="/ui/app.css">"#),
+        "{html}"
+    );
+    assert!(html.contains(r#"<img src="/ui/icon.svg""#), "{html}");
+    assert!(
+        csp.contains("style-src 'self'") && csp.contains("img-src 'self'"),
+        "{csp}"
+    );
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    assert!(!csp.contains("http:") && !csp.contains("https:") && !csp.contains('*'));
     let _ = std::fs::remove_dir_all(dir);
 }
