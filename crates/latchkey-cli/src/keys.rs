@@ -1,9 +1,15 @@
 //! `latchkey keys add | rotate`: manage the keys secrets are sealed with.
 //!
 //! Rotation, step by step: `keys add` puts a fresh current key in the key file (older
-//! keys stay for reading); restart Latchkey so it writes under the new key; `keys
-//! rotate` re-encrypts everything still under an older key, and may run while
-//! Latchkey serves; once its report shows nothing left to rewrap, older keys can go.
+//! keys stay for reading) and tells the serving instances, which reload their keys and
+//! write under the new one within seconds (no restart); `keys rotate` re-encrypts
+//! everything still under an older key, and may run while Latchkey serves; once its
+//! report shows nothing left to rewrap, older keys can go.
+//!
+//! Both commands record the change in the database
+//! ([`latchkey_gateway::cluster::key_set_changed`]): announced on PostgreSQL's change
+//! channel, and read from `vault_state` by every instance on a short timer, so a
+//! `latchkey serve` beside the command on SQLite notices too.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -14,7 +20,7 @@ use latchkey_vault::KeySource;
 use latchkey_vault::rotate::{self, RotateOptions, RotationProgress, SealedTable};
 
 use crate::exit;
-use crate::state::{KEYS_ENV, Keys, StateArgs};
+use crate::state::{KEYS_ENV, Keys, State, StateArgs};
 
 /// `latchkey keys …`
 #[derive(Debug, clap::Subcommand)]
@@ -44,7 +50,7 @@ pub(crate) enum Command {
 
 pub(crate) async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
-        Command::Add { state, json } => add(state, json),
+        Command::Add { state, json } => add(state, json).await,
         Command::Rotate {
             state,
             batch_size,
@@ -53,8 +59,28 @@ pub(crate) async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Tells the serving instances that the key set changed; whether it could. A SQLite
+/// database that does not exist yet has no instance serving it (nothing is created).
+async fn announce(state: &State) -> bool {
+    if let latchkey_vault::store::DatabaseUrl::Sqlite(path) = &state.database
+        && !path.exists()
+    {
+        return true;
+    }
+    let Ok(store) = state.database.open().await else {
+        return false;
+    };
+    match latchkey_gateway::cluster::key_set_changed(store.as_ref()).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(event = "keys.announce_failed", error = %e);
+            false
+        }
+    }
+}
+
 #[allow(clippy::print_stdout)] // this command's output is its product
-fn add(state: StateArgs, json: bool) -> anyhow::Result<ExitCode> {
+async fn add(state: StateArgs, json: bool) -> anyhow::Result<ExitCode> {
     let state = state.resolve()?;
     let Keys::File(file) = &state.keys else {
         eprintln!(
@@ -70,14 +96,23 @@ fn add(state: StateArgs, json: bool) -> anyhow::Result<ExitCode> {
     file.write(&next)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.0.display()))?;
     let ids = next.ids();
+    let announced = announce(&state).await;
+    if !announced {
+        eprintln!(
+            "latchkey: the database ({}) could not be told of the new key; restart each \
+             running Latchkey so it writes under key {}",
+            state.database,
+            next.current()
+        );
+    }
     if json {
         println!(
             "{}",
-            serde_json::json!({"key_file": file.0, "current_key": next.current(), "keys": ids})
+            serde_json::json!({"key_file": file.0, "current_key": next.current(), "keys": ids, "announced": announced})
         );
     } else {
         println!(
-            "Key {} is now current in {} (keys: {}).\nRestart Latchkey so it writes under it, then run `latchkey keys rotate`.",
+            "Key {} is now current in {} (keys: {}).\nRunning instances that read this key file write under it within seconds; then run `latchkey keys rotate`.",
             next.current(),
             file.0.display(),
             ids.iter().map(u8::to_string).collect::<Vec<_>>().join(", ")
@@ -98,6 +133,12 @@ async fn rotate(state: StateArgs, batch_size: u32, json: bool) -> anyhow::Result
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
+    // Serving instances switch to this key file's current key before anything is
+    // re-encrypted under it, so none keeps writing under a key being retired.
+    if let Err(e) = latchkey_gateway::cluster::key_set_changed(store.as_ref()).await {
+        eprintln!("latchkey: cannot record the key change in the database: {e}");
+        return Ok(exit::code(exit::UNAVAILABLE));
+    }
     let bar = Bar::new(json);
     let started = Instant::now();
     let opts = RotateOptions {

@@ -19,12 +19,22 @@ use tracing_subscriber::filter::LevelFilter;
 /// The level when `LATCHKEY_LOG` names none.
 pub(crate) const DEFAULT_LEVEL: LevelFilter = LevelFilter::WARN;
 
-/// Crates held at or below a level whatever `LATCHKEY_LOG` says, and why.
+/// Crates (or modules) held at or below a level whatever `LATCHKEY_LOG` says, and why.
 /// * rmcp logs whole JSON-RPC messages at debug (tool arguments and results) and every
 ///   error answer whole at warn ("response error"), `data` included: that is where the
 ///   federated endpoint's consent elicitation carries its authorization URL, `state`
 ///   and all. Its error lines name transport failures only.
-pub(crate) const HARD_CAPS: [(&str, LevelFilter); 1] = [("rmcp", LevelFilter::ERROR)];
+/// * `rmcp::service` (the session loop) logs at ERROR when it cannot write an answer to
+///   its peer ("failed to send pending response during drain", "fail to response
+///   message", "fail to close sink"): on an HTTP endpoint, a client that went away
+///   before its answer, which is not Latchkey's failure nor the operator's. Its lines
+///   are all of that kind (or a task's join error, which the panic itself reports), and
+///   below ERROR it logs only message bodies; so none of it is shown. The request's own
+///   `mcp.request.*` and `http.request` lines still say how it ended.
+pub(crate) const HARD_CAPS: [(&str, LevelFilter); 2] = [
+    ("rmcp", LevelFilter::ERROR),
+    ("rmcp::service", LevelFilter::OFF),
+];
 
 /// A bad `LATCHKEY_LOG`, in words.
 #[derive(Debug)]
@@ -62,6 +72,18 @@ fn crate_of(target: &str) -> &str {
     target[..end].trim()
 }
 
+/// Whether directive `d`'s target is `name` or a module under it (`rmcp::service::x`
+/// is under `rmcp` and `rmcp::service`; `rmcp_macros` is under neither).
+fn within(d: &str, name: &str) -> bool {
+    let target = d.split('=').next().unwrap_or("");
+    let end = target.find(['[', '{']).unwrap_or(target.len());
+    let target = target[..end].trim();
+    target == name
+        || target
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with("::"))
+}
+
 /// `spec` with every dependency's directive capped, and the hard caps added.
 fn rewrite(spec: &str) -> Result<String, BadFilter> {
     let directives: Vec<&str> = spec
@@ -92,9 +114,7 @@ fn rewrite(spec: &str) -> Result<String, BadFilter> {
         // one naming a module under it was already capped at the configured level and
         // is capped here too.
         let level = configured.min(cap);
-        out.retain(|d| {
-            crate_of(d.split('=').next().unwrap_or("")) != name || !more_verbose(d, level)
-        });
+        out.retain(|d| !within(d, name) || !more_verbose(d, level));
         out.push(format!("{name}={}", level.to_string().to_lowercase()));
     }
     Ok(out.join(","))
@@ -113,24 +133,27 @@ mod tests {
 
     #[test]
     fn the_default_is_warn_with_rmcp_capped() {
-        assert_eq!(rewrite("").unwrap(), "warn,rmcp=error");
+        assert_eq!(rewrite("").unwrap(), "warn,rmcp=error,rmcp::service=off");
     }
 
     #[test]
     fn dependencies_never_exceed_the_configured_level() {
         assert_eq!(
             rewrite("info,hyper=trace").unwrap(),
-            "info,hyper=info,rmcp=error"
+            "info,hyper=info,rmcp=error,rmcp::service=off"
         );
-        assert_eq!(rewrite("reqwest").unwrap(), "warn,reqwest=warn,rmcp=error");
+        assert_eq!(
+            rewrite("reqwest").unwrap(),
+            "warn,reqwest=warn,rmcp=error,rmcp::service=off"
+        );
         assert_eq!(
             rewrite("hyper_util::client::legacy=debug").unwrap(),
-            "warn,hyper_util::client::legacy=warn,rmcp=error"
+            "warn,hyper_util::client::legacy=warn,rmcp=error,rmcp::service=off"
         );
         // Quieter than the configured level is kept.
         assert_eq!(
             rewrite("debug,sqlx=error").unwrap(),
-            "debug,sqlx=error,rmcp=error"
+            "debug,sqlx=error,rmcp=error,rmcp::service=off"
         );
     }
 
@@ -138,20 +161,38 @@ mod tests {
     fn latchkey_crates_may_be_raised() {
         assert_eq!(
             rewrite("latchkey_gateway=trace,latchkey_broker::token_service=debug").unwrap(),
-            "warn,latchkey_gateway=trace,latchkey_broker::token_service=debug,rmcp=error"
+            "warn,latchkey_gateway=trace,latchkey_broker::token_service=debug,rmcp=error,rmcp::service=off"
         );
     }
 
     #[test]
     fn rmcp_is_capped_at_error_whatever_is_asked() {
-        assert_eq!(rewrite("trace").unwrap(), "trace,rmcp=error");
-        assert_eq!(rewrite("trace,rmcp=trace").unwrap(), "trace,rmcp=error");
+        assert_eq!(
+            rewrite("trace").unwrap(),
+            "trace,rmcp=error,rmcp::service=off"
+        );
+        assert_eq!(
+            rewrite("trace,rmcp=trace").unwrap(),
+            "trace,rmcp=error,rmcp::service=off"
+        );
         assert_eq!(
             rewrite("trace,rmcp::transport=trace").unwrap(),
-            "trace,rmcp=error"
+            "trace,rmcp=error,rmcp::service=off"
         );
-        assert_eq!(rewrite("error").unwrap(), "error,rmcp=error");
-        assert_eq!(rewrite("off").unwrap(), "off,rmcp=off");
+        assert_eq!(
+            rewrite("error").unwrap(),
+            "error,rmcp=error,rmcp::service=off"
+        );
+        // Nothing of the session loop, whatever is asked.
+        assert_eq!(
+            rewrite("trace,rmcp::service=error,rmcp::service::x=warn").unwrap(),
+            "trace,rmcp=error,rmcp::service=off"
+        );
+        assert_eq!(
+            rewrite("info,rmcp_macros=info").unwrap(),
+            "info,rmcp_macros=info,rmcp=error,rmcp::service=off"
+        );
+        assert_eq!(rewrite("off").unwrap(), "off,rmcp=off,rmcp::service=off");
     }
 
     #[test]

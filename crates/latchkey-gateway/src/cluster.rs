@@ -16,6 +16,17 @@
 //!
 //! Flow completions for `/v1/events` travel the same way, so a client waiting on one
 //! instance hears about a callback that landed on another.
+//!
+//! Key-set changes (`latchkey keys add`, `keys rotate`: [`key_set_changed`]) bump
+//! `vault_state.key_set_version` and are announced as [`Change::Keys`]. Each instance
+//! also reads that version every [`KEY_SET_CHECK_EVERY`] ([`start`]), so a change made
+//! beside it on SQLite (no channel) or while its channel was broken is seen too. Either
+//! way the instance reloads its keys (new values are sealed under the new current key,
+//! values sealed by others under it open) and empties its caches.
+//!
+//! Every "everything changed" (a key-set change, a channel that came back) also tells
+//! the federated endpoint's open sessions that their tool lists may differ
+//! ([`CredentialChange::everything`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -46,8 +57,15 @@ pub enum Change {
         /// The URL whose discovery results are stale.
         url: Option<String>,
     },
-    /// Anything may have changed (keys rotated, a broken channel).
+    /// Anything may have changed (a broken channel, a missed change).
     Everything,
+    /// The key set changed (`latchkey keys add` or `keys rotate`): reload the keys,
+    /// then as [`Change::Everything`]. `version` is the store's key-set version after
+    /// the change.
+    Keys {
+        /// `vault_state.key_set_version` after the change.
+        version: i64,
+    },
     /// A flow completed: for `/v1/events` subscribers on every instance.
     FlowCompleted {
         /// Tenant.
@@ -137,11 +155,13 @@ pub fn apply(s: &AppState, c: &Change) {
             s.events
                 .publish_change(CredentialChange::server(tenant, server));
         }
-        Change::Everything => {
+        Change::Everything | Change::Keys { .. } => {
+            reload_keys(s);
             s.servers.clear();
             s.tokens.evict_all();
             s.upstream.clear();
             s.discoverer.clear();
+            s.events.publish_change(CredentialChange::everything());
         }
         Change::FlowCompleted {
             tenant,
@@ -161,10 +181,60 @@ pub fn apply(s: &AppState, c: &Change) {
     }
 }
 
-/// Starts applying the other instances' changes, for as long as the runtime runs.
-/// Nothing to do on a store only one instance uses.
+/// Reads the keys again (any change may have been a key-set change). A deployment
+/// without keys stays without them; a key source that became unreadable leaves the
+/// keys in use as they were.
+fn reload_keys(s: &AppState) {
+    match s.keyring.reload() {
+        Ok(true) => tracing::info!(
+            event = "vault.keys_reloaded",
+            current_key = s.keyring.current_key_id().unwrap_or(0)
+        ),
+        Ok(false) => {}
+        Err(latchkey_vault::KeyringError::EncryptionKeyMissing) => {
+            tracing::debug!(
+                event = "vault.keys_reload_skipped",
+                reason = "no key configured"
+            );
+        }
+        Err(e) => tracing::warn!(
+            event = "vault.keys_reload_failed",
+            error = %e,
+            "the keys in use are kept"
+        ),
+    }
+}
+
+/// How often each instance reads the store's key-set version.
+pub const KEY_SET_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Records a key-set change in the store and announces it to the serving instances
+/// (`latchkey keys add` and `keys rotate` call this; they do not serve). Instances that
+/// miss the announcement (SQLite, a broken channel) see the version within
+/// [`KEY_SET_CHECK_EVERY`].
+pub async fn key_set_changed(
+    store: &dyn latchkey_vault::Store,
+) -> Result<i64, latchkey_vault::StoreError> {
+    let version = store.bump_key_set_version().await?;
+    let payload = serde_json::to_string(&Envelope {
+        from: "latchkey-keys".to_owned(),
+        change: Change::Keys { version },
+    })
+    .map_err(|e| latchkey_vault::StoreError::Conflict(e.to_string()))?;
+    store.notify(&payload).await?;
+    Ok(version)
+}
+
+/// Starts applying the other instances' changes and watching the key-set version, for
+/// as long as the runtime runs. No listener on a store only one instance uses.
 pub async fn start(s: AppState) -> Result<(), latchkey_vault::StoreError> {
     announce_consent_lost(s.clone());
+    // The key-set version this instance's keys correspond to (unknown: `MIN`, so the
+    // first reading reloads them).
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(
+        s.store.key_set_version().await.unwrap_or(i64::MIN),
+    ));
+    watch_key_set(s.clone(), seen.clone());
     let Some(mut rx) = s.store.listen().await? else {
         return Ok(());
     };
@@ -173,6 +243,17 @@ pub async fn start(s: AppState) -> Result<(), latchkey_vault::StoreError> {
             match rx.recv().await {
                 Notice::Message(p) => match serde_json::from_str::<Envelope>(&p) {
                     Ok(e) if *e.from == *s.instance => {}
+                    Ok(Envelope {
+                        change: Change::Keys { version },
+                        ..
+                    }) => {
+                        // Applied once: the timer sees the version as known.
+                        let before = seen.fetch_max(version, std::sync::atomic::Ordering::SeqCst);
+                        if before < version {
+                            tracing::info!(event = "cluster.key_set_changed", version);
+                            apply(&s, &Change::Keys { version });
+                        }
+                    }
                     Ok(e) => {
                         tracing::debug!(event = "cluster.applied", from = %e.from);
                         apply(&s, &e.change);
@@ -193,6 +274,28 @@ pub async fn start(s: AppState) -> Result<(), latchkey_vault::StoreError> {
         }
     });
     Ok(())
+}
+
+/// Reads the store's key-set version every [`KEY_SET_CHECK_EVERY`]; a version this
+/// instance has not applied yet reloads the keys and empties the caches. A failed read
+/// is retried at the next tick (the store's own errors say the database is away).
+fn watch_key_set(s: AppState, seen: std::sync::Arc<std::sync::atomic::AtomicI64>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(KEY_SET_CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Ok(version) = s.store.key_set_version().await else {
+                continue;
+            };
+            let before = seen.fetch_max(version, std::sync::atomic::Ordering::SeqCst);
+            if before < version {
+                tracing::info!(event = "cluster.key_set_changed", version);
+                apply(&s, &Change::Keys { version });
+            }
+        }
+    });
 }
 
 /// Announces every slot whose credential the token service found refused by its

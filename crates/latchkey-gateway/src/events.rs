@@ -53,6 +53,9 @@ pub enum ChangeScope {
     Shared,
     /// Every slot of the server (it was created, edited or deleted).
     Server,
+    /// Every slot of every server in every tenant: this instance emptied its caches
+    /// (its change channel came back, the key set changed), so anything may differ.
+    Everything,
 }
 
 /// What a slot can call changed: it gained or lost its credential (a deposit, a delete,
@@ -91,17 +94,28 @@ impl CredentialChange {
             scope: ChangeScope::Server,
         }
     }
+
+    /// Anything may have changed, for every principal ([`ChangeScope::Everything`]).
+    pub fn everything() -> Self {
+        Self {
+            tenant: String::new(),
+            server_id: String::new(),
+            scope: ChangeScope::Everything,
+        }
+    }
 }
 
 /// Whether `p` may see the slots `c` concerns, by the rules of [`visible_to`]: same
 /// tenant, and the slot's user or a tenant admin; a shared slot, or every slot of a
-/// server, concerns every member of the tenant.
+/// server, concerns every member of the tenant; "everything changed" concerns everyone.
 pub fn change_visible_to(c: &CredentialChange, p: &Principal) -> bool {
-    c.tenant == p.tenant.as_str()
-        && match &c.scope {
-            ChangeScope::User(u) => p.is_admin() || u == p.subject.as_str(),
-            ChangeScope::Shared | ChangeScope::Server => true,
+    match &c.scope {
+        ChangeScope::Everything => true,
+        ChangeScope::User(u) => {
+            c.tenant == p.tenant.as_str() && (p.is_admin() || u == p.subject.as_str())
         }
+        ChangeScope::Shared | ChangeScope::Server => c.tenant == p.tenant.as_str(),
+    }
 }
 
 /// The in-process event bus. Cheap to clone.
@@ -231,5 +245,8 @@ mod tests {
             assert!(change_visible_to(&c, &principal("t1", "bob", false)));
             assert!(!change_visible_to(&c, &principal("t2", "bob", true)));
         }
+        let all = CredentialChange::everything();
+        assert!(change_visible_to(&all, &principal("t1", "bob", false)));
+        assert!(change_visible_to(&all, &principal("t2", "root", true)));
     }
 }

@@ -12,6 +12,7 @@ mod doctor;
 mod hostile;
 mod keys;
 mod messages;
+mod operations;
 mod serve;
 mod stdio;
 
