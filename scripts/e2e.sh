@@ -4,12 +4,13 @@
 # throw-away `latchkey serve` (local mode, loopback upstreams allowed, a temporary data
 # directory) and the scripted MCP servers with their own authorization servers
 # (`scripted-servers` from latchkey-testkit: one approving every consent, one refusing
-# with `access_denied`).
+# with `access_denied`), and a second `latchkey serve` without the loopback relaxation.
 #
 # Installs what it needs itself: Debian's chromium (apt-get, only when
 # /usr/bin/chromium is missing; needs root), Node 22 and playwright-core into
 # .cache/conformance/ (scripts/npm-cache.sh). Screenshots and logs land in
-# target/e2e/<UTC timestamp>/, printed at the end.
+# target/e2e/<UTC timestamp>/, printed at the end. Arguments go to `node --test`, e.g.
+# `--test-name-pattern='tool form'` (later tests use servers the first one adds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -89,11 +90,28 @@ pids+=($!)
 lk_base=$(wait_line "$out/latchkey.log" 's/^Latchkey is listening on \(http:\/\/127\.0\.0\.1:[0-9]*\).*/\1/p' \
   "${pids[-1]}" "latchkey serve" "$out/latchkey.log")
 
+# 5b. A second Latchkey as a first start has it: no loopback relaxation (the page must
+# say which setting allows http://localhost).
+mkdir -p "$tmp/strict"
+cat >"$tmp/strict.toml" <<EOF
+listen = "127.0.0.1:0"
+data_dir = "$tmp/strict"
+EOF
+(
+  for v in $(compgen -e); do
+    case $v in LATCHKEY_*) unset "$v" ;; esac
+  done
+  LATCHKEY_LOG=info exec "$bin/latchkey" serve --config "$tmp/strict.toml"
+) >"$out/latchkey-strict.log" 2>&1 &
+pids+=($!)
+strict_base=$(wait_line "$out/latchkey-strict.log" 's/^Latchkey is listening on \(http:\/\/127\.0\.0\.1:[0-9]*\).*/\1/p' \
+  "${pids[-1]}" "latchkey serve (strict)" "$out/latchkey-strict.log")
+
 # 6. The browser tests.
 rc=0
-E2E_LATCHKEY_URL="$lk_base" E2E_SCRIPTED="$scripted" E2E_OUT="$out" \
+E2E_LATCHKEY_URL="$lk_base" E2E_STRICT_URL="$strict_base" E2E_SCRIPTED="$scripted" E2E_OUT="$out" \
   E2E_PLAYWRIGHT_CORE="$playwright" E2E_CHROMIUM="$chromium" \
-  timeout "$run_timeout" "$node" --test --test-reporter=spec "$root/tests/e2e/ui.test.mjs" || rc=$?
+  timeout "$run_timeout" "$node" --test --test-reporter=spec "$@" "$root/tests/e2e/ui.test.mjs" || rc=$?
 
 echo "e2e: screenshots and logs in $out ($((SECONDS - began)) s)"
 [ "$rc" -eq 0 ] || die "the browser tests failed (exit $rc); see $out/latchkey.log"

@@ -64,6 +64,16 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../ui/oauth.js"),
     },
     Asset {
+        name: "notices.js",
+        content_type: JS,
+        body: include_bytes!("../ui/notices.js"),
+    },
+    Asset {
+        name: "toolform.js",
+        content_type: JS,
+        body: include_bytes!("../ui/toolform.js"),
+    },
+    Asset {
         name: "icon.svg",
         content_type: "image/svg+xml",
         body: include_bytes!("../ui/icon.svg"),

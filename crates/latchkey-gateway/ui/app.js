@@ -9,51 +9,31 @@ import { api, ApiError } from "./api.js";
 import { fill, h, relative, when } from "./dom.js";
 import {
   AUTH_TYPES,
+  CONNECT_TIMED_OUT,
   POPUP_BLOCKED,
   POPUP_CLOSED,
   callbackMessage,
   describeError,
 } from "./messages.js";
+import { alertUser, clearAlerts, notify } from "./notices.js";
 import * as oauth from "./oauth.js";
+import { toolForm } from "./toolform.js";
 
 const $ = (id) => document.getElementById(id);
 
-/** serverId -> { server, status, statusError, tools, toolsError, card, toolsSig } */
+/**
+ * serverId -> { server, status, statusError, tools, toolsError, card, body, toolsSig,
+ * failure } (`failure`: why the last connection attempt started here failed).
+ */
 const entries = new Map();
 let order = [];
 /** The server being edited, or null when the form adds one. */
 let editing = null;
+/** Where the add / edit form lives when it is not open in a server's card. */
+let formHome = null;
 
-// ---------------------------------------------------------------------------------
-// Notices
-
-let noticeTimer = 0;
-
-/** A passing message (announced politely). */
-function notify(text) {
-  const n = $("notice");
-  fill(n, text);
-  n.hidden = false;
-  clearTimeout(noticeTimer);
-  noticeTimer = setTimeout(() => {
-    n.hidden = true;
-  }, 8000);
-}
-
-/** A problem (announced at once); stays until replaced or dismissed. */
-function alertUser(text) {
-  const a = $("alert");
-  fill(
-    a,
-    h("span", { class: "alert-text" }, text),
-    h("button", { type: "button", class: "link", onclick: () => (a.hidden = true) }, "Dismiss"),
-  );
-  a.hidden = false;
-}
-
-function clearAlert() {
-  $("alert").hidden = true;
-}
+// Alerts are keyed by what they are about: a server's id, "form" (adding or editing),
+// "load" (reading the list), "connect" (a connection attempt naming no server).
 
 // ---------------------------------------------------------------------------------
 // Loading
@@ -63,9 +43,10 @@ async function loadAll() {
   try {
     servers = await api.servers();
   } catch (err) {
-    alertUser(`The servers could not be loaded. ${describeError(err)}`);
+    alertUser(`The servers could not be loaded. ${describeError(err)}`, "load");
     return;
   }
+  clearAlerts("load");
   const seen = new Set();
   order = servers.map((s) => s.id);
   for (const s of servers) {
@@ -76,6 +57,7 @@ async function loadAll() {
   }
   for (const [id, e] of entries) {
     if (!seen.has(id)) {
+      if (editing === id) resetForm();
       e.card?.remove();
       entries.delete(id);
       oauth.cancel(id);
@@ -116,6 +98,8 @@ async function refreshServer(id) {
     }
   }
   if (entries.get(id) !== e) return;
+  // Connected since (here or elsewhere): an earlier failed attempt is history.
+  if (status && status.has_token) e.failure = null;
   Object.assign(e, { status, statusError, tools, toolsError, loading: false });
   renderCard(id);
 }
@@ -169,6 +153,7 @@ function view(e) {
     }
     if (!e.status) return { kind: "loading", text: "Checking…" };
     if (!e.status.has_token) {
+      if (e.failure) return { kind: "needs-consent", text: `Not connected: ${e.failure}`, failed: true };
       return { kind: "needs-consent", text: "Not connected: needs your consent." };
     }
   }
@@ -193,12 +178,19 @@ function toolsView(e) {
 
 function renderList() {
   const list = $("servers");
+  let at = 0;
   for (const id of order) {
     const e = entries.get(id);
     if (!e.card) {
-      e.card = h("li", { class: "card", dataset: { serverId: id } });
+      // The card's own content is redrawn in `body`; the edit form, when open here,
+      // sits after it untouched (what is typed and the focus stay).
+      e.body = h("div", { class: "card-body" });
+      e.card = h("li", { class: "card", dataset: { serverId: id } }, e.body);
     }
-    list.append(e.card); // keeps the API's order
+    // The API's order; a card already in place is not moved (moving it would take
+    // the focus from the edit form open in it).
+    if (list.children[at] !== e.card) list.insertBefore(e.card, list.children[at] || null);
+    at += 1;
     renderCard(id);
   }
   $("empty").hidden = order.length > 0;
@@ -257,7 +249,7 @@ function renderCard(id) {
   }
 
   fill(
-    card,
+    e.body,
     h(
       "div",
       { class: "card-head" },
@@ -287,8 +279,14 @@ function actions(e, v) {
         h("button", { type: "button", class: "secondary", "aria-label": `Cancel connecting ${name}`, onclick: () => oauth.cancel(s.id) }, "Cancel"),
       );
     } else if (canManage && v.kind === "needs-consent" && !(e.status && e.status.has_token)) {
+      // After a failed attempt the button says what it does again (issue 17).
+      const again = !!v.failed;
       buttons.push(
-        h("button", { type: "button", "aria-label": `Connect ${name}`, onclick: () => startConnect(s.id, false) }, "Connect"),
+        h(
+          "button",
+          { type: "button", "aria-label": `${again ? "Reconnect" : "Connect"} ${name}`, onclick: () => startConnect(s.id, false) },
+          again ? "Reconnect" : "Connect",
+        ),
       );
     } else if (canManage && (v.kind === "needs-consent" || v.kind === "needs-scope")) {
       buttons.push(
@@ -337,68 +335,18 @@ function toolsPanel(e) {
   return panel;
 }
 
-/** Example arguments from an input schema: each property with an empty value. */
-function skeleton(schema) {
-  const out = {};
-  const props = schema && typeof schema === "object" && schema.properties;
-  if (!props || typeof props !== "object") return out;
-  for (const [k, p] of Object.entries(props)) {
-    const t = p && p.type;
-    out[k] =
-      t === "string" ? "" :
-      t === "number" || t === "integer" ? 0 :
-      t === "boolean" ? false :
-      t === "array" ? [] :
-      t === "object" ? {} : null;
-  }
-  return out;
-}
-
 function toolView(server, tool, i) {
   const name = typeof tool.name === "string" ? tool.name : "";
   const base = `tool-${server.id}-${i}`;
-  const args = h("textarea", { id: `${base}-args`, rows: 4, spellcheck: "false", class: "mono" });
-  args.value = JSON.stringify(skeleton(tool.inputSchema), null, 2);
-  const output = h("div", { class: "tool-output", role: "status", "aria-live": "polite", id: `${base}-out` });
-  const button = h("button", { type: "submit" }, `Call ${name}`);
-  const form = h(
-    "form",
-    {
-      class: "tool-call",
-      "aria-label": `Call ${name}`,
-      onsubmit: async (ev) => {
-        ev.preventDefault();
-        let parsed;
-        try {
-          parsed = JSON.parse(args.value || "{}");
-        } catch (err) {
-          fill(output, h("p", { class: "status-error" }, `The arguments are not valid JSON: ${err.message}`));
-          return;
-        }
-        if (!parsed || typeof parsed !== "object" || Array.isArray(parsed)) {
-          fill(output, h("p", { class: "status-error" }, "The arguments must be a JSON object."));
-          return;
-        }
-        button.disabled = true;
-        fill(output, h("p", { class: "muted" }, "Calling…"));
-        try {
-          const result = await api.callTool(server.id, name, parsed);
-          fill(output, resultView(result));
-        } catch (err) {
-          fill(output, h("p", { class: "status-error" }, describeError(err)));
-          if (err instanceof ApiError && (err.code === "needs_oauth_reauth" || err.code === "needs_scope_upgrade")) {
-            refreshServer(server.id);
-          }
-        } finally {
-          button.disabled = false;
-        }
-      },
+  const form = toolForm(base, tool, {
+    call: (args) => api.callTool(server.id, name, args),
+    describe: describeError,
+    failed: (err) => {
+      if (err instanceof ApiError && (err.code === "needs_oauth_reauth" || err.code === "needs_scope_upgrade")) {
+        refreshServer(server.id);
+      }
     },
-    h("label", { for: args.id }, "Arguments (JSON)"),
-    args,
-    h("div", { class: "actions" }, button),
-    output,
-  );
+  });
   return h(
     "section",
     { class: "tool", "aria-labelledby": `${base}-name`, dataset: { tool: name } },
@@ -414,27 +362,6 @@ function toolView(server, tool, i) {
   );
 }
 
-function resultView(result) {
-  const isError = !!(result && result.isError);
-  const texts = Array.isArray(result && result.content)
-    ? result.content.filter((c) => c && c.type === "text" && typeof c.text === "string").map((c) => c.text)
-    : [];
-  return [
-    h(
-      "p",
-      { class: isError ? "status-error" : "status-ok", dataset: { role: "result-text" } },
-      isError ? "The tool reported an error: " : "Result: ",
-      texts.length ? texts.join("\n") : "(no text content)",
-    ),
-    h(
-      "details",
-      {},
-      h("summary", {}, "Full result"),
-      h("pre", { class: "mono" }, JSON.stringify(result, null, 2)),
-    ),
-  ];
-}
-
 // ---------------------------------------------------------------------------------
 // Connecting
 
@@ -442,33 +369,55 @@ function resultView(result) {
 function startConnect(id, reconnect) {
   const e = entries.get(id);
   if (!e) return;
-  clearAlert();
+  clearAlerts(id);
+  clearAlerts("connect");
+  e.failure = null;
   oauth.connect(e.server, { reconnect });
+}
+
+/** Records why an attempt failed on the servers it concerned (shown on their cards). */
+function failed(ids, text) {
+  for (const id of ids) {
+    const e = entries.get(id);
+    if (!e) continue;
+    e.failure = text;
+    renderCard(id);
+  }
 }
 
 oauth.configure({
   changed: (id) => renderCard(id),
   finished: (r) => {
+    const key = r.serverId || "connect";
     if (r.popupBlocked) {
-      alertUser(POPUP_BLOCKED);
+      alertUser(POPUP_BLOCKED, key);
       return;
     }
-    const name = r.serverId && entries.get(r.serverId) ? entries.get(r.serverId).server.name : null;
+    // The name the attempt was started with: the list may not have it yet (a server
+    // just added connects before the list is read again).
+    const name = r.name || (r.serverId && entries.get(r.serverId) ? entries.get(r.serverId).server.name : null);
+    const prefix = name ? `${name}: ` : "";
     if (!r.wasConnecting) {
       // Another tab's flow, or the second copy of a result (postMessage and
       // BroadcastChannel both deliver): just show the fresh state.
       if (r.serverId) refreshOne(r.serverId);
       return;
     }
+    const ids = r.serverId ? [r.serverId] : r.cleared || [];
     if (r.popupClosed) {
-      notify(name ? `${name}: ${POPUP_CLOSED}` : POPUP_CLOSED);
-    } else if (r.apiError) {
-      alertUser(`${name ? `${name}: ` : ""}${describeError(r.apiError)}`);
+      notify(`${prefix}${POPUP_CLOSED}`, key);
     } else if (r.ok) {
-      clearAlert();
-      notify(`${name ? `${name}: ` : ""}${callbackMessage(r.reason, r.error)}`);
+      clearAlerts(key);
+      failed(ids, null);
+      notify(`${prefix}${callbackMessage(r.reason, r.error)}`, key);
     } else {
-      alertUser(`${name ? `${name}: ` : ""}${callbackMessage(r.reason, r.error)}`);
+      const why = r.timedOut
+        ? CONNECT_TIMED_OUT
+        : r.apiError
+          ? describeError(r.apiError)
+          : callbackMessage(r.reason, r.error);
+      failed(ids, why);
+      alertUser(`${prefix}${why}`, key);
     }
     // R-UI-5: fresh server, status and tools on every outcome, success included.
     if (r.serverId) refreshOne(r.serverId);
@@ -479,12 +428,18 @@ oauth.configure({
 async function disconnect(id) {
   const e = entries.get(id);
   if (!e) return;
-  if (!window.confirm(`Disconnect ${e.server.name}? Its tokens are revoked and deleted.`)) return;
+  // Revoked only where the authorization server offers revocation (recorded with the
+  // credential); otherwise the tokens are only forgotten here (issue 17).
+  const revocable = !!(e.status && e.status.revocable === true);
+  const what = revocable
+    ? "Its tokens are revoked at the authorization server and deleted here."
+    : "Its tokens are deleted here, but its authorization server offers no revocation: they stay valid there until they expire.";
+  if (!window.confirm(`Disconnect ${e.server.name}? ${what}`)) return;
   try {
     await api.disconnect(id);
-    notify(`${e.server.name}: disconnected.`);
+    notify(`${e.server.name}: disconnected.`, id);
   } catch (err) {
-    alertUser(`${e.server.name}: ${describeError(err)}`);
+    alertUser(`${e.server.name}: ${describeError(err)}`, id);
   }
   await refreshServer(id);
 }
@@ -495,10 +450,11 @@ async function remove(id) {
   if (!window.confirm(`Delete ${e.server.name}? Its connections are revoked and deleted.`)) return;
   try {
     await api.deleteServer(id);
-    notify(`${e.server.name}: deleted.`);
+    clearAlerts(id);
+    notify(`${e.server.name}: deleted.`, id);
     if (editing === id) resetForm();
   } catch (err) {
-    alertUser(`${e.server.name}: ${describeError(err)}`);
+    alertUser(`${e.server.name}: ${describeError(err)}`, id);
   }
   await loadAll();
 }
@@ -516,8 +472,24 @@ function setSecretState(hasSecret) {
   $("f-clear-secret").checked = false;
 }
 
+/** The form's panel (its title and the form). */
+function formPanel() {
+  return $("server-form").closest("section");
+}
+
+/** Puts the form back where it lives when it adds a server. */
+function formGoesHome() {
+  const panel = formPanel();
+  if (!formHome) formHome = { parent: panel.parentNode, next: panel.nextSibling };
+  if (panel.parentNode !== formHome.parent) formHome.parent.insertBefore(panel, formHome.next);
+  panel.classList.remove("editing");
+}
+
 function resetForm() {
+  const was = editing;
   editing = null;
+  formGoesHome();
+  if (was) clearAlerts("form");
   $("server-form").reset();
   setSecretState(false);
   fill($("form-title"), "Add a server");
@@ -530,7 +502,13 @@ function startEdit(id) {
   const e = entries.get(id);
   if (!e) return;
   const s = e.server;
+  if (editing && editing !== id) clearAlerts("form");
   editing = id;
+  // The form opens in place, in the server's card (issue 17).
+  formGoesHome();
+  const panel = formPanel();
+  panel.classList.add("editing");
+  e.card.append(panel);
   const form = $("server-form");
   form.reset();
   field("name").value = s.name;
@@ -549,7 +527,7 @@ function startEdit(id) {
   fill($("f-submit"), "Save changes");
   $("f-cancel").hidden = false;
   field("name").focus();
-  form.scrollIntoView({ block: "start" });
+  panel.scrollIntoView({ block: "nearest" });
 }
 
 /** The request body from the form, for a create or (against `old`) an edit. */
@@ -578,12 +556,12 @@ function formBody(old) {
 
 async function submitForm(ev) {
   ev.preventDefault();
-  clearAlert();
+  clearAlerts("form");
   const form = $("server-form");
   const name = field("name");
   const url = field("url");
   if (!name.value.trim() || !url.value.trim()) {
-    alertUser("A name and a URL are required.");
+    alertUser("A name and a URL are required.", "form");
     (name.value.trim() ? url : name).focus();
     return;
   }
@@ -598,7 +576,7 @@ async function submitForm(ev) {
   try {
     saved = old ? await api.updateServer(old.id, body) : await api.createServer(body);
   } catch (err) {
-    alertUser(describeError(err));
+    alertUser(describeError(err), "form");
     return;
   } finally {
     delete body.client_secret;
@@ -609,6 +587,12 @@ async function submitForm(ev) {
   const how = body.auth_type || old ? "Authentication" : "Detected authentication";
   notify(`${old ? "Saved" : "Added"} ${saved.name}. ${how}: ${auth}.`);
   resetForm();
+  // Known at once, so the connection below has a card to report on.
+  if (!old && !entries.has(saved.id)) {
+    entries.set(saved.id, { server: saved, status: null, tools: null });
+    order.push(saved.id);
+    renderList();
+  }
   // R-UI-9: an OAuth server is connected right away (unless it already is). Started
   // before anything else is awaited, while the click still allows a popup.
   if (saved.auth_type === "oauth") {
@@ -628,6 +612,15 @@ async function submitForm(ev) {
 // ---------------------------------------------------------------------------------
 // Live updates
 
+/** How long to wait before opening the event stream again, by attempt (seconds). */
+const LIVE_RETRY_S = [1, 2, 5, 10, 30];
+
+/**
+ * `/v1/events`: "Live updates" says on only while the stream is open (issue 17). When
+ * it drops the browser reconnects by itself, unless Latchkey answered with an error
+ * (too many streams, unavailable): then this page tries again, a little later each
+ * time. Once open again, everything is read afresh (events may have been missed).
+ */
 function liveUpdates() {
   const live = $("live");
   const set = (state, text) => {
@@ -638,22 +631,58 @@ function liveUpdates() {
     set("off", "Live updates: not supported by this browser.");
     return;
   }
-  const es = new EventSource("/v1/events");
-  es.addEventListener("open", () => set("on", "Live updates: on"));
-  es.addEventListener("error", () => set("off", "Live updates: reconnecting…"));
-  es.addEventListener("mcp.oauth_complete", (ev) => {
-    let d;
-    try {
-      d = JSON.parse(ev.data);
-    } catch {
-      return;
-    }
-    // The popup's own result clears the connecting state; this keeps other tabs
-    // (and a flow finished elsewhere) current.
-    if (d && typeof d.server_id === "string" && !oauth.isConnecting(d.server_id)) {
-      refreshOne(d.server_id);
+  let es = null;
+  let attempt = 0;
+  let timer = 0;
+  let dropped = false;
+  const open = () => {
+    clearTimeout(timer);
+    timer = 0;
+    const mine = new EventSource("/v1/events");
+    es = mine;
+    mine.addEventListener("open", () => {
+      if (es !== mine) return;
+      attempt = 0;
+      set("on", "Live updates: on");
+      if (dropped) {
+        dropped = false;
+        loadAll();
+      }
+    });
+    mine.addEventListener("error", () => {
+      if (es !== mine) return;
+      dropped = true;
+      if (mine.readyState === EventSource.CLOSED) {
+        const wait = LIVE_RETRY_S[Math.min(attempt, LIVE_RETRY_S.length - 1)];
+        attempt += 1;
+        set("off", `Live updates: off (the connection to Latchkey dropped; trying again in ${wait} s)`);
+        timer = setTimeout(open, wait * 1000);
+      } else {
+        set("off", "Live updates: off (the connection to Latchkey dropped; reconnecting…)");
+      }
+    });
+    mine.addEventListener("mcp.oauth_complete", (ev) => {
+      let d;
+      try {
+        d = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      // The popup's own result clears the connecting state; this keeps other tabs
+      // (and a flow finished elsewhere) current.
+      if (d && typeof d.server_id === "string" && !oauth.isConnecting(d.server_id)) {
+        refreshOne(d.server_id);
+      }
+    });
+  };
+  // Back online: no need to wait for the next attempt.
+  window.addEventListener("online", () => {
+    if (es && es.readyState === EventSource.CLOSED) {
+      es.close();
+      open();
     }
   });
+  open();
 }
 
 async function whoami() {
@@ -661,7 +690,7 @@ async function whoami() {
     const me = await api.whoami();
     fill($("whoami"), `Signed in as ${me.subject} (tenant ${me.tenant}${me.admin ? ", admin" : ""})`);
   } catch (err) {
-    alertUser(describeError(err));
+    alertUser(describeError(err), "load");
   }
 }
 
@@ -670,7 +699,7 @@ function main() {
   $("server-form").addEventListener("submit", submitForm);
   $("f-cancel").addEventListener("click", resetForm);
   $("reload").addEventListener("click", () => {
-    clearAlert();
+    clearAlerts("load");
     loadAll();
   });
   document.addEventListener("visibilitychange", () => {

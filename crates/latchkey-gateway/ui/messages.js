@@ -3,6 +3,8 @@
 
 export const POPUP_BLOCKED = "Popup blocked. Please allow popups for this site and retry.";
 export const POPUP_CLOSED = "The sign-in window was closed before the connection completed.";
+export const CONNECT_TIMED_OUT =
+  "The sign-in did not come back within 3 minutes. If the authorization server showed an error in the sign-in window (it may no longer know Latchkey's registration), reconnect to start afresh.";
 
 /** Callback reasons (the `reason` of the popup's result), as sentences. */
 const REASONS = {

@@ -2,7 +2,10 @@
 // click handler, pointed at the authorization URL once /v1/oauth/start answers; the
 // result comes back from the callback page by BroadcastChannel and by postMessage to
 // this origin. The "connecting" state is kept per server, each with its own
-// popup-closed watcher.
+// popup-closed watcher and a deadline (issue 17): an authorization server that shows
+// an error of its own in the popup (one that forgot Latchkey's registration, say) never
+// sends the user back, so after CONNECT_TIMEOUT_MS the attempt ends with a message;
+// a result that still arrives while the flow could complete is reported as its outcome.
 
 import { api } from "./api.js";
 
@@ -12,23 +15,34 @@ export const CHANNEL = "mcp-oauth";
 const POLL_MS = 500;
 const FEATURES = "popup,width=560,height=720";
 
-/** serverId -> { popup, timer } for every flow under way. */
+/** How long a sign-in may take before the attempt is given up. */
+export const CONNECT_TIMEOUT_MS = 3 * 60 * 1000;
+/**
+ * How long a popup seen closed is given for its result to arrive before the attempt is
+ * reported as closed: the callback page posts the result, then closes itself.
+ */
+const CLOSE_GRACE_MS = 1500;
+
+/** serverId -> { popup, timer, deadline, name, closedAt } for every flow under way. */
 const connecting = new Map();
 /**
- * serverId -> when its popup was seen closed without a result. An authorization server
- * whose page sets Cross-Origin-Opener-Policy makes the popup look closed to us while
- * the user is still signing in; its result, when it comes by BroadcastChannel, is
- * still reported as the outcome of that attempt.
+ * serverId -> { at, name }: an attempt that ended without a result (its popup seen
+ * closed, or its deadline passed). An authorization server whose page sets
+ * Cross-Origin-Opener-Policy makes the popup look closed to us while the user is still
+ * signing in; its result, when it comes by BroadcastChannel while the flow is still
+ * valid, is reported as the outcome of that attempt.
  */
-const closedEarly = new Map();
-const CLOSED_EARLY_MS = 10 * 60 * 1000;
+const endedEarly = new Map();
+/** A flow's state is valid this long at the gateway (FLOW_TTL_SECS). */
+const FLOW_LIFETIME_MS = 10 * 60 * 1000;
 
 let hooks = {
   /** The connecting state of `serverId` changed. */
   changed: (_serverId) => {},
   /**
-   * A connection attempt ended: `{ok, serverId, reason?, error?, apiError?, popupBlocked?,
-   * popupClosed?, wasConnecting, cleared?}`.
+   * A connection attempt ended: `{ok, serverId, name?, reason?, error?, apiError?,
+   * popupBlocked?, popupClosed?, timedOut?, wasConnecting, cleared?}` (`name`: the
+   * server's name when the attempt was started here).
    */
   finished: (_result) => {},
 };
@@ -53,6 +67,7 @@ function stop(serverId, closePopup = false) {
   const c = connecting.get(serverId);
   if (!c) return false;
   clearInterval(c.timer);
+  clearTimeout(c.deadline);
   connecting.delete(serverId);
   if (closePopup && c.popup && !c.popup.closed) {
     try {
@@ -94,28 +109,36 @@ export async function connect(server, { reconnect = false } = {}) {
   const id = server.id;
   // R-UI-3: a restarted flow clears the old watcher first (the named popup is reused).
   stop(id);
-  closedEarly.delete(id);
+  endedEarly.delete(id);
+  const name = typeof server.name === "string" ? server.name : null;
   // R-UI-10: client credentials need no browser.
   const popup =
     server.grant_type === "client_credentials"
       ? null
       : window.open("", `mcp-oauth-${id}`, FEATURES);
   if (server.grant_type !== "client_credentials" && (!popup || popup.closed)) {
-    hooks.finished({ ok: false, serverId: id, popupBlocked: true, wasConnecting: false });
+    hooks.finished({ ok: false, serverId: id, name, popupBlocked: true, wasConnecting: false });
     return;
   }
-  const entry = { popup, timer: 0 };
+  const entry = { popup, timer: 0, deadline: 0, name, closedAt: 0 };
+  const current = () => connecting.get(id) === entry;
+  /** Ends the attempt without a result; a late one still counts (`endedEarly`). */
+  const endEarly = (result) => {
+    if (!current() || !stop(id)) return;
+    endedEarly.set(id, { at: Date.now(), name });
+    hooks.finished({ ok: false, serverId: id, name, wasConnecting: true, ...result });
+  };
   if (popup) {
     entry.timer = setInterval(() => {
-      if (popup.closed && connecting.get(id) === entry && stop(id)) {
-        closedEarly.set(id, Date.now());
-        hooks.finished({ ok: false, serverId: id, popupClosed: true, wasConnecting: true });
-      }
+      if (!popup.closed || !current()) return;
+      // The callback page posts its result before it closes itself: give it a moment.
+      if (!entry.closedAt) entry.closedAt = Date.now();
+      else if (Date.now() - entry.closedAt >= CLOSE_GRACE_MS) endEarly({ popupClosed: true });
     }, POLL_MS);
   }
+  entry.deadline = setTimeout(() => endEarly({ timedOut: true }), CONNECT_TIMEOUT_MS);
   connecting.set(id, entry);
   hooks.changed(id);
-  const current = () => connecting.get(id) === entry;
   try {
     const started = await api.start(id, reconnect);
     if (!current()) return; // closed or restarted meanwhile
@@ -123,7 +146,7 @@ export async function connect(server, { reconnect = false } = {}) {
       const url = safeAuthorizationUrl(started.authorization_url);
       if (!url) {
         stop(id, true);
-        hooks.finished({ ok: false, serverId: id, reason: "insecure_url", wasConnecting: true });
+        hooks.finished({ ok: false, serverId: id, name, reason: "insecure_url", wasConnecting: true });
         return;
       }
       popup.location.href = url.href;
@@ -132,11 +155,11 @@ export async function connect(server, { reconnect = false } = {}) {
     const status = started && started.status;
     const ok = status === "already_authorized" || status === "completed";
     stop(id, true);
-    hooks.finished({ ok, serverId: id, reason: ok ? status : "unknown", wasConnecting: true });
+    hooks.finished({ ok, serverId: id, name, reason: ok ? status : "unknown", wasConnecting: true });
   } catch (err) {
     if (!current()) return;
     stop(id, true);
-    hooks.finished({ ok: false, serverId: id, apiError: err, wasConnecting: true });
+    hooks.finished({ ok: false, serverId: id, name, apiError: err, wasConnecting: true });
   }
 }
 
@@ -148,11 +171,13 @@ export function handleResult(data) {
   const error = typeof data.error === "string" ? data.error : null;
   const serverId = typeof data.serverId === "string" && data.serverId ? data.serverId : null;
   if (serverId) {
-    const closedAt = closedEarly.get(serverId);
-    closedEarly.delete(serverId);
-    const late = closedAt !== undefined && Date.now() - closedAt < CLOSED_EARLY_MS;
+    const c = connecting.get(serverId);
+    const ended = endedEarly.get(serverId);
+    endedEarly.delete(serverId);
+    const late = ended !== undefined && Date.now() - ended.at < FLOW_LIFETIME_MS;
+    const name = c ? c.name : late ? ended.name : null;
     const wasConnecting = stop(serverId) || late;
-    hooks.finished({ ok: data.ok, serverId, reason, error, wasConnecting });
+    hooks.finished({ ok: data.ok, serverId, name, reason, error, wasConnecting, late: !c && late });
     return;
   }
   if (!data.ok) {
