@@ -67,17 +67,31 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// the server opened is released by a best-effort `DELETE` in the background, which
 /// never delays the answer (R-DISC-10).
 pub async fn probe(egress: &Egress, url: &str, source: UrlSource) -> Probe {
+    probe_with(egress, url, source, &http::HeaderMap::new()).await
+}
+
+/// [`probe`] sending `headers` as well (a static-header server's values, marked
+/// sensitive by the caller): its verdict on them is the answer's status.
+pub async fn probe_with(
+    egress: &Egress,
+    url: &str,
+    source: UrlSource,
+    headers: &http::HeaderMap,
+) -> Probe {
     let body = serde_json::json!({
         "jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocolVersion": "2025-11-25", "capabilities": {},
                    "clientInfo": {"name": "latchkey-probe", "version": env!("CARGO_PKG_VERSION")}}
     });
-    let req = EgressRequest::post_json(url, source, &body, 64 * 1024)
+    let mut req = EgressRequest::post_json(url, source, &body, 64 * 1024)
         .header(
             http::header::ACCEPT,
             http::HeaderValue::from_static("application/json, text/event-stream"),
         )
         .with_timeout(PROBE_TIMEOUT);
+    for (name, value) in headers {
+        req.headers.insert(name.clone(), value.clone());
+    }
     let resp = match egress.send(req).await {
         Ok(r) => r,
         Err(e) => {
@@ -94,11 +108,15 @@ pub async fn probe(egress: &Egress, url: &str, source: UrlSource) -> Probe {
     if let Some(session) = resp.header_str("mcp-session-id").map(str::to_owned) {
         let egress = egress.clone();
         let url = url.to_owned();
+        let sent = headers.clone();
         tokio::spawn(async move {
             if let Ok(v) = http::HeaderValue::from_str(&session) {
-                let del = EgressRequest::delete(&url, source)
+                let mut del = EgressRequest::delete(&url, source)
                     .header(http::HeaderName::from_static("mcp-session-id"), v)
                     .with_timeout(PROBE_TIMEOUT);
+                for (name, value) in &sent {
+                    del.headers.insert(name.clone(), value.clone());
+                }
                 let _ = egress.send(del).await;
             }
         });
