@@ -26,6 +26,10 @@ pub fn router(state: AppState) -> Router {
                 .patch(crate::servers::update)
                 .delete(crate::servers::delete),
         )
+        .route(
+            "/v1/servers/{id}/headers",
+            axum::routing::put(crate::headers::put).delete(crate::headers::clear),
+        )
         .route("/v1/servers/{id}/tools", get(crate::tools::list))
         .route(
             "/v1/servers/{id}/tools/{name}/call",

@@ -1,7 +1,7 @@
 //! Several instances on one database, behaving as one (R-MULTI-2).
 //!
 //! Every change that makes something an instance keeps in memory stale (a slot's
-//! credential, a server's settings, the encryption keys) is *announced*: applied to
+//! credential or header values, a server's settings, the encryption keys) is *announced*: applied to
 //! this instance's caches at once, then sent to the others through the store
 //! ([`latchkey_vault::Store::notify`]: PostgreSQL `NOTIFY` on a channel named after the
 //! schema; nothing on SQLite, where one instance owns the file). Each instance runs
@@ -139,6 +139,7 @@ pub fn apply(s: &AppState, c: &Change) {
                 subject: subject.clone(),
             };
             s.tokens.evict(&slot);
+            s.header_values.forget(&slot);
             s.events.publish_change(CredentialChange::slot(&slot));
         }
         Change::Server {
@@ -148,6 +149,7 @@ pub fn apply(s: &AppState, c: &Change) {
         } => {
             s.server_changed(tenant, server);
             s.tokens.evict_server(tenant, server);
+            s.header_values.forget_server(tenant, server);
             s.upstream.forget_server(tenant, server);
             if let Some(url) = url {
                 s.discoverer.invalidate(url);
@@ -159,6 +161,7 @@ pub fn apply(s: &AppState, c: &Change) {
             reload_keys(s);
             s.servers.clear();
             s.tokens.evict_all();
+            s.header_values.clear();
             s.upstream.clear();
             s.discoverer.clear();
             s.events.publish_change(CredentialChange::everything());

@@ -68,6 +68,45 @@ pub enum ApiError {
         /// The scopes the server asked for.
         scopes: Vec<String>,
     },
+    /// 409: the caller's slot of a static-header server has no value for a header yet.
+    #[error(
+        "{server_name} has no value for {header} yet: set it with `latchkey servers set-headers {word} --header '{header}: …'` or in Latchkey's web UI",
+        word = shell_word(.server_name)
+    )]
+    HeadersNotSet {
+        /// The server.
+        server_id: String,
+        /// The name the user gave it.
+        server_name: String,
+        /// The first configured header without a value.
+        header: String,
+    },
+    /// 409: the slot's header values were set for another URL than the server's (a
+    /// change not purged yet): nothing was sent.
+    #[error(
+        "{server_name}'s header values were set for another URL; nothing was sent. Set them again with `latchkey servers set-headers {word}` or in Latchkey's web UI",
+        word = shell_word(.server_name)
+    )]
+    HeadersForOtherUrl {
+        /// The server.
+        server_id: String,
+        /// The name the user gave it.
+        server_name: String,
+    },
+    /// 409: the static-header server refused the values it was sent (a 401 or 403); no
+    /// refresh exists for them.
+    #[error(
+        "{server_name} refused its header values (HTTP {status}); set new ones with `latchkey servers set-headers {word}` or in Latchkey's web UI",
+        word = shell_word(.server_name)
+    )]
+    HeadersRefused {
+        /// The server.
+        server_id: String,
+        /// The name the user gave it.
+        server_name: String,
+        /// The upstream's status.
+        status: u16,
+    },
     /// 422: the URL does not answer as an MCP server (the probe's reason); `auth_type`
     /// adds it anyway.
     #[error("{0}")]
@@ -250,6 +289,9 @@ impl ApiError {
             ApiError::TooManyStreams { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams"),
             ApiError::NeedsReauth { .. } => (StatusCode::CONFLICT, "needs_oauth_reauth"),
             ApiError::NeedsScopeUpgrade { .. } => (StatusCode::CONFLICT, "needs_scope_upgrade"),
+            ApiError::HeadersNotSet { .. } => (StatusCode::CONFLICT, "headers_not_set"),
+            ApiError::HeadersForOtherUrl { .. } => (StatusCode::CONFLICT, "headers_not_set"),
+            ApiError::HeadersRefused { .. } => (StatusCode::CONFLICT, "headers_refused"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::NameTaken { .. } => (StatusCode::CONFLICT, "name_taken"),
             ApiError::ProbeFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "probe_failed"),
@@ -292,6 +334,9 @@ impl ApiError {
                 | ApiError::RefreshPending { server_id }
                 | ApiError::NeedsScopeUpgrade { server_id, .. }
                 | ApiError::UpstreamRefused { server_id, .. }
+                | ApiError::HeadersNotSet { server_id, .. }
+                | ApiError::HeadersForOtherUrl { server_id, .. }
+                | ApiError::HeadersRefused { server_id, .. }
                 | ApiError::NameTaken {
                     existing_id: server_id,
                 } => Some(server_id),
@@ -315,6 +360,9 @@ impl ApiError {
         match self {
             ApiError::NeedsReauth { .. } => JSONRPC_NEEDS_REAUTH,
             ApiError::NeedsScopeUpgrade { .. } => JSONRPC_NEEDS_SCOPE_UPGRADE,
+            ApiError::HeadersNotSet { .. }
+            | ApiError::HeadersForOtherUrl { .. }
+            | ApiError::HeadersRefused { .. } => JSONRPC_NEEDS_HEADERS,
             ApiError::BadRequest(_) => -32602,
             ApiError::NotFound => -32601,
             _ => -32603,
@@ -343,6 +391,9 @@ impl ApiError {
 pub const JSONRPC_NEEDS_REAUTH: i64 = -32001;
 /// JSON-RPC code: the slot's token lacks scopes; `data.scopes` lists them.
 pub const JSONRPC_NEEDS_SCOPE_UPGRADE: i64 = -32003;
+/// JSON-RPC code: a static-header server's values are missing or refused (set them
+/// again); `data.server_id` names the server.
+pub const JSONRPC_NEEDS_HEADERS: i64 = -32004;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

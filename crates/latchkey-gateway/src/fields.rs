@@ -155,6 +155,11 @@ impl Fields {
         }
     }
 
+    /// The raw value of `field`, for checks written elsewhere (arrays, objects).
+    pub fn value(&self, field: &str) -> Option<&Value> {
+        self.obj.get(field)
+    }
+
     /// Records a problem found by the caller's own checks.
     pub fn invalid(&mut self, field: &str, message: impl Into<String>) {
         self.fail(field, message);

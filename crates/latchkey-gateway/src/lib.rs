@@ -13,6 +13,7 @@ pub mod events;
 pub mod federated;
 pub mod fields;
 pub mod flows;
+pub mod headers;
 pub mod limits;
 pub mod listener;
 pub mod ops;
@@ -84,6 +85,7 @@ pub fn state(
         metrics: telemetry::install(),
         instance,
         upstream: Arc::default(),
+        header_values: Arc::default(),
         streams: Arc::new(limits::StreamSlots::new(
             cfg.limits.max_streams_per_principal,
         )),

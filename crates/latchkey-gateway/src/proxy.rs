@@ -7,7 +7,8 @@
 //! * the request body is streamed upstream; a body that ends within
 //!   [`REPLAY_LIMIT`] (every ordinary JSON-RPC message) is kept so it can be sent again;
 //! * the caller's own `Authorization` is never forwarded (no token passthrough); the
-//!   slot's Bearer is injected instead;
+//!   slot's Bearer is injected instead (for a static-header server, its configured
+//!   headers with the slot's values, never retried on a 401 or 403);
 //! * an upstream 401 on a replayable request forces one refresh and retries once; a second
 //!   401, or no usable token, is a typed error (a JSON-RPC error for a JSON-RPC request);
 //! * only the headers the MCP transport needs cross in either direction;
@@ -152,7 +153,7 @@ async fn attempt(
     server: &ServerRow,
     method: &Method,
     headers: &HeaderMap,
-    token: Option<&Secret>,
+    credential: Credential<'_>,
     body: Option<reqwest::Body>,
 ) -> Result<EgressStream, ApiError> {
     let mut req = EgressRequest::get(server.url.clone(), UrlSource::Operator, 0);
@@ -162,11 +163,17 @@ async fn attempt(
             req.headers.append(name.clone(), value.clone());
         }
     }
-    if let Some(t) = token {
-        let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
-            .map_err(|_| ApiError::Upstream)?;
-        v.set_sensitive(true);
-        req.headers.insert(header::AUTHORIZATION, v);
+    match credential {
+        Credential::None => {}
+        Credential::Bearer(t) => {
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+                .map_err(|_| ApiError::Upstream)?;
+            v.set_sensitive(true);
+            req.headers.insert(header::AUTHORIZATION, v);
+        }
+        // The configured names with the slot's values, replacing anything of the same
+        // name (none of the caller's own headers crosses but the transport's).
+        Credential::Headers(opened) => opened.inject(server, &mut req.headers)?,
     }
     let started = std::time::Instant::now();
     let result = s.egress.open(req, body, HEAD_TIMEOUT).await;
@@ -179,6 +186,14 @@ async fn attempt(
             _ => ApiError::Upstream,
         }
     })
+}
+
+/// What one attempt sends to authenticate.
+#[derive(Clone, Copy)]
+enum Credential<'a> {
+    None,
+    Bearer(&'a Secret),
+    Headers(&'a crate::headers::Opened),
 }
 
 /// Whether an upstream answer is a 403 `insufficient_scope`; its scopes if so.
@@ -228,7 +243,13 @@ pub async fn forward(
         Ok(r) => r,
         // The slot-level outcomes answer a JSON-RPC request in JSON-RPC, so an MCP
         // client shows them; transport-level failures keep their HTTP status.
-        Err(e @ (ApiError::NeedsReauth { .. } | ApiError::NeedsScopeUpgrade { .. })) => match whole
+        Err(
+            e @ (ApiError::NeedsReauth { .. }
+            | ApiError::NeedsScopeUpgrade { .. }
+            | ApiError::HeadersNotSet { .. }
+            | ApiError::HeadersForOtherUrl { .. }
+            | ApiError::HeadersRefused { .. }),
+        ) => match whole
             .as_deref()
             .and_then(latchkey_mcp::envelope::request_id)
         {
@@ -248,13 +269,19 @@ async fn run(
     payload: Payload,
 ) -> Result<Response, ApiError> {
     let server = s.server_for_call(p, id).await?;
+    let mut opened = None;
     let slot = match server.auth_type.as_str() {
         "none" => None,
         "oauth" => Some(crate::tools::slot_for(p, &server)),
+        "headers" => {
+            let slot = crate::tools::slot_for(p, &server);
+            opened = Some(crate::headers::for_call(s, &server, &slot).await?);
+            None
+        }
         other => {
             return Err(ApiError::BadRequest(vec![crate::error::FieldError {
                 field: "server".into(),
-                message: format!("proxying servers with auth type {other} is not supported yet"),
+                message: format!("proxying servers with auth type {other} is not supported"),
             }]));
         }
     };
@@ -262,7 +289,11 @@ async fn run(
         None => None,
         Some(slot) => Some(crate::tools::bearer(s, &server, slot, false).await?),
     };
-    let token_ref = token.as_ref().map(|t| &*t.token);
+    let credential = match (&token, &opened) {
+        (Some(t), _) => Credential::Bearer(&t.token),
+        (None, Some(o)) => Credential::Headers(o),
+        (None, None) => Credential::None,
+    };
     let (first, replay) = match payload {
         Payload::Whole(b) => (
             attempt(
@@ -270,7 +301,7 @@ async fn run(
                 &server,
                 method,
                 headers,
-                token_ref,
+                credential,
                 Some(b.clone().into()),
             )
             .await?,
@@ -278,7 +309,7 @@ async fn run(
         ),
         Payload::Streaming(body, over_limit) => {
             let stream = reqwest::Body::wrap_stream(body.into_data_stream());
-            let answer = attempt(s, &server, method, headers, token_ref, Some(stream))
+            let answer = attempt(s, &server, method, headers, credential, Some(stream))
                 .await
                 .map_err(|e| {
                     if over_limit.load(Ordering::Relaxed) {
@@ -301,7 +332,7 @@ async fn run(
                 &server,
                 method,
                 headers,
-                Some(&*fresh.token),
+                Credential::Bearer(&fresh.token),
                 Some(b.into()),
             )
             .await?;
@@ -320,6 +351,10 @@ async fn run(
             // Not replayable: the caller's client retries, and the next request
             // refreshes (the 401 is not cached as a good token).
             return Err(crate::tools::needs_reauth(&server, Reauth::Rejected));
+        }
+        // A static-header server refused the slot's values: no refresh exists.
+        (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, None, _) if opened.is_some() => {
+            return Err(crate::headers::refused(&server, first.status.as_u16()));
         }
         (StatusCode::UNAUTHORIZED, None, _) => return Err(ApiError::Upstream),
         (_, _, _) => first,

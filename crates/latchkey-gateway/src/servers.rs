@@ -1,6 +1,7 @@
 //! `/v1/servers`: the tenant's MCP servers. The body is read strictly here; the rules
 //! (probe, auth type, purge on a change, sealing) are [`crate::service::servers`].
-//! Secrets are never returned.
+//! Secrets are never returned; a static-header server shows its `header_names` and,
+//! for the caller's slot, each as `set` or `not set` ([`crate::headers`]).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -25,6 +26,8 @@ const FIELDS: &[&str] = &[
     "client_secret",
     "issuer",
     "scopes",
+    "header_names",
+    "header_values",
 ];
 const AUTH_TYPES: &[&str] = &["oauth", "none", "headers"];
 const TOKEN_SCOPES: &[&str] = &["per_user", "shared"];
@@ -43,6 +46,21 @@ pub struct ServerView {
     has_client_secret: bool,
     issuer: Option<String>,
     scopes: Option<String>,
+    /// The headers a `headers` server takes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    header_names: Vec<String>,
+    /// Each header as `set` or `not set` in the caller's slot (`headers` servers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers: Option<std::collections::BTreeMap<String, &'static str>>,
+}
+
+impl ServerView {
+    /// The view of `row` for `p`, with its header state for `p`'s slot.
+    async fn of(s: &AppState, p: &Principal, row: &ServerRow) -> Result<Self, ApiError> {
+        let mut v = Self::from(row);
+        v.headers = crate::headers::status(s, p, row).await?;
+        Ok(v)
+    }
 }
 
 impl From<&ServerRow> for ServerView {
@@ -58,6 +76,8 @@ impl From<&ServerRow> for ServerView {
             has_client_secret: s.client_secret.is_some(),
             issuer: s.issuer.clone(),
             scopes: s.scopes.clone(),
+            header_names: s.header_names.clone(),
+            headers: None,
         }
     }
 }
@@ -84,12 +104,27 @@ fn read_input(s: &AppState, body: &[u8], creating: bool) -> Result<ServerInput, 
         // compared as a string): its id and secret are sent there and nowhere else.
         issuer: f.patch_string("issuer", 2048),
         scopes: f.patch_string("scopes", 2048),
+        header_names: crate::headers::read_names(&mut f, "header_names"),
+        header_values: None,
     };
     if creating
         && matches!(input.client_secret, Patch::Set(_))
         && !matches!(input.issuer, Patch::Set(_))
     {
         f.invalid("issuer", crate::service::servers::ISSUER_REQUIRED);
+    }
+    let mut input = input;
+    if f.value("header_values").is_some() {
+        if !creating {
+            f.invalid(
+                "header_values",
+                "set values with PUT /v1/servers/{id}/headers (each user their own)",
+            );
+        } else if let Some(names) = &input.header_names {
+            input.header_values = crate::headers::read_values(&mut f, "header_values", names, true);
+        } else if f.value("header_names").is_none() {
+            f.invalid("header_values", "give header_names with the values");
+        }
     }
     f.finish()?;
     Ok(input)
@@ -104,7 +139,10 @@ pub async fn create(
     crate::service::require_admin(&p)?;
     let input = read_input(&s, &body, true)?;
     let row = crate::service::servers::create(&s, &p, input).await?;
-    Ok((StatusCode::CREATED, Json(ServerView::from(&row))))
+    Ok((
+        StatusCode::CREATED,
+        Json(ServerView::of(&s, &p, &row).await?),
+    ))
 }
 
 /// `GET /v1/servers`.
@@ -113,7 +151,11 @@ pub async fn list(
     axum::Extension(p): axum::Extension<Principal>,
 ) -> Result<Json<Vec<ServerView>>, ApiError> {
     let rows = s.store.list_servers(p.tenant.as_str()).await?;
-    Ok(Json(rows.iter().map(ServerView::from).collect()))
+    let mut views = Vec::with_capacity(rows.len());
+    for row in &rows {
+        views.push(ServerView::of(&s, &p, row).await?);
+    }
+    Ok(Json(views))
 }
 
 /// `GET /v1/servers/{id}`.
@@ -123,7 +165,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<ServerView>, ApiError> {
     let row = s.server(&p, &id).await?;
-    Ok(Json(ServerView::from(&row)))
+    Ok(Json(ServerView::of(&s, &p, &row).await?))
 }
 
 /// `PATCH /v1/servers/{id}` (tenant admins).
@@ -136,7 +178,7 @@ pub async fn update(
     crate::service::require_admin(&p)?;
     let input = read_input(&s, &body, false)?;
     let row = crate::service::servers::update(&s, &p, &id, input).await?;
-    Ok(Json(ServerView::from(&row)))
+    Ok(Json(ServerView::of(&s, &p, &row).await?))
 }
 
 /// `DELETE /v1/servers/{id}` (tenant admins): the server and, by cascade, its

@@ -75,6 +75,8 @@ pub struct Shared {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// This instance's name among several on one database ([`crate::cluster`]).
     pub instance: Arc<str>,
+    /// Static-header servers' opened values per slot ([`crate::headers`]).
+    pub header_values: Arc<crate::headers::HeaderCache>,
     /// Upstream MCP sessions kept between tool calls ([`crate::upstream_sessions`]).
     pub upstream: Arc<crate::upstream_sessions::UpstreamSessions>,
     /// Open event and MCP GET streams per principal ([`crate::limits`]).

@@ -1,8 +1,10 @@
 //! Tool calls (R-EXEC-*, R-API-3): `GET /v1/servers/{id}/tools` and
 //! `POST /v1/servers/{id}/tools/{name}/call`, through an MCP client with the slot's
-//! Bearer injected. An upstream 401 forces one refresh and one retry; a second 401 means
-//! the user must reconnect; a 403 never refreshes (a scope upgrade is needed). A failure
-//! is an error, never an empty list.
+//! Bearer injected (or, for a static-header server, the slot's header values: see
+//! [`crate::headers`]). An upstream 401 forces one refresh and one retry; a second 401
+//! means the user must reconnect; a 403 never refreshes (a scope upgrade is needed). A
+//! headers server's 401 or 403 is never retried: its values were refused. A failure is
+//! an error, never an empty list.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -32,6 +34,34 @@ enum Upstream {
     SessionGone,
     /// Anything else.
     Failed(ApiError),
+}
+
+/// What a call sends to authenticate: the headers (a Bearer, a static-header server's
+/// values, or nothing) and their mark for the upstream session cache.
+struct Auth {
+    headers: HeaderMap,
+    mark: CredentialMark,
+}
+
+impl Auth {
+    fn none() -> Self {
+        Self {
+            headers: HeaderMap::new(),
+            mark: CredentialMark::of(None),
+        }
+    }
+
+    fn bearer(token: &Secret) -> Result<Self, ApiError> {
+        let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            .map_err(|_| ApiError::Upstream)?;
+        v.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, v);
+        Ok(Self {
+            headers,
+            mark: CredentialMark::of(Some(token)),
+        })
+    }
 }
 
 /// The caller's slot of `server`.
@@ -78,18 +108,12 @@ async fn exchange(
     s: &AppState,
     server: &ServerRow,
     key: &SessionKey,
-    token: Option<&Secret>,
+    auth: &Auth,
     method: &str,
     params: Option<Value>,
 ) -> Result<Value, Upstream> {
-    let mut headers = HeaderMap::new();
-    if let Some(t) = token {
-        let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
-            .map_err(|_| Upstream::Failed(ApiError::Upstream))?;
-        v.set_sensitive(true);
-        headers.insert(http::header::AUTHORIZATION, v);
-    }
-    let mark = CredentialMark::of(token);
+    let Auth { headers, mark } = auth;
+    let (headers, mark) = (headers, *mark);
     let mut mcp = McpClient::new(
         s.egress.clone(),
         server.url.clone(),
@@ -108,21 +132,21 @@ async fn exchange(
             let _open = gate.lock().await;
             match s.upstream.get(key, &server.url, mark, s.clock.now()) {
                 Some(session) => session,
-                None => open(s, server, key, mark, &mut mcp, &headers).await?,
+                None => open(s, server, key, mark, &mut mcp, headers).await?,
             }
         }
     };
     mcp.resume(session.id.clone(), session.negotiated.clone());
     let req = mcp.request(method, params.clone());
-    let ex = match send(server, &mcp, &req, &headers).await {
+    let ex = match send(server, &mcp, &req, headers).await {
         Err(Upstream::SessionGone) => {
             // The upstream forgot it (restarted, expired it): once more, in a new one.
             tracing::info!(event = "tools.upstream_session_reopened", server_id = %server.id);
             s.upstream.forget_session(key, session.id.as_deref());
             mcp.reset_session();
-            open(s, server, key, mark, &mut mcp, &headers).await?;
+            open(s, server, key, mark, &mut mcp, headers).await?;
             let req = mcp.request(method, params);
-            match send(server, &mcp, &req, &headers).await {
+            match send(server, &mcp, &req, headers).await {
                 Err(Upstream::SessionGone) => Err(Upstream::Failed(upstream_failed(
                     server,
                     "the MCP server lost the session it had just opened (HTTP 404)".into(),
@@ -274,6 +298,12 @@ pub(crate) async fn call(
         }
         Upstream::Failed(e) => e,
     };
+    let slot = slot_for(p, server);
+    let key = SessionKey {
+        tenant: slot.tenant.clone(),
+        server: slot.server.clone(),
+        subject: slot.subject.clone(),
+    };
     match server.auth_type.as_str() {
         "none" => {
             // No slot: the caller's own session.
@@ -282,32 +312,45 @@ pub(crate) async fn call(
                 server: server.id.clone(),
                 subject: Some(p.subject.as_str().to_owned()),
             };
-            return exchange(s, server, &key, None, method, params)
+            return exchange(s, server, &key, &Auth::none(), method, params)
                 .await
                 .map_err(fail);
+        }
+        "headers" => {
+            // The slot's static values; a refusal is the user's to fix (no refresh).
+            let opened = crate::headers::for_call(s, server, &slot).await?;
+            let auth = Auth {
+                headers: opened.headers(server)?,
+                mark: opened.mark(),
+            };
+            return exchange(s, server, &key, &auth, method, params)
+                .await
+                .map_err(|u| match u {
+                    Upstream::Unauthorized => crate::headers::refused(server, 401),
+                    Upstream::Scope(_) | Upstream::Failed(ApiError::Forbidden) => {
+                        crate::headers::refused(server, 403)
+                    }
+                    other => fail(other),
+                });
         }
         "oauth" => {}
         other => {
             return Err(ApiError::BadRequest(vec![crate::error::FieldError {
                 field: "server_id".into(),
-                message: format!("calls to servers with auth type {other} are not supported yet"),
+                message: format!("calls to servers with auth type {other} are not supported"),
             }]));
         }
     }
-    let slot = slot_for(p, server);
-    let key = SessionKey {
-        tenant: slot.tenant.clone(),
-        server: slot.server.clone(),
-        subject: slot.subject.clone(),
-    };
     let token = bearer(s, server, &slot, false).await?;
-    match exchange(s, server, &key, Some(&*token.token), method, params.clone()).await {
+    let auth = Auth::bearer(&token.token)?;
+    match exchange(s, server, &key, &auth, method, params.clone()).await {
         Ok(v) => Ok(v),
         Err(Upstream::Unauthorized) => {
             // R-EXEC-3/4: one forced refresh, one retry.
             tracing::info!(event = "tools.retry_after_401", server_id = %server.id);
             let fresh = bearer(s, server, &slot, true).await?;
-            let retried = exchange(s, server, &key, Some(&*fresh.token), method, params)
+            let auth = Auth::bearer(&fresh.token)?;
+            let retried = exchange(s, server, &key, &auth, method, params)
                 .await
                 .map_err(fail);
             if retried.is_ok() {

@@ -15,6 +15,9 @@
 //!   `subscriptions/listen`): rmcp 3.11 routes each request to the right lifecycle.
 //! * Calls reuse the REST tool path (`crate::tools::call`): one forced refresh and one
 //!   retry on an upstream 401, never a refresh on a 403.
+//! * A static-header server ([`crate::headers`]) is called with the slot's values; a slot
+//!   without them is hidden like an unconnected one, and a call to it (or
+//!   `latchkey_connect`) answers how to set them.
 //! * A server whose slot has no usable token is left out of `tools/list` (R-EXEC-11). A
 //!   call to one of its tools (or `latchkey_connect`) starts a managed flow
 //!   (`crate::flows::begin`) and sends the user to its authorization URL: on 2025-11-25
@@ -170,6 +173,9 @@ struct Member {
 enum Unavailable {
     /// The slot has no usable credential; `force` when one is stored but refused.
     NotConnected { force: bool },
+    /// A static-header slot without (usable) values: hidden like an unconnected slot; a
+    /// call answers how to set them.
+    NoHeaders(ApiError),
     /// Anything else (logged, named by its stable code to the caller).
     Failed(ApiError),
 }
@@ -244,6 +250,16 @@ impl Federation {
     /// Whether the caller's slot of an OAuth server has a usable token (refreshing it if
     /// need be); `Err` says why not.
     async fn check_slot(&self, p: &Principal, server: &ServerRow) -> Result<(), Unavailable> {
+        if server.auth_type == "headers" {
+            let slot = crate::tools::slot_for(p, server);
+            return match crate::headers::for_call(&self.s, server, &slot).await {
+                Ok(_) => Ok(()),
+                Err(e @ (ApiError::HeadersNotSet { .. } | ApiError::HeadersForOtherUrl { .. })) => {
+                    Err(Unavailable::NoHeaders(e))
+                }
+                Err(e) => Err(Unavailable::Failed(e)),
+            };
+        }
         if server.auth_type != "oauth" {
             return Ok(());
         }
@@ -260,9 +276,8 @@ impl Federation {
     /// refreshed.
     async fn server_tools(&self, p: &Principal, m: &Member) -> Result<Vec<Tool>, Unavailable> {
         match m.server.auth_type.as_str() {
-            "oauth" => self.check_slot(p, &m.server).await?,
+            "oauth" | "headers" => self.check_slot(p, &m.server).await?,
             "none" => {}
-            // Static-header servers are not callable yet (the REST path refuses them too).
             _ => return Ok(Vec::new()),
         }
         let mut upstream = Vec::new();
@@ -324,8 +339,8 @@ impl Federation {
         for (m, listing) in listings {
             match listing {
                 Ok(mut t) => tools.append(&mut t),
-                // R-EXEC-11: hidden until the slot is authorised.
-                Err(Unavailable::NotConnected { .. }) => {}
+                // R-EXEC-11: hidden until the slot is authorised (or has its values).
+                Err(Unavailable::NotConnected { .. } | Unavailable::NoHeaders(_)) => {}
                 Err(Unavailable::Failed(e)) => tracing::warn!(
                     event = "mcp.federated.server_skipped",
                     server_id = %m.server.id,
@@ -436,6 +451,7 @@ impl Federation {
                 ),
                 true,
             )),
+            Unavailable::NoHeaders(e) => Ok(text_result(e.to_string(), true)),
             Unavailable::Failed(e) => Ok(failure_result(server, &e)),
         }
     }
@@ -565,6 +581,23 @@ impl Federation {
                     false,
                 ));
             }
+            "headers" => {
+                // No sign-in: the values are set through the API, the CLI or the UI.
+                return Ok(match self.check_slot(p, &m.server).await {
+                    Ok(()) => text_result(
+                        format!(
+                            "{}'s header values are set; its tools are listed.",
+                            m.server.name
+                        ),
+                        false,
+                    ),
+                    Err(Unavailable::NoHeaders(e)) => text_result(e.to_string(), true),
+                    Err(Unavailable::Failed(e)) => failure_result(&m.server, &e),
+                    Err(Unavailable::NotConnected { .. }) => {
+                        text_result(format!("{} is not usable yet.", m.server.name), true)
+                    }
+                });
+            }
             other => {
                 return Ok(text_result(
                     format!(
@@ -589,7 +622,9 @@ impl Federation {
                     )),
                 }
             }
-            Some(Unavailable::Failed(e)) => Ok(failure_result(&m.server, &e)),
+            Some(Unavailable::Failed(e) | Unavailable::NoHeaders(e)) => {
+                Ok(failure_result(&m.server, &e))
+            }
         }
     }
 }
@@ -725,7 +760,10 @@ impl ServerHandler for Handler {
         .with_server_info(Implementation::new("latchkey", env!("CARGO_PKG_VERSION")))
         .with_instructions(
             "The tools of your connected MCP servers, named <server>__<tool>. \
-             Call latchkey_connect to connect a server that has no tools here yet.",
+             Call latchkey_connect to connect a server that has no tools here yet. \
+             A server that takes an API key (static headers) shows its tools once its values \
+             are set: `latchkey servers set-headers <server> --header 'Name: value'` or \
+             Latchkey's web UI.",
         )
     }
 

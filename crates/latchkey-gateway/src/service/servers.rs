@@ -4,6 +4,14 @@
 //! wins. A change of URL or of the OAuth fingerprint purges every credential, pending
 //! flow and registered client of the server, on every instance, before the new row is
 //! written, and revokes the old tokens after. Secrets are sealed on the way in.
+//!
+//! Static-header servers ([`crate::headers`]): `header_names` mean auth type `headers`
+//! (and are required for it); values given at create are sent by the probe, so a
+//! wrong key is the 422 naming the status the server gave, and deposited into the
+//! creator's slot once the row is written. Without values the probe's 401 is the
+//! expected verdict. A change of URL or of the names purges every slot's values.
+
+use std::collections::BTreeMap;
 
 use latchkey_core::Secret;
 use latchkey_egress::UrlSource;
@@ -28,6 +36,10 @@ pub struct ServerInput {
     pub client_secret: Patch<String>,
     pub issuer: Patch<String>,
     pub scopes: Patch<String>,
+    /// The headers of a static-header server (replacing the stored ones).
+    pub header_names: Option<Vec<String>>,
+    /// Values for the creator's slot (create only), checked by the probe.
+    pub header_values: Option<BTreeMap<String, Secret>>,
 }
 
 /// The auth type the probe finds at `url`; a URL that gives no MCP answer (a wrong
@@ -62,6 +74,49 @@ async fn name_is_free(
             existing_id: other.id,
         }),
         None => Ok(()),
+    }
+}
+
+/// Probes a static-header server at `url`, with `values` when given: a URL that gives
+/// no MCP answer is refused as by [`probed`]; with values, a 401 or 403 means the server
+/// refused them (the 422 naming its status). Without values a 401 is what is expected.
+async fn probe_headers(
+    s: &AppState,
+    row: &ServerRow,
+    values: Option<&BTreeMap<String, Secret>>,
+) -> Result<(), ApiError> {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in values.into_iter().flatten() {
+        let (Ok(n), Ok(mut v)) = (
+            http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()),
+            http::HeaderValue::from_str(value.expose()),
+        ) else {
+            return Err(field_error("header_values", "not a valid header"));
+        };
+        v.set_sensitive(true);
+        headers.insert(n, v);
+    }
+    let p = probe::probe_with(&s.egress, &row.url, UrlSource::Operator, &headers).await;
+    match (p.status, p.problem) {
+        (Some(status @ (401 | 403)), _) if values.is_some() => Err(ApiError::ProbeFailed(format!(
+            "the server refused the given header values (HTTP {status}); check them"
+        ))),
+        (_, Some(why)) => Err(ApiError::ProbeFailed(format!(
+            "{why}; set auth_type to add it anyway"
+        ))),
+        (_, None) => Ok(()),
+    }
+}
+
+/// The header rules of a server about to be written: names exactly for `headers`.
+fn check_header_names(row: &ServerRow) -> Result<(), ApiError> {
+    match (row.auth_type == "headers", row.header_names.is_empty()) {
+        (true, true) => Err(field_error(
+            "header_names",
+            "required for auth type headers: the names of the headers the server takes (e.g. [\"X-Api-Key\"])",
+        )),
+        (false, false) => Err(field_error("header_names", "only for auth type headers")),
+        _ => Ok(()),
     }
 }
 
@@ -108,11 +163,22 @@ pub async fn create(
     if let Patch::Set(secret) = input.client_secret {
         row.client_secret = Some(s.keyring.seal(&Secret::new(secret), row.secret_aad())?);
     }
-    row.auth_type = match (input.auth_type, &row.client_id) {
-        (Some(explicit), _) => explicit,
-        (None, Some(_)) => AuthType::Oauth.as_str().into(),
-        (None, None) => probed(s, &row.url).await?,
+    if let Some(names) = input.header_names {
+        row.header_names = names;
+    }
+    let explicit = input.auth_type.is_some();
+    row.auth_type = match (input.auth_type, &row.client_id, row.header_names.is_empty()) {
+        (Some(explicit), _, _) => explicit,
+        (None, Some(_), _) => AuthType::Oauth.as_str().into(),
+        // Header names say what the server takes; the probe below checks the URL.
+        (None, None, false) => AuthType::Headers.as_str().into(),
+        (None, None, true) => probed(s, &row.url).await?,
     };
+    check_header_names(&row)?;
+    let values = input.header_values;
+    if row.auth_type == "headers" && (values.is_some() || !explicit) {
+        probe_headers(s, &row, values.as_ref()).await?;
+    }
     s.store.create_server(&row, s.now()).await?;
     // A server without auth has tools at once; a same-named one renames the other's.
     s.announce(Change::Server {
@@ -122,6 +188,10 @@ pub async fn create(
     })
     .await;
     super::audit_event(s, p, "server.create", &id, None, None).await;
+    if let Some(values) = values {
+        // Into the creator's slot, now that the row exists.
+        crate::headers::deposit(s, p, &row, &values).await?;
+    }
     Ok(row)
 }
 
@@ -189,19 +259,36 @@ pub async fn update(
             row.client_secret = Some(s.keyring.seal(&Secret::new(secret), row.secret_aad())?);
         }
     }
+    let names_given = input.header_names.is_some();
+    if let Some(names) = input.header_names {
+        row.header_names = names;
+    }
+    let explicit = input.auth_type.is_some();
     row.auth_type = match (input.auth_type, &row.client_id, url_changed) {
         (Some(explicit), _, _) => explicit,
         (None, Some(_), _) => AuthType::Oauth.as_str().into(),
+        // A static-header server stays one at its new URL (the probe checks it answers).
+        (None, None, true) if !row.header_names.is_empty() => AuthType::Headers.as_str().into(),
         (None, None, true) => probed(s, &row.url).await?,
         (None, None, false) => old.auth_type.clone(),
     };
+    if row.auth_type != "headers" && !names_given {
+        // No longer a static-header server: its names go with its values.
+        row.header_names.clear();
+    }
+    check_header_names(&row)?;
+    if row.auth_type == "headers" && url_changed && !explicit {
+        probe_headers(s, &row, None).await?;
+    }
+    let headers_changed = row.header_names != old.header_names;
     let oauth_changed = secret_changed
         || row.auth_type != old.auth_type
         || row.client_id != old.client_id
         || row.grant_type != old.grant_type
         || row.scopes != old.scopes
         || issuer_changed;
-    let fingerprint_changed = url_changed || oauth_changed;
+    // The values were set for the old URL and names: purged with the rest.
+    let fingerprint_changed = url_changed || oauth_changed || headers_changed;
     let mut detail = None;
     let mut to_revoke = Vec::new();
     if fingerprint_changed {

@@ -96,7 +96,10 @@ async fn servers_are_probed_validated_purged_and_never_show_secrets() {
     let (status, v, _) = send(
         reqwest::Method::PATCH,
         &one,
-        Some(json!({"url": format!("{}/elsewhere", upstream.base), "auth_type": "headers"})),
+        Some(
+            json!({"url": format!("{}/elsewhere", upstream.base), "auth_type": "headers",
+                    "header_names": ["X-Api-Key"]}),
+        ),
     )
     .await;
     assert_eq!((status, v["auth_type"].as_str()), (200, Some("headers")));

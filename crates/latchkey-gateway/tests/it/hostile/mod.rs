@@ -3,6 +3,7 @@
 //! Each module names the items of the issue it covers.
 
 mod credentials;
+mod headers;
 mod identity;
 mod logs;
 mod mixup;
