@@ -20,7 +20,6 @@ mod hostile;
 mod identity;
 mod layout;
 mod lifecycle;
-mod operations;
 mod proxy;
 mod servers;
 mod tools;
