@@ -66,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::fields::BODY_LIMIT,
         ))
+        // Inside the guard's layer: the principal, for the request log line.
+        .route_layer(axum::middleware::from_fn(crate::telemetry::note_principal))
         .route_layer(axum::middleware::from_fn(require_json))
         .route_layer(axum::middleware::from_fn_with_state(
             state.guard.clone(),

@@ -3,12 +3,20 @@
 //! `latchkey_http_requests_total{route,status}`, `latchkey_http_request_seconds{route}`,
 //! `latchkey_oauth_callbacks_total{outcome}`, `latchkey_oauth_flows_started_total{kind}`,
 //! `latchkey_deposits_total`.
+//!
+//! The request log: one `http.request` line at info per API and MCP request (`/v1/…`,
+//! `/mcp`, `/mcp/{server}`), written by [`count`] when the response head is ready:
+//! method, route template (never the raw path or its query), status, duration in
+//! milliseconds (to the response head: a stream's life is not counted), the principal's
+//! subject (put in the response's extensions by [`note_principal`], a layer inside the
+//! guard's; `-` when the guard refused), the server id when the route names one, and
+//! the MCP endpoint's request id when it gave one. No body, header or credential.
 
 use std::collections::HashMap;
 use std::sync::{OnceLock, RwLock};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -64,15 +72,83 @@ pub async fn render(State(s): State<AppState>) -> Response {
 }
 
 /// Middleware: counts and times every request by its route template (never the raw
-/// path, which could carry ids).
+/// path, which could carry ids), and writes the request log line of an API or MCP
+/// request (see the module's documentation).
 pub async fn count(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let logged = is_api_or_mcp(matched.as_ref().map_or(req.uri().path(), |m| m.as_str()));
+    let method = logged.then(|| req.method().clone());
+    let (req, server) = if logged && names_a_server(route) {
+        let (mut parts, body) = req.into_parts();
+        let server = RawPathParams::from_request_parts(&mut parts, &())
+            .await
+            .ok()
+            .and_then(|params| {
+                params
+                    .iter()
+                    .find(|(k, _)| matches!(*k, "id" | "server" | "server_id"))
+                    .map(|(_, v)| v.to_owned())
+            });
+        (Request::from_parts(parts, body), server)
+    } else {
+        (req, None)
+    };
     let started = Instant::now();
     let resp = next.run(req).await;
-    let (counter, histogram) = request_handles(route, resp.status().as_u16());
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16();
+    let (counter, histogram) = request_handles(route, status);
     counter.increment(1);
-    histogram.record(started.elapsed().as_secs_f64());
+    histogram.record(elapsed.as_secs_f64());
+    if let Some(method) = method {
+        let principal = resp.extensions().get::<Caller>().map(|c| c.0.as_str());
+        let request_id = resp
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok());
+        tracing::info!(
+            event = "http.request",
+            method = %method,
+            route,
+            status,
+            duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            principal = principal.unwrap_or("-"),
+            server_id = server.as_deref(),
+            request_id,
+        );
+    }
+    resp
+}
+
+/// Whether a route template (or, unmatched, a path) is the API's or an MCP endpoint's.
+fn is_api_or_mcp(path: &str) -> bool {
+    path.starts_with("/v1/") || path == "/mcp" || path.starts_with("/mcp/")
+}
+
+/// Whether a route template has a server id among its parameters.
+fn names_a_server(route: &str) -> bool {
+    route.starts_with("/v1/servers/{id}")
+        || route.contains("{server}")
+        || route.contains("{server_id}")
+}
+
+/// The subject of the principal a request was answered for, carried in the response's
+/// extensions from inside the guard's layer to [`count`] outside it.
+#[derive(Debug, Clone)]
+pub struct Caller(String);
+
+/// Middleware placed inside the guard's (as a route layer added before it): notes the
+/// principal's subject in the response for the request log.
+pub async fn note_principal(req: Request, next: Next) -> Response {
+    let subject = req
+        .extensions()
+        .get::<latchkey_guard::Principal>()
+        .map(|p| p.subject.as_str().to_owned());
+    let mut resp = next.run(req).await;
+    if let Some(subject) = subject {
+        resp.extensions_mut().insert(Caller(subject));
+    }
     resp
 }
 

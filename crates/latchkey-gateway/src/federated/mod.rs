@@ -92,6 +92,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route_service(PATH, service)
         // Innermost, so the guard (added below, hence outside) has found the principal.
+        .route_layer(axum::middleware::from_fn(crate::telemetry::note_principal))
         .route_layer(axum::middleware::from_fn_with_state(
             state.streams.clone(),
             crate::limits::one_stream,
@@ -341,6 +342,15 @@ impl Federation {
                 Ok(mut t) => tools.append(&mut t),
                 // R-EXEC-11: hidden until the slot is authorised (or has its values).
                 Err(Unavailable::NotConnected { .. } | Unavailable::NoHeaders(_)) => {}
+                // A slot that needs the user (more scopes) is a prompt, not a fault.
+                Err(Unavailable::Failed(e @ ApiError::NeedsScopeUpgrade { .. })) => {
+                    tracing::info!(
+                        event = "mcp.federated.server_skipped",
+                        server_id = %m.server.id,
+                        server = %m.server.name,
+                        code = e.status_and_code().1,
+                    );
+                }
                 Err(Unavailable::Failed(e)) => tracing::warn!(
                     event = "mcp.federated.server_skipped",
                     server_id = %m.server.id,

@@ -20,6 +20,7 @@ mod hostile;
 mod identity;
 mod layout;
 mod lifecycle;
+mod operations;
 mod proxy;
 mod servers;
 mod tools;
