@@ -380,6 +380,7 @@ test("client credentials connect without a popup, and the secret is never shown"
   await page.getByRole("button", { name: "Cancel editing" }).click();
   assert.equal(await page.getByRole("heading", { name: "Add a server" }).count(), 1);
   assert.equal(await page.locator("li.card #server-form").count(), 0, "the form is back in its own panel");
+  assert.equal(await page.evaluate(() => document.activeElement.getAttribute("aria-label")), "Edit Machine", "the focus back where editing began");
   assert.deepEqual(problems, []);
   await context.close();
 });

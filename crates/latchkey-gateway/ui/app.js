@@ -304,7 +304,7 @@ function actions(e, v) {
     }
   }
   buttons.push(
-    h("button", { type: "button", class: "secondary", "aria-label": `Edit ${name}`, onclick: () => startEdit(s.id) }, "Edit"),
+    h("button", { type: "button", class: "secondary", "aria-label": `Edit ${name}`, dataset: { action: "edit" }, onclick: () => startEdit(s.id) }, "Edit"),
     h("button", { type: "button", class: "danger", "aria-label": `Delete ${name}`, onclick: () => remove(s.id) }, "Delete"),
   );
   return h("div", { class: "actions" }, buttons);
@@ -697,7 +697,13 @@ async function whoami() {
 function main() {
   oauth.listen();
   $("server-form").addEventListener("submit", submitForm);
-  $("f-cancel").addEventListener("click", resetForm);
+  $("f-cancel").addEventListener("click", () => {
+    // Back to where editing began: the server's Edit button.
+    const card = editing && entries.get(editing) ? entries.get(editing).card : null;
+    resetForm();
+    const edit = card && card.querySelector(".actions button[data-action='edit']");
+    if (edit) edit.focus();
+  });
   $("reload").addEventListener("click", () => {
     clearAlerts("load");
     loadAll();

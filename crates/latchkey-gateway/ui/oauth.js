@@ -177,7 +177,7 @@ export function handleResult(data) {
     const late = ended !== undefined && Date.now() - ended.at < FLOW_LIFETIME_MS;
     const name = c ? c.name : late ? ended.name : null;
     const wasConnecting = stop(serverId) || late;
-    hooks.finished({ ok: data.ok, serverId, name, reason, error, wasConnecting, late: !c && late });
+    hooks.finished({ ok: data.ok, serverId, name, reason, error, wasConnecting });
     return;
   }
   if (!data.ok) {
