@@ -181,3 +181,50 @@ fn every_command_says_what_it_does() {
         assert!(!help.contains("binary"), "{cmd:?}: {help}");
     }
 }
+
+/// A loopback server added while the relaxation was on, used after a restart without
+/// it: `connect` is refused before anything is sent (exit 65), naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_a_loopback_server_names_the_setting_after_a_restart() {
+    use super::commands::{json_of, run_with};
+    use super::serve;
+    let upstream = latchkey_testkit::ScriptedServer::start(AsConfig::default())
+        .await
+        .unwrap();
+    let dir = super::keys::TempDir::new();
+    let start = |relaxed: &'static str| {
+        let mut c = serve::command(&dir.0);
+        c.env("LATCHKEY_ALLOW_INSECURE_LOOPBACK", relaxed)
+            .stderr(std::process::Stdio::null());
+        tokio::task::spawn_blocking(move || serve::start(c))
+    };
+    let first = start("true").await.unwrap();
+    let added = json_of(
+        &run_with(
+            &first.base,
+            &["servers", "add", "local", &upstream.mcp_url(), "--json"],
+            None,
+            &[],
+        )
+        .await,
+    );
+    assert_eq!(added["auth_type"], "oauth");
+    drop(first);
+    let second = start("false").await.unwrap();
+    let out = run_with(
+        &second.base,
+        &["connect", "local", "--no-browser"],
+        None,
+        &[],
+    )
+    .await;
+    assert_fails(&out, 65, "the server's URL cannot be reached: ");
+    assert_fails(&out, 65, LOOPBACK_HINT);
+    assert!(
+        upstream.requests("/mcp").len() == 1
+            && upstream
+                .requests("/.well-known/oauth-protected-resource/mcp")
+                .is_empty(),
+        "only the probe at add time reached the server"
+    );
+}

@@ -275,6 +275,17 @@ pub(crate) async fn begin(
     {
         return Ok(Started::AlreadyAuthorized);
     }
+    // R-API-5: a URL the egress policy refuses (e.g. a loopback server while the
+    // loopback relaxation is off) is a 400 saying what allows it; nothing is sent.
+    if let Err(e) = s.egress.check_url(&server.url, UrlSource::Operator) {
+        return Err(ApiError::BadRequest(vec![crate::error::FieldError {
+            field: "server_id".into(),
+            message: format!(
+                "the server's URL cannot be reached: {}",
+                crate::error::loopback_hint(&s.egress, &server.url, e)
+            ),
+        }]));
+    }
     // R-FLOW-8: another user's live flow on the shared slot wins; the same user's
     // earlier flows are replaced.
     for other in s.store.flows_for_slot(&slot).await? {
