@@ -190,7 +190,7 @@ export function toolForm(base, tool, { call, describe, failed }) {
   const formOnly = props !== null;
 
   const raw = h("textarea", { id: `${base}-args`, rows: 5, spellcheck: "false", class: "mono" });
-  const rawRow = h("div", { class: "field raw-args" }, h("label", { for: raw.id }, "Arguments (JSON)"), raw);
+  const rawRow = h("div", { class: "field raw-args", id: `${base}-raw` }, h("label", { for: raw.id }, "Arguments (JSON)"), raw);
   const fieldsBox = h(
     "div",
     { class: "args" },
@@ -224,12 +224,12 @@ export function toolForm(base, tool, { call, describe, failed }) {
   };
 
   let rawMode = !formOnly;
-  const toggle = h("button", { type: "button", class: "link toggle-json", "aria-pressed": "false" });
+  // Its label says what it switches to.
+  const toggle = h("button", { type: "button", class: "link toggle-json", "aria-controls": rawRow.id });
   const setMode = (toRaw) => {
     rawMode = toRaw;
     fieldsBox.hidden = rawMode;
     rawRow.hidden = !rawMode;
-    toggle.setAttribute("aria-pressed", rawMode ? "true" : "false");
     fill(toggle, rawMode ? "Edit as a form" : "Edit as JSON");
   };
   toggle.addEventListener("click", () => {
