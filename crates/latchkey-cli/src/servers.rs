@@ -211,7 +211,7 @@ async fn add(api: &Api, a: AddArgs) -> anyhow::Result<ExitCode> {
         if server["auth_type"] == "oauth" {
             output::line(format!(
                 "Connect to it with `latchkey connect {}`.",
-                text(&server, "id")
+                latchkey_gateway::error::shell_word(&text(&server, "name"))
             ));
         }
     }

@@ -80,6 +80,16 @@ async fn a_loopback_url_names_the_setting_that_allows_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_connected_yet_and_needs_reconnecting_are_told_apart() {
     let env = Env::start().await;
+    // Adding an OAuth server says how to connect it, by its name (shell-quoted).
+    let out = env
+        .run(&["servers", "add", "My Docs", &env.upstream.mcp_url()])
+        .await;
+    assert!(
+        super::commands::stdout(&out)
+            .ends_with("Connect to it with `latchkey connect 'My Docs'`.\n"),
+        "{}",
+        super::commands::stdout(&out)
+    );
     let id = env.add_server("docs").await;
     let out = env.run(&["tools", "list", "docs"]).await;
     assert_fails(
