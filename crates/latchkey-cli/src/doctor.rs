@@ -40,6 +40,11 @@ pub(crate) struct Args {
     /// Allow http and loopback addresses (local development only).
     #[arg(long)]
     allow_insecure_loopback: bool,
+    /// A static header to try (an API key): `Name: value`, repeatable. The probe is
+    /// sent again with them, and the server's verdict on them reported (values never
+    /// printed).
+    #[arg(long = "header", value_name = "NAME: VALUE", value_parser = crate::headers::parse)]
+    headers: Vec<crate::headers::HeaderArg>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -580,6 +585,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
         };
         return Err(Failure::data(format!("{}: {e}{hint}", a.url)).into());
     }
+    let header_map = crate::headers::header_map(&a.headers)?;
     let mut walk = Walk { steps: Vec::new() };
 
     // 1. The unauthenticated probe.
@@ -649,7 +655,56 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
     );
     walk.push(s);
 
+    // 1b. With the given static headers: does the server take them?
+    let mut headers_work = false;
+    if !header_map.is_empty() {
+        let names: Vec<&str> = a.headers.iter().map(|h| h.name.as_str()).collect();
+        let hp = probe::probe_with(&egress, &a.url, UrlSource::Operator, &header_map).await;
+        let mut s = Step::new(
+            "headers",
+            format!("Probe with the given headers ({})", names.join(", ")),
+        );
+        s.request = Some(format!("POST {}", a.url));
+        s.status = hp.status;
+        match (hp.status, &hp.problem) {
+            (Some(code @ 200..=299), None) => {
+                s.outcome = format!("HTTP {code}, an MCP answer");
+                s.add(
+                    Level::Ok,
+                    "the server accepted the headers: add it with `latchkey servers add NAME URL --header 'Name: value'`",
+                );
+                headers_work = true;
+            }
+            (Some(code @ (401 | 403)), _) => {
+                s.outcome = format!("HTTP {code}");
+                s.add(
+                    Level::Error,
+                    format!("the server refused the headers (HTTP {code}): check the values"),
+                );
+            }
+            (_, Some(why)) => {
+                s.outcome = why.clone();
+                s.add(
+                    Level::Error,
+                    format!("no MCP answer with the headers: {why}"),
+                );
+            }
+            (status, None) => {
+                s.outcome = format!("HTTP {}", status.unwrap_or(0));
+                s.add(Level::Error, "no MCP answer with the headers");
+            }
+        }
+        walk.push(s);
+    }
+
     // 2. The walk, and 3. Latchkey's own verdict.
+    // A server that takes the given headers and names no OAuth metadata is a
+    // static-header server: there is no OAuth chain to walk.
+    let walk_on = walk_on
+        && !(headers_work
+            && ch
+                .as_ref()
+                .is_none_or(|c| c.resource_metadata.is_none() && c.scope.is_none()));
     let rm = ch.as_ref().and_then(|c| c.resource_metadata.clone());
     let mut discovery = Value::Null;
     if walk_on {

@@ -5,6 +5,7 @@ mod api;
 mod conformance;
 mod connect;
 mod doctor;
+mod headers;
 mod keys;
 mod lock;
 mod logging;

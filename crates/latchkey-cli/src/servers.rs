@@ -1,6 +1,8 @@
-//! `latchkey servers add|list|show|edit|rm`: the MCP servers Latchkey knows, through
-//! `/v1/servers`; and [`resolve`], which turns the SERVER argument of every command
-//! (an id, or a name that only one server has) into a server.
+//! `latchkey servers add|list|show|edit|rm|set-headers|clear-headers`: the MCP servers
+//! Latchkey knows, through `/v1/servers`; and [`resolve`], which turns the SERVER
+//! argument of every command (an id, or a name that only one server has) into a server.
+//! Static-header values ([`crate::headers`]) go in request bodies only and are never
+//! printed: answers say `set` or `not set`.
 
 use std::io::BufRead as _;
 use std::process::ExitCode;
@@ -33,6 +35,27 @@ pub(crate) enum Command {
     },
     /// Change a server's settings. A new URL or OAuth setting disconnects every user.
     Edit(EditArgs),
+    /// Set your values of a static-header server's headers (an API key): `--header
+    /// 'Name: value'`, or `--header Name` to read the value from standard input (without
+    /// echo on a terminal); without `--header`, every header is read that way.
+    SetHeaders {
+        /// Server id or unique name.
+        server: String,
+        /// `Name: value`, or a name alone (repeatable).
+        #[arg(long = "header", value_name = "NAME[: VALUE]", value_parser = crate::headers::parse)]
+        headers: Vec<crate::headers::HeaderArg>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Clear your values of a static-header server's headers.
+    ClearHeaders {
+        /// Server id or unique name.
+        server: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a server and every credential stored for it (revoked first).
     #[command(visible_alias = "remove")]
     Rm {
@@ -80,6 +103,11 @@ pub(crate) struct AddArgs {
     name: String,
     /// The MCP endpoint URL.
     url: String,
+    /// A static header the server takes (an API key): `Name: value`, or a name alone
+    /// (set its value later with `latchkey servers set-headers`). Repeatable; implies
+    /// auth type headers. The value is checked by the add-time probe.
+    #[arg(long = "header", value_name = "NAME[: VALUE]", value_parser = crate::headers::parse)]
+    headers: Vec<crate::headers::HeaderArg>,
     #[command(flatten)]
     settings: Settings,
     /// Print JSON instead of text.
@@ -122,6 +150,12 @@ pub(crate) async fn run(cmd: Command, conn: &Connection) -> anyhow::Result<ExitC
         Command::Show { server, json } => show(&api, &server, json).await,
         Command::Edit(a) => edit(&api, a).await,
         Command::Rm { server, json } => rm(&api, &server, json).await,
+        Command::SetHeaders {
+            server,
+            headers,
+            json,
+        } => set_headers(&api, &server, &headers, json).await,
+        Command::ClearHeaders { server, json } => clear_headers(&api, &server, json).await,
     }
 }
 
@@ -195,6 +229,7 @@ async fn add(api: &Api, a: AddArgs) -> anyhow::Result<ExitCode> {
     let mut body = Map::new();
     body.insert("name".into(), Value::String(a.name));
     body.insert("url".into(), Value::String(a.url));
+    crate::headers::into_server_body(&a.headers, &mut body);
     a.settings.into_body(&mut body)?;
     let server = api
         .call(Method::POST, "/v1/servers", Some(&Value::Object(body)))
@@ -214,6 +249,88 @@ async fn add(api: &Api, a: AddArgs) -> anyhow::Result<ExitCode> {
                 latchkey_gateway::error::shell_word(&text(&server, "name"))
             ));
         }
+        if server["auth_type"] == "headers" {
+            output::line(format!(
+                "Headers: {}.",
+                crate::headers::describe(&server["headers"])
+            ));
+            let unset = server["headers"]
+                .as_object()
+                .is_some_and(|h| h.values().any(|v| v != "set"));
+            if unset {
+                output::line(format!(
+                    "Set their values with `latchkey servers set-headers {}`.",
+                    text(&server, "name")
+                ));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn set_headers(
+    api: &Api,
+    wanted: &str,
+    headers: &[crate::headers::HeaderArg],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let server = resolve(api, wanted).await?;
+    if server["auth_type"] != "headers" {
+        return Err(Failure::data(format!(
+            "{} does not take static headers (its auth type is {})",
+            text(&server, "name"),
+            text(&server, "auth_type")
+        ))
+        .into());
+    }
+    let configured: Vec<String> = server["header_names"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let values = crate::headers::values_body(headers, &configured)?;
+    let id = id_of(&server);
+    let answer = api
+        .call(
+            Method::PUT,
+            &format!("/v1/servers/{}/headers", segment(&id)),
+            Some(&json!({"values": values})),
+        )
+        .await?;
+    if json {
+        output::json(&answer);
+    } else {
+        output::line(format!(
+            "Set the headers of {} ({}): {}.",
+            text(&server, "name"),
+            id,
+            crate::headers::describe(&answer["headers"])
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn clear_headers(api: &Api, wanted: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let server = resolve(api, wanted).await?;
+    let id = id_of(&server);
+    let answer = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/servers/{}/headers", segment(&id)),
+            None,
+        )
+        .await?;
+    if json {
+        output::json(&answer);
+    } else {
+        output::line(format!(
+            "Cleared your header values of {} ({id}).",
+            text(&server, "name")
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -276,6 +393,9 @@ async fn show(api: &Api, wanted: &str, json: bool) -> anyhow::Result<ExitCode> {
         ),
         ("scopes", text(&server, "scopes")),
     ];
+    if server["auth_type"] == "headers" {
+        pairs.push(("headers", crate::headers::describe(&server["headers"])));
+    }
     if let Some(c) = connection {
         pairs.push(("connection", describe_connection(&c)));
     }

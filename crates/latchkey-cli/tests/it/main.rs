@@ -9,6 +9,7 @@ use latchkey_testkit::{AsConfig, ScriptedServer};
 mod cluster;
 mod commands;
 mod doctor;
+mod headers;
 mod hostile;
 mod keys;
 mod messages;
