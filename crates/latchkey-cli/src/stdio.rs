@@ -183,15 +183,21 @@ fn is_initialized(msg: &Value) -> bool {
     msg.get("method").and_then(Value::as_str) == Some("notifications/initialized")
 }
 
-/// The message of the first "needs consent" error in a message or a batch.
-fn consent_needed(msg: &Value) -> Option<String> {
+/// The first "needs consent" error in a message or a batch: Latchkey's words, and
+/// whether a new consent must be forced (the stored credential still looks usable
+/// but was refused: any `reason` but `not_connected` and `consent_refused`).
+fn consent_needed(msg: &Value) -> Option<(String, bool)> {
     let one = |m: &Value| {
         let e = m.get("error")?;
         (e.get("code").and_then(Value::as_i64) == Some(NEEDS_CONSENT)).then(|| {
-            e.get("message")
+            let why = e
+                .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("the server needs your consent")
-                .to_owned()
+                .to_owned();
+            let reason = e.pointer("/data/reason").and_then(Value::as_str);
+            let force = reason.is_some_and(|r| r != "not_connected" && r != "consent_refused");
+            (why, force)
         })
     };
     match msg {
@@ -259,8 +265,8 @@ impl Bridge {
         };
         self.emit(line);
         let Some(v) = parsed else { return Vec::new() };
-        if let Some(why) = consent_needed(&v) {
-            self.consent_needed(why);
+        if let Some((why, force)) = consent_needed(&v) {
+            self.consent_needed(why, force);
         }
         if let Some(pv) = v.pointer("/result/protocolVersion").and_then(Value::as_str)
             && v.pointer("/result/serverInfo").is_some()
@@ -365,13 +371,13 @@ impl Bridge {
     /// Latchkey said the server needs the user's consent (`why`, its words): the first
     /// time, a managed flow is started and its sign-in URL printed on standard error
     /// (in a task of its own: the answer is relayed meanwhile).
-    fn consent_needed(&self, why: String) {
+    fn consent_needed(&self, why: String, force: bool) {
         if self.consent_shown.swap(true, Ordering::SeqCst) {
             return;
         }
         let api = self.api.clone();
         let (id, name) = (self.server_id.clone(), self.name.clone());
-        let task = tokio::spawn(async move { sign_in(&api, &id, &name, &why).await });
+        let task = tokio::spawn(async move { sign_in(&api, &id, &name, &why, force).await });
         if let Ok(mut t) = self.signing_in.lock() {
             *t = Some(task);
         }
@@ -464,25 +470,24 @@ impl Bridge {
 
 /// Starts the managed flow for the server and prints its sign-in URL on standard error
 /// (the URL is for the person at the terminal; it is never logged).
-async fn sign_in(api: &Api, id: &str, name: &str, why: &str) {
-    let started = api
-        .call(
-            Method::POST,
-            "/v1/oauth/start",
-            Some(&json!({"server_id": id})),
-        )
-        .await;
-    match started {
+async fn sign_in(api: &Api, id: &str, name: &str, why: &str, force: bool) {
+    let body = if force {
+        json!({"server_id": id, "force": true})
+    } else {
+        json!({"server_id": id})
+    };
+    match api.call(Method::POST, "/v1/oauth/start", Some(&body)).await {
         Ok(v) => match v.get("authorization_url").and_then(Value::as_str) {
             Some(url) => log(format!(
-                "{why}. To connect {name}, open this URL in a browser and approve the access \
-                 (or run `latchkey connect {name}`), then retry:\n  {url}"
+                "{why}.\nTo connect {name}, open this URL in a browser and approve the access, \
+                 then retry:\n  {url}"
             )),
             // Connected meanwhile (or a client credentials grant): a retry works.
-            None => log(format!("{why}; {name} is connected now: retry")),
+            None => log(format!("{why}.\n{name} is connected now: retry")),
         },
+        // Latchkey's own words say how to connect; why this bridge could not start it.
         Err(f) => log(format!(
-            "{why}; connect it with `latchkey connect {name}` or in Latchkey's web UI ({})",
+            "{why}.\n(Starting the sign-in failed: {})",
             f.message
         )),
     }
@@ -491,6 +496,32 @@ async fn sign_in(api: &Api, id: &str, name: &str, why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_credential_forces_a_new_consent() {
+        let answer = |reason: &str| {
+            json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32001, "message": "m",
+                "data": {"code": "needs_oauth_reauth", "reason": reason}}})
+        };
+        assert_eq!(
+            consent_needed(&answer("not_connected")),
+            Some(("m".into(), false))
+        );
+        assert_eq!(
+            consent_needed(&answer("consent_refused")),
+            Some(("m".into(), false))
+        );
+        assert_eq!(
+            consent_needed(&answer("token_rejected")),
+            Some(("m".into(), true))
+        );
+        let batch = json!([{"jsonrpc": "2.0", "id": 2, "result": {}}, answer("other_resource")]);
+        assert_eq!(consent_needed(&batch), Some(("m".into(), true)));
+        assert_eq!(
+            consent_needed(&json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32603}})),
+            None
+        );
+    }
 
     #[test]
     fn ids_of_requests_and_answers() {
