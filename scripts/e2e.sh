@@ -116,6 +116,6 @@ E2E_LATCHKEY_URL="$lk_base" E2E_STRICT_URL="$strict_base" E2E_SCRIPTED="$scripte
 echo "e2e: screenshots and logs in $out ($((SECONDS - began)) s)"
 [ "$rc" -eq 0 ] || die "the browser tests failed (exit $rc); see $out/latchkey.log"
 # No token, code or secret the run handled reached Latchkey's log.
-if grep -En '\b(at-[0-9]+|rt-[0-9]+-[0-9]+|code-[0-9]+)\b|dcr-secret|machine-secret' "$out/latchkey.log"; then
+if grep -En '\b(at-[0-9]+|rt-[0-9]+-[0-9]+|code-[0-9]+)\b|dcr-secret|machine-secret|e2e-api-key' "$out/latchkey.log"; then
   die "a token, code or secret appears in $out/latchkey.log"
 fi

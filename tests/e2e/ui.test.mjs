@@ -880,3 +880,64 @@ test("a refused http://localhost URL shows the API's message, which names the se
   assert.deepEqual(problems, []);
   await context.close();
 });
+
+test("a static-header server: names at add, values set from its card and never shown, tools called, cleared", { timeout: 60000 }, async () => {
+  const { context, page, problems, dialogs } = await open();
+  const keyed = SCRIPTED.apikey;
+  const fillHeaders = async (name, value) => {
+    await page.getByLabel("Name", { exact: true }).fill(name);
+    await page.getByLabel("MCP server URL").fill(keyed.mcp_url);
+    await page.getByLabel("Authentication", { exact: true }).selectOption("headers");
+    await page.getByLabel("Header name 1").fill(keyed.header);
+    if (value) await page.getByLabel("Value 1").fill(value);
+    await page.getByRole("button", { name: "Add server" }).click();
+  };
+
+  // A wrong value is caught at add time, with the status the server gave.
+  await fillHeaders("Keyed", "not-the-key");
+  await until(async () => (await stacked(page, "alert")).some((t) => t.includes("refused the given header values (HTTP 401)")), "the probe's refusal");
+  assert.equal(await page.getByLabel("Value 1").inputValue(), "", "the typed value is not kept");
+
+  // The name alone: added, its value not set, no tools yet.
+  await fillHeaders("Keyed", null);
+  await waitStatus(page, "Keyed", "needs-headers");
+  const c = card(page, "Keyed");
+  assert.equal(await c.locator('[data-role="status"]').textContent(), `Needs header values: ${keyed.header} not set.`);
+  assert.equal(await c.locator(`[data-header="${keyed.header}"]`).getAttribute("data-state"), "not set");
+  assert.equal(await c.locator("details.tools").count(), 0);
+  await shot(page, "headers-not-set");
+
+  // Set from the card: a password input, emptied once sent; then the tools work.
+  await c.getByText("Set headers").click();
+  const input = c.getByLabel(keyed.header, { exact: true });
+  assert.equal(await input.getAttribute("type"), "password");
+  await input.fill(keyed.value);
+  await c.getByRole("button", { name: "Save headers of Keyed" }).click();
+  await waitStatus(page, "Keyed", "connected");
+  assert.equal(await c.locator(`[data-header="${keyed.header}"]`).getAttribute("data-state"), "set");
+  assert.equal(await c.locator('[data-role="tool-count"]').textContent(), "2 tools");
+  await c.getByText("Tools (2)").click();
+  const echo = c.locator('section.tool[data-tool="echo"]');
+  await arg(echo, "text").fill("through a static header");
+  await echo.getByRole("button", { name: "Call echo" }).click();
+  await until(async () => (await echo.locator('[data-role="result-text"]').textContent()).includes("through a static header"), "the echo result");
+  await shot(page, "headers-set-tool-called");
+  assert.ok(!(await page.content()).includes(keyed.value), "the value is not in the page");
+  await assertNoSecrets(page);
+
+  // Cleared after a confirmation: back to not set.
+  await c.getByRole("button", { name: "Clear headers of Keyed" }).click();
+  await waitStatus(page, "Keyed", "needs-headers");
+  assert.ok(dialogs.some((d) => d.startsWith("Clear your header values of Keyed?")), `${dialogs}`);
+
+  // Added with its value in one go: usable at once.
+  await fillHeaders("Keyed too", keyed.value);
+  await waitStatus(page, "Keyed too", "connected");
+  assert.ok(!(await page.content()).includes(keyed.value), "the value is not in the page");
+  for (const name of ["Keyed", "Keyed too"]) {
+    await card(page, name).getByRole("button", { name: `Delete ${name}` }).click();
+    await until(async () => (await card(page, name).count()) === 0, `${name} to go`);
+  }
+  assert.deepEqual(problems, []);
+  await context.close();
+});

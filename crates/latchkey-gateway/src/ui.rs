@@ -74,6 +74,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../ui/toolform.js"),
     },
     Asset {
+        name: "headers.js",
+        content_type: JS,
+        body: include_bytes!("../ui/headers.js"),
+    },
+    Asset {
         name: "icon.svg",
         content_type: "image/svg+xml",
         body: include_bytes!("../ui/icon.svg"),

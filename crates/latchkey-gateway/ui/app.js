@@ -16,6 +16,7 @@ import {
   describeError,
 } from "./messages.js";
 import { alertUser, clearAlerts, notify } from "./notices.js";
+import * as headers from "./headers.js";
 import * as oauth from "./oauth.js";
 import { toolForm } from "./toolform.js";
 
@@ -85,6 +86,7 @@ async function refreshServer(id) {
   }
   const usable =
     s.auth_type === "none" ||
+    (s.auth_type === "headers" && headers.allSet(s)) ||
     (s.auth_type === "oauth" &&
       ((status && status.has_token) || (statusError && statusError.code === "forbidden")));
   let tools = null;
@@ -139,8 +141,8 @@ function view(e) {
           : "Connecting… finish signing in in the popup window.",
     };
   }
-  if (s.auth_type === "headers") {
-    return { kind: "info", text: "Static header authentication: not managed from this page." };
+  if (s.auth_type === "headers" && !headers.allSet(s)) {
+    return { kind: "needs-headers", text: headers.missingText(s) };
   }
   if (s.auth_type === "oauth") {
     if (e.statusError) {
@@ -172,6 +174,9 @@ function toolsView(e) {
   }
   if (err.code === "needs_scope_upgrade") {
     return { kind: "needs-scope", text: `Needs a scope upgrade. ${describeError(err)}` };
+  }
+  if (err.code === "headers_not_set" || err.code === "headers_refused") {
+    return { kind: "needs-headers", text: describeError(err) };
   }
   return { kind: "error", text: `Error: ${describeError(err)}` };
 }
@@ -260,6 +265,19 @@ function renderCard(id) {
     h("p", { class: `status status-${v.kind}`, dataset: { role: "status" } }, v.text),
     details.length ? h("p", { class: "details" }, details) : null,
     actions(e, v),
+    s.auth_type === "headers"
+      ? headers.cardSection(s, {
+          describe: describeError,
+          done: (text, isError) => {
+            if (isError) alertUser(text, id);
+            else {
+              clearAlerts(id);
+              notify(text, id);
+            }
+            refreshOne(id);
+          },
+        })
+      : null,
     toolsPanel(e),
   );
 }
@@ -342,7 +360,8 @@ function toolView(server, tool, i) {
     call: (args) => api.callTool(server.id, name, args),
     describe: describeError,
     failed: (err) => {
-      if (err instanceof ApiError && (err.code === "needs_oauth_reauth" || err.code === "needs_scope_upgrade")) {
+      const slotLevel = ["needs_oauth_reauth", "needs_scope_upgrade", "headers_not_set", "headers_refused"];
+      if (err instanceof ApiError && slotLevel.includes(err.code)) {
         refreshServer(server.id);
       }
     },
@@ -521,6 +540,8 @@ function startEdit(id) {
   field("grant_type").value = s.grant_type;
   for (const r of form.querySelectorAll('input[name="token_scope"]')) r.checked = r.value === s.token_scope;
   setSecretState(!!s.has_client_secret);
+  headers.editNames(s);
+  headersForm.sync();
   // R-UI-8: the advanced section opens by itself when a client ID exists.
   $("advanced").open = !!s.client_id || !!s.has_client_secret || !!s.scopes;
   fill($("form-title"), `Edit ${s.name}`);
@@ -551,6 +572,7 @@ function formBody(old) {
   const secret = field("client_secret").value;
   if (secret) body.client_secret = secret;
   else if (old && $("f-clear-secret").checked) body.client_secret = null;
+  headers.addToBody(body, old);
   return body;
 }
 
@@ -580,6 +602,7 @@ async function submitForm(ev) {
     return;
   } finally {
     delete body.client_secret;
+    delete body.header_values;
     submit.disabled = false;
     form.setAttribute("aria-busy", "false");
   }
@@ -694,8 +717,12 @@ async function whoami() {
   }
 }
 
+/** The static-header rows of the add form ([`headers.installForm`]). */
+let headersForm = { sync: () => {} };
+
 function main() {
   oauth.listen();
+  headersForm = headers.installForm($("server-form"), field("auth_type"));
   $("server-form").addEventListener("submit", submitForm);
   $("f-cancel").addEventListener("click", () => {
     // Back to where editing began: the server's Edit button.
