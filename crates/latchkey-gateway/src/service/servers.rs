@@ -109,8 +109,13 @@ async fn probe_headers(
 }
 
 /// The header rules of a server about to be written: names exactly for `headers`.
-fn check_header_names(row: &ServerRow) -> Result<(), ApiError> {
+/// `probed`: the auth type is the probe's verdict (a 401 without an OAuth challenge).
+fn check_header_names(row: &ServerRow, probed: bool) -> Result<(), ApiError> {
     match (row.auth_type == "headers", row.header_names.is_empty()) {
+        (true, true) if probed => Err(field_error(
+            "header_names",
+            "the server asks for a credential without an OAuth challenge: it takes static headers (an API key); give their names (e.g. [\"X-Api-Key\"]) and, if you have them, header_values",
+        )),
         (true, true) => Err(field_error(
             "header_names",
             "required for auth type headers: the names of the headers the server takes (e.g. [\"X-Api-Key\"])",
@@ -174,7 +179,7 @@ pub async fn create(
         (None, None, false) => AuthType::Headers.as_str().into(),
         (None, None, true) => probed(s, &row.url).await?,
     };
-    check_header_names(&row)?;
+    check_header_names(&row, !explicit && row.client_id.is_none())?;
     let values = input.header_values;
     if row.auth_type == "headers" && (values.is_some() || !explicit) {
         probe_headers(s, &row, values.as_ref()).await?;
@@ -276,7 +281,10 @@ pub async fn update(
         // No longer a static-header server: its names go with its values.
         row.header_names.clear();
     }
-    check_header_names(&row)?;
+    // A server stored before header names existed keeps working for unrelated edits.
+    if names_given || url_changed || row.auth_type != old.auth_type {
+        check_header_names(&row, !explicit && url_changed && row.client_id.is_none())?;
+    }
     if row.auth_type == "headers" && url_changed && !explicit {
         probe_headers(s, &row, None).await?;
     }

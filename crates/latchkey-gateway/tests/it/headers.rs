@@ -119,6 +119,23 @@ async fn every_call_path(backend: Backend) {
     assert!(v["message"].as_str().unwrap().contains("HTTP 401"), "{v}");
     let (_, listed) = seen.send(Method::GET, &servers, None).await;
     assert_eq!(listed, json!([]));
+    // Probed without names: the server's bare 401 says it takes static headers.
+    let (status, v) = seen
+        .send(
+            Method::POST,
+            &servers,
+            Some(json!({"name": "api", "url": up.mcp_url()})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["fields"][0]["field"], "header_names");
+    assert!(
+        v["fields"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("it takes static headers"),
+        "{v}"
+    );
     // Names that cannot be headers are refused, each by its path.
     let (status, v) = seen
         .send(
