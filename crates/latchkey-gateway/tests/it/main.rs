@@ -383,7 +383,7 @@ async fn the_openapi_document_matches_the_routes() {
     let client = reqwest::Client::new();
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
-        for method in ["get", "post", "patch", "delete"] {
+        for method in ["get", "post", "put", "patch", "delete"] {
             if item.get(method).is_none() || path == "/v1/events" {
                 continue;
             }
