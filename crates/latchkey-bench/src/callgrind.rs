@@ -204,9 +204,7 @@ http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path
 
 /// An HS256 JWT for Latchkey's jwt mode in this run.
 fn jwt(secret: &str, issuer: &str, audience: &str) -> anyhow::Result<String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
+    let now = latchkey_core::Clock::now(&latchkey_core::SystemClock).as_secs();
     let claims = json!({"iss": issuer, "aud": audience, "sub": "bench", "tenant": "bench",
                         "roles": ["latchkey:admin"], "iat": now, "exp": now + 3600});
     Ok(jsonwebtoken::encode(

@@ -222,7 +222,7 @@ pub async fn status(
     Path(server_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let server = s.server(&p, &server_id).await?;
-    if let Some(headers) = crate::headers::status(&s, &p, &server).await? {
+    if let Some(headers) = crate::service::headers::status(&s, &p, &server).await? {
         // A static-header server: its names, set or not in the caller's slot.
         return Ok(Json(json!({"has_token": false, "headers": headers})));
     }

@@ -13,6 +13,7 @@ pub mod events;
 pub mod federated;
 pub mod fields;
 pub mod flows;
+pub mod header_cache;
 pub mod headers;
 pub mod limits;
 pub mod listener;

@@ -193,7 +193,7 @@ async fn attempt(
 enum Credential<'a> {
     None,
     Bearer(&'a Secret),
-    Headers(&'a crate::headers::Opened),
+    Headers(&'a crate::header_cache::Opened),
 }
 
 /// Whether an upstream answer is a 403 `insufficient_scope`; its scopes if so.
@@ -275,7 +275,7 @@ async fn run(
         "oauth" => Some(crate::tools::slot_for(p, &server)),
         "headers" => {
             let slot = crate::tools::slot_for(p, &server);
-            opened = Some(crate::headers::for_call(s, &server, &slot).await?);
+            opened = Some(crate::service::headers::for_call(s, &server, &slot).await?);
             None
         }
         other => {
@@ -354,7 +354,10 @@ async fn run(
         }
         // A static-header server refused the slot's values: no refresh exists.
         (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, None, _) if opened.is_some() => {
-            return Err(crate::headers::refused(&server, first.status.as_u16()));
+            return Err(crate::service::headers::refused(
+                &server,
+                first.status.as_u16(),
+            ));
         }
         (StatusCode::UNAUTHORIZED, None, _) => return Err(ApiError::Upstream),
         (_, _, _) => first,

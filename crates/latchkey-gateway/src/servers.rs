@@ -58,7 +58,7 @@ impl ServerView {
     /// The view of `row` for `p`, with its header state for `p`'s slot.
     async fn of(s: &AppState, p: &Principal, row: &ServerRow) -> Result<Self, ApiError> {
         let mut v = Self::from(row);
-        v.headers = crate::headers::status(s, p, row).await?;
+        v.headers = crate::service::headers::status(s, p, row).await?;
         Ok(v)
     }
 }
@@ -104,7 +104,7 @@ fn read_input(s: &AppState, body: &[u8], creating: bool) -> Result<ServerInput, 
         // compared as a string): its id and secret are sent there and nowhere else.
         issuer: f.patch_string("issuer", 2048),
         scopes: f.patch_string("scopes", 2048),
-        header_names: crate::headers::read_names(&mut f, "header_names"),
+        header_names: crate::service::headers::read_names(&mut f, "header_names"),
         header_values: None,
     };
     if creating
@@ -121,7 +121,8 @@ fn read_input(s: &AppState, body: &[u8], creating: bool) -> Result<ServerInput, 
                 "set values with PUT /v1/servers/{id}/headers (each user their own)",
             );
         } else if let Some(names) = &input.header_names {
-            input.header_values = crate::headers::read_values(&mut f, "header_values", names, true);
+            input.header_values =
+                crate::service::headers::read_values(&mut f, "header_values", names, true);
         } else if f.value("header_names").is_none() {
             f.invalid("header_values", "give header_names with the values");
         }

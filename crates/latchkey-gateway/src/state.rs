@@ -76,7 +76,7 @@ pub struct Shared {
     /// This instance's name among several on one database ([`crate::cluster`]).
     pub instance: Arc<str>,
     /// Static-header servers' opened values per slot ([`crate::headers`]).
-    pub header_values: Arc<crate::headers::HeaderCache>,
+    pub header_values: Arc<crate::header_cache::HeaderCache>,
     /// Upstream MCP sessions kept between tool calls ([`crate::upstream_sessions`]).
     pub upstream: Arc<crate::upstream_sessions::UpstreamSessions>,
     /// Open event and MCP GET streams per principal ([`crate::limits`]).

@@ -15,7 +15,7 @@ use latchkey_egress::UrlSource;
 use latchkey_guard::Principal;
 use latchkey_mcp::{McpClient, McpError};
 use latchkey_oauth::challenge;
-use latchkey_vault::store::{ServerRow, Slot};
+use latchkey_vault::store::ServerRow;
 use rmcp::model::ProtocolVersion;
 use serde_json::{Value, json};
 
@@ -65,13 +65,7 @@ impl Auth {
 }
 
 /// The caller's slot of `server`.
-pub(crate) fn slot_for(p: &Principal, server: &ServerRow) -> Slot {
-    Slot {
-        tenant: p.tenant.as_str().to_owned(),
-        server: server.id.clone(),
-        subject: (server.token_scope != "shared").then(|| p.subject.as_str().to_owned()),
-    }
-}
+pub(crate) use crate::service::call_slot as slot_for;
 
 /// The user must connect `server` (again), for `reason`.
 pub(crate) fn needs_reauth(server: &ServerRow, reason: Reauth) -> ApiError {
@@ -318,7 +312,7 @@ pub(crate) async fn call(
         }
         "headers" => {
             // The slot's static values; a refusal is the user's to fix (no refresh).
-            let opened = crate::headers::for_call(s, server, &slot).await?;
+            let opened = crate::service::headers::for_call(s, server, &slot).await?;
             let auth = Auth {
                 headers: opened.headers(server)?,
                 mark: opened.mark(),
@@ -326,9 +320,9 @@ pub(crate) async fn call(
             return exchange(s, server, &key, &auth, method, params)
                 .await
                 .map_err(|u| match u {
-                    Upstream::Unauthorized => crate::headers::refused(server, 401),
+                    Upstream::Unauthorized => crate::service::headers::refused(server, 401),
                     Upstream::Scope(_) | Upstream::Failed(ApiError::Forbidden) => {
-                        crate::headers::refused(server, 403)
+                        crate::service::headers::refused(server, 403)
                     }
                     other => fail(other),
                 });

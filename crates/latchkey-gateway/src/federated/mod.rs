@@ -253,7 +253,7 @@ impl Federation {
     async fn check_slot(&self, p: &Principal, server: &ServerRow) -> Result<(), Unavailable> {
         if server.auth_type == "headers" {
             let slot = crate::tools::slot_for(p, server);
-            return match crate::headers::for_call(&self.s, server, &slot).await {
+            return match crate::service::headers::for_call(&self.s, server, &slot).await {
                 Ok(_) => Ok(()),
                 Err(e @ (ApiError::HeadersNotSet { .. } | ApiError::HeadersForOtherUrl { .. })) => {
                     Err(Unavailable::NoHeaders(e))

@@ -6,6 +6,7 @@
 
 pub mod credentials;
 pub mod flows;
+pub mod headers;
 pub mod servers;
 
 use latchkey_guard::Principal;
@@ -13,6 +14,16 @@ use latchkey_vault::store::{AuditEvent, ServerRow, Slot};
 
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// The caller's slot of `server` for a call: their own, or the shared one (no admin
+/// needed to use it).
+pub fn call_slot(p: &Principal, server: &ServerRow) -> Slot {
+    Slot {
+        tenant: p.tenant.as_str().to_owned(),
+        server: server.id.clone(),
+        subject: (server.token_scope != "shared").then(|| p.subject.as_str().to_owned()),
+    }
+}
 
 /// The slot `p` acts on for `server`: their own, or for a shared server its one slot
 /// (tenant admins only, else 403; R-API-9, R-API-11).

@@ -195,7 +195,7 @@ pub async fn create(
     super::audit_event(s, p, "server.create", &id, None, None).await;
     if let Some(values) = values {
         // Into the creator's slot, now that the row exists.
-        crate::headers::deposit(s, p, &row, &values).await?;
+        crate::service::headers::deposit(s, p, &row, &values).await?;
     }
     Ok(row)
 }
