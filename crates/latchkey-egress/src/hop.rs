@@ -28,9 +28,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Request;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -49,6 +48,17 @@ pub fn hop_body(bytes: Bytes) -> HopBody {
     http_body_util::Full::new(bytes)
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// A streamed body for [`crate::Egress::hop`] (the caller's upload, relayed as it
+/// arrives).
+pub fn hop_stream<B>(body: B) -> HopBody
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt as _;
+    body.map_err(Into::into).boxed_unsync()
 }
 
 /// The pooled clients, one per URL source.
@@ -151,7 +161,7 @@ impl crate::Egress {
         headers: http::HeaderMap,
         body: HopBody,
         head_timeout: Duration,
-    ) -> Result<Response<Incoming>, EgressError> {
+    ) -> Result<crate::EgressStream, EgressError> {
         let checked = self.check_url(url, source)?;
         let mut req = Request::new(body);
         *req.method_mut() = method;
@@ -174,12 +184,19 @@ impl crate::Egress {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned),
             }),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => {
+                let (parts, body) = resp.into_parts();
+                Ok(crate::EgressStream {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body: crate::StreamBody::Hop(body),
+                })
+            }
         };
         if tracing::enabled!(tracing::Level::DEBUG) {
             let host = checked.url().host_str().unwrap_or_default();
             match &result {
-                Ok(r) => tracing::debug!(event = "egress.hop", %host, status = %r.status()),
+                Ok(r) => tracing::debug!(event = "egress.hop", %host, status = %r.status),
                 Err(e) => tracing::debug!(event = "egress.hop_error", %host, error = %e),
             }
         }

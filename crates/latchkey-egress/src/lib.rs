@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-pub use hop::{HopBody, hop_body};
+pub use hop::{HopBody, hop_body, hop_stream};
 pub use message::{EgressRequest, EgressResponse};
 pub use policy::{CheckedUrl, DenyReason, LoopbackPolicy, UrlSource, classify_ip, is_loopback_url};
 pub use resolve::{NameResolver, SystemResolver};
@@ -358,7 +358,14 @@ pub struct EgressStream {
     pub status: http::StatusCode,
     /// Headers.
     pub headers: http::HeaderMap,
-    response: reqwest::Response,
+    body: StreamBody,
+}
+
+/// Where a streamed body comes from: reqwest ([`Egress::open`]) or the proxy's hop
+/// ([`Egress::hop`]).
+enum StreamBody {
+    Reqwest(reqwest::Response),
+    Hop(hyper::body::Incoming),
 }
 
 impl fmt::Debug for EgressStream {
@@ -377,13 +384,21 @@ impl EgressStream {
         self,
     ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, EgressError>> + Send + 'static {
         use futures_util::StreamExt as _;
-        self.response.bytes_stream().map(|r| r.map_err(map_err))
+        match self.body {
+            StreamBody::Reqwest(r) => r.bytes_stream().map(|r| r.map_err(map_err)).left_stream(),
+            StreamBody::Hop(b) => http_body_util::BodyDataStream::new(b)
+                .map(|r| r.map_err(|e| EgressError::Http(format!("the answer broke off: {e}"))))
+                .right_stream(),
+        }
     }
 
     /// Reads at most `limit` body bytes (for small error answers).
-    pub async fn read_capped(mut self, limit: usize) -> Result<bytes::Bytes, EgressError> {
+    pub async fn read_capped(self, limit: usize) -> Result<bytes::Bytes, EgressError> {
+        use futures_util::StreamExt as _;
         let mut body = BytesMut::new();
-        while let Some(chunk) = self.response.chunk().await.map_err(map_err)? {
+        let mut chunks = std::pin::pin!(self.into_body());
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
             if chunk.len() > limit - body.len() {
                 return Err(EgressError::BodyTooLarge { limit });
             }
@@ -440,7 +455,7 @@ impl Egress {
                     Ok(EgressStream {
                         status,
                         headers,
-                        response: resp,
+                        body: StreamBody::Reqwest(resp),
                     })
                 }
             }

@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use latchkey_core::Secret;
-use latchkey_egress::{EgressError, EgressRequest, EgressStream, UrlSource};
+use latchkey_egress::{EgressError, EgressStream, HopBody, UrlSource};
 use latchkey_guard::Principal;
 use latchkey_oauth::challenge;
 use latchkey_vault::store::ServerRow;
@@ -154,13 +154,12 @@ async fn attempt(
     method: &Method,
     headers: &HeaderMap,
     credential: Credential<'_>,
-    body: Option<reqwest::Body>,
+    body: HopBody,
 ) -> Result<EgressStream, ApiError> {
-    let mut req = EgressRequest::get(server.url.clone(), UrlSource::Operator, 0);
-    req.method = method.clone();
+    let mut sent = HeaderMap::with_capacity(REQUEST_HEADERS.len() + 1);
     for name in &REQUEST_HEADERS {
         for value in headers.get_all(name) {
-            req.headers.append(name.clone(), value.clone());
+            sent.append(name.clone(), value.clone());
         }
     }
     match credential {
@@ -169,14 +168,26 @@ async fn attempt(
             let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
                 .map_err(|_| ApiError::Upstream)?;
             v.set_sensitive(true);
-            req.headers.insert(header::AUTHORIZATION, v);
+            sent.insert(header::AUTHORIZATION, v);
         }
         // The configured names with the slot's values, replacing anything of the same
         // name (none of the caller's own headers crosses but the transport's).
-        Credential::Headers(opened) => opened.inject(server, &mut req.headers)?,
+        Credential::Headers(opened) => opened.inject(server, &mut sent)?,
     }
     let started = std::time::Instant::now();
-    let result = s.egress.open(req, body, HEAD_TIMEOUT).await;
+    // The hop's own client, not reqwest: this is the hot path (latchkey_egress::hop
+    // says what it keeps of the guard and why).
+    let result = s
+        .egress
+        .hop(
+            &server.url,
+            UrlSource::Operator,
+            method.clone(),
+            sent,
+            body,
+            HEAD_TIMEOUT,
+        )
+        .await;
     metrics::histogram!("latchkey_upstream_head_seconds", "via" => "proxy")
         .record(started.elapsed().as_secs_f64());
     result.map_err(|e| {
@@ -302,14 +313,14 @@ async fn run(
                 method,
                 headers,
                 credential,
-                Some(b.clone().into()),
+                latchkey_egress::hop_body(b.clone()),
             )
             .await?,
             Some(b),
         ),
         Payload::Streaming(body, over_limit) => {
-            let stream = reqwest::Body::wrap_stream(body.into_data_stream());
-            let answer = attempt(s, &server, method, headers, credential, Some(stream))
+            let stream = latchkey_egress::hop_stream(body);
+            let answer = attempt(s, &server, method, headers, credential, stream)
                 .await
                 .map_err(|e| {
                     if over_limit.load(Ordering::Relaxed) {
@@ -333,7 +344,7 @@ async fn run(
                 method,
                 headers,
                 Credential::Bearer(&fresh.token),
-                Some(b.into()),
+                latchkey_egress::hop_body(b),
             )
             .await?;
             if second.status == StatusCode::UNAUTHORIZED {
