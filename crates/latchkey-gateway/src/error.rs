@@ -235,6 +235,28 @@ pub fn loopback_hint(
     }
 }
 
+/// A call to a stored server whose URL the egress policy refuses now (a loopback server
+/// kept from a run with `allow_insecure_loopback`, after a restart without it): the 400
+/// the flow start gives too, naming the setting when that is all it takes, before
+/// anything is sent. `field` names the server in the request. Passing URLs cost one
+/// lookup in the egress client's memo of checked URLs.
+pub fn check_server_url(
+    egress: &latchkey_egress::Egress,
+    url: &str,
+    field: &str,
+) -> Result<(), ApiError> {
+    match egress.check_url(url, latchkey_egress::UrlSource::Operator) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ApiError::BadRequest(vec![FieldError {
+            field: field.into(),
+            message: format!(
+                "the server's URL cannot be reached: {}",
+                loopback_hint(egress, url, e)
+            ),
+        }])),
+    }
+}
+
 /// What [`ApiError::NeedsReauth`] says: what is wrong and how to connect, by the
 /// server's name.
 fn reauth_message(name: &str, reason: Reauth) -> String {

@@ -280,6 +280,9 @@ async fn run(
     payload: Payload,
 ) -> Result<Response, ApiError> {
     let server = s.server_for_call(p, id).await?;
+    // A stored URL the egress policy refuses now (a loopback server after a restart
+    // without the relaxation): the typed 400 naming the setting, nothing sent.
+    crate::error::check_server_url(&s.egress, &server.url, "server")?;
     let mut opened = None;
     let slot = match server.auth_type.as_str() {
         "none" => None,

@@ -292,6 +292,9 @@ pub(crate) async fn call(
         }
         Upstream::Failed(e) => e,
     };
+    // A stored URL the egress policy refuses now is the typed 400 naming the setting
+    // that allows it, before any credential is looked at or anything is sent.
+    crate::error::check_server_url(&s.egress, &server.url, "server_id")?;
     let slot = slot_for(p, server);
     let key = SessionKey {
         tenant: slot.tenant.clone(),

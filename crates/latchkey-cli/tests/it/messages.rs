@@ -193,7 +193,8 @@ fn every_command_says_what_it_does() {
 }
 
 /// A loopback server added while the relaxation was on, used after a restart without
-/// it: `connect` is refused before anything is sent (exit 65), naming the setting.
+/// it: `connect`, `tools list` and `tools call` are refused before anything is sent
+/// (exit 65), naming the setting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connecting_a_loopback_server_names_the_setting_after_a_restart() {
     use super::commands::{json_of, run_with};
@@ -230,6 +231,17 @@ async fn connecting_a_loopback_server_names_the_setting_after_a_restart() {
     .await;
     assert_fails(&out, 65, "the server's URL cannot be reached: ");
     assert_fails(&out, 65, LOOPBACK_HINT);
+    // Its tools likewise (not "not connected yet": connecting would not help), and a
+    // tool call.
+    for args in [
+        &["tools", "list", "local"][..],
+        &["tools", "call", "local", "echo", "--arg", "text=hi"][..],
+    ] {
+        let out = run_with(&second.base, args, None, &[]).await;
+        assert_fails(&out, 65, "server_id: the server's URL cannot be reached: ");
+        assert_fails(&out, 65, LOOPBACK_HINT);
+        assert_fails(&out, 65, "restart `latchkey serve`");
+    }
     assert!(
         upstream.requests("/mcp").len() == 1
             && upstream

@@ -303,3 +303,72 @@ async fn upstream_sessions_are_kept_between_calls() {
     upstream.set_mcp_fault(McpFault::None);
     super::cleanup(dir, schema).await;
 }
+
+/// A loopback server stored while `allow_insecure_loopback` was on, called through an
+/// instance without it (a restart without the relaxation): the tool list, a tool call
+/// and the proxy answer the typed 400 naming the setting, and nothing is sent, neither
+/// to the MCP server nor to its authorization server, though the slot has a credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_server_without_the_relaxation_names_the_setting_on_every_call_path() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (relaxed, id, dir, _) = connected(&upstream, super::Backend::Sqlite).await;
+    let store: std::sync::Arc<dyn latchkey_vault::Store> = std::sync::Arc::new(
+        latchkey_vault::SqliteStore::open(&dir.join("db"))
+            .await
+            .unwrap(),
+    );
+    let strict = super::serve(
+        |base| {
+            let mut cfg =
+                latchkey_gateway::Config::parse("", &std::collections::HashMap::new()).unwrap();
+            cfg.public_url = base.to_owned();
+            cfg
+        },
+        store,
+        StaticKeys(Some(KeySet::parse(KEY).unwrap())),
+        std::sync::Arc::new(latchkey_core::SystemClock),
+    )
+    .await;
+    let before = upstream.mcp_requests();
+    let hinted = |v: &Value, field: &str| {
+        assert_eq!(v["code"], "invalid_request", "{v}");
+        assert_eq!(v["fields"][0]["field"], field, "{v}");
+        let said = v["fields"][0]["message"].as_str().unwrap_or_default();
+        assert!(
+            said.starts_with("the server's URL cannot be reached: ")
+                && said.contains("set allow_insecure_loopback = true in the configuration file or LATCHKEY_ALLOW_INSECURE_LOOPBACK=true")
+                && said.contains("restart `latchkey serve`"),
+            "{said}"
+        );
+    };
+    let (status, v) = get(&format!("{strict}/v1/servers/{id}/tools")).await;
+    assert_eq!(status, 400, "{v}");
+    hinted(&v, "server_id");
+    let (status, v) = post(
+        &format!("{strict}/v1/servers/{id}/tools/echo/call"),
+        json!({"text": "hi"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    hinted(&v, "server_id");
+    let (status, _, v) = super::proxy::rpc(
+        &client(),
+        &format!("{strict}/mcp/{id}"),
+        None,
+        super::proxy::call(1, "echo", json!({"text": "hi"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    hinted(&v, "server");
+    assert_eq!(
+        upstream.mcp_requests(),
+        before,
+        "nothing reached the server"
+    );
+    assert_eq!(upstream.grants_served_for("refresh_token"), 0);
+
+    // The same slot through the instance with the relaxation: it was only the policy.
+    let (status, v) = get(&format!("{relaxed}/v1/servers/{id}/tools")).await;
+    assert_eq!(status, 200, "{v}");
+    let _ = std::fs::remove_dir_all(dir);
+}
