@@ -867,6 +867,60 @@ test("the disconnect dialog says the tokens are revoked only where they can be",
   await context.close();
 });
 
+test("a tool called on a server disconnected elsewhere says it is not connected yet, with Connect", { timeout: 60000 }, async () => {
+  // Added, never connected: the API says so, by the server's name (issue 17).
+  const created = await fetch(`${BASE}/v1/servers`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ name: "Elsewhere", url: SCRIPTED.ok.mcp_url, auth_type: "oauth" }),
+  });
+  assert.equal(created.status, 201);
+  const { id } = await created.json();
+  const tools = await fetch(`${BASE}/v1/servers/${id}/tools`);
+  assert.equal(tools.status, 409);
+  const refusal = await tools.json();
+  assert.equal(refusal.code, "needs_oauth_reauth");
+  assert.equal(refusal.reason, "not_connected");
+  assert.equal(refusal.server_name, "Elsewhere");
+
+  const { context, page, problems } = await open();
+  const c = card(page, "Elsewhere");
+  await waitStatus(page, "Elsewhere", "needs-consent");
+  const popup = page.waitForEvent("popup");
+  await c.getByRole("button", { name: "Connect Elsewhere" }).click();
+  await closed(await popup);
+  await waitStatus(page, "Elsewhere", "connected");
+  await c.getByText("Tools (2)").click();
+
+  // Disconnected elsewhere (the CLI, another tab): this page learns it from the call.
+  const gone = await fetch(`${BASE}/v1/credentials/${id}`, { method: "DELETE" });
+  assert.ok(gone.ok, `disconnect: HTTP ${gone.status}`);
+  const echo = c.locator('section.tool[data-tool="echo"]');
+  await arg(echo, "text").fill("after a disconnect");
+  await echo.getByRole("button", { name: "Call echo" }).click();
+  const said = "Elsewhere: Not connected yet: connect it to use its tools.";
+  await until(async () => (await stacked(page, "alert")).includes(said), "the not-connected alert");
+  await waitStatus(page, "Elsewhere", "needs-consent");
+  assert.equal(await c.locator('[data-role="status"]').textContent(), "Not connected: needs your consent.");
+  assert.equal(await c.getByRole("button", { name: "Connect Elsewhere" }).count(), 1);
+  assert.equal(await c.getByRole("button", { name: "Reconnect Elsewhere" }).count(), 0);
+  for (const text of [...(await stacked(page, "alert")), await c.textContent()]) {
+    assert.doesNotMatch(text, /no longer accepted|reconnect|consent again/i);
+  }
+  await shot(page, "not-connected-yet");
+
+  // Connecting again clears the alert.
+  const again = page.waitForEvent("popup");
+  await c.getByRole("button", { name: "Connect Elsewhere" }).click();
+  await closed(await again);
+  await waitStatus(page, "Elsewhere", "connected");
+  assert.ok(!(await stacked(page, "alert")).includes(said), "the alert is cleared");
+  await c.getByRole("button", { name: "Delete Elsewhere" }).click();
+  await until(async () => (await card(page, "Elsewhere").count()) === 0, "Elsewhere to go");
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
 test("a refused http://localhost URL shows the API's message, which names the setting", { timeout: 45000, skip: STRICT ? false : "E2E_STRICT_URL is not set" }, async () => {
   const { context, page, problems } = await open(DESKTOP, { base: STRICT });
   await addServer(page, { name: "Local", url: "http://localhost:8931/mcp", auth: "none" });

@@ -11,6 +11,10 @@ export class ApiError extends Error {
     this.code = body && typeof body.code === "string" ? body.code : null;
     this.fields = body && Array.isArray(body.fields) ? body.fields : [];
     this.scopes = body && Array.isArray(body.scopes) ? body.scopes : [];
+    // `needs_oauth_reauth`: why (`not_connected`, `consent_refused`, …) and the name
+    // the user gave the server.
+    this.reason = body && typeof body.reason === "string" ? body.reason : null;
+    this.serverName = body && typeof body.server_name === "string" ? body.server_name : null;
   }
 }
 

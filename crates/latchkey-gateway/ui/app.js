@@ -170,7 +170,15 @@ function view(e) {
 function toolsView(e) {
   const err = e.toolsError;
   if (err.code === "needs_oauth_reauth") {
-    return { kind: "needs-consent", text: `Needs consent again. ${describeError(err)}` };
+    // Never connected (or disconnected): "not connected yet" with Connect; a refused
+    // credential: reconnect (issue 17).
+    const notConnected = err.reason === "not_connected";
+    const adminsOnly = !!(e.statusError && e.statusError.code === "forbidden");
+    const text =
+      notConnected && adminsOnly
+        ? "Not connected yet: a tenant admin connects this shared server."
+        : describeError(err);
+    return { kind: "needs-consent", notConnected, text };
   }
   if (err.code === "needs_scope_upgrade") {
     return { kind: "needs-scope", text: `Needs a scope upgrade. ${describeError(err)}` };
@@ -296,7 +304,7 @@ function actions(e, v) {
       buttons.push(
         h("button", { type: "button", class: "secondary", "aria-label": `Cancel connecting ${name}`, onclick: () => oauth.cancel(s.id) }, "Cancel"),
       );
-    } else if (canManage && v.kind === "needs-consent" && !(e.status && e.status.has_token)) {
+    } else if (canManage && v.kind === "needs-consent" && (v.notConnected || !(e.status && e.status.has_token))) {
       // After a failed attempt the button says what it does again (issue 17).
       const again = !!v.failed;
       buttons.push(
@@ -362,6 +370,13 @@ function toolView(server, tool, i) {
     failed: (err) => {
       const slotLevel = ["needs_oauth_reauth", "needs_scope_upgrade", "headers_not_set", "headers_refused"];
       if (err instanceof ApiError && slotLevel.includes(err.code)) {
+        // The card is redrawn with what to do, and without the tools (this form and
+        // what it showed go with them): an OAuth reason stays as the server's alert
+        // until it is connected again (a headers server's card says which values to
+        // set by itself).
+        if (err.code === "needs_oauth_reauth" || err.code === "needs_scope_upgrade") {
+          alertUser(`${server.name}: ${describeError(err)}`, server.id);
+        }
         refreshServer(server.id);
       }
     },

@@ -67,7 +67,6 @@ export function callbackMessage(reason, error) {
 
 /** Stable API error codes, as sentences. */
 const CODES = {
-  needs_oauth_reauth: "The stored authorization is no longer accepted: reconnect to continue.",
   needs_scope_upgrade: "The server asks for more permissions: reconnect to grant them.",
   encryption_key_missing:
     "Latchkey has no encryption key configured. Contact your administrator.",
@@ -76,6 +75,25 @@ const CODES = {
   forbidden: "You are not allowed to do this (tenant admins only).",
   not_found: "Not found: it may have been deleted.",
 };
+
+/** Why a connection must be made again (`needs_oauth_reauth`'s `reason`), as clauses. */
+const REAUTH_REASONS = {
+  consent_refused: "its authorization server no longer accepts the stored authorization",
+  token_rejected: "the server refused its token even after a refresh",
+  other_resource: "the stored authorization was issued for another URL of the server",
+  unreadable: "the stored authorization cannot be decrypted with Latchkey's keys",
+};
+
+/**
+ * The sentence for `needs_oauth_reauth`: a server never connected (or disconnected)
+ * is "not connected yet", not one to reconnect (issue 17). Callers show it beside the
+ * server's name.
+ */
+function reauthMessage(err) {
+  if (err.reason === "not_connected") return "Not connected yet: connect it to use its tools.";
+  const why = REAUTH_REASONS[err.reason] || "the stored authorization is no longer accepted";
+  return `Needs to be reconnected: ${why}. Reconnect to continue.`;
+}
 
 /** The sentence for a failed API call (an `ApiError` or anything thrown). */
 export function describeError(err) {
@@ -86,6 +104,7 @@ export function describeError(err) {
   if (err.code === "invalid_request" && err.fields && err.fields.length) {
     return err.fields.map((f) => (f.field ? `${f.field}: ${f.message}` : f.message)).join("; ");
   }
+  if (err.code === "needs_oauth_reauth") return reauthMessage(err);
   if (err.code === "needs_scope_upgrade" && err.scopes && err.scopes.length) {
     return `${CODES.needs_scope_upgrade} Needed: ${err.scopes.join(" ")}.`;
   }
