@@ -194,9 +194,25 @@ async fn attempt(
         tracing::info!(event = "proxy.upstream_unreachable", server_id = %server.id, error = %e);
         match e {
             EgressError::Timeout | EgressError::Connect(_) => ApiError::Unavailable,
+            // A stored URL the policy refuses now: the hop sent nothing.
+            EgressError::SchemeNotAllowed(_)
+            | EgressError::InsecureHttp { .. }
+            | EgressError::InvalidUrl(_)
+            | EgressError::AddressDenied { .. } => {
+                refused_url(s, server).unwrap_or(ApiError::Upstream)
+            }
             _ => ApiError::Upstream,
         }
     })
+}
+
+/// The typed 400 naming the setting when the egress policy refuses the server's stored
+/// URL now (a loopback server after a restart without the relaxation); `None` when the
+/// URL is allowed. Asked only once a call has failed (a refresh, or the hop itself), not
+/// before every call: this is the hot path (issue 18), and nothing is sent to a refused
+/// URL either way.
+fn refused_url(s: &AppState, server: &ServerRow) -> Option<ApiError> {
+    crate::error::check_server_url(&s.egress, &server.url, "server").err()
 }
 
 /// What one attempt sends to authenticate.
@@ -280,9 +296,6 @@ async fn run(
     payload: Payload,
 ) -> Result<Response, ApiError> {
     let server = s.server_for_call(p, id).await?;
-    // A stored URL the egress policy refuses now (a loopback server after a restart
-    // without the relaxation): the typed 400 naming the setting, nothing sent.
-    crate::error::check_server_url(&s.egress, &server.url, "server")?;
     let mut opened = None;
     let slot = match server.auth_type.as_str() {
         "none" => None,
@@ -301,7 +314,11 @@ async fn run(
     };
     let token = match &slot {
         None => None,
-        Some(slot) => Some(crate::tools::bearer(s, &server, slot, false).await?),
+        Some(slot) => Some(
+            crate::tools::bearer(s, &server, slot, false)
+                .await
+                .map_err(|e| refused_url(s, &server).unwrap_or(e))?,
+        ),
     };
     let credential = match (&token, &opened) {
         (Some(t), _) => Credential::Bearer(&t.token),
