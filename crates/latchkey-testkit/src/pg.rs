@@ -35,6 +35,22 @@ impl PgSchema {
         &self.name
     }
 
+    /// A [`crate::netcut::NetCut`] in front of the database server, and the schema's URL
+    /// through it: a test cuts the cut to take the database away and restores it.
+    pub async fn behind_netcut(&self) -> std::io::Result<(crate::netcut::NetCut, String)> {
+        // `postgres://user@host:port/db?…`: the pass-through goes in place of host:port.
+        let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "database URL");
+        let after_at = self.url.split_once('@').ok_or_else(invalid)?.1;
+        let hostport = after_at.split('/').next().ok_or_else(invalid)?.to_owned();
+        let target = tokio::net::lookup_host(&hostport)
+            .await?
+            .next()
+            .ok_or_else(invalid)?;
+        let cut = crate::netcut::NetCut::start(target).await?;
+        let url = self.url.replacen(&hostport, &cut.addr.to_string(), 1);
+        Ok((cut, url))
+    }
+
     /// Drops the schema and everything in it.
     pub async fn drop_schema(self) -> Result<(), sqlx::Error> {
         sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -229,18 +229,7 @@ async fn a_database_outage_is_a_typed_503_and_recovers_with_nothing_lost() {
     let schema = latchkey_testkit::pg::PgSchema::new("lk_outage")
         .await
         .unwrap();
-    // `postgres://user@host:port/db?…`: put the pass-through in place of host:port.
-    let after_at = schema.url.split_once('@').unwrap().1;
-    let hostport = after_at.split('/').next().unwrap().to_owned();
-    let target = tokio::net::lookup_host(&hostport)
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let cut = latchkey_testkit::netcut::NetCut::start(target)
-        .await
-        .unwrap();
-    let url = schema.url.replacen(&hostport, &cut.addr.to_string(), 1);
+    let (cut, url) = schema.behind_netcut().await.unwrap();
     let store = latchkey_vault::store::DatabaseUrl::parse(&url)
         .unwrap()
         .open()
