@@ -101,10 +101,12 @@ impl Failure {
                     )
                 }
             }
-            (422, "probe_failed") => format!(
-                "{}: add --auth-type oauth|headers|none to add it anyway",
-                text.trim_end_matches("; set auth_type to add it anyway")
-            ),
+            // Only a probe that found no MCP answer can be overridden; refused header
+            // values are wrong values, not a wrong guess of the auth type.
+            (422, "probe_failed") => match text.strip_suffix("; set auth_type to add it anyway") {
+                Some(why) => format!("{why}: add --auth-type oauth|headers|none to add it anyway"),
+                None => format!("{text} (--header)"),
+            },
             (409, "name_taken") => format!(
                 "another server is named so already ({server}): choose another name, or edit that one with `latchkey servers edit {server}`"
             ),

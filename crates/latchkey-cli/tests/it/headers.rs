@@ -40,6 +40,11 @@ async fn headers_servers_from_add_to_clear() {
         65,
         "the server refused the given header values (HTTP 401)",
     );
+    assert!(
+        !stderr(&out).contains("anyway"),
+        "wrong values are not a wrong auth type: {}",
+        stderr(&out)
+    );
 
     // A name alone: added, its value not set yet, and the next step said.
     let out = env
