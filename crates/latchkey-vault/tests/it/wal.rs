@@ -128,8 +128,16 @@ async fn a_checkpoint_truncates_the_wal_under_concurrent_readers() {
         "the readers kept the passive checkpoints from resetting the WAL: {grown} bytes"
     );
 
-    // The readers go on; the checkpoint waits for their snapshots and truncates.
-    let c = store.checkpoint().await.unwrap();
+    // The readers go on; the checkpoint waits for their snapshots and truncates. On a
+    // loaded machine a reader can outlast one wait (the keeper then tries again at its
+    // next tick): a few attempts.
+    let mut c = store.checkpoint().await.unwrap();
+    for _ in 0..5 {
+        if !c.busy {
+            break;
+        }
+        c = store.checkpoint().await.unwrap();
+    }
     assert!(!c.busy, "{c:?}");
     assert_eq!(c.log_frames, c.checkpointed_frames, "{c:?}");
     let after = wal_size(&db);
@@ -178,7 +186,8 @@ async fn the_keeper_brings_the_wal_back_within_its_bound() {
     };
     let kept = SqliteStore::open_with(&db, ticking).await.unwrap();
     let mut after = wal_size(&db);
-    for _ in 0..100 {
+    // Up to 30 s: a loaded machine stretches the readers' snapshots and the ticks.
+    for _ in 0..600 {
         if after <= LIMIT {
             break;
         }
