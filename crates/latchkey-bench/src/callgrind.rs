@@ -188,7 +188,7 @@ async fn measure(hop: &Hop, target: &Target, n: usize) -> anyhow::Result<(f64, f
 }
 
 /// nginx's configuration: one process, keep-alive to the upstream, the Bearer set.
-fn nginx_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+pub(crate) fn nginx_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
     let d = dir.display();
     format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
@@ -291,6 +291,43 @@ async fn healthy(addr: SocketAddr) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// nginx as a floor for the load rounds: one process (so its CPU time is one
+/// `/proc/<pid>/stat`), started without valgrind; `None` when it is not installed.
+pub(crate) async fn start_nginx(
+    nginx: &Path,
+    upstream: SocketAddr,
+) -> anyhow::Result<Option<(tokio::process::Child, SocketAddr, PathBuf)>> {
+    let installed = std::process::Command::new(nginx)
+        .arg("-v")
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        return Ok(None);
+    }
+    let dir = std::env::temp_dir().join(format!("latchkey-nginx-{}", std::process::id()));
+    for sub in ["body", "proxy", "fcgi", "uwsgi", "scgi"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let listen: SocketAddr = ([127, 0, 0, 1], crate::free_port()?).into();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(&dir, listen, upstream))?;
+    let child = tokio::process::Command::new(nginx)
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg("stderr")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start nginx")?;
+    crate::wait_for_port(listen).await?;
+    Ok(Some((child, listen, dir)))
 }
 
 /// Runs the comparison and prints the table.

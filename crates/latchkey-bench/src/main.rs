@@ -91,7 +91,8 @@ struct ProxyArgs {
     /// requests, counted by valgrind's callgrind.
     #[arg(long)]
     callgrind: Option<usize>,
-    /// The nginx binary for `--callgrind` (its rows are left out if it is missing).
+    /// The nginx binary: a second floor in the load rounds and in `--callgrind` (left
+    /// out if it is missing).
     #[arg(long, default_value = "/usr/sbin/nginx")]
     nginx: PathBuf,
 }
@@ -332,20 +333,38 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         authorization: None,
         body: proxied.body.clone(),
     };
+    // nginx, when installed: the second floor (issue 18's reference).
+    let nginx = callgrind::start_nginx(&args.nginx, up).await?;
+    let nginx_target = nginx.as_ref().map(|(_, addr, _)| load::Target {
+        addr: *addr,
+        path: "/mcp".into(),
+        authorization: None,
+        body: proxied.body.clone(),
+    });
+    let nginx_pid = nginx.as_ref().and_then(|(child, _, _)| child.id());
     let secs = Duration::from_secs(args.seconds);
     let warm = Duration::from_secs(args.warmup);
     load::run(&direct, args.clients, warm).await?;
     load::run(&floor, args.clients, warm).await?;
+    if let Some(t) = &nginx_target {
+        load::run(t, args.clients, warm).await?;
+    }
     load::run(&proxied, args.clients, warm).await?;
     let rss_start = rss_kib(pid);
-    let (mut d_runs, mut f_runs, mut p_runs) = (Vec::new(), Vec::new(), Vec::new());
-    // CPU ticks of the floor's and Latchkey's processes while they served their rounds.
-    let (mut f_cpu, mut p_cpu) = (0u64, 0u64);
+    let (mut d_runs, mut f_runs, mut p_runs, mut n_runs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // CPU ticks of the floors' and Latchkey's processes while they served their rounds.
+    let (mut f_cpu, mut p_cpu, mut n_cpu) = (0u64, 0u64, 0u64);
     for _ in 0..args.rounds {
         d_runs.push(load::run(&direct, args.clients, secs).await?);
         let (o, t) = run_measured(&floor, args.clients, secs, floor_proc.id()).await?;
         f_runs.push(o);
         f_cpu += t;
+        if let Some(target) = &nginx_target {
+            let (o, t) = run_measured(target, args.clients, secs, nginx_pid).await?;
+            n_runs.push(o);
+            n_cpu += t;
+        }
         let (o, t) = run_measured(&proxied, args.clients, secs, Some(pid)).await?;
         p_runs.push(o);
         p_cpu += t;
@@ -367,6 +386,10 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             &f
         )
     );
+    let n = (!n_runs.is_empty()).then(|| load::Outcome::merge(&n_runs));
+    if let Some(n) = &n {
+        println!("{}", row("nginx (floor)", n));
+    }
     println!("{}", row("Latchkey /mcp/{server}", &p));
     for (label, o) in [("floor", &f), ("Latchkey", &p)] {
         println!(
@@ -390,6 +413,16 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         "CPU per request: floor {fc:.1} µs, Latchkey {pc:.1} µs ({:.2} x the floor's)",
         pc / fc
     );
+    if let Some(n) = &n {
+        let nc = per_request(n_cpu, n);
+        println!(
+            "CPU per request: nginx {nc:.1} µs, Latchkey {pc:.1} µs ({:.2} x nginx's); added p50: nginx {:.0} µs, Latchkey {:.0} µs ({:.2} x nginx's)",
+            pc / nc,
+            n.quantile(0.5) - d.quantile(0.5),
+            p.quantile(0.5) - d.quantile(0.5),
+            (p.quantile(0.5) - d.quantile(0.5)) / (n.quantile(0.5) - d.quantile(0.5))
+        );
+    }
     println!(
         "refresh grants: {}; latchkey RSS after warm-up {} KiB, after the rounds {} KiB",
         counters.grants.load(Ordering::Relaxed),
@@ -416,6 +449,10 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     }
     drop(lk);
     let _ = floor_proc.start_kill();
+    if let Some((mut child, _, dir)) = nginx {
+        let _ = child.start_kill();
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Ok(())
 }
 
