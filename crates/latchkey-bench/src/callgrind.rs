@@ -187,15 +187,17 @@ async fn measure(hop: &Hop, target: &Target, n: usize) -> anyhow::Result<(f64, f
     Ok(((busy.saturating_sub(idle)) as f64 / n, idle as f64 / n))
 }
 
-/// nginx's configuration: one process, keep-alive to the upstream, the Bearer set.
+/// nginx's configuration: one process, keep-alive to the upstream, the Bearer set, and
+/// no limit on requests per connection (its default of 1,000 closes the load
+/// generator's connections mid-run).
 pub(crate) fn nginx_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
     let d = dir.display();
     format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
 error_log stderr warn;\nevents {{ worker_connections 1024; }}\n\
-http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+http {{\n  access_log off;\n  keepalive_requests 100000000;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
   fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-  upstream up {{ server {upstream}; keepalive 64; }}\n\
+  upstream up {{ server {upstream}; keepalive 64; keepalive_requests 100000000; }}\n\
   server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://up;\n\
       proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
       proxy_set_header Authorization \"Bearer nginx-token\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n"
