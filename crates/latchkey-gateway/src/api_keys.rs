@@ -15,6 +15,7 @@
 //! (R-API-11). Each key records its last use, at most once a minute.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -42,14 +43,150 @@ const NAME_MAX: usize = 100;
 /// The shortest lifetime a key may be given, in seconds.
 pub const MIN_TTL_SECS: u64 = 60;
 
+/// How long a key found in the store is served from memory, in seconds: a backstop.
+/// Deletions are announced ([`crate::cluster::Change::ApiKeyDeleted`]) and drop the
+/// entry on every instance at once; expiry is checked on every hit.
+pub const KEY_CACHE_TTL_SECS: i64 = 30;
+
+/// Keys kept in memory at most; past that, expired and stale entries go first, then
+/// the oldest.
+const KEY_CACHE_MAX: usize = 10_000;
+
+/// A key the store knew, as remembered.
+struct CachedKey {
+    /// The row's id: what a deletion names.
+    id: String,
+    /// The principal the key acts as.
+    principal: Principal,
+    /// The row's `expires_at`, Unix seconds.
+    expires_at: i64,
+    /// When the row was read, Unix seconds.
+    cached_at: i64,
+}
+
+/// What the cache says of a presented key.
+enum Cached {
+    /// Not in memory (or remembered too long ago): ask the store.
+    Miss,
+    /// Known and expired: refused without asking the store.
+    Expired,
+    /// Known and valid: the principal, and the key's id when its use is due to be
+    /// recorded.
+    Hit(Principal, Option<String>),
+}
+
+/// Issue 18: without it, every request made with `Authorization: Token lk_…` (the hot
+/// path of `/mcp/{server}`) ran a database query. A short **positive** cache: keyed by
+/// the key's SHA-256 (never the key), it holds the principal a found key acts as and
+/// the row's expiry, for at most [`KEY_CACHE_TTL_SECS`]. A miss is never remembered, so
+/// unknown keys cost a query each and no memory. A key deleted anywhere is announced to
+/// every instance ([`crate::cluster`]), which drops it at once: without that, a deleted
+/// key would keep working on other instances until its entry aged out. An epoch makes
+/// an invalidation win over a store read already under way (its result is not kept).
+#[derive(Default)]
+pub struct ApiKeyCache {
+    entries: Mutex<HashMap<[u8; 32], CachedKey>>,
+    epoch: AtomicU64,
+}
+
+impl std::fmt::Debug for ApiKeyCache {
+    /// The number of entries only: never a hash.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyCache")
+            .field("entries", &self.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiKeyCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], CachedKey>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current epoch: read before asking the store, given back to [`Self::put`].
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Looks `hash` up at `now`. The map compares hashes with ordinary equality: as for
+    /// the store's index (see [`StoreApiKeys::lookup`]), what its timing could tell is
+    /// how much of a SHA-256 matches, which is of no use without preimages. `due` says
+    /// whether the key's use should be recorded now (called on a valid hit only).
+    fn get(&self, hash: &[u8; 32], now: i64, due: impl FnOnce(&str) -> bool) -> Cached {
+        let mut entries = self.lock();
+        let Some(e) = entries.get(hash) else {
+            return Cached::Miss;
+        };
+        if e.expires_at <= now {
+            entries.remove(hash);
+            return Cached::Expired;
+        }
+        if now.saturating_sub(e.cached_at) >= KEY_CACHE_TTL_SECS || now < e.cached_at {
+            entries.remove(hash);
+            return Cached::Miss;
+        }
+        let touch = due(&e.id).then(|| e.id.clone());
+        Cached::Hit(e.principal.clone(), touch)
+    }
+
+    /// Remembers a key read from the store, unless an invalidation happened since
+    /// `epoch` was read.
+    fn put(&self, hash: [u8; 32], entry: CachedKey, epoch: u64) {
+        let mut entries = self.lock();
+        if self.epoch() != epoch {
+            return;
+        }
+        if entries.len() >= KEY_CACHE_MAX && !entries.contains_key(&hash) {
+            let now = entry.cached_at;
+            entries.retain(|_, e| {
+                e.expires_at > now && now.saturating_sub(e.cached_at) < KEY_CACHE_TTL_SECS
+            });
+            if entries.len() >= KEY_CACHE_MAX
+                && let Some(oldest) = entries
+                    .iter()
+                    .min_by_key(|(_, e)| e.cached_at)
+                    .map(|(h, _)| *h)
+            {
+                entries.remove(&oldest);
+            }
+        }
+        entries.insert(hash, entry);
+    }
+
+    /// Forgets the key with row id `id` (deleted here or on another instance).
+    pub fn forget(&self, id: &str) {
+        let mut entries = self.lock();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        entries.retain(|_, e| e.id != id);
+    }
+
+    /// Forgets every key (anything may have changed).
+    pub fn clear(&self) {
+        let mut entries = self.lock();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        entries.clear();
+    }
+
+    /// How many keys are remembered.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The guard's view of the store's API keys ([`ApiKeyStore`] over [`Store`]): finds a
-/// key by hash, builds the principal it acts as and records its use (at most once a
-/// minute per key, best effort).
+/// key by hash (through [`ApiKeyCache`]), builds the principal it acts as and records
+/// its use (at most once a minute per key, best effort).
 #[derive(Debug)]
 pub struct StoreApiKeys {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     scopes: Vec<String>,
+    cache: Arc<ApiKeyCache>,
     /// When each key was last touched by this process, Unix seconds: spares the
     /// database a write per request.
     touched: Mutex<HashMap<String, i64>>,
@@ -59,14 +196,22 @@ pub struct StoreApiKeys {
 const TOUCHED_MAX: usize = 10_000;
 
 impl StoreApiKeys {
-    /// An adapter over `store`. A key carries the scopes its creator held; one made
-    /// before keys recorded them (migration 0008) is granted `scopes`: the scopes the
-    /// guard requires of every request, which the minting caller therefore held.
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, scopes: Vec<String>) -> Self {
+    /// An adapter over `store`, remembering found keys in `cache` (shared with
+    /// [`AppState`], which drops deleted keys from it). A key carries the scopes its
+    /// creator held; one made before keys recorded them (migration 0008) is granted
+    /// `scopes`: the scopes the guard requires of every request, which the minting
+    /// caller therefore held.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        scopes: Vec<String>,
+        cache: Arc<ApiKeyCache>,
+    ) -> Self {
         Self {
             store,
             clock,
             scopes,
+            cache,
             touched: Mutex::new(HashMap::new()),
         }
     }
@@ -75,22 +220,25 @@ impl StoreApiKeys {
         i64::try_from(self.clock.now().as_secs()).unwrap_or(i64::MAX)
     }
 
-    /// Records the key's use unless this process did so within the last minute; the
-    /// store's own condition covers other instances. A failure is logged, not fatal.
-    async fn touch(&self, id: &str) {
-        let now = self.now();
+    /// Whether the key's use should be recorded at `now` (not done by this process
+    /// within the last minute); if so, notes it as done. Allocates only then.
+    fn touch_due(&self, id: &str, now: i64) -> bool {
+        let mut t = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        if t.get(id)
+            .is_some_and(|last| now.saturating_sub(*last) < API_KEY_TOUCH_SECS)
         {
-            let mut t = self.touched.lock().unwrap_or_else(|p| p.into_inner());
-            if t.get(id)
-                .is_some_and(|last| now.saturating_sub(*last) < API_KEY_TOUCH_SECS)
-            {
-                return;
-            }
-            if t.len() >= TOUCHED_MAX {
-                t.retain(|_, last| now.saturating_sub(*last) < API_KEY_TOUCH_SECS);
-            }
-            t.insert(id.to_owned(), now);
+            return false;
         }
+        if t.len() >= TOUCHED_MAX {
+            t.retain(|_, last| now.saturating_sub(*last) < API_KEY_TOUCH_SECS);
+        }
+        t.insert(id.to_owned(), now);
+        true
+    }
+
+    /// Records the key's use; the store's own condition covers other instances. A
+    /// failure is logged, not fatal.
+    async fn record_use(&self, id: &str, now: i64) {
         if let Err(e) = self.store.touch_api_key(id, now).await {
             tracing::warn!(event = "api_key.touch_failed", key_id = id, error = %e);
         }
@@ -125,6 +273,21 @@ fn principal_of(row: &ApiKeyRow, legacy_scopes: &[String]) -> Option<Principal> 
 #[async_trait]
 impl ApiKeyStore for StoreApiKeys {
     async fn lookup(&self, hash: &[u8; 32]) -> Result<Option<Principal>, ApiKeyStoreError> {
+        let now = self.now();
+        match self.cache.get(hash, now, |id| self.touch_due(id, now)) {
+            Cached::Hit(p, touch) => {
+                if let Some(id) = touch {
+                    self.record_use(&id, now).await;
+                }
+                return Ok(Some(p));
+            }
+            Cached::Expired => {
+                tracing::debug!(event = "api_key.expired");
+                return Ok(None);
+            }
+            Cached::Miss => {}
+        }
+        let epoch = self.cache.epoch();
         // The database finds the row through the unique index on `hash`. That
         // comparison is not constant-time, but what its timing could leak is how much
         // of the SHA-256 of the presented key matches a stored hash: choosing inputs
@@ -141,7 +304,7 @@ impl ApiKeyStore for StoreApiKeys {
         if !ApiKeyHash::from_bytes(*hash).ct_eq(&row.hash) {
             return Ok(None);
         }
-        if row.expires_at <= self.now() {
+        if row.expires_at <= now {
             tracing::debug!(event = "api_key.expired", key_id = %row.id);
             return Ok(None);
         }
@@ -149,7 +312,19 @@ impl ApiKeyStore for StoreApiKeys {
             tracing::warn!(event = "api_key.unusable_row", key_id = %row.id);
             return Ok(None);
         };
-        self.touch(&row.id).await;
+        self.cache.put(
+            row.hash,
+            CachedKey {
+                id: row.id.clone(),
+                principal: p.clone(),
+                expires_at: row.expires_at,
+                cached_at: now,
+            },
+            epoch,
+        );
+        if self.touch_due(&row.id, now) {
+            self.record_use(&row.id, now).await;
+        }
         Ok(Some(p))
     }
 }
@@ -345,7 +520,8 @@ pub async fn list(
 }
 
 /// `DELETE /v1/api-keys/{id}`: the caller's own key, or (admins) any of the tenant;
-/// 404 otherwise. The key stops working at once (lookups are not cached).
+/// 404 otherwise. The key stops working at once, on every instance: the deletion is
+/// announced, and each drops the key from its [`ApiKeyCache`].
 pub async fn delete(
     State(s): State<AppState>,
     axum::Extension(p): axum::Extension<Principal>,
@@ -356,6 +532,8 @@ pub async fn delete(
         .delete_api_key(p.tenant.as_str(), &id, owner_filter(&p))
         .await?
         .ok_or(ApiError::NotFound)?;
+    s.announce(crate::cluster::Change::ApiKeyDeleted { id: row.id.clone() })
+        .await;
     audit(&s, &p, "api_key.delete", &row).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -24,6 +24,10 @@
 //! way the instance reloads its keys (new values are sealed under the new current key,
 //! values sealed by others under it open) and empties its caches.
 //!
+//! API key deletions travel the same way ([`Change::ApiKeyDeleted`]): each instance
+//! keeps found keys in memory briefly (issue 18), and a deleted key must stop working on
+//! all of them at once.
+//!
 //! Every "everything changed" (a key-set change, a channel that came back) also tells
 //! the federated endpoint's open sessions that their tool lists may differ
 //! ([`CredentialChange::everything`]).
@@ -56,6 +60,13 @@ pub enum Change {
         server: String,
         /// The URL whose discovery results are stale.
         url: Option<String>,
+    },
+    /// An API key was deleted: every instance drops it from its key cache at once
+    /// ([`crate::api_keys::ApiKeyCache`]), so a deleted key stops working everywhere,
+    /// not only once the cached entry ages out. Its row id, never the key or its hash.
+    ApiKeyDeleted {
+        /// The key's row id.
+        id: String,
     },
     /// Anything may have changed (a broken channel, a missed change).
     Everything,
@@ -164,8 +175,10 @@ pub fn apply(s: &AppState, c: &Change) {
             s.header_values.clear();
             s.upstream.clear();
             s.discoverer.clear();
+            s.api_key_cache.clear();
             s.events.publish_change(CredentialChange::everything());
         }
+        Change::ApiKeyDeleted { id } => s.api_key_cache.forget(id),
         Change::FlowCompleted {
             tenant,
             server,

@@ -51,7 +51,14 @@ pub fn state(
     clock: Arc<dyn Clock>,
 ) -> Result<AppState, ConfigError> {
     let egress = egress(cfg)?;
-    let guard = guard(cfg, egress.clone(), clock.clone(), store.clone())?;
+    let api_key_cache = Arc::new(api_keys::ApiKeyCache::default());
+    let guard = guard(
+        cfg,
+        egress.clone(),
+        clock.clone(),
+        store.clone(),
+        api_key_cache.clone(),
+    )?;
     let instance: Arc<str> = latchkey_vault::store::new_id().into();
     let tokens = Arc::new(latchkey_broker::token_service::TokenService::new(
         store.clone(),
@@ -90,6 +97,7 @@ pub fn state(
         streams: Arc::new(limits::StreamSlots::new(
             cfg.limits.max_streams_per_principal,
         )),
+        api_key_cache,
         api_key_ttls: cfg.api_keys,
         ops_access: ops::OpsAccess::from_config(cfg),
     }))
@@ -128,12 +136,13 @@ pub fn own_origins(cfg: &Config) -> Vec<String> {
 }
 
 /// The inbound guard the configuration asks for. In JWT mode the `Token` scheme takes
-/// the API keys in `store` (`Bearer` never does).
+/// the API keys in `store` (`Bearer` never does), remembered in `key_cache`.
 pub fn guard(
     cfg: &Config,
     egress: Egress,
     clock: Arc<dyn Clock>,
     store: Arc<dyn latchkey_vault::Store>,
+    key_cache: Arc<api_keys::ApiKeyCache>,
 ) -> Result<Guard, ConfigError> {
     let bad = |setting: &str, message: String| ConfigError {
         setting: setting.into(),
@@ -195,6 +204,7 @@ pub fn guard(
                 store,
                 clock,
                 required_scopes.clone(),
+                key_cache,
             )));
             t.required_scopes = required_scopes.clone();
             let host = cfg

@@ -81,6 +81,9 @@ pub struct Shared {
     pub upstream: Arc<crate::upstream_sessions::UpstreamSessions>,
     /// Open event and MCP GET streams per principal ([`crate::limits`]).
     pub streams: Arc<crate::limits::StreamSlots>,
+    /// API keys found in the store, briefly ([`crate::api_keys::ApiKeyCache`]); the
+    /// guard reads it, deletions empty it.
+    pub api_key_cache: Arc<crate::api_keys::ApiKeyCache>,
     /// API key lifetimes.
     pub api_key_ttls: crate::config::ApiKeyTtls,
     /// Who may read `/metrics` and the OpenAPI document ([`crate::ops`]).

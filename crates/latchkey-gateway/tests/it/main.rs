@@ -10,6 +10,7 @@ use latchkey_gateway::{ApiError, Config, FieldError};
 use latchkey_vault::keyring::StaticKeys;
 use latchkey_vault::{Keyring, SqliteStore};
 
+mod api_keys;
 mod cluster;
 mod credentials;
 mod faults;
@@ -202,6 +203,16 @@ async fn serve(
     keys: StaticKeys,
     clock: Arc<dyn latchkey_core::Clock>,
 ) -> String {
+    serve_state(cfg, store, keys, clock).await.0
+}
+
+/// [`serve`], with the instance's state (to look at its caches).
+async fn serve_state(
+    cfg: impl FnOnce(&str) -> Config,
+    store: Arc<dyn latchkey_vault::Store>,
+    keys: StaticKeys,
+    clock: Arc<dyn latchkey_core::Clock>,
+) -> (String, latchkey_gateway::AppState) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let cfg = cfg(&base);
@@ -209,7 +220,7 @@ async fn serve(
     latchkey_gateway::cluster::start(state.clone())
         .await
         .unwrap();
-    let app = latchkey_gateway::router(state);
+    let app = latchkey_gateway::router(state.clone());
     // The accept loop `latchkey serve` uses, with the configuration's limits.
     tokio::spawn(latchkey_gateway::serve(
         listener,
@@ -217,7 +228,7 @@ async fn serve(
         cfg.limits,
         std::future::pending(),
     ));
-    base
+    (base, state)
 }
 
 #[tokio::test]
