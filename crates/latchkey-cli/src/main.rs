@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod api_keys;
 mod conformance;
 mod connect;
 mod doctor;
@@ -91,6 +92,10 @@ enum Command {
     Stdio(stdio::Args),
     /// Print ready-to-paste configuration for MCP clients (Claude, VS Code, Cursor).
     McpConfig(mcp_config::Args),
+    /// Manage API keys for agents and MCP clients: create one (shown once), list them,
+    /// revoke one.
+    #[command(subcommand)]
+    ApiKeys(api_keys::Command),
     /// Check an MCP server's OAuth setup: walk its discovery and report what it
     /// advertises, what is missing or wrong, and why.
     Doctor(doctor::Args),
@@ -180,6 +185,7 @@ fn main() -> ExitCode {
             Command::Tools(c) => tools::run(c, &cli.connection).await,
             Command::Stdio(a) => stdio::run(a, &cli.connection).await,
             Command::McpConfig(a) => mcp_config::run(a, &cli.connection).await,
+            Command::ApiKeys(c) => api_keys::run(c, &cli.connection).await,
             Command::Completions { shell } => {
                 let mut out = std::io::stdout();
                 clap_complete::generate(shell, &mut Cli::command(), "latchkey", &mut out);

@@ -7,13 +7,22 @@
 //! with a `url`. The HTTP entries are `{url}/mcp/{id}` per server and `{url}/mcp`, the
 //! federated server with every connected server's tools. A configured token is never
 //! printed: a placeholder marks where the client must supply one.
+//!
+//! Where Latchkey wants a credential (`jwt` mode), the client needs an API key of its
+//! own (issue 19): `--create-key` creates one named after the client (`mcp-config:
+//! claude`) and writes it into the configuration, where it is shown this once. A person
+//! at a terminal who did not pass the flag is asked. Local mode needs no key, and
+//! nothing is asked there.
 
 use std::collections::BTreeSet;
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
+use latchkey_core::Secret;
 use serde_json::{Map, Value, json};
 
-use crate::api::{Api, Connection};
+use crate::api::{Api, Connection, Failure};
+use crate::api_keys::{self, NewKey};
 use crate::output::{self, text};
 use crate::servers;
 
@@ -28,6 +37,11 @@ pub(crate) struct Args {
     /// Print one JSON object keyed by client instead of annotated blocks.
     #[arg(long)]
     json: bool,
+    /// Create an API key for this client (named `mcp-config: CLIENT`) and write it into
+    /// the configuration, where it is shown this once. Without it, a terminal asks when
+    /// Latchkey wants a credential.
+    #[arg(long)]
+    create_key: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -55,7 +69,9 @@ struct Entries {
     servers: Vec<(String, String)>,
     base: String,
     command: String,
-    token: bool,
+    /// The credential the client sends: a key created for it, or the placeholder
+    /// (when a token is configured here: this command's own is never printed).
+    token: Option<Secret>,
 }
 
 pub(crate) async fn run(a: Args, conn: &Connection) -> anyhow::Result<ExitCode> {
@@ -87,11 +103,29 @@ pub(crate) async fn run(a: Args, conn: &Connection) -> anyhow::Result<ExitCode> 
         .ok()
         .and_then(|p| p.to_str().map(str::to_owned))
         .unwrap_or_else(|| "latchkey".into());
+    let created = if a.create_key || offer_key(&api).await? {
+        let name = format!("mcp-config: {}", a.client.label());
+        let created = api_keys::create(
+            &api,
+            &NewKey {
+                name,
+                ..NewKey::default()
+            },
+        )
+        .await?;
+        Some(created)
+    } else {
+        None
+    };
+    let token = match &created {
+        Some(c) => Some(c.key.clone()),
+        None => api.has_token().then(|| Secret::new(TOKEN_PLACEHOLDER)),
+    };
     let e = Entries {
         servers,
         base: api.base().to_owned(),
         command,
-        token: api.has_token(),
+        token,
     };
     let wanted: &[Client] = match a.client {
         Client::All => &[
@@ -148,7 +182,73 @@ pub(crate) async fn run(a: Args, conn: &Connection) -> anyhow::Result<ExitCode> 
             output::json(v);
         }
     }
+    if let Some(c) = created {
+        eprintln!(
+            "Created API key {} ({}) for this configuration; it is shown only here. Revoke it with `latchkey api-keys revoke {}`.",
+            text(&c.view, "name"),
+            text(&c.view, "id"),
+            text(&c.view, "id"),
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether to create a key without `--create-key`: only for a person at a terminal,
+/// only where Latchkey wants a credential, and only if they say yes.
+async fn offer_key(api: &Api) -> Result<bool, Failure> {
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        return Ok(false);
+    }
+    if is_local(api).await? {
+        return Ok(false);
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "Create an API key for this client? [y/N] ");
+    let _ = err.flush();
+    drop(err);
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Failure::data(format!("cannot read the answer: {e}")))?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+/// Whether Latchkey runs in local mode (no credential wanted): `GET /v1/auth/config`'s
+/// `mode`; from a Latchkey without that endpoint, `/v1/whoami`'s auth source when it
+/// names one, else local when it answered without a credential being configured.
+async fn is_local(api: &Api) -> Result<bool, Failure> {
+    match api.get("/v1/auth/config").await {
+        Ok(v) => return Ok(v["mode"] == "local"),
+        Err(f) if f.code == crate::exit::NOINPUT => {}
+        Err(f) => return Err(f),
+    }
+    let me = match api.get("/v1/whoami").await {
+        Ok(me) => me,
+        // Refused: a credential is wanted.
+        Err(f) if f.code == crate::exit::NOPERM => return Ok(false),
+        Err(f) => return Err(f),
+    };
+    match me.get("source").or_else(|| me.get("auth_source")) {
+        Some(s) => Ok(s == "local"),
+        None => Ok(!api.has_token()),
+    }
+}
+
+impl Client {
+    /// The name a key created for this client carries (`mcp-config: claude`).
+    fn label(self) -> &'static str {
+        match self {
+            Client::Claude => "claude",
+            Client::ClaudeCode => "claude-code",
+            Client::Vscode => "vscode",
+            Client::Cursor => "cursor",
+            Client::All => "all clients",
+        }
+    }
 }
 
 /// A configuration key from a server name: lower-case letters, digits and `-`.
@@ -173,8 +273,8 @@ fn claude_stdio(e: &Entries) -> Value {
             "command": e.command,
             "args": ["stdio", id, "--url", e.base],
         });
-        if e.token {
-            entry["env"] = json!({"LATCHKEY_TOKEN": TOKEN_PLACEHOLDER});
+        if let Some(t) = &e.token {
+            entry["env"] = json!({"LATCHKEY_TOKEN": t.expose()});
         }
         m.insert(key.clone(), entry);
     }
@@ -189,8 +289,8 @@ fn http_entries(e: &Entries, root: &str, kind: Option<&str>) -> Value {
             v["type"] = json!(k);
         }
         v["url"] = json!(url);
-        if e.token {
-            v["headers"] = json!({"Authorization": format!("Token {TOKEN_PLACEHOLDER}")});
+        if let Some(t) = &e.token {
+            v["headers"] = json!({"Authorization": format!("Token {}", t.expose())});
         }
         v
     };

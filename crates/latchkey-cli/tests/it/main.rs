@@ -6,6 +6,7 @@ use std::process::Command;
 use latchkey_testkit::pg::PgSchema;
 use latchkey_testkit::{AsConfig, ScriptedServer};
 
+mod api_keys;
 mod cluster;
 mod commands;
 mod doctor;
