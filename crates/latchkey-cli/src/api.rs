@@ -5,14 +5,17 @@
 //! The credential: `--token` / `LATCHKEY_TOKEN`. A Latchkey API key (`lk_…`) is sent as
 //! `Authorization: Token <key>`; anything else (a JWT, or an opaque OAuth access token
 //! that Latchkey introspects) as `Authorization: Bearer <token>`; a value that already
-//! starts with `Bearer ` or `Token ` is sent as it is. In local mode (the default of
-//! `latchkey serve`) no token is needed. The token is a [`Secret`]: never printed, the
-//! header is marked sensitive.
+//! starts with `Bearer ` or `Token ` is sent as it is. Without one, the sign-in
+//! `latchkey login` stored for the URL (see [`crate::login`]), renewed silently when it
+//! is expired or about to be, and once more when Latchkey refuses a token that looked
+//! valid. In local mode (the default of `latchkey serve`) no token is needed. Tokens are
+//! [`Secret`]s: never printed, the header is marked sensitive.
 //!
 //! Requests never follow redirects (a credential must not travel to another origin) and
 //! ignore the environment's HTTP proxies (Latchkey is normally on loopback).
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use latchkey_core::Secret;
@@ -20,6 +23,7 @@ use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::Value;
 
 use crate::exit;
+use crate::login::{self, Login, Store};
 
 /// Where `latchkey serve` listens by default.
 pub(crate) fn default_url() -> String {
@@ -111,7 +115,7 @@ impl Failure {
                 "another server is named so already ({server}): choose another name, or edit that one with `latchkey servers edit {server}`"
             ),
             (401, _) => format!(
-                "Latchkey refused the credential (HTTP 401{}): set --token or LATCHKEY_TOKEN to an API key or a valid access token",
+                "Latchkey refused the credential (HTTP 401{}): run `latchkey login`, or set --token or LATCHKEY_TOKEN to an API key or a valid access token",
                 if api_code.is_empty() {
                     String::new()
                 } else {
@@ -214,6 +218,14 @@ pub(crate) struct Connection {
     pub(crate) token: Option<Secret>,
 }
 
+/// The Latchkey URL of `c` (the default when empty).
+pub(crate) fn url_of(c: &Connection) -> String {
+    match c.url.trim() {
+        "" => default_url(),
+        u => u.to_owned(),
+    }
+}
+
 fn parse_secret(s: &str) -> Result<Secret, String> {
     if s.trim().is_empty() {
         return Err("must not be empty".into());
@@ -244,12 +256,139 @@ fn authorization(token: &Secret) -> Result<HeaderValue, Failure> {
     Ok(hv)
 }
 
+/// `Authorization: Bearer <token>` for a stored sign-in's access token.
+fn bearer(token: &Secret) -> Result<HeaderValue, Failure> {
+    let mut hv = HeaderValue::from_str(Secret::new(format!("Bearer {}", token.expose())).expose())
+        .map_err(|_| {
+            Failure::new(
+                exit::CONFIG,
+                "the stored sign-in's token is not a valid header value: run `latchkey login`",
+            )
+        })?;
+    hv.set_sensitive(true);
+    Ok(hv)
+}
+
+/// The credential an [`Api`] sends.
+#[derive(Debug, Clone)]
+enum Auth {
+    /// None (local mode, or Latchkey will say 401).
+    None,
+    /// `--token` / `LATCHKEY_TOKEN`.
+    Fixed(HeaderValue),
+    /// The sign-in stored by `latchkey login` for this URL.
+    Stored(Arc<StoredAuth>),
+}
+
+/// A stored sign-in in use, renewed when due (one renewal at a time in this process;
+/// the store's lock serializes processes).
+#[derive(Debug)]
+struct StoredAuth {
+    store: Store,
+    current: Mutex<Login>,
+    renewing: tokio::sync::Mutex<()>,
+    provider: reqwest::Client,
+}
+
+/// The token to send, and whether it was renewed for this request.
+struct Ready {
+    header: HeaderValue,
+    token: Secret,
+    renewed: bool,
+}
+
+impl StoredAuth {
+    fn snapshot(&self) -> Option<Login> {
+        self.current.lock().ok().map(|l| l.clone())
+    }
+
+    /// The token to use: renewed first when it is due, or, with `refused`, when that
+    /// token is still the current one (Latchkey refused it although it looked valid).
+    async fn ready(&self, refused: Option<&Secret>) -> Result<Ready, Failure> {
+        let _one = self.renewing.lock().await;
+        let mine = self
+            .snapshot()
+            .ok_or_else(|| Failure::new(exit::SOFTWARE, "the sign-in state is poisoned"))?;
+        let due = match refused {
+            Some(t) => t.expose() == mine.access_token.expose() && mine.refresh_token.is_some(),
+            None => mine.needs_refresh(login::now()),
+        };
+        if !due {
+            return Ok(Ready {
+                header: bearer(&mine.access_token)?,
+                renewed: refused.is_some_and(|t| t.expose() != mine.access_token.expose()),
+                token: mine.access_token,
+            });
+        }
+        let lock = self.store.lock()?;
+        // Another process may have renewed it (or signed out) meanwhile.
+        let stored = self.store.get(&mine.url)?;
+        let Some(stored) = stored else {
+            return Err(login::login_again(&mine.url));
+        };
+        let renewed_elsewhere = stored.access_token.expose() != mine.access_token.expose()
+            && !stored.needs_refresh(login::now());
+        let fresh = if renewed_elsewhere {
+            stored
+        } else {
+            match login::refresh(&self.provider, &stored).await? {
+                Some(fresh) => {
+                    self.store.put(&lock, &fresh)?;
+                    fresh
+                }
+                None => {
+                    self.store.remove(&lock, &stored.url)?;
+                    return Err(login::login_again(&stored.url));
+                }
+            }
+        };
+        drop(lock);
+        tracing::debug!(event = "login.renewed", url = %fresh.url);
+        let ready = Ready {
+            header: bearer(&fresh.access_token)?,
+            token: fresh.access_token.clone(),
+            renewed: true,
+        };
+        if let Ok(mut c) = self.current.lock() {
+            *c = fresh;
+        }
+        Ok(ready)
+    }
+}
+
+/// The sign-in stored for `base`, if any. A login file that cannot be read is reported
+/// and ignored here (local mode needs none; `latchkey login` names the problem).
+fn stored_auth(base: &str) -> Result<Option<StoredAuth>, Failure> {
+    let Ok(key) = login::normalize_url(base) else {
+        return Ok(None);
+    };
+    let Ok(store) = Store::open() else {
+        return Ok(None);
+    };
+    let found = match store.get(&key) {
+        Ok(f) => f,
+        Err(f) => {
+            eprintln!("latchkey: ignoring the stored sign-in: {}", f.message);
+            None
+        }
+    };
+    let Some(current) = found else {
+        return Ok(None);
+    };
+    Ok(Some(StoredAuth {
+        store,
+        current: Mutex::new(current),
+        renewing: tokio::sync::Mutex::new(()),
+        provider: login::http_client()?,
+    }))
+}
+
 /// A client for one Latchkey.
 #[derive(Debug, Clone)]
 pub(crate) struct Api {
     base: String,
     http: reqwest::Client,
-    auth: Option<HeaderValue>,
+    auth: Auth,
 }
 
 /// How long an ordinary API call may take (adding a server probes it, up to 5 s).
@@ -259,10 +398,7 @@ impl Api {
     /// A client for the Latchkey at `c.url`; a URL that is not `http(s)://…` is a
     /// configuration error.
     pub(crate) fn new(c: &Connection) -> Result<Self, Failure> {
-        let url = match c.url.trim() {
-            "" => default_url(),
-            u => u.to_owned(),
-        };
+        let url = url_of(c);
         let base = url.trim_end_matches('/').to_owned();
         let parsed = reqwest::Url::parse(&base).map_err(|e| {
             Failure::new(exit::CONFIG, format!("--url / LATCHKEY_URL {base:?}: {e}"))
@@ -280,7 +416,13 @@ impl Api {
             .user_agent(concat!("latchkey-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Failure::new(exit::FAILURE, format!("HTTP client: {e}")))?;
-        let auth = c.token.as_ref().map(authorization).transpose()?;
+        let auth = match &c.token {
+            Some(t) => Auth::Fixed(authorization(t)?),
+            None => match stored_auth(&base)? {
+                Some(s) => Auth::Stored(Arc::new(s)),
+                None => Auth::None,
+            },
+        };
         Ok(Self { base, http, auth })
     }
 
@@ -289,18 +431,57 @@ impl Api {
         &self.base
     }
 
-    /// Whether a credential is configured (for `mcp-config`, which never prints it).
+    /// Whether a token is configured with --token / LATCHKEY_TOKEN (for `mcp-config`,
+    /// which never prints it; a stored sign-in is found again by `latchkey stdio`).
     pub(crate) fn has_token(&self) -> bool {
-        self.auth.is_some()
+        matches!(self.auth, Auth::Fixed(_))
     }
 
-    /// A request to `path` (starting with `/`) carrying the credential.
+    /// A request to `path` (starting with `/`) carrying the credential; send it with
+    /// [`Self::send`] or [`Self::execute`], which renew a stored sign-in when due.
     pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut r = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(a) = &self.auth {
-            r = r.header(AUTHORIZATION, a.clone());
+        match &self.auth {
+            Auth::None => {}
+            Auth::Fixed(a) => r = r.header(AUTHORIZATION, a.clone()),
+            Auth::Stored(s) => {
+                if let Some(h) = s.snapshot().and_then(|l| bearer(&l.access_token).ok()) {
+                    r = r.header(AUTHORIZATION, h);
+                }
+            }
         }
         r
+    }
+
+    /// Sends `r` and returns whatever Latchkey answered; only a transport failure (or a
+    /// stored sign-in that is over) is a [`Failure`]. With a stored sign-in, the token
+    /// is renewed first when due, and a 401 to a token that looked valid is followed by
+    /// one renewal and one retry (when the request can be sent again).
+    pub(crate) async fn execute(
+        &self,
+        r: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Failure> {
+        let transport = |e: reqwest::Error| Failure::transport(&self.base, &e);
+        let Auth::Stored(s) = &self.auth else {
+            return r.send().await.map_err(transport);
+        };
+        let mut req = r.build().map_err(transport)?;
+        let again = req.try_clone();
+        let ready = s.ready(None).await?;
+        req.headers_mut().insert(AUTHORIZATION, ready.header);
+        let resp = self.http.execute(req).await.map_err(transport)?;
+        if resp.status() != reqwest::StatusCode::UNAUTHORIZED || ready.renewed {
+            return Ok(resp);
+        }
+        let Some(mut again) = again else {
+            return Ok(resp);
+        };
+        let retry = s.ready(Some(&ready.token)).await?;
+        if !retry.renewed {
+            return Ok(resp);
+        }
+        again.headers_mut().insert(AUTHORIZATION, retry.header);
+        self.http.execute(again).await.map_err(transport)
     }
 
     /// Sends `r`; a transport failure or a non-2xx answer becomes a [`Failure`].
@@ -308,10 +489,7 @@ impl Api {
         &self,
         r: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, Failure> {
-        let resp = r
-            .send()
-            .await
-            .map_err(|e| Failure::transport(&self.base, &e))?;
+        let resp = self.execute(r).await?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);

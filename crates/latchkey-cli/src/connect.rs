@@ -231,7 +231,7 @@ fn spinner(quiet: bool, name: &str) -> ProgressBar {
 
 /// Opens `url` in the desktop's browser when there is one: not in CI, not over SSH
 /// without a display. Returns whether a browser was started.
-fn open_browser(url: &str) -> bool {
+pub(crate) fn open_browser(url: &str) -> bool {
     if std::env::var_os("CI").is_some() {
         return false;
     }

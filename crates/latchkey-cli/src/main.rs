@@ -10,6 +10,7 @@ mod headers;
 mod keys;
 mod lock;
 mod logging;
+mod login;
 mod mcp_config;
 mod output;
 mod serve;
@@ -104,6 +105,13 @@ enum Command {
     /// MCP_CONFORMANCE_PROTOCOL_VERSION).
     #[command(hide = true)]
     ConformanceClient(conformance::Args),
+    /// Sign in to a Latchkey that runs for a team (jwt mode) through its OpenID
+    /// provider, in your browser or with a code (--device); the other commands then
+    /// use that sign-in when no --token is given.
+    Login(login::LoginArgs),
+    /// Forget the sign-in `latchkey login` stored for --url (and revoke it at the
+    /// provider when it can).
+    Logout(login::LogoutArgs),
     /// Manage the keys that encrypt stored secrets: add a new current key, re-encrypt
     /// under it.
     #[command(subcommand)]
@@ -183,6 +191,8 @@ fn main() -> ExitCode {
             Command::Connect(a) => connect::connect(a, &cli.connection).await,
             Command::Disconnect(a) => connect::disconnect(a, &cli.connection).await,
             Command::Tools(c) => tools::run(c, &cli.connection).await,
+            Command::Login(a) => login::login(a, &cli.connection).await,
+            Command::Logout(a) => login::logout(a, &cli.connection).await,
             Command::Stdio(a) => stdio::run(a, &cli.connection).await,
             Command::McpConfig(a) => mcp_config::run(a, &cli.connection).await,
             Command::ApiKeys(c) => api_keys::run(c, &cli.connection).await,

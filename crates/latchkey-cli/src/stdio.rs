@@ -292,10 +292,9 @@ impl Bridge {
         if let Some(v) = self.version() {
             r = r.header(VERSION, v);
         }
-        let resp = match r.send().await {
+        let resp = match self.api.execute(r).await {
             Ok(r) => r,
-            Err(e) => {
-                let f = Failure::transport(self.api.base(), &e);
+            Err(f) => {
                 log(&f);
                 self.fail(&waiting, &f.message, None);
                 return;
@@ -398,13 +397,10 @@ impl Bridge {
             if let Some(v) = self.version() {
                 r = r.header(VERSION, v);
             }
-            let resp = match r.send().await {
+            let resp = match self.api.execute(r).await {
                 Ok(r) => r,
-                Err(e) => {
-                    log(format!(
-                        "the server's message stream failed: {}",
-                        Failure::transport(self.api.base(), &e)
-                    ));
+                Err(f) => {
+                    log(format!("the server's message stream failed: {f}"));
                     return;
                 }
             };
@@ -462,8 +458,8 @@ impl Bridge {
         if let Some(v) = self.version() {
             r = r.header(VERSION, v);
         }
-        if let Err(e) = r.send().await {
-            log(format!("closing the session failed: {}", error_chain(&e)));
+        if let Err(f) = self.api.execute(r).await {
+            log(format!("closing the session failed: {f}"));
         }
     }
 }
