@@ -94,6 +94,11 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
             return Ok(exit::code(exit::CONFIG));
         }
     };
+    // A sign-in provider that is not what `[auth.login]` says stops start-up (issue 19).
+    if let Err(e) = latchkey_gateway::check_signin(&app_state).await {
+        eprintln!("latchkey: {e}");
+        return Ok(exit::code(exit::CONFIG));
+    }
     // Other instances' changes (PostgreSQL only; nothing to do on SQLite).
     if let Err(e) = latchkey_gateway::cluster::start(app_state.clone()).await {
         eprintln!("latchkey: cannot listen for other instances' changes: {e}");

@@ -16,6 +16,8 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/whoami", get(whoami))
+        .route("/v1/auth/session", get(crate::signin::current))
+        .route("/v1/auth/logout", post(crate::signin::logout))
         .route(
             "/v1/servers",
             get(crate::servers::list).post(crate::servers::create),
@@ -91,6 +93,13 @@ pub fn router(state: AppState) -> Router {
             )),
         )
         .route(crate::flows::CALLBACK_PATH, get(crate::flows::callback))
+        // Sign-in for people (issue 19): open, since they come before a session.
+        .route("/v1/auth/config", get(crate::signin::config))
+        .route("/v1/auth/login", get(crate::signin::login))
+        .route(
+            crate::service::signin::CALLBACK_PATH,
+            get(crate::signin::callback),
+        )
         .route(
             "/v1/oauth/callback/{issuer_key}",
             get(crate::flows::callback_keyed),

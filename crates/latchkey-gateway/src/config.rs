@@ -155,6 +155,48 @@ pub const SETTINGS: &[Setting] = &[
         "none",
     ),
     setting(
+        Some("auth.login.issuer"),
+        Some("LATCHKEY_LOGIN_ISSUER"),
+        "jwt: the OpenID provider people sign in to the web UI and CLI with (turns sign-in on)",
+        "none: no sign-in",
+    ),
+    setting(
+        Some("auth.login.client_id"),
+        Some("LATCHKEY_LOGIN_CLIENT_ID"),
+        "jwt: Latchkey's client id at that provider (redirect URI PUBLIC_URL/v1/auth/callback)",
+        "required with auth.login.issuer",
+    ),
+    setting(
+        Some("auth.login.client_secret"),
+        Some("LATCHKEY_LOGIN_CLIENT_SECRET"),
+        "jwt: its client secret (a confidential client); without one, a public client with PKCE",
+        "none",
+    ),
+    setting(
+        Some("auth.login.cli_client_id"),
+        Some("LATCHKEY_LOGIN_CLI_CLIENT_ID"),
+        "jwt: the public client `latchkey login` uses (loopback redirect, device grant)",
+        "auth.login.client_id when it has no secret",
+    ),
+    setting(
+        Some("auth.login.scopes"),
+        None,
+        "jwt: the scopes asked at sign-in (a list; openid is always asked)",
+        "[\"openid\", \"profile\", \"email\"]",
+    ),
+    setting(
+        Some("auth.login.session_lifetime"),
+        Some("LATCHKEY_SESSION_LIFETIME"),
+        "jwt: a web session ends this long after sign-in",
+        "12h",
+    ),
+    setting(
+        Some("auth.login.session_idle"),
+        Some("LATCHKEY_SESSION_IDLE"),
+        "jwt: a web session ends after this long unused",
+        "2h",
+    ),
+    setting(
         Some("limits.header_read_timeout"),
         Some("LATCHKEY_HEADER_READ_TIMEOUT"),
         "a request head must arrive within this",
@@ -300,7 +342,47 @@ struct FileAuth {
     jwt_secret: Option<Secret>,
     tenant_claim: Option<String>,
     required_scopes: Option<Vec<String>>,
+    login: Option<FileLogin>,
 }
+
+/// `[auth.login]`: sign-in through the organisation's OpenID provider (issue 19).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLogin {
+    issuer: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<Secret>,
+    cli_client_id: Option<String>,
+    scopes: Option<Vec<String>>,
+    session_lifetime: Option<FileDuration>,
+    session_idle: Option<FileDuration>,
+}
+
+/// Sign-in for people (`[auth.login]`, jwt mode only): Latchkey is a relying party of
+/// the organisation's OpenID provider for the web UI, and tells `latchkey login` which
+/// public client to use there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginConfig {
+    /// The provider's issuer, verbatim (compared as a string with discovery and `iss`).
+    pub issuer: String,
+    /// Latchkey's client id for the web sign-in.
+    pub client_id: String,
+    /// Its secret; `None` for a public client (PKCE alone).
+    pub client_secret: Option<Secret>,
+    /// The public client the CLI uses; `None` when there is none.
+    pub cli_client_id: Option<String>,
+    /// The scopes asked at sign-in, `openid` first.
+    pub scopes: Vec<String>,
+    /// How long a session lasts after sign-in, seconds.
+    pub session_lifetime: u64,
+    /// How long a session lasts unused, seconds.
+    pub session_idle: u64,
+}
+
+/// The default `auth.login.session_lifetime`, seconds.
+pub const DEFAULT_SESSION_LIFETIME: u64 = 12 * 3600;
+/// The default `auth.login.session_idle`, seconds.
+pub const DEFAULT_SESSION_IDLE: u64 = 2 * 3600;
 
 /// How callers authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -380,6 +462,8 @@ pub struct Config {
     /// (`[oauth] refresh_deadline`, `LATCHKEY_REFRESH_DEADLINE`; default 120 s, at most
     /// an hour): its rotated token is kept although the callers stopped waiting.
     pub refresh_deadline: std::time::Duration,
+    /// Sign-in for people (`[auth.login]`), jwt mode only.
+    pub login: Option<LoginConfig>,
 }
 
 /// How long API keys live, in seconds (`[api_keys]`). A key's lifetime is chosen at
@@ -530,7 +614,8 @@ impl Config {
             None => f.allow_insecure_loopback.unwrap_or(false),
         };
 
-        let a = f.auth.unwrap_or_default();
+        let mut a = f.auth.unwrap_or_default();
+        let file_login = a.login.take();
         let (mode_key, mode) = pick("LATCHKEY_AUTH_MODE", "auth.mode", a.mode)
             .unwrap_or(("auth.mode", "local".into()));
         let auth = match mode.as_str() {
@@ -636,6 +721,7 @@ impl Config {
                 ),
             ));
         }
+        let login = login_config(file_login, &var, matches!(auth, AuthConfig::Jwt { .. }))?;
         let api_keys = {
             let k = f.api_keys.unwrap_or_default();
             let mut ttls = ApiKeyTtls::default();
@@ -749,8 +835,122 @@ impl Config {
             limits: crate::limits::Limits::from_config(f.limits, env)?,
             api_keys,
             metrics_token,
+            login,
         })
     }
+}
+
+/// `[auth.login]` with its environment overrides. Given at all (an issuer from either
+/// place), it needs jwt mode and a client id.
+fn login_config(
+    f: Option<FileLogin>,
+    var: &dyn Fn(&str) -> Option<String>,
+    jwt: bool,
+) -> Result<Option<LoginConfig>, ConfigError> {
+    let f = f.unwrap_or_default();
+    let pick = |env_key: &'static str, file_key: &'static str, file_val: Option<String>| {
+        var(env_key)
+            .map(|v| (env_key, v))
+            .or(file_val.map(|v| (file_key, v)))
+    };
+    let Some((issuer_key, issuer)) = pick("LATCHKEY_LOGIN_ISSUER", "auth.login.issuer", f.issuer)
+    else {
+        if f.client_id.is_some() || var("LATCHKEY_LOGIN_CLIENT_ID").is_some() {
+            return Err(err(
+                "auth.login.issuer",
+                "required with auth.login.client_id: the OpenID provider people sign in with",
+            ));
+        }
+        return Ok(None);
+    };
+    if !jwt {
+        return Err(err(
+            issuer_key,
+            "sign-in needs auth.mode = \"jwt\" (local mode has no sign-in: it serves one user on loopback)",
+        ));
+    }
+    if url_like(&issuer).is_none() {
+        return Err(err(issuer_key, format!("{issuer:?} is not an http(s) URL")));
+    }
+    let (_, client_id) = pick(
+        "LATCHKEY_LOGIN_CLIENT_ID",
+        "auth.login.client_id",
+        f.client_id,
+    )
+    .ok_or_else(|| {
+        err(
+            "auth.login.client_id",
+            "required with auth.login.issuer: Latchkey's client id at the provider",
+        )
+    })?;
+    let client_secret = match var("LATCHKEY_LOGIN_CLIENT_SECRET") {
+        Some(v) => Some(Secret::new(v)),
+        None => f.client_secret.filter(|s| !s.is_empty()),
+    };
+    let cli_client_id = pick(
+        "LATCHKEY_LOGIN_CLI_CLIENT_ID",
+        "auth.login.cli_client_id",
+        f.cli_client_id,
+    )
+    .map(|(_, v)| v)
+    .or_else(|| client_secret.is_none().then(|| client_id.clone()));
+    let mut scopes = vec!["openid".to_owned()];
+    for s in f
+        .scopes
+        .unwrap_or_else(|| vec!["profile".into(), "email".into()])
+    {
+        if s.is_empty() || s.contains(char::is_whitespace) {
+            return Err(err(
+                "auth.login.scopes",
+                format!("{s:?} is not a scope (no spaces, not empty)"),
+            ));
+        }
+        if !scopes.contains(&s) {
+            scopes.push(s);
+        }
+    }
+    let duration = |env_key: &'static str,
+                    file_key: &'static str,
+                    file_val: Option<FileDuration>,
+                    default: u64|
+     -> Result<u64, ConfigError> {
+        let given = match (var(env_key), file_val) {
+            (Some(v), _) => Some((env_key, parse_seconds(&v))),
+            (None, Some(FileDuration::Secs(n))) => Some((file_key, Some(n).filter(|n| *n > 0))),
+            (None, Some(FileDuration::Text(t))) => Some((file_key, parse_seconds(&t))),
+            (None, None) => None,
+        };
+        match given {
+            None => Ok(default),
+            Some((key, secs)) => secs.filter(|s| *s >= 60).ok_or_else(|| {
+                err(
+                    key,
+                    "expected a duration of at least a minute: seconds, or a number with s, m, h or d (e.g. \"12h\")",
+                )
+            }),
+        }
+    };
+    let session_lifetime = duration(
+        "LATCHKEY_SESSION_LIFETIME",
+        "auth.login.session_lifetime",
+        f.session_lifetime,
+        DEFAULT_SESSION_LIFETIME,
+    )?;
+    let session_idle = duration(
+        "LATCHKEY_SESSION_IDLE",
+        "auth.login.session_idle",
+        f.session_idle,
+        DEFAULT_SESSION_IDLE,
+    )?;
+    Ok(Some(LoginConfig {
+        issuer,
+        client_id,
+        client_secret,
+        cli_client_id,
+        scopes,
+        session_lifetime,
+        session_idle: session_idle.min(session_lifetime),
+    }))
 }
 
 fn parse_bool(v: &str) -> Option<bool> {

@@ -24,6 +24,7 @@ pub mod server_cache;
 pub mod servers;
 pub mod service;
 pub mod setting;
+pub mod signin;
 pub mod state;
 pub mod telemetry;
 pub mod tools;
@@ -59,6 +60,27 @@ pub fn state(
         store.clone(),
         api_key_cache.clone(),
     )?;
+    let signin = match (&cfg.login, &cfg.auth) {
+        (
+            Some(l),
+            AuthConfig::Jwt {
+                audience,
+                tenant,
+                required_scopes,
+                ..
+            },
+        ) => Some(Arc::new(service::signin::SignIn::new(
+            l.clone(),
+            &cfg.public_url,
+            audience.clone(),
+            claim_mapping(tenant)?,
+            required_scopes.clone(),
+            egress.clone(),
+            clock.clone(),
+            store.clone(),
+        ))),
+        _ => None,
+    };
     let instance: Arc<str> = latchkey_vault::store::new_id().into();
     let tokens = Arc::new(latchkey_broker::token_service::TokenService::new(
         store.clone(),
@@ -100,10 +122,44 @@ pub fn state(
         api_key_cache,
         api_key_ttls: cfg.api_keys,
         ops_access: ops::OpsAccess::from_config(cfg),
+        signin,
     }))
 }
 pub use config::{AuthConfig, Config, ConfigError, JwtKeySource, JwtTenant};
 pub use error::{ApiError, FieldError};
+
+/// Where a verified token's tenant, subject and role come from: the same for access
+/// tokens and for the ID tokens of people signing in.
+fn claim_mapping(tenant: &JwtTenant) -> Result<ClaimMapping, ConfigError> {
+    // The tenant is a required claim, or fixed by configuration: never a silent
+    // default.
+    Ok(match tenant {
+        JwtTenant::Claim(c) => ClaimMapping {
+            tenant_claims: vec![c.clone()],
+            fixed_tenant: None,
+            ..ClaimMapping::default()
+        },
+        JwtTenant::Fixed(t) => {
+            TenantId::new(t.clone()).map_err(|e| ConfigError {
+                setting: "auth.tenant".into(),
+                message: e.to_string(),
+            })?;
+            ClaimMapping {
+                fixed_tenant: Some(t.clone()),
+                ..ClaimMapping::default()
+            }
+        }
+    })
+}
+
+/// Checks `[auth.login]` against the provider before serving (see
+/// [`service::signin::SignIn::check_at_start`]); nothing to check without it.
+pub async fn check_signin(state: &AppState) -> Result<(), ConfigError> {
+    match &state.signin {
+        Some(si) => si.check_at_start().await,
+        None => Ok(()),
+    }
+}
 
 /// The outbound HTTP client the configuration asks for.
 pub fn egress(cfg: &Config) -> Result<Egress, ConfigError> {
@@ -183,23 +239,19 @@ pub fn guard(
             };
             // The tenant is a required claim, or fixed by configuration: never a
             // silent default.
-            jc.claims = match tenant {
-                JwtTenant::Claim(c) => ClaimMapping {
-                    tenant_claims: vec![c.clone()],
-                    fixed_tenant: None,
-                    ..ClaimMapping::default()
-                },
-                JwtTenant::Fixed(t) => {
-                    TenantId::new(t.clone()).map_err(|e| bad("auth.tenant", e.to_string()))?;
-                    ClaimMapping {
-                        fixed_tenant: Some(t.clone()),
-                        ..ClaimMapping::default()
-                    }
-                }
-            };
+            jc.claims = claim_mapping(tenant)?;
             let verifier = JwtVerifier::new(jc, jwks).map_err(|e| bad("auth", e.to_string()))?;
             let mut t = TokenAuthenticator::new(clock.clone());
             t.jwt = Some(verifier);
+            // Browser sessions exist only where people can sign in (issue 19).
+            if let Some(l) = &cfg.login {
+                t.sessions = Some(Arc::new(service::signin::StoreSessions::new(
+                    store.clone(),
+                    clock.clone(),
+                    l.session_idle,
+                    required_scopes.clone(),
+                )));
+            }
             t.api_keys = Some(Arc::new(api_keys::StoreApiKeys::new(
                 store,
                 clock,

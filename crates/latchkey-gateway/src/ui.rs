@@ -54,6 +54,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../ui/dom.js"),
     },
     Asset {
+        name: "session.js",
+        content_type: JS,
+        body: include_bytes!("../ui/session.js"),
+    },
+    Asset {
         name: "messages.js",
         content_type: JS,
         body: include_bytes!("../ui/messages.js"),

@@ -18,12 +18,28 @@ export class ApiError extends Error {
   }
 }
 
+/** The session's CSRF token (jwt mode, signed in through the browser); null otherwise. */
+let csrf = null;
+/** Called when a signed-in session's call is refused with 401 (the session ended). */
+let signedOut = null;
+
+/** Sets the CSRF token every state-changing call carries. */
+export function setCsrf(token) {
+  csrf = typeof token === "string" && token ? token : null;
+}
+
+/** Registers what to do when the session ends while the page is open. */
+export function onSignedOut(fn) {
+  signedOut = fn;
+}
+
 async function request(method, path, body) {
   const init = { method, headers: { accept: "application/json" }, credentials: "same-origin" };
   if (body !== undefined) {
     init.headers["content-type"] = "application/json";
     init.body = JSON.stringify(body);
   }
+  if (csrf && method !== "GET") init.headers["x-csrf-token"] = csrf;
   let r;
   try {
     r = await fetch(path, init);
@@ -39,6 +55,7 @@ async function request(method, path, body) {
       data = null;
     }
   }
+  if (r.status === 401 && csrf && signedOut) signedOut();
   if (!r.ok) throw new ApiError(r.status, data);
   return data;
 }
@@ -47,6 +64,9 @@ const e = encodeURIComponent;
 
 export const api = {
   whoami: () => request("GET", "/v1/whoami"),
+  authConfig: () => request("GET", "/v1/auth/config"),
+  session: () => request("GET", "/v1/auth/session"),
+  logout: () => request("POST", "/v1/auth/logout", {}),
   servers: () => request("GET", "/v1/servers"),
   createServer: (body) => request("POST", "/v1/servers", body),
   updateServer: (id, body) => request("PATCH", `/v1/servers/${e(id)}`, body),

@@ -18,6 +18,7 @@ import {
 import { alertUser, clearAlerts, notify } from "./notices.js";
 import * as headers from "./headers.js";
 import * as oauth from "./oauth.js";
+import * as session from "./session.js";
 import { toolForm } from "./toolform.js";
 
 const $ = (id) => document.getElementById(id);
@@ -723,19 +724,21 @@ function liveUpdates() {
   open();
 }
 
-async function whoami() {
+/** Who is using the page (session.js); false when the sign-in panel is shown instead. */
+async function signedIn() {
   try {
-    const me = await api.whoami();
-    fill($("whoami"), `Signed in as ${me.subject} (tenant ${me.tenant}${me.admin ? ", admin" : ""})`);
+    return (await session.start()) !== null;
   } catch (err) {
     alertUser(describeError(err), "load");
+    return true;
   }
 }
 
 /** The static-header rows of the add form ([`headers.installForm`]). */
 let headersForm = { sync: () => {} };
 
-function main() {
+async function main() {
+  if (!(await signedIn())) return;
   oauth.listen();
   headersForm = headers.installForm($("server-form"), field("auth_type"));
   $("server-form").addEventListener("submit", submitForm);
@@ -754,7 +757,6 @@ function main() {
     if (document.visibilityState === "visible") loadAll();
   });
   resetForm();
-  whoami();
   liveUpdates();
   loadAll();
 }

@@ -4,6 +4,7 @@
 //!   refuses it or cannot run, and introspection is configured, introspection decides.
 //!   An opaque bearer token never reaches the API-key path.
 //! * `Token` is always an API key and never reaches an OAuth verifier.
+//! * With no `Authorization`, the session cookie (when sessions are configured).
 //! * Required scopes are checked last (403 `insufficient_scope`).
 //! * [`Authenticator::Local`] is the loopback single-user mode: no credential needed.
 
@@ -19,6 +20,7 @@ use crate::error::{GuardError, InvalidReason};
 use crate::introspection::Introspector;
 use crate::jwt::JwtVerifier;
 use crate::principal::{AuthSource, Principal, Role, SubjectId, TenantId};
+use crate::session::{self, SessionStore};
 
 /// Verifiers for credential-bearing requests. Any of them may be absent; a credential
 /// with no verifier for its kind is invalid.
@@ -29,6 +31,8 @@ pub struct TokenAuthenticator {
     pub introspection: Option<Introspector>,
     /// API keys (`Token` scheme).
     pub api_keys: Option<Arc<dyn ApiKeyStore>>,
+    /// Browser sessions (the session cookie, only when no `Authorization` is sent).
+    pub sessions: Option<Arc<dyn SessionStore>>,
     /// Scopes every request must carry (e.g. `["mcp"]`); empty for none.
     pub required_scopes: Vec<String>,
     /// The clock for `exp`/`nbf` and the caches.
@@ -41,6 +45,7 @@ impl fmt::Debug for TokenAuthenticator {
             .field("jwt", &self.jwt)
             .field("introspection", &self.introspection)
             .field("api_keys", &self.api_keys)
+            .field("sessions", &self.sessions)
             .field("required_scopes", &self.required_scopes)
             .finish_non_exhaustive()
     }
@@ -53,6 +58,7 @@ impl TokenAuthenticator {
             jwt: None,
             introspection: None,
             api_keys: None,
+            sessions: None,
             required_scopes: Vec::new(),
             clock,
         }
@@ -69,6 +75,10 @@ impl TokenAuthenticator {
             Some(Credential::Bearer(t)) => self.bearer(t.expose(), now).await?,
             Some(Credential::ApiKey(k)) => match &self.api_keys {
                 Some(store) => api_key::authenticate(store.as_ref(), k.expose()).await?,
+                None => return Err(InvalidReason::NoVerifier.into()),
+            },
+            Some(Credential::Session(id)) => match &self.sessions {
+                Some(store) => session::authenticate(store.as_ref(), id.expose()).await?,
                 None => return Err(InvalidReason::NoVerifier.into()),
             },
         };
@@ -136,7 +146,12 @@ impl Authenticator {
         match self {
             Authenticator::Local(p) => Ok(p.clone()),
             Authenticator::Tokens(t) => {
-                let credential = credential::from_headers(headers)?;
+                let mut credential = credential::from_headers(headers)?;
+                // The cookie counts only when no `Authorization` is sent, and only
+                // where sessions exist.
+                if credential.is_none() && t.sessions.is_some() {
+                    credential = session::session_id(headers).map(Credential::Session);
+                }
                 t.authenticate_at(credential.as_ref(), t.clock.now()).await
             }
         }

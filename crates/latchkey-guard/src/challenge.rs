@@ -58,7 +58,7 @@ pub fn www_authenticate(err: &GuardError, p: ChallengeParams<'_>) -> Option<Stri
             params.push(("error", quoted("insufficient_scope")));
             Some(required.join(" "))
         }
-        GuardError::Unavailable(_) | GuardError::BadHostOrOrigin => return None,
+        GuardError::Unavailable(_) | GuardError::BadHostOrOrigin | GuardError::Csrf => return None,
     };
     if let Some(s) = scope.filter(|s| !s.is_empty()) {
         params.push(("scope", quoted(&s)));
@@ -78,6 +78,10 @@ fn status_and_body(err: &GuardError) -> (StatusCode, serde_json::Value) {
         GuardError::Invalid(InvalidReason::UnknownApiKey) => (
             StatusCode::UNAUTHORIZED,
             json!({"error": "invalid_token", "error_description": "Invalid API key"}),
+        ),
+        GuardError::Invalid(InvalidReason::UnknownSession) => (
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "invalid_token", "error_description": "Your session has ended: sign in again"}),
         ),
         GuardError::Invalid(_) => (
             StatusCode::UNAUTHORIZED,
@@ -101,6 +105,10 @@ fn status_and_body(err: &GuardError) -> (StatusCode, serde_json::Value) {
         GuardError::BadHostOrOrigin => (
             StatusCode::FORBIDDEN,
             json!({"error": "forbidden", "error_description": "Invalid Host/Origin header"}),
+        ),
+        GuardError::Csrf => (
+            StatusCode::FORBIDDEN,
+            json!({"error": "forbidden", "error_description": "A request made with a session cookie needs the session's X-CSRF-Token header"}),
         ),
     }
 }

@@ -21,13 +21,15 @@ pub enum Credential {
     Bearer(Secret),
     /// `Token`: a Latchkey API key.
     ApiKey(Secret),
+    /// The browser session cookie's id (see [`crate::session`]).
+    Session(Secret),
 }
 
 impl Credential {
     /// The token text.
     pub fn secret(&self) -> &Secret {
         match self {
-            Credential::Bearer(s) | Credential::ApiKey(s) => s,
+            Credential::Bearer(s) | Credential::ApiKey(s) | Credential::Session(s) => s,
         }
     }
 }

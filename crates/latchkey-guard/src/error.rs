@@ -55,6 +55,9 @@ pub enum InvalidReason {
     /// An API key that is not known (or not shaped like one).
     #[error("unknown API key")]
     UnknownApiKey,
+    /// A session cookie naming no live session (unknown, signed out, ended or idle).
+    #[error("unknown or ended session")]
+    UnknownSession,
 }
 
 /// Why the credential could not be checked (answered 503, never 401: a 401 would make
@@ -73,6 +76,9 @@ pub enum UnavailableReason {
     /// The API-key store failed.
     #[error("API key store unavailable")]
     ApiKeyStore,
+    /// The session store failed.
+    #[error("session store unavailable")]
+    Store,
 }
 
 /// Why a request was refused before reaching a handler.
@@ -96,6 +102,10 @@ pub enum GuardError {
     /// `Host` or `Origin` not allowed (403, R-RS-15).
     #[error("invalid Host/Origin header")]
     BadHostOrOrigin,
+    /// A state-changing request made with a session cookie without the session's CSRF
+    /// token (403).
+    #[error("missing or wrong CSRF token")]
+    Csrf,
 }
 
 impl GuardError {
@@ -105,7 +115,9 @@ impl GuardError {
             GuardError::Unavailable(UnavailableReason::IntrospectionAuth) => {
                 ErrorClass::Configuration
             }
-            GuardError::Unavailable(UnavailableReason::ApiKeyStore) => ErrorClass::Internal,
+            GuardError::Unavailable(UnavailableReason::ApiKeyStore | UnavailableReason::Store) => {
+                ErrorClass::Internal
+            }
             GuardError::Unavailable(_) => ErrorClass::AuthorizationServer,
             _ => ErrorClass::Caller,
         }

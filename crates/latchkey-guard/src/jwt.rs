@@ -151,6 +151,20 @@ impl JwtVerifier {
     /// Verifies `token` at time `now`. `Invalid` when the token is refused,
     /// `Unavailable` when the JWKS could not be obtained.
     pub async fn verify(&self, token: &str, now: UnixTime) -> Result<Principal, GuardError> {
+        self.verify_claims(token, now, AuthSource::Jwt)
+            .await
+            .map(|(_, p)| p)
+    }
+
+    /// Verifies `token` like [`Self::verify`] and also returns its claims, for checks
+    /// beyond an access token's (an OpenID ID token's `nonce` and `azp`). The principal
+    /// is marked as coming from `source`.
+    pub async fn verify_claims(
+        &self,
+        token: &str,
+        now: UnixTime,
+        source: AuthSource,
+    ) -> Result<(Map<String, Value>, Principal), GuardError> {
         let header = parse_header(token)?;
         if header.crit.is_some() {
             return Err(InvalidReason::CriticalHeader.into());
@@ -192,11 +206,8 @@ impl JwtVerifier {
         claims::check_issuer(&claims, &self.cfg.issuer)?;
         claims::check_audience(&claims, &self.cfg.audience, true)?;
         claims::check_times(&claims, now, self.cfg.leeway, true)?;
-        Ok(claims::principal_from_claims(
-            &claims,
-            &self.cfg.claims,
-            AuthSource::Jwt,
-        )?)
+        let principal = claims::principal_from_claims(&claims, &self.cfg.claims, source)?;
+        Ok((claims, principal))
     }
 }
 

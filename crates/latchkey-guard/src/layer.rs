@@ -23,6 +23,7 @@ use crate::challenge::{self, ChallengeParams};
 use crate::error::GuardError;
 use crate::origin::{self, HostOriginPolicy};
 use crate::prm::{self, PrmConfig, ResourceResolver};
+use crate::session;
 
 /// Everything around authentication proper.
 #[derive(Debug, Clone)]
@@ -109,7 +110,11 @@ pub async fn require_principal(
     next: Next,
 ) -> Response {
     let host = request_host(req.headers(), req.uri()).map(str::to_owned);
-    match guard.check(host.as_deref(), req.headers()).await {
+    let checked = guard
+        .check(host.as_deref(), req.headers())
+        .await
+        .and_then(|p| csrf_check(&p, req.method(), req.headers()).map(|()| p));
+    match checked {
         Ok(principal) => {
             req.extensions_mut().insert(principal);
             next.run(req).await
@@ -118,6 +123,29 @@ pub async fn require_principal(
             tracing::info!(event = "guard.refused", reason = %e, class = ?e.class());
             guard.refusal(&e, host.as_deref())
         }
+    }
+}
+
+/// A request authenticated by the session cookie that may change state (any method but
+/// GET, HEAD and OPTIONS) must carry the session's CSRF token: the browser sends the
+/// cookie by itself, the token only a page of Latchkey's own origin can read.
+fn csrf_check(
+    principal: &crate::Principal,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<(), GuardError> {
+    if principal.source != crate::AuthSource::Session
+        || matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+    {
+        return Ok(());
+    }
+    let presented = headers
+        .get(session::CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    match session::session_id(headers) {
+        Some(id) if session::csrf_matches(id.expose(), presented) => Ok(()),
+        _ => Err(GuardError::Csrf),
     }
 }
 

@@ -5,7 +5,8 @@
 //!
 //! * [`credential`] reads `Authorization` (`Bearer` = OAuth, `Token` = API key).
 //! * [`jwt`] + [`jwks`] verify JWTs locally; [`introspection`] verifies opaque tokens;
-//!   [`api_key`] checks Latchkey API keys; [`claims`] turns verified claims into a
+//!   [`api_key`] checks Latchkey API keys; [`session`] browser sessions (cookie and
+//!   CSRF token); [`claims`] turns verified claims into a
 //!   [`Principal`]; [`authenticator`] puts these in order.
 //! * [`error`] classifies every refusal; [`challenge`] turns one into an HTTP answer.
 //! * [`prm`] builds the RFC 9728 document from the one resource resolver; [`origin`]
@@ -30,6 +31,7 @@ pub mod layer;
 pub mod origin;
 pub mod principal;
 pub mod prm;
+pub mod session;
 
 pub use api_key::{
     ApiKeyHash, ApiKeyStore, ApiKeyStoreError, InMemoryApiKeyStore, MintedApiKey, mint_api_key,
@@ -45,3 +47,4 @@ pub use layer::{Guard, GuardConfig, prm_router, require_principal};
 pub use origin::HostOriginPolicy;
 pub use principal::{AuthSource, Principal, Role, SubjectId, TenantId};
 pub use prm::{PrmConfig, ResourceConfig, ResourceResolver};
+pub use session::{SessionStore, SessionStoreError};

@@ -92,6 +92,8 @@ pub enum AuthSource {
     /// Local single-user mode: no credential was required.
     Local,
 }
+    /// A browser session started by signing in through the OpenID provider.
+    Session,
 
 /// The authenticated caller. Handlers take identity from here only, never from a body
 /// or query (R-API-11).

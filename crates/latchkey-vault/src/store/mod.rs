@@ -8,7 +8,7 @@
 //!
 //! One module per table or concern, each with its row type, its SQL and its part of
 //! the [`Store`] implementation (a `methods!` macro): `servers`, `credentials`,
-//! `flows`, `headers` (static-header values), `clients` (registered clients), `audit`, `api_keys`, `leases` (refresh
+//! `flows`, `headers` (static-header values), `clients` (registered clients), `audit`, `api_keys`, `sessions` (web sign-in), `leases` (refresh
 //! leases), `sealed_columns` (what key rotation reads and rewrites), `key_set` (the
 //! key-set version serving instances watch), `notify`
 //! (PostgreSQL `NOTIFY`/`LISTEN`), `open` (the database URL, SQLite files) and `wal`
@@ -29,6 +29,7 @@ mod notify;
 mod open;
 mod sealed_columns;
 mod servers;
+mod sessions;
 mod wal;
 
 pub use api_keys::{API_KEY_TOUCH_SECS, ApiKeyRow};
@@ -41,6 +42,7 @@ pub(crate) use headers::values_aad;
 pub use notify::{Notice, Notifications};
 pub use open::DatabaseUrl;
 pub use servers::ServerRow;
+pub use sessions::{SESSION_TOUCH_SECS, WebLoginRow, WebSessionRow};
 pub use wal::{WalBound, WalCheckpoint};
 
 use crate::sealed::{Checkpoint, Rewrap, SealedRow, SealedTable};
@@ -55,6 +57,7 @@ use headers::{HEADER_COLS, HEADERS_UPSERT_SET, INSERT_HEADERS, header_values_fro
 use notify::PgNotifications;
 use sealed_columns::{sealed_from, sealed_select};
 use servers::{SERVER_COLS, server_from};
+use sessions::{LOGIN_COLS, SESSION_COLS, login_from, session_from};
 use sqlx::Row;
 
 /// A fresh row id (UUID v4), known before the row is written so values can be sealed
@@ -225,6 +228,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Records that key `id` was used at `now`, unless it already was within the last
     /// [`API_KEY_TOUCH_SECS`] (then nothing is written). True if the row was updated.
     async fn touch_api_key(&self, id: &str, now: i64) -> Result<bool, StoreError>;
+
+    // People signed in to the web UI (issue 19).
+
+    /// Records a sign-in under way, first deleting those started before `stale_before`
+    /// (Unix seconds).
+    async fn insert_web_login(&self, l: &WebLoginRow, stale_before: i64) -> Result<(), StoreError>;
+    /// Deletes and returns the sign-in whose login id hashes to `id_hash`: a callback
+    /// completes it at most once.
+    async fn take_web_login(&self, id_hash: &[u8; 32]) -> Result<Option<WebLoginRow>, StoreError>;
+    /// Stores a new session, first deleting sessions that ended by its `created_at`.
+    async fn insert_web_session(&self, s: &WebSessionRow) -> Result<(), StoreError>;
+    /// The session whose id hashes to `id_hash`, ended or not (the caller judges).
+    async fn web_session(&self, id_hash: &[u8; 32]) -> Result<Option<WebSessionRow>, StoreError>;
+    /// Records the session's use at `now`, unless it already was within the last
+    /// [`SESSION_TOUCH_SECS`]. True if the row was updated.
+    async fn touch_web_session(&self, id_hash: &[u8; 32], now: i64) -> Result<bool, StoreError>;
+    /// Ends a session (sign-out): true if there was one.
+    async fn delete_web_session(&self, id_hash: &[u8; 32]) -> Result<bool, StoreError>;
 
     // Several instances on one database (R-MULTI-1, R-MULTI-2).
 
@@ -399,6 +420,7 @@ sql_store!(
         clients,
         audit,
         api_keys,
+        sessions,
         leases,
         sealed_columns,
         key_set
@@ -417,6 +439,7 @@ sql_store!(
         clients,
         audit,
         api_keys,
+        sessions,
         leases,
         sealed_columns,
         key_set,
