@@ -24,6 +24,7 @@ mod lifecycle;
 mod operations;
 mod proxy;
 mod servers;
+mod signin;
 mod tools;
 mod ui;
 
