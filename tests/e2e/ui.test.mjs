@@ -995,3 +995,64 @@ test("a static-header server: names at add, values set from its card and never s
   assert.deepEqual(problems, []);
   await context.close();
 });
+
+test("an API key: created and shown once, listed by its prefix, revoked after a confirmation", { timeout: 60000 }, async () => {
+  const { context, page, problems, dialogs } = await open();
+  const section = page.locator("#api-keys");
+  await section.getByRole("heading", { name: "API keys" }).waitFor();
+  const keyCard = (name) => section.locator("li.key", { has: page.getByRole("heading", { name, exact: true }) });
+
+  // A name is required: said, nothing sent.
+  await section.getByRole("button", { name: "Create key" }).click();
+  await until(async () => (await stacked(page, "alert")).some((t) => t.includes("A key needs a name")), "the missing name");
+
+  await section.getByLabel("Key name").fill("e2e agent");
+  await section.getByLabel("Lifetime").selectOption({ label: "1 day" });
+  await section.getByRole("button", { name: "Create key" }).click();
+
+  // Shown once, in a read-only field, with what to do.
+  const field = section.getByLabel("API key", { exact: true });
+  await field.waitFor();
+  const key = await field.inputValue();
+  assert.match(key, /^lk_[A-Za-z0-9_-]{20,}$/);
+  assert.equal(await field.getAttribute("readonly"), "");
+  const note = await section.locator("#new-key-note").textContent();
+  assert.match(note, /shown only now/);
+  assert.match(note, /cannot show it again/);
+  await section.getByRole("button", { name: "Copy" }).click();
+  await until(async () => (await section.locator("#key-once [role=status]").textContent()).length > 0, "the copy outcome");
+  assert.equal(await section.getByLabel("Key name").inputValue(), "", "the form is reset");
+
+  // Listed: name, prefix, created, never used, expiry in a day, every server; never the key.
+  const c = keyCard("e2e agent");
+  await c.waitFor();
+  assert.match(await c.locator('[data-role="created"]').textContent(), /^Created just now$/);
+  assert.equal(await c.locator('[data-role="last-used"]').textContent(), "Never used");
+  assert.match(await c.locator('[data-role="expires"]').textContent(), /^Expires in (24 h|1 d)$/);
+  assert.equal(await c.locator('[data-role="servers"]').textContent(), "Servers: all");
+  assert.match(await c.locator('[data-role="prefix"]').textContent(), /^Prefix: /);
+  assert.ok(!(await section.locator("#keys-list").textContent()).includes(key), "the list never shows the key");
+  await shot(page, "api-key-created");
+
+  // Dismissed: gone from the page; a reload shows the list only.
+  await section.getByRole("button", { name: "Done" }).click();
+  assert.equal(await section.locator("#new-key").count(), 0);
+  assert.ok(!(await page.content()).includes(key));
+  await page.reload();
+  await keyCard("e2e agent").waitFor();
+  assert.equal(await section.locator("#new-key").count(), 0);
+  await assertNoSecrets(page, [new RegExp(key)]);
+
+  // Revoked after a confirmation that says what it does.
+  await keyCard("e2e agent").getByRole("button", { name: "Revoke e2e agent" }).click();
+  await until(async () => (await keyCard("e2e agent").count()) === 0, "the key to go");
+  assert.ok(
+    dialogs.some((d) => d.startsWith("Revoke the API key e2e agent?") && d.includes("stop working at once")),
+    `${dialogs}`,
+  );
+  await until(async () => (await stacked(page, "notice")).some((t) => t.includes("Revoked the API key e2e agent.")), "the notice");
+  assert.equal(await section.locator("#keys-empty").isVisible(), true);
+  await shot(page, "api-key-revoked");
+  assert.deepEqual(problems, []);
+  await context.close();
+});

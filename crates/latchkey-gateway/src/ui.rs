@@ -64,6 +64,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../ui/messages.js"),
     },
     Asset {
+        name: "keys.js",
+        content_type: JS,
+        body: include_bytes!("../ui/keys.js"),
+    },
+    Asset {
         name: "oauth.js",
         content_type: JS,
         body: include_bytes!("../ui/oauth.js"),

@@ -78,4 +78,7 @@ export const api = {
   start: (id, force = false) =>
     request("POST", "/v1/oauth/start", force ? { server_id: id, force: true } : { server_id: id }),
   disconnect: (id) => request("DELETE", `/v1/credentials/${e(id)}`),
+  apiKeys: () => request("GET", "/v1/api-keys"),
+  createApiKey: (body) => request("POST", "/v1/api-keys", body),
+  deleteApiKey: (id) => request("DELETE", `/v1/api-keys/${e(id)}`),
 };

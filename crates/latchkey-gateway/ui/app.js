@@ -17,6 +17,7 @@ import {
 } from "./messages.js";
 import { alertUser, clearAlerts, notify } from "./notices.js";
 import * as headers from "./headers.js";
+import { installKeys } from "./keys.js";
 import * as oauth from "./oauth.js";
 import * as session from "./session.js";
 import { toolForm } from "./toolform.js";
@@ -759,6 +760,7 @@ async function main() {
   resetForm();
   liveUpdates();
   loadAll();
+  installKeys($("api-keys"));
 }
 
 main();
