@@ -13,9 +13,13 @@
 //! or a hash. Members see and delete their own keys; tenant admins, every key of their
 //! tenant. Another tenant's key is a 404, like anything else of another tenant
 //! (R-API-11). Each key records its last use, at most once a minute.
+//!
+//! A key may be restricted to named servers (issue 19): its principal carries their
+//! ids, and it then sees and uses only those ([`AppState::server`] applies the list
+//! where servers are found; the others are not found). Its first characters (the
+//! `prefix`) are kept to tell keys apart in listings; never more of it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -27,7 +31,9 @@ use latchkey_guard::{
     ApiKeyHash, ApiKeyStore, ApiKeyStoreError, AuthSource, Principal, Role, SubjectId, TenantId,
     mint_api_key,
 };
-use latchkey_vault::store::{API_KEY_TOUCH_SECS, ApiKeyRow, AuditEvent, new_ordered_id};
+use latchkey_vault::store::{
+    API_KEY_PREFIX_LEN, API_KEY_TOUCH_SECS, ApiKeyRow, AuditEvent, new_ordered_id,
+};
 use latchkey_vault::{Store, StoreError};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -35,6 +41,7 @@ use serde_json::{Value, json};
 use crate::config::ApiKeyTtls;
 use crate::error::ApiError;
 use crate::fields::{Body, Fields};
+use crate::key_cache::{ApiKeyCache, Cached, CachedKey};
 use crate::state::AppState;
 
 /// Longest key name accepted.
@@ -42,141 +49,6 @@ const NAME_MAX: usize = 100;
 
 /// The shortest lifetime a key may be given, in seconds.
 pub const MIN_TTL_SECS: u64 = 60;
-
-/// How long a key found in the store is served from memory, in seconds: a backstop.
-/// Deletions are announced ([`crate::cluster::Change::ApiKeyDeleted`]) and drop the
-/// entry on every instance at once; expiry is checked on every hit.
-pub const KEY_CACHE_TTL_SECS: i64 = 30;
-
-/// Keys kept in memory at most; past that, expired and stale entries go first, then
-/// the oldest.
-const KEY_CACHE_MAX: usize = 10_000;
-
-/// A key the store knew, as remembered.
-struct CachedKey {
-    /// The row's id: what a deletion names.
-    id: String,
-    /// The principal the key acts as.
-    principal: Principal,
-    /// The row's `expires_at`, Unix seconds.
-    expires_at: i64,
-    /// When the row was read, Unix seconds.
-    cached_at: i64,
-}
-
-/// What the cache says of a presented key.
-enum Cached {
-    /// Not in memory (or remembered too long ago): ask the store.
-    Miss,
-    /// Known and expired: refused without asking the store.
-    Expired,
-    /// Known and valid: the principal, and the key's id when its use is due to be
-    /// recorded.
-    Hit(Principal, Option<String>),
-}
-
-/// Issue 18: without it, every request made with `Authorization: Token lk_…` (the hot
-/// path of `/mcp/{server}`) ran a database query. A short **positive** cache: keyed by
-/// the key's SHA-256 (never the key), it holds the principal a found key acts as and
-/// the row's expiry, for at most [`KEY_CACHE_TTL_SECS`]. A miss is never remembered, so
-/// unknown keys cost a query each and no memory. A key deleted anywhere is announced to
-/// every instance ([`crate::cluster`]), which drops it at once: without that, a deleted
-/// key would keep working on other instances until its entry aged out. An epoch makes
-/// an invalidation win over a store read already under way (its result is not kept).
-#[derive(Default)]
-pub struct ApiKeyCache {
-    entries: Mutex<HashMap<[u8; 32], CachedKey>>,
-    epoch: AtomicU64,
-}
-
-impl std::fmt::Debug for ApiKeyCache {
-    /// The number of entries only: never a hash.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiKeyCache")
-            .field("entries", &self.lock().len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl ApiKeyCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], CachedKey>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The current epoch: read before asking the store, given back to [`Self::put`].
-    fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
-    }
-
-    /// Looks `hash` up at `now`. The map compares hashes with ordinary equality: as for
-    /// the store's index (see [`StoreApiKeys::lookup`]), what its timing could tell is
-    /// how much of a SHA-256 matches, which is of no use without preimages. `due` says
-    /// whether the key's use should be recorded now (called on a valid hit only).
-    fn get(&self, hash: &[u8; 32], now: i64, due: impl FnOnce(&str) -> bool) -> Cached {
-        let mut entries = self.lock();
-        let Some(e) = entries.get(hash) else {
-            return Cached::Miss;
-        };
-        if e.expires_at <= now {
-            entries.remove(hash);
-            return Cached::Expired;
-        }
-        if now.saturating_sub(e.cached_at) >= KEY_CACHE_TTL_SECS || now < e.cached_at {
-            entries.remove(hash);
-            return Cached::Miss;
-        }
-        let touch = due(&e.id).then(|| e.id.clone());
-        Cached::Hit(e.principal.clone(), touch)
-    }
-
-    /// Remembers a key read from the store, unless an invalidation happened since
-    /// `epoch` was read.
-    fn put(&self, hash: [u8; 32], entry: CachedKey, epoch: u64) {
-        let mut entries = self.lock();
-        if self.epoch() != epoch {
-            return;
-        }
-        if entries.len() >= KEY_CACHE_MAX && !entries.contains_key(&hash) {
-            let now = entry.cached_at;
-            entries.retain(|_, e| {
-                e.expires_at > now && now.saturating_sub(e.cached_at) < KEY_CACHE_TTL_SECS
-            });
-            if entries.len() >= KEY_CACHE_MAX
-                && let Some(oldest) = entries
-                    .iter()
-                    .min_by_key(|(_, e)| e.cached_at)
-                    .map(|(h, _)| *h)
-            {
-                entries.remove(&oldest);
-            }
-        }
-        entries.insert(hash, entry);
-    }
-
-    /// Forgets the key with row id `id` (deleted here or on another instance).
-    pub fn forget(&self, id: &str) {
-        let mut entries = self.lock();
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        entries.retain(|_, e| e.id != id);
-    }
-
-    /// Forgets every key (anything may have changed).
-    pub fn clear(&self) {
-        let mut entries = self.lock();
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        entries.clear();
-    }
-
-    /// How many keys are remembered.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether no key is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// The guard's view of the store's API keys ([`ApiKeyStore`] over [`Store`]): finds a
 /// key by hash (through [`ApiKeyCache`]), builds the principal it acts as and records
@@ -263,11 +135,13 @@ fn principal_of(row: &ApiKeyRow, legacy_scopes: &[String]) -> Option<Principal> 
     let tenant = TenantId::new(row.tenant.clone()).ok()?;
     let subject = SubjectId::new(row.subject.clone()).ok()?;
     let scopes = row.scopes.as_deref().unwrap_or(legacy_scopes);
-    Some(
-        Principal::new(tenant, subject, AuthSource::ApiKey)
-            .with_role(role)
-            .with_scopes(scopes.iter().cloned()),
-    )
+    let p = Principal::new(tenant, subject, AuthSource::ApiKey)
+        .with_role(role)
+        .with_scopes(scopes.iter().cloned());
+    Some(match &row.servers {
+        Some(ids) => p.with_servers(ids.iter().cloned()),
+        None => p,
+    })
 }
 
 #[async_trait]
@@ -343,6 +217,11 @@ pub struct ApiKeyView {
     created_at: i64,
     expires_at: i64,
     last_used_at: Option<i64>,
+    /// The key's first characters (`None`: a key from before they were kept).
+    prefix: Option<String>,
+    /// The ids of the only servers the key may use; `None`: every server its owner
+    /// can use.
+    servers: Option<Vec<String>>,
 }
 
 impl From<&ApiKeyRow> for ApiKeyView {
@@ -357,6 +236,8 @@ impl From<&ApiKeyRow> for ApiKeyView {
             created_at: r.created_at,
             expires_at: r.expires_at,
             last_used_at: r.last_used_at,
+            prefix: r.prefix.clone(),
+            servers: r.servers.clone(),
         }
     }
 }
@@ -382,14 +263,95 @@ struct Wanted {
     role: Role,
     scopes: Vec<String>,
     ttl: u64,
+    /// The servers asked for, by id or name, as given (resolved by [`resolve_servers`]).
+    servers: Option<Vec<String>>,
 }
 
-/// Reads `{"name", "expires_in"?, "role"?, "scopes"?}`: every problem reported at once,
+/// Most servers one key may name.
+const SERVERS_MAX: usize = 100;
+
+/// `servers` of a create body: a non-empty array of non-empty strings (server ids or
+/// names), duplicates dropped. `None` when absent or invalid (reported).
+fn read_servers(f: &mut Fields) -> Option<Vec<String>> {
+    let raw = f.value("servers")?.clone();
+    let Value::Array(items) = raw else {
+        f.invalid("servers", "must be an array of server ids or names");
+        return None;
+    };
+    if items.is_empty() || items.len() > SERVERS_MAX {
+        f.invalid(
+            "servers",
+            format!("give 1 to {SERVERS_MAX} server ids or names (omit it for every server)"),
+        );
+        return None;
+    }
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for item in &items {
+        match item.as_str().map(str::trim) {
+            Some(w) if !w.is_empty() => {
+                if !out.iter().any(|o| o == w) {
+                    out.push(w.to_owned());
+                }
+            }
+            _ => {
+                f.invalid("servers", "each entry must be a server id or name");
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The ids of the servers `wanted` names (each by id, or by name if exactly one server
+/// of the caller's tenant has it), among those `p` can see; a 400 on `servers` naming
+/// every one that matches none.
+async fn resolve_servers(
+    s: &AppState,
+    p: &Principal,
+    wanted: &[String],
+) -> Result<Vec<String>, ApiError> {
+    let rows = s.servers_of(p).await?;
+    let mut ids: Vec<String> = Vec::with_capacity(wanted.len());
+    let mut unknown: Vec<&str> = Vec::new();
+    for w in wanted {
+        let by_id = rows.iter().find(|r| r.id == *w);
+        let by_name = || {
+            let mut named = rows.iter().filter(|r| r.name.eq_ignore_ascii_case(w));
+            match (named.next(), named.next()) {
+                (Some(one), None) => Some(one),
+                _ => None,
+            }
+        };
+        match by_id.or_else(by_name) {
+            Some(r) if !ids.contains(&r.id) => ids.push(r.id.clone()),
+            Some(_) => {}
+            None => unknown.push(w),
+        }
+    }
+    if unknown.is_empty() {
+        Ok(ids)
+    } else {
+        Err(ApiError::BadRequest(vec![crate::error::FieldError {
+            field: "servers".into(),
+            message: format!(
+                "no server of yours has the id or name {}",
+                unknown
+                    .iter()
+                    .map(|u| format!("{u:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }]))
+    }
+}
+
+/// Reads `{"name", "expires_in"?, "role"?, "scopes"?, "servers"?}`: every problem reported at once,
 /// with its field. A key never gets more than `p` has: a role above the caller's, a
 /// scope the caller lacks, or a lifetime beyond the role's maximum is a 400.
 fn wanted(body: &[u8], p: &Principal, ttls: &ApiKeyTtls) -> Result<Wanted, ApiError> {
-    let mut f = Fields::parse(body, &["name", "expires_in", "role", "scopes"])?;
+    let mut f = Fields::parse(body, &["name", "expires_in", "role", "scopes", "servers"])?;
     let name = f.string("name", true, NAME_MAX);
+    let servers = read_servers(&mut f);
     let expires_in = f.unsigned("expires_in");
     let role = match f.choice("role", &["admin", "member"]).as_deref() {
         None => p.role,
@@ -443,13 +405,15 @@ fn wanted(body: &[u8], p: &Principal, ttls: &ApiKeyTtls) -> Result<Wanted, ApiEr
         role,
         scopes,
         ttl,
+        servers,
     })
 }
 
-/// `POST /v1/api-keys` `{"name", "expires_in"?, "role"?, "scopes"?}`: a new key acting
-/// as the caller, shown this once. `expires_in` is seconds (default and maximum per
-/// [`ApiKeyTtls`]); `role` (`member` or `admin`) and `scopes` (space separated) may
-/// only narrow the caller's own. A key cannot mint another key (a leaked key must not
+/// `POST /v1/api-keys` `{"name", "expires_in"?, "role"?, "scopes"?, "servers"?}`: a new
+/// key acting as the caller, shown this once. `expires_in` is seconds (default and
+/// maximum per [`ApiKeyTtls`]); `role` (`member` or `admin`) and `scopes` (space
+/// separated) may only narrow the caller's own; `servers` (ids or names) restricts the
+/// key to those servers (issue 19), which it alone then sees and uses. A key cannot mint another key (a leaked key must not
 /// be able to outlive its deletion).
 pub async fn create(
     State(s): State<AppState>,
@@ -460,7 +424,16 @@ pub async fn create(
     if p.source == AuthSource::ApiKey {
         return Err(ApiError::Forbidden);
     }
+    let servers = match &w.servers {
+        Some(wanted) => Some(resolve_servers(&s, &p, wanted).await?),
+        None => None,
+    };
     let minted = mint_api_key();
+    let prefix = minted
+        .key
+        .expose()
+        .get(..API_KEY_PREFIX_LEN)
+        .map(str::to_owned);
     let now = s.now();
     let row = ApiKeyRow {
         id: new_ordered_id(),
@@ -474,6 +447,8 @@ pub async fn create(
         expires_at: now.saturating_add(i64::try_from(w.ttl).unwrap_or(i64::MAX)),
         scopes: Some(w.scopes),
         creator_role: Some(role_name(p.role).to_owned()),
+        servers,
+        prefix,
     };
     match s.store.insert_api_key(&row).await {
         Ok(()) => {}
@@ -491,8 +466,11 @@ pub async fn create(
             "key": minted.key.expose(),
             "role": row.role,
             "scopes": row.scopes,
+            "servers": row.servers,
+            "prefix": row.prefix,
             "created_at": row.created_at,
             "expires_at": row.expires_at,
+            "last_used_at": row.last_used_at,
         })),
     ))
 }

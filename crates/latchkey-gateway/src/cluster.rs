@@ -62,7 +62,7 @@ pub enum Change {
         url: Option<String>,
     },
     /// An API key was deleted: every instance drops it from its key cache at once
-    /// ([`crate::api_keys::ApiKeyCache`]), so a deleted key stops working everywhere,
+    /// ([`crate::key_cache::ApiKeyCache`]), so a deleted key stops working everywhere,
     /// not only once the cached entry ages out. Its row id, never the key or its hash.
     ApiKeyDeleted {
         /// The key's row id.

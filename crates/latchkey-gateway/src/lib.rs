@@ -15,10 +15,10 @@ pub mod fields;
 pub mod flows;
 pub mod header_cache;
 pub mod headers;
+pub mod key_cache;
 pub mod limits;
 pub mod listener;
 pub mod ops;
-pub mod oidc;
 pub mod proxy;
 pub mod revoke;
 pub mod server_cache;
@@ -53,7 +53,7 @@ pub fn state(
     clock: Arc<dyn Clock>,
 ) -> Result<AppState, ConfigError> {
     let egress = egress(cfg)?;
-    let api_key_cache = Arc::new(api_keys::ApiKeyCache::default());
+    let api_key_cache = Arc::new(key_cache::ApiKeyCache::default());
     let guard = guard(
         cfg,
         egress.clone(),
@@ -70,7 +70,7 @@ pub fn state(
                 required_scopes,
                 ..
             },
-        ) => Some(Arc::new(oidc::SignIn::new(
+        ) => Some(Arc::new(service::signin::SignIn::new(
             l.clone(),
             &cfg.public_url,
             audience.clone(),
@@ -154,7 +154,7 @@ fn claim_mapping(tenant: &JwtTenant) -> Result<ClaimMapping, ConfigError> {
 }
 
 /// Checks `[auth.login]` against the provider before serving (see
-/// [`oidc::SignIn::check_at_start`]); nothing to check without it.
+/// [`service::signin::SignIn::check_at_start`]); nothing to check without it.
 pub async fn check_signin(state: &AppState) -> Result<(), ConfigError> {
     match &state.signin {
         Some(si) => si.check_at_start().await,
@@ -199,7 +199,7 @@ pub fn guard(
     egress: Egress,
     clock: Arc<dyn Clock>,
     store: Arc<dyn latchkey_vault::Store>,
-    key_cache: Arc<api_keys::ApiKeyCache>,
+    key_cache: Arc<key_cache::ApiKeyCache>,
 ) -> Result<Guard, ConfigError> {
     let bad = |setting: &str, message: String| ConfigError {
         setting: setting.into(),
@@ -246,7 +246,7 @@ pub fn guard(
             t.jwt = Some(verifier);
             // Browser sessions exist only where people can sign in (issue 19).
             if let Some(l) = &cfg.login {
-                t.sessions = Some(Arc::new(oidc::StoreSessions::new(
+                t.sessions = Some(Arc::new(service::signin::StoreSessions::new(
                     store.clone(),
                     clock.clone(),
                     l.session_idle,

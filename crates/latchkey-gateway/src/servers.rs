@@ -151,7 +151,7 @@ pub async fn list(
     State(s): State<AppState>,
     axum::Extension(p): axum::Extension<Principal>,
 ) -> Result<Json<Vec<ServerView>>, ApiError> {
-    let rows = s.store.list_servers(p.tenant.as_str()).await?;
+    let rows = s.servers_of(&p).await?;
     let mut views = Vec::with_capacity(rows.len());
     for row in &rows {
         views.push(ServerView::of(&s, &p, row).await?);

@@ -81,20 +81,24 @@ pub struct Shared {
     pub upstream: Arc<crate::upstream_sessions::UpstreamSessions>,
     /// Open event and MCP GET streams per principal ([`crate::limits`]).
     pub streams: Arc<crate::limits::StreamSlots>,
-    /// API keys found in the store, briefly ([`crate::api_keys::ApiKeyCache`]); the
+    /// API keys found in the store, briefly ([`crate::key_cache::ApiKeyCache`]); the
     /// guard reads it, deletions empty it.
-    pub api_key_cache: Arc<crate::api_keys::ApiKeyCache>,
+    pub api_key_cache: Arc<crate::key_cache::ApiKeyCache>,
     /// API key lifetimes.
     pub api_key_ttls: crate::config::ApiKeyTtls,
     /// Who may read `/metrics` and the OpenAPI document ([`crate::ops`]).
     pub ops_access: crate::ops::OpsAccess,
-    /// Sign-in for people, when `[auth.login]` is configured ([`crate::oidc`]).
-    pub signin: Option<Arc<crate::oidc::SignIn>>,
+    /// Sign-in for people, when `[auth.login]` is configured ([`crate::service::signin`]).
+    pub signin: Option<Arc<crate::service::signin::SignIn>>,
 }
 
 impl AppState {
     /// The caller's tenant's server `id`, or 404: the tenant check every handler makes
-    /// before reading, writing or revoking anything of a server (R-API-11).
+    /// before reading, writing or revoking anything of a server (R-API-11). These
+    /// methods ([`Self::server`], [`Self::server_for_call`], [`Self::servers_of`]) are
+    /// where every server is found for a caller, so they also apply a restricted API
+    /// key's server list (issue 19): a server outside it is not found, like another
+    /// tenant's.
     pub async fn server(
         &self,
         p: &latchkey_guard::Principal,
@@ -103,13 +107,39 @@ impl AppState {
         self.store
             .get_server(p.tenant.as_str(), id)
             .await?
+            .filter(|row| p.may_use_server(&row.id))
             .ok_or(ApiError::NotFound)
+    }
+
+    /// The caller's tenant's servers, by name, but only those a restricted API key may
+    /// use ([`Self::server`]).
+    pub async fn servers_of(
+        &self,
+        p: &latchkey_guard::Principal,
+    ) -> Result<Vec<latchkey_vault::store::ServerRow>, ApiError> {
+        let mut rows = self.store.list_servers(p.tenant.as_str()).await?;
+        rows.retain(|row| p.may_use_server(&row.id));
+        Ok(rows)
     }
 
     /// [`AppState::server`] for the call paths (proxy, federated endpoint, tool calls):
     /// served from memory for up to [`crate::server_cache::TTL`]. Never for a
     /// read-modify-write: those read the row itself.
     pub async fn server_for_call(
+        &self,
+        p: &latchkey_guard::Principal,
+        id: &str,
+    ) -> Result<Arc<latchkey_vault::store::ServerRow>, ApiError> {
+        let row = self.server_row_for_call(p, id).await?;
+        if p.may_use_server(&row.id) {
+            Ok(row)
+        } else {
+            Err(ApiError::NotFound)
+        }
+    }
+
+    /// [`Self::server_for_call`] before a restricted key's server list is applied.
+    async fn server_row_for_call(
         &self,
         p: &latchkey_guard::Principal,
         id: &str,

@@ -4,6 +4,7 @@
 //! their own formats before building them.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -91,9 +92,9 @@ pub enum AuthSource {
     ApiKey,
     /// Local single-user mode: no credential was required.
     Local,
-}
     /// A browser session started by signing in through the OpenID provider.
     Session,
+}
 
 /// The authenticated caller. Handlers take identity from here only, never from a body
 /// or query (R-API-11).
@@ -109,6 +110,18 @@ pub struct Principal {
     pub scopes: Vec<String>,
     /// How the caller was authenticated.
     pub source: AuthSource,
+    /// The ids of the only servers the caller may use: set for an API key restricted
+    /// to named servers (issue 19); `None` for every other principal (every server of
+    /// the tenant its role allows). Shared, so cloning a principal copies no list.
+    #[serde(serialize_with = "serialize_servers")]
+    pub servers: Option<Arc<[String]>>,
+}
+
+fn serialize_servers<S: serde::Serializer>(
+    servers: &Option<Arc<[String]>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&servers.as_deref(), s)
 }
 
 impl Principal {
@@ -120,7 +133,26 @@ impl Principal {
             role: Role::Member,
             scopes: Vec::new(),
             source,
+            servers: None,
         }
+    }
+
+    /// Restricts the principal to the servers with these ids.
+    pub fn with_servers<I, S>(mut self, ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.servers = Some(ids.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether the principal may use the server with id `server_id` at all (its
+    /// tenant's servers are checked apart): false only outside a key's server list.
+    pub fn may_use_server(&self, server_id: &str) -> bool {
+        self.servers
+            .as_deref()
+            .is_none_or(|ids| ids.iter().any(|id| id == server_id))
     }
 
     /// Sets the role.
@@ -189,5 +221,8 @@ mod tests {
         let required = vec!["mcp".to_owned(), "write".to_owned()];
         assert_eq!(p.missing_scopes(&required), vec!["write"]);
         assert!(!p.is_admin());
+        assert!(p.may_use_server("any"), "unrestricted");
+        let k = p.with_servers(["s1", "s2"]);
+        assert!(k.may_use_server("s2") && !k.may_use_server("s3"));
     }
 }

@@ -227,17 +227,14 @@ impl Federation {
     }
 
     /// The caller's tenant's servers with their slugs (computed over all of them, so
-    /// names do not change as servers connect or disconnect).
+    /// names do not change as servers connect or disconnect). A restricted API key's
+    /// list holds only its servers ([`crate::state::AppState::servers_of`]): the others' tools are
+    /// neither listed nor callable, and their names do not shape the slugs it sees.
     async fn members(&self, p: &Principal) -> Result<Vec<Member>, ErrorData> {
-        let servers = self
-            .s
-            .store
-            .list_servers(p.tenant.as_str())
-            .await
-            .map_err(|e| {
-                tracing::warn!(event = "mcp.federated.store_failed", error = %e);
-                unavailable()
-            })?;
+        let servers = self.s.servers_of(p).await.map_err(|e| {
+            tracing::warn!(event = "mcp.federated.store_failed", error = %e);
+            unavailable()
+        })?;
         let mut slugs = names::slugs(servers.iter().map(|s| (s.id.as_str(), s.name.as_str())));
         Ok(servers
             .into_iter()

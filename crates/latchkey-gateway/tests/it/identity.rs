@@ -482,9 +482,12 @@ async fn api_keys_minted_over_the_api_work_on_the_token_scheme_only() {
             "expires_at",
             "id",
             "key",
+            "last_used_at",
             "name",
+            "prefix",
             "role",
-            "scopes"
+            "scopes",
+            "servers"
         ]
     );
     let key = minted["key"].as_str().unwrap().to_owned();

@@ -31,6 +31,12 @@ pub struct ApiKeyRow {
     /// The role its creator had when minting it (`admin` or `member`); `None` only for
     /// rows that predate migration 0008 and had none recorded.
     pub creator_role: Option<String>,
+    /// The ids of the only servers the key may use (stored as a JSON array); `None`:
+    /// every server its owner can use (migration 0033).
+    pub servers: Option<Vec<String>>,
+    /// The key's first [`API_KEY_PREFIX_LEN`] characters, shown so its owner can tell
+    /// keys apart; `None` for keys made before migration 0033.
+    pub prefix: Option<String>,
 }
 
 impl std::fmt::Debug for ApiKeyRow {
@@ -42,6 +48,7 @@ impl std::fmt::Debug for ApiKeyRow {
             .field("role", &self.role)
             .field("name", &self.name)
             .field("expires_at", &self.expires_at)
+            .field("servers", &self.servers)
             .finish_non_exhaustive()
     }
 }
@@ -50,8 +57,12 @@ impl std::fmt::Debug for ApiKeyRow {
 /// this many seconds, so authentication is not a write per request.
 pub const API_KEY_TOUCH_SECS: i64 = 60;
 
+/// How many leading characters of a key are stored and shown (`lk_` and 9 more): enough
+/// to tell keys apart, far too few to help guess one.
+pub const API_KEY_PREFIX_LEN: usize = 12;
+
 pub(super) const API_KEY_COLS: &str = "id, tenant_id, subject, role, name, hash, created_at, last_used_at, \
-     expires_at, scopes, creator_role";
+     expires_at, scopes, creator_role, servers, prefix";
 
 pub(super) fn api_key_from<R>(r: &R) -> Result<ApiKeyRow, sqlx::Error>
 where
@@ -65,6 +76,14 @@ where
 {
     let hash: Vec<u8> = r.try_get("hash")?;
     let scopes: Option<String> = r.try_get("scopes")?;
+    let servers: Option<String> = r.try_get("servers")?;
+    let servers = servers
+        .map(|s| serde_json::from_str::<Vec<String>>(&s))
+        .transpose()
+        .map_err(|e| sqlx::Error::ColumnDecode {
+            index: "servers".into(),
+            source: Box::new(e),
+        })?;
     Ok(ApiKeyRow {
         id: r.try_get("id")?,
         tenant: r.try_get("tenant_id")?,
@@ -80,6 +99,8 @@ where
         expires_at: r.try_get("expires_at")?,
         scopes: scopes.map(|s| s.split_whitespace().map(str::to_owned).collect()),
         creator_role: r.try_get("creator_role")?,
+        servers,
+        prefix: r.try_get("prefix")?,
     })
 }
 
@@ -91,7 +112,7 @@ macro_rules! methods {
         $crate::store::sql_store! { @impl $name $tables { $($methods)*
             async fn insert_api_key(&self, k: &ApiKeyRow) -> Result<(), StoreError> {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO api_keys ({API_KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                    "INSERT INTO api_keys ({API_KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
                 )))
                 .bind(&k.id)
                 .bind(&k.tenant)
@@ -104,6 +125,8 @@ macro_rules! methods {
                 .bind(k.expires_at)
                 .bind(k.scopes.as_ref().map(|s| s.join(" ")))
                 .bind(&k.creator_role)
+                .bind(k.servers.as_ref().map(|s| serde_json::Value::from(s.clone()).to_string()))
+                .bind(k.prefix.as_ref().map(|p| p.chars().take(API_KEY_PREFIX_LEN).collect::<String>()))
                 .execute(&self.pool)
                 .await?;
                 Ok(())

@@ -32,7 +32,7 @@ mod servers;
 mod sessions;
 mod wal;
 
-pub use api_keys::{API_KEY_TOUCH_SECS, ApiKeyRow};
+pub use api_keys::{API_KEY_PREFIX_LEN, API_KEY_TOUCH_SECS, ApiKeyRow};
 pub use audit::AuditEvent;
 pub use clients::RegisteredClientRow;
 pub use credentials::{CredentialRow, WriteBack};

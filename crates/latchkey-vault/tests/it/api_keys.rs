@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use latchkey_vault::store::{API_KEY_TOUCH_SECS, new_ordered_id};
+use latchkey_vault::store::{API_KEY_PREFIX_LEN, API_KEY_TOUCH_SECS, new_ordered_id};
 use latchkey_vault::{ApiKeyRow, SqliteStore, Store, StoreError};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -38,6 +38,8 @@ fn row(tenant: &str, subject: &str, role: &str, name: &str, hash: [u8; 32], at: 
         expires_at: at + 86_400,
         scopes: Some(vec!["mcp".into(), "tools:read".into()]),
         creator_role: Some(role.into()),
+        servers: None,
+        prefix: None,
     }
 }
 
@@ -244,8 +246,8 @@ async fn no_plaintext_api_key_in_the_sqlite_file() {
     store.pool().close().await;
 }
 
-/// Expiry, scopes and the creator's role round-trip on both backends, including a key
-/// with no scopes and one that predates them (`None`).
+/// Expiry, scopes, the creator's role, the server restriction and the prefix round-trip
+/// on both backends, including a key with no scopes and one that predates them (`None`).
 async fn bounds(store: Arc<dyn Store>) {
     let (_, h1) = key();
     let (_, h2) = key();
@@ -265,7 +267,20 @@ async fn bounds(store: Arc<dyn Store>) {
         creator_role: None,
         ..row("t1", "ann", "member", "legacy", h3, NOW)
     };
-    for r in [&a, &b, &c] {
+    // Migration 0033: a key restricted to servers, with its prefix (and one with an
+    // empty list, which the API refuses but the store keeps as written).
+    let (k4, h4) = key();
+    let d = ApiKeyRow {
+        servers: Some(vec!["srv-1".into(), "srv-2".into()]),
+        prefix: Some(k4[..API_KEY_PREFIX_LEN].to_owned()),
+        ..row("t1", "ann", "member", "restricted", h4, NOW)
+    };
+    let (_, h5) = key();
+    let e = ApiKeyRow {
+        servers: Some(Vec::new()),
+        ..row("t1", "ann", "member", "none", h5, NOW)
+    };
+    for r in [&a, &b, &c, &d, &e] {
         store.insert_api_key(r).await.unwrap();
         assert_eq!(
             store.api_key_by_hash(&r.hash).await.unwrap().as_ref(),
@@ -273,7 +288,16 @@ async fn bounds(store: Arc<dyn Store>) {
         );
     }
     let listed = store.list_api_keys("t1", Some("ann")).await.unwrap();
-    assert_eq!(listed, vec![a, b, c]);
+    assert_eq!(listed, vec![a, b, c, d, e]);
+    // A longer prefix is cut to its first characters: never more of the key.
+    let (k6, h6) = key();
+    let long = ApiKeyRow {
+        prefix: Some(k6.clone()),
+        ..row("t1", "ann", "member", "long", h6, NOW)
+    };
+    store.insert_api_key(&long).await.unwrap();
+    let stored = store.api_key_by_hash(&h6).await.unwrap().unwrap();
+    assert_eq!(stored.prefix.as_deref(), Some(&k6[..API_KEY_PREFIX_LEN]));
     let bad = ApiKeyRow {
         creator_role: Some("owner".into()),
         ..row("t1", "ann", "member", "bad", key().1, NOW)
