@@ -96,10 +96,7 @@ pub fn router(state: AppState) -> Router {
         // Sign-in for people (issue 19): open, since they come before a session.
         .route("/v1/auth/config", get(crate::signin::config))
         .route("/v1/auth/login", get(crate::signin::login))
-        .route(
-            crate::service::signin::CALLBACK_PATH,
-            get(crate::signin::callback),
-        )
+        .route(crate::oidc::CALLBACK_PATH, get(crate::signin::callback))
         .route(
             "/v1/oauth/callback/{issuer_key}",
             get(crate::flows::callback_keyed),

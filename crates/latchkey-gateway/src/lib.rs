@@ -19,6 +19,7 @@ pub mod key_cache;
 pub mod limits;
 pub mod listener;
 pub mod ops;
+pub mod oidc;
 pub mod proxy;
 pub mod revoke;
 pub mod server_cache;
@@ -70,7 +71,7 @@ pub fn state(
                 required_scopes,
                 ..
             },
-        ) => Some(Arc::new(service::signin::SignIn::new(
+        ) => Some(Arc::new(oidc::SignIn::new(
             l.clone(),
             &cfg.public_url,
             audience.clone(),
@@ -154,7 +155,7 @@ fn claim_mapping(tenant: &JwtTenant) -> Result<ClaimMapping, ConfigError> {
 }
 
 /// Checks `[auth.login]` against the provider before serving (see
-/// [`service::signin::SignIn::check_at_start`]); nothing to check without it.
+/// [`oidc::SignIn::check_at_start`]); nothing to check without it.
 pub async fn check_signin(state: &AppState) -> Result<(), ConfigError> {
     match &state.signin {
         Some(si) => si.check_at_start().await,
@@ -246,7 +247,7 @@ pub fn guard(
             t.jwt = Some(verifier);
             // Browser sessions exist only where people can sign in (issue 19).
             if let Some(l) = &cfg.login {
-                t.sessions = Some(Arc::new(service::signin::StoreSessions::new(
+                t.sessions = Some(Arc::new(oidc::StoreSessions::new(
                     store.clone(),
                     clock.clone(),
                     l.session_idle,

@@ -1,5 +1,5 @@
 //! `/v1/auth/*`: people sign in to the web UI (issue 19), over the relying party in
-//! [`crate::service::signin`].
+//! [`crate::oidc`].
 //!
 //! * `GET /v1/auth/config` (open): the mode, whether sign-in exists, and what
 //!   `latchkey login` needs.
@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::service::signin::{self, LOGIN_COOKIE, LOGIN_TTL_SECS, SignInError};
+use crate::oidc::{self as signin, LOGIN_COOKIE, LOGIN_TTL_SECS, SignInError};
 use crate::state::AppState;
 
 /// The pages' CSP: no script at all; the app's stylesheet and icon.

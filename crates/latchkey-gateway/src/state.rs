@@ -88,8 +88,8 @@ pub struct Shared {
     pub api_key_ttls: crate::config::ApiKeyTtls,
     /// Who may read `/metrics` and the OpenAPI document ([`crate::ops`]).
     pub ops_access: crate::ops::OpsAccess,
-    /// Sign-in for people, when `[auth.login]` is configured ([`crate::service::signin`]).
-    pub signin: Option<Arc<crate::service::signin::SignIn>>,
+    /// Sign-in for people, when `[auth.login]` is configured ([`crate::oidc`]).
+    pub signin: Option<Arc<crate::oidc::SignIn>>,
 }
 
 impl AppState {

@@ -8,7 +8,6 @@ pub mod credentials;
 pub mod flows;
 pub mod headers;
 pub mod servers;
-pub mod signin;
 
 use latchkey_guard::Principal;
 use latchkey_vault::store::{AuditEvent, ServerRow, Slot};

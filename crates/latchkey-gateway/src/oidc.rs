@@ -18,6 +18,9 @@
 //! Written by hand rather than with an OpenID client crate: the pieces that matter
 //! (exact-string issuer comparison, the egress guard on every request, the JWKS cache,
 //! claim mapping) are the ones the rest of Latchkey already uses for access tokens.
+//!
+//! A building block under the state (which holds one [`SignIn`]): it imports neither
+//! the state nor a handler.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
