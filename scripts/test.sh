@@ -50,6 +50,9 @@ rm -f .cache-test.log
 step "web UI end-to-end (Playwright, headless Chromium)"
 bash scripts/e2e.sh
 
+step "sign-in: latchkey login, logout and api-keys in jwt mode against oidc-provider (headless Chromium)"
+bash scripts/signin.sh
+
 step "MCP conformance suites"
 bash scripts/conformance.sh
 
