@@ -164,7 +164,7 @@ fn readable_seconds(text: &str) -> String {
 fn lifetime(secs: u64) -> String {
     // Days, not weeks: limits are configured and documented in days.
     for (unit, n) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
-        if secs >= n && secs % n == 0 {
+        if secs >= n && secs.is_multiple_of(n) {
             return format!("{}{unit}", secs / n);
         }
     }
