@@ -204,7 +204,8 @@ pub(crate) struct Connection {
     )]
     pub(crate) url: String,
     /// Credential for Latchkey: an API key (`lk_…`, sent as `Token`) or an access token
-    /// (sent as `Bearer`). Not needed in local mode.
+    /// (sent as `Bearer`). Without it, the sign-in `latchkey login` stored for --url is
+    /// used. Not needed in local mode.
     #[arg(
         id = "latchkey_token",
         long = "token",

@@ -504,13 +504,13 @@ fn token_answer(status: u16, body: &[u8]) -> Result<grants::TokenResponse, Token
     if (200..300).contains(&status) {
         return grants::parse_token_response(body).map_err(|e| TokenError {
             code: None,
-            message: format!("the provider's token answer is not usable: {e}"),
+            message: printable(&format!("the provider's token answer is not usable: {e}")),
         });
     }
     let e = grants::parse_error(status, body);
     Err(TokenError {
         code: e.oauth_error_code().map(str::to_owned),
-        message: format!("the provider refused the token request: {e}"),
+        message: printable(&format!("the provider refused the token request: {e}")),
     })
 }
 
@@ -728,13 +728,29 @@ fn html_escape(s: &str) -> String {
 /// A refused authorization response in words (the provider's own description is shown
 /// only as data, never as markup).
 fn callback_error(e: &CallbackError) -> String {
-    match e {
+    let text = match e {
         CallbackError::Provider { error, description } => match description {
             Some(d) => format!("the provider answered {error}: {d}"),
             None => format!("the provider answered {error}"),
         },
         other => other.to_string(),
+    };
+    printable(&text)
+}
+
+/// Text from the provider made safe for a terminal: control characters (escape
+/// sequences could rewrite what the person sees) become `?`, and it is cut short.
+fn printable(s: &str) -> String {
+    const MAX: usize = 400;
+    let mut out: String = s
+        .chars()
+        .take(MAX)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().count() > MAX {
+        out.push('…');
     }
+    out
 }
 
 // ---------------------------------------------------------------------------------
@@ -984,7 +1000,9 @@ async fn device_flow(
         let e = grants::parse_error(status, &body);
         return Err(Failure::new(
             exit::NOPERM,
-            format!("the provider refused the device authorization request: {e}"),
+            printable(&format!(
+                "the provider refused the device authorization request: {e}"
+            )),
         ));
     }
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -1125,6 +1143,12 @@ mod tests {
             ]),
             "scope=openid+offline_access&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb%3Fa%3Db%26c"
         );
+    }
+
+    #[test]
+    fn provider_text_is_made_printable() {
+        assert_eq!(printable("bad\u{1b}[2Jthing\n"), "bad?[2Jthing?");
+        assert_eq!(printable(&"x".repeat(500)).chars().count(), 401);
     }
 
     #[test]

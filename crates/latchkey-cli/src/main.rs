@@ -39,7 +39,7 @@ Exit status:
   75  try again later: the server needs your consent first (run `latchkey connect`),
       a conflicting operation (409), or no consent before --timeout
   77  permission denied: Latchkey refused the credential (401) or the action (403);
-      see --token / LATCHKEY_TOKEN
+      run `latchkey login`, or see --token / LATCHKEY_TOKEN
   78  configuration missing or invalid: a bad --url or --token, no encryption key";
 
 /// How to begin, shown by `--help` after the one-line description.
@@ -55,7 +55,9 @@ Getting started:
   latchkey servers add NAME URL        register an MCP server
   latchkey connect NAME                sign in to it in your browser
   latchkey tools list NAME             see its tools
-  latchkey mcp-config                  configuration to paste into your MCP client";
+  latchkey mcp-config                  configuration to paste into your MCP client
+
+For a team's Latchkey (jwt mode), sign in first: latchkey login --url URL";
 
 /// Latchkey: an OAuth 2.1 credential broker and gateway for MCP servers.
 #[derive(Debug, Parser)]
