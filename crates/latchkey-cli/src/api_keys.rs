@@ -134,10 +134,15 @@ fn explain_refusal(mut f: Failure) -> Failure {
     }
     let mut out = Vec::new();
     for line in f.message.lines() {
-        out.push(match line.split_once("expires_in: ") {
-            Some((lead, why)) => format!("{lead}--expires: {}", readable_seconds(why)),
-            None => line.to_owned(),
-        });
+        out.push(
+            if let Some((lead, why)) = line.split_once("  - expires_in: ") {
+                format!("{lead}  - --expires: {}", readable_seconds(why))
+            } else if let Some((lead, why)) = line.split_once("  - servers: ") {
+                format!("{lead}  - --servers: {why}")
+            } else {
+                line.to_owned()
+            },
+        );
     }
     f.message = out.join("\n");
     f
@@ -229,6 +234,7 @@ async fn create_command(api: &Api, a: CreateArgs) -> anyhow::Result<ExitCode> {
     output::line(created.key.expose());
     if std::io::stdout().is_terminal() {
         let v = &created.view;
+        let only = restriction(v, &server_names(api).await);
         eprintln!(
             "Created API key {} ({}), {}{}.",
             text(v, "name"),
@@ -237,7 +243,7 @@ async fn create_command(api: &Api, a: CreateArgs) -> anyhow::Result<ExitCode> {
                 Some(t) => format!("expires {}", date(t)),
                 None => "no expiry given".into(),
             },
-            match restriction(v) {
+            match only {
                 Some(s) => format!(", for {s} only"),
                 None => String::new(),
             }
@@ -249,13 +255,17 @@ async fn create_command(api: &Api, a: CreateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The servers a key is restricted to, as text; `None` when it is not restricted.
-fn restriction(key: &Value) -> Option<String> {
+/// The servers a key is restricted to, as text (ids shown as the names in `names`,
+/// `{id: name}`, where known); `None` when it is not restricted.
+fn restriction(key: &Value, names: &Map<String, Value>) -> Option<String> {
     let list = key.get("servers")?.as_array()?;
     let names: Vec<String> = list
         .iter()
         .map(|s| match s {
-            Value::String(s) => s.clone(),
+            Value::String(s) => names
+                .get(s)
+                .and_then(Value::as_str)
+                .map_or_else(|| s.clone(), str::to_owned),
             // `{id, name}` objects: the name the user knows.
             other => other
                 .get("name")
@@ -282,12 +292,26 @@ fn time_cell(key: &Value, field: &str, absent: &str) -> String {
         .map_or_else(|| absent.to_owned(), date)
 }
 
+/// `{id: name}` of the servers the caller sees, to show restrictions by name; empty
+/// when they cannot be read (the ids are shown then).
+async fn server_names(api: &Api) -> Map<String, Value> {
+    let servers = api.get("/v1/servers").await.unwrap_or(Value::Null);
+    servers
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| Some((s.get("id")?.as_str()?.to_owned(), s.get("name")?.clone())))
+        .collect()
+}
+
 async fn list(api: &Api, json: bool) -> anyhow::Result<ExitCode> {
     let keys = api.get("/v1/api-keys").await?;
     if json {
         output::json(&keys);
         return Ok(ExitCode::SUCCESS);
     }
+    let names = server_names(api).await;
     let now = SystemClock.now().as_secs();
     let mut t = Table::new(&[
         "ID",
@@ -313,7 +337,7 @@ async fn list(api: &Api, json: bool) -> anyhow::Result<ExitCode> {
             time_cell(k, "created_at", "-"),
             time_cell(k, "last_used_at", "never"),
             expires,
-            restriction(k).unwrap_or_else(|| "all".into()),
+            restriction(k, &names).unwrap_or_else(|| "all".into()),
         ]);
     }
     t.print();
@@ -403,11 +427,16 @@ mod tests {
     #[test]
     fn dates_and_restrictions() {
         assert_eq!(date(0), "1970-01-01 00:00Z");
-        assert_eq!(restriction(&json!({"servers": null})), None);
-        assert_eq!(restriction(&json!({"servers": []})), None);
+        let names = Map::from_iter([("s1".to_owned(), json!("docs"))]);
+        assert_eq!(restriction(&json!({"servers": null}), &names), None);
+        assert_eq!(restriction(&json!({"servers": []}), &names), None);
         assert_eq!(
-            restriction(&json!({"servers": ["a", {"id": "x", "name": "b"}]})).as_deref(),
-            Some("a,b")
+            restriction(
+                &json!({"servers": ["s1", "s2", {"id": "x", "name": "b"}]}),
+                &names
+            )
+            .as_deref(),
+            Some("docs,s2,b")
         );
     }
 }

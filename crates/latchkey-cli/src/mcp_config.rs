@@ -10,9 +10,9 @@
 //!
 //! Where Latchkey wants a credential (`jwt` mode), the client needs an API key of its
 //! own (issue 19): `--create-key` creates one named after the client (`mcp-config:
-//! claude`) and writes it into the configuration, where it is shown this once. A person
-//! at a terminal who did not pass the flag is asked. Local mode needs no key, and
-//! nothing is asked there.
+//! claude`; for one SERVER, restricted to it) and writes it into the configuration,
+//! where it is shown this once. A person at a terminal who did not pass the flag is
+//! asked. Local mode needs no key, and nothing is asked there.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
@@ -37,9 +37,9 @@ pub(crate) struct Args {
     /// Print one JSON object keyed by client instead of annotated blocks.
     #[arg(long)]
     json: bool,
-    /// Create an API key for this client (named `mcp-config: CLIENT`) and write it into
-    /// the configuration, where it is shown this once. Without it, a terminal asks when
-    /// Latchkey wants a credential.
+    /// Create an API key for this client (named `mcp-config: CLIENT`; with SERVER, for
+    /// that server only) and write it into the configuration, where it is shown this
+    /// once. Without it, a terminal asks when Latchkey wants a credential.
     #[arg(long)]
     create_key: bool,
 }
@@ -104,11 +104,19 @@ pub(crate) async fn run(a: Args, conn: &Connection) -> anyhow::Result<ExitCode> 
         .and_then(|p| p.to_str().map(str::to_owned))
         .unwrap_or_else(|| "latchkey".into());
     let created = if a.create_key || offer_key(&api).await? {
-        let name = format!("mcp-config: {}", a.client.label());
+        // A configuration for one server gets a key for that server only.
+        let (name, only) = match (&a.server, chosen.as_slice()) {
+            (Some(_), [one]) => (
+                format!("mcp-config: {} ({})", a.client.label(), text(one, "name")),
+                vec![servers::id_of(one)],
+            ),
+            _ => (format!("mcp-config: {}", a.client.label()), Vec::new()),
+        };
         let created = api_keys::create(
             &api,
             &NewKey {
                 name,
+                servers: only,
                 ..NewKey::default()
             },
         )

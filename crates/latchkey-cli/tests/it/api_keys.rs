@@ -247,3 +247,122 @@ async fn mcp_config_create_key_writes_a_working_key() {
     let list = json_of(&with_token(&env, &jwt, &["api-keys", "list", "--json"]).await);
     assert_eq!(list.as_array().unwrap().len(), 2);
 }
+
+/// `--servers` (names or ids) restricts a key: it sees only those servers; the list
+/// names them; an unknown one is the server's 400 naming `--servers`. `mcp-config
+/// SERVER --create-key` makes a key for that server only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_restricted_to_servers() {
+    let (env, jwt) = jwt_env("cy", true).await;
+    let mut ids = Vec::new();
+    for name in ["docs", "other"] {
+        let out = with_token(
+            &env,
+            &jwt,
+            &["servers", "add", name, &env.upstream.mcp_url(), "--json"],
+        )
+        .await;
+        ids.push(json_of(&out)["id"].as_str().unwrap().to_owned());
+    }
+
+    let out = with_token(
+        &env,
+        &jwt,
+        &[
+            "api-keys",
+            "create",
+            "--name",
+            "docs only",
+            "--servers",
+            "docs",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key = stdout(&out).trim_end().to_owned();
+    let seen = json_of(&with_token(&env, &key, &["servers", "list", "--json"]).await);
+    let names: Vec<&str> = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["docs"]);
+    let out = with_token(&env, &key, &["servers", "show", "other"]).await;
+    assert_fails(&out, 66, "no server has the id or name \"other\"");
+
+    // Listed by name in the table, by id in JSON, with the key's prefix.
+    let out = with_token(&env, &jwt, &["api-keys", "list"]).await;
+    let table = stdout(&out);
+    let row = table.lines().find(|l| l.contains("docs only")).unwrap();
+    assert!(row.trim_end().ends_with(" docs"), "{table}");
+    let list = json_of(&with_token(&env, &jwt, &["api-keys", "list", "--json"]).await);
+    assert_eq!(list[0]["servers"], json!([ids[0]]));
+    let prefix = list[0]["prefix"].as_str().unwrap();
+    assert!(
+        key.starts_with(prefix) && prefix.len() < key.len(),
+        "{prefix}"
+    );
+    assert!(row.contains(prefix), "{table}");
+
+    // Both, by id and by name; an unknown one is refused and nothing is created.
+    let both = format!("{},other", ids[0]);
+    let out = with_token(
+        &env,
+        &jwt,
+        &[
+            "api-keys",
+            "create",
+            "--name",
+            "both",
+            "--servers",
+            &both,
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(json_of(&out)["servers"], json!(ids));
+    let out = with_token(
+        &env,
+        &jwt,
+        &[
+            "api-keys",
+            "create",
+            "--name",
+            "x",
+            "--servers",
+            "docs,nope",
+        ],
+    )
+    .await;
+    assert_fails(
+        &out,
+        65,
+        "--servers: no server of yours has the id or name \"nope\"",
+    );
+    assert!(stdout(&out).is_empty());
+
+    // mcp-config for one server: a key for that server only.
+    let out = with_token(
+        &env,
+        &jwt,
+        &["mcp-config", "other", "--client", "cursor", "--create-key"],
+    )
+    .await;
+    let v = json_of(&out);
+    let auth = v["mcpServers"]["other"]["headers"]["Authorization"]
+        .as_str()
+        .unwrap();
+    let key = auth.strip_prefix("Token ").unwrap();
+    let seen = json_of(&with_token(&env, key, &["servers", "list", "--json"]).await);
+    assert_eq!(seen.as_array().unwrap().len(), 1);
+    assert_eq!(seen[0]["name"], "other");
+    let list = json_of(&with_token(&env, &jwt, &["api-keys", "list", "--json"]).await);
+    let made = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "mcp-config: cursor (other)")
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(made["servers"], json!([ids[1]]));
+}
