@@ -1053,6 +1053,29 @@ test("an API key: created and shown once, listed by its prefix, revoked after a 
   await until(async () => (await stacked(page, "notice")).some((t) => t.includes("Revoked the API key e2e agent.")), "the notice");
   assert.equal(await section.locator("#keys-empty").isVisible(), true);
   await shot(page, "api-key-revoked");
+
+  // Restricted to a server chosen from the user's own: listed with its name.
+  const added = await page.evaluate(async (url) => {
+    const r = await fetch("/v1/servers", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ name: "Key scope", url, auth_type: "none" }),
+    });
+    return (await r.json()).id;
+  }, SCRIPTED.ok.mcp_url);
+  assert.ok(added);
+  await section.getByRole("button", { name: "Reload the API keys" }).click();
+  await section.getByLabel("Key name").fill("scoped");
+  await section.getByLabel("Key scope").check();
+  await section.getByRole("button", { name: "Create key" }).click();
+  await section.getByLabel("API key", { exact: true }).waitFor();
+  await keyCard("scoped").waitFor();
+  assert.equal(await keyCard("scoped").locator('[data-role="servers"]').textContent(), "Servers: Key scope");
+  await shot(page, "api-key-restricted");
+  await keyCard("scoped").getByRole("button", { name: "Revoke scoped" }).click();
+  await until(async () => (await keyCard("scoped").count()) === 0, "the scoped key to go");
+  assert.equal(await section.locator("#new-key").count(), 0, "a revoke drops a shown key too");
+  await page.evaluate((id) => fetch(`/v1/servers/${id}`, { method: "DELETE" }), added);
   assert.deepEqual(problems, []);
   await context.close();
 });

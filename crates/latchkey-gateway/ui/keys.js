@@ -274,6 +274,7 @@ function showKey(created) {
     ),
   );
   ui.once.hidden = false;
+  ui.once.dataset.keyId = created.id;
   field.focus();
   field.select();
   notify(`Created the API key ${created.name}.`, "keys");
@@ -285,6 +286,7 @@ function hideKey() {
   if (field) field.value = "";
   fill(ui.once);
   ui.once.hidden = true;
+  delete ui.once.dataset.keyId;
 }
 
 async function revoke(k) {
@@ -292,6 +294,8 @@ async function revoke(k) {
   clearAlerts("keys");
   try {
     await api.deleteApiKey(k.id);
+    // The key still shown, if it is this one, is of no use any more.
+    if (ui.once.dataset.keyId === k.id) hideKey();
     notify(`Revoked the API key ${k.name}.`, "keys");
   } catch (err) {
     alertUser(`${k.name}: ${describeError(err)}`, "keys");
