@@ -359,11 +359,11 @@ impl StoredAuth {
 
 /// The sign-in stored for `base`, if any. A login file that cannot be read is reported
 /// and ignored here (local mode needs none; `latchkey login` names the problem).
-fn stored_auth(base: &str) -> Result<Option<StoredAuth>, Failure> {
+fn stored_auth(base: &str, store: Option<Store>) -> Result<Option<StoredAuth>, Failure> {
     let Ok(key) = login::normalize_url(base) else {
         return Ok(None);
     };
-    let Ok(store) = Store::open() else {
+    let Some(store) = store else {
         return Ok(None);
     };
     let found = match store.get(&key) {
@@ -399,6 +399,11 @@ impl Api {
     /// A client for the Latchkey at `c.url`; a URL that is not `http(s)://…` is a
     /// configuration error.
     pub(crate) fn new(c: &Connection) -> Result<Self, Failure> {
+        Self::with_store(c, Store::open().ok())
+    }
+
+    /// [`Self::new`] with the sign-ins of `store` (none: no stored sign-in).
+    fn with_store(c: &Connection, store: Option<Store>) -> Result<Self, Failure> {
         let url = url_of(c);
         let base = url.trim_end_matches('/').to_owned();
         let parsed = reqwest::Url::parse(&base).map_err(|e| {
@@ -419,7 +424,7 @@ impl Api {
             .map_err(|e| Failure::new(exit::FAILURE, format!("HTTP client: {e}")))?;
         let auth = match &c.token {
             Some(t) => Auth::Fixed(authorization(t)?),
-            None => match stored_auth(&base)? {
+            None => match stored_auth(&base, store)? {
                 Some(s) => Auth::Stored(Arc::new(s)),
                 None => Auth::None,
             },
@@ -646,6 +651,143 @@ mod tests {
             exit::UNAVAILABLE
         );
         assert_eq!(f(500, "oops").code, exit::FAILURE);
+    }
+
+    /// A provider's token endpoint and a Latchkey API in one mock: `/token` answers a
+    /// refresh with `at-N`/`rt-N` (or `invalid_grant` for `rt-dead`); `/v1/servers`
+    /// accepts only the newest access token. Counts what it was asked.
+    mod renewal {
+        use super::*;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        #[derive(Default)]
+        struct Mock {
+            issued: AtomicUsize,
+            api_calls: AtomicUsize,
+        }
+
+        async fn mock() -> (String, Arc<Mock>) {
+            let m = Arc::new(Mock::default());
+            let token = {
+                let m = m.clone();
+                move |body: String| {
+                    let m = m.clone();
+                    async move {
+                        if body.contains("refresh_token=rt-dead") {
+                            return (
+                                http::StatusCode::BAD_REQUEST,
+                                r#"{"error":"invalid_grant"}"#.to_owned(),
+                            );
+                        }
+                        assert!(body.contains("grant_type=refresh_token"), "{body}");
+                        assert!(body.contains("resource=http"), "{body}");
+                        let n = m.issued.fetch_add(1, Ordering::SeqCst) + 2;
+                        (
+                            http::StatusCode::OK,
+                            format!(
+                                r#"{{"access_token":"at-{n}","refresh_token":"rt-{n}","token_type":"Bearer","expires_in":3600}}"#
+                            ),
+                        )
+                    }
+                }
+            };
+            let servers = {
+                let m = m.clone();
+                move |headers: http::HeaderMap| {
+                    let m = m.clone();
+                    async move {
+                        m.api_calls.fetch_add(1, Ordering::SeqCst);
+                        let want = format!("Bearer at-{}", m.issued.load(Ordering::SeqCst) + 1);
+                        match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+                            Some(h) if h == want => (http::StatusCode::OK, "[]".to_owned()),
+                            _ => (
+                                http::StatusCode::UNAUTHORIZED,
+                                r#"{"code":"invalid_token","message":"refused"}"#.to_owned(),
+                            ),
+                        }
+                    }
+                }
+            };
+            let app = axum::Router::new()
+                .route("/token", axum::routing::post(token))
+                .route("/v1/servers", axum::routing::get(servers));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            (base, m)
+        }
+
+        fn setup(base: &str, name: &str, at: &str, rt: &str, expires_at: u64) -> (Api, Store) {
+            let dir = std::env::temp_dir().join(format!(
+                "latchkey-api-{name}-{}-{}",
+                std::process::id(),
+                login::now()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            let store = Store::at(&dir);
+            let lock = store.lock().unwrap();
+            store
+                .put(
+                    &lock,
+                    &Login {
+                        url: base.to_owned(),
+                        issuer: base.to_owned(),
+                        token_endpoint: format!("{base}/token"),
+                        revocation_endpoint: None,
+                        client_id: "cli".into(),
+                        resource: Some(format!("{base}/mcp")),
+                        access_token: Secret::new(at),
+                        refresh_token: Some(Secret::new(rt)),
+                        expires_at: Some(expires_at),
+                    },
+                )
+                .unwrap();
+            drop(lock);
+            let conn = Connection {
+                url: base.to_owned(),
+                token: None,
+            };
+            (Api::with_store(&conn, Some(store.clone())).unwrap(), store)
+        }
+
+        #[tokio::test]
+        async fn a_token_due_is_renewed_before_use_and_written_back() {
+            let (base, m) = mock().await;
+            let (api, store) = setup(&base, "due", "at-1", "rt-1", login::now() + 10);
+            assert_eq!(api.get("/v1/servers").await.unwrap(), serde_json::json!([]));
+            assert_eq!(m.api_calls.load(Ordering::SeqCst), 1, "no 401 first");
+            let kept = store.get(&base).unwrap().unwrap();
+            assert_eq!(kept.access_token.expose(), "at-2");
+            assert_eq!(kept.refresh_token.unwrap().expose(), "rt-2");
+            assert!(kept.expires_at.unwrap() > login::now() + 3000);
+            // Fresh now: used as it is.
+            api.get("/v1/servers").await.unwrap();
+            assert_eq!(m.issued.load(Ordering::SeqCst), 1);
+        }
+
+        #[tokio::test]
+        async fn a_refused_token_that_looked_valid_is_renewed_once_and_retried() {
+            let (base, m) = mock().await;
+            // at-0 is not the newest (at-1 would be): refused although not expired.
+            let (api, store) = setup(&base, "refused", "at-0", "rt-1", login::now() + 3600);
+            assert_eq!(api.get("/v1/servers").await.unwrap(), serde_json::json!([]));
+            assert_eq!(m.api_calls.load(Ordering::SeqCst), 2, "one 401, one retry");
+            assert_eq!(m.issued.load(Ordering::SeqCst), 1, "one renewal");
+            assert_eq!(
+                store.get(&base).unwrap().unwrap().access_token.expose(),
+                "at-2"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_renewal_refused_with_invalid_grant_forgets_the_sign_in() {
+            let (base, _m) = mock().await;
+            let (api, store) = setup(&base, "dead", "at-1", "rt-dead", 1);
+            let f = api.get("/v1/servers").await.unwrap_err();
+            assert_eq!(f.code, exit::NOPERM);
+            assert!(f.message.contains("run `latchkey login`"), "{}", f.message);
+            assert!(store.get(&base).unwrap().is_none());
+        }
     }
 
     #[test]
