@@ -366,3 +366,76 @@ async fn api_keys_restricted_to_servers() {
         .unwrap_or_else(|| panic!("{list}"));
     assert_eq!(made["servers"], json!([ids[1]]));
 }
+
+/// `latchkey ARGS…` at a terminal (a pseudo-terminal from util-linux's `script`),
+/// typing `answer`: everything the terminal showed. `None` where there is no `script`.
+async fn at_terminal(env: &Env, token: Option<&str>, args: &str, answer: &str) -> Option<String> {
+    let script = std::path::Path::new("/usr/bin/script");
+    if !script.exists() {
+        return None;
+    }
+    let mut c = std::process::Command::new(script);
+    let cmd = format!("{} {args}", env!("CARGO_BIN_EXE_latchkey"));
+    c.args(["-qec", &cmd, "/dev/null"])
+        .env("LATCHKEY_URL", env.base())
+        .env_remove("LATCHKEY_TOKEN")
+        .env("CI", "true")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    if let Some(t) = token {
+        c.env("LATCHKEY_TOKEN", t);
+    }
+    let answer = answer.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut child = c.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // Typed once the question is up: what is typed earlier would be echoed before
+        // it, and a closed input ends `script` at once.
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        // Refused when the command asked nothing and is done already (local mode).
+        let _ = stdin.write_all(answer.as_bytes());
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// At a terminal without `--create-key`: asked in jwt mode (yes: a key in the
+/// configuration; no or nothing: the placeholder), never in local mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_config_asks_at_a_terminal_in_jwt_mode_only() {
+    let (env, jwt) = jwt_env("dee", true).await;
+    let Some(shown) = at_terminal(&env, Some(&jwt), "mcp-config --client vscode", "y\n").await
+    else {
+        return;
+    };
+    assert!(
+        shown.contains("Create an API key for this client? [y/N]"),
+        "{shown}"
+    );
+    assert!(shown.contains("\"Authorization\": \"Token lk_"), "{shown}");
+    assert!(
+        shown.contains("Created API key mcp-config: vscode"),
+        "{shown}"
+    );
+    let shown = at_terminal(&env, Some(&jwt), "mcp-config --client vscode", "\n")
+        .await
+        .unwrap();
+    assert!(shown.contains("[y/N]"), "{shown}");
+    assert!(shown.contains("Token <your Latchkey API key>"), "{shown}");
+    let list = json_of(&with_token(&env, &jwt, &["api-keys", "list", "--json"]).await);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+
+    let local = Env::start().await;
+    let shown = at_terminal(&local, None, "mcp-config --client vscode", "y\n")
+        .await
+        .unwrap();
+    assert!(!shown.contains("[y/N]"), "{shown}");
+    assert!(shown.contains("\"url\""), "{shown}");
+    assert!(!shown.contains("Token"), "{shown}");
+}
