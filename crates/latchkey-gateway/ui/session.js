@@ -13,6 +13,8 @@ function showSignIn(config, why) {
   document.body.dataset.signedIn = "false";
   $("sign-in").hidden = false;
   $("sign-out").hidden = true;
+  // No live updates to speak of before signing in.
+  $("live").hidden = true;
   fill($("whoami"), "");
   const link = $("sign-in-link");
   link.hidden = !config.sign_in;
@@ -56,6 +58,7 @@ export async function start() {
   setCsrf(me.csrf_token);
   document.body.dataset.signedIn = "true";
   $("sign-in").hidden = true;
+  $("live").hidden = false;
   fill($("whoami"), `Signed in as ${me.subject} (tenant ${me.tenant}${me.admin ? ", admin" : ""})`);
   const out = $("sign-out");
   out.hidden = me.source !== "session";
