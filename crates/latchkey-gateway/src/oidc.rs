@@ -395,8 +395,15 @@ impl SignIn {
                 tracing::error!(event = "signin.store_failed", error = %e);
                 SignInError::Store
             })?;
-        let mut url = url::Url::parse(&meta.authorization_endpoint)
-            .map_err(|_| self.down("its authorization_endpoint is not a URL"))?;
+        // The browser goes there: it must pass the egress guard's static checks (https,
+        // or http to loopback under the relaxation; no userinfo), like any URL Latchkey
+        // sends a browser to.
+        let mut url = self
+            .egress
+            .check_url(&meta.authorization_endpoint, UrlSource::Operator)
+            .map_err(|e| self.down(format!("its authorization_endpoint is refused: {e}")))?
+            .url()
+            .clone();
         url.query_pairs_mut()
             .append_pair("response_type", "code")
             .append_pair("client_id", &self.cfg.client_id)
@@ -594,9 +601,12 @@ impl SignIn {
             Some(secret) => basic = Some(basic_auth(&self.cfg.client_id, secret)),
             None => form.push(("client_id", &self.cfg.client_id)),
         }
+        // The token endpoint comes from the metadata of the issuer the operator
+        // configured, so it is judged as the operator's (an organisation's provider is
+        // often on a private network), like the JWKS the guard fetches.
         let mut req = EgressRequest::post_form(
             meta.token_endpoint.as_str(),
-            UrlSource::Remote,
+            UrlSource::Operator,
             &form,
             BODY_LIMIT,
         )
