@@ -35,10 +35,12 @@ pub struct Event {
     pub error: Option<String>,
 }
 
-/// Whether `p` may see `e`: same tenant, and the initiating user, the slot's user, or
+/// Whether `p` may see `e`: same tenant, a server `p` may use (a restricted API key sees
+/// only its servers' events), and the initiating user, the slot's user, or
 /// a tenant admin.
 pub fn visible_to(e: &Event, p: &Principal) -> bool {
     e.tenant == p.tenant.as_str()
+        && p.may_use_server(&e.server_id)
         && (p.is_admin()
             || e.initiating_user_id == p.subject.as_str()
             || e.user_id.as_deref() == Some(p.subject.as_str()))
@@ -220,6 +222,12 @@ mod tests {
         assert!(
             !visible_to(&e, &principal("t2", "root", true)),
             "other tenant's admin"
+        );
+        let admin = principal("t1", "root", true);
+        assert!(visible_to(&e, &admin.clone().with_servers(["s"])));
+        assert!(
+            !visible_to(&e, &admin.with_servers(["other"])),
+            "a key restricted to other servers"
         );
         let json = serde_json::to_value(&e).unwrap();
         assert!(json.get("tenant").is_none());

@@ -142,13 +142,17 @@ fn apply<T>(slot: &mut Option<T>, p: Patch<T>) {
     }
 }
 
-/// Creates a server in `p`'s tenant (tenant admins).
+/// Creates a server in `p`'s tenant (tenant admins; not through an API key restricted
+/// to some servers, which acts on those alone: 403).
 pub async fn create(
     s: &AppState,
     p: &Principal,
     input: ServerInput,
 ) -> Result<ServerRow, ApiError> {
     super::require_admin(p)?;
+    if p.servers.is_some() {
+        return Err(ApiError::Forbidden);
+    }
     let (Some(name), Some(url)) = (input.name, input.url) else {
         // `read_input` requires both when creating.
         return Err(ApiError::BadRequest(Vec::new()));

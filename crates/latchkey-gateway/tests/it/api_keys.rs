@@ -528,5 +528,46 @@ async fn keys_restricted_to_servers(backend: Backend) {
     assert!(names.iter().any(|n| n.starts_with("beta")), "{names:?}");
     assert!(federated_call_works(&base, &unrestricted, &sid, "beta__echo").await);
     assert!(upstreams[1].mcp_requests() > beta_before);
+
+    // An admin's restricted key manages only its servers: the other is not found, and
+    // it creates none (a new server would be outside its list).
+    let (admin_restricted, _) = mint(
+        &base,
+        &alice,
+        json!({"name": "ops-alpha", "servers": [alpha]}),
+    )
+    .await;
+    let (status, _, _) = send(
+        Method::PATCH,
+        &format!("{base}/v1/servers/{beta}"),
+        &admin_restricted,
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _, _) = send(
+        Method::DELETE,
+        &format!("{base}/v1/servers/{beta}"),
+        &admin_restricted,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _, _) = send(
+        Method::POST,
+        &format!("{base}/v1/servers"),
+        &admin_restricted,
+        Some(json!({"name": "gamma", "url": upstreams[0].mcp_url()})),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, v, _) = send(
+        Method::PATCH,
+        &format!("{base}/v1/servers/{alpha}"),
+        &admin_restricted,
+        Some(json!({"name": "alpha-renamed"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
     super::cleanup(dir, schema).await;
 }
