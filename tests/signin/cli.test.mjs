@@ -6,7 +6,7 @@
 // enough for a command right after signing in to use the token as it is (the CLI
 // renews 30 s before expiry), short enough to wait for a real expiry.
 
-import { after, before, test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
@@ -20,10 +20,14 @@ const stored = () => JSON.parse(readFileSync(loginFile(), "utf8")).logins[team.b
 const run = (args, opts = {}) => cli([...args, "--url", team.base], { configDir: home, ...opts });
 const events = async (name) => (await team.provider.events()).filter((e) => e.name === name);
 
-before(async () => {
-  team = await startTeam({ atTtl: AT_TTL });
-  home = tempDir("cli-config");
-});
+// Started by the first test that runs, not in `before`: a --test-name-pattern that
+// leaves none of this file's tests starts nothing (and nothing keeps node waiting).
+let starting;
+async function ready() {
+  starting ??= startTeam({ atTtl: AT_TTL });
+  team = await starting;
+  home ??= tempDir("cli-config");
+}
 
 after(stopAll);
 
@@ -39,6 +43,7 @@ async function login(who, flags = ["--no-browser"]) {
 }
 
 test("the config names the CLI's client", async () => {
+  await ready();
   const c = await (await fetch(`${team.base}/v1/auth/config`)).json();
   assert.equal(c.mode, "jwt");
   assert.equal(c.cli?.client_id, team.provider.cli_client_id);
@@ -46,12 +51,14 @@ test("the config names the CLI's client", async () => {
 });
 
 test("without a sign-in, jwt mode refuses and names `latchkey login`", async () => {
+  await ready();
   const r = await run(["servers", "list"]);
   assert.equal(r.code, 77, r.stderr);
   assert.match(r.stderr, /latchkey login/);
 });
 
 test("login in the browser, then commands work without --token", async () => {
+  await ready();
   const done = await login("alice");
   assert.match(done.stderr, /Signed in to Latchkey at .* as alice \(tenant t1\)/);
   // Nothing secret on the terminal but the URL the person opens.
@@ -70,6 +77,7 @@ test("login in the browser, then commands work without --token", async () => {
 });
 
 test("logout forgets the sign-in and revokes it; the next command is refused", async () => {
+  await ready();
   const rt = stored().refresh_token;
   const out = await run(["logout"]);
   assert.equal(out.code, 0, out.stderr);
@@ -89,6 +97,7 @@ test("logout forgets the sign-in and revokes it; the next command is refused", a
 });
 
 test("login --device, completed in the browser", async () => {
+  await ready();
   const child = cliStart(["login", "--device", "--url", team.base], { configDir: home });
   const [, complete] = await child.waitFor(/\(or open (http:\/\/\S+)\)/);
   await child.waitFor(/enter the code \S+/);
@@ -102,6 +111,7 @@ test("login --device, completed in the browser", async () => {
 });
 
 test("an expired token is renewed silently, and the rotated tokens are kept", async () => {
+  await ready();
   await login("alice");
   const before = stored();
   // Wait for the provider's token to expire for real.
@@ -134,13 +144,23 @@ test("an expired token is renewed silently, and the rotated tokens are kept", as
   assert.equal(stored(), undefined);
 });
 
+test("a Latchkey without a CLI client says which setting is missing", async () => {
+  await ready();
+  const other = await startTeam({ name: "no-cli", login: { cli_client_id: undefined } });
+  const r = await cli(["login", "--no-browser", "--url", other.base], { configDir: tempDir("no-cli") });
+  assert.equal(r.code, 78, r.stderr);
+  assert.match(r.stderr, /auth\.login\.cli_client_id/);
+});
+
 test("--token wins over the stored sign-in", async () => {
+  await ready();
   await login("alice");
   const r = await run(["servers", "list"], { env: { LATCHKEY_TOKEN: "lk_not_a_real_key" } });
   assert.equal(r.code, 77, r.stderr);
 });
 
 test("api-keys create gives a key `latchkey stdio` can use", async (t) => {
+  await ready();
   const help = await cli(["--help"]);
   if (!/api-keys/.test(help.stdout)) {
     t.skip("no `latchkey api-keys` in this build");

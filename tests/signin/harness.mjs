@@ -32,6 +32,19 @@ mkdirSync(OUT, { recursive: true });
 
 const children = [];
 let browser;
+// A run stopped from outside (scripts/signin.sh's timeout) or ending without `after`
+// (a --test-name-pattern that filters out every test of a file still runs its
+// `before`) leaves no server behind.
+const killAll = () => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGTERM");
+};
+process.on("exit", killAll);
+for (const sig of ["SIGTERM", "SIGINT"]) {
+  process.once(sig, () => {
+    killAll();
+    process.exit(128 + (sig === "SIGTERM" ? 15 : 2));
+  });
+}
 
 /** A TCP port free on 127.0.0.1 right now. */
 export async function freePort() {
@@ -120,7 +133,8 @@ export async function startProvider({ latchkey, audience, atTtl = 600, log = "pr
 /**
  * A provider and a `latchkey serve` in jwt mode signing people in through it (the
  * loopback relaxation on, a temporary data directory): `{ base, audience, provider,
- * dir }`. `login` adds or overrides `[auth.login]` keys (TOML values as strings).
+ * dir }`. `login` adds or overrides `[auth.login]` keys (TOML values as strings;
+ * `undefined` leaves a key out).
  */
 export async function startTeam({ atTtl = 600, name = "latchkey", login = {} } = {}) {
   const port = await freePort();
@@ -151,7 +165,9 @@ export async function startTeam({ atTtl = 600, name = "latchkey", login = {} } =
       `audience = "${audience}"`,
       `jwks_url = "${provider.metadata.jwks_uri}"`,
       "[auth.login]",
-      ...Object.entries(loginKeys).map(([k, v]) => `${k} = ${v}`),
+      ...Object.entries(loginKeys)
+        .filter(([, v]) => v !== undefined)
+        .map(([k, v]) => `${k} = ${v}`),
       "",
     ].join("\n"),
   );
