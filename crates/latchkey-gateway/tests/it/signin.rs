@@ -548,3 +548,62 @@ async fn start_up_checks_the_issuer_and_the_client() {
     assert_eq!(e.setting, "auth.login.client_secret", "{e}");
     assert!(e.message.contains("invalid_client"), "{e}");
 }
+
+/// A session ends after `session_idle` unused and after `session_lifetime` however
+/// much it is used (the instance's clock moved by hand).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_when_idle_and_at_its_lifetime() {
+    let op = provider().await;
+    let (issuer, jwks) = {
+        let s = op.state.lock().unwrap();
+        (s.issuer.clone(), op.idp.jwks_url())
+    };
+    let minute = std::time::Duration::from_secs(60);
+    for (label, steps, live) in [
+        // Used every 9 minutes: alive at 54 minutes, ended past the hour.
+        (
+            "lifetime",
+            vec![9u64, 9, 9, 9, 9, 9, 9],
+            vec![true, true, true, true, true, true, false],
+        ),
+        // Unused for 11 minutes: ended.
+        ("idle", vec![9, 11], vec![true, false]),
+    ] {
+        let dir = std::env::temp_dir().join(format!("lk-gw-{}", latchkey_vault::store::new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store: Arc<dyn latchkey_vault::Store> = Arc::new(
+            latchkey_vault::SqliteStore::open(&dir.join("db"))
+                .await
+                .unwrap(),
+        );
+        let clock = Arc::new(latchkey_core::time::ManualClock::at(SystemClock.now()));
+        let base = super::serve(
+            |base| {
+                let mut cfg = config(base, &issuer, &jwks);
+                let login = cfg.login.as_mut().unwrap();
+                login.session_idle = 600;
+                login.session_lifetime = 3600;
+                cfg
+            },
+            store,
+            StaticKeys(Some(KeySet::parse(KEY).unwrap())),
+            clock.clone(),
+        )
+        .await;
+        let (_, cookie) = sign_in(&base).await;
+        let cookie = cookie.unwrap();
+        for (step, want) in steps.iter().zip(live) {
+            clock.advance(minute * u32::try_from(*step).unwrap());
+            let (s, _) = call(
+                reqwest::Method::GET,
+                &format!("{base}/v1/servers"),
+                &cookie,
+                None,
+                None,
+            )
+            .await;
+            assert_eq!(s == 200, want, "{label}: after {step} more minutes: {s}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
