@@ -780,6 +780,34 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn a_renewal_done_by_another_process_is_adopted_not_repeated() {
+            let (base, m) = mock().await;
+            let (first, store) = setup(&base, "shared", "at-1", "rt-1", login::now() + 10);
+            // A second command that read the same (due) sign-in before the first renewed.
+            let conn = Connection {
+                url: base.clone(),
+                token: None,
+            };
+            let second = Api::with_store(&conn, Some(store.clone())).unwrap();
+            first.get("/v1/servers").await.unwrap();
+            second.get("/v1/servers").await.unwrap();
+            // One renewal: the second took the rotated tokens from the file instead of
+            // spending the old refresh token (which a rotating provider refuses).
+            assert_eq!(m.issued.load(Ordering::SeqCst), 1);
+            assert_eq!(m.api_calls.load(Ordering::SeqCst), 2);
+            assert_eq!(
+                store
+                    .get(&base)
+                    .unwrap()
+                    .unwrap()
+                    .refresh_token
+                    .unwrap()
+                    .expose(),
+                "rt-2"
+            );
+        }
+
+        #[tokio::test]
         async fn a_renewal_refused_with_invalid_grant_forgets_the_sign_in() {
             let (base, _m) = mock().await;
             let (api, store) = setup(&base, "dead", "at-1", "rt-dead", 1);
