@@ -170,6 +170,9 @@ struct AsState {
     /// Static-header mode ([`ScriptedServer::require_header`]): the header's name
     /// (lower case) and the values it accepts in place of a Bearer token.
     required_header: Option<(String, Vec<String>)>,
+    /// Prompts, resources and completions are offered, their texts naming this label
+    /// ([`ScriptedServer::offer_primitives`]).
+    primitives: Option<String>,
 }
 
 impl AsState {
@@ -444,6 +447,18 @@ impl ScriptedServer {
     /// or if no request came yet).
     pub fn last_mcp_authorization(&self) -> Option<String> {
         self.shared.lock().last_mcp_authorization.clone()
+    }
+
+    /// Makes the MCP resource offer prompts, resources and completions too (`None`: tools
+    /// only, the default): `initialize` advertises them; `prompts/list` has `greet` (one
+    /// required argument `name`), `prompts/get` greets `name` from `label`;
+    /// `resources/list` has `file:///notes.txt`, `resources/templates/list` has
+    /// `file:///docs/{name}`, and `resources/read` answers both with a text naming `label`
+    /// (anything else: `-32002`); `completion/complete` offers `alice`, `albert`, `bob`
+    /// for the prompt's argument and `readme`, `roadmap` for the template's, those
+    /// starting with the value typed, each with `@label` appended.
+    pub fn offer_primitives(&self, label: Option<&str>) {
+        self.shared.lock().primitives = label.map(str::to_owned);
     }
 
     /// Turns the MCP resource into a static-header (API key) server: every `/mcp`

@@ -14,6 +14,8 @@
 //! gets a 403 `insufficient_scope`. Faults ([`McpFault`]) are applied before the token
 //! is looked at. In static-header mode ([`crate::ScriptedServer::require_header`]) a
 //! configured header value stands in for the token: anything else is a bare 401.
+//! Prompts, resources and completions are offered only when switched on
+//! ([`crate::ScriptedServer::offer_primitives`]); otherwise their methods get `-32601`.
 
 use std::collections::HashMap;
 
@@ -181,17 +183,22 @@ pub(crate) async fn handle(State(s): State<Shared>, headers: HeaderMap, body: By
         .unwrap_or_default()
         .to_owned();
     let mut fields = HashMap::from([("method".to_owned(), method.clone())]);
-    if method == "tools/call"
+    if matches!(method.as_str(), "tools/call" | "prompts/get")
         && let Some(name) = msg.pointer("/params/name").and_then(Value::as_str)
     {
         fields.insert("name".to_owned(), name.to_owned());
+    }
+    if method == "resources/read"
+        && let Some(uri) = msg.pointer("/params/uri").and_then(Value::as_str)
+    {
+        fields.insert("uri".to_owned(), uri.to_owned());
     }
     record(&s, "/mcp", &headers, fields);
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let (fault, required, sse, required_header) = {
+    let (fault, required, sse, required_header, primitives) = {
         let mut st = s.lock();
         st.mcp_requests += 1;
         st.last_mcp_authorization = auth.clone();
@@ -200,6 +207,7 @@ pub(crate) async fn handle(State(s): State<Shared>, headers: HeaderMap, body: By
             st.required_scope.clone(),
             st.mcp_sse,
             st.required_header.clone(),
+            st.primitives.clone(),
         )
     };
     let required = required.as_deref();
@@ -285,9 +293,15 @@ pub(crate) async fn handle(State(s): State<Shared>, headers: HeaderMap, body: By
                 st.sessions.insert(sid.clone());
                 sid
             };
+            let capabilities = if primitives.is_some() {
+                json!({"tools": {"listChanged": false}, "prompts": {"listChanged": false},
+                       "resources": {}, "completions": {}})
+            } else {
+                json!({"tools": {"listChanged": false}})
+            };
             let result = json!({
                 "protocolVersion": version,
-                "capabilities": {"tools": {"listChanged": false}},
+                "capabilities": capabilities,
                 "serverInfo": {"name": "scripted", "version": "1"},
             });
             let mut r = respond(&json!({"jsonrpc": "2.0", "id": id, "result": result}), sse);
@@ -304,9 +318,72 @@ pub(crate) async fn handle(State(s): State<Shared>, headers: HeaderMap, body: By
             return ticks(id, &params);
         }
         "tools/call" => call_tool(id, &params),
-        _ => rpc_error(id, -32601, "Method not found"),
+        m => match primitives.as_deref() {
+            Some(label) => primitive(id, m, &params, label),
+            None => rpc_error(id, -32601, "Method not found"),
+        },
     };
     respond(&answer, sse)
+}
+
+/// Prompts, resources and completions (see [`crate::ScriptedServer::offer_primitives`]).
+fn primitive(id: Value, method: &str, params: &Value, label: &str) -> Value {
+    let ok = |result: Value| json!({"jsonrpc": "2.0", "id": id.clone(), "result": result});
+    let text = |k: &str| params.get(k).and_then(Value::as_str).unwrap_or_default();
+    match method {
+        "prompts/list" => ok(json!({"prompts": [{
+            "name": "greet",
+            "description": "Greets someone.",
+            "arguments": [{"name": "name", "required": true}]
+        }]})),
+        "prompts/get" if text("name") == "greet" => {
+            match params.pointer("/arguments/name").and_then(Value::as_str) {
+                Some(who) => ok(json!({"messages": [{"role": "user", "content":
+                    {"type": "text", "text": format!("Hello, {who}, from {label}")}}]})),
+                None => rpc_error(id, -32602, "greet: `name` is required"),
+            }
+        }
+        "prompts/get" => rpc_error(id, -32602, "Unknown prompt"),
+        "resources/list" => ok(json!({"resources": [{
+            "uri": "file:///notes.txt", "name": "notes", "mimeType": "text/plain"
+        }]})),
+        "resources/templates/list" => ok(json!({"resourceTemplates": [{
+            "uriTemplate": "file:///docs/{name}", "name": "doc", "mimeType": "text/plain"
+        }]})),
+        "resources/read" => {
+            let uri = text("uri");
+            let body = if uri == "file:///notes.txt" {
+                format!("notes of {label}")
+            } else if let Some(doc) = uri.strip_prefix("file:///docs/") {
+                format!("doc {doc} of {label}")
+            } else {
+                return rpc_error(id, -32002, "Resource not found");
+            };
+            ok(json!({"contents": [{"uri": uri, "mimeType": "text/plain", "text": body}]}))
+        }
+        "completion/complete" => {
+            let candidates: &[&str] = match (
+                params.pointer("/ref/type").and_then(Value::as_str),
+                params.pointer("/ref/name").and_then(Value::as_str),
+                params.pointer("/ref/uri").and_then(Value::as_str),
+            ) {
+                (Some("ref/prompt"), Some("greet"), _) => &["alice", "albert", "bob"],
+                (Some("ref/resource"), _, Some("file:///docs/{name}")) => &["readme", "roadmap"],
+                _ => return rpc_error(id, -32602, "Unknown reference"),
+            };
+            let typed = params
+                .pointer("/argument/value")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let values: Vec<String> = candidates
+                .iter()
+                .filter(|c| c.starts_with(typed))
+                .map(|c| format!("{c}@{label}"))
+                .collect();
+            ok(json!({"completion": {"values": values, "total": values.len(), "hasMore": false}}))
+        }
+        _ => rpc_error(id, -32601, "Method not found"),
+    }
 }
 
 /// The `ticks` tool: `count` log notifications `interval_ms` apart, then the result,
