@@ -144,6 +144,29 @@ test("an expired token is renewed silently, and the rotated tokens are kept", as
   assert.equal(stored(), undefined);
 });
 
+test("login opens $BROWSER with the URL", async () => {
+  await ready();
+  const dir = tempDir("browser");
+  const opened = path.join(dir, "opened");
+  const browser = path.join(dir, "browser.sh");
+  writeFileSync(browser, `#!/bin/sh\nprintf '%s' "$1" > '${opened}.tmp' && mv '${opened}.tmp' '${opened}'\n`, { mode: 0o755 });
+  const child = cliStart(["login", "--url", team.base], { configDir: home, env: { BROWSER: browser } });
+  await child.waitFor(/opening your browser/);
+  let url;
+  for (let i = 0; i < 100 && !url; i++) {
+    try {
+      url = readFileSync(opened, "utf8");
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  assert.match(url ?? "", /^http:\/\/127\.0\.0\.1:\d+\/auth\?/);
+  const page = await signInAs(url, "alice", { shot: "browser-alice" });
+  assert.match(page.text, /You can close this tab/);
+  const done = await child.done;
+  assert.equal(done.code, 0, done.stderr);
+});
+
 test("a Latchkey without a CLI client says which setting is missing", async () => {
   await ready();
   const other = await startTeam({ name: "no-cli", login: { cli_client_id: undefined } });

@@ -758,21 +758,51 @@ fn printable(s: &str) -> String {
 
 /// Opens `url` in a browser: `$BROWSER` when set, else the desktop's opener.
 fn open_browser(url: &str) -> bool {
-    if let Some(b) = std::env::var_os("BROWSER").filter(|b| !b.is_empty()) {
-        return std::process::Command::new(b)
-            .arg(url)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map(|mut child| {
-                std::thread::spawn(move || {
-                    let _ = child.wait();
-                });
-            })
-            .is_ok();
+    if let Some(b) = std::env::var("BROWSER")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+    {
+        return browser_commands(&b, url).into_iter().any(|argv| {
+            let Some((program, args)) = argv.split_first() else {
+                return false;
+            };
+            std::process::Command::new(program)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map(|mut child| {
+                    // Reaped in the background; the browser's outcome does not matter.
+                    std::thread::spawn(move || {
+                        let _ = child.wait();
+                    });
+                })
+                .is_ok()
+        });
     }
     crate::connect::open_browser(url)
+}
+
+/// The commands `$BROWSER` names, in order: `:`-separated, each split on whitespace,
+/// with `%s` replaced by the URL or the URL appended (the convention xdg-open and
+/// Python's `webbrowser` follow). The URL stays one argument; no shell is involved.
+fn browser_commands(browser: &str, url: &str) -> Vec<Vec<String>> {
+    browser
+        .split(':')
+        .map(|c| {
+            let mut argv: Vec<String> = c.split_whitespace().map(str::to_owned).collect();
+            if argv.iter().any(|a| a.contains("%s")) {
+                for a in &mut argv {
+                    *a = a.replace("%s", url);
+                }
+            } else if !argv.is_empty() {
+                argv.push(url.to_owned());
+            }
+            argv
+        })
+        .filter(|argv| !argv.is_empty())
+        .collect()
 }
 
 pub(crate) async fn login(a: LoginArgs, conn: &Connection) -> anyhow::Result<ExitCode> {
@@ -1149,6 +1179,23 @@ mod tests {
     fn provider_text_is_made_printable() {
         assert_eq!(printable("bad\u{1b}[2Jthing\n"), "bad?[2Jthing?");
         assert_eq!(printable(&"x".repeat(500)).chars().count(), 401);
+    }
+
+    #[test]
+    fn browser_follows_the_convention() {
+        let u = "http://idp.example/auth?a=1&b=2";
+        assert_eq!(
+            browser_commands("firefox", u),
+            vec![vec!["firefox".to_owned(), u.to_owned()]]
+        );
+        assert_eq!(
+            browser_commands("w3m -o x=1 %s:lynx", u),
+            vec![
+                vec!["w3m".to_owned(), "-o".into(), "x=1".into(), u.to_owned()],
+                vec!["lynx".to_owned(), u.to_owned()],
+            ]
+        );
+        assert!(browser_commands(" : ", u).is_empty());
     }
 
     #[test]
