@@ -11,7 +11,7 @@ use axum::Router;
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing;
 use latchkey_core::{Clock, SystemClock};
 use latchkey_gateway::Config;
 use latchkey_testkit::idp::{KeyAlg, ScriptedIdp};
@@ -55,6 +55,14 @@ struct Op {
 }
 
 impl Op {
+    /// Its issuer, and the JWKS its ID tokens are signed with.
+    fn endpoints(&self) -> (String, String) {
+        (
+            self.state.lock().unwrap().issuer.clone(),
+            self.idp.jwks_url(),
+        )
+    }
+
     fn set(&self, f: impl FnOnce(&mut OpState)) {
         f(&mut self.state.lock().unwrap());
     }
@@ -170,9 +178,9 @@ async fn provider() -> Op {
         })),
     };
     let app = Router::new()
-        .route("/.well-known/openid-configuration", get(metadata))
-        .route("/authorize", get(authorize))
-        .route("/token", post(token))
+        .route("/.well-known/openid-configuration", routing::get(metadata))
+        .route("/authorize", routing::get(authorize))
+        .route("/token", routing::post(token))
         .with_state(op.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     op
@@ -277,12 +285,37 @@ async fn call(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+async fn get(base: &str, path: &str, cookie: &str) -> (u16, Value) {
+    call(
+        reqwest::Method::GET,
+        &format!("{base}{path}"),
+        cookie,
+        None,
+        None,
+    )
+    .await
+}
+
+async fn post(
+    base: &str,
+    path: &str,
+    cookie: &str,
+    csrf: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    call(
+        reqwest::Method::POST,
+        &format!("{base}{path}"),
+        cookie,
+        csrf,
+        body,
+    )
+    .await
+}
+
 async fn a_person_signs_in_and_out(backend: Backend) {
     let op = provider().await;
-    let (issuer, jwks) = {
-        let s = op.state.lock().unwrap();
-        (s.issuer.clone(), op.idp.jwks_url())
-    };
+    let (issuer, jwks) = op.endpoints();
     let (base, dir, _store, schema) = super::start_configured(
         backend,
         |base| config(base, &issuer, &jwks),
@@ -290,14 +323,7 @@ async fn a_person_signs_in_and_out(backend: Backend) {
     )
     .await;
 
-    let (cfg_status, cfg) = call(
-        reqwest::Method::GET,
-        &format!("{base}/v1/auth/config"),
-        "",
-        None,
-        None,
-    )
-    .await;
+    let (cfg_status, cfg) = get(&base, "/v1/auth/config", "").await;
     assert_eq!(cfg_status, 200);
     assert_eq!(cfg["mode"], "jwt");
     assert_eq!(cfg["sign_in"], true);
@@ -310,14 +336,7 @@ async fn a_person_signs_in_and_out(backend: Backend) {
     assert!(html.contains("http-equiv=\"refresh\""), "{html}");
     let cookie = session.expect("a session cookie");
 
-    let (s, me) = call(
-        reqwest::Method::GET,
-        &format!("{base}/v1/auth/session"),
-        &cookie,
-        None,
-        None,
-    )
-    .await;
+    let (s, me) = get(&base, "/v1/auth/session", &cookie).await;
     assert_eq!(s, 200, "{me}");
     assert_eq!(
         (
@@ -332,119 +351,56 @@ async fn a_person_signs_in_and_out(backend: Backend) {
     assert!(!cookie.contains(&csrf));
 
     // Reading needs only the cookie; changing needs the CSRF token too.
-    let (s, _) = call(
-        reqwest::Method::GET,
-        &format!("{base}/v1/servers"),
-        &cookie,
-        None,
-        None,
-    )
-    .await;
+    let (s, _) = get(&base, "/v1/servers", &cookie).await;
     assert_eq!(s, 200);
     let key_body = json!({"name": "from the browser"});
-    let (s, body) = call(
-        reqwest::Method::POST,
-        &format!("{base}/v1/api-keys"),
-        &cookie,
-        None,
-        Some(key_body.clone()),
-    )
-    .await;
+    let (s, body) = post(&base, "/v1/api-keys", &cookie, None, Some(key_body.clone())).await;
     assert_eq!(s, 403, "{body}");
-    let (s, body) = call(
-        reqwest::Method::POST,
-        &format!("{base}/v1/api-keys"),
+    let (s, body) = post(
+        &base,
+        "/v1/api-keys",
         &cookie,
         Some("wrong"),
         Some(key_body.clone()),
     )
     .await;
     assert_eq!(s, 403, "{body}");
-    let (s, created) = call(
-        reqwest::Method::POST,
-        &format!("{base}/v1/api-keys"),
-        &cookie,
-        Some(&csrf),
-        Some(key_body),
-    )
-    .await;
+    let (s, created) = post(&base, "/v1/api-keys", &cookie, Some(&csrf), Some(key_body)).await;
     assert_eq!(s, 201, "{created}");
 
     // Another person in another tenant sees none of it.
     op.set(|s| s.account = ("bob".into(), "t2".into(), false));
     let (_, bob) = sign_in(&base).await;
     let bob = bob.unwrap();
-    let (s, bob_me) = call(
-        reqwest::Method::GET,
-        &format!("{base}/v1/auth/session"),
-        &bob,
-        None,
-        None,
-    )
-    .await;
+    let (s, bob_me) = get(&base, "/v1/auth/session", &bob).await;
     assert_eq!(s, 200);
     assert_eq!(
         (bob_me["tenant"].as_str(), bob_me["admin"].as_bool()),
         (Some("t2"), Some(false))
     );
-    let (s, keys) = call(
-        reqwest::Method::GET,
-        &format!("{base}/v1/api-keys"),
-        &bob,
-        None,
-        None,
-    )
-    .await;
+    let (s, keys) = get(&base, "/v1/api-keys", &bob).await;
     assert_eq!(s, 200);
     assert_eq!(keys.as_array().map(Vec::len), Some(0), "{keys}");
 
     // Sign-out ends alice's session (a CSRF token is needed for that too) and not bob's.
-    let (s, _) = call(
-        reqwest::Method::POST,
-        &format!("{base}/v1/auth/logout"),
-        &cookie,
-        None,
-        Some(json!({})),
-    )
-    .await;
+    let (s, _) = post(&base, "/v1/auth/logout", &cookie, None, Some(json!({}))).await;
     assert_eq!(s, 403);
-    let (s, _) = call(
-        reqwest::Method::POST,
-        &format!("{base}/v1/auth/logout"),
+    let (s, _) = post(
+        &base,
+        "/v1/auth/logout",
         &cookie,
         Some(&csrf),
         Some(json!({})),
     )
     .await;
     assert_eq!(s, 204);
-    let (s, body) = call(
-        reqwest::Method::GET,
-        &format!("{base}/v1/servers"),
-        &cookie,
-        None,
-        None,
-    )
-    .await;
+    let (s, body) = get(&base, "/v1/servers", &cookie).await;
     assert_eq!(s, 401, "{body}");
-    let (s, _) = call(
-        reqwest::Method::GET,
-        &format!("{base}/v1/servers"),
-        &bob,
-        None,
-        None,
-    )
-    .await;
+    let (s, _) = get(&base, "/v1/servers", &bob).await;
     assert_eq!(s, 200);
 
     // A made-up session is refused like any bad credential.
-    let (s, _) = call(
-        reqwest::Method::GET,
-        &format!("{base}/v1/servers"),
-        "latchkey_session=made-up",
-        None,
-        None,
-    )
-    .await;
+    let (s, _) = get(&base, "/v1/servers", "latchkey_session=made-up").await;
     assert_eq!(s, 401);
 
     // The provider's faults: no session, and the page says why.
@@ -510,10 +466,7 @@ async fn a_provider_that_is_down_is_said_on_the_sign_in_page() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_checks_the_issuer_and_the_client() {
     let op = provider().await;
-    let (issuer, jwks) = {
-        let s = op.state.lock().unwrap();
-        (s.issuer.clone(), op.idp.jwks_url())
-    };
+    let (issuer, jwks) = op.endpoints();
     let store: Arc<dyn latchkey_vault::Store> = {
         let dir = std::env::temp_dir().join(format!("lk-gw-{}", latchkey_vault::store::new_id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -554,10 +507,7 @@ async fn start_up_checks_the_issuer_and_the_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_ends_when_idle_and_at_its_lifetime() {
     let op = provider().await;
-    let (issuer, jwks) = {
-        let s = op.state.lock().unwrap();
-        (s.issuer.clone(), op.idp.jwks_url())
-    };
+    let (issuer, jwks) = op.endpoints();
     let minute = std::time::Duration::from_secs(60);
     for (label, steps, live) in [
         // Used every 9 minutes: alive at 54 minutes, ended past the hour.
@@ -594,14 +544,7 @@ async fn a_session_ends_when_idle_and_at_its_lifetime() {
         let cookie = cookie.unwrap();
         for (step, want) in steps.iter().zip(live) {
             clock.advance(minute * u32::try_from(*step).unwrap());
-            let (s, _) = call(
-                reqwest::Method::GET,
-                &format!("{base}/v1/servers"),
-                &cookie,
-                None,
-                None,
-            )
-            .await;
+            let (s, _) = get(&base, "/v1/servers", &cookie).await;
             assert_eq!(s == 200, want, "{label}: after {step} more minutes: {s}");
         }
         let _ = std::fs::remove_dir_all(dir);
