@@ -332,15 +332,29 @@ impl StoredAuth {
         let fresh = if renewed_elsewhere {
             stored
         } else {
-            match login::refresh(&self.provider, &stored).await? {
-                Some(fresh) => {
+            match login::refresh(&self.provider, &stored).await {
+                Ok(Some(fresh)) => {
                     self.store.put(&lock, &fresh)?;
                     fresh
                 }
-                None => {
+                Ok(None) => {
                     self.store.remove(&lock, &stored.url)?;
                     return Err(login::login_again(&stored.url));
                 }
+                // A provider that is down does not stop a token that still works for
+                // its last seconds (renewed early, not yet expired): it is used as is.
+                Err(f)
+                    if refused.is_none()
+                        && stored.expires_at.is_some_and(|at| at > login::now()) =>
+                {
+                    tracing::warn!(event = "login.renew_failed", error = %f.message);
+                    return Ok(Ready {
+                        header: bearer(&stored.access_token)?,
+                        token: stored.access_token,
+                        renewed: false,
+                    });
+                }
+                Err(f) => return Err(f),
             }
         };
         drop(lock);
@@ -804,6 +818,48 @@ mod tests {
                     .unwrap()
                     .expose(),
                 "rt-2"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_provider_down_does_not_stop_a_token_not_yet_expired() {
+            let (base, _m) = mock().await;
+            let (_, store) = setup(&base, "down", "at-1", "rt-1", login::now() + 20);
+            // The token endpoint now points at nothing that listens.
+            let lock = store.lock().unwrap();
+            let mut l = store.get(&base).unwrap().unwrap();
+            l.token_endpoint = "http://127.0.0.1:9/token".into();
+            store.put(&lock, &l).unwrap();
+            drop(lock);
+            let api = Api::with_store(
+                &Connection {
+                    url: base.clone(),
+                    token: None,
+                },
+                Some(store.clone()),
+            )
+            .unwrap();
+            // at-1 is what the mock API takes before any renewal.
+            assert_eq!(api.get("/v1/servers").await.unwrap(), serde_json::json!([]));
+            // Expired: the failure is reported.
+            let lock = store.lock().unwrap();
+            l.expires_at = Some(1);
+            store.put(&lock, &l).unwrap();
+            drop(lock);
+            let expired = Api::with_store(
+                &Connection {
+                    url: base.clone(),
+                    token: None,
+                },
+                Some(store.clone()),
+            )
+            .unwrap();
+            let f = expired.get("/v1/servers").await.unwrap_err();
+            assert_eq!(f.code, exit::UNAVAILABLE, "{}", f.message);
+            assert!(f.message.contains("cannot renew"), "{}", f.message);
+            assert!(
+                store.get(&base).unwrap().is_some(),
+                "kept for when it is back"
             );
         }
 
