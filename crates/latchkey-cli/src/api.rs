@@ -764,6 +764,13 @@ mod tests {
             (Api::with_store(&conn, Some(store.clone())).unwrap(), store)
         }
 
+        /// Removes the store's directory.
+        fn cleanup(store: &Store) {
+            if let Some(dir) = store.path().parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+
         #[tokio::test]
         async fn a_token_due_is_renewed_before_use_and_written_back() {
             let (base, m) = mock().await;
@@ -777,6 +784,7 @@ mod tests {
             // Fresh now: used as it is.
             api.get("/v1/servers").await.unwrap();
             assert_eq!(m.issued.load(Ordering::SeqCst), 1);
+            cleanup(&store);
         }
 
         #[tokio::test]
@@ -791,6 +799,7 @@ mod tests {
                 store.get(&base).unwrap().unwrap().access_token.expose(),
                 "at-2"
             );
+            cleanup(&store);
         }
 
         #[tokio::test]
@@ -819,6 +828,7 @@ mod tests {
                     .expose(),
                 "rt-2"
             );
+            cleanup(&store);
         }
 
         #[tokio::test]
@@ -861,6 +871,7 @@ mod tests {
                 store.get(&base).unwrap().is_some(),
                 "kept for when it is back"
             );
+            cleanup(&store);
         }
 
         #[tokio::test]
@@ -871,6 +882,7 @@ mod tests {
             assert_eq!(f.code, exit::NOPERM);
             assert!(f.message.contains("run `latchkey login`"), "{}", f.message);
             assert!(store.get(&base).unwrap().is_none());
+            cleanup(&store);
         }
     }
 
