@@ -16,6 +16,19 @@
 //! slugs, then the server's own listing), never a split on `__`, which may occur in
 //! upstream tool names. [`owner`] is unambiguous because a slug contains no `__` and does
 //! not end in a separator: at most one slug `s` has `s + "__"` as a prefix of a name.
+//!
+//! Prompts are named exactly like tools. Resource URIs and URI templates become
+//! `latchkey://<server-slug>/<original>`, the original kept **verbatim** after the
+//! prefix ([`resource_uri`]); [`uri_owner`] goes back by finding the one slug whose
+//! prefix the URI starts with (a slug has no `/`, so at most one matches). Verbatim,
+//! not percent-encoded, because templates must map back: a client expanding
+//! `latchkey://fs/file:///docs/{name}` writes the prefix and then exactly what expanding
+//! the upstream's `file:///docs/{name}` would have written, so what follows the prefix
+//! is the URI the upstream expects. With the original percent-encoded, `%2F` in an
+//! expansion could be the client's encoding of a value or ours of a `/`, and could not
+//! be told apart. The result is still one URI (the original's scheme, `//`, query and
+//! fragment are legal in a path, query and fragment), distinct per server whatever the
+//! servers' own URIs are.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -138,6 +151,31 @@ pub fn owner<'a>(name: &str, slugs: &'a BTreeMap<String, String>) -> Option<&'a 
     })
 }
 
+/// The scheme of federated resource URIs.
+pub const URI_SCHEME: &str = "latchkey";
+
+/// The federated URI (or URI template) of `original`, a resource URI (or template) of
+/// the server whose slug is `slug`.
+pub fn resource_uri(slug: &str, original: &str) -> String {
+    format!("{URI_SCHEME}://{slug}/{original}")
+}
+
+/// The server (id) whose prefix starts `uri` (`latchkey://<slug>/…`), and the original
+/// URI (or template) that follows it, if any.
+pub fn uri_owner<'a, 'u>(
+    uri: &'u str,
+    slugs: &'a BTreeMap<String, String>,
+) -> Option<(&'a str, &'u str)> {
+    let rest = uri
+        .strip_prefix(URI_SCHEME)
+        .and_then(|r| r.strip_prefix("://"))?;
+    slugs.iter().find_map(|(id, slug)| {
+        rest.strip_prefix(slug.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+            .map(|original| (id.as_str(), original))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +243,39 @@ mod tests {
         }
         // A tool name with `__` in it is fine: nothing splits on it.
         assert_eq!(tool_name("a", "s", "b__c"), "a__b__c");
+    }
+
+    #[test]
+    fn resource_uris_map_back_whole_even_from_a_template_expansion() {
+        let s = slugs([("id-a", "a"), ("id-ab", "a b"), ("id-c", "c")]);
+        for (id, slug) in &s {
+            for original in [
+                "file:///notes.txt",
+                "https://x.example/a/b?q=1&r=%2F#frag",
+                "latchkey://a/nested",
+                "",
+            ] {
+                let uri = resource_uri(slug, original);
+                assert_eq!(uri_owner(&uri, &s), Some((id.as_str(), original)), "{uri}");
+            }
+        }
+        // A client expanding the federated template writes the prefix, then what the
+        // upstream's template would have expanded to.
+        let template = resource_uri(&s["id-a"], "file:///docs/{name}");
+        let expanded = template.replace("{name}", "a%2Fb");
+        assert_eq!(
+            uri_owner(&expanded, &s),
+            Some(("id-a", "file:///docs/a%2Fb"))
+        );
+        assert_eq!(uri_owner("latchkey://a-b/x", &s), Some(("id-ab", "x")));
+        for foreign in [
+            "file:///notes.txt",
+            "latchkey://d/x",
+            "latchkey://a",
+            "LATCHKEY://a/x",
+        ] {
+            assert_eq!(uri_owner(foreign, &s), None, "{foreign}");
+        }
     }
 
     #[test]
