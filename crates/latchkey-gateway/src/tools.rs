@@ -36,6 +36,53 @@ enum Upstream {
     Failed(ApiError),
 }
 
+/// A JSON-RPC error an upstream answered, as it sent it.
+#[derive(Debug, Clone)]
+pub(crate) struct RpcError {
+    /// Its `code`.
+    pub code: i64,
+    /// Its `message` (the upstream's own text).
+    pub message: String,
+    /// Its `data`, if any.
+    pub data: Option<Value>,
+    /// The whole `error` object, for the typed 502 of [`call`].
+    raw: Value,
+}
+
+impl RpcError {
+    /// `Method not found`.
+    pub(crate) const METHOD_NOT_FOUND: i64 = -32601;
+
+    fn of(raw: &Value) -> Self {
+        Self {
+            code: raw.get("code").and_then(Value::as_i64).unwrap_or(-32603),
+            message: raw
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            data: raw.get("data").cloned(),
+            raw: raw.clone(),
+        }
+    }
+
+    /// What [`call_answer`] answers, without asking, for a primitive the upstream's
+    /// `initialize` did not declare.
+    fn not_offered() -> Self {
+        let raw = json!({"code": Self::METHOD_NOT_FOUND, "message": "Method not found"});
+        Self::of(&raw)
+    }
+}
+
+/// What an upstream answered a request.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// Its `result`.
+    Result(Value),
+    /// Its JSON-RPC error.
+    Error(RpcError),
+}
+
 /// What a call sends to authenticate: the headers (a Bearer, a static-header server's
 /// values, or nothing) and their mark for the upstream session cache.
 struct Auth {
@@ -96,8 +143,9 @@ pub(crate) fn token_failure(server: &ServerRow, e: TokenError) -> ApiError {
 
 /// `method` on `server` with `token`, in the upstream session kept for `key`
 /// ([`crate::upstream_sessions`]): opened with `initialize` when there is none (or it
-/// is stale), and opened again once if the upstream says it is gone. The result, or why
-/// not.
+/// is stale), and opened again once if the upstream says it is gone. When `needs` names
+/// a capability the session's `initialize` did not declare, nothing is sent: the answer
+/// is `Method not found`. The answer, or why there is none.
 async fn exchange(
     s: &AppState,
     server: &ServerRow,
@@ -105,7 +153,8 @@ async fn exchange(
     auth: &Auth,
     method: &str,
     params: Option<Value>,
-) -> Result<Value, Upstream> {
+    needs: Option<&str>,
+) -> Result<Answer, Upstream> {
     let Auth { headers, mark } = auth;
     let (headers, mark) = (headers, *mark);
     let mut mcp = McpClient::new(
@@ -130,6 +179,9 @@ async fn exchange(
             }
         }
     };
+    if needs.is_some_and(|c| !session.offers(c)) {
+        return Ok(Answer::Error(RpcError::not_offered()));
+    }
     mcp.resume(session.id.clone(), session.negotiated.clone());
     let req = mcp.request(method, params.clone());
     let ex = match send(server, &mcp, &req, headers).await {
@@ -150,7 +202,10 @@ async fn exchange(
         }
         other => other,
     }?;
-    ex.into_result().map_err(|e| {
+    if let Some(error) = ex.response.as_ref().and_then(|r| r.get("error")) {
+        return Ok(Answer::Error(RpcError::of(error)));
+    }
+    ex.into_result().map(Answer::Result).map_err(|e| {
         tracing::info!(event = "tools.protocol_error", server_id = %server.id, error = %e);
         Upstream::Failed(upstream_failed(
             server,
@@ -173,11 +228,18 @@ async fn open(
     let init = mcp.initialize_request();
     let ex = send(server, mcp, &init, headers).await?;
     mcp.accept_initialize(&ex);
+    let capabilities = ex
+        .response
+        .as_ref()
+        .and_then(|r| r.pointer("/result/capabilities"))
+        .filter(|c| c.is_object())
+        .cloned();
     let note = mcp.initialized_notification();
     send(server, mcp, &note, headers).await?;
     let session = Session {
         id: mcp.session_id().map(str::to_owned),
         negotiated: mcp.negotiated().map(str::to_owned),
+        capabilities,
     };
     s.upstream.put(
         key.clone(),
@@ -272,7 +334,8 @@ pub(crate) async fn bearer(
     Err(needs_reauth(server, Reauth::OtherResource))
 }
 
-/// Runs `method` for the caller's slot of `server`, with the refresh-and-retry rule.
+/// Runs `method` for the caller's slot of `server`, with the refresh-and-retry rule; an
+/// upstream's JSON-RPC error is the typed 502 naming the server.
 pub(crate) async fn call(
     s: &AppState,
     p: &Principal,
@@ -280,6 +343,32 @@ pub(crate) async fn call(
     method: &str,
     params: Option<Value>,
 ) -> Result<Value, ApiError> {
+    match call_answer(s, p, server, method, params, None).await? {
+        Answer::Result(v) => Ok(v),
+        Answer::Error(e) => {
+            // The same text as before JSON-RPC errors were told apart.
+            let e = McpError::Protocol(format!("JSON-RPC error {}", e.raw));
+            tracing::info!(event = "tools.protocol_error", server_id = %server.id, error = %e);
+            Err(upstream_failed(
+                server,
+                format!("its answer was not usable: {e}"),
+            ))
+        }
+    }
+}
+
+/// [`call`], but the upstream's JSON-RPC error is handed back as it came (the federated
+/// endpoint passes some on and skips servers answering `Method not found`). `needs`: the
+/// capability the method belongs to; an upstream whose `initialize` did not declare it
+/// is not asked.
+pub(crate) async fn call_answer(
+    s: &AppState,
+    p: &Principal,
+    server: &ServerRow,
+    method: &str,
+    params: Option<Value>,
+    needs: Option<&str>,
+) -> Result<Answer, ApiError> {
     let fail = |u: Upstream| match u {
         Upstream::Unauthorized => needs_reauth(server, Reauth::Rejected),
         Upstream::Scope(scopes) => ApiError::NeedsScopeUpgrade {
@@ -309,7 +398,7 @@ pub(crate) async fn call(
                 server: server.id.clone(),
                 subject: Some(p.subject.as_str().to_owned()),
             };
-            return exchange(s, server, &key, &Auth::none(), method, params)
+            return exchange(s, server, &key, &Auth::none(), method, params, needs)
                 .await
                 .map_err(fail);
         }
@@ -320,7 +409,7 @@ pub(crate) async fn call(
                 headers: opened.headers(server)?,
                 mark: opened.mark(),
             };
-            return exchange(s, server, &key, &auth, method, params)
+            return exchange(s, server, &key, &auth, method, params, needs)
                 .await
                 .map_err(|u| match u {
                     Upstream::Unauthorized => crate::service::headers::refused(server, 401),
@@ -340,14 +429,14 @@ pub(crate) async fn call(
     }
     let token = bearer(s, server, &slot, false).await?;
     let auth = Auth::bearer(&token.token)?;
-    match exchange(s, server, &key, &auth, method, params.clone()).await {
+    match exchange(s, server, &key, &auth, method, params.clone(), needs).await {
         Ok(v) => Ok(v),
         Err(Upstream::Unauthorized) => {
             // R-EXEC-3/4: one forced refresh, one retry.
             tracing::info!(event = "tools.retry_after_401", server_id = %server.id);
             let fresh = bearer(s, server, &slot, true).await?;
             let auth = Auth::bearer(&fresh.token)?;
-            let retried = exchange(s, server, &key, &auth, method, params)
+            let retried = exchange(s, server, &key, &auth, method, params, needs)
                 .await
                 .map_err(fail);
             if retried.is_ok() {

@@ -4,7 +4,8 @@
 //! so a call in steady state is one upstream request and the upstream's session state
 //! survives between calls.
 //!
-//! Only what a session is needs keeping: its id and negotiated version. Each call
+//! Only what a session is needs keeping: its id, negotiated version and the server's
+//! capabilities (so a primitive it does not offer is not asked for). Each call
 //! builds its own client around them, numbering its requests from a counter shared by
 //! every client, so concurrent calls in one session never reuse a JSON-RPC id. A
 //! session is opened again when the upstream says it is gone (404), when it has been
@@ -63,6 +64,19 @@ pub struct Session {
     pub id: Option<String>,
     /// The protocol version `initialize` negotiated.
     pub negotiated: Option<String>,
+    /// The `capabilities` object of the upstream's `initialize` result (`None`: it sent
+    /// none, so nothing is assumed missing).
+    pub capabilities: Option<serde_json::Value>,
+}
+
+impl Session {
+    /// Whether the upstream may offer `capability` (`prompts`, `resources`,
+    /// `completions` …): it declared it, or declared no capabilities at all.
+    pub fn offers(&self, capability: &str) -> bool {
+        self.capabilities
+            .as_ref()
+            .is_none_or(|c| c.get(capability).is_some_and(|v| !v.is_null()))
+    }
 }
 
 #[derive(Debug)]
@@ -202,6 +216,7 @@ mod tests {
         Session {
             id: Some(id.into()),
             negotiated: Some("2025-11-25".into()),
+            capabilities: None,
         }
     }
 
@@ -241,6 +256,18 @@ mod tests {
         s.put(key("x"), "http://u/mcp", b, session("s3"), t1);
         s.forget_server("t", "x");
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn offers_what_initialize_declared() {
+        let mut s = session("s");
+        assert!(
+            s.offers("prompts"),
+            "nothing declared: nothing assumed missing"
+        );
+        s.capabilities = Some(serde_json::json!({"tools": {}, "prompts": {"listChanged": true}}));
+        assert!(s.offers("prompts") && s.offers("tools"));
+        assert!(!s.offers("resources") && !s.offers("completions"));
     }
 
     #[test]

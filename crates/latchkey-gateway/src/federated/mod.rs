@@ -15,6 +15,10 @@
 //!   `subscriptions/listen`): rmcp 3.11 routes each request to the right lifecycle.
 //! * Calls reuse the REST tool path (`crate::tools::call`): one forced refresh and one
 //!   retry on an upstream 401, never a refresh on a 403.
+//! * Prompts, resources and completions ([`primitives`]) too: prompts named like tools,
+//!   resource URIs and templates as `latchkey://<server-slug>/<original>`
+//!   ([`names::resource_uri`]), each request routed to the owning server through the
+//!   same path and upstream session; a server that does not offer one is left out.
 //! * A static-header server ([`crate::headers`]) is called with the slot's values; a slot
 //!   without them is hidden like an unconnected one, and a call to it (or
 //!   `latchkey_connect`) answers how to set them.
@@ -32,6 +36,7 @@
 //! result (content, `isError`, `structuredContent`) is passed through unchanged.
 
 pub mod names;
+mod primitives;
 mod sessions;
 
 use std::collections::{BTreeMap, HashMap};
@@ -43,11 +48,13 @@ use latchkey_broker::token_service::TokenError;
 use latchkey_guard::Principal;
 use latchkey_vault::store::ServerRow;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ElicitRequest,
-    ElicitRequestParams, ErrorCode, Extensions, Implementation, InitializeRequestParams,
-    InitializeResult, InputRequest, InputRequests, InputRequiredResult, ListToolsResult,
-    PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig, SubscriptionFilter,
-    Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
+    ContentBlock, ElicitRequest, ElicitRequestParams, ErrorCode, Extensions,
+    GetPromptRequestParams, GetPromptResponse, Implementation, InitializeRequestParams,
+    InitializeResult, InputRequest, InputRequests, InputRequiredResult, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
+    ServerConfig, SubscriptionFilter, Tool,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -77,6 +84,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     let federation = Federation {
         s: state.clone(),
         tables: Arc::default(),
+        prompts: Arc::default(),
     };
     let config = StreamableHttpServerConfig::default()
         // Host and Origin are checked by the guard (R-RS-15) against Latchkey's own
@@ -162,6 +170,8 @@ type SlotKey = (String, String, Option<String>);
 struct Federation {
     s: AppState,
     tables: Arc<Mutex<HashMap<SlotKey, Arc<Table>>>>,
+    /// Upstream prompt names by federated name, per slot, from the last listing.
+    prompts: Arc<Mutex<HashMap<SlotKey, Arc<Table>>>>,
 }
 
 /// One of the caller's servers as the federation sees it.
@@ -759,14 +769,21 @@ fn concerns(
 impl ServerHandler for Handler {
     fn get_info(&self) -> ServerConfig {
         InitializeResult::new(
+            // Prompts, resources and completions are advertised always, whichever servers
+            // are connected now (a server connected later adds its own): their lists are
+            // empty while no connected server offers them.
             ServerCapabilities::builder()
+                .enable_completions()
+                .enable_prompts()
+                .enable_resources()
                 .enable_tools()
                 .enable_tool_list_changed()
                 .build(),
         )
         .with_server_info(Implementation::new("latchkey", env!("CARGO_PKG_VERSION")))
         .with_instructions(
-            "The tools of your connected MCP servers, named <server>__<tool>. \
+            "The tools and prompts of your connected MCP servers, named <server>__<name>, \
+             and their resources, as latchkey://<server>/<the server's own URI>. \
              Call latchkey_connect to connect a server that has no tools here yet. \
              A server that takes an API key (static headers) shows its tools once its values \
              are set: `latchkey servers set-headers <server> --header 'Name: value'` or \
@@ -840,6 +857,70 @@ impl ServerHandler for Handler {
                 .call(&p, &request.name, request.arguments, how)
                 .await
         }
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let p = principal(&context.extensions)?;
+        Ok(ListPromptsResult::with_all_items(
+            self.fed.list_prompts(&p).await?,
+        ))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let p = principal(&context.extensions)?;
+        let how = Elicit::of(&context, request.input_responses.is_some());
+        self.fed
+            .get_prompt(&p, &request.name, request.arguments, how)
+            .await
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let p = principal(&context.extensions)?;
+        Ok(ListResourcesResult::with_all_items(
+            self.fed.list_resources(&p).await?,
+        ))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let p = principal(&context.extensions)?;
+        Ok(ListResourceTemplatesResult::with_all_items(
+            self.fed.list_resource_templates(&p).await?,
+        ))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let p = principal(&context.extensions)?;
+        let how = Elicit::of(&context, request.input_responses.is_some());
+        self.fed.read_resource(&p, &request.uri, how).await
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let p = principal(&context.extensions)?;
+        self.fed.complete(&p, request).await
     }
 
     fn accepted_subscription_filter(
