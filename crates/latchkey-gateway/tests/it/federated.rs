@@ -736,3 +736,278 @@ async fn a_session_cannot_be_used_by_another_user() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The wire a federated test client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// 2025-11-25: `initialize` and an `Mcp-Session-Id` session.
+    Session,
+    /// 2026-07-28: stateless requests (rmcp's discover lifecycle).
+    Stateless,
+}
+
+/// An rmcp client on `{base}/mcp` speaking `wire`.
+async fn connect_on(base: &str, wire: Wire) -> RunningService<RoleClient, ()> {
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
+            .auth_header(CALLER_TOKEN),
+    );
+    match wire {
+        Wire::Session => ().serve(transport).await.unwrap(),
+        Wire::Stateless => ()
+            .serve_with_lifecycle(
+                transport,
+                rmcp::ClientLifecycleMode::Discover {
+                    preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+                },
+            )
+            .await
+            .unwrap(),
+    }
+}
+
+/// The JSON-RPC error of a failed client request.
+fn rpc_error<T: std::fmt::Debug>(r: Result<T, ServiceError>) -> ErrorData {
+    match r {
+        Err(ServiceError::McpError(e)) => e,
+        other => panic!("expected a JSON-RPC error, got {other:?}"),
+    }
+}
+
+/// The methods of the MCP requests `upstream` received.
+fn upstream_methods(upstream: &ScriptedServer) -> Vec<String> {
+    upstream
+        .requests("/mcp")
+        .into_iter()
+        .filter_map(|r| r.body.get("method").cloned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federated_prompts_resources_completions_on_the_session_wire() {
+    prompts_resources_completions(super::Backend::Sqlite, Wire::Session).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federated_prompts_resources_completions_on_the_stateless_wire() {
+    prompts_resources_completions(super::Backend::Postgres, Wire::Stateless).await;
+}
+
+/// Two servers whose prompt names and resource URIs are the same, one that offers
+/// tools only, and one that is not connected: each primitive listed once per usable
+/// server under its own name, got, read and completed from the right server with the
+/// original name or URI.
+async fn prompts_resources_completions(backend: super::Backend, wire: Wire) {
+    use rmcp::model::{
+        ArgumentInfo, CompleteRequestParams, GetPromptRequestParams, ReadResourceRequestParams,
+        Reference, ResourceContents,
+    };
+    let alpha = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let tools_only = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let absent = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    alpha.offer_primitives(Some("alpha"));
+    beta.offer_primitives(Some("beta"));
+    absent.offer_primitives(Some("absent"));
+    let cfg = super::loopback_config();
+    let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
+    let a = add_server(&base, "Alpha", &alpha).await;
+    let b = add_server(&base, "Beta", &beta).await;
+    let t = add_server(&base, "Tools only", &tools_only).await;
+    add_server(&base, "Absent", &absent).await;
+    for (id, upstream) in [(&a, &alpha), (&b, &beta), (&t, &tools_only)] {
+        deposit(&base, id, upstream).await;
+    }
+    let c = connect_on(&base, wire).await;
+
+    // Advertised whatever is connected.
+    let caps = &c.peer_info().unwrap().capabilities;
+    assert!(caps.prompts.is_some() && caps.resources.is_some() && caps.completions.is_some());
+
+    // Prompts: one per server, same upstream name, distinct federated names.
+    let mut prompts: Vec<String> = c
+        .list_all_prompts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    prompts.sort();
+    assert_eq!(prompts, vec!["alpha__greet", "beta__greet"]);
+    let mut args = serde_json::Map::new();
+    args.insert("name".into(), json!("Ann"));
+    let before = beta.requests("/mcp").len();
+    let r = c
+        .get_prompt(GetPromptRequestParams::new("beta__greet").with_arguments(args.clone()))
+        .await
+        .unwrap();
+    let message = serde_json::to_value(&r.messages[0]).unwrap();
+    assert_eq!(
+        message["content"]["text"], "Hello, Ann, from beta",
+        "{message}"
+    );
+    let sent = &beta.requests("/mcp")[before..];
+    assert_eq!(sent.len(), 1, "one upstream request in steady state");
+    assert_eq!(sent[0].body["method"], "prompts/get");
+    assert_eq!(
+        sent[0].body["name"], "greet",
+        "the original name goes upstream"
+    );
+    // The upstream's own error passes through; unknown names are invalid params.
+    let e = rpc_error(
+        c.get_prompt(GetPromptRequestParams::new("alpha__greet"))
+            .await,
+    );
+    assert_eq!(e.code.0, -32602, "{e:?}");
+    assert!(e.message.contains("`name` is required"), "{e:?}");
+    for name in ["greet", "alpha__nope", "tools-only__greet", "delta__greet"] {
+        let e = rpc_error(c.get_prompt(GetPromptRequestParams::new(name)).await);
+        assert_eq!(e.code.0, -32602, "{name}: {e:?}");
+    }
+
+    // Resources and templates: the same upstream URIs, distinct federated ones.
+    let mut uris: Vec<String> = c
+        .list_all_resources()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.uri)
+        .collect();
+    uris.sort();
+    assert_eq!(
+        uris,
+        vec![
+            "latchkey://alpha/file:///notes.txt",
+            "latchkey://beta/file:///notes.txt"
+        ]
+    );
+    let mut templates: Vec<String> = c
+        .list_all_resource_templates()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.uri_template)
+        .collect();
+    templates.sort();
+    assert_eq!(
+        templates,
+        vec![
+            "latchkey://alpha/file:///docs/{name}",
+            "latchkey://beta/file:///docs/{name}"
+        ]
+    );
+    let read = |uri: &'static str| {
+        let c = &c;
+        async move {
+            c.read_resource(ReadResourceRequestParams::new(uri))
+                .await
+                .map(|r| match &r.contents[0] {
+                    ResourceContents::TextResourceContents { uri, text, .. } => {
+                        (uri.clone(), text.clone())
+                    }
+                    other => panic!("{other:?}"),
+                })
+        }
+    };
+    let before = alpha.requests("/mcp").len();
+    let (uri, text) = read("latchkey://alpha/file:///notes.txt").await.unwrap();
+    assert_eq!(text, "notes of alpha");
+    assert_eq!(
+        uri, "latchkey://alpha/file:///notes.txt",
+        "the URI asked for"
+    );
+    let sent = &alpha.requests("/mcp")[before..];
+    assert_eq!(sent.len(), 1, "one upstream request in steady state");
+    assert_eq!(sent[0].body["uri"], "file:///notes.txt");
+    // A template expanded by the client maps back to the upstream's expansion.
+    let (uri, text) = read("latchkey://beta/file:///docs/read%20me")
+        .await
+        .unwrap();
+    assert_eq!(text, "doc read%20me of beta");
+    assert_eq!(uri, "latchkey://beta/file:///docs/read%20me");
+    for missing in [
+        "latchkey://beta/file:///missing",
+        "file:///notes.txt",
+        "latchkey://delta/file:///notes.txt",
+        "latchkey://tools-only/file:///notes.txt",
+    ] {
+        let e = rpc_error(read(missing).await);
+        // 2026-07-28 moved resource-not-found to invalid params (rmcp maps it).
+        let expected = if wire == Wire::Session {
+            -32002
+        } else {
+            -32602
+        };
+        assert_eq!(e.code.0, expected, "{missing}: {e:?}");
+    }
+
+    // Completions, asked of the owner of the prompt or template, with the original.
+    let complete = |r: Reference, value: &'static str| {
+        let c = &c;
+        async move {
+            c.complete(CompleteRequestParams::new(
+                r,
+                ArgumentInfo::new("name", value),
+            ))
+            .await
+            .map(|r| r.completion.values)
+        }
+    };
+    assert_eq!(
+        complete(Reference::for_prompt("alpha__greet"), "al")
+            .await
+            .unwrap(),
+        vec!["alice@alpha", "albert@alpha"]
+    );
+    assert_eq!(
+        complete(
+            Reference::for_resource("latchkey://beta/file:///docs/{name}"),
+            "r"
+        )
+        .await
+        .unwrap(),
+        vec!["readme@beta", "roadmap@beta"]
+    );
+    let e = rpc_error(complete(Reference::for_prompt("nope__greet"), "a").await);
+    assert_eq!(e.code.0, -32602, "{e:?}");
+
+    // The server without prompts or resources was never asked for them.
+    let asked = upstream_methods(&tools_only);
+    for m in ["prompts/list", "resources/list", "resources/templates/list"] {
+        assert!(!asked.iter().any(|x| x == m), "{m} sent: {asked:?}");
+    }
+
+    // The server that is not connected: hidden, and a get or read aimed at it answers
+    // as a tool call does.
+    assert_eq!(absent.mcp_requests(), 1, "only the probe");
+    match wire {
+        Wire::Session => {
+            let e = rpc_error(
+                c.get_prompt(GetPromptRequestParams::new("absent__greet").with_arguments(args))
+                    .await,
+            );
+            let url = elicitation_url(&e);
+            assert!(
+                url.starts_with(&format!("{}/authorize?", absent.base)),
+                "{url}"
+            );
+            let e = rpc_error(read("latchkey://absent/file:///notes.txt").await);
+            elicitation_url(&e);
+        }
+        Wire::Stateless => {
+            // This client did not declare URL elicitation: -32021 naming it.
+            let e = rpc_error(read("latchkey://absent/file:///notes.txt").await);
+            assert_eq!(e.code.0, -32021, "{e:?}");
+        }
+    }
+    assert!(
+        complete(Reference::for_prompt("absent__greet"), "a")
+            .await
+            .unwrap()
+            .is_empty(),
+        "a completion starts no sign-in"
+    );
+    assert_eq!(absent.mcp_requests(), 1);
+    c.cancel().await.unwrap();
+    super::cleanup(dir, schema).await;
+}
