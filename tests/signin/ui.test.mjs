@@ -3,7 +3,7 @@
 // agent uses, and sign out; a cross-site form changes nothing; two people in two
 // tenants see only their own servers and events. scripts/signin.sh runs it.
 
-import { after, before, test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { chromium, cliStart, OUT, signInAs, startTeam, stopAll, tempDir } from "./harness.mjs";
 import { readFileSync } from "node:fs";
@@ -12,9 +12,12 @@ import path from "node:path";
 const SCRIPTED = JSON.parse(process.env.SIGNIN_SCRIPTED || "null");
 let team;
 
-before(async () => {
-  team = await startTeam({ name: "web" });
-});
+/** The team, started by the first test that runs: node still runs a file's `before`
+ * when a name pattern leaves none of its tests, but not its `after`. */
+async function ensureTeam() {
+  team ??= await startTeam({ name: "web" });
+  return team;
+}
 
 after(stopAll);
 
@@ -42,6 +45,7 @@ async function shot(page, name) {
 
 /** A fresh browser context on Latchkey's page, signed in as `who`. */
 async function signedIn(who) {
+  await ensureTeam();
   const b = await chromium();
   const context = await b.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
