@@ -860,6 +860,30 @@ async fn prompts_resources_completions(backend: super::Backend, wire: Wire) {
     );
     assert_eq!(e.code.0, -32602, "{e:?}");
     assert!(e.message.contains("`name` is required"), "{e:?}");
+    // Like a tool call: an upstream 401 is one refresh and one retry; a failure below
+    // JSON-RPC is typed, naming the server and the stable code.
+    let refreshes = alpha.grants_served_for("refresh_token");
+    alpha.set_mcp_fault(McpFault::Unauthorized(1));
+    let r = c
+        .get_prompt(GetPromptRequestParams::new("alpha__greet").with_arguments(args.clone()))
+        .await
+        .unwrap();
+    let message = serde_json::to_value(&r.messages[0]).unwrap();
+    assert_eq!(
+        message["content"]["text"], "Hello, Ann, from alpha",
+        "{message}"
+    );
+    assert_eq!(alpha.grants_served_for("refresh_token"), refreshes + 1);
+    alpha.set_mcp_fault_for(McpFault::ServerError(503), 1);
+    let e = rpc_error(
+        c.get_prompt(GetPromptRequestParams::new("alpha__greet").with_arguments(args.clone()))
+            .await,
+    );
+    assert_eq!(e.code.0, -32603, "{e:?}");
+    let data = e.data.clone().unwrap();
+    assert_eq!(data["code"], "upstream_error", "{e:?}");
+    assert_eq!(data["server_id"], a.as_str(), "{e:?}");
+    assert!(e.message.contains("Alpha"), "{e:?}");
     for name in ["greet", "alpha__nope", "tools-only__greet", "delta__greet"] {
         let e = rpc_error(c.get_prompt(GetPromptRequestParams::new(name)).await);
         assert_eq!(e.code.0, -32602, "{name}: {e:?}");
