@@ -73,6 +73,13 @@ impl Session {
     /// Whether the upstream may offer `capability` (`prompts`, `resources`,
     /// `completions` …): it declared it, or declared no capabilities at all.
     pub fn offers(&self, capability: &str) -> bool {
+        // `completions` was declared from 2025-03-26 on; an older server may answer
+        // `completion/complete` without saying so.
+        if capability == "completions"
+            && self.negotiated.as_deref().is_some_and(|v| v < "2025-03-26")
+        {
+            return true;
+        }
         self.capabilities
             .as_ref()
             .is_none_or(|c| c.get(capability).is_some_and(|v| !v.is_null()))
@@ -268,6 +275,9 @@ mod tests {
         s.capabilities = Some(serde_json::json!({"tools": {}, "prompts": {"listChanged": true}}));
         assert!(s.offers("prompts") && s.offers("tools"));
         assert!(!s.offers("resources") && !s.offers("completions"));
+        s.negotiated = Some("2024-11-05".into());
+        assert!(s.offers("completions"), "declared only from 2025-03-26 on");
+        assert!(!s.offers("resources"));
     }
 
     #[test]

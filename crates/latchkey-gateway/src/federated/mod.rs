@@ -456,7 +456,7 @@ impl Federation {
             {
                 Some(result) => Ok(result),
                 None => Ok(text_result(
-                    format!("{} is connected now; call the tool again.", server.name),
+                    format!("{} is connected now; try again.", server.name),
                     true,
                 )),
             },
@@ -500,7 +500,7 @@ impl Federation {
                 // no second flow (and no loop of rounds), the user finishes the first.
                 return Ok(Some(text_result(
                     format!(
-                        "{} is not connected yet: finish signing in at the link, then call the tool again.",
+                        "{} is not connected yet: finish signing in at the link, then try again.",
                         server.name
                     ),
                     true,
