@@ -1001,6 +1001,34 @@ async fn prompts_resources_completions(backend: super::Backend, wire: Wire) {
         assert!(!asked.iter().any(|x| x == m), "{m} sent: {asked:?}");
     }
 
+    // A server that declared prompts and resources but answers -32601 now (its session
+    // still says it offers them): skipped, not an error.
+    alpha.offer_primitives(None);
+    let prompts: Vec<String> = c
+        .list_all_prompts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(prompts, vec!["beta__greet"]);
+    assert_eq!(c.list_all_resources().await.unwrap().len(), 1);
+    assert_eq!(c.list_all_resource_templates().await.unwrap().len(), 1);
+    assert!(
+        complete(
+            Reference::for_resource("latchkey://alpha/file:///docs/{name}"),
+            "r"
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    let e = rpc_error(
+        c.get_prompt(GetPromptRequestParams::new("alpha__greet"))
+            .await,
+    );
+    assert_eq!(e.code.0, -32602, "{e:?}");
+
     // The server that is not connected: hidden, and a get or read aimed at it answers
     // as a tool call does.
     assert_eq!(absent.mcp_requests(), 1, "only the probe");
