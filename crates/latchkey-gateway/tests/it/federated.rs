@@ -794,7 +794,8 @@ async fn federated_prompts_resources_completions_on_the_stateless_wire() {
 }
 
 /// Two servers whose prompt names and resource URIs are the same, one that offers
-/// tools only, and one that is not connected: each primitive listed once per usable
+/// tools only, one that is not connected and a static-header one without its value
+/// (then with it): each primitive listed once per usable
 /// server under its own name, got, read and completed from the right server with the
 /// original name or URI.
 async fn prompts_resources_completions(backend: super::Backend, wire: Wire) {
@@ -806,6 +807,9 @@ async fn prompts_resources_completions(backend: super::Backend, wire: Wire) {
     let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let tools_only = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let absent = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let keyed = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    keyed.require_header(Some(("X-Api-Key", &["k-1"])));
+    keyed.offer_primitives(Some("keyed"));
     alpha.offer_primitives(Some("alpha"));
     beta.offer_primitives(Some("beta"));
     absent.offer_primitives(Some("absent"));
@@ -815,6 +819,14 @@ async fn prompts_resources_completions(backend: super::Backend, wire: Wire) {
     let b = add_server(&base, "Beta", &beta).await;
     let t = add_server(&base, "Tools only", &tools_only).await;
     add_server(&base, "Absent", &absent).await;
+    // A static-header server whose value is not set yet.
+    let (status, v) = post(
+        &format!("{base}/v1/servers"),
+        json!({"name": "Keyed", "url": keyed.mcp_url(), "header_names": ["X-Api-Key"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let k = v["id"].as_str().unwrap().to_owned();
     for (id, upstream) in [(&a, &alpha), (&b, &beta), (&t, &tools_only)] {
         deposit(&base, id, upstream).await;
     }
@@ -1035,8 +1047,10 @@ async fn prompts_resources_completions(backend: super::Backend, wire: Wire) {
     match wire {
         Wire::Session => {
             let e = rpc_error(
-                c.get_prompt(GetPromptRequestParams::new("absent__greet").with_arguments(args))
-                    .await,
+                c.get_prompt(
+                    GetPromptRequestParams::new("absent__greet").with_arguments(args.clone()),
+                )
+                .await,
             );
             let url = elicitation_url(&e);
             assert!(
@@ -1060,6 +1074,39 @@ async fn prompts_resources_completions(backend: super::Backend, wire: Wire) {
         "a completion starts no sign-in"
     );
     assert_eq!(absent.mcp_requests(), 1);
+
+    // The static-header server: hidden without its value, a get says how to set it;
+    // once set, its prompts are listed and got with the value sent.
+    let e = rpc_error(
+        c.get_prompt(GetPromptRequestParams::new("keyed__greet").with_arguments(args.clone()))
+            .await,
+    );
+    assert!(e.message.contains("set-headers"), "{e:?}");
+    let r = client()
+        .put(format!("{base}/v1/servers/{k}/headers"))
+        .json(&json!({"values": {"X-Api-Key": "k-1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut prompts: Vec<String> = c
+        .list_all_prompts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    prompts.sort();
+    assert_eq!(prompts, vec!["beta__greet", "keyed__greet"]);
+    let r = c
+        .get_prompt(GetPromptRequestParams::new("keyed__greet").with_arguments(args))
+        .await
+        .unwrap();
+    let message = serde_json::to_value(&r.messages[0]).unwrap();
+    assert_eq!(
+        message["content"]["text"], "Hello, Ann, from keyed",
+        "{message}"
+    );
     c.cancel().await.unwrap();
     super::cleanup(dir, schema).await;
 }
