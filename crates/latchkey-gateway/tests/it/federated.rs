@@ -1064,6 +1064,36 @@ async fn prompts_resources_completions(backend: super::Backend, wire: Wire) {
             // This client did not declare URL elicitation: -32021 naming it.
             let e = rpc_error(read("latchkey://absent/file:///notes.txt").await);
             assert_eq!(e.code.0, -32021, "{e:?}");
+            // One that did gets an `input_required` result carrying the link.
+            let uri = "latchkey://absent/file:///notes.txt";
+            let meta = json!({
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"url": {}}},
+                "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+            });
+            let r = client()
+                .post(format!("{base}/mcp"))
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", "resources/read")
+                .header("mcp-name", uri)
+                .json(
+                    &json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read",
+                              "params": {"_meta": meta, "uri": uri}}),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["result"]["resultType"], "input_required", "{v}");
+            let ask = &v["result"]["inputRequests"]["connect"]["params"];
+            assert_eq!(ask["mode"], "url", "{v}");
+            let url = ask["url"].as_str().unwrap();
+            assert!(
+                url.starts_with(&format!("{}/authorize?", absent.base)),
+                "{url}"
+            );
         }
     }
     assert!(
