@@ -18,9 +18,10 @@
 //!   upstream's code; failures below JSON-RPC are typed like a tool call's (the server,
 //!   the stable code).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, MutexGuard};
 
+use latchkey_guard::Principal;
 use latchkey_vault::store::ServerRow;
 use rmcp::ErrorData;
 use rmcp::model::{
@@ -175,7 +176,7 @@ fn uri_owner<'m, 'u>(members: &'m [Member], uri: &'u str) -> Option<(&'m Member,
 }
 
 impl Federation {
-    fn prompt_tables(&self) -> MutexGuard<'_, std::collections::HashMap<SlotKey, Arc<Table>>> {
+    fn prompt_tables(&self) -> MutexGuard<'_, HashMap<SlotKey, Arc<Table>>> {
         self.prompts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -183,7 +184,7 @@ impl Federation {
     /// does not offer the primitive.
     async fn upstream_items(
         &self,
-        p: &latchkey_guard::Principal,
+        p: &Principal,
         m: &Member,
         what: Listing,
     ) -> Result<Vec<Value>, Unavailable> {
@@ -234,11 +235,7 @@ impl Federation {
 
     /// The server's prompts for the caller's slot, renamed, and the slot's prompt table
     /// refreshed.
-    async fn server_prompts(
-        &self,
-        p: &latchkey_guard::Principal,
-        m: &Member,
-    ) -> Result<Vec<Prompt>, Unavailable> {
+    async fn server_prompts(&self, p: &Principal, m: &Member) -> Result<Vec<Prompt>, Unavailable> {
         let items = self.upstream_items(p, m, Listing::Prompts).await?;
         let mut table = Table::new();
         let mut prompts = Vec::with_capacity(items.len());
@@ -272,7 +269,7 @@ impl Federation {
     /// a new listing (not listed through this instance yet); `None` if it has none.
     async fn upstream_prompt(
         &self,
-        p: &latchkey_guard::Principal,
+        p: &Principal,
         m: &Member,
         name: &str,
     ) -> Result<Option<String>, Unavailable> {
@@ -291,10 +288,7 @@ impl Federation {
     }
 
     /// `prompts/list`: the prompts of every usable server.
-    pub(super) async fn list_prompts(
-        &self,
-        p: &latchkey_guard::Principal,
-    ) -> Result<Vec<Prompt>, ErrorData> {
+    pub(super) async fn list_prompts(&self, p: &Principal) -> Result<Vec<Prompt>, ErrorData> {
         let members = self.members(p).await?;
         let listings = futures_util::future::join_all(
             members
@@ -315,7 +309,7 @@ impl Federation {
     /// The items of `what` of every usable server, each with its server.
     async fn gather<'m>(
         &self,
-        p: &latchkey_guard::Principal,
+        p: &Principal,
         members: &'m [Member],
         what: Listing,
     ) -> Vec<(&'m Member, Vec<Value>)> {
@@ -336,10 +330,7 @@ impl Federation {
     }
 
     /// `resources/list`: every usable server's resources, URIs prefixed.
-    pub(super) async fn list_resources(
-        &self,
-        p: &latchkey_guard::Principal,
-    ) -> Result<Vec<Resource>, ErrorData> {
+    pub(super) async fn list_resources(&self, p: &Principal) -> Result<Vec<Resource>, ErrorData> {
         let members = self.members(p).await?;
         let mut out = Vec::new();
         for (m, items) in self.gather(p, &members, Listing::Resources).await {
@@ -363,7 +354,7 @@ impl Federation {
     /// `resources/templates/list`: every usable server's URI templates, prefixed.
     pub(super) async fn list_resource_templates(
         &self,
-        p: &latchkey_guard::Principal,
+        p: &Principal,
     ) -> Result<Vec<ResourceTemplate>, ErrorData> {
         let members = self.members(p).await?;
         let mut out = Vec::new();
@@ -390,7 +381,7 @@ impl Federation {
     /// result or an error (these results have no `isError`).
     async fn refused(
         &self,
-        p: &latchkey_guard::Principal,
+        p: &Principal,
         server: &ServerRow,
         why: Unavailable,
         how: Elicit,
@@ -414,7 +405,7 @@ impl Federation {
     /// `prompts/get` of a federated prompt.
     pub(super) async fn get_prompt(
         &self,
-        p: &latchkey_guard::Principal,
+        p: &Principal,
         name: &str,
         arguments: Option<serde_json::Map<String, Value>>,
         how: Elicit,
@@ -473,7 +464,7 @@ impl Federation {
     /// `resources/read` of a federated URI.
     pub(super) async fn read_resource(
         &self,
-        p: &latchkey_guard::Principal,
+        p: &Principal,
         uri: &str,
         how: Elicit,
     ) -> Result<ReadResourceResponse, ErrorData> {
@@ -532,7 +523,7 @@ impl Federation {
     /// server with the original name or template.
     pub(super) async fn complete(
         &self,
-        p: &latchkey_guard::Principal,
+        p: &Principal,
         request: CompleteRequestParams,
     ) -> Result<CompleteResult, ErrorData> {
         let members = self.members(p).await?;
