@@ -10,8 +10,17 @@
 //! The signature is checked by `jsonwebtoken`; the claims are checked here with `now`
 //! as a parameter: `iss` compared as an exact string, `aud` naming the configured
 //! resource, `exp` required and `nbf` honoured with a small leeway.
+//!
+//! A verified access token is remembered briefly (issue 18): by its SHA-256, for at
+//! most [`VERIFIED_TTL`] and never past its `exp`. The same bearer token arrives with
+//! every request of a client, and verifying it again (base64, JSON, a signature) was
+//! a third of what a JWT caller's proxied request cost. What that allows: a key
+//! removed from the JWKS stops a token it signed within [`VERIFIED_TTL`], as the JWKS
+//! cache's own lifetime already allowed for a longer time. A refused token is never
+//! remembered.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -21,6 +30,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use latchkey_core::{Secret, UnixTime};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::claims::{self, ClaimMapping};
 use crate::error::{ConfigError, GuardError, InvalidReason};
@@ -95,12 +105,19 @@ impl JwtConfig {
     }
 }
 
+/// How long a verified access token is remembered (never past its `exp`).
+pub const VERIFIED_TTL: Duration = Duration::from_secs(30);
+/// Most verified tokens remembered.
+const VERIFIED_MAX: usize = 10_000;
+
 /// Verifies JWT access tokens locally.
 #[derive(Debug)]
 pub struct JwtVerifier {
     cfg: JwtConfig,
     jwks: Arc<JwksCache>,
     hmac: Option<DecodingKey>,
+    /// Verified tokens by SHA-256: the principal and until when it may be reused.
+    verified: Mutex<HashMap<[u8; 32], (Principal, UnixTime)>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -140,7 +157,12 @@ impl JwtVerifier {
                 Some(DecodingKey::from_secret(s.expose().as_bytes()))
             }
         };
-        Ok(Self { cfg, jwks, hmac })
+        Ok(Self {
+            cfg,
+            jwks,
+            hmac,
+            verified: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The settings.
@@ -151,9 +173,58 @@ impl JwtVerifier {
     /// Verifies `token` at time `now`. `Invalid` when the token is refused,
     /// `Unavailable` when the JWKS could not be obtained.
     pub async fn verify(&self, token: &str, now: UnixTime) -> Result<Principal, GuardError> {
-        self.verify_claims(token, now, AuthSource::Jwt)
-            .await
-            .map(|(_, p)| p)
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(p) = self.remembered(&key, now) {
+            return Ok(p);
+        }
+        let (claims, principal) = self.verify_claims(token, now, AuthSource::Jwt).await?;
+        self.remember(key, &principal, &claims, now);
+        Ok(principal)
+    }
+
+    fn remembered(&self, key: &[u8; 32], now: UnixTime) -> Option<Principal> {
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .filter(|(_, until)| now < *until)
+            .map(|(p, _)| p.clone())
+    }
+
+    fn remember(
+        &self,
+        key: [u8; 32],
+        principal: &Principal,
+        claims: &Map<String, Value>,
+        now: UnixTime,
+    ) {
+        // `exp` is required and was checked; without leeway here, so a remembered
+        // token never outlives what a fresh check would grant.
+        let Some(exp) = claims.get("exp").and_then(Value::as_u64) else {
+            return;
+        };
+        let until = now.plus(VERIFIED_TTL).min(UnixTime::from_secs(exp));
+        if until <= now {
+            return;
+        }
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= VERIFIED_MAX && !cache.contains_key(&key) {
+            cache.retain(|_, (_, u)| now < *u);
+            if cache.len() >= VERIFIED_MAX
+                && let Some(oldest) = cache.iter().min_by_key(|(_, (_, u))| *u).map(|(k, _)| *k)
+            {
+                cache.remove(&oldest);
+            }
+        }
+        cache.insert(key, (principal.clone(), until));
+    }
+
+    /// Number of remembered verified tokens (tests).
+    pub fn remembered_len(&self) -> usize {
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Verifies `token` like [`Self::verify`] and also returns its claims, for checks

@@ -15,9 +15,59 @@ fn unavailable() -> GuardError {
     GuardError::Unavailable(UnavailableReason::Jwks)
 }
 
+/// A full verification every time (`verify_claims`: the JWKS cache is what these tests
+/// are about, not the remembered verified tokens that `verify` adds).
 async fn verify(v: &JwtVerifier, clock: &ManualClock, t: &str) -> Result<(), GuardError> {
     use latchkey_core::Clock;
-    v.verify(t, clock.now()).await.map(|_| ())
+    v.verify_claims(t, clock.now(), latchkey_guard::AuthSource::Jwt)
+        .await
+        .map(|_| ())
+}
+
+/// A verified token is remembered by `verify` for at most 30 s and never past its
+/// `exp`; a key gone from the JWKS stops it within those 30 s; a refused token is
+/// not remembered.
+#[tokio::test]
+async fn verified_tokens_are_remembered_briefly() {
+    use latchkey_core::Clock;
+    let idp = ScriptedIdp::start().await.unwrap();
+    let clock = clock();
+    let v = jwt_verifier(&idp, &clock);
+    let exp = json!({"exp": crate::NOW + 3600});
+    let old = idp.mint(KeyAlg::Rs256, &claims(&idp, exp.clone()));
+    v.verify(&old, clock.now()).await.unwrap();
+    assert_eq!(v.remembered_len(), 1);
+    // The key goes away: the remembered token is still accepted for a while...
+    idp.rotate();
+    past_refetch_interval(&clock);
+    let new = idp.mint(KeyAlg::Rs256, &claims(&idp, exp.clone()));
+    v.verify(&new, clock.now()).await.unwrap();
+    assert!(v.verify(&old, clock.now()).await.is_ok(), "remembered");
+    // ... and refused once 30 s have passed since it was verified.
+    clock.advance(Duration::from_secs(20));
+    assert_eq!(
+        v.verify(&old, clock.now()).await,
+        Err(GuardError::Invalid(InvalidReason::UnknownKid))
+    );
+    // Never past `exp`: a token expiring in 10 s is judged afresh after 11 (still
+    // within the 30 s leeway), and refused once past its leeway.
+    let short = idp.mint(
+        KeyAlg::Rs256,
+        &claims(&idp, json!({"exp": clock.now().as_secs() + 10})),
+    );
+    v.verify(&short, clock.now()).await.unwrap();
+    clock.advance(Duration::from_secs(11));
+    v.verify(&short, clock.now()).await.unwrap();
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(
+        v.verify(&short, clock.now()).await,
+        Err(GuardError::Invalid(InvalidReason::Expired))
+    );
+    // A refused token is not remembered.
+    let before = v.remembered_len();
+    let forged = format!("{}x", &new[..new.len() - 1]);
+    assert!(v.verify(&forged, clock.now()).await.is_err());
+    assert_eq!(v.remembered_len(), before);
 }
 
 #[tokio::test]
