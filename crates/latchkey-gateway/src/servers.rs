@@ -28,6 +28,7 @@ const FIELDS: &[&str] = &[
     "scopes",
     "header_names",
     "header_values",
+    "unprefixed",
 ];
 const AUTH_TYPES: &[&str] = &["oauth", "none", "headers"];
 const TOKEN_SCOPES: &[&str] = &["per_user", "shared"];
@@ -52,6 +53,9 @@ pub struct ServerView {
     /// Each header as `set` or `not set` in the caller's slot (`headers` servers).
     #[serde(skip_serializing_if = "Option::is_none")]
     headers: Option<std::collections::BTreeMap<String, &'static str>>,
+    /// `/mcp` federates the server's tools, prompts and resource URIs under their own
+    /// names rather than prefixed with its slug.
+    unprefixed: bool,
 }
 
 impl ServerView {
@@ -78,6 +82,7 @@ impl From<&ServerRow> for ServerView {
             scopes: s.scopes.clone(),
             header_names: s.header_names.clone(),
             headers: None,
+            unprefixed: s.unprefixed,
         }
     }
 }
@@ -106,6 +111,7 @@ fn read_input(s: &AppState, body: &[u8], creating: bool) -> Result<ServerInput, 
         scopes: f.patch_string("scopes", 2048),
         header_names: crate::service::headers::read_names(&mut f, "header_names"),
         header_values: None,
+        unprefixed: f.boolean("unprefixed"),
     };
     if creating
         && matches!(input.client_secret, Patch::Set(_))

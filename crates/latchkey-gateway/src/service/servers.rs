@@ -40,6 +40,9 @@ pub struct ServerInput {
     pub header_names: Option<Vec<String>>,
     /// Values for the creator's slot (create only), checked by the probe.
     pub header_values: Option<BTreeMap<String, Secret>>,
+    /// `/mcp` names the server's tools, prompts and resource URIs as the server does
+    /// (no slug prefix); a name another server also has is then refused, never guessed.
+    pub unprefixed: Option<bool>,
 }
 
 /// The auth type the probe finds at `url`; a URL that gives no MCP answer (a wrong
@@ -175,6 +178,9 @@ pub async fn create(
     if let Some(names) = input.header_names {
         row.header_names = names;
     }
+    if let Some(u) = input.unprefixed {
+        row.unprefixed = u;
+    }
     let explicit = input.auth_type.is_some();
     row.auth_type = match (input.auth_type, &row.client_id, row.header_names.is_empty()) {
         (Some(explicit), _, _) => explicit,
@@ -231,6 +237,10 @@ pub async fn update(
     }
     if let Some(g) = input.grant_type {
         row.grant_type = g;
+    }
+    // Naming only: nothing is purged (the announcement below renames on every instance).
+    if let Some(u) = input.unprefixed {
+        row.unprefixed = u;
     }
     apply(&mut row.client_id, input.client_id);
     apply(&mut row.scopes, input.scopes);

@@ -35,6 +35,9 @@ pub struct ServerRow {
     /// The header names a `headers` server needs, as the user typed them (their values
     /// are per slot, in [`HeaderValuesRow`](super::HeaderValuesRow)); empty for others.
     pub header_names: Vec<String>,
+    /// `/mcp` federates the server's tools, prompts and resource URIs under their own
+    /// names (no `<server-slug>__` or `latchkey://<server-slug>/` prefix).
+    pub unprefixed: bool,
 }
 
 impl ServerRow {
@@ -74,6 +77,7 @@ impl ServerRow {
             scopes: None,
             issuer: None,
             header_names: Vec::new(),
+            unprefixed: false,
         }
     }
 }
@@ -89,11 +93,12 @@ impl std::fmt::Debug for ServerRow {
             .field("issuer", &self.issuer)
             .field("has_client_secret", &self.client_secret.is_some())
             .field("header_names", &self.header_names)
+            .field("unprefixed", &self.unprefixed)
             .finish_non_exhaustive()
     }
 }
 
-pub(super) const SERVER_COLS: &str = "id, tenant_id, name, url, auth_type, token_scope, grant_type, client_id, client_secret, scopes, issuer, header_names";
+pub(super) const SERVER_COLS: &str = "id, tenant_id, name, url, auth_type, token_scope, grant_type, client_id, client_secret, scopes, issuer, header_names, unprefixed";
 
 pub(super) fn server_from<R>(r: &R) -> Result<ServerRow, sqlx::Error>
 where
@@ -102,6 +107,7 @@ where
     for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> Option<Vec<u8>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     Ok(ServerRow {
         id: r.try_get("id")?,
@@ -116,6 +122,7 @@ where
         scopes: r.try_get("scopes")?,
         issuer: r.try_get("issuer")?,
         header_names: super::json_list(r, "header_names")?,
+        unprefixed: r.try_get("unprefixed")?,
     })
 }
 
@@ -128,7 +135,7 @@ macro_rules! methods {
             async fn create_server(&self, s: &ServerRow, now: i64) -> Result<(), StoreError> {
                 sqlx::query(
                     "INSERT INTO servers (id, tenant_id, name, url, auth_type, token_scope, grant_type, client_id, \
-                     client_secret, scopes, created_at, updated_at, issuer, header_names) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13)",
+                     client_secret, scopes, created_at, updated_at, issuer, header_names, unprefixed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14)",
                 )
                 .bind(&s.id)
                 .bind(&s.tenant)
@@ -143,6 +150,7 @@ macro_rules! methods {
                 .bind(now)
                 .bind(&s.issuer)
                 .bind($crate::store::json_text(&s.header_names)?)
+                .bind(s.unprefixed)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -199,7 +207,7 @@ macro_rules! methods {
             async fn update_server(&self, s: &ServerRow, now: i64) -> Result<bool, StoreError> {
                 let r = sqlx::query(
                     "UPDATE servers SET name = $1, url = $2, auth_type = $3, token_scope = $4, grant_type = $5, \
-                     client_id = $6, client_secret = $7, scopes = $8, updated_at = $9, issuer = $12, header_names = $13 WHERE tenant_id = $10 AND id = $11",
+                     client_id = $6, client_secret = $7, scopes = $8, updated_at = $9, issuer = $12, header_names = $13, unprefixed = $14 WHERE tenant_id = $10 AND id = $11",
                 )
                 .bind(&s.name)
                 .bind(&s.url)
@@ -214,6 +222,7 @@ macro_rules! methods {
                 .bind(&s.id)
                 .bind(&s.issuer)
                 .bind($crate::store::json_text(&s.header_names)?)
+                .bind(s.unprefixed)
                 .execute(&self.pool)
                 .await?;
                 Ok(r.rows_affected() == 1)
