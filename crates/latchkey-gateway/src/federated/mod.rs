@@ -19,6 +19,9 @@
 //!   resource URIs and templates as `latchkey://<server-slug>/<original>`
 //!   ([`names::resource_uri`]), each request routed to the owning server through the
 //!   same path and upstream session; a server that does not offer one is left out.
+//! * A server with the `unprefixed` setting keeps its own tool and prompt names and
+//!   resource URIs; a name or URI more than one usable server has is left out of the
+//!   listings and refused on use with an error naming the servers ([`naming`]).
 //! * A static-header server ([`crate::headers`]) is called with the slot's values; a slot
 //!   without them is hidden like an unconnected one, and a call to it (or
 //!   `latchkey_connect`) answers how to set them.
@@ -36,10 +39,11 @@
 //! result (content, `isError`, `structuredContent`) is passed through unchanged.
 
 pub mod names;
+mod naming;
 mod primitives;
 mod sessions;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
@@ -85,6 +89,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         s: state.clone(),
         tables: Arc::default(),
         prompts: Arc::default(),
+        uris: Arc::default(),
     };
     let config = StreamableHttpServerConfig::default()
         // Host and Origin are checked by the guard (R-RS-15) against Latchkey's own
@@ -172,6 +177,8 @@ struct Federation {
     tables: Arc<Mutex<HashMap<SlotKey, Arc<Table>>>>,
     /// Upstream prompt names by federated name, per slot, from the last listing.
     prompts: Arc<Mutex<HashMap<SlotKey, Arc<Table>>>>,
+    /// Upstream resource URIs and templates, per slot, from the last listings.
+    uris: Arc<Mutex<naming::UriTables>>,
 }
 
 /// One of the caller's servers as the federation sees it.
@@ -321,7 +328,8 @@ impl Federation {
         let mut table = Table::new();
         let mut tools = Vec::with_capacity(upstream.len());
         for mut tool in upstream {
-            let federated = names::tool_name(&m.slug, &m.server.id, &tool.name);
+            let federated =
+                names::item_name(&m.slug, &m.server.id, &tool.name, m.server.unprefixed);
             if table.contains_key(&federated) {
                 tracing::info!(event = "mcp.federated.tool_name_clash", server_id = %m.server.id);
                 continue;
@@ -343,10 +351,10 @@ impl Federation {
                 .map(|m| async move { (m, self.server_tools(p, m).await) }),
         )
         .await;
-        let mut tools = vec![connect_tool()];
+        let mut found = Vec::new();
         for (m, listing) in listings {
             match listing {
-                Ok(mut t) => tools.append(&mut t),
+                Ok(t) => found.extend(t.into_iter().map(|t| (m, t))),
                 // R-EXEC-11: hidden until the slot is authorised (or has its values).
                 Err(Unavailable::NotConnected { .. } | Unavailable::NoHeaders(_)) => {}
                 // A slot that needs the user (more scopes) is a prompt, not a fault.
@@ -366,6 +374,13 @@ impl Federation {
                 ),
             }
         }
+        let mut tools = vec![connect_tool()];
+        tools.extend(naming::drop_clashes(
+            "tool",
+            found,
+            |t| &t.name,
+            &[CONNECT_TOOL],
+        ));
         Ok(tools)
     }
 
@@ -378,14 +393,10 @@ impl Federation {
         how: Elicit,
     ) -> Result<CallToolResponse, ErrorData> {
         let members = self.members(p).await?;
-        let slugs: BTreeMap<String, String> = members
-            .iter()
-            .map(|m| (m.server.id.clone(), m.slug.clone()))
-            .collect();
-        let Some(m) =
-            names::owner(name, &slugs).and_then(|id| members.iter().find(|m| m.server.id == id))
-        else {
-            return Err(unknown_tool(name));
+        let m = match self.route_name(naming::Kind::Tool, p, &members, name).await {
+            naming::Route::To(m) => m,
+            naming::Route::Unknown => return Err(unknown_tool(name)),
+            naming::Route::Clash(servers) => return Err(naming::clash("tool", name, &servers)),
         };
         if let Err(u) = self.check_slot(p, &m.server).await {
             return self.unavailable(p, &m.server, u, how).await;
@@ -783,7 +794,8 @@ impl ServerHandler for Handler {
         .with_server_info(Implementation::new("latchkey", env!("CARGO_PKG_VERSION")))
         .with_instructions(
             "The tools and prompts of your connected MCP servers, named <server>__<name>, \
-             and their resources, as latchkey://<server>/<the server's own URI>. \
+             and their resources, as latchkey://<server>/<the server's own URI> (servers \
+             set up as unprefixed keep their own names and URIs). \
              Call latchkey_connect to connect a server that has no tools here yet. \
              A server that takes an API key (static headers) shows its tools once its values \
              are set: `latchkey servers set-headers <server> --header 'Name: value'` or \

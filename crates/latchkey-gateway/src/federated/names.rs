@@ -29,6 +29,12 @@
 //! be told apart. The result is still one URI (the original's scheme, `//`, query and
 //! fragment are legal in a path, query and fragment), distinct per server whatever the
 //! servers' own URIs are.
+//!
+//! A server with the **unprefixed** setting keeps its own names and URIs ([`item_name`],
+//! [`item_uri`]): nothing above makes them distinct, so they are owned through each
+//! server's listing instead, and a name two servers have is refused, never guessed
+//! (`federated::naming`). [`template_matches`] says whether a URI may come from such a
+//! server's template.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -140,6 +146,63 @@ pub fn tool_name(slug: &str, server_id: &str, tool: &str) -> String {
     let keep = MAX_NAME - 1 - TOOL_HASH;
     let head: String = full.chars().take(keep).collect();
     format!("{head}_{}", hash(&[server_id, tool], TOOL_HASH))
+}
+
+/// The federated name of tool or prompt `name`: [`tool_name`], or `name` itself for a
+/// server with the unprefixed setting.
+pub fn item_name(slug: &str, server_id: &str, name: &str, unprefixed: bool) -> String {
+    if unprefixed {
+        name.to_owned()
+    } else {
+        tool_name(slug, server_id, name)
+    }
+}
+
+/// The federated URI (or template) of `original`: [`resource_uri`], or `original`
+/// itself for a server with the unprefixed setting.
+pub fn item_uri(slug: &str, original: &str, unprefixed: bool) -> String {
+    if unprefixed {
+        original.to_owned()
+    } else {
+        resource_uri(slug, original)
+    }
+}
+
+/// Whether `uri` can be an expansion of the RFC 6570 URI template `template`: its
+/// literal parts in order, each `{…}` expression standing for any text (the empty text
+/// too). Loose on purpose: it only decides which unprefixed server may own a URI, and a
+/// URI that more than one server could own is refused as a clash, not guessed.
+pub fn template_matches(template: &str, uri: &str) -> bool {
+    let mut pieces = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        pieces.push(&rest[..open]);
+        rest = &rest[open + close + 1..];
+    }
+    pieces.push(rest);
+    let (Some(first), Some(last)) = (pieces.first(), pieces.last()) else {
+        return false;
+    };
+    if pieces.len() == 1 {
+        return template == uri;
+    }
+    if uri.len() < first.len() + last.len() || !uri.starts_with(first) || !uri.ends_with(last) {
+        return false;
+    }
+    // Between the first and the last literal, each middle one leftmost: a glob of `*`s.
+    let Some(mut middle) = uri.get(first.len()..uri.len() - last.len()) else {
+        return false;
+    };
+    for piece in &pieces[1..pieces.len() - 1] {
+        match middle.find(piece) {
+            Some(at) => middle = &middle[at + piece.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// The server (id) whose slug prefixes `name` (`<slug>__…`), if any.
@@ -276,6 +339,42 @@ mod tests {
         ] {
             assert_eq!(uri_owner(foreign, &s), None, "{foreign}");
         }
+    }
+
+    #[test]
+    fn unprefixed_names_are_kept_and_templates_match_their_expansions() {
+        assert_eq!(item_name("gh", "s1", "create issue", true), "create issue");
+        assert_eq!(item_name("gh", "s1", "x", false), "gh__x");
+        assert_eq!(item_uri("gh", "file:///a", true), "file:///a");
+        assert_eq!(
+            item_uri("gh", "file:///a", false),
+            "latchkey://gh/file:///a"
+        );
+        let t = "test://template/{id}/data";
+        for yes in [
+            "test://template/42/data",
+            "test://template//data",
+            "test://template/a/b/data",
+            t,
+        ] {
+            assert!(template_matches(t, yes), "{yes}");
+        }
+        for no in [
+            "test://template/42/dat",
+            "test://templat/42/data",
+            "test://template/42/data/x",
+            "test://template/data",
+        ] {
+            assert!(!template_matches(t, no), "{no}");
+        }
+        assert!(template_matches("a{x}b{y}c", "a1b2c"));
+        assert!(template_matches("a{x}b{y}c", "abc"));
+        assert!(!template_matches("a{x}b{y}c", "ac"));
+        assert!(template_matches("file:///{+path}", "file:///x/y"));
+        assert!(template_matches("no-vars", "no-vars"));
+        assert!(!template_matches("no-vars", "no-vars2"));
+        assert!(!template_matches("broken{", "broken"));
+        assert!(template_matches("broken{", "broken{"));
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //!   upstream's code; failures below JSON-RPC are typed like a tool call's (the server,
 //!   the stable code).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
 
 use latchkey_guard::Principal;
@@ -31,13 +31,14 @@ use rmcp::model::{
 };
 use serde_json::{Value, json};
 
+use super::naming::{self, Kind, Route};
 use super::{Elicit, Federation, MAX_PAGES, Member, SlotKey, Table, Unavailable, names, slot_key};
 use crate::error::ApiError;
 use crate::tools::{Answer, RpcError};
 
 /// A listing federated besides tools.
 #[derive(Debug, Clone, Copy)]
-enum Listing {
+pub(super) enum Listing {
     Prompts,
     Resources,
     Templates,
@@ -151,38 +152,14 @@ fn log_skipped(m: &Member, why: &Unavailable) {
     }
 }
 
-/// Server id → slug.
-fn slug_map(members: &[Member]) -> BTreeMap<String, String> {
-    members
-        .iter()
-        .map(|m| (m.server.id.clone(), m.slug.clone()))
-        .collect()
-}
-
-/// The member owning a federated prompt name.
-fn name_owner<'m>(members: &'m [Member], name: &str) -> Option<&'m Member> {
-    let slugs = slug_map(members);
-    names::owner(name, &slugs).and_then(|id| members.iter().find(|m| m.server.id == id))
-}
-
-/// The member owning a federated URI (or template) and the original that follows.
-fn uri_owner<'m, 'u>(members: &'m [Member], uri: &'u str) -> Option<(&'m Member, &'u str)> {
-    let slugs = slug_map(members);
-    let (id, original) = names::uri_owner(uri, &slugs)?;
-    members
-        .iter()
-        .find(|m| m.server.id == id)
-        .map(|m| (m, original))
-}
-
 impl Federation {
-    fn prompt_tables(&self) -> MutexGuard<'_, HashMap<SlotKey, Arc<Table>>> {
+    pub(super) fn prompt_tables(&self) -> MutexGuard<'_, HashMap<SlotKey, Arc<Table>>> {
         self.prompts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every item of one upstream listing (following its pages); none when the server
     /// does not offer the primitive.
-    async fn upstream_items(
+    pub(super) async fn upstream_items(
         &self,
         p: &Principal,
         m: &Member,
@@ -235,7 +212,11 @@ impl Federation {
 
     /// The server's prompts for the caller's slot, renamed, and the slot's prompt table
     /// refreshed.
-    async fn server_prompts(&self, p: &Principal, m: &Member) -> Result<Vec<Prompt>, Unavailable> {
+    pub(super) async fn server_prompts(
+        &self,
+        p: &Principal,
+        m: &Member,
+    ) -> Result<Vec<Prompt>, Unavailable> {
         let items = self.upstream_items(p, m, Listing::Prompts).await?;
         let mut table = Table::new();
         let mut prompts = Vec::with_capacity(items.len());
@@ -251,7 +232,8 @@ impl Federation {
                     continue;
                 }
             };
-            let federated = names::tool_name(&m.slug, &m.server.id, &prompt.name);
+            let federated =
+                names::item_name(&m.slug, &m.server.id, &prompt.name, m.server.unprefixed);
             if table.contains_key(&federated) {
                 tracing::info!(event = "mcp.federated.prompt_name_clash", server_id = %m.server.id);
                 continue;
@@ -299,11 +281,11 @@ impl Federation {
         let mut prompts = Vec::new();
         for (m, listing) in listings {
             match listing {
-                Ok(mut found) => prompts.append(&mut found),
+                Ok(found) => prompts.extend(found.into_iter().map(|p| (m, p))),
                 Err(why) => log_skipped(m, &why),
             }
         }
-        Ok(prompts)
+        Ok(naming::drop_clashes("prompt", prompts, |p| &p.name, &[]))
     }
 
     /// The items of `what` of every usable server, each with its server.
@@ -322,7 +304,10 @@ impl Federation {
         let mut out = Vec::new();
         for (m, listing) in listings {
             match listing {
-                Ok(items) => out.push((m, items)),
+                Ok(items) => {
+                    self.record_uris(p, m, what, &items);
+                    out.push((m, items));
+                }
                 Err(why) => log_skipped(m, &why),
             }
         }
@@ -337,8 +322,8 @@ impl Federation {
             for item in items {
                 match serde_json::from_value::<Resource>(item) {
                     Ok(mut r) => {
-                        r.uri = names::resource_uri(&m.slug, &r.uri);
-                        out.push(r);
+                        r.uri = names::item_uri(&m.slug, &r.uri, m.server.unprefixed);
+                        out.push((m, r));
                     }
                     Err(e) => tracing::info!(
                         event = "mcp.federated.resource_skipped",
@@ -348,7 +333,7 @@ impl Federation {
                 }
             }
         }
-        Ok(out)
+        Ok(naming::drop_clashes("resource", out, |r| &r.uri, &[]))
     }
 
     /// `resources/templates/list`: every usable server's URI templates, prefixed.
@@ -362,8 +347,9 @@ impl Federation {
             for item in items {
                 match serde_json::from_value::<ResourceTemplate>(item) {
                     Ok(mut t) => {
-                        t.uri_template = names::resource_uri(&m.slug, &t.uri_template);
-                        out.push(t);
+                        t.uri_template =
+                            names::item_uri(&m.slug, &t.uri_template, m.server.unprefixed);
+                        out.push((m, t));
                     }
                     Err(e) => tracing::info!(
                         event = "mcp.federated.resource_skipped",
@@ -373,7 +359,12 @@ impl Federation {
                 }
             }
         }
-        Ok(out)
+        Ok(naming::drop_clashes(
+            "resource template",
+            out,
+            |t| &t.uri_template,
+            &[],
+        ))
     }
 
     /// The answer to a `prompts/get` or `resources/read` that cannot reach `server`:
@@ -411,8 +402,10 @@ impl Federation {
         how: Elicit,
     ) -> Result<GetPromptResponse, ErrorData> {
         let members = self.members(p).await?;
-        let Some(m) = name_owner(&members, name) else {
-            return Err(unknown_prompt(name));
+        let m = match self.route_name(Kind::Prompt, p, &members, name).await {
+            Route::To(m) => m,
+            Route::Unknown => return Err(unknown_prompt(name)),
+            Route::Clash(servers) => return Err(naming::clash("prompt", name, &servers)),
         };
         if let Err(why) = self.check_slot(p, &m.server).await {
             return self
@@ -469,8 +462,10 @@ impl Federation {
         how: Elicit,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let members = self.members(p).await?;
-        let Some((m, original)) = uri_owner(&members, uri) else {
-            return Err(unknown_resource(uri));
+        let (m, original) = match self.route_uri(p, &members, uri).await {
+            Route::To(found) => found,
+            Route::Unknown => return Err(unknown_resource(uri)),
+            Route::Clash(servers) => return Err(naming::clash("resource", uri, &servers)),
         };
         if let Err(why) = self.check_slot(p, &m.server).await {
             return self
@@ -497,7 +492,7 @@ impl Federation {
                     .flatten()
                 {
                     if let Some(Value::String(u)) = c.get_mut("uri") {
-                        *u = names::resource_uri(&m.slug, u);
+                        *u = names::item_uri(&m.slug, u, m.server.unprefixed);
                     }
                 }
                 match serde_json::from_value::<ReadResourceResult>(v) {
@@ -529,8 +524,12 @@ impl Federation {
         let members = self.members(p).await?;
         let (m, reference) = match &request.r#ref {
             Reference::Prompt(r) => {
-                let Some(m) = name_owner(&members, &r.name) else {
-                    return Err(unknown_prompt(&r.name));
+                let m = match self.route_name(Kind::Prompt, p, &members, &r.name).await {
+                    Route::To(m) => m,
+                    Route::Unknown => return Err(unknown_prompt(&r.name)),
+                    Route::Clash(servers) => {
+                        return Err(naming::clash("prompt", &r.name, &servers));
+                    }
                 };
                 match self.upstream_prompt(p, m, &r.name).await {
                     Ok(Some(upstream)) => (m, json!({"type": "ref/prompt", "name": upstream})),
@@ -540,8 +539,12 @@ impl Federation {
                 }
             }
             Reference::Resource(r) => {
-                let Some((m, original)) = uri_owner(&members, &r.uri) else {
-                    return Err(unknown_resource(&r.uri));
+                let (m, original) = match self.route_uri(p, &members, &r.uri).await {
+                    Route::To(found) => found,
+                    Route::Unknown => return Err(unknown_resource(&r.uri)),
+                    Route::Clash(servers) => {
+                        return Err(naming::clash("resource template", &r.uri, &servers));
+                    }
                 };
                 (m, json!({"type": "ref/resource", "uri": original}))
             }

@@ -21,6 +21,7 @@ mod hostile;
 mod identity;
 mod layout;
 mod lifecycle;
+mod naming;
 mod operations;
 mod proxy;
 mod servers;

@@ -6,6 +6,7 @@ mod api_keys;
 mod headers;
 mod hostile_binding;
 mod rotation;
+mod sessions;
 mod wal;
 
 use std::sync::Arc;
@@ -378,6 +379,7 @@ async fn servers(store: &dyn Store) {
     s.client_id = Some("pre".into());
     s.client_secret = Some(b"envelope".to_vec());
     s.scopes = Some("mcp:read".into());
+    s.unprefixed = true;
     store.create_server(&s, NOW).await.unwrap();
     store
         .create_server(&server("ta", "srv-b"), NOW)
@@ -407,6 +409,9 @@ async fn servers(store: &dyn Store) {
     let mut edit = s.clone();
     edit.url = "https://other.example/mcp".into();
     edit.client_secret = None;
+    // Migration 0034: the naming setting is written and read back, off by default.
+    edit.unprefixed = false;
+    assert!(!server("ta", "srv-b").unprefixed);
     assert!(store.update_server(&edit, NOW + 1).await.unwrap());
     assert_eq!(
         store.get_server("ta", "srv-a").await.unwrap(),
