@@ -48,6 +48,9 @@ pub const CALLBACK_PATH: &str = "/v1/auth/callback";
 pub const LOGIN_COOKIE: &str = "latchkey_login";
 /// How long a sign-in may take, seconds.
 pub const LOGIN_TTL_SECS: i64 = 600;
+/// Most sign-ins under way at once (anyone can start one; each is a row for up to
+/// [`LOGIN_TTL_SECS`]).
+pub const MAX_LIVE_LOGINS: i64 = 10_000;
 /// How long the provider's metadata is reused.
 const METADATA_TTL: Duration = Duration::from_secs(3600);
 /// The largest discovery document or token response read.
@@ -82,6 +85,9 @@ pub enum SignInError {
     /// Latchkey's own store failed.
     #[error("Latchkey could not record the sign-in; try again")]
     Store,
+    /// Too many sign-ins are under way.
+    #[error("too many sign-ins are under way right now; try again in a few minutes")]
+    Busy,
 }
 
 /// The parts of the provider's OpenID configuration used here.
@@ -379,7 +385,8 @@ impl SignIn {
         let nonce = pkce::new_state();
         let verifier = pkce::new_verifier();
         let now = self.now();
-        self.store
+        let recorded = self
+            .store
             .insert_web_login(
                 &WebLoginRow {
                     id_hash: sha(login_id.expose()),
@@ -389,12 +396,17 @@ impl SignIn {
                     created_at: now,
                 },
                 now.saturating_sub(LOGIN_TTL_SECS),
+                MAX_LIVE_LOGINS,
             )
             .await
             .map_err(|e| {
                 tracing::error!(event = "signin.store_failed", error = %e);
                 SignInError::Store
             })?;
+        if !recorded {
+            tracing::warn!(event = "signin.too_many_under_way", max = MAX_LIVE_LOGINS);
+            return Err(SignInError::Busy);
+        }
         // The browser goes there: it must pass the egress guard's static checks (https,
         // or http to loopback under the relaxation; no userinfo), like any URL Latchkey
         // sends a browser to.

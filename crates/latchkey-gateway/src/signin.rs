@@ -220,7 +220,7 @@ fn cookie_header(
 fn failure(e: &SignInError) -> Response {
     let status = match e {
         SignInError::ProviderDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        SignInError::Store => StatusCode::SERVICE_UNAVAILABLE,
+        SignInError::Store | SignInError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         SignInError::Account(_) => StatusCode::FORBIDDEN,
         _ => StatusCode::BAD_REQUEST,
     };

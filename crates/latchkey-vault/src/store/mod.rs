@@ -232,8 +232,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     // People signed in to the web UI (issue 19).
 
     /// Records a sign-in under way, first deleting those started before `stale_before`
-    /// (Unix seconds).
-    async fn insert_web_login(&self, l: &WebLoginRow, stale_before: i64) -> Result<(), StoreError>;
+    /// (Unix seconds); false (nothing recorded) when `max_live` are already under way.
+    async fn insert_web_login(
+        &self,
+        l: &WebLoginRow,
+        stale_before: i64,
+        max_live: i64,
+    ) -> Result<bool, StoreError>;
     /// Deletes and returns the sign-in whose login id hashes to `id_hash`: a callback
     /// completes it at most once.
     async fn take_web_login(&self, id_hash: &[u8; 32]) -> Result<Option<WebLoginRow>, StoreError>;

@@ -126,13 +126,26 @@ where
 macro_rules! methods {
     ($name:ident $tables:tt { $($methods:tt)* }) => {
         $crate::store::sql_store! { @impl $name $tables { $($methods)*
-            async fn insert_web_login(&self, l: &WebLoginRow, stale_before: i64) -> Result<(), StoreError> {
+            async fn insert_web_login(
+                &self,
+                l: &WebLoginRow,
+                stale_before: i64,
+                max_live: i64,
+            ) -> Result<bool, StoreError> {
                 // Abandoned sign-ins are swept as new ones start: the table stays small
                 // with no timer.
                 sqlx::query("DELETE FROM web_logins WHERE created_at < $1")
                     .bind(stale_before)
                     .execute(&self.pool)
                     .await?;
+                // Anyone may start a sign-in, so their number is bounded: past it, none
+                // is recorded until older ones are used or swept.
+                let live: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM web_logins")
+                    .fetch_one(&self.pool)
+                    .await?;
+                if live >= max_live {
+                    return Ok(false);
+                }
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO web_logins ({LOGIN_COLS}) VALUES ($1, $2, $3, $4, $5)"
                 )))
@@ -143,7 +156,7 @@ macro_rules! methods {
                 .bind(l.created_at)
                 .execute(&self.pool)
                 .await?;
-                Ok(())
+                Ok(true)
             }
 
             async fn take_web_login(&self, id_hash: &[u8; 32]) -> Result<Option<WebLoginRow>, StoreError> {
