@@ -401,10 +401,14 @@ impl Federation {
         if let Err(u) = self.check_slot(p, &m.server).await {
             return self.unavailable(p, &m.server, u, how).await;
         }
-        let cached = self
-            .lock()
-            .get(&slot_key(p, &m.server))
-            .and_then(|t| t.get(name).cloned());
+        // An unprefixed server's names are its own: no table to consult.
+        let cached = if m.server.unprefixed {
+            Some(name.to_owned())
+        } else {
+            self.lock()
+                .get(&slot_key(p, &m.server))
+                .and_then(|t| t.get(name).cloned())
+        };
         let upstream = match cached {
             Some(u) => u,
             None => {

@@ -13,9 +13,11 @@
 //!   ([`clash`]). `latchkey_connect` is Latchkey's own: an upstream tool of that name is
 //!   left out. A server whose slot is not usable (no token, no header values) is
 //!   hidden, so it neither owns nor clashes.
-//! * A URI that no server claims goes to the only usable unprefixed server when there
-//!   is exactly one, so that one server behind `/mcp` is transparent even for URIs it
-//!   does not list (a `resource_link` a tool returned, say).
+//! * When no prefixed server owns a name or URI by its prefix and exactly one usable
+//!   server is unprefixed, it goes to that server without looking at any table: the
+//!   server answers it as it would directly (its own error for a name it does not have,
+//!   a URI it does not list but can read), so `/mcp` in front of one server is
+//!   transparent, and no listing is needed first.
 //!
 //! Without unprefixed servers nothing here costs anything: the prefix decides, as before.
 
@@ -222,6 +224,9 @@ impl Federation {
         let usable = self
             .usable(p, owner.into_iter().chain(unprefixed).collect())
             .await;
+        if let (None, [only]) = (owner, usable.as_slice()) {
+            return Route::To(*only);
+        }
         // From the kept tables first; when none has the name, from new listings (a name
         // added upstream since), once.
         for fresh in [false, true] {
@@ -286,6 +291,9 @@ impl Federation {
             return owner.map_or(Route::Unknown, Route::To);
         }
         let usable = self.usable(p, unprefixed).await;
+        if let (None, [only]) = (owner, usable.as_slice()) {
+            return Route::To((*only, uri));
+        }
         let claims: Vec<&Member> = futures_util::future::join_all(
             usable
                 .iter()
@@ -299,10 +307,7 @@ impl Federation {
             (Some(o), []) => Route::To(o),
             (None, [one]) => Route::To((*one, uri)),
             (Some((o, _)), _) => Route::Clash(std::iter::once(o).chain(claims).collect()),
-            (None, []) => match usable.as_slice() {
-                [only] => Route::To((*only, uri)),
-                _ => Route::Unknown,
-            },
+            (None, []) => Route::Unknown,
             (None, _) => Route::Clash(claims),
         }
     }

@@ -255,6 +255,10 @@ impl Federation {
         m: &Member,
         name: &str,
     ) -> Result<Option<String>, Unavailable> {
+        if m.server.unprefixed {
+            // Its own name: no table to consult.
+            return Ok(Some(name.to_owned()));
+        }
         let cached = self
             .prompt_tables()
             .get(&slot_key(p, &m.server))

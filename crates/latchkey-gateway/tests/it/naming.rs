@@ -234,9 +234,13 @@ async fn unprefixed_naming(backend: super::Backend) {
         .completion
         .values;
     assert_eq!(values, ["alice@alpha", "albert@alpha"]);
-    // A prefixed-looking name is not the unprefixed server's.
-    let e = echo(&c, "alpha__echo").await.unwrap_err();
-    assert_eq!(e.code.0, -32602, "{e:?}");
+    // With one unprefixed server, a name no prefixed server owns goes to it as it is,
+    // listed or not: it answers as it would directly (transparent).
+    let before = alpha.requests("/mcp").len();
+    let answer = echo(&c, "alpha__nope").await;
+    let sent = &alpha.requests("/mcp")[before..];
+    assert_eq!(sent.len(), 1, "{answer:?}");
+    assert_eq!(sent[0].body["name"], "alpha__nope");
     c.cancel().await.unwrap();
 
     // Both unprefixed: every name they share is left out, and refused naming both. A
