@@ -65,6 +65,6 @@ echo "Conformance totals (client suites):"
 printf '  %s\n' "${summary[@]}"
 
 echo
-echo "==> MCP conformance server scenarios: direct vs through Latchkey's /mcp/{server}"
+echo "==> MCP conformance server scenarios: direct vs through Latchkey's /mcp/{server} and /mcp"
 bash scripts/conformance-server.sh || status=1
 exit $status

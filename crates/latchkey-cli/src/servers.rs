@@ -94,6 +94,14 @@ pub(crate) struct Settings {
     /// Scopes to ask for, space-separated.
     #[arg(long, value_name = "SCOPES")]
     scopes: Option<String>,
+    /// On `/mcp`, name the server's tools, prompts and resource URIs as the server does,
+    /// without the `<server>__` and `latchkey://<server>/` prefixes. A name another
+    /// server also has is then left out and refused, naming both servers.
+    #[arg(long, conflicts_with = "prefixed")]
+    unprefixed: bool,
+    /// On `/mcp`, prefix the server's names again (the default).
+    #[arg(long)]
+    prefixed: bool,
 }
 
 /// `latchkey servers add`.
@@ -216,6 +224,9 @@ impl Settings {
         put("client_id", self.client_id);
         put("issuer", self.issuer);
         put("scopes", self.scopes);
+        if self.unprefixed || self.prefixed {
+            body.insert("unprefixed".into(), Value::Bool(self.unprefixed));
+        }
         if self.client_secret_stdin {
             // Sent once in the request body; never printed (answers only say
             // `has_client_secret`).
@@ -392,6 +403,14 @@ async fn show(api: &Api, wanted: &str, json: bool) -> anyhow::Result<ExitCode> {
             },
         ),
         ("scopes", text(&server, "scopes")),
+        (
+            "names on /mcp",
+            if server["unprefixed"] == true {
+                "unprefixed (the server's own)".into()
+            } else {
+                "prefixed".into()
+            },
+        ),
     ];
     if server["auth_type"] == "headers" {
         pairs.push(("headers", crate::headers::describe(&server["headers"])));

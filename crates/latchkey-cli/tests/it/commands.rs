@@ -279,6 +279,19 @@ async fn servers_add_list_show_edit_rm() {
     );
     assert_eq!(cleared["client_id"], Value::Null);
     assert_eq!(cleared["has_client_secret"], false);
+    // The naming setting of /mcp: on, shown, off again (the default).
+    let on = json_of(
+        &env.run(&["servers", "edit", &id, "--unprefixed", "--json"])
+            .await,
+    );
+    assert_eq!(on["unprefixed"], true);
+    let text = stdout(&env.run(&["servers", "show", &id]).await);
+    assert!(text.contains("unprefixed (the server's own)"), "{text}");
+    let off = json_of(
+        &env.run(&["servers", "edit", &id, "--prefixed", "--json"])
+            .await,
+    );
+    assert_eq!(off["unprefixed"], false);
     assert_fails(
         &env.run(&["servers", "edit", "renamed"]).await,
         2,
