@@ -13,11 +13,12 @@
 //!   ([`clash`]). `latchkey_connect` is Latchkey's own: an upstream tool of that name is
 //!   left out. A server whose slot is not usable (no token, no header values) is
 //!   hidden, so it neither owns nor clashes.
-//! * When no prefixed server owns a name or URI by its prefix and exactly one usable
-//!   server is unprefixed, it goes to that server without looking at any table: the
-//!   server answers it as it would directly (its own error for a name it does not have,
-//!   a URI it does not list but can read), so `/mcp` in front of one server is
-//!   transparent, and no listing is needed first.
+//! * When no prefixed server owns a name or URI by its prefix and exactly one server is
+//!   unprefixed (or exactly one of them is usable), it goes to that server without
+//!   looking at any table: the server answers it as it would directly (its own error
+//!   for a name it does not have, a URI it does not list but can read), so `/mcp` in
+//!   front of one server is transparent and needs no listing first; one that is not
+//!   connected answers with the consent elicitation, as a prefixed server does.
 //!
 //! Without unprefixed servers nothing here costs anything: the prefix decides, as before.
 
@@ -218,8 +219,11 @@ impl Federation {
     ) -> Route<'m, &'m Member> {
         let owner = names::owner(name, &prefixed_slugs(members)).and_then(|id| find(members, id));
         let unprefixed: Vec<&Member> = members.iter().filter(|m| m.server.unprefixed).collect();
-        if unprefixed.is_empty() {
-            return owner.map_or(Route::Unknown, Route::To);
+        match (owner, unprefixed.as_slice()) {
+            (_, []) => return owner.map_or(Route::Unknown, Route::To),
+            // Usable or not: one that is not answers how to connect it.
+            (None, [only]) => return Route::To(*only),
+            _ => {}
         }
         let usable = self
             .usable(p, owner.into_iter().chain(unprefixed).collect())
@@ -287,8 +291,10 @@ impl Federation {
         let owner = names::uri_owner(uri, &prefixed_slugs(members))
             .and_then(|(id, original)| find(members, id).map(|m| (m, original)));
         let unprefixed: Vec<&Member> = members.iter().filter(|m| m.server.unprefixed).collect();
-        if unprefixed.is_empty() {
-            return owner.map_or(Route::Unknown, Route::To);
+        match (owner, unprefixed.as_slice()) {
+            (_, []) => return owner.map_or(Route::Unknown, Route::To),
+            (None, [only]) => return Route::To((*only, uri)),
+            _ => {}
         }
         let usable = self.usable(p, unprefixed).await;
         if let (None, [only]) = (owner, usable.as_slice()) {

@@ -298,3 +298,37 @@ async fn unprefixed_naming(backend: super::Backend) {
     c.cancel().await.unwrap();
     super::cleanup(dir, schema).await;
 }
+
+/// One unprefixed server that is not connected: its tools are not listed, and a call
+/// of one of its names (none of Latchkey's tables knows it) still reaches the consent
+/// elicitation of that server, as a prefixed name would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_unprefixed_server_not_connected_asks_for_consent() {
+    let alpha = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let cfg = super::loopback_config();
+    let keys = StaticKeys(Some(KeySet::parse(KEY).unwrap()));
+    let (base, dir, _store, schema) = super::start_on(super::Backend::Sqlite, &cfg, keys).await;
+    let (status, v) = post(
+        &format!("{base}/v1/servers"),
+        json!({"name": "Alpha", "url": alpha.mcp_url(), "unprefixed": true}),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let c = session(&base).await;
+    let [tools, ..] = listings(&c).await;
+    assert_eq!(tools, ["latchkey_connect"]);
+    let e = echo(&c, "echo").await.unwrap_err();
+    assert_eq!(e.code.0, -32042, "{e:?}");
+    let url = e.data.unwrap()["elicitations"][0]["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        url.starts_with(&format!("{}/authorize?", alpha.base)),
+        "{url}"
+    );
+    let e = read(&c, "file:///notes.txt").await.unwrap_err();
+    assert_eq!(e.code.0, -32042, "{e:?}");
+    c.cancel().await.unwrap();
+    super::cleanup(dir, schema).await;
+}
