@@ -309,6 +309,14 @@ impl Federation {
         .into_iter()
         .flatten()
         .collect();
+        // A prefixed owner that is hidden (not usable) does not clash: the unprefixed
+        // server that claims the URI has it, as with names.
+        let owner = match owner {
+            Some((o, _)) if !claims.is_empty() && self.check_slot(p, &o.server).await.is_err() => {
+                None
+            }
+            other => other,
+        };
         match (owner, claims.as_slice()) {
             (Some(o), []) => Route::To(o),
             (None, [one]) => Route::To((*one, uri)),
