@@ -456,7 +456,11 @@ impl ScriptedServer {
     /// `file:///docs/{name}`, and `resources/read` answers both with a text naming `label`
     /// (anything else: `-32002`); `completion/complete` offers `alice`, `albert`, `bob`
     /// for the prompt's argument and `readme`, `roadmap` for the template's, those
-    /// starting with the value typed, each with `@label` appended.
+    /// starting with the value typed, each with `@label` appended. It declares
+    /// `logging` (`logging/setLevel` answers `{}`) and resource subscriptions
+    /// (`resources/subscribe` and `resources/unsubscribe` answer `{}` for
+    /// `file:///notes.txt`, `-32002` for anything else); the level and the URI are
+    /// recorded.
     pub fn offer_primitives(&self, label: Option<&str>) {
         self.shared.lock().primitives = label.map(str::to_owned);
     }

@@ -188,10 +188,17 @@ pub(crate) async fn handle(State(s): State<Shared>, headers: HeaderMap, body: By
     {
         fields.insert("name".to_owned(), name.to_owned());
     }
-    if method == "resources/read"
-        && let Some(uri) = msg.pointer("/params/uri").and_then(Value::as_str)
+    if matches!(
+        method.as_str(),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe"
+    ) && let Some(uri) = msg.pointer("/params/uri").and_then(Value::as_str)
     {
         fields.insert("uri".to_owned(), uri.to_owned());
+    }
+    if method == "logging/setLevel"
+        && let Some(level) = msg.pointer("/params/level").and_then(Value::as_str)
+    {
+        fields.insert("level".to_owned(), level.to_owned());
     }
     record(&s, "/mcp", &headers, fields);
     let auth = headers
@@ -295,7 +302,7 @@ pub(crate) async fn handle(State(s): State<Shared>, headers: HeaderMap, body: By
             };
             let capabilities = if primitives.is_some() {
                 json!({"tools": {"listChanged": false}, "prompts": {"listChanged": false},
-                       "resources": {}, "completions": {}})
+                       "resources": {"subscribe": true}, "completions": {}, "logging": {}})
             } else {
                 json!({"tools": {"listChanged": false}})
             };
@@ -361,6 +368,13 @@ fn primitive(id: Value, method: &str, params: &Value, label: &str) -> Value {
             };
             ok(json!({"contents": [{"uri": uri, "mimeType": "text/plain", "text": body}]}))
         }
+        "resources/subscribe" | "resources/unsubscribe" if text("uri") == "file:///notes.txt" => {
+            ok(json!({}))
+        }
+        "resources/subscribe" | "resources/unsubscribe" => {
+            rpc_error(id, -32002, "Resource not found")
+        }
+        "logging/setLevel" => ok(json!({})),
         "completion/complete" => {
             let candidates: &[&str] = match (
                 params.pointer("/ref/type").and_then(Value::as_str),

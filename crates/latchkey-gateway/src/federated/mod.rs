@@ -58,7 +58,7 @@ use rmcp::model::{
     InitializeResult, InputRequest, InputRequests, InputRequiredResult, ListPromptsResult,
     ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
     ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
-    ServerConfig, SubscriptionFilter, Tool,
+    ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -782,15 +782,21 @@ fn concerns(
 }
 
 impl ServerHandler for Handler {
+    // `logging` is deprecated in rmcp (SEP-2577) but still part of 2025-11-25.
+    #[allow(deprecated)]
     fn get_info(&self) -> ServerConfig {
         InitializeResult::new(
             // Prompts, resources and completions are advertised always, whichever servers
             // are connected now (a server connected later adds its own): their lists are
             // empty while no connected server offers them.
             ServerCapabilities::builder()
+                // Logging and resource subscriptions are forwarded to the servers that
+                // offer them (2025-11-25; the 2026-07-28 wire retired both).
+                .enable_logging()
                 .enable_completions()
                 .enable_prompts()
                 .enable_resources()
+                .enable_resources_subscribe()
                 .enable_tools()
                 .enable_tool_list_changed()
                 .build(),
@@ -928,6 +934,41 @@ impl ServerHandler for Handler {
         let p = principal(&context.extensions)?;
         let how = Elicit::of(&context, request.input_responses.is_some());
         self.fed.read_resource(&p, &request.uri, how).await
+    }
+
+    // Logging is deprecated in rmcp (SEP-2577) but still part of 2025-11-25.
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let p = principal(&context.extensions)?;
+        self.fed.set_level(&p, json!(request.level)).await
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let p = principal(&context.extensions)?;
+        let how = Elicit::of(&context, false);
+        self.fed
+            .subscription(&p, &request.uri, primitives::Subscription::Subscribe, how)
+            .await
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let p = principal(&context.extensions)?;
+        let how = Elicit::of(&context, false);
+        self.fed
+            .subscription(&p, &request.uri, primitives::Subscription::Unsubscribe, how)
+            .await
     }
 
     async fn complete(

@@ -599,3 +599,127 @@ fn bad_result(server: &ServerRow, e: &serde_json::Error) -> ErrorData {
     tracing::info!(event = "mcp.federated.bad_result", server_id = %server.id, error = %e);
     ErrorData::internal_error("the upstream server answered an unusable result", None)
 }
+
+/// Which of the resource subscription requests.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Subscription {
+    Subscribe,
+    Unsubscribe,
+}
+
+impl Subscription {
+    fn method(self) -> &'static str {
+        match self {
+            Self::Subscribe => "resources/subscribe",
+            Self::Unsubscribe => "resources/unsubscribe",
+        }
+    }
+}
+
+impl Federation {
+    /// Whether the caller can reach `m` now (as the listings decide it).
+    async fn reachable(&self, p: &Principal, m: &Member) -> bool {
+        match m.server.auth_type.as_str() {
+            "oauth" | "headers" => self.check_slot(p, &m.server).await.is_ok(),
+            "none" => true,
+            _ => false,
+        }
+    }
+
+    /// `logging/setLevel`: sent to every usable server whose `initialize` declared
+    /// `logging` (the others are not asked: nothing is sent for them), each in the
+    /// slot's kept upstream session. The client asked for one level of one endpoint, so
+    /// a server that refuses it, or cannot be reached, is logged and not an error.
+    pub(super) async fn set_level(&self, p: &Principal, level: Value) -> Result<(), ErrorData> {
+        let members = self.members(p).await?;
+        let params = json!({"level": level});
+        futures_util::future::join_all(members.iter().map(|m| {
+            let params = params.clone();
+            async move {
+                if !self.reachable(p, m).await {
+                    return;
+                }
+                let answer = crate::tools::call_answer(
+                    &self.s,
+                    p,
+                    &m.server,
+                    "logging/setLevel",
+                    Some(params),
+                    Some("logging"),
+                )
+                .await;
+                match answer {
+                    Ok(Answer::Result(_)) => {}
+                    Ok(Answer::Error(e)) if e.code == RpcError::METHOD_NOT_FOUND => {}
+                    Ok(Answer::Error(e)) => tracing::info!(
+                        event = "mcp.federated.set_level_refused",
+                        server_id = %m.server.id,
+                        rpc_code = e.code,
+                    ),
+                    Err(e) => log_skipped(m, &unavailable_of(e)),
+                }
+            }
+        }))
+        .await;
+        Ok(())
+    }
+
+    /// `resources/subscribe` or `resources/unsubscribe` of a federated URI: routed to
+    /// its owner as `resources/read` is, with the original URI, in the slot's kept
+    /// upstream session. The upstream's JSON-RPC error is passed on (a server that does
+    /// not support subscriptions answers `-32601` itself).
+    pub(super) async fn subscription(
+        &self,
+        p: &Principal,
+        uri: &str,
+        what: Subscription,
+        how: Elicit,
+    ) -> Result<(), ErrorData> {
+        let members = self.members(p).await?;
+        let (m, original) = match self.route_uri(p, &members, uri).await {
+            Route::To(found) => found,
+            Route::Unknown => return Err(unknown_resource(uri)),
+            Route::Clash(servers) => return Err(naming::clash("resource", uri, &servers)),
+        };
+        if let Err(why) = self.check_slot(p, &m.server).await {
+            return Err(self.not_subscribable(p, &m.server, why, how).await);
+        }
+        let answer = crate::tools::call_answer(
+            &self.s,
+            p,
+            &m.server,
+            what.method(),
+            Some(json!({"uri": original})),
+            Some("resources"),
+        )
+        .await;
+        match answer {
+            Ok(Answer::Result(_)) => Ok(()),
+            Ok(Answer::Error(e)) => Err(passed_on(e)),
+            Err(e) => Err(self
+                .not_subscribable(p, &m.server, unavailable_of(e), how)
+                .await),
+        }
+    }
+
+    /// A subscription request that cannot reach `server`: the error a `resources/read`
+    /// would get (these requests have no result to carry an `input_required`).
+    async fn not_subscribable(
+        &self,
+        p: &Principal,
+        server: &ServerRow,
+        why: Unavailable,
+        how: Elicit,
+    ) -> ErrorData {
+        match self.refused(p, server, why, how).await {
+            Err(e) => e,
+            Ok(_) => ErrorData::invalid_request(
+                format!(
+                    "{} is not connected: call latchkey_connect, then try again.",
+                    server.name
+                ),
+                Some(json!({"server_id": server.id})),
+            ),
+        }
+    }
+}

@@ -1140,3 +1140,125 @@ async fn prompts_resources_completions(backend: super::Backend, wire: Wire) {
     c.cancel().await.unwrap();
     super::cleanup(dir, schema).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_level_and_subscriptions_reach_their_servers_on_sqlite() {
+    set_level_and_subscriptions(super::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_level_and_subscriptions_reach_their_servers_on_postgres() {
+    set_level_and_subscriptions(super::Backend::Postgres).await;
+}
+
+/// The requests `upstream` received with `method`, as recorded.
+fn upstream_requests(upstream: &ScriptedServer, method: &str) -> Vec<HashMap<String, String>> {
+    upstream
+        .requests("/mcp")
+        .into_iter()
+        .map(|r| r.body)
+        .filter(|b| b.get("method").is_some_and(|m| m == method))
+        .collect()
+}
+
+/// `logging/setLevel` goes to every usable server that declared `logging` and to no
+/// other; `resources/subscribe` and `resources/unsubscribe` go to the server owning the
+/// federated URI, with the original URI (2025-11-25: the 2026-07-28 wire retired both).
+// The client's requests for logging and subscriptions are deprecated in rmcp.
+#[allow(deprecated)]
+async fn set_level_and_subscriptions(backend: super::Backend) {
+    use rmcp::model::{
+        LoggingLevel, SetLevelRequestParams, SubscribeRequestParams, UnsubscribeRequestParams,
+    };
+    let alpha = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let tools_only = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let absent = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    alpha.offer_primitives(Some("alpha"));
+    beta.offer_primitives(Some("beta"));
+    absent.offer_primitives(Some("absent"));
+    let cfg = super::loopback_config();
+    let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
+    let a = add_server(&base, "Alpha", &alpha).await;
+    let b = add_server(&base, "Beta", &beta).await;
+    let t = add_server(&base, "Tools only", &tools_only).await;
+    add_server(&base, "Absent", &absent).await;
+    for (id, upstream) in [(&a, &alpha), (&b, &beta), (&t, &tools_only)] {
+        deposit(&base, id, upstream).await;
+    }
+    let c = connect_on(&base, Wire::Session).await;
+
+    let caps = &c.peer_info().unwrap().capabilities;
+    assert!(caps.logging.is_some(), "{caps:?}");
+    assert_eq!(
+        caps.resources.as_ref().and_then(|r| r.subscribe),
+        Some(true),
+        "{caps:?}"
+    );
+
+    // setLevel: to both servers declaring logging, not to the tools-only one (which
+    // has a session but declared no logging), nor to the one that is not connected.
+    c.set_level(SetLevelRequestParams::new(LoggingLevel::Debug))
+        .await
+        .unwrap();
+    for upstream in [&alpha, &beta] {
+        let sent = upstream_requests(upstream, "logging/setLevel");
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0]["level"], "debug");
+    }
+    assert!(upstream_requests(&tools_only, "logging/setLevel").is_empty());
+    assert!(upstream_requests(&absent, "logging/setLevel").is_empty());
+    assert_eq!(absent.mcp_requests(), 1, "only the probe");
+
+    // subscribe / unsubscribe: to the owner only, with the original URI.
+    c.subscribe(SubscribeRequestParams::new(
+        "latchkey://beta/file:///notes.txt",
+    ))
+    .await
+    .unwrap();
+    let sent = upstream_requests(&beta, "resources/subscribe");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["uri"], "file:///notes.txt");
+    assert!(upstream_requests(&alpha, "resources/subscribe").is_empty());
+    c.unsubscribe(UnsubscribeRequestParams::new(
+        "latchkey://beta/file:///notes.txt",
+    ))
+    .await
+    .unwrap();
+    let sent = upstream_requests(&beta, "resources/unsubscribe");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["uri"], "file:///notes.txt");
+    assert!(upstream_requests(&alpha, "resources/unsubscribe").is_empty());
+
+    // The owner's own error passes on; a URI no server owns is not found, unsent.
+    let e = rpc_error(
+        c.subscribe(SubscribeRequestParams::new(
+            "latchkey://alpha/file:///missing",
+        ))
+        .await,
+    );
+    assert_eq!(e.code.0, -32002, "{e:?}");
+    let e = rpc_error(
+        c.subscribe(SubscribeRequestParams::new(
+            "latchkey://delta/file:///notes.txt",
+        ))
+        .await,
+    );
+    assert_eq!(e.code.0, -32002, "{e:?}");
+    assert_eq!(upstream_requests(&alpha, "resources/subscribe").len(), 1);
+    // Aimed at the server that is not connected: its consent elicitation.
+    let e = rpc_error(
+        c.subscribe(SubscribeRequestParams::new(
+            "latchkey://absent/file:///notes.txt",
+        ))
+        .await,
+    );
+    let url = elicitation_url(&e);
+    assert!(
+        url.starts_with(&format!("{}/authorize?", absent.base)),
+        "{url}"
+    );
+
+    c.cancel().await.unwrap();
+    super::cleanup(dir, schema).await;
+}
