@@ -500,3 +500,101 @@ pub async fn invoke(
     .await?;
     Ok(Json(result))
 }
+
+/// The upstream session kept for the caller's slot of `server` (for a server without
+/// authorization, the caller's own), as [`call_answer`] finds it.
+pub(crate) fn session_key(p: &Principal, server: &ServerRow) -> SessionKey {
+    if server.auth_type == "none" {
+        return SessionKey {
+            tenant: p.tenant.as_str().to_owned(),
+            server: server.id.clone(),
+            subject: Some(p.subject.as_str().to_owned()),
+        };
+    }
+    let slot = slot_for(p, server);
+    SessionKey {
+        tenant: slot.tenant,
+        server: slot.server,
+        subject: slot.subject,
+    }
+}
+
+/// How long the head of a standalone GET stream may take.
+const STREAM_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The standalone GET stream of the upstream session kept for the caller's slot of
+/// `server` (one a request through [`call_answer`] opened): the messages the upstream
+/// sends on its own (resource updates, log messages). `None` when no session is kept
+/// for the slot's current credential, or the upstream has no such stream for it (405,
+/// any refusal, not an event stream): nothing is retried here, the next request that
+/// needs the stream asks again.
+pub(crate) async fn listen_stream(
+    s: &AppState,
+    p: &Principal,
+    server: &ServerRow,
+) -> Result<Option<latchkey_egress::EgressStream>, ApiError> {
+    crate::error::check_server_url(&s.egress, &server.url, "server_id")?;
+    let key = session_key(p, server);
+    let auth = match server.auth_type.as_str() {
+        "none" => Auth::none(),
+        "headers" => {
+            let slot = slot_for(p, server);
+            let opened = crate::service::headers::for_call(s, server, &slot).await?;
+            Auth {
+                headers: opened.headers(server)?,
+                mark: opened.mark(),
+            }
+        }
+        "oauth" => {
+            let slot = slot_for(p, server);
+            let token = bearer(s, server, &slot, false).await?;
+            Auth::bearer(&token.token)?
+        }
+        _ => return Ok(None),
+    };
+    let Some(session) = s.upstream.get(&key, &server.url, auth.mark, s.clock.now()) else {
+        return Ok(None);
+    };
+    let Some(id) = session.id.as_deref() else {
+        // A server that keeps no session has no stream of its own messages for it.
+        return Ok(None);
+    };
+    let mut headers = auth.headers;
+    headers.insert(
+        http::header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(id) {
+        headers.insert("mcp-session-id", v);
+    }
+    if let Some(v) = session
+        .negotiated
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        headers.insert("mcp-protocol-version", v);
+    }
+    let mut req = latchkey_egress::EgressRequest::get(server.url.clone(), UrlSource::Operator, 0);
+    req.headers = headers;
+    let opened = match s.egress.open(req, None, STREAM_HEAD_TIMEOUT).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::info!(event = "mcp.federated.stream_failed", server_id = %server.id, error = %e);
+            return Ok(None);
+        }
+    };
+    let event_stream = opened
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !opened.status.is_success() || !event_stream {
+        tracing::info!(
+            event = "mcp.federated.stream_refused",
+            server_id = %server.id,
+            status = opened.status.as_u16()
+        );
+        return Ok(None);
+    }
+    Ok(Some(opened))
+}

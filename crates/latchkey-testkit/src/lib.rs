@@ -196,6 +196,8 @@ pub(crate) struct Shared {
     cfg: AsConfig,
     base: String,
     state: Arc<Mutex<AsState>>,
+    /// Messages for the open standalone GET streams ([`ScriptedServer::push`]).
+    pushes: tokio::sync::broadcast::Sender<Value>,
 }
 
 impl Shared {
@@ -250,6 +252,7 @@ impl ScriptedServer {
             cfg,
             base: base.clone(),
             state: Arc::new(Mutex::new(state)),
+            pushes: tokio::sync::broadcast::channel(64).0,
         };
         let app = Router::new()
             .route("/.well-known/oauth-authorization-server", get(metadata))
@@ -258,7 +261,7 @@ impl ScriptedServer {
             .route("/token", post(token))
             .route("/register", post(register))
             .route("/revoke", post(revoke))
-            .route("/mcp", post(mcp::handle))
+            .route("/mcp", post(mcp::handle).get(mcp::stream))
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -463,6 +466,18 @@ impl ScriptedServer {
     /// recorded.
     pub fn offer_primitives(&self, label: Option<&str>) {
         self.shared.lock().primitives = label.map(str::to_owned);
+    }
+
+    /// Sends `message` (a JSON-RPC notification) on every standalone GET stream open
+    /// now (a server offering primitives answers `GET /mcp` of a session it knows with an
+    /// event stream; others 405); how many streams it went to.
+    pub fn push(&self, message: Value) -> usize {
+        self.shared.pushes.send(message).unwrap_or(0)
+    }
+
+    /// How many standalone GET streams are open now.
+    pub fn open_streams(&self) -> usize {
+        self.shared.pushes.receiver_count()
     }
 
     /// Turns the MCP resource into a static-header (API key) server: every `/mcp`

@@ -333,6 +333,56 @@ pub(crate) async fn handle(State(s): State<Shared>, headers: HeaderMap, body: By
     respond(&answer, sse)
 }
 
+/// `GET /mcp`: the standalone stream of a known session of a server offering primitives,
+/// carrying what [`crate::ScriptedServer::push`] sends (405 otherwise; a bad token 401).
+pub(crate) async fn stream(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    record(
+        &s,
+        "/mcp/stream",
+        &headers,
+        HashMap::from([("method".to_owned(), "GET".to_owned())]),
+    );
+    if s.lock().primitives.is_none() {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(presented_token);
+    if !matches!(
+        token.map(|t| s.access_status(t)),
+        Some(TokenStatus::Valid { .. })
+    ) {
+        return unauthorized(&s, None, None);
+    }
+    let known = headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|id| s.lock().sessions.contains(id));
+    if !known {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let rx = s.pushes.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(m) => {
+                    let event = format!("event: message\ndata: {m}\n\n");
+                    return Some((Ok::<_, std::convert::Infallible>(Bytes::from(event)), rx));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
 /// Prompts, resources and completions (see [`crate::ScriptedServer::offer_primitives`]).
 fn primitive(id: Value, method: &str, params: &Value, label: &str) -> Value {
     let ok = |result: Value| json!({"jsonrpc": "2.0", "id": id.clone(), "result": result});

@@ -41,6 +41,7 @@
 pub mod names;
 mod naming;
 mod primitives;
+mod relay;
 mod sessions;
 
 use std::collections::HashMap;
@@ -90,6 +91,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         tables: Arc::default(),
         prompts: Arc::default(),
         uris: Arc::default(),
+        hubs: Arc::default(),
     };
     let config = StreamableHttpServerConfig::default()
         // Host and Origin are checked by the guard (R-RS-15) against Latchkey's own
@@ -179,6 +181,8 @@ struct Federation {
     prompts: Arc<Mutex<HashMap<SlotKey, Arc<Table>>>>,
     /// Upstream resource URIs and templates, per slot, from the last listings.
     uris: Arc<Mutex<naming::UriTables>>,
+    /// The upstream sessions' standalone streams open for relays.
+    hubs: Arc<relay::Hubs>,
 }
 
 /// One of the caller's servers as the federation sees it.
@@ -754,8 +758,11 @@ struct Handler {
     /// The session's owner and its change feed, from `initialize` until the
     /// notification task takes them.
     pending: Mutex<Option<(Principal, broadcast::Receiver<Arc<CredentialChange>>)>>,
-    /// Dropped with the handler (the session's end), which stops its notification task.
+    /// Dropped with the handler (the session's end), which stops its notification task
+    /// and its relays.
     alive: watch::Sender<()>,
+    /// What the session subscribed to or set a level on, per server, and the relays.
+    relays: Arc<Mutex<relay::Relays>>,
 }
 
 impl Handler {
@@ -764,7 +771,41 @@ impl Handler {
             fed,
             pending: Mutex::new(None),
             alive: watch::channel(()).0,
+            relays: Arc::default(),
         }
+    }
+
+    /// Relays `routed`'s server's messages that `change` makes the session want, on a
+    /// 2025-11-25 session (the stateless wire has no session to relay to).
+    async fn want(
+        &self,
+        p: &Principal,
+        context: &RequestContext<RoleServer>,
+        routed: primitives::Routed,
+        change: impl FnOnce(&mut relay::Wanted),
+    ) {
+        if !matches!(Elicit::of(context, false), Elicit::Error) {
+            return;
+        }
+        let naming = relay::Naming {
+            own_session: crate::tools::session_key(p, &routed.server)
+                .subject
+                .is_some(),
+            slug: routed.slug,
+            unprefixed: routed.server.unprefixed,
+        };
+        let fed = &self.fed;
+        let server = &routed.server;
+        relay::Relays::want(
+            &self.relays,
+            &server.id,
+            naming,
+            context.peer.clone(),
+            self.alive.subscribe(),
+            || fed.hubs.hub(&fed.s, p, server),
+            change,
+        )
+        .await;
     }
 }
 
@@ -944,7 +985,10 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let p = principal(&context.extensions)?;
-        self.fed.set_level(&p, json!(request.level)).await
+        for routed in self.fed.set_level(&p, json!(request.level)).await? {
+            self.want(&p, &context, routed, |w| w.logging = true).await;
+        }
+        Ok(())
     }
 
     async fn subscribe(
@@ -954,9 +998,16 @@ impl ServerHandler for Handler {
     ) -> Result<(), ErrorData> {
         let p = principal(&context.extensions)?;
         let how = Elicit::of(&context, false);
-        self.fed
+        let routed = self
+            .fed
             .subscription(&p, &request.uri, primitives::Subscription::Subscribe, how)
-            .await
+            .await?;
+        let uri = routed.original.clone();
+        self.want(&p, &context, routed, |w| {
+            w.uris.insert(uri);
+        })
+        .await;
+        Ok(())
     }
 
     async fn unsubscribe(
@@ -966,9 +1017,15 @@ impl ServerHandler for Handler {
     ) -> Result<(), ErrorData> {
         let p = principal(&context.extensions)?;
         let how = Elicit::of(&context, false);
-        self.fed
+        let routed = self
+            .fed
             .subscription(&p, &request.uri, primitives::Subscription::Unsubscribe, how)
-            .await
+            .await?;
+        self.relays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwant(&routed.server.id, &routed.original);
+        Ok(())
     }
 
     async fn complete(

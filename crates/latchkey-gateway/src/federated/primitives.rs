@@ -600,6 +600,24 @@ fn bad_result(server: &ServerRow, e: &serde_json::Error) -> ErrorData {
     ErrorData::internal_error("the upstream server answered an unusable result", None)
 }
 
+/// The server a request went to, for the relays ([`super::relay`]).
+pub(super) struct Routed {
+    pub(super) server: ServerRow,
+    pub(super) slug: String,
+    /// The original URI (subscriptions).
+    pub(super) original: String,
+}
+
+impl Routed {
+    fn of(m: &Member, original: String) -> Self {
+        Self {
+            server: m.server.clone(),
+            slug: m.slug.clone(),
+            original,
+        }
+    }
+}
+
 /// Which of the resource subscription requests.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Subscription {
@@ -630,14 +648,18 @@ impl Federation {
     /// `logging` (the others are not asked: nothing is sent for them), each in the
     /// slot's kept upstream session. The client asked for one level of one endpoint, so
     /// a server that refuses it, or cannot be reached, is logged and not an error.
-    pub(super) async fn set_level(&self, p: &Principal, level: Value) -> Result<(), ErrorData> {
+    pub(super) async fn set_level(
+        &self,
+        p: &Principal,
+        level: Value,
+    ) -> Result<Vec<Routed>, ErrorData> {
         let members = self.members(p).await?;
         let params = json!({"level": level});
-        futures_util::future::join_all(members.iter().map(|m| {
+        let set = futures_util::future::join_all(members.iter().map(|m| {
             let params = params.clone();
             async move {
                 if !self.reachable(p, m).await {
-                    return;
+                    return None;
                 }
                 let answer = crate::tools::call_answer(
                     &self.s,
@@ -649,7 +671,7 @@ impl Federation {
                 )
                 .await;
                 match answer {
-                    Ok(Answer::Result(_)) => {}
+                    Ok(Answer::Result(_)) => return Some(Routed::of(m, String::new())),
                     Ok(Answer::Error(e)) if e.code == RpcError::METHOD_NOT_FOUND => {}
                     Ok(Answer::Error(e)) => tracing::info!(
                         event = "mcp.federated.set_level_refused",
@@ -658,10 +680,11 @@ impl Federation {
                     ),
                     Err(e) => log_skipped(m, &unavailable_of(e)),
                 }
+                None
             }
         }))
         .await;
-        Ok(())
+        Ok(set.into_iter().flatten().collect())
     }
 
     /// `resources/subscribe` or `resources/unsubscribe` of a federated URI: routed to
@@ -674,7 +697,7 @@ impl Federation {
         uri: &str,
         what: Subscription,
         how: Elicit,
-    ) -> Result<(), ErrorData> {
+    ) -> Result<Routed, ErrorData> {
         let members = self.members(p).await?;
         let (m, original) = match self.route_uri(p, &members, uri).await {
             Route::To(found) => found,
@@ -694,7 +717,7 @@ impl Federation {
         )
         .await;
         match answer {
-            Ok(Answer::Result(_)) => Ok(()),
+            Ok(Answer::Result(_)) => Ok(Routed::of(m, original.to_owned())),
             Ok(Answer::Error(e)) => Err(passed_on(e)),
             Err(e) => Err(self
                 .not_subscribable(p, &m.server, unavailable_of(e), how)

@@ -1262,3 +1262,135 @@ async fn set_level_and_subscriptions(backend: super::Backend) {
     c.cancel().await.unwrap();
     super::cleanup(dir, schema).await;
 }
+
+/// An MCP client that reports the resource updates and log messages relayed to it.
+#[derive(Debug, Clone)]
+struct Listener(mpsc::UnboundedSender<String>);
+
+// Log messages are deprecated in rmcp (SEP-2577) but part of 2025-11-25.
+#[allow(deprecated)]
+impl ClientHandler for Listener {
+    async fn on_resource_updated(
+        &self,
+        params: rmcp::model::ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let _ = self.0.send(format!("updated {}", params.uri));
+    }
+
+    async fn on_logging_message(
+        &self,
+        params: rmcp::model::LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let _ = self.0.send(format!("log {}", params.data));
+    }
+}
+
+/// The next message relayed to a [`Listener`], within 10 s.
+async fn relayed(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a relayed notification within 10 s")
+        .unwrap()
+}
+
+/// Resource updates reach the client session that subscribed, with the federated URI,
+/// and log messages the session that set a level; neither reaches another session. One
+/// upstream GET stream per upstream session, closed when its client sessions end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(deprecated)]
+async fn updates_and_log_messages_reach_only_the_session_that_asked() {
+    use rmcp::model::{LoggingLevel, SetLevelRequestParams, SubscribeRequestParams};
+    let alpha = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    alpha.offer_primitives(Some("alpha"));
+    beta.offer_primitives(Some("beta"));
+    let cfg = super::loopback_config();
+    let (base, dir, _store, schema) = super::start_on(super::Backend::Sqlite, &cfg, keys()).await;
+    let a = add_server(&base, "Alpha", &alpha).await;
+    let b = add_server(&base, "Beta", &beta).await;
+    deposit(&base, &a, &alpha).await;
+    deposit(&base, &b, &beta).await;
+    let listener = |tx| {
+        let base = base.clone();
+        async move {
+            let transport = StreamableHttpClientTransport::from_config(
+                StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
+                    .auth_header(CALLER_TOKEN),
+            );
+            Listener(tx).serve(transport).await.unwrap()
+        }
+    };
+    let (tx_a, mut rx_a) = mpsc::unbounded_channel();
+    let (tx_b, mut rx_b) = mpsc::unbounded_channel();
+    let session_a = listener(tx_a).await;
+    let session_b = listener(tx_b).await;
+
+    // A subscribes to Beta's notes; B to Alpha's and sets a level (on both servers).
+    session_a
+        .subscribe(SubscribeRequestParams::new(
+            "latchkey://beta/file:///notes.txt",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(beta.open_streams(), 1);
+    session_b
+        .subscribe(SubscribeRequestParams::new(
+            "latchkey://alpha/file:///notes.txt",
+        ))
+        .await
+        .unwrap();
+    session_b
+        .set_level(SetLevelRequestParams::new(LoggingLevel::Info))
+        .await
+        .unwrap();
+    assert_eq!(alpha.open_streams(), 1);
+    assert_eq!(beta.open_streams(), 1, "one stream per upstream session");
+
+    let update = |uri: &str| {
+        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+               "params": {"uri": uri}})
+    };
+    let log = json!({"jsonrpc": "2.0", "method": "notifications/message",
+                     "params": {"level": "info", "data": "hello"}});
+    assert_eq!(beta.push(update("file:///notes.txt")), 1);
+    assert_eq!(
+        relayed(&mut rx_a).await,
+        "updated latchkey://beta/file:///notes.txt"
+    );
+    assert_eq!(alpha.push(update("file:///notes.txt")), 1);
+    beta.push(update("file:///other.txt"));
+    beta.push(log);
+    // B gets Alpha's update and Beta's log message, not Beta's updates (which Beta's
+    // stream delivered before the log message).
+    let mut got = vec![relayed(&mut rx_b).await, relayed(&mut rx_b).await];
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            "log \"hello\"".to_owned(),
+            "updated latchkey://alpha/file:///notes.txt".to_owned()
+        ]
+    );
+    // A got neither the update it did not subscribe to nor the log message: the next
+    // thing it gets is the next update of its resource.
+    beta.push(update("file:///notes.txt"));
+    assert_eq!(
+        relayed(&mut rx_a).await,
+        "updated latchkey://beta/file:///notes.txt"
+    );
+    assert!(rx_a.try_recv().is_err());
+
+    // The streams close with the client sessions.
+    session_a.cancel().await.unwrap();
+    session_b.cancel().await.unwrap();
+    for _ in 0..50 {
+        if alpha.open_streams() == 0 && beta.open_streams() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!((alpha.open_streams(), beta.open_streams()), (0, 0));
+    super::cleanup(dir, schema).await;
+}
