@@ -8,8 +8,8 @@
 # of it alone should be transparent). Prints the three results side by side. Fails if a
 # scenario passes directly but not through `/mcp/{server}`, or if any run could not
 # happen. A scenario that passes directly but not through `/mcp` is listed by name and
-# not (yet) a failure: `/mcp` does not relay server-to-client messages (sampling,
-# elicitation, logging, progress, subscriptions) yet (issue 20).
+# not (yet) a failure: `/mcp` does not relay every server-to-client message (sampling,
+# elicitation, progress) yet (issue 20).
 # Logs and results land in ci-results/conformance-server/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

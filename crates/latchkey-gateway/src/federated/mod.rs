@@ -34,6 +34,10 @@
 //! * `notifications/tools/list_changed` goes to the caller's live sessions (2025-11-25:
 //!   the session's GET stream; 2026-07-28: a `subscriptions/listen` stream) whenever a
 //!   slot they may see gains or loses its credential ([`crate::events::CredentialChange`]).
+//! * `logging/setLevel` goes to every usable server that declared `logging`, and
+//!   `resources/subscribe` / `resources/unsubscribe` to the URI's owner; the upstream's
+//!   resource updates and log messages come back to the client session that asked for
+//!   them and to no other ([`relay`]; 2025-11-25 sessions).
 //!
 //! Invariants: no token appears in a log line, a tool result or an error; an upstream
 //! result (content, `isError`, `structuredContent`) is passed through unchanged.
