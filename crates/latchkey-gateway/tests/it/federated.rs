@@ -1394,3 +1394,113 @@ async fn updates_and_log_messages_reach_only_the_session_that_asked() {
     assert_eq!((alpha.open_streams(), beta.open_streams()), (0, 0));
     super::cleanup(dir, schema).await;
 }
+
+/// Two users of one tenant with their own slots of one server: each has its own
+/// upstream session and stream, and neither gets what the other asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(deprecated)]
+async fn relays_never_cross_users() {
+    use rmcp::model::{LoggingLevel, SetLevelRequestParams, SubscribeRequestParams};
+    let idp = ScriptedIdp::start().await.unwrap();
+    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    beta.offer_primitives(Some("beta"));
+    let (issuer, jwks) = (idp.issuer(), idp.jwks_url());
+    let (base, dir, _store, schema) = super::start_configured(
+        super::Backend::Sqlite,
+        |base| {
+            let toml = format!(
+                "public_url = \"{base}\"\nallow_insecure_loopback = true\n[auth]\nmode = \"jwt\"\n\
+                 issuer = \"{issuer}\"\naudience = \"{base}/mcp\"\njwks_url = \"{jwks}\"\n"
+            );
+            Config::parse(&toml, &HashMap::new()).unwrap()
+        },
+        keys(),
+    )
+    .await;
+    let now = SystemClock.now().as_secs();
+    let jwt = |sub: &str, admin: bool| {
+        let mut claims = json!({"iss": idp.issuer(), "aud": format!("{base}/mcp"), "sub": sub,
+                                "tenant": "t", "exp": now + 600});
+        if admin {
+            claims["roles"] = json!(["latchkey:admin"]);
+        }
+        idp.mint(KeyAlg::Es256, &claims)
+    };
+    let (alice, bob) = (jwt("alice", true), jwt("bob", false));
+    let (status, v, _) = super::request(
+        reqwest::Method::POST,
+        &format!("{base}/v1/servers"),
+        Some(&format!("Bearer {alice}")),
+        Some(json!({"name": "Beta", "url": beta.mcp_url()})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    for user in [&alice, &bob] {
+        let (status, v, _) = super::request(
+            reqwest::Method::POST,
+            &format!("{base}/v1/credentials"),
+            Some(&format!("Bearer {user}")),
+            Some(json!({
+                "server_id": id, "refresh_token": beta.mint_refresh_token(),
+                "token_endpoint": format!("{}/token", beta.base), "client_id": "deposit-client",
+            })),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let listener = |token: String, tx| {
+        let base = base.clone();
+        async move {
+            let transport = StreamableHttpClientTransport::from_config(
+                StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
+                    .auth_header(token),
+            );
+            Listener(tx).serve(transport).await.unwrap()
+        }
+    };
+    let (tx_a, mut rx_a) = mpsc::unbounded_channel();
+    let (tx_b, mut rx_b) = mpsc::unbounded_channel();
+    let session_a = listener(alice.clone(), tx_a).await;
+    let session_b = listener(bob.clone(), tx_b).await;
+    session_a
+        .subscribe(SubscribeRequestParams::new(
+            "latchkey://beta/file:///notes.txt",
+        ))
+        .await
+        .unwrap();
+    session_b
+        .set_level(SetLevelRequestParams::new(LoggingLevel::Info))
+        .await
+        .unwrap();
+    assert_eq!(beta.open_streams(), 2, "one upstream session per user");
+
+    // The scripted server sends every message on every stream: the filter is ours.
+    beta.push(
+        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                     "params": {"uri": "file:///notes.txt"}}),
+    );
+    beta.push(json!({"jsonrpc": "2.0", "method": "notifications/message",
+                     "params": {"level": "info", "data": "hello"}}));
+    assert_eq!(
+        relayed(&mut rx_a).await,
+        "updated latchkey://beta/file:///notes.txt"
+    );
+    assert_eq!(
+        relayed(&mut rx_b).await,
+        "log \"hello\"",
+        "not Alice's update"
+    );
+    beta.push(
+        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                     "params": {"uri": "file:///notes.txt"}}),
+    );
+    assert_eq!(
+        relayed(&mut rx_a).await,
+        "updated latchkey://beta/file:///notes.txt",
+        "not Bob's log message"
+    );
+    session_a.cancel().await.unwrap();
+    session_b.cancel().await.unwrap();
+    super::cleanup(dir, schema).await;
+}
