@@ -117,13 +117,6 @@ impl StoreApiKeys {
     }
 }
 
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Admin => "admin",
-        Role::Member => "member",
-    }
-}
-
 /// The principal a stored key acts as; `None` for a row that names no valid one.
 /// `legacy_scopes` are those of a key that recorded none.
 fn principal_of(row: &ApiKeyRow, legacy_scopes: &[String]) -> Option<Principal> {
@@ -439,14 +432,14 @@ pub async fn create(
         id: new_ordered_id(),
         tenant: p.tenant.as_str().to_owned(),
         subject: p.subject.as_str().to_owned(),
-        role: role_name(w.role).to_owned(),
+        role: w.role.as_str().to_owned(),
         name: w.name.trim().to_owned(),
         hash: *minted.hash.as_bytes(),
         created_at: now,
         last_used_at: None,
         expires_at: now.saturating_add(i64::try_from(w.ttl).unwrap_or(i64::MAX)),
         scopes: Some(w.scopes),
-        creator_role: Some(role_name(p.role).to_owned()),
+        creator_role: Some(p.role.as_str().to_owned()),
         servers,
         prefix,
     };

@@ -33,6 +33,8 @@ use latchkey_guard::{
     AuthSource, ClaimMapping, JwksCache, JwksOptions, JwtConfig, JwtVerifier, Principal, Role,
     SubjectId, TenantId,
 };
+use latchkey_oauth::OAuthError;
+use latchkey_oauth::client_auth::{AuthMethod, ClientCredentials};
 use latchkey_oauth::pkce;
 use latchkey_vault::Store;
 use latchkey_vault::store::{SESSION_TOUCH_SECS, WebLoginRow, WebSessionRow};
@@ -475,24 +477,12 @@ impl SignIn {
         }
         // Only then the provider's error (RFC 9207 §2.4: not acted on from another issuer).
         if let Some(e) = &query.error {
-            let text: String = query
-                .error_description
-                .as_deref()
-                .unwrap_or("")
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(200)
-                .collect();
+            let error = printable(e, 64);
+            let text = printable(query.error_description.as_deref().unwrap_or(""), 200);
             return Err(SignInError::Refused(if text.is_empty() {
-                e.chars().filter(|c| !c.is_control()).take(64).collect()
+                error
             } else {
-                format!(
-                    "{} ({text})",
-                    e.chars()
-                        .filter(|c| !c.is_control())
-                        .take(64)
-                        .collect::<String>()
-                )
+                format!("{error} ({text})")
             }));
         }
         let code = query
@@ -548,7 +538,7 @@ impl SignIn {
         let display_name = ["name", "email", "preferred_username"]
             .iter()
             .find_map(|k| claims.get(*k).and_then(|v| v.as_str()))
-            .map(|s| s.chars().filter(|c| !c.is_control()).take(100).collect());
+            .map(|s| printable(s, 100));
         let session_id = session::new_session_id();
         let now = self.now();
         let lifetime = i64::try_from(self.cfg.session_lifetime).unwrap_or(i64::MAX);
@@ -557,7 +547,7 @@ impl SignIn {
                 id_hash: session::session_hash(session_id.expose()),
                 tenant: principal.tenant.as_str().to_owned(),
                 subject: principal.subject.as_str().to_owned(),
-                role: role_name(principal.role).to_owned(),
+                role: principal.role.as_str().to_owned(),
                 display_name,
                 created_at: now,
                 last_seen_at: now,
@@ -590,13 +580,14 @@ impl SignIn {
         verifier: &Secret,
     ) -> Result<CodeTokens, Redeem> {
         let redirect = self.redirect_uri();
-        let mut form: Vec<(&str, &str)> = vec![
-            ("grant_type", "authorization_code"),
-            ("code", code.expose()),
-            ("redirect_uri", &redirect),
-            ("code_verifier", verifier.expose()),
+        let mut form: Vec<(&'static str, Secret)> = vec![
+            ("grant_type", Secret::new("authorization_code")),
+            ("code", code.clone()),
+            ("redirect_uri", Secret::new(redirect)),
+            ("code_verifier", verifier.clone()),
         ];
-        // client_secret_basic unless the provider lists only client_secret_post.
+        // client_secret_basic unless the provider lists only client_secret_post; the
+        // client authentication itself is the OAuth client's (`ClientCredentials`).
         let post = meta
             .token_endpoint_auth_methods_supported
             .as_ref()
@@ -604,30 +595,38 @@ impl SignIn {
                 m.iter().any(|x| x == "client_secret_post")
                     && !m.iter().any(|x| x == "client_secret_basic")
             });
-        let mut basic = None;
-        match &self.cfg.client_secret {
-            Some(secret) if post => {
-                form.push(("client_id", &self.cfg.client_id));
-                form.push(("client_secret", secret.expose()));
-            }
-            Some(secret) => basic = Some(basic_auth(&self.cfg.client_id, secret)),
-            None => form.push(("client_id", &self.cfg.client_id)),
-        }
+        let client = match &self.cfg.client_secret {
+            Some(secret) => ClientCredentials::with_secret(
+                self.cfg.client_id.clone(),
+                secret.clone(),
+                if post {
+                    AuthMethod::ClientSecretPost
+                } else {
+                    AuthMethod::ClientSecretBasic
+                },
+            ),
+            None => ClientCredentials::public(self.cfg.client_id.clone()),
+        };
+        let mut headers = http::HeaderMap::new();
+        client
+            .apply(&mut form, &mut headers, &meta.issuer, self.clock.now())
+            .map_err(|e| Redeem::Down(e.to_string()))?;
+        let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.expose())).collect();
         // The token endpoint comes from the metadata of the issuer the operator
         // configured, so it is judged as the operator's (an organisation's provider is
         // often on a private network), like the JWKS the guard fetches.
         let mut req = EgressRequest::post_form(
             meta.token_endpoint.as_str(),
             UrlSource::Operator,
-            &form,
+            &pairs,
             BODY_LIMIT,
         )
         .header(
             http::header::ACCEPT,
             http::HeaderValue::from_static("application/json"),
         );
-        if let Some(b) = basic {
-            req = req.header(http::header::AUTHORIZATION, b);
+        for (name, value) in headers.iter() {
+            req = req.header(name.clone(), value.clone());
         }
         let resp = self
             .egress
@@ -639,38 +638,27 @@ impl SignIn {
                 .json::<CodeTokens>()
                 .map_err(|_| Redeem::Down("its token answer is not JSON".into()));
         }
-        let err: OAuthErrorBody = resp.json().unwrap_or_default();
-        if err.error.is_empty() {
-            return Err(Redeem::Down(format!(
+        match latchkey_oauth::grants::parse_error(resp.status.as_u16(), &resp.body) {
+            OAuthError::TokenEndpoint {
+                error: Some(error),
+                description,
+                ..
+            } if !error.is_empty() => Err(Redeem::Refused(
+                printable(&error, 64),
+                printable(description.as_deref().unwrap_or(""), 200),
+            )),
+            _ => Err(Redeem::Down(format!(
                 "its token endpoint answered HTTP {}",
                 resp.status.as_u16()
-            )));
+            ))),
         }
-        let clean = |s: &str, n: usize| {
-            s.chars()
-                .filter(|c| !c.is_control())
-                .take(n)
-                .collect::<String>()
-        };
-        Err(Redeem::Refused(
-            clean(&err.error, 64),
-            clean(err.error_description.as_deref().unwrap_or(""), 200),
-        ))
     }
 }
 
-/// `Authorization: Basic` for a client (RFC 6749 §2.3.1: both parts form-encoded first).
-fn basic_auth(client_id: &str, secret: &Secret) -> http::HeaderValue {
-    use base64::Engine;
-    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let raw = format!("{}:{}", enc(client_id), enc(secret.expose()));
-    let mut v = http::HeaderValue::from_str(&format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    ))
-    .unwrap_or_else(|_| http::HeaderValue::from_static("Basic"));
-    v.set_sensitive(true);
-    v
+/// `s` without control characters, at most `max` characters: provider text shown on
+/// Latchkey's pages and in its logs.
+fn printable(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
 #[derive(Debug)]
@@ -684,20 +672,6 @@ enum Redeem {
 #[derive(Deserialize)]
 struct CodeTokens {
     id_token: Option<Secret>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct OAuthErrorBody {
-    #[serde(default)]
-    error: String,
-    error_description: Option<String>,
-}
-
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Admin => "admin",
-        Role::Member => "member",
-    }
 }
 
 /// The guard's view of the stored sessions ([`SessionStore`] over [`Store`]): a session

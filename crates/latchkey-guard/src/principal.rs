@@ -80,6 +80,16 @@ pub enum Role {
     Admin,
 }
 
+impl Role {
+    /// The stored and displayed name: `admin` or `member`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+}
+
 /// How the principal was authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
