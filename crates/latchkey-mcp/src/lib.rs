@@ -17,6 +17,9 @@
 #![forbid(unsafe_code)]
 
 pub mod envelope;
+mod relaying;
+
+pub use relaying::{METHOD_NOT_FOUND, NoRelay, Relay, SseFramer, method_not_found};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -50,6 +53,9 @@ pub enum McpError {
     /// The response was not a usable MCP message.
     #[error("MCP protocol error: {0}")]
     Protocol(String),
+    /// The caller's request was cancelled ([`Relay::cancelled`]); the server was told.
+    #[error("the request was cancelled")]
+    Cancelled,
 }
 
 /// One HTTP exchange: status, headers and, for a request, the JSON-RPC response.
@@ -331,18 +337,7 @@ impl McpClient {
     /// Sends one JSON-RPC message with the given extra headers (credentials) and reads
     /// the response: JSON, or an SSE stream scanned for the response with the same id.
     pub async fn send(&self, message: &Value, extra: &HeaderMap) -> Result<Exchange, McpError> {
-        let mut req = EgressRequest::post_json(&self.url, self.source, message, MCP_BODY_LIMIT)
-            .header(
-                http::header::ACCEPT,
-                HeaderValue::from_static("application/json, text/event-stream"),
-            );
-        for (name, value) in self.wire_headers(message) {
-            req = req.header(name, value);
-        }
-        for (name, value) in extra {
-            req = req.header(name.clone(), value.clone());
-        }
-        let resp = req_send(&self.egress, req).await?;
+        let resp = req_send(&self.egress, self.post(message, extra)).await?;
         let id = message.get("id").cloned();
         let response = match id {
             Some(id) if resp.status.is_success() || resp.status.is_client_error() => {
@@ -355,6 +350,22 @@ impl McpClient {
             headers: resp.headers,
             response,
         })
+    }
+
+    /// The POST carrying `message`, with the wire's headers and `extra`.
+    fn post(&self, message: &Value, extra: &HeaderMap) -> EgressRequest {
+        let mut req = EgressRequest::post_json(&self.url, self.source, message, MCP_BODY_LIMIT)
+            .header(
+                http::header::ACCEPT,
+                HeaderValue::from_static("application/json, text/event-stream"),
+            );
+        for (name, value) in self.wire_headers(message) {
+            req = req.header(name, value);
+        }
+        for (name, value) in extra {
+            req = req.header(name.clone(), value.clone());
+        }
+        req
     }
 
     fn wire_headers(&self, message: &Value) -> Vec<(HeaderName, HeaderValue)> {
