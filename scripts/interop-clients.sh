@@ -5,6 +5,11 @@
 # interface, our in-memory provider), the Python MCP SDK client (default mode, legacy
 # 2025-11-25, 2026-07-28) and mcp-remote under a stdio client. Consent is given by
 # plain HTTP on oidc-provider's own login and consent pages (devInteractions).
+# The relay columns (issue 20; the SDK clients' rows): the TypeScript SDK server's tools
+# `confirm`, `summarise`, `roots` and `slow` send the client elicitation/create,
+# sampling/createMessage, roots/list and progress during their call, through
+# /mcp/{server} and through /mcp; the client's handlers must answer them, and a client
+# without those capabilities must not be sent them (the upstream gets an error).
 #
 # Installs what it needs itself, every version pinned in tests/interop/clients/peers.lock:
 # Node 22 and the npm packages into .cache/conformance/ (scripts/npm-cache.sh), the

@@ -22,6 +22,17 @@
 // (the client must renew it, with its refresh token, and go on). The rows run side by
 // side (most of a row's time is that wait).
 //
+// Relays (issue 20), for the TypeScript and Python SDK clients, through /mcp/{server}
+// of the TypeScript SDK server and through /mcp (its tools `ts-echo__confirm` …): a
+// client declaring elicitation, sampling and roots, with handlers, calls the upstream's
+// `confirm`, `summarise`, `roots` (each sends the client a request during the call) and
+// `slow` (two progress notifications for the call's progressToken). The cell passes
+// when each handler ran once with what the upstream asked, each result carries the
+// handler's answer, and the progress callback ran twice. Then a client declaring none
+// of them calls `confirm`: the upstream's elicitation must fail (the result is an
+// error that is not a timeout), and (TypeScript) the client must not have been sent
+// the request.
+//
 // KNOWN_FAILURES below lists failures caused by Latchkey defects: they still run, are
 // reported as `FAIL (known: …)` and do not fail the run. Any other failure fails the
 // run, and so does a listed one that passes ("remove from known failures").
@@ -37,6 +48,7 @@ import { createHash, randomBytes } from "node:crypto";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { isDeepStrictEqual } from "node:util";
 
 import { children, start as startIn } from "../process.mjs";
 import { consent } from "./consent.mjs";
@@ -65,6 +77,8 @@ const EXPIRY_WAIT = 32;
 const sleep = (ms) => new Promise((r) => setTimeout(r, Math.max(0, ms)));
 const expOf = (jwt) => JSON.parse(Buffer.from(String(jwt).split(".")[1] ?? "", "base64url").toString() || "{}").exp;
 
+// The rows that run the relay columns (mcp-remote does not: it is a bridge of its own).
+const RELAY_ROWS = ["ts-sdk", "py-auto", "py-legacy", "py-2026"];
 // Columns. Each MCP cell is: connect (initialize, or none on the 2026-07-28 wire),
 // tools/list (the expected tools listed), tools/call of each (its text echoed); a
 // failure names the step.
@@ -74,7 +88,11 @@ const SCENARIOS = [
   ["ts", "/mcp/{server}: TS SDK server"],
   ["py", "/mcp/{server}: Python SDK server"],
   ["expiry", "/mcp session after its access token expired"],
+  ["relays-ts", "relays via /mcp/{server}: TS SDK server (elicitation, sampling, roots, progress)", RELAY_ROWS],
+  ["relays-mcp", "relays via /mcp (ts-echo__confirm …)", RELAY_ROWS],
 ];
+// Whether row `row` runs scenario `step` (a scenario may name the rows that run it).
+const runs = (row, step) => !SCENARIOS.find(([s]) => s === step)?.[2] || SCENARIOS.find(([s]) => s === step)[2].includes(row);
 // Rows.
 const CLIENTS = [
   ["ts-sdk", `TypeScript SDK ${pinned("@modelcontextprotocol/sdk")} (StreamableHTTPClientTransport + OAuthClientProvider)`],
@@ -88,8 +106,10 @@ const CLIENTS = [
 //   "<row>/<scenario>": { reason: "what Latchkey does (issue N)", match: /…/ }
 // `match`, when given, must match the failure's detail, so that another failure in the
 // same cell is not taken for the known one. Remove an entry when its fix lands (the run
-// fails while a listed cell passes). None today.
-const KNOWN_FAILURES = {};
+// fails while a listed cell passes).
+const KNOWN_FAILURES = Object.fromEntries(
+  RELAY_ROWS.map((row) => [`${row}/relays-mcp`, { reason: "issue 20: relays through /mcp in progress" }]),
+);
 
 // Cells that cannot pass by design, whoever implements them well: run all the same,
 // reported as `n/a (…)`, never failing the run unless they pass or fail otherwise.
@@ -98,6 +118,10 @@ const NOT_APPLICABLE = {
     match: /^tools\/list: MCPError: No session: initialize first/,
     reason:
       "a client pinned to 2026-07-28 skips negotiation, the TS SDK server speaks 2025-11-25 only and wants a session, and /mcp/{server} relays as is",
+  },
+  "py-2026/relays-ts": {
+    match: /^tools\/list: MCPError: No session: initialize first/,
+    reason: "as for /mcp/{server} with the TS SDK server: that server wants a 2025-11-25 session",
   },
 };
 
@@ -120,7 +144,7 @@ const knownFor = (row, step, r) => {
 function cell(row, step) {
   const r = results.get(row)?.get(step);
   const known = knownFor(row, step, r);
-  if (!r) return "not run";
+  if (!r) return runs(row, step) ? "not run" : "–";
   const na = known && NOT_APPLICABLE[`${row}/${step}`];
   if (r.ok) return na ? "PASS (remove from NOT_APPLICABLE)" : known ? "PASS (remove from known failures)" : "PASS";
   if (na) return `n/a (${known.reason})`;
@@ -130,6 +154,7 @@ function unexpected() {
   let n = 0;
   for (const [row] of CLIENTS) {
     for (const [step] of SCENARIOS) {
+      if (!runs(row, step)) continue;
       const r = results.get(row)?.get(step);
       const known = knownFor(row, step, r);
       if (r ? r.ok === Boolean(known) : !known) n += 1;
@@ -302,6 +327,11 @@ async function setup() {
     { id: "ts", url: `${env.base}/mcp/${env.ids["ts-echo"]}`, tools: ["echo"] },
     { id: "py", url: `${env.base}/mcp/${env.ids["py-echo"]}`, tools: ["echo"] },
   ];
+  // The relay columns: the TS SDK server's tools, directly named and federated.
+  env.relayTargets = [
+    { id: "relays-ts", url: `${env.base}/mcp/${env.ids["ts-echo"]}`, prefix: "" },
+    { id: "relays-mcp", url: `${env.base}/mcp`, prefix: "ts-echo__" },
+  ];
   process.stdout.write(`setup: Latchkey ${env.base} (jwt), oidc-provider ${env.issuer}, upstreams ${JSON.stringify(env.ids)}; the admin is ${JSON.stringify(who.json)}\n`);
 }
 
@@ -327,6 +357,103 @@ async function exercise(client, target, label) {
   }
 }
 
+// ---------------------------------------------------------------------------------
+// Relays (issue 20): what the clients' handlers answer (the Python client gets these
+// too), and the checks with the TypeScript SDK's Client.
+
+const RELAY = {
+  accepted: { confirmed: true, note: "from the interop client" },
+  sampled: "a summary from the client's model",
+  root: "file:///interop/workspace",
+};
+const RELAY_TOOLS = ["confirm", "summarise", "roots", "slow"];
+const textOf = (result) => (result?.content ?? []).map((c) => c.text ?? "").join("");
+
+/** A TypeScript SDK Client declaring elicitation, sampling and roots, its handlers recording what they were asked into `calls`. */
+function relayClient(Client, types, calls) {
+  const client = new Client({ name: "interop-ts", version: "1.0.0" }, { capabilities: { elicitation: {}, sampling: {}, roots: {} } });
+  client.setRequestHandler(types.ElicitRequestSchema, async (req) => {
+    calls.elicitation.push(req.params.message);
+    return { action: "accept", content: RELAY.accepted };
+  });
+  client.setRequestHandler(types.CreateMessageRequestSchema, async (req) => {
+    calls.sampling.push(req.params.messages?.[0]?.content?.text);
+    return { role: "assistant", content: { type: "text", text: RELAY.sampled }, model: "interop-fixed", stopReason: "endTurn" };
+  });
+  client.setRequestHandler(types.ListRootsRequestSchema, async () => {
+    calls.roots += 1;
+    return { roots: [{ uri: RELAY.root, name: "interop" }] };
+  });
+  return client;
+}
+
+/**
+ * The relay cell: `client` from relayClient (its records in `calls`) calls each relaying
+ * tool of `target`; then `bare()` (resolves with a connected client declaring none of
+ * the capabilities, and `received`, every message its transport delivered) calls
+ * `confirm`. Answers the cell's detail; throws naming the failed step.
+ */
+async function relayChecks(client, calls, bare, target, label) {
+  const name = (t) => `${target.prefix}${t}`;
+  const call = (c, t, text, options) =>
+    withTimeout(c.callTool({ name: name(t), arguments: { text } }, undefined, options), 30000, `tools/call ${name(t)}`);
+  const answered = (r) => `the tool answered ${JSON.stringify(r).slice(0, 300)}`;
+  const text = `${label} ${target.id}`;
+  let step = "tools/list";
+  let b;
+  try {
+    const { tools } = await withTimeout(client.listTools(), 30000, "tools/list");
+    const names = tools.map((t) => t.name);
+    const missing = RELAY_TOOLS.map(name).filter((t) => !names.includes(t));
+    if (missing.length) throw new Error(`${missing} not in tools/list: ${names}`);
+
+    step = "elicitation";
+    let r = await call(client, "confirm", text);
+    if (!isDeepStrictEqual(calls.elicitation, [`Confirm: ${text}`])) throw new Error(`the handler saw ${JSON.stringify(calls.elicitation)}; ${answered(r)}`);
+    let accepted;
+    try {
+      accepted = JSON.parse(textOf(r).replace(/^accepted /, ""));
+    } catch {
+      // not the accepted content: reported below
+    }
+    if (r.isError || !textOf(r).startsWith("accepted ") || !isDeepStrictEqual(accepted, RELAY.accepted)) throw new Error(answered(r));
+
+    step = "sampling";
+    r = await call(client, "summarise", text);
+    if (!isDeepStrictEqual(calls.sampling, [`Summarise: ${text}`])) throw new Error(`the handler saw ${JSON.stringify(calls.sampling)}; ${answered(r)}`);
+    if (r.isError || textOf(r) !== RELAY.sampled) throw new Error(answered(r));
+
+    step = "roots";
+    r = await call(client, "roots", text);
+    if (calls.roots !== 1) throw new Error(`the handler ran ${calls.roots} time(s); ${answered(r)}`);
+    if (r.isError || textOf(r) !== RELAY.root) throw new Error(answered(r));
+
+    step = "progress";
+    const progress = [];
+    r = await call(client, "slow", text, { onprogress: (p) => progress.push(p.progress) });
+    if (r.isError) throw new Error(answered(r));
+    if (!isDeepStrictEqual(progress, [1, 2])) throw new Error(`the progress callback saw ${JSON.stringify(progress)}; ${answered(r)}`);
+
+    step = "without the capabilities";
+    b = await bare();
+    const got = await withTimeout(
+      b.client.callTool({ name: name("confirm"), arguments: { text } }).then((x) => ({ x }), (e) => ({ e })),
+      30000,
+      `tools/call ${name("confirm")}`,
+    );
+    const outcome = got.e ? `the call failed: ${describe(got.e)}` : got.x.isError ? textOf(got.x) : undefined;
+    if (outcome === undefined) throw new Error(`no error: ${answered(got.x)}`);
+    if (/timed? ?out/i.test(outcome)) throw new Error(`the upstream's request was not refused but timed out: ${outcome}`);
+    const sent = b.received.filter((m) => m.method === "elicitation/create");
+    if (sent.length) throw new Error(`the client was sent ${JSON.stringify(sent[0]).slice(0, 200)}`);
+    return `elicitation, sampling, roots relayed and answered, progress 1, 2; without the capabilities: ${outcome}`;
+  } catch (e) {
+    throw new Error(`${step}: ${describe(e)}`);
+  } finally {
+    await b?.client.close().catch(() => {});
+  }
+}
+
 // The TypeScript SDK's client with an OAuthClientProvider of ours (tokens in memory,
 // consent by HTTP on oidc-provider's pages); one provider for every target, so only
 // the first needs consent.
@@ -335,6 +462,7 @@ async function tsSdk(row) {
   const { Client } = await peer("@modelcontextprotocol/sdk/client/index.js");
   const { StreamableHTTPClientTransport } = await peer("@modelcontextprotocol/sdk/client/streamableHttp.js");
   const { UnauthorizedError } = await peer("@modelcontextprotocol/sdk/client/auth.js");
+  const types = await peer("@modelcontextprotocol/sdk/types.js");
   const store = { landed: undefined, flows: 0 };
   const redirectUrl = "http://127.0.0.1:9/callback"; // never listened on: consent() stops at it
   const provider = {
@@ -362,10 +490,10 @@ async function tsSdk(row) {
       store.landed = new URL(await consent(url.href, { login: `user-${row}` }));
     },
   };
-  const connect = async (url) => {
+  const connect = async (url, make = () => new Client({ name: "interop-ts", version: "1.0.0" })) => {
     const open = () => {
       const transport = new StreamableHTTPClientTransport(new URL(url), { authProvider: provider });
-      const client = new Client({ name: "interop-ts", version: "1.0.0" });
+      const client = make();
       return { client, transport, done: withTimeout(client.connect(transport), 30000, "connect") };
     };
     let c = open();
@@ -404,6 +532,34 @@ async function tsSdk(row) {
       if (c !== kept) await c?.client.close().catch(() => {});
     }
   }
+  // The relays, on sessions of their own (the tokens are there by now).
+  for (const target of env.relayTargets) {
+    let c;
+    try {
+      const calls = { elicitation: [], sampling: [], roots: 0 };
+      try {
+        c = await withTimeout(connect(target.url, () => relayClient(Client, types, calls)), 30000, "connect");
+      } catch (e) {
+        throw new Error(`connect: ${describe(e)}`);
+      }
+      const bare = async () => {
+        const b = await connect(target.url);
+        const received = [];
+        const deliver = b.transport.onmessage;
+        b.transport.onmessage = (message, extra) => {
+          received.push(message);
+          deliver?.(message, extra);
+        };
+        return { client: b.client, received };
+      };
+      // One bound for the cell, whatever hangs: the row's expiry check comes after it.
+      record(row, target.id, true, await withTimeout(relayChecks(c.client, calls, bare, target, "typescript"), 45000, "the relay checks"));
+    } catch (e) {
+      record(row, target.id, false, describe(e));
+    } finally {
+      await c?.client.close().catch(() => {});
+    }
+  }
   // The /mcp session, once its access token has expired.
   try {
     if (!kept) throw new Error("no open /mcp session");
@@ -428,7 +584,8 @@ function python(row, mode) {
     const child = spawn(
       PYTHON,
       [path.join(HERE, "py_client.py"), "--mode", mode, "--node", NODE, "--consent", path.join(HERE, "consent.mjs"), "--targets", JSON.stringify(env.targets),
-        "--login", `user-${row}`, "--expiry-wait", String(EXPIRY_WAIT)],
+        "--login", `user-${row}`, "--expiry-wait", String(EXPIRY_WAIT),
+        "--relays", JSON.stringify({ targets: env.relayTargets, expect: RELAY })],
       { stdio: ["ignore", "pipe", "pipe"] },
     );
     children.add(child);
@@ -454,7 +611,7 @@ function python(row, mode) {
       clearTimeout(timer);
       children.delete(child);
       if (code !== 0) {
-        for (const [s] of SCENARIOS) if (!results.get(row)?.has(s)) record(row, s, false, `py_client.py exited ${code ?? signal}; see ${row}.log`);
+        for (const [s] of SCENARIOS) if (runs(row, s) && !results.get(row)?.has(s)) record(row, s, false, `py_client.py exited ${code ?? signal}; see ${row}.log`);
       }
       resolve();
     });

@@ -14,6 +14,15 @@ open; with --expiry-wait S, once its access token has been expired for S seconds
 calls again on that session ("expiry": the SDK must renew the token). Prints one JSON
 line per target, one for "auth" after the first and one for "expiry":
 {"step": …, "ok": …, "detail": …}.
+
+With --relays '{"targets": [{"id": …, "url": …, "prefix": …}, …], "expect": {…}}' (issue
+20), before the expiry wait, for each target: a client with elicitation, sampling and
+roots callbacks (answering with `expect`'s accepted content, sampled text and root)
+calls the upstream's `confirm`, `summarise`, `roots` and `slow` (with a progress
+callback); each callback must have run once with what the upstream asked, each result
+carry its answer, the progress callback have run twice. Then a client with none of the
+callbacks (so none of the capabilities) calls `confirm`: the result must be an error
+that is not a timeout. One JSON line per target.
 """
 
 import argparse
@@ -27,7 +36,7 @@ from contextlib import AsyncExitStack
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
-from mcp import Client
+from mcp import Client, types
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
@@ -75,6 +84,7 @@ async def main() -> int:
     p.add_argument("--consent", required=True)
     p.add_argument("--login", default="alice")
     p.add_argument("--expiry-wait", type=float, default=0)
+    p.add_argument("--relays", default="")
     a = p.parse_args()
 
     storage = MemoryStorage()
@@ -95,7 +105,7 @@ async def main() -> int:
     async def callback_handler() -> AuthorizationCodeResult:
         return AuthorizationCodeResult(code=landed["code"], state=landed.get("state"), iss=landed.get("iss"))
 
-    def client_for(url: str) -> Client:
+    def client_for(url: str, **callbacks) -> Client:
         auth = OAuthClientProvider(
             server_url=url,
             client_metadata=OAuthClientMetadata(
@@ -110,7 +120,7 @@ async def main() -> int:
             callback_handler=callback_handler,
         )
         http = httpx2.AsyncClient(auth=auth, timeout=httpx2.Timeout(30.0))
-        return Client(streamable_http_client(url, http_client=http), mode=a.mode, read_timeout_seconds=30)
+        return Client(streamable_http_client(url, http_client=http), mode=a.mode, read_timeout_seconds=30, **callbacks)
 
     async def exercise(client: Client, target: dict, label: str) -> None:
         step = "tools/list"
@@ -169,6 +179,95 @@ async def main() -> int:
         payload = token.split(".")[1]
         return float(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
 
+    async def relays(target: dict, expect: dict) -> str:
+        """The relay checks on one target; answers the detail, raises naming the step."""
+        calls: dict = {"elicitation": [], "sampling": [], "roots": 0}
+
+        async def on_elicit(_ctx, params):
+            calls["elicitation"].append(params.message)
+            return types.ElicitResult(action="accept", content=expect["accepted"])
+
+        async def on_sample(_ctx, params):
+            calls["sampling"].append(getattr(params.messages[0].content, "text", None))
+            return types.CreateMessageResult(
+                role="assistant",
+                content=types.TextContent(type="text", text=expect["sampled"]),
+                model="interop-fixed",
+                stop_reason="endTurn",
+            )
+
+        async def on_roots(_ctx):
+            calls["roots"] += 1
+            return types.ListRootsResult(roots=[types.Root(uri=expect["root"], name="interop")])
+
+        def text_of(result) -> str:
+            return "".join(getattr(c, "text", "") for c in result.content)
+
+        def name(tool: str) -> str:
+            return target["prefix"] + tool
+
+        text = f"python {a.mode} {target['id']}"
+        step = "connect"
+        try:
+            async with client_for(
+                target["url"], elicitation_callback=on_elicit, sampling_callback=on_sample, list_roots_callback=on_roots
+            ) as client:
+                step = "tools/list"
+                names = [t.name for t in (await client.list_tools()).tools]
+                missing = [name(t) for t in ("confirm", "summarise", "roots", "slow") if name(t) not in names]
+                if missing:
+                    raise AssertionError(f"{missing} not in tools/list: {names}")
+
+                step = "elicitation"
+                r = await client.call_tool(name("confirm"), {"text": text})
+                if calls["elicitation"] != [f"Confirm: {text}"]:
+                    raise AssertionError(f"the callback saw {calls['elicitation']}; the tool answered {text_of(r)!r}")
+                got = text_of(r)
+                accepted = json.loads(got[len("accepted ") :]) if got.startswith("accepted ") else None
+                if r.is_error or accepted != expect["accepted"]:
+                    raise AssertionError(f"the tool answered is_error={r.is_error} {got!r}")
+
+                step = "sampling"
+                r = await client.call_tool(name("summarise"), {"text": text})
+                if calls["sampling"] != [f"Summarise: {text}"]:
+                    raise AssertionError(f"the callback saw {calls['sampling']}; the tool answered {text_of(r)!r}")
+                if r.is_error or text_of(r) != expect["sampled"]:
+                    raise AssertionError(f"the tool answered is_error={r.is_error} {text_of(r)!r}")
+
+                step = "roots"
+                r = await client.call_tool(name("roots"), {"text": text})
+                if calls["roots"] != 1:
+                    raise AssertionError(f"the callback ran {calls['roots']} time(s); the tool answered {text_of(r)!r}")
+                if r.is_error or text_of(r) != expect["root"]:
+                    raise AssertionError(f"the tool answered is_error={r.is_error} {text_of(r)!r}")
+
+                step = "progress"
+                progress: list[float] = []
+
+                async def on_progress(value: float, _total: float | None, _message: str | None) -> None:
+                    progress.append(value)
+
+                r = await client.call_tool(name("slow"), {"text": text}, progress_callback=on_progress)
+                if r.is_error or progress != [1, 2]:
+                    raise AssertionError(f"the progress callback saw {progress}; the tool answered is_error={r.is_error} {text_of(r)!r}")
+
+            step = "without the capabilities"
+            async with client_for(target["url"]) as bare:
+                try:
+                    r = await bare.call_tool(name("confirm"), {"text": text})
+                    outcome = text_of(r) if r.is_error else None
+                    if outcome is None:
+                        raise AssertionError(f"no error: the tool answered {text_of(r)!r}")
+                except AssertionError:
+                    raise
+                except Exception as e:  # noqa: BLE001 (an error answer is what is asked for)
+                    outcome = f"the call failed: {describe(e)}"
+                if "timed out" in outcome.lower() or "timeout" in outcome.lower():
+                    raise AssertionError(f"the upstream's request was not refused but timed out: {outcome}")
+            return f"elicitation, sampling, roots relayed and answered, progress 1, 2; without the capabilities: {outcome}"
+        except BaseException as e:
+            raise RuntimeError(f"{step}: {describe(e)}") from e
+
     targets = json.loads(a.targets)
     async with AsyncExitStack() as keep:
         first = None
@@ -180,6 +279,16 @@ async def main() -> int:
                 client = None
             if i == 0:
                 first = client
+        if a.relays:
+            spec = json.loads(a.relays)
+            for target in spec["targets"]:
+                try:
+                    emit(target["id"], True, await asyncio.wait_for(relays(target, spec["expect"]), 45))
+                except TimeoutError:
+                    emit(target["id"], False, "no outcome within 45 s")
+                except BaseException as e:  # noqa: BLE001 (every failure is reported)
+                    emit(target["id"], False, describe(e))
+                    print(traceback.format_exc(), file=sys.stderr)
         if a.expiry_wait > 0:
             # The first connection, kept open, after its access token expired: the SDK
             # must renew it (with its refresh token) and the session go on.

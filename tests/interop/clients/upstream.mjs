@@ -1,7 +1,18 @@
 // The MCP server behind Latchkey in the client interop run: the TypeScript MCP SDK's
 // own Server and StreamableHTTPServerTransport (stateful sessions, as the SDK's
 // examples run them), unmodified, on plain node:http, with no authorization (Latchkey
-// adds it with "auth_type": "none"). One tool, `echo`, which answers its `text`.
+// adds it with "auth_type": "none"). Its tools: `echo` answers its `text`; the others
+// use the SDK server's own means, during their call and on the call's own SSE answer
+// (the handler's `extra.sendRequest` / `extra.sendNotification`, which set the related
+// request id), to exercise relays from an upstream to the client that caused them:
+// `confirm` sends `elicitation/create` (form mode) and answers with what the user
+// accepted; `summarise` sends `sampling/createMessage` and answers the model's text;
+// `roots` sends `roots/list` and answers the roots' URIs; `slow` sends two
+// `notifications/progress` for the call's progressToken, then answers. The Server is
+// made with `enforceStrictCapabilities`, so it refuses (throws, before sending) a
+// request its client did not declare the capability for, as the spec asks of servers;
+// such a failure, or an error answer, becomes the tool's `isError` result, its text
+// starting with the tool's name.
 //
 // Usage: node upstream.mjs
 // Prints one JSON line {"url": "http://127.0.0.1:N/mcp"} once it listens.
@@ -12,22 +23,88 @@ import { peer } from "./peers.mjs";
 
 const { Server } = await peer("@modelcontextprotocol/sdk/server/index.js");
 const { StreamableHTTPServerTransport } = await peer("@modelcontextprotocol/sdk/server/streamableHttp.js");
-const { ListToolsRequestSchema, CallToolRequestSchema, isInitializeRequest } = await peer("@modelcontextprotocol/sdk/types.js");
+const { ListToolsRequestSchema, CallToolRequestSchema, ElicitResultSchema, CreateMessageResultSchema, ListRootsResultSchema, isInitializeRequest } =
+  await peer("@modelcontextprotocol/sdk/types.js");
+
+const textInput = { type: "object", properties: { text: { type: "string" } }, required: ["text"] };
+const TOOLS = [
+  { name: "echo", description: "Echoes its text", inputSchema: textInput },
+  { name: "confirm", description: "Asks the user to confirm its text (elicitation/create) and answers what they accepted", inputSchema: textInput },
+  { name: "summarise", description: "Asks the client's model to summarise its text (sampling/createMessage) and answers the model's text", inputSchema: textInput },
+  { name: "roots", description: "Asks the client for its roots (roots/list) and answers their URIs", inputSchema: textInput },
+  { name: "slow", description: "Sends two progress notifications for the call's progressToken, then answers", inputSchema: textInput },
+];
+// How long the upstream waits for the client's answer to one of its requests.
+const RELAY_TIMEOUT_MS = 15000;
+const text = (t) => ({ content: [{ type: "text", text: t }] });
+
+/** The tools other than `echo`: each uses the handler's own `extra` (its SSE answer). */
+const relaying = {
+  async confirm(input, extra) {
+    const r = await extra.sendRequest(
+      {
+        method: "elicitation/create",
+        params: {
+          mode: "form",
+          message: `Confirm: ${input}`,
+          requestedSchema: {
+            type: "object",
+            properties: { confirmed: { type: "boolean" }, note: { type: "string" } },
+            required: ["confirmed"],
+          },
+        },
+      },
+      ElicitResultSchema,
+      { timeout: RELAY_TIMEOUT_MS },
+    );
+    return text(r.action === "accept" ? `accepted ${JSON.stringify(r.content ?? {})}` : r.action);
+  },
+  async summarise(input, extra) {
+    const r = await extra.sendRequest(
+      {
+        method: "sampling/createMessage",
+        params: { messages: [{ role: "user", content: { type: "text", text: `Summarise: ${input}` } }], maxTokens: 64 },
+      },
+      CreateMessageResultSchema,
+      { timeout: RELAY_TIMEOUT_MS },
+    );
+    return text(r.content?.type === "text" ? r.content.text : JSON.stringify(r.content));
+  },
+  async roots(_input, extra) {
+    const r = await extra.sendRequest({ method: "roots/list" }, ListRootsResultSchema, { timeout: RELAY_TIMEOUT_MS });
+    return text(r.roots.map((root) => root.uri).join("\n"));
+  },
+  async slow(_input, extra) {
+    const token = extra._meta?.progressToken;
+    if (token === undefined) return { ...text("slow: the call carried no progressToken"), isError: true };
+    for (const progress of [1, 2]) {
+      await extra.sendNotification({ method: "notifications/progress", params: { progressToken: token, progress, total: 2, message: `step ${progress}` } });
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return text("done after 2 progress notifications");
+  },
+};
 
 function mcpServer() {
-  const server = new Server({ name: "interop-echo", version: "1.0.0" }, { capabilities: { tools: {} } });
-  server.setRequestHandler(ListToolsRequestSchema, async () => ({
-    tools: [
-      {
-        name: "echo",
-        description: "Echoes its text",
-        inputSchema: { type: "object", properties: { text: { type: "string" } }, required: ["text"] },
-      },
-    ],
-  }));
-  server.setRequestHandler(CallToolRequestSchema, async (req) => {
-    if (req.params.name !== "echo") throw new Error(`no tool ${req.params.name}`);
-    return { content: [{ type: "text", text: String(req.params.arguments?.text ?? "") }] };
+  const server = new Server(
+    { name: "interop-echo", version: "1.0.0" },
+    { capabilities: { tools: {}, logging: {} }, enforceStrictCapabilities: true },
+  );
+  server.setRequestHandler(ListToolsRequestSchema, async () => ({ tools: TOOLS }));
+  server.setRequestHandler(CallToolRequestSchema, async (req, extra) => {
+    const { name } = req.params;
+    const input = String(req.params.arguments?.text ?? "");
+    if (name === "echo") return text(input);
+    if (!relaying[name]) throw new Error(`no tool ${name}`);
+    try {
+      const result = await relaying[name](input, extra);
+      seen.push({ tool: name, ok: !result.isError });
+      return result;
+    } catch (e) {
+      const message = String(e?.message ?? e);
+      seen.push({ tool: name, ok: false, error: message });
+      return { ...text(`${name}: ${message}`), isError: true };
+    }
   });
   return server;
 }
