@@ -369,9 +369,13 @@ const RELAY = {
 const RELAY_TOOLS = ["confirm", "summarise", "roots", "slow"];
 const textOf = (result) => (result?.content ?? []).map((c) => c.text ?? "").join("");
 
-/** A TypeScript SDK Client declaring elicitation, sampling and roots, its handlers recording what they were asked into `calls`. */
+/**
+ * A TypeScript SDK Client declaring elicitation (form mode, as the SDK server's
+ * `elicitInput` wants it said), sampling and roots, its handlers recording what they
+ * were asked into `calls`.
+ */
 function relayClient(Client, types, calls) {
-  const client = new Client({ name: "interop-ts", version: "1.0.0" }, { capabilities: { elicitation: {}, sampling: {}, roots: {} } });
+  const client = new Client({ name: "interop-ts", version: "1.0.0" }, { capabilities: { elicitation: { form: {} }, sampling: {}, roots: {} } });
   client.setRequestHandler(types.ElicitRequestSchema, async (req) => {
     calls.elicitation.push(req.params.message);
     return { action: "accept", content: RELAY.accepted };

@@ -2,17 +2,19 @@
 // own Server and StreamableHTTPServerTransport (stateful sessions, as the SDK's
 // examples run them), unmodified, on plain node:http, with no authorization (Latchkey
 // adds it with "auth_type": "none"). Its tools: `echo` answers its `text`; the others
-// use the SDK server's own means, during their call and on the call's own SSE answer
-// (the handler's `extra.sendRequest` / `extra.sendNotification`, which set the related
-// request id), to exercise relays from an upstream to the client that caused them:
+// use the SDK server's own means during their call, on the call's own SSE answer
+// (`server.elicitInput`, `createMessage`, `listRoots` with the call's id as
+// `relatedRequestId`; the handler's `extra.sendNotification`), to exercise relays from
+// an upstream to the client that caused them:
 // `confirm` sends `elicitation/create` (form mode) and answers with what the user
 // accepted; `summarise` sends `sampling/createMessage` and answers the model's text;
 // `roots` sends `roots/list` and answers the roots' URIs; `slow` sends two
 // `notifications/progress` for the call's progressToken, then answers. The Server is
 // made with `enforceStrictCapabilities`, so it refuses (throws, before sending) a
-// request its client did not declare the capability for, as the spec asks of servers;
-// such a failure, or an error answer, becomes the tool's `isError` result, its text
-// starting with the tool's name.
+// request its client did not declare the capability for, as the spec asks of servers
+// (and `elicitInput` wants `elicitation.form` declared, not only `elicitation`); such a
+// failure, or an error answer, becomes the tool's `isError` result, its text starting
+// with the tool's name.
 //
 // Usage: node upstream.mjs
 // Prints one JSON line {"url": "http://127.0.0.1:N/mcp"} once it listens.
@@ -23,8 +25,7 @@ import { peer } from "./peers.mjs";
 
 const { Server } = await peer("@modelcontextprotocol/sdk/server/index.js");
 const { StreamableHTTPServerTransport } = await peer("@modelcontextprotocol/sdk/server/streamableHttp.js");
-const { ListToolsRequestSchema, CallToolRequestSchema, ElicitResultSchema, CreateMessageResultSchema, ListRootsResultSchema, isInitializeRequest } =
-  await peer("@modelcontextprotocol/sdk/types.js");
+const { ListToolsRequestSchema, CallToolRequestSchema, isInitializeRequest } = await peer("@modelcontextprotocol/sdk/types.js");
 
 const textInput = { type: "object", properties: { text: { type: "string" } }, required: ["text"] };
 const TOOLS = [
@@ -38,43 +39,38 @@ const TOOLS = [
 const RELAY_TIMEOUT_MS = 15000;
 const text = (t) => ({ content: [{ type: "text", text: t }] });
 
-/** The tools other than `echo`: each uses the handler's own `extra` (its SSE answer). */
+/**
+ * The tools other than `echo`, on `server`: their requests go on the call's own SSE
+ * answer (`relatedRequestId`), as `extra.sendRequest` would send them.
+ */
 const relaying = {
-  async confirm(input, extra) {
-    const r = await extra.sendRequest(
+  async confirm(server, input, extra) {
+    const r = await server.elicitInput(
       {
-        method: "elicitation/create",
-        params: {
-          mode: "form",
-          message: `Confirm: ${input}`,
-          requestedSchema: {
-            type: "object",
-            properties: { confirmed: { type: "boolean" }, note: { type: "string" } },
-            required: ["confirmed"],
-          },
+        mode: "form",
+        message: `Confirm: ${input}`,
+        requestedSchema: {
+          type: "object",
+          properties: { confirmed: { type: "boolean" }, note: { type: "string" } },
+          required: ["confirmed"],
         },
       },
-      ElicitResultSchema,
-      { timeout: RELAY_TIMEOUT_MS },
+      { relatedRequestId: extra.requestId, timeout: RELAY_TIMEOUT_MS },
     );
     return text(r.action === "accept" ? `accepted ${JSON.stringify(r.content ?? {})}` : r.action);
   },
-  async summarise(input, extra) {
-    const r = await extra.sendRequest(
-      {
-        method: "sampling/createMessage",
-        params: { messages: [{ role: "user", content: { type: "text", text: `Summarise: ${input}` } }], maxTokens: 64 },
-      },
-      CreateMessageResultSchema,
-      { timeout: RELAY_TIMEOUT_MS },
+  async summarise(server, input, extra) {
+    const r = await server.createMessage(
+      { messages: [{ role: "user", content: { type: "text", text: `Summarise: ${input}` } }], maxTokens: 64 },
+      { relatedRequestId: extra.requestId, timeout: RELAY_TIMEOUT_MS },
     );
     return text(r.content?.type === "text" ? r.content.text : JSON.stringify(r.content));
   },
-  async roots(_input, extra) {
-    const r = await extra.sendRequest({ method: "roots/list" }, ListRootsResultSchema, { timeout: RELAY_TIMEOUT_MS });
+  async roots(server, _input, extra) {
+    const r = await server.listRoots(undefined, { relatedRequestId: extra.requestId, timeout: RELAY_TIMEOUT_MS });
     return text(r.roots.map((root) => root.uri).join("\n"));
   },
-  async slow(_input, extra) {
+  async slow(_server, _input, extra) {
     const token = extra._meta?.progressToken;
     if (token === undefined) return { ...text("slow: the call carried no progressToken"), isError: true };
     for (const progress of [1, 2]) {
@@ -97,7 +93,7 @@ function mcpServer() {
     if (name === "echo") return text(input);
     if (!relaying[name]) throw new Error(`no tool ${name}`);
     try {
-      const result = await relaying[name](input, extra);
+      const result = await relaying[name](server, input, extra);
       seen.push({ tool: name, ok: !result.isError });
       return result;
     } catch (e) {
