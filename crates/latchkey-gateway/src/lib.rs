@@ -8,6 +8,7 @@ pub mod app;
 pub mod cluster;
 pub mod config;
 pub mod credentials;
+mod downstream;
 pub mod error;
 pub mod events;
 pub mod federated;

@@ -32,6 +32,8 @@ enum Upstream {
     Scope(Vec<String>),
     /// 404 to a request in a session: the upstream no longer knows the session.
     SessionGone,
+    /// The client cancelled its request; the upstream was told.
+    Cancelled,
     /// Anything else.
     Failed(ApiError),
 }
@@ -114,6 +116,42 @@ impl Auth {
 /// The caller's slot of `server`.
 pub(crate) use crate::service::call_slot as slot_for;
 
+/// How a request's answer is read, and who hears what the upstream sends on its stream
+/// before the answer ([`crate::downstream`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Relaying<'a> {
+    /// Read whole; anything before the answer is dropped (listings, subscriptions, …).
+    No,
+    /// Read as it comes with no client behind it (REST calls): the upstream's requests
+    /// get `Method not found`, its progress is dropped.
+    Nobody,
+    /// Relayed to the client session of a federated request.
+    To(&'a crate::downstream::Downstream),
+}
+
+impl Relaying<'_> {
+    /// Whether something already reached the client (the request is then never re-sent
+    /// behind its back).
+    fn relayed(self) -> bool {
+        matches!(self, Relaying::To(d) if d.relayed())
+    }
+
+    /// `request` with the progress token the upstream should use, if the client asked
+    /// for progress.
+    fn stamp(self, mut request: Value) -> Value {
+        if let Relaying::To(d) = self
+            && let Some(token) = d.upstream_progress_token()
+            && let Some(params) = request.get_mut("params").and_then(Value::as_object_mut)
+        {
+            let meta = params.entry("_meta").or_insert_with(|| json!({}));
+            if let Some(meta) = meta.as_object_mut() {
+                meta.insert("progressToken".into(), json!(token));
+            }
+        }
+        request
+    }
+}
+
 /// The user must connect `server` (again), for `reason`.
 pub(crate) fn needs_reauth(server: &ServerRow, reason: Reauth) -> ApiError {
     ApiError::NeedsReauth {
@@ -145,7 +183,9 @@ pub(crate) fn token_failure(server: &ServerRow, e: TokenError) -> ApiError {
 /// ([`crate::upstream_sessions`]): opened with `initialize` when there is none (or it
 /// is stale), and opened again once if the upstream says it is gone. When `needs` names
 /// a capability the session's `initialize` did not declare, nothing is sent: the answer
-/// is `Method not found`. The answer, or why there is none.
+/// is `Method not found`. The answer, or why there is none. `via`: who hears what the
+/// upstream sends before its answer.
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     s: &AppState,
     server: &ServerRow,
@@ -154,6 +194,7 @@ async fn exchange(
     method: &str,
     params: Option<Value>,
     needs: Option<&str>,
+    via: Relaying<'_>,
 ) -> Result<Answer, Upstream> {
     let Auth { headers, mark } = auth;
     let (headers, mark) = (headers, *mark);
@@ -183,16 +224,16 @@ async fn exchange(
         return Ok(Answer::Error(RpcError::not_offered()));
     }
     mcp.resume(session.id.clone(), session.negotiated.clone());
-    let req = mcp.request(method, params.clone());
-    let ex = match send(server, &mcp, &req, headers).await {
+    let req = via.stamp(mcp.request(method, params.clone()));
+    let ex = match send(server, &mcp, &req, headers, via).await {
         Err(Upstream::SessionGone) => {
             // The upstream forgot it (restarted, expired it): once more, in a new one.
             tracing::info!(event = "tools.upstream_session_reopened", server_id = %server.id);
             s.upstream.forget_session(key, session.id.as_deref());
             mcp.reset_session();
             open(s, server, key, mark, &mut mcp, headers).await?;
-            let req = mcp.request(method, params);
-            match send(server, &mcp, &req, headers).await {
+            let req = via.stamp(mcp.request(method, params));
+            match send(server, &mcp, &req, headers, via).await {
                 Err(Upstream::SessionGone) => Err(Upstream::Failed(upstream_failed(
                     server,
                     "the MCP server lost the session it had just opened (HTTP 404)".into(),
@@ -226,7 +267,7 @@ async fn open(
     headers: &HeaderMap,
 ) -> Result<Session, Upstream> {
     let init = mcp.initialize_request();
-    let ex = send(server, mcp, &init, headers).await?;
+    let ex = send(server, mcp, &init, headers, Relaying::No).await?;
     mcp.accept_initialize(&ex);
     let capabilities = ex
         .response
@@ -235,7 +276,7 @@ async fn open(
         .filter(|c| c.is_object())
         .cloned();
     let note = mcp.initialized_notification();
-    send(server, mcp, &note, headers).await?;
+    send(server, mcp, &note, headers, Relaying::No).await?;
     let session = Session {
         id: mcp.session_id().map(str::to_owned),
         negotiated: mcp.negotiated().map(str::to_owned),
@@ -277,14 +318,28 @@ async fn send(
     mcp: &McpClient,
     message: &Value,
     headers: &HeaderMap,
+    via: Relaying<'_>,
 ) -> Result<latchkey_mcp::Exchange, Upstream> {
-    let ex = mcp.send(message, headers).await.map_err(|e| {
+    let sent = match via {
+        Relaying::No => mcp.send(message, headers).await,
+        Relaying::Nobody => {
+            mcp.send_relaying(message, headers, &latchkey_mcp::NoRelay)
+                .await
+        }
+        Relaying::To(client) => mcp.send_relaying(message, headers, client).await,
+    };
+    let ex = sent.map_err(|e| {
+        if matches!(e, McpError::Cancelled) {
+            tracing::info!(event = "tools.cancelled", server_id = %server.id);
+            return Upstream::Cancelled;
+        }
         tracing::info!(event = "tools.upstream_unreachable", server_id = %server.id, error = %e);
         Upstream::Failed(match e {
             McpError::Egress(e) => upstream_failed(server, format!("cannot be reached: {e}")),
             McpError::Protocol(e) => {
                 upstream_failed(server, format!("its answer was not usable: {e}"))
             }
+            McpError::Cancelled => upstream_failed(server, "the request was cancelled".into()),
         })
     })?;
     match ex.status.as_u16() {
@@ -343,7 +398,19 @@ pub(crate) async fn call(
     method: &str,
     params: Option<Value>,
 ) -> Result<Value, ApiError> {
-    match call_answer(s, p, server, method, params, None).await? {
+    call_with(s, p, server, method, params, Relaying::No).await
+}
+
+/// [`call`], relaying what the upstream sends before its answer as `via` says.
+pub(crate) async fn call_with(
+    s: &AppState,
+    p: &Principal,
+    server: &ServerRow,
+    method: &str,
+    params: Option<Value>,
+    via: Relaying<'_>,
+) -> Result<Value, ApiError> {
+    match call_via(s, p, server, method, params, None, via).await? {
         Answer::Result(v) => Ok(v),
         Answer::Error(e) => {
             // The same text as before JSON-RPC errors were told apart.
@@ -369,6 +436,22 @@ pub(crate) async fn call_answer(
     params: Option<Value>,
     needs: Option<&str>,
 ) -> Result<Answer, ApiError> {
+    call_via(s, p, server, method, params, needs, Relaying::No).await
+}
+
+/// [`call_answer`], relaying what the upstream sends before its answer as `via` says.
+/// A request that already relayed something to the client is not retried after a 401
+/// (it cannot have: a 401 comes before any stream, but the rule is kept here, not
+/// left to that).
+pub(crate) async fn call_via(
+    s: &AppState,
+    p: &Principal,
+    server: &ServerRow,
+    method: &str,
+    params: Option<Value>,
+    needs: Option<&str>,
+    via: Relaying<'_>,
+) -> Result<Answer, ApiError> {
     let fail = |u: Upstream| match u {
         Upstream::Unauthorized => needs_reauth(server, Reauth::Rejected),
         Upstream::Scope(scopes) => ApiError::NeedsScopeUpgrade {
@@ -379,6 +462,7 @@ pub(crate) async fn call_answer(
         Upstream::SessionGone => {
             upstream_failed(server, "the MCP server lost the session (HTTP 404)".into())
         }
+        Upstream::Cancelled => upstream_failed(server, "the request was cancelled".into()),
         Upstream::Failed(e) => e,
     };
     // A stored URL the egress policy refuses now is the typed 400 naming the setting
@@ -398,7 +482,7 @@ pub(crate) async fn call_answer(
                 server: server.id.clone(),
                 subject: Some(p.subject.as_str().to_owned()),
             };
-            return exchange(s, server, &key, &Auth::none(), method, params, needs)
+            return exchange(s, server, &key, &Auth::none(), method, params, needs, via)
                 .await
                 .map_err(fail);
         }
@@ -409,7 +493,7 @@ pub(crate) async fn call_answer(
                 headers: opened.headers(server)?,
                 mark: opened.mark(),
             };
-            return exchange(s, server, &key, &auth, method, params, needs)
+            return exchange(s, server, &key, &auth, method, params, needs, via)
                 .await
                 .map_err(|u| match u {
                     Upstream::Unauthorized => crate::service::headers::refused(server, 401),
@@ -429,14 +513,15 @@ pub(crate) async fn call_answer(
     }
     let token = bearer(s, server, &slot, false).await?;
     let auth = Auth::bearer(&token.token)?;
-    match exchange(s, server, &key, &auth, method, params.clone(), needs).await {
+    match exchange(s, server, &key, &auth, method, params.clone(), needs, via).await {
         Ok(v) => Ok(v),
+        Err(Upstream::Unauthorized) if via.relayed() => Err(fail(Upstream::Unauthorized)),
         Err(Upstream::Unauthorized) => {
             // R-EXEC-3/4: one forced refresh, one retry.
             tracing::info!(event = "tools.retry_after_401", server_id = %server.id);
             let fresh = bearer(s, server, &slot, true).await?;
             let auth = Auth::bearer(&fresh.token)?;
-            let retried = exchange(s, server, &key, &auth, method, params, needs)
+            let retried = exchange(s, server, &key, &auth, method, params, needs, via)
                 .await
                 .map_err(fail);
             if retried.is_ok() {
@@ -490,12 +575,15 @@ pub async fn invoke(
         }
     };
     let server = s.server_for_call(&p, &id).await?;
-    let result = call(
+    // No client to relay to: the upstream's requests during the call get `Method not
+    // found`, its progress is dropped.
+    let result = call_with(
         &s,
         &p,
         &server,
         "tools/call",
         Some(json!({"name": name, "arguments": arguments})),
+        Relaying::Nobody,
     )
     .await?;
     Ok(Json(result))

@@ -72,6 +72,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
+use crate::downstream::Downstream;
 use crate::error::ApiError;
 use crate::events::{CredentialChange, change_visible_to};
 use crate::service::flows::Started;
@@ -392,13 +393,15 @@ impl Federation {
         Ok(tools)
     }
 
-    /// `tools/call` of a federated tool.
+    /// `tools/call` of a federated tool; what the upstream sends before its answer goes
+    /// to `client` ([`crate::downstream`]).
     async fn call(
         &self,
         p: &Principal,
         name: &str,
         arguments: Option<serde_json::Map<String, Value>>,
         how: Elicit,
+        client: &Downstream,
     ) -> Result<CallToolResponse, ErrorData> {
         let members = self.members(p).await?;
         let m = match self.route_name(naming::Kind::Tool, p, &members, name).await {
@@ -432,7 +435,9 @@ impl Federation {
             }
         };
         let params = json!({"name": upstream, "arguments": arguments.unwrap_or_default()});
-        match crate::tools::call(&self.s, p, &m.server, "tools/call", Some(params)).await {
+        let via = crate::tools::Relaying::To(client);
+        match crate::tools::call_with(&self.s, p, &m.server, "tools/call", Some(params), via).await
+        {
             Ok(result) => match serde_json::from_value::<CallToolResult>(result) {
                 Ok(mut r) => {
                     // An upstream on an older revision sends no `resultType`; on the
@@ -920,8 +925,9 @@ impl ServerHandler for Handler {
         if request.name == CONNECT_TOOL {
             self.fed.connect(&p, request.arguments, how).await
         } else {
+            let client = Downstream::of(&context);
             self.fed
-                .call(&p, &request.name, request.arguments, how)
+                .call(&p, &request.name, request.arguments, how, &client)
                 .await
         }
     }
@@ -944,8 +950,9 @@ impl ServerHandler for Handler {
     ) -> Result<GetPromptResponse, ErrorData> {
         let p = principal(&context.extensions)?;
         let how = Elicit::of(&context, request.input_responses.is_some());
+        let client = Downstream::of(&context);
         self.fed
-            .get_prompt(&p, &request.name, request.arguments, how)
+            .get_prompt(&p, &request.name, request.arguments, how, &client)
             .await
     }
 
@@ -978,7 +985,8 @@ impl ServerHandler for Handler {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let p = principal(&context.extensions)?;
         let how = Elicit::of(&context, request.input_responses.is_some());
-        self.fed.read_resource(&p, &request.uri, how).await
+        let client = Downstream::of(&context);
+        self.fed.read_resource(&p, &request.uri, how, &client).await
     }
 
     // Logging is deprecated in rmcp (SEP-2577) but still part of 2025-11-25.
@@ -1038,7 +1046,8 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
         let p = principal(&context.extensions)?;
-        self.fed.complete(&p, request).await
+        let client = Downstream::of(&context);
+        self.fed.complete(&p, request, &client).await
     }
 
     fn accepted_subscription_filter(

@@ -33,8 +33,9 @@ use serde_json::{Value, json};
 
 use super::naming::{self, Kind, Route};
 use super::{Elicit, Federation, MAX_PAGES, Member, SlotKey, Table, Unavailable, names, slot_key};
+use crate::downstream::Downstream;
 use crate::error::ApiError;
-use crate::tools::{Answer, RpcError};
+use crate::tools::{Answer, Relaying, RpcError};
 
 /// A listing federated besides tools.
 #[derive(Debug, Clone, Copy)]
@@ -404,6 +405,7 @@ impl Federation {
         name: &str,
         arguments: Option<serde_json::Map<String, Value>>,
         how: Elicit,
+        client: &Downstream,
     ) -> Result<GetPromptResponse, ErrorData> {
         let members = self.members(p).await?;
         let m = match self.route_name(Kind::Prompt, p, &members, name).await {
@@ -428,13 +430,14 @@ impl Federation {
             }
         };
         let params = json!({"name": upstream, "arguments": arguments.unwrap_or_default()});
-        let answer = crate::tools::call_answer(
+        let answer = crate::tools::call_via(
             &self.s,
             p,
             &m.server,
             "prompts/get",
             Some(params),
             Some("prompts"),
+            Relaying::To(client),
         )
         .await;
         match answer {
@@ -464,6 +467,7 @@ impl Federation {
         p: &Principal,
         uri: &str,
         how: Elicit,
+        client: &Downstream,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let members = self.members(p).await?;
         let (m, original) = match self.route_uri(p, &members, uri).await {
@@ -477,13 +481,14 @@ impl Federation {
                 .await
                 .map(ReadResourceResponse::InputRequired);
         }
-        let answer = crate::tools::call_answer(
+        let answer = crate::tools::call_via(
             &self.s,
             p,
             &m.server,
             "resources/read",
             Some(json!({"uri": original})),
             Some("resources"),
+            Relaying::To(client),
         )
         .await;
         match answer {
@@ -524,6 +529,7 @@ impl Federation {
         &self,
         p: &Principal,
         request: CompleteRequestParams,
+        client: &Downstream,
     ) -> Result<CompleteResult, ErrorData> {
         let members = self.members(p).await?;
         let (m, reference) = match &request.r#ref {
@@ -568,13 +574,14 @@ impl Federation {
         {
             params["context"] = c;
         }
-        let answer = crate::tools::call_answer(
+        let answer = crate::tools::call_via(
             &self.s,
             p,
             &m.server,
             "completion/complete",
             Some(params),
             Some("completions"),
+            Relaying::To(client),
         )
         .await;
         match answer {
