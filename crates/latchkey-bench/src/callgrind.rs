@@ -28,6 +28,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
+use crate::floor;
 use crate::load::Target;
 
 /// Requests sent before the counters are zeroed.
@@ -332,8 +333,39 @@ pub(crate) async fn start_nginx(
     Ok(Some((child, listen, dir)))
 }
 
+/// Which hops a run measures (`--hops`; all by default).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hops {
+    pub(crate) nginx: bool,
+    pub(crate) floors: bool,
+    pub(crate) local: bool,
+    pub(crate) jwt: bool,
+}
+
+impl Hops {
+    /// From a comma-separated list of `nginx`, `floor`, `local`, `jwt`.
+    pub(crate) fn parse(list: &str) -> anyhow::Result<Self> {
+        let mut h = Self {
+            nginx: false,
+            floors: false,
+            local: false,
+            jwt: false,
+        };
+        for item in list.split(',').map(str::trim) {
+            match item {
+                "nginx" => h.nginx = true,
+                "floor" => h.floors = true,
+                "local" => h.local = true,
+                "jwt" => h.jwt = true,
+                other => bail!("unknown hop {other:?} (nginx, floor, local, jwt)"),
+            }
+        }
+        Ok(h)
+    }
+}
+
 /// Runs the comparison and prints the table.
-pub(crate) async fn run(latchkey: &Path, nginx: &Path, n: usize) -> anyhow::Result<()> {
+pub(crate) async fn run(latchkey: &Path, nginx: &Path, n: usize, hops: Hops) -> anyhow::Result<()> {
     let (up, _counters) = crate::upstream::start().await?;
     let dir = std::env::temp_dir().join(format!("latchkey-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -363,7 +395,8 @@ pub(crate) async fn run(latchkey: &Path, nginx: &Path, n: usize) -> anyhow::Resu
     };
 
     // nginx, when installed.
-    if std::process::Command::new(nginx)
+    if !hops.nginx {
+    } else if std::process::Command::new(nginx)
         .arg("-v")
         .stderr(Stdio::null())
         .status()
@@ -404,12 +437,16 @@ pub(crate) async fn run(latchkey: &Path, nginx: &Path, n: usize) -> anyhow::Resu
         );
     }
 
-    // The minimal hyper pass-through.
-    {
+    // The minimal hyper pass-through, in each of its shapes (the reference first).
+    for variant in floor::Variant::ALL {
+        if !hops.floors {
+            break;
+        }
         let listen: SocketAddr = ([127, 0, 0, 1], crate::free_port()?).into();
+        let name = format!("floor-{}", variant.arg());
         let hop = spawn(
             &dir,
-            "floor",
+            &name,
             &std::env::current_exe()?,
             &[
                 "floor".into(),
@@ -419,24 +456,27 @@ pub(crate) async fn run(latchkey: &Path, nginx: &Path, n: usize) -> anyhow::Resu
                 up.to_string(),
                 "--client".into(),
                 "hyper".into(),
+                "--variant".into(),
+                variant.arg().into(),
             ],
             &[],
         )?;
         crate::wait_for_port(listen).await?;
+        let label = format!("hyper floor, {}", variant.arg());
         push(
-            "hyper floor",
+            &label,
             "json",
             measure(&hop, &target(listen, "/mcp", None), n).await?,
         );
         push(
-            "hyper floor",
+            &label,
             "sse",
             measure(&hop, &target(listen, "/sse/mcp", None), n).await?,
         );
     }
 
     // Latchkey, local mode.
-    {
+    if hops.local {
         let port = crate::free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let data = dir.join("local");
@@ -471,7 +511,7 @@ pub(crate) async fn run(latchkey: &Path, nginx: &Path, n: usize) -> anyhow::Resu
     }
 
     // Latchkey, jwt mode: an API-key caller and a JWT caller.
-    {
+    if hops.jwt {
         let port = crate::free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let data = dir.join("jwt");

@@ -60,6 +60,9 @@ enum Cli {
         /// The outbound client.
         #[arg(long, value_enum)]
         client: floor::Client,
+        /// The proxy's shape (the current-thread ones run on a current-thread runtime).
+        #[arg(long, value_enum, default_value = "pooled")]
+        variant: floor::Variant,
     },
 }
 
@@ -83,6 +86,9 @@ struct ProxyArgs {
     /// The floor proxy's outbound client.
     #[arg(long, value_enum, default_value = "hyper")]
     floor_client: floor::Client,
+    /// The floor proxy's shape in the load rounds.
+    #[arg(long, value_enum, default_value = "pooled")]
+    floor_variant: floor::Variant,
     /// After the comparison, run the proxied load this long and sample memory.
     #[arg(long, default_value_t = 0)]
     soak_seconds: u64,
@@ -91,6 +97,10 @@ struct ProxyArgs {
     /// requests, counted by valgrind's callgrind.
     #[arg(long)]
     callgrind: Option<usize>,
+    /// With `--callgrind`: the hops to measure, of `nginx`, `floor` (every shape of the
+    /// minimal hyper proxy), `local` (Latchkey, local mode), `jwt` (API key and JWT).
+    #[arg(long, default_value = "nginx,floor,local,jwt")]
+    hops: String,
     /// The nginx binary: a second floor in the load rounds and in `--callgrind` (left
     /// out if it is missing).
     #[arg(long, default_value = "/usr/sbin/nginx")]
@@ -99,9 +109,16 @@ struct ProxyArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = match &cli {
+        Cli::Floor { variant, .. } if variant.current_thread() => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+        }
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
     match cli {
         Cli::Proxy(args) => rt.block_on(proxy(args)),
         Cli::Startup(args) => rt.block_on(startup::run(args)),
@@ -111,8 +128,9 @@ fn main() -> anyhow::Result<()> {
             listen,
             upstream,
             client,
+            variant,
         } => rt.block_on(async move {
-            floor::start(listen, upstream, client).await?;
+            floor::start(listen, upstream, client, variant).await?;
             std::future::pending::<anyhow::Result<()>>().await
         }),
     }
@@ -260,7 +278,8 @@ fn row(label: &str, o: &load::Outcome) -> String {
 
 async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     if let Some(n) = args.callgrind {
-        return callgrind::run(&args.latchkey, &args.nginx, n).await;
+        let hops = callgrind::Hops::parse(&args.hops)?;
+        return callgrind::run(&args.latchkey, &args.nginx, n, hops).await;
     }
     let (up, counters) = upstream::start().await?;
     let port = free_port()?;
@@ -323,6 +342,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             floor::Client::Hyper => "hyper",
             floor::Client::Reqwest => "reqwest",
         })
+        .args(["--variant", args.floor_variant.arg()])
         .kill_on_drop(true)
         .spawn()
         .context("cannot start the floor proxy")?;
