@@ -1,7 +1,7 @@
 //! `GET /v1/events`: server-sent events for the UI (R-UI-7). An event reaches the user
 //! it concerns and the admins of that tenant, never anyone else (fail closed). The bus
-//! also carries [`CredentialChange`]s for the federated MCP endpoint's
-//! `notifications/tools/list_changed`.
+//! also carries [`CredentialChange`]s for the federated MCP endpoint's list changes
+//! (`notifications/tools/list_changed`, `…/prompts/…`, `…/resources/…`).
 
 use std::convert::Infallible;
 use std::sync::Arc;

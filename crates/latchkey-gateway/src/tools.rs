@@ -610,17 +610,34 @@ pub(crate) fn session_key(p: &Principal, server: &ServerRow) -> SessionKey {
 /// How long the head of a standalone GET stream may take.
 const STREAM_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What [`listen_stream`] found.
+pub(crate) enum Listen {
+    /// The stream, open.
+    Open(Box<latchkey_egress::EgressStream>),
+    /// The upstream offers no such stream (405), keeps no session, or is not a kind of
+    /// server that has one: asking again will not help.
+    Never,
+    /// Not now (no session kept for the slot's current credential, the request failed,
+    /// another refusal): a later attempt may succeed.
+    NotNow,
+    /// The upstream's `initialize` declared none of the capabilities asked for: not
+    /// opened (no request made).
+    Undeclared,
+}
+
 /// The standalone GET stream of the upstream session kept for the caller's slot of
 /// `server` (one a request through [`call_answer`] opened): the messages the upstream
-/// sends on its own (resource updates, log messages). `None` when no session is kept
-/// for the slot's current credential, or the upstream has no such stream for it (405,
-/// any refusal, not an event stream): nothing is retried here, the next request that
-/// needs the stream asks again.
+/// sends on its own (resource updates, list changes, log messages). Nothing is retried
+/// here: the caller (the relay's hub) decides whether and when to ask again, by
+/// [`Listen`]. With `declared` (JSON pointers into the upstream's `capabilities`, such
+/// as `/tools/listChanged`), the stream is opened only if one of them is `true`. `Err`
+/// when the slot's credential is not usable.
 pub(crate) async fn listen_stream(
     s: &AppState,
     p: &Principal,
     server: &ServerRow,
-) -> Result<Option<latchkey_egress::EgressStream>, ApiError> {
+    declared: &[&str],
+) -> Result<Listen, ApiError> {
     crate::error::check_server_url(&s.egress, &server.url, "server_id")?;
     let key = session_key(p, server);
     let auth = match server.auth_type.as_str() {
@@ -638,15 +655,24 @@ pub(crate) async fn listen_stream(
             let token = bearer(s, server, &slot, false).await?;
             Auth::bearer(&token.token)?
         }
-        _ => return Ok(None),
+        _ => return Ok(Listen::Never),
     };
     let Some(session) = s.upstream.get(&key, &server.url, auth.mark, s.clock.now()) else {
-        return Ok(None);
+        return Ok(Listen::NotNow);
     };
     let Some(id) = session.id.as_deref() else {
         // A server that keeps no session has no stream of its own messages for it.
-        return Ok(None);
+        return Ok(Listen::Never);
     };
+    let caps = session.capabilities.as_ref();
+    if !declared.is_empty()
+        && !declared.iter().any(|d| {
+            caps.and_then(|c| c.pointer(d))
+                .is_some_and(|v| v.as_bool() == Some(true))
+        })
+    {
+        return Ok(Listen::Undeclared);
+    }
     let mut headers = auth.headers;
     headers.insert(
         http::header::ACCEPT,
@@ -668,7 +694,7 @@ pub(crate) async fn listen_stream(
         Ok(o) => o,
         Err(e) => {
             tracing::info!(event = "mcp.federated.stream_failed", server_id = %server.id, error = %e);
-            return Ok(None);
+            return Ok(Listen::NotNow);
         }
     };
     let event_stream = opened
@@ -682,7 +708,11 @@ pub(crate) async fn listen_stream(
             server_id = %server.id,
             status = opened.status.as_u16()
         );
-        return Ok(None);
+        return Ok(if opened.status == http::StatusCode::METHOD_NOT_ALLOWED {
+            Listen::Never
+        } else {
+            Listen::NotNow
+        });
     }
-    Ok(Some(opened))
+    Ok(Listen::Open(Box::new(opened)))
 }

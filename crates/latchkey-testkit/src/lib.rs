@@ -196,8 +196,9 @@ pub(crate) struct Shared {
     cfg: AsConfig,
     base: String,
     state: Arc<Mutex<AsState>>,
-    /// Messages for the open standalone GET streams ([`ScriptedServer::push`]).
-    pushes: tokio::sync::broadcast::Sender<Value>,
+    /// Messages for the open standalone GET streams ([`ScriptedServer::push`]); `None`
+    /// ends them ([`ScriptedServer::close_streams`]).
+    pushes: tokio::sync::broadcast::Sender<Option<Value>>,
 }
 
 impl Shared {
@@ -463,7 +464,8 @@ impl ScriptedServer {
     /// `logging` (`logging/setLevel` answers `{}`) and resource subscriptions
     /// (`resources/subscribe` and `resources/unsubscribe` answer `{}` for
     /// `file:///notes.txt`, `-32002` for anything else); the level and the URI are
-    /// recorded.
+    /// recorded. It declares `listChanged` for tools, prompts and resources (what it
+    /// sends on its GET stream is what [`ScriptedServer::push`] is given).
     pub fn offer_primitives(&self, label: Option<&str>) {
         self.shared.lock().primitives = label.map(str::to_owned);
     }
@@ -472,7 +474,14 @@ impl ScriptedServer {
     /// now (a server offering primitives answers `GET /mcp` of a session it knows with an
     /// event stream; others 405); how many streams it went to.
     pub fn push(&self, message: Value) -> usize {
-        self.shared.pushes.send(message).unwrap_or(0)
+        self.shared.pushes.send(Some(message)).unwrap_or(0)
+    }
+
+    /// Ends every standalone GET stream open now, as a server that drops its streams
+    /// (a restart, a proxy's idle timeout) does; how many it ended. The sessions stay
+    /// known, so a client may open a new stream.
+    pub fn close_streams(&self) -> usize {
+        self.shared.pushes.send(None).unwrap_or(0)
     }
 
     /// How many standalone GET streams are open now.

@@ -301,8 +301,10 @@ pub(crate) async fn handle(State(s): State<Shared>, headers: HeaderMap, body: By
                 sid
             };
             let capabilities = if primitives.is_some() {
-                json!({"tools": {"listChanged": false}, "prompts": {"listChanged": false},
-                       "resources": {"subscribe": true}, "completions": {}, "logging": {}})
+                // Its GET stream carries whatever a test pushes, list changes included.
+                json!({"tools": {"listChanged": true}, "prompts": {"listChanged": true},
+                       "resources": {"subscribe": true, "listChanged": true},
+                       "completions": {}, "logging": {}})
             } else {
                 json!({"tools": {"listChanged": false}})
             };
@@ -334,7 +336,8 @@ pub(crate) async fn handle(State(s): State<Shared>, headers: HeaderMap, body: By
 }
 
 /// `GET /mcp`: the standalone stream of a known session of a server offering primitives,
-/// carrying what [`crate::ScriptedServer::push`] sends (405 otherwise; a bad token 401).
+/// carrying what [`crate::ScriptedServer::push`] sends until
+/// [`crate::ScriptedServer::close_streams`] (405 otherwise; a bad token 401).
 pub(crate) async fn stream(State(s): State<Shared>, headers: HeaderMap) -> Response {
     record(
         &s,
@@ -366,7 +369,8 @@ pub(crate) async fn stream(State(s): State<Shared>, headers: HeaderMap) -> Respo
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         loop {
             match rx.recv().await {
-                Ok(m) => {
+                Ok(None) => return None,
+                Ok(Some(m)) => {
                     let event = format!("event: message\ndata: {m}\n\n");
                     return Some((Ok::<_, std::convert::Infallible>(Bytes::from(event)), rx));
                 }

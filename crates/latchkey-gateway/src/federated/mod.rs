@@ -31,13 +31,18 @@
 //!   with the URL-mode elicitation error `-32042`; on 2026-07-28, which retired `-32042`,
 //!   with an `input_required` result carrying a URL-mode `elicitation/create` (SEP-2322),
 //!   or `-32021` when the request did not declare URL elicitation.
-//! * `notifications/tools/list_changed` goes to the caller's live sessions (2025-11-25:
-//!   the session's GET stream; 2026-07-28: a `subscriptions/listen` stream) whenever a
-//!   slot they may see gains or loses its credential ([`crate::events::CredentialChange`]).
+//! * `notifications/tools/list_changed`, `…/prompts/list_changed` and
+//!   `…/resources/list_changed` (all three advertised) go to the caller's live sessions
+//!   (2025-11-25: the session's GET stream; 2026-07-28: a `subscriptions/listen`
+//!   stream) whenever a slot they may see gains or loses its credential, or a server is
+//!   added, edited or deleted ([`crate::events::CredentialChange`]). An upstream's own
+//!   list changes are relayed to the clients that listed from it ([`relay`]).
 //! * `logging/setLevel` goes to every usable server that declared `logging`, and
 //!   `resources/subscribe` / `resources/unsubscribe` to the URI's owner; the upstream's
 //!   resource updates and log messages come back to the client session that asked for
-//!   them and to no other ([`relay`]; 2025-11-25 sessions).
+//!   them and to no other ([`relay`]). On 2026-07-28 resource subscriptions come in the
+//!   `subscriptions/listen` filter, each subscribed to at its server, their updates
+//!   sent on that listen stream.
 //!
 //! Invariants: no token appears in a log line, a tool result or an error; an upstream
 //! result (content, `isError`, `structuredContent`) is passed through unchanged.
@@ -86,6 +91,9 @@ pub const CONNECT_TOOL: &str = "latchkey_connect";
 pub const URL_ELICITATION_REQUIRED: ErrorCode = ErrorCode(-32042);
 /// Pages of an upstream `tools/list` followed at most.
 const MAX_PAGES: usize = 10;
+/// Resource URIs one `subscriptions/listen` may ask updates of (each is one upstream
+/// `resources/subscribe`).
+const MAX_LISTEN_URIS: usize = 64;
 
 /// The routes of `/mcp`, behind the same guard as `/v1` (merged into the app's router).
 pub fn routes(state: &AppState) -> Router<AppState> {
@@ -250,6 +258,100 @@ fn principal(extensions: &Extensions) -> Result<Principal, ErrorData> {
 impl Federation {
     fn lock(&self) -> MutexGuard<'_, HashMap<SlotKey, Arc<Table>>> {
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the caller's cached table of a listing whose upstream list changed.
+    fn forget(&self, slot: &SlotKey, what: relay::Changed) {
+        match what {
+            relay::Changed::Tools => {
+                self.lock().remove(slot);
+            }
+            relay::Changed::Prompts => {
+                self.prompt_tables().remove(slot);
+            }
+            relay::Changed::Resources => self.uri_tables().forget(slot),
+        }
+    }
+
+    /// Relays `server`'s messages that `change` makes the client want to `out`, from
+    /// the hub of the caller's upstream session (opened if need be, only if the
+    /// upstream declared one of `declared`, when that is not empty).
+    #[allow(clippy::too_many_arguments)]
+    async fn relay(
+        &self,
+        relays: &Arc<Mutex<relay::Relays>>,
+        p: &Principal,
+        server: &ServerRow,
+        slug: &str,
+        out: &relay::Out,
+        alive: &watch::Receiver<()>,
+        declared: &[&str],
+        change: impl FnOnce(&mut relay::Wanted),
+    ) {
+        let start = || {
+            let fed = self.clone();
+            let slot = slot_key(p, server);
+            relay::Start {
+                naming: relay::Naming {
+                    own_session: crate::tools::session_key(p, server).subject.is_some(),
+                    slug: slug.to_owned(),
+                    unprefixed: server.unprefixed,
+                },
+                out: out.clone(),
+                alive: alive.clone(),
+                forget: Arc::new(move |what| fed.forget(&slot, what)),
+            }
+        };
+        relay::Relays::want(
+            relays,
+            &server.id,
+            start,
+            || self.hubs.hub(&self.s, p, server, declared),
+            change,
+        )
+        .await;
+    }
+
+    /// Relays the list changes of every usable server of the caller that declared
+    /// `listChanged` (and is not relayed to this client yet): a client that lists from
+    /// a server hears when that server's lists change.
+    async fn watch_lists(
+        &self,
+        relays: &Arc<Mutex<relay::Relays>>,
+        p: &Principal,
+        out: &relay::Out,
+        alive: &watch::Receiver<()>,
+    ) {
+        let Ok(members) = self.members(p).await else {
+            return;
+        };
+        for m in &members {
+            if relays
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .has(&m.server.id)
+            {
+                continue;
+            }
+            let usable = match m.server.auth_type.as_str() {
+                "oauth" | "headers" => self.check_slot(p, &m.server).await.is_ok(),
+                "none" => true,
+                _ => false,
+            };
+            if usable {
+                self.relay(
+                    relays,
+                    p,
+                    &m.server,
+                    &m.slug,
+                    out,
+                    alive,
+                    relay::LIST_CHANGES,
+                    |_| {},
+                )
+                .await;
+            }
+        }
     }
 
     /// The caller's tenant's servers with their slugs (computed over all of them, so
@@ -785,7 +887,8 @@ impl Handler {
     }
 
     /// Relays `routed`'s server's messages that `change` makes the session want, on a
-    /// 2025-11-25 session (the stateless wire has no session to relay to).
+    /// 2025-11-25 session (a stateless request has no session to relay to; the
+    /// 2026-07-28 wire asks through `subscriptions/listen`).
     async fn want(
         &self,
         p: &Principal,
@@ -796,25 +899,34 @@ impl Handler {
         if !matches!(Elicit::of(context, false), Elicit::Error) {
             return;
         }
-        let naming = relay::Naming {
-            own_session: crate::tools::session_key(p, &routed.server)
-                .subject
-                .is_some(),
-            slug: routed.slug,
-            unprefixed: routed.server.unprefixed,
-        };
-        let fed = &self.fed;
-        let server = &routed.server;
-        relay::Relays::want(
-            &self.relays,
-            &server.id,
-            naming,
-            context.peer.clone(),
-            self.alive.subscribe(),
-            || fed.hubs.hub(&fed.s, p, server),
-            change,
-        )
-        .await;
+        let out = relay::Out::Session(context.peer.clone());
+        self.fed
+            .relay(
+                &self.relays,
+                p,
+                &routed.server,
+                &routed.slug,
+                &out,
+                &self.alive.subscribe(),
+                &[],
+                change,
+            )
+            .await;
+    }
+
+    /// After a listing on a 2025-11-25 session: relays the list changes of the servers
+    /// it listed from (in the background, so the listing is not delayed by opening
+    /// upstream streams; a server already relayed costs nothing upstream).
+    fn watch_lists(&self, p: &Principal, context: &RequestContext<RoleServer>) {
+        if !matches!(Elicit::of(context, false), Elicit::Error) {
+            return;
+        }
+        let fed = self.fed.clone();
+        let relays = self.relays.clone();
+        let out = relay::Out::Session(context.peer.clone());
+        let alive = self.alive.subscribe();
+        let p = p.clone();
+        tokio::spawn(async move { fed.watch_lists(&relays, &p, &out, &alive).await });
     }
 }
 
@@ -836,17 +948,27 @@ impl ServerHandler for Handler {
     #[allow(deprecated)]
     fn get_info(&self) -> ServerConfig {
         InitializeResult::new(
-            // Prompts, resources and completions are advertised always, whichever servers
-            // are connected now (a server connected later adds its own): their lists are
-            // empty while no connected server offers them.
+            // Advertised statically, whichever servers are connected now: the
+            // capabilities are fixed at `initialize` (2025-11-25) or `server/discover`,
+            // while the servers behind `/mcp` connect and disconnect during a session.
+            // What a server connected later offers appears through the list changes;
+            // a list no connected server offers is empty. Each capability is backed:
+            // * `listChanged` (tools, prompts, resources): sent when a server becomes
+            //   usable or unusable for the caller, and relayed when an upstream sends
+            //   its own (2025-11-25 sessions that listed from it; 2026-07-28
+            //   `subscriptions/listen` with these filters).
+            // * `logging` and `resources.subscribe`: forwarded to the servers that
+            //   offer them, their messages relayed to the client that asked
+            //   (2025-11-25; on 2026-07-28, which retired both requests, resource
+            //   subscriptions come in the listen filter).
             ServerCapabilities::builder()
-                // Logging and resource subscriptions are forwarded to the servers that
-                // offer them (2025-11-25; the 2026-07-28 wire retired both).
                 .enable_logging()
                 .enable_completions()
                 .enable_prompts()
+                .enable_prompts_list_changed()
                 .enable_resources()
                 .enable_resources_subscribe()
+                .enable_resources_list_changed()
                 .enable_tools()
                 .enable_tool_list_changed()
                 .build(),
@@ -885,7 +1007,7 @@ impl ServerHandler for Handler {
         else {
             return;
         };
-        let peer = context.peer;
+        let out = relay::Out::Session(context.peer);
         let mut alive = self.alive.subscribe();
         tokio::spawn(async move {
             loop {
@@ -896,7 +1018,7 @@ impl ServerHandler for Handler {
                         None => break,
                         Some(false) => {}
                         Some(true) => {
-                            if peer.notify_tool_list_changed().await.is_err() {
+                            if !out.lists_changed().await {
                                 break;
                             }
                         }
@@ -912,7 +1034,9 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let p = principal(&context.extensions)?;
-        Ok(ListToolsResult::with_all_items(self.fed.list(&p).await?))
+        let tools = self.fed.list(&p).await?;
+        self.watch_lists(&p, &context);
+        Ok(ListToolsResult::with_all_items(tools))
     }
 
     async fn call_tool(
@@ -938,9 +1062,9 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
         let p = principal(&context.extensions)?;
-        Ok(ListPromptsResult::with_all_items(
-            self.fed.list_prompts(&p).await?,
-        ))
+        let prompts = self.fed.list_prompts(&p).await?;
+        self.watch_lists(&p, &context);
+        Ok(ListPromptsResult::with_all_items(prompts))
     }
 
     async fn get_prompt(
@@ -962,9 +1086,9 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
         let p = principal(&context.extensions)?;
-        Ok(ListResourcesResult::with_all_items(
-            self.fed.list_resources(&p).await?,
-        ))
+        let resources = self.fed.list_resources(&p).await?;
+        self.watch_lists(&p, &context);
+        Ok(ListResourcesResult::with_all_items(resources))
     }
 
     async fn list_resource_templates(
@@ -973,9 +1097,9 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
         let p = principal(&context.extensions)?;
-        Ok(ListResourceTemplatesResult::with_all_items(
-            self.fed.list_resource_templates(&p).await?,
-        ))
+        let templates = self.fed.list_resource_templates(&p).await?;
+        self.watch_lists(&p, &context);
+        Ok(ListResourceTemplatesResult::with_all_items(templates))
     }
 
     async fn read_resource(
@@ -1050,17 +1174,77 @@ impl ServerHandler for Handler {
         self.fed.complete(&p, request, &client).await
     }
 
+    /// 2026-07-28: the list changes of all three lists, and updates of up to
+    /// [`MAX_LISTEN_URIS`] resources (rmcp keeps only what was also requested and
+    /// advertised). A URI whose server cannot be subscribed to now (unknown, not
+    /// connected) is acknowledged but gets no updates.
     fn accepted_subscription_filter(
         &self,
-        _requested: &SubscriptionFilter,
+        requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
-        Some(SubscriptionFilter::builder().tools_list_changed().build())
+        let builder = SubscriptionFilter::builder()
+            .tools_list_changed()
+            .prompts_list_changed()
+            .resources_list_changed();
+        Some(match &requested.resource_subscriptions {
+            Some(uris) => builder
+                .resource_subscriptions(uris.iter().take(MAX_LISTEN_URIS).cloned())
+                .build(),
+            None => builder.build(),
+        })
     }
 
-    /// 2026-07-28: `notifications/tools/list_changed` on the listen stream.
+    /// 2026-07-28: on the listen stream, the list changes (a server becoming usable or
+    /// unusable for the caller; an upstream's own, from the servers the caller can use
+    /// that declared them) and the updates of the resources in the filter (each
+    /// subscribed to at its server first), until the client ends the request.
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
         let owner = principal(&context.request_context().extensions)?;
         let mut feed = self.fed.s.events.subscribe_changes();
+        let accepted = context.accepted().clone();
+        let lists = [
+            accepted.tools_list_changed,
+            accepted.prompts_list_changed,
+            accepted.resources_list_changed,
+        ]
+        .contains(&Some(true));
+        let out = relay::Out::Listen(context.sink().clone());
+        // The relays end with this request: `_alive` is dropped on return.
+        let (_alive, alive) = watch::channel(());
+        let relays: Arc<Mutex<relay::Relays>> = Arc::default();
+        let how = Elicit::of(context.request_context(), false);
+        for uri in accepted.resource_subscriptions.iter().flatten() {
+            match self
+                .fed
+                .subscription(&owner, uri, primitives::Subscription::Subscribe, how)
+                .await
+            {
+                Ok(routed) => {
+                    let original = routed.original.clone();
+                    self.fed
+                        .relay(
+                            &relays,
+                            &owner,
+                            &routed.server,
+                            &routed.slug,
+                            &out,
+                            &alive,
+                            &[],
+                            |w| {
+                                w.uris.insert(original);
+                            },
+                        )
+                        .await;
+                }
+                Err(e) => tracing::info!(
+                    event = "mcp.federated.listen_subscribe_failed",
+                    code = e.code.0
+                ),
+            }
+        }
+        if lists {
+            self.fed.watch_lists(&relays, &owner, &out, &alive).await;
+        }
         loop {
             tokio::select! {
                 _ = context.cancelled() => return Ok(()),
@@ -1068,8 +1252,12 @@ impl ServerHandler for Handler {
                     None => return Ok(()),
                     Some(false) => {}
                     Some(true) => {
-                        if context.sink().notify_tool_list_changed().await.is_err() {
+                        if !out.lists_changed().await {
                             return Ok(());
+                        }
+                        // A server that became usable is relayed from now on.
+                        if lists {
+                            self.fed.watch_lists(&relays, &owner, &out, &alive).await;
                         }
                     }
                 },

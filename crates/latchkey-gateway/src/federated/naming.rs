@@ -40,6 +40,15 @@ pub(super) struct UriTables {
     templates: std::collections::HashMap<SlotKey, Arc<Vec<String>>>,
 }
 
+impl UriTables {
+    /// Forgets a slot's URIs and templates (its server's resource list changed): the
+    /// next lookup lists them again.
+    pub(super) fn forget(&mut self, key: &SlotKey) {
+        self.resources.remove(key);
+        self.templates.remove(key);
+    }
+}
+
 /// A tool name or a prompt name.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Kind {

@@ -1,34 +1,47 @@
-//! Server-to-client relays on `/mcp` (2025-11-25 sessions): an upstream's
-//! `notifications/resources/updated` and `notifications/message` reach the client
-//! session that subscribed to the resource or set the logging level, and no other.
+//! Server-to-client relays on `/mcp`: an upstream's `notifications/resources/updated`,
+//! `notifications/message` and `notifications/{tools,prompts,resources}/list_changed`
+//! reach the client sessions that asked for them, and no other.
 //!
 //! * An upstream sends them on the standalone GET stream of its session. The session
 //!   is kept per slot ([`crate::upstream_sessions`]) and shared by the slot's client
 //!   sessions, and an upstream sends each message on one stream only, so one stream per
-//!   upstream session is opened ([`Hub`], when a client session first needs it) and
-//!   its messages fanned out in process; it is closed when its last client session
-//!   ends.
-//! * Each client session keeps what it asked for ([`Wanted`]): the original URIs it
-//!   subscribed to per server, and the servers it set a level on. Only those messages
-//!   are relayed to it, a resource's URI given the federated form the client knows.
-//!   Log messages of a shared slot's session are never relayed: they may concern
-//!   another user of the slot.
-//! * A stream that ends (the upstream closed it, lost the session, a credential
-//!   change) is not reopened; the client session's next subscribe or setLevel opens a
-//!   new one.
+//!   upstream session is opened ([`Hub`], when a client first needs it) and its
+//!   messages fanned out in process; it is closed when its last client ends.
+//! * Each client keeps what it asked for ([`Wanted`]): the original URIs it subscribed
+//!   to per server, and the servers it set a level on. Only those messages are relayed
+//!   to it, a resource's URI given the federated form the client knows. Log messages
+//!   of a shared slot's session are never relayed: they may concern another user of
+//!   the slot.
+//! * List changes go to every client relaying the server. A 2025-11-25 session gets a
+//!   relay of every usable server it lists from whose `initialize` declared
+//!   `listChanged` (besides the servers it subscribed to or set a level on); a
+//!   2026-07-28 `subscriptions/listen` with a list-change filter, of every usable
+//!   server that declared it ([`Out`]: the listen stream's sink passes only what the
+//!   accepted filter names). Before the client hears of it, the caller's cached
+//!   federated table of that list is dropped ([`Forget`]), so the next call or
+//!   listing uses the upstream's new list.
+//! * A stream that ends (the upstream closed it, the network failed) is reopened by
+//!   its hub while a client wants it, after 1 s, then 2 s, 4 s … up to 30 s between
+//!   attempts, on the upstream session kept for the slot then. It is given up for good
+//!   when the upstream answers 405 (it offers no stream; remembered for 10 minutes),
+//!   the slot's credential is not usable, or an event is too large; its relays end,
+//!   and the client's next request that needs the server's messages starts anew.
+//!   Upstream subscriptions are not renewed on a new upstream session.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use latchkey_guard::Principal;
 use latchkey_vault::store::ServerRow;
 use rmcp::RoleServer;
 use rmcp::model::ServerNotification;
-use rmcp::service::Peer;
+use rmcp::service::{Peer, SubscriptionSendError, SubscriptionSink};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
+use crate::tools::Listen;
 use crate::upstream_sessions::SessionKey;
 
 /// The most bytes one event of an upstream stream may have; past it the stream is
@@ -36,43 +49,90 @@ use crate::upstream_sessions::SessionKey;
 const MAX_EVENT: usize = 1024 * 1024;
 /// Messages kept for a slow client session before it skips some.
 const BACKLOG: usize = 64;
+/// The first wait before reopening a stream that ended; doubled on each failed
+/// attempt up to [`BACKOFF_MAX`].
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts to reopen a stream.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long an upstream session that offers no stream (405) is not asked again.
+const NEVER_TTL: Duration = Duration::from_secs(600);
+/// The upstream capabilities that make a stream worth opening for list changes alone.
+pub(super) const LIST_CHANGES: &[&str] = &[
+    "/tools/listChanged",
+    "/prompts/listChanged",
+    "/resources/listChanged",
+];
 
-/// One upstream session's standalone stream, fanned out.
+/// One upstream session's standalone stream, fanned out; reopened when it ends
+/// ([`read`]) until it is not wanted any more or reopening cannot succeed.
 #[derive(Debug)]
 pub(super) struct Hub {
     tx: broadcast::Sender<Arc<Value>>,
+    /// `true` once the reader has given up for good: the hub's relays end with it.
+    ended: watch::Receiver<bool>,
     /// Dropped with the last client session using the hub: stops its reader.
     _stop: watch::Sender<()>,
 }
 
+impl Hub {
+    fn has_ended(&self) -> bool {
+        *self.ended.borrow()
+    }
+}
+
 /// The open hubs by upstream session; an entry whose hub is gone is pruned on the next
-/// insertion.
+/// insertion. Upstream sessions that answered 405 are remembered for a while, so
+/// listing does not ask again each time.
 #[derive(Debug, Default)]
-pub(super) struct Hubs(Mutex<HashMap<SessionKey, Weak<Hub>>>);
+pub(super) struct Hubs {
+    open: Mutex<HashMap<SessionKey, Weak<Hub>>>,
+    never: Mutex<HashMap<SessionKey, tokio::time::Instant>>,
+}
 
 impl Hubs {
     fn live(&self, key: &SessionKey) -> Option<Arc<Hub>> {
-        self.0
+        self.open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
             .and_then(Weak::upgrade)
+            .filter(|h| !h.has_ended())
+    }
+
+    fn is_never(&self, key: &SessionKey) -> bool {
+        let mut never = self.never.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        never.retain(|_, at| now.duration_since(*at) < NEVER_TTL);
+        never.contains_key(key)
     }
 
     /// The hub of `p`'s upstream session of `server`, its stream opened if none is.
+    /// `declared`: open a new stream only if the upstream declared one of these
+    /// capabilities ([`LIST_CHANGES`] for a session that only lists).
     pub(super) async fn hub(
         &self,
         s: &crate::state::AppState,
         p: &Principal,
         server: &ServerRow,
+        declared: &[&str],
     ) -> Option<Arc<Hub>> {
         let key = crate::tools::session_key(p, server);
         if let Some(hub) = self.live(&key) {
             return Some(hub);
         }
-        let stream = match crate::tools::listen_stream(s, p, server).await {
-            Ok(Some(stream)) => stream,
-            Ok(None) => return None,
+        if self.is_never(&key) {
+            return None;
+        }
+        let stream = match crate::tools::listen_stream(s, p, server, declared).await {
+            Ok(Listen::Open(stream)) => stream,
+            Ok(Listen::Never) => {
+                self.never
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, tokio::time::Instant::now());
+                return None;
+            }
+            Ok(Listen::NotNow | Listen::Undeclared) => return None,
             Err(e) => {
                 tracing::info!(
                     event = "mcp.federated.stream_failed",
@@ -83,53 +143,139 @@ impl Hubs {
             }
         };
         let (tx, _) = broadcast::channel(BACKLOG);
-        let (stop_tx, mut stop) = watch::channel(());
+        let (stop_tx, stop) = watch::channel(());
+        let (ended_tx, ended) = watch::channel(false);
         let hub = Arc::new(Hub {
             tx: tx.clone(),
+            ended,
             _stop: stop_tx,
         });
         {
-            let mut hubs = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            let mut hubs = self.open.lock().unwrap_or_else(|p| p.into_inner());
             // Opened meanwhile by another client session: that one serves (ours is
             // dropped, which closes it).
-            if let Some(other) = hubs.get(&key).and_then(Weak::upgrade) {
+            if let Some(other) = hubs
+                .get(&key)
+                .and_then(Weak::upgrade)
+                .filter(|h| !h.has_ended())
+            {
                 return Some(other);
             }
             hubs.retain(|_, w| w.strong_count() > 0);
             hubs.insert(key, Arc::downgrade(&hub));
         }
-        let server_id = server.id.clone();
-        tokio::spawn(async move {
-            let mut body = std::pin::pin!(stream.into_body());
-            let mut events = Events::default();
-            loop {
-                tokio::select! {
-                    // Resolves only when the hub (its last user) is gone.
-                    _ = stop.changed() => break,
-                    chunk = body.next() => match chunk {
-                        Some(Ok(bytes)) => match events.push(&bytes) {
-                            Some(messages) => {
-                                for m in messages {
-                                    // No receiver now is not an error.
-                                    let _ = tx.send(Arc::new(m));
-                                }
-                            }
-                            None => {
-                                tracing::info!(
-                                    event = "mcp.federated.stream_event_too_large",
-                                    server_id = %server_id
-                                );
-                                break;
-                            }
-                        },
-                        _ => break,
-                    },
-                }
-            }
-            tracing::debug!(event = "mcp.federated.stream_closed", server_id = %server_id);
-        });
+        tokio::spawn(read(
+            s.clone(),
+            p.clone(),
+            server.clone(),
+            stream,
+            tx,
+            stop,
+            ended_tx,
+        ));
         Some(hub)
     }
+}
+
+/// How one stream ended.
+enum Ended {
+    /// The hub is gone (no client session wants the stream).
+    Unwanted,
+    /// An event grew past [`MAX_EVENT`]: the upstream is not sending MCP messages.
+    TooLarge,
+    /// The upstream closed it, or the connection failed.
+    Closed,
+}
+
+/// Fans one stream's messages out until it ends.
+async fn pump(
+    stream: Box<latchkey_egress::EgressStream>,
+    tx: &broadcast::Sender<Arc<Value>>,
+    stop: &mut watch::Receiver<()>,
+) -> Ended {
+    let mut body = std::pin::pin!(stream.into_body());
+    let mut events = Events::default();
+    loop {
+        tokio::select! {
+            // Resolves only when the hub (its last user) is gone.
+            _ = stop.changed() => return Ended::Unwanted,
+            chunk = body.next() => match chunk {
+                Some(Ok(bytes)) => match events.push(&bytes) {
+                    Some(messages) => {
+                        for m in messages {
+                            // No receiver now is not an error.
+                            let _ = tx.send(Arc::new(m));
+                        }
+                    }
+                    None => return Ended::TooLarge,
+                },
+                _ => return Ended::Closed,
+            },
+        }
+    }
+}
+
+/// The hub's reader: fans the stream out, and when the upstream ends it, reopens it
+/// (for the same slot, on the upstream session kept then) after [`BACKOFF_FIRST`],
+/// doubling the wait on each failure up to [`BACKOFF_MAX`]. It stops when the hub is
+/// dropped (no client session wants the stream), and gives up for good (`ended`) when
+/// the upstream offers no stream (405), the slot's credential is not usable, or an
+/// event is too large.
+async fn read(
+    s: crate::state::AppState,
+    p: Principal,
+    server: ServerRow,
+    mut stream: Box<latchkey_egress::EgressStream>,
+    tx: broadcast::Sender<Arc<Value>>,
+    mut stop: watch::Receiver<()>,
+    ended: watch::Sender<bool>,
+) {
+    let server_id = server.id.clone();
+    let mut delay = BACKOFF_FIRST;
+    'streams: loop {
+        let opened = tokio::time::Instant::now();
+        match pump(stream, &tx, &mut stop).await {
+            Ended::Unwanted => break,
+            Ended::TooLarge => {
+                tracing::info!(event = "mcp.federated.stream_event_too_large", server_id = %server_id);
+                let _ = ended.send(true);
+                break;
+            }
+            Ended::Closed => {
+                tracing::info!(event = "mcp.federated.stream_ended", server_id = %server_id);
+            }
+        }
+        // A stream that lived a while starts the backoff afresh.
+        if opened.elapsed() >= BACKOFF_MAX {
+            delay = BACKOFF_FIRST;
+        }
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break 'streams,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(BACKOFF_MAX);
+            let attempt = tokio::select! {
+                _ = stop.changed() => break 'streams,
+                r = crate::tools::listen_stream(&s, &p, &server, &[]) => r,
+            };
+            match attempt {
+                Ok(Listen::Open(next)) => {
+                    tracing::info!(event = "mcp.federated.stream_reopened", server_id = %server_id);
+                    stream = next;
+                    continue 'streams;
+                }
+                Ok(Listen::NotNow | Listen::Undeclared) => {}
+                Err(e) if e.status_and_code().0.is_server_error() => {}
+                Ok(Listen::Never) | Err(_) => {
+                    tracing::info!(event = "mcp.federated.stream_given_up", server_id = %server_id);
+                    let _ = ended.send(true);
+                    break 'streams;
+                }
+            }
+        }
+    }
+    tracing::debug!(event = "mcp.federated.stream_closed", server_id = %server_id);
 }
 
 /// SSE framing, fed chunk by chunk: the JSON messages of complete events.
@@ -187,15 +333,103 @@ pub(super) struct Naming {
     pub(super) own_session: bool,
 }
 
+/// A federated listing an upstream's `…/list_changed` made stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Changed {
+    Tools,
+    Prompts,
+    Resources,
+}
+
+impl Changed {
+    fn method(self) -> &'static str {
+        match self {
+            Self::Tools => "notifications/tools/list_changed",
+            Self::Prompts => "notifications/prompts/list_changed",
+            Self::Resources => "notifications/resources/list_changed",
+        }
+    }
+
+    /// The notification that says this list changed.
+    fn notification(self) -> Option<ServerNotification> {
+        serde_json::from_value(json!({"method": self.method()})).ok()
+    }
+
+    fn of(method: &str) -> Option<Self> {
+        match method {
+            "notifications/tools/list_changed" => Some(Self::Tools),
+            "notifications/prompts/list_changed" => Some(Self::Prompts),
+            "notifications/resources/list_changed" => Some(Self::Resources),
+            _ => None,
+        }
+    }
+}
+
+/// Forgets the caller's cached table of a listing (called on the upstream's own
+/// `…/list_changed`, before the client hears of it and lists again).
+pub(super) type Forget = Arc<dyn Fn(Changed) + Send + Sync>;
+
+/// Where a relay sends: a 2025-11-25 session's peer (its GET stream), or a 2026-07-28
+/// `subscriptions/listen` stream, whose sink lets through only what the accepted
+/// filter names.
+#[derive(Debug, Clone)]
+pub(super) enum Out {
+    Session(Peer<RoleServer>),
+    Listen(SubscriptionSink),
+}
+
+impl Out {
+    /// Sends `n`; `false` once the client is gone.
+    async fn send(&self, n: ServerNotification) -> bool {
+        match self {
+            Out::Session(peer) => peer.send_notification(n).await.is_ok(),
+            Out::Listen(sink) => match sink.send(n).await {
+                Ok(())
+                | Err(
+                    SubscriptionSendError::NotificationNotAccepted(_)
+                    | SubscriptionSendError::UnsupportedNotification(_),
+                ) => true,
+                Err(_) => false,
+            },
+        }
+    }
+
+    /// Sends `notifications/tools/list_changed`, `…/prompts/…` and `…/resources/…`
+    /// (a server became usable or unusable for the client: any of its lists may have
+    /// appeared or gone); `false` once the client is gone.
+    pub(super) async fn lists_changed(&self) -> bool {
+        for changed in [Changed::Tools, Changed::Prompts, Changed::Resources] {
+            let Some(n) = changed.notification() else {
+                continue;
+            };
+            if !self.send(n).await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// What starts a relay of one server to one client.
+pub(super) struct Start {
+    pub(super) naming: Naming,
+    pub(super) out: Out,
+    pub(super) alive: watch::Receiver<()>,
+    pub(super) forget: Forget,
+}
+
 impl Relays {
+    /// Whether the session relays `server_id`'s messages now.
+    pub(super) fn has(&self, server_id: &str) -> bool {
+        self.by_server.contains_key(server_id)
+    }
+
     /// Records what the session asked of `server` (`change` edits it), starting the
     /// relay from the hub if there is none yet. `hub` is asked for only then.
     pub(super) async fn want<F, H>(
         relays: &Arc<Mutex<Relays>>,
         server_id: &str,
-        naming: Naming,
-        peer: Peer<RoleServer>,
-        alive: watch::Receiver<()>,
+        start: impl FnOnce() -> Start,
         hub: H,
         change: impl FnOnce(&mut Wanted),
     ) where
@@ -230,9 +464,7 @@ impl Relays {
         let rx = hub.tx.subscribe();
         let relays = Arc::downgrade(relays);
         let server_id = server_id.to_owned();
-        tokio::spawn(relay(
-            hub, rx, wanted, naming, peer, alive, relays, server_id,
-        ));
+        tokio::spawn(relay(hub, rx, wanted, start(), relays, server_id));
     }
 
     /// Forgets a subscription of the session to `server`'s `uri`.
@@ -251,22 +483,27 @@ fn change_into(into: &Arc<Mutex<Wanted>>, from: &Arc<Mutex<Wanted>>) {
     into.logging |= from.logging;
 }
 
-/// Relays the hub's messages that the session wants until the session or the stream
-/// ends.
-#[allow(clippy::too_many_arguments)]
+/// Relays the hub's messages that the session wants until the session ends or the
+/// hub gives up.
 async fn relay(
     hub: Arc<Hub>,
     mut rx: broadcast::Receiver<Arc<Value>>,
     wanted: Arc<Mutex<Wanted>>,
-    naming: Naming,
-    peer: Peer<RoleServer>,
-    mut alive: watch::Receiver<()>,
+    start: Start,
     relays: Weak<Mutex<Relays>>,
     server_id: String,
 ) {
+    let Start {
+        naming,
+        out,
+        mut alive,
+        forget,
+    } = start;
+    let mut ended = hub.ended.clone();
     loop {
         let message = tokio::select! {
             _ = alive.changed() => break,
+            Ok(_) = ended.wait_for(|e| *e) => break,
             r = rx.recv() => match r {
                 Ok(m) => m,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -276,14 +513,22 @@ async fn relay(
                 Err(broadcast::error::RecvError::Closed) => break,
             },
         };
+        if let Some(changed) = message
+            .get("method")
+            .and_then(Value::as_str)
+            .and_then(Changed::of)
+        {
+            forget(changed);
+        }
         let Some(notification) = relayed(&message, &wanted, &naming) else {
             continue;
         };
-        if peer.send_notification(notification).await.is_err() {
+        if !out.send(notification).await {
             break;
         }
     }
-    // The stream ended: the next subscribe or setLevel starts a new relay.
+    // The session ended or the hub gave up: the next request that needs the server's
+    // messages starts a new relay.
     if let Some(r) = relays.upgrade() {
         r.lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -316,7 +561,12 @@ fn relayed(message: &Value, wanted: &Mutex<Wanted>, naming: &Naming) -> Option<S
                 return None;
             }
         }
-        _ => return None,
+        // Every session relaying this server has used it (listed, subscribed, set a
+        // level) and sees the same slot's lists: the federated list changed for it.
+        m => {
+            // No params (the upstream's `_meta` is its own).
+            return Changed::of(m)?.notification();
+        }
     }
     serde_json::from_value(json!({"method": method, "params": params})).ok()
 }
@@ -363,5 +613,27 @@ mod tests {
             ..naming
         };
         assert!(relayed(&log, &wanted, &shared).is_none());
+    }
+
+    #[test]
+    fn list_changes_are_relayed_without_the_upstreams_params() {
+        let wanted = Mutex::new(Wanted::default());
+        let naming = Naming {
+            slug: "beta".into(),
+            unprefixed: false,
+            own_session: false,
+        };
+        for method in [
+            "notifications/tools/list_changed",
+            "notifications/prompts/list_changed",
+            "notifications/resources/list_changed",
+        ] {
+            let m = json!({"jsonrpc": "2.0", "method": method, "params": {"_meta": {"x": 1}}});
+            let v = serde_json::to_value(relayed(&m, &wanted, &naming).unwrap()).unwrap();
+            assert_eq!(v["method"], method, "{v}");
+            assert!(v.get("params").is_none_or(|p| p.get("_meta").is_none()), "{v}");
+        }
+        let other = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {}});
+        assert!(relayed(&other, &wanted, &naming).is_none());
     }
 }

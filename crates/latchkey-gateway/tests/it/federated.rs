@@ -1504,3 +1504,369 @@ async fn relays_never_cross_users() {
     session_b.cancel().await.unwrap();
     super::cleanup(dir, schema).await;
 }
+
+/// An MCP client that reports each list change (`tools`, `prompts`, `resources`) and
+/// resource update relayed to it.
+#[derive(Debug, Clone)]
+struct Lists(mpsc::UnboundedSender<String>);
+
+impl ClientHandler for Lists {
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.0.send("tools".into());
+    }
+
+    async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.0.send("prompts".into());
+    }
+
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.0.send("resources".into());
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: rmcp::model::ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let _ = self.0.send(format!("updated {}", params.uri));
+    }
+}
+
+/// A 2025-11-25 [`Lists`] session on `{base}/mcp`, presenting `bearer`.
+async fn lists_session(
+    base: &str,
+    bearer: &str,
+) -> (
+    RunningService<RoleClient, Lists>,
+    mpsc::UnboundedReceiver<String>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp")).auth_header(bearer),
+    );
+    (Lists(tx).serve(transport).await.unwrap(), rx)
+}
+
+/// The next `n` notifications a [`Lists`] client got (each within 10 s), sorted.
+async fn next_sorted(rx: &mut mpsc::UnboundedReceiver<String>, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        got.push(relayed(rx).await);
+    }
+    got.sort();
+    got
+}
+
+/// Waits (up to 10 s) until `f` holds.
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("not within 10 s: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_lists_change_on_connect_and_disconnect_on_sqlite() {
+    all_lists_change_on_connect_and_disconnect(super::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_lists_change_on_connect_and_disconnect_on_postgres() {
+    all_lists_change_on_connect_and_disconnect(super::Backend::Postgres).await;
+}
+
+/// A deposit and a delete reach a live session as the list changes of tools, prompts
+/// and resources alike (the server's prompts and resources come and go with its tools).
+async fn all_lists_change_on_connect_and_disconnect(backend: super::Backend) {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    upstream.offer_primitives(Some("scripted"));
+    let cfg = super::loopback_config();
+    let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
+    let id = add_server(&base, "scripted", &upstream).await;
+    let (c, mut rx) = lists_session(&base, CALLER_TOKEN).await;
+    assert!(c.list_all_prompts().await.unwrap().is_empty());
+    // The GET stream that carries notifications opens after the handshake.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    deposit(&base, &id, &upstream).await;
+    assert_eq!(
+        next_sorted(&mut rx, 3).await,
+        vec!["prompts", "resources", "tools"]
+    );
+    assert!(!c.list_all_prompts().await.unwrap().is_empty());
+    assert!(!c.list_all_resources().await.unwrap().is_empty());
+
+    let r = client()
+        .delete(format!("{base}/v1/credentials/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(
+        next_sorted(&mut rx, 3).await,
+        vec!["prompts", "resources", "tools"]
+    );
+    assert!(c.list_all_prompts().await.unwrap().is_empty());
+    assert!(c.list_all_resources().await.unwrap().is_empty());
+    c.cancel().await.unwrap();
+    super::cleanup(dir, schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_list_changes_reach_the_sessions_that_listed_on_sqlite() {
+    upstream_list_changes(super::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_list_changes_reach_the_sessions_that_listed_on_postgres() {
+    upstream_list_changes(super::Backend::Postgres).await;
+}
+
+/// An upstream's own `…/list_changed` reaches the client sessions that listed from it
+/// (through one GET stream of its upstream session), and neither a session of the
+/// same user that did not list nor another user's session (who has no credential for
+/// the server, so no upstream session).
+async fn upstream_list_changes(backend: super::Backend) {
+    let idp = ScriptedIdp::start().await.unwrap();
+    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    beta.offer_primitives(Some("beta"));
+    let (issuer, jwks) = (idp.issuer(), idp.jwks_url());
+    let (base, dir, _store, schema) = super::start_configured(
+        backend,
+        |base| {
+            let toml = format!(
+                "public_url = \"{base}\"\nallow_insecure_loopback = true\n[auth]\nmode = \"jwt\"\n\
+                 issuer = \"{issuer}\"\naudience = \"{base}/mcp\"\njwks_url = \"{jwks}\"\n"
+            );
+            Config::parse(&toml, &HashMap::new()).unwrap()
+        },
+        keys(),
+    )
+    .await;
+    let now = SystemClock.now().as_secs();
+    let jwt = |sub: &str, admin: bool| {
+        let mut claims = json!({"iss": idp.issuer(), "aud": format!("{base}/mcp"), "sub": sub,
+                                "tenant": "t", "exp": now + 600});
+        if admin {
+            claims["roles"] = json!(["latchkey:admin"]);
+        }
+        idp.mint(KeyAlg::Es256, &claims)
+    };
+    let (alice, bob) = (jwt("alice", true), jwt("bob", false));
+    let (status, v, _) = super::request(
+        reqwest::Method::POST,
+        &format!("{base}/v1/servers"),
+        Some(&format!("Bearer {alice}")),
+        Some(json!({"name": "Beta", "url": beta.mcp_url()})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let (status, v, _) = super::request(
+        reqwest::Method::POST,
+        &format!("{base}/v1/credentials"),
+        Some(&format!("Bearer {alice}")),
+        Some(json!({
+            "server_id": id, "refresh_token": beta.mint_refresh_token(),
+            "token_endpoint": format!("{}/token", beta.base), "client_id": "deposit-client",
+        })),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+
+    let (listed, mut rx_listed) = lists_session(&base, &alice).await;
+    let (idle, mut rx_idle) = lists_session(&base, &alice).await;
+    let (other, mut rx_other) = lists_session(&base, &bob).await;
+    assert!(!listed.list_all_prompts().await.unwrap().is_empty());
+    eventually("the listing session's relay stream", || beta.open_streams() == 1).await;
+    // Listing again, and listing tools, open no second stream.
+    let tools = listed.list_all_tools().await.unwrap();
+    assert!(tools.iter().any(|t| t.name == "beta__echo"), "{tools:?}");
+    assert!(other.list_all_prompts().await.unwrap().is_empty());
+
+    for (method, seen) in [
+        ("notifications/prompts/list_changed", "prompts"),
+        ("notifications/tools/list_changed", "tools"),
+        ("notifications/resources/list_changed", "resources"),
+    ] {
+        assert_eq!(beta.push(json!({"jsonrpc": "2.0", "method": method})), 1);
+        assert_eq!(relayed(&mut rx_listed).await, seen);
+    }
+    // The federated tables were dropped: the next call lists the server again.
+    let before = upstream_methods(&beta)
+        .iter()
+        .filter(|m| *m == "tools/list")
+        .count();
+    let r = listed
+        .call_tool(
+            CallToolRequestParams::new("beta__echo")
+                .with_arguments(json!({"text": "hi"}).as_object().unwrap().clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let after = upstream_methods(&beta)
+        .iter()
+        .filter(|m| *m == "tools/list")
+        .count();
+    assert_eq!(after, before + 1, "the stale table is not used");
+    assert_eq!(beta.open_streams(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(rx_idle.try_recv().is_err(), "a session that did not list");
+    assert!(rx_other.try_recv().is_err(), "another user's session");
+    for c in [listed, idle, other] {
+        c.cancel().await.unwrap();
+    }
+    eventually("the stream closed with its sessions", || {
+        beta.open_streams() == 0
+    })
+    .await;
+    super::cleanup(dir, schema).await;
+}
+
+/// An upstream that ends its GET stream gets it reopened (after the backoff's first
+/// second), and later resource updates still reach the subscribed session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(deprecated)]
+async fn a_relay_stream_that_ended_is_reopened() {
+    use rmcp::model::SubscribeRequestParams;
+    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    beta.offer_primitives(Some("beta"));
+    let cfg = super::loopback_config();
+    let (base, dir, _store, schema) = super::start_on(super::Backend::Sqlite, &cfg, keys()).await;
+    let id = add_server(&base, "Beta", &beta).await;
+    deposit(&base, &id, &beta).await;
+    let (c, mut rx) = lists_session(&base, CALLER_TOKEN).await;
+    c.subscribe(SubscribeRequestParams::new(
+        "latchkey://beta/file:///notes.txt",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(beta.open_streams(), 1);
+    let update = json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                        "params": {"uri": "file:///notes.txt"}});
+    beta.push(update.clone());
+    assert_eq!(
+        relayed(&mut rx).await,
+        "updated latchkey://beta/file:///notes.txt"
+    );
+
+    assert_eq!(beta.close_streams(), 1);
+    eventually("a second GET stream", || {
+        beta.requests("/mcp/stream").len() == 2 && beta.open_streams() == 1
+    })
+    .await;
+    assert_eq!(beta.push(update), 1);
+    assert_eq!(
+        relayed(&mut rx).await,
+        "updated latchkey://beta/file:///notes.txt"
+    );
+    c.cancel().await.unwrap();
+    eventually("the stream closed with the session", || {
+        beta.open_streams() == 0
+    })
+    .await;
+    super::cleanup(dir, schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_listen_gets_list_changes_and_updates_on_sqlite() {
+    stateless_listen(super::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_listen_gets_list_changes_and_updates_on_postgres() {
+    stateless_listen(super::Backend::Postgres).await;
+}
+
+/// 2026-07-28: `subscriptions/listen` with the prompts and resources list-change
+/// filters and a resource subscription gets the upstream's own list changes and the
+/// resource's updates (with its federated URI), and all three list changes when the
+/// server is disconnected.
+async fn stateless_listen(backend: super::Backend) {
+    use rmcp::model::ServerNotification as N;
+    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    beta.offer_primitives(Some("beta"));
+    let cfg = super::loopback_config();
+    let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
+    let id = add_server(&base, "Beta", &beta).await;
+    deposit(&base, &id, &beta).await;
+    let c = connect_on(&base, Wire::Stateless).await;
+    let uri = "latchkey://beta/file:///notes.txt";
+    let mut sub = c
+        .listen(
+            SubscriptionFilter::builder()
+                .tools_list_changed()
+                .prompts_list_changed()
+                .resources_list_changed()
+                .resource_subscription(uri)
+                .build(),
+        )
+        .await
+        .unwrap();
+    let ack = sub.acknowledged().clone();
+    assert_eq!(ack.prompts_list_changed, Some(true), "{ack:?}");
+    assert_eq!(ack.resources_list_changed, Some(true), "{ack:?}");
+    assert_eq!(ack.resource_subscriptions, Some(vec![uri.to_owned()]));
+    eventually("one relay stream for the listen request", || {
+        beta.open_streams() == 1
+    })
+    .await;
+    assert_eq!(
+        upstream_requests(&beta, "resources/subscribe")
+            .iter()
+            .filter_map(|r| r.get("uri"))
+            .collect::<Vec<_>>(),
+        vec!["file:///notes.txt"]
+    );
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("a notification within 10 s")
+            .unwrap()
+            .unwrap()
+    };
+    beta.push(json!({"jsonrpc": "2.0", "method": "notifications/prompts/list_changed"}));
+    let n = next().await;
+    assert!(matches!(n, N::PromptListChangedNotification(_)), "{n:?}");
+    beta.push(json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                     "params": {"uri": "file:///other.txt"}}));
+    beta.push(json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                     "params": {"uri": "file:///notes.txt"}}));
+    let n = next().await;
+    match &n {
+        N::ResourceUpdatedNotification(u) => assert_eq!(u.params.uri, uri),
+        other => panic!("{other:?}"),
+    }
+    beta.push(json!({"jsonrpc": "2.0", "method": "notifications/resources/list_changed"}));
+    let n = next().await;
+    assert!(matches!(n, N::ResourceListChangedNotification(_)), "{n:?}");
+
+    let r = client()
+        .delete(format!("{base}/v1/credentials/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        kinds.push(match next().await {
+            N::ToolListChangedNotification(_) => "tools",
+            N::PromptListChangedNotification(_) => "prompts",
+            N::ResourceListChangedNotification(_) => "resources",
+            other => panic!("{other:?}"),
+        });
+    }
+    kinds.sort();
+    assert_eq!(kinds, vec!["prompts", "resources", "tools"]);
+    drop(sub);
+    c.cancel().await.unwrap();
+    eventually("the stream closed with the listen request", || {
+        beta.open_streams() == 0
+    })
+    .await;
+    super::cleanup(dir, schema).await;
+}
