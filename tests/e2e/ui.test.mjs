@@ -996,6 +996,43 @@ test("a static-header server: names at add, values set from its card and never s
   await context.close();
 });
 
+test("a server's own names on /mcp: set at add, shown on its card, turned off by editing", { timeout: 60000 }, async () => {
+  const { context, page, problems } = await open();
+  const server = async (name) => {
+    const all = await (await fetch(`${BASE}/v1/servers`)).json();
+    return all.find((s) => s.name === name);
+  };
+  await page.getByLabel("Name", { exact: true }).fill("Own names");
+  await page.getByLabel("MCP server URL").fill(SCRIPTED.ok.mcp_url);
+  await page.getByLabel("Authentication", { exact: true }).selectOption("none");
+  await page.getByLabel("Keep its own names on /mcp").check();
+  await page.getByRole("button", { name: "Add server" }).click();
+  const c = card(page, "Own names");
+  await until(async () => (await c.locator('[data-role="unprefixed"]').count()) === 1, "the card's badge");
+  assert.equal(await c.locator('[data-role="unprefixed"]').textContent(), "Own names on /mcp");
+  assert.equal((await server("Own names")).unprefixed, true);
+  await shot(page, "unprefixed-badge");
+
+  // Editing shows the setting; turning it off is saved and the badge goes.
+  await c.getByRole("button", { name: "Edit Own names" }).click();
+  const box = page.getByLabel("Keep its own names on /mcp");
+  assert.equal(await box.isChecked(), true);
+  await box.uncheck();
+  await page.getByRole("button", { name: "Save changes" }).click();
+  await until(async () => (await c.locator('[data-role="unprefixed"]').count()) === 0, "the badge to go");
+  assert.equal((await server("Own names")).unprefixed, false);
+  await c.getByRole("button", { name: "Edit Own names" }).click();
+  assert.equal(await page.getByLabel("Keep its own names on /mcp").isChecked(), false);
+  await page.getByRole("button", { name: "Cancel editing" }).click();
+  // A new server's box starts unchecked (the default, prefixed).
+  assert.equal(await page.getByLabel("Keep its own names on /mcp").isChecked(), false);
+
+  await c.getByRole("button", { name: "Delete Own names" }).click();
+  await until(async () => (await c.count()) === 0, "Own names to go");
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
 test("an API key: created and shown once, listed by its prefix, revoked after a confirmation", { timeout: 60000 }, async () => {
   const { context, page, problems, dialogs } = await open();
   const section = page.locator("#api-keys");

@@ -231,6 +231,9 @@ function renderCard(id) {
     s.auth_type === "oauth" && s.grant_type === "client_credentials"
       ? h("span", { class: "badge" }, "Client credentials")
       : null,
+    s.unprefixed
+      ? h("span", { class: "badge", dataset: { role: "unprefixed" }, title: "Its tools, prompts and resources keep their own names on /mcp" }, "Own names on /mcp")
+      : null,
     e.tools ? h("span", { class: "badge", dataset: { role: "tool-count" } }, countTools(e.tools.length)) : null,
   );
 
@@ -556,6 +559,7 @@ function startEdit(id) {
   field("scopes").value = s.scopes || "";
   field("grant_type").value = s.grant_type;
   for (const r of form.querySelectorAll('input[name="token_scope"]')) r.checked = r.value === s.token_scope;
+  field("unprefixed").checked = !!s.unprefixed;
   setSecretState(!!s.has_client_secret);
   headers.editNames(s);
   headersForm.sync();
@@ -577,6 +581,9 @@ function formBody(old) {
   const scope = $("server-form").querySelector('input[name="token_scope"]:checked');
   body.token_scope = scope ? scope.value : "per_user";
   body.grant_type = field("grant_type").value;
+  // Sent when it is set or changes (a create without it keeps the default, prefixed).
+  const unprefixed = field("unprefixed").checked;
+  if (old ? unprefixed !== !!old.unprefixed : unprefixed) body.unprefixed = unprefixed;
   const clientId = text("client_id");
   if (clientId) body.client_id = clientId;
   else if (old && old.client_id) body.client_id = null;
