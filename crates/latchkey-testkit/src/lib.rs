@@ -21,6 +21,7 @@ pub mod logs;
 pub mod mcp;
 pub mod netcut;
 pub mod pg;
+mod relaying;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -196,6 +197,8 @@ pub(crate) struct Shared {
     cfg: AsConfig,
     base: String,
     state: Arc<Mutex<AsState>>,
+    /// The relaying tools' state ([`relaying`]).
+    relaying: Arc<relaying::Relaying>,
     /// Messages for the open standalone GET streams ([`ScriptedServer::push`]); `None`
     /// ends them ([`ScriptedServer::close_streams`]).
     pushes: tokio::sync::broadcast::Sender<Option<Value>>,
@@ -253,6 +256,7 @@ impl ScriptedServer {
             cfg,
             base: base.clone(),
             state: Arc::new(Mutex::new(state)),
+            relaying: Arc::default(),
             pushes: tokio::sync::broadcast::channel(64).0,
         };
         let app = Router::new()
@@ -273,6 +277,22 @@ impl ScriptedServer {
     /// The MCP endpoint.
     pub fn mcp_url(&self) -> String {
         format!("{}/mcp", self.base)
+    }
+
+    /// Every JSON-RPC response a client POSTed to `/mcp` (answers to the requests of
+    /// the `ask` tool, [`relaying`]), in order.
+    pub fn relayed_answers(&self) -> Vec<Value> {
+        lock_vec(&self.shared.relaying.answers)
+    }
+
+    /// The params of every `notifications/cancelled` a client POSTed to `/mcp`.
+    pub fn cancellations(&self) -> Vec<Value> {
+        lock_vec(&self.shared.relaying.cancellations)
+    }
+
+    /// `{id, progressToken}` of each call of a relaying tool (`null`: no token).
+    pub fn relaying_calls(&self) -> Vec<Value> {
+        lock_vec(&self.shared.relaying.calls)
     }
 
     /// Answers the authorization server metadata endpoint with this status (and no
@@ -501,6 +521,10 @@ impl ScriptedServer {
             )
         });
     }
+}
+
+fn lock_vec(m: &Mutex<Vec<Value>>) -> Vec<Value> {
+    m.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 pub(crate) fn record(s: &Shared, path: &str, headers: &HeaderMap, body: HashMap<String, String>) {

@@ -275,6 +275,9 @@ pub(crate) async fn handle(State(s): State<Shared>, headers: HeaderMap, body: By
             .into_response();
     }
 
+    if crate::relaying::took(&s, &msg) {
+        return StatusCode::ACCEPTED.into_response();
+    }
     // Notifications and client responses: accepted, nothing to answer.
     let Some(id) = msg.get("id").filter(|v| !v.is_null()).cloned() else {
         return StatusCode::ACCEPTED.into_response();
@@ -325,6 +328,9 @@ pub(crate) async fn handle(State(s): State<Shared>, headers: HeaderMap, body: By
         }
         "tools/call" if params.get("name").and_then(Value::as_str) == Some("ticks") => {
             return ticks(id, &params);
+        }
+        "tools/call" if crate::relaying::is_tool(&params) => {
+            return crate::relaying::call(&s, id, &params);
         }
         "tools/call" => call_tool(id, &params),
         m => match primitives.as_deref() {

@@ -24,6 +24,7 @@ mod lifecycle;
 mod naming;
 mod operations;
 mod proxy;
+mod relaying;
 mod servers;
 mod signin;
 mod tools;

@@ -1,0 +1,451 @@
+//! Request-scoped relays on `/mcp` (issue 20): what an upstream sends on a request's
+//! SSE answer before the result — progress, elicitation, sampling and roots requests,
+//! cancellation — reaches the client session that made the request and no other, and
+//! the client's answers go back to the upstream in its session. Real HTTP throughout:
+//! rmcp clients with handlers on Latchkey's `/mcp`, the scripted upstream's `ask` and
+//! `wait` tools ([`latchkey_testkit::ScriptedServer::relaying_calls`]), one OAuth
+//! server with a deposited credential, set unprefixed so its unlisted tools route.
+
+// Sampling and roots are deprecated in rmcp (SEP-2577) but part of 2025-11-25.
+#![allow(deprecated)]
+
+use std::time::Duration;
+
+use latchkey_testkit::{AsConfig, ScriptedServer};
+use latchkey_vault::KeySet;
+use latchkey_vault::keyring::StaticKeys;
+use rmcp::model::{
+    ClientConfig, ClientRequest, CreateMessageRequestParams, CreateMessageResult,
+    ElicitRequestParams, ElicitResult, ErrorData, ListRootsResult, ProgressNotificationParam,
+    ServerResult,
+};
+use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientHandler, ClientServiceExt as _, RoleClient, ServiceExt};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::{client, post};
+
+const KEY: &str = "1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+fn keys() -> StaticKeys {
+    StaticKeys(Some(KeySet::parse(KEY).unwrap()))
+}
+
+/// A client that answers the relayed requests and reports everything it is sent.
+#[derive(Debug, Clone)]
+struct Answering {
+    tx: mpsc::UnboundedSender<String>,
+    /// Declares elicitation, sampling and roots.
+    capable: bool,
+}
+
+impl ClientHandler for Answering {
+    fn get_info(&self) -> ClientConfig {
+        let mut info = ClientConfig::default();
+        if self.capable {
+            info.capabilities = serde_json::from_value(
+                json!({"elicitation": {"form": {}}, "sampling": {}, "roots": {}}),
+            )
+            .unwrap();
+        }
+        info
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        let v = serde_json::to_value(&request).unwrap();
+        let _ = self.tx.send(format!("elicit {}", v["message"]));
+        if v["message"] == "wait for me" {
+            tokio::select! {
+                () = context.ct.cancelled() => {
+                    let _ = self.tx.send("elicitation cancelled".into());
+                }
+                () = tokio::time::sleep(Duration::from_secs(10)) => {}
+            }
+            return Ok(serde_json::from_value(json!({"action": "decline"})).unwrap());
+        }
+        Ok(
+            serde_json::from_value(json!({"action": "accept", "content": {"name": "Ada"}}))
+                .unwrap(),
+        )
+    }
+
+    async fn create_message(
+        &self,
+        _params: CreateMessageRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        let _ = self.tx.send("sample".into());
+        Ok(
+            serde_json::from_value(json!({"model": "test-model", "role": "assistant",
+            "content": {"type": "text", "text": "sampled"}, "stopReason": "endTurn"}))
+            .unwrap(),
+        )
+    }
+
+    async fn list_roots(
+        &self,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, ErrorData> {
+        let _ = self.tx.send("roots".into());
+        Ok(
+            serde_json::from_value(json!({"roots": [{"uri": "file:///work", "name": "work"}]}))
+                .unwrap(),
+        )
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let token = serde_json::to_value(&params.progress_token).unwrap();
+        let _ = self
+            .tx
+            .send(format!("progress {token} {}", params.progress));
+    }
+}
+
+type Session = RunningService<RoleClient, Answering>;
+
+/// A 2025-11-25 session on `{base}/mcp` and what its handler reports.
+async fn session(base: &str, capable: bool) -> (Session, mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
+            .auth_header("callers-own-credential"),
+    );
+    (
+        Answering { tx, capable }.serve(transport).await.unwrap(),
+        rx,
+    )
+}
+
+/// The next report of a session's handler, within 10 s.
+async fn next(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a report within 10 s")
+        .unwrap()
+}
+
+/// Latchkey with one connected OAuth server, unprefixed; its base URL and id.
+async fn setup(
+    backend: super::Backend,
+    upstream: &ScriptedServer,
+) -> (
+    String,
+    String,
+    std::path::PathBuf,
+    Option<latchkey_testkit::pg::PgSchema>,
+) {
+    let cfg = super::loopback_config();
+    let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
+    let (status, v) = post(
+        &format!("{base}/v1/servers"),
+        json!({"name": "Relay", "url": upstream.mcp_url()}),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let (status, v) = post(
+        &format!("{base}/v1/credentials"),
+        json!({
+            "server_id": id, "refresh_token": upstream.mint_refresh_token(),
+            "token_endpoint": format!("{}/token", upstream.base), "client_id": "deposit-client",
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let r = client()
+        .patch(format!("{base}/v1/servers/{id}"))
+        .header("content-type", "application/json")
+        .body(json!({"unprefixed": true}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    (base, id, dir, schema)
+}
+
+/// `tools/call` of `name` with `arguments` from `s`, with the progress token rmcp gives
+/// every request: the result (or JSON-RPC error) and that token.
+async fn call(s: &Session, name: &str, arguments: Value) -> (Result<Value, ErrorData>, Value) {
+    let request: ClientRequest = serde_json::from_value(
+        json!({"method": "tools/call", "params": {"name": name, "arguments": arguments}}),
+    )
+    .unwrap();
+    let handle = s
+        .peer()
+        .send_cancellable_request(request, PeerRequestOptions::no_options())
+        .await
+        .unwrap();
+    let token = serde_json::to_value(&handle.progress_token).unwrap();
+    let result = match handle.await_response().await {
+        Ok(ServerResult::CallToolResult(r)) => Ok(serde_json::to_value(r).unwrap()),
+        Ok(other) => panic!("not a tool result: {other:?}"),
+        Err(rmcp::service::ServiceError::McpError(e)) => Err(e),
+        Err(e) => panic!("{e}"),
+    };
+    (result, token)
+}
+
+fn elicitation(message: &str) -> Value {
+    json!({"method": "elicitation/create", "params": {
+        "mode": "form",
+        "message": message,
+        "requestedSchema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    }})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_and_elicitation_reach_the_session_that_asked_on_sqlite() {
+    progress_and_elicitation(super::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_and_elicitation_reach_the_session_that_asked_on_postgres() {
+    progress_and_elicitation(super::Backend::Postgres).await;
+}
+
+/// Progress with the client's own token, an elicitation answered by the client and its
+/// answer in the tool's result; another session of the same user sees none of it.
+async fn progress_and_elicitation(backend: super::Backend) {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (base, _id, dir, schema) = setup(backend, &upstream).await;
+    let (asking, mut rx) = session(&base, true).await;
+    let (other, mut other_rx) = session(&base, true).await;
+
+    let (result, token) = call(&asking, "ask", elicitation("Your name?")).await;
+    let result = result.unwrap();
+    assert_eq!(
+        result["structuredContent"]["answer"],
+        json!({"action": "accept", "content": {"name": "Ada"}}),
+        "{result}"
+    );
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(next(&mut rx).await);
+    }
+    assert_eq!(
+        seen,
+        vec![
+            format!("progress {token} 1"),
+            "elicit \"Your name?\"".to_owned(),
+            format!("progress {token} 2"),
+        ],
+        "progress with the client's token around the elicitation, in order"
+    );
+    // The upstream was given a token of Latchkey's, not the client's; it got the answer
+    // with its own request id, in its session, with the slot's Bearer.
+    let calls = upstream.relaying_calls();
+    assert_eq!(calls.len(), 1);
+    let upstream_token = calls[0]["progressToken"].as_str().unwrap();
+    assert!(upstream_token.starts_with("latchkey-"), "{calls:?}");
+    let answers = upstream.relayed_answers();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0]["id"], "ask-1");
+    assert_eq!(answers[0]["result"]["action"], "accept");
+    let posted = upstream
+        .requests("/mcp")
+        .into_iter()
+        .filter(|r| r.body.get("method").is_some_and(String::is_empty))
+        .collect::<Vec<_>>();
+    assert_eq!(posted.len(), 1);
+    assert!(posted[0].headers["authorization"].starts_with("Bearer "));
+    assert!(posted[0].headers.contains_key("mcp-session-id"));
+
+    // The other session was asked nothing and sent no progress.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(other_rx.try_recv().is_err());
+    let _ = other.cancel().await;
+    let _ = asking.cancel().await;
+    super::cleanup(dir, schema).await;
+}
+
+/// Sampling and roots are relayed and answered as elicitation is; a client that did
+/// not declare the capabilities is not asked, and the upstream gets `-32601` saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_and_roots_are_relayed_and_missing_capabilities_refused() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    let (capable, mut rx) = session(&base, true).await;
+
+    let sampling = json!({"method": "sampling/createMessage", "params": {
+        "messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}],
+        "maxTokens": 10
+    }});
+    let (result, _) = call(&capable, "ask", sampling.clone()).await;
+    let answer = &result.unwrap()["structuredContent"]["answer"];
+    assert_eq!(answer["model"], "test-model", "{answer}");
+    assert_eq!(answer["content"]["text"], "sampled");
+    let (result, _) = call(&capable, "ask", json!({"method": "roots/list"})).await;
+    let answer = &result.unwrap()["structuredContent"]["answer"];
+    assert_eq!(answer["roots"][0]["uri"], "file:///work", "{answer}");
+    let mut seen = Vec::new();
+    while let Ok(m) = rx.try_recv() {
+        if !m.starts_with("progress") {
+            seen.push(m);
+        }
+    }
+    assert_eq!(seen, vec!["sample".to_owned(), "roots".to_owned()]);
+
+    let (plain, mut plain_rx) = session(&base, false).await;
+    for args in [
+        elicitation("Your name?"),
+        sampling,
+        json!({"method": "roots/list"}),
+    ] {
+        let (result, _) = call(&plain, "ask", args).await;
+        let answer = &result.unwrap()["structuredContent"]["answer"];
+        assert_eq!(answer["code"], -32601, "{answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .unwrap()
+                .contains("the client does not support it"),
+            "{answer}"
+        );
+    }
+    while let Ok(m) = plain_rx.try_recv() {
+        assert!(m.starts_with("progress"), "the client was asked: {m}");
+    }
+    let _ = capable.cancel().await;
+    let _ = plain.cancel().await;
+    super::cleanup(dir, schema).await;
+}
+
+/// The client cancels its call: the upstream gets `notifications/cancelled` naming its
+/// own request id. The upstream cancels its elicitation: the client's handler is
+/// cancelled and no answer goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_both_ways() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    let (s, mut rx) = session(&base, true).await;
+
+    let request: ClientRequest = serde_json::from_value(
+        json!({"method": "tools/call", "params": {"name": "wait", "arguments": {}}}),
+    )
+    .unwrap();
+    let handle = s
+        .peer()
+        .send_cancellable_request(request, PeerRequestOptions::no_options())
+        .await
+        .unwrap();
+    let client_id = serde_json::to_value(&handle.id).unwrap();
+    assert!(
+        next(&mut rx).await.starts_with("progress"),
+        "the call is under way"
+    );
+    handle.cancel(Some("changed my mind".into())).await.unwrap();
+    let mut cancelled = Vec::new();
+    for _ in 0..100 {
+        cancelled = upstream.cancellations();
+        if !cancelled.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let upstream_id = upstream.relaying_calls()[0]["id"].clone();
+    assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+    assert_eq!(cancelled[0]["requestId"], upstream_id);
+    assert_ne!(
+        upstream_id, client_id,
+        "the upstream's id, not the client's (they differ here)"
+    );
+
+    let mut args = elicitation("wait for me");
+    args["cancel_after_ms"] = json!(500);
+    let (result, _) = call(&s, "ask", args).await;
+    assert_eq!(result.unwrap()["content"][0]["text"], "cancelled");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let m = next(&mut rx).await;
+        if !m.starts_with("progress") {
+            seen.push(m);
+        }
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            "elicit \"wait for me\"".to_owned(),
+            "elicitation cancelled".to_owned()
+        ]
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        upstream.relayed_answers().is_empty(),
+        "no answer to a cancelled request"
+    );
+    let _ = s.cancel().await;
+    super::cleanup(dir, schema).await;
+}
+
+/// A REST tool call has no client behind it: the upstream's elicitation gets `-32601`
+/// at once and the call completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_calls_refuse_relayed_requests() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (base, id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    let (status, v) = post(
+        &format!("{base}/v1/servers/{id}/tools/ask/call"),
+        elicitation("Your name?"),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let answer = &v["structuredContent"]["answer"];
+    assert_eq!(answer["code"], -32601, "{v}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("no client to relay"),
+        "{v}"
+    );
+    super::cleanup(dir, schema).await;
+}
+
+/// On the stateless 2026-07-28 wire there is no session to send a request on: the
+/// upstream's elicitation gets `-32601` naming the wire, the client is not asked, and
+/// the call completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stateless_wire_refuses_relayed_requests() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
+            .auth_header("callers-own-credential"),
+    );
+    let s = Answering { tx, capable: true }
+        .serve_with_lifecycle(
+            transport,
+            rmcp::ClientLifecycleMode::Discover {
+                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .unwrap();
+    let (result, _) = call(&s, "ask", elicitation("Your name?")).await;
+    let answer = &result.unwrap()["structuredContent"]["answer"];
+    assert_eq!(answer["code"], -32601, "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("stateless"),
+        "{answer}"
+    );
+    while let Ok(m) = rx.try_recv() {
+        assert!(m.starts_with("progress"), "the client was asked: {m}");
+    }
+    let _ = s.cancel().await;
+    super::cleanup(dir, schema).await;
+}

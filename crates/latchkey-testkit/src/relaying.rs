@@ -1,0 +1,155 @@
+//! Tools of the scripted MCP resource that send messages on their call's SSE answer
+//! before the result, as upstream servers do for Latchkey's relays (progress,
+//! server-to-client requests, cancellation). Neither is listed by `tools/list`, so
+//! listings stay stable.
+//!
+//! * `ask` `{method, params, cancel_after_ms?}`: `notifications/progress` (1 of 2, with
+//!   the call's `_meta.progressToken`, when it has one), then a request `method` with
+//!   `params` and the id `ask-<n>`; it waits (20 s at most) for the response POSTed to
+//!   `/mcp`, then sends progress 2 of 2 and the result: the response's `result` or
+//!   `error` as text and as `structuredContent.answer`. With `cancel_after_ms` it sends
+//!   `notifications/cancelled` for its request after that long instead, and answers
+//!   `cancelled`.
+//! * `wait`: progress 1 of 2, then nothing for 30 s (a call to cancel); then `waited`.
+//!
+//! Every client response and `notifications/cancelled` POSTed is kept for assertions
+//! ([`crate::ScriptedServer::relayed_answers`], [`crate::ScriptedServer::cancellations`]),
+//! as are the id and progress token of each call ([`crate::ScriptedServer::relaying_calls`]).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::Shared;
+
+/// The relaying tools' state of one server.
+#[derive(Debug, Default)]
+pub(crate) struct Relaying {
+    next: Mutex<u64>,
+    waiting: Mutex<HashMap<String, oneshot::Sender<Value>>>,
+    pub(crate) answers: Mutex<Vec<Value>>,
+    pub(crate) cancellations: Mutex<Vec<Value>>,
+    pub(crate) calls: Mutex<Vec<Value>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether `params` call one of the relaying tools.
+pub(crate) fn is_tool(params: &Value) -> bool {
+    matches!(
+        params.get("name").and_then(Value::as_str),
+        Some("ask" | "wait")
+    )
+}
+
+/// Takes a client response or a `notifications/cancelled` (true: answer 202).
+pub(crate) fn took(s: &Shared, msg: &Value) -> bool {
+    let r = &s.relaying;
+    if msg.get("method").and_then(Value::as_str) == Some("notifications/cancelled") {
+        lock(&r.cancellations).push(msg.get("params").cloned().unwrap_or(Value::Null));
+        return true;
+    }
+    let is_response =
+        msg.get("method").is_none() && (msg.get("result").is_some() || msg.get("error").is_some());
+    if !is_response {
+        return false;
+    }
+    lock(&r.answers).push(msg.clone());
+    let id = msg.get("id").map(Value::to_string).unwrap_or_default();
+    if let Some(waiter) = lock(&r.waiting).remove(&id) {
+        let _ = waiter.send(msg.clone());
+    }
+    true
+}
+
+fn event(message: &Value) -> Bytes {
+    Bytes::from(format!("event: message\ndata: {message}\n\n"))
+}
+
+/// The SSE answer of a relaying tool's call.
+pub(crate) fn call(s: &Shared, id: Value, params: &Value) -> Response {
+    let token = params.pointer("/_meta/progressToken").cloned();
+    lock(&s.relaying.calls).push(json!({"id": id, "progressToken": token}));
+    let name = params
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let args = params.get("arguments").cloned().unwrap_or(Value::Null);
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let relaying = s.relaying.clone();
+    tokio::spawn(async move {
+        let progress = |n: u64| {
+            token.as_ref().map(|t| {
+                json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                   "params": {"progressToken": t, "progress": n, "total": 2, "message": format!("step {n}")}})
+            })
+        };
+        if let Some(p) = progress(1) {
+            let _ = tx.send(event(&p)).await;
+        }
+        let result = if name == "wait" {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            json!({"content": [{"type": "text", "text": "waited"}], "isError": false})
+        } else {
+            let ask_id = {
+                let mut n = lock(&relaying.next);
+                *n += 1;
+                format!("ask-{n}")
+            };
+            let (answer_tx, answer_rx) = oneshot::channel();
+            lock(&relaying.waiting).insert(json!(ask_id).to_string(), answer_tx);
+            let method = args.get("method").and_then(Value::as_str).unwrap_or("ping");
+            let request = json!({"jsonrpc": "2.0", "id": ask_id, "method": method,
+                "params": args.get("params").cloned().unwrap_or_else(|| json!({}))});
+            let _ = tx.send(event(&request)).await;
+            match args.get("cancel_after_ms").and_then(Value::as_u64) {
+                Some(ms) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    let note = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                        "params": {"requestId": ask_id, "reason": "no longer needed"}});
+                    let _ = tx.send(event(&note)).await;
+                    json!({"content": [{"type": "text", "text": "cancelled"}], "isError": false})
+                }
+                None => {
+                    let answer = tokio::time::timeout(Duration::from_secs(20), answer_rx)
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
+                    let answer = answer
+                        .and_then(|a| a.get("result").or_else(|| a.get("error")).cloned())
+                        .unwrap_or(Value::Null);
+                    if let Some(p) = progress(2) {
+                        let _ = tx.send(event(&p)).await;
+                    }
+                    json!({"content": [{"type": "text", "text": answer.to_string()}],
+                           "structuredContent": {"answer": answer}, "isError": false})
+                }
+            }
+        };
+        let _ = tx
+            .send(event(
+                &json!({"jsonrpc": "2.0", "id": id, "result": result}),
+            ))
+            .await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
