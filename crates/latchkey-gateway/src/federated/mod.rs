@@ -43,6 +43,23 @@
 //!   them and to no other ([`relay`]). On 2026-07-28 resource subscriptions come in the
 //!   `subscriptions/listen` filter, each subscribed to at its server, their updates
 //!   sent on that listen stream.
+//! * What an upstream sends during a request (`tools/call`, `prompts/get`,
+//!   `resources/read`, `completion/complete`) on that request's SSE answer reaches the
+//!   client session that made it (`crate::downstream`, through
+//!   `latchkey_mcp::McpClient::send_relaying`, which reads the answer as it arrives):
+//!   `notifications/progress` with the client's own `progressToken` (the upstream is
+//!   given one of Latchkey's); `elicitation/create`, `sampling/createMessage` and
+//!   `roots/list` sent to the client on its request's stream (rmcp's `Peer`, the
+//!   request's task-local origin kept: nothing is spawned) and its result or error
+//!   POSTed back in the upstream session with the same credentials; a client that did
+//!   not declare the capability is not asked (the upstream gets `-32601` saying so).
+//!   Cancellation goes both ways: the client's `notifications/cancelled` becomes one
+//!   with the upstream request's id, the upstream's cancels the request at the client.
+//!   Latchkey declares elicitation (form and URL), sampling and roots in its upstream
+//!   `initialize`, since the session is shared by the slot's clients. On the stateless
+//!   2026-07-28 wire there is no session to send a request on: the upstream gets
+//!   `-32601` (no `input_required` round is built from it); progress still reaches the
+//!   client on the request's stream.
 //!
 //! Invariants: no token appears in a log line, a tool result or an error; an upstream
 //! result (content, `isError`, `structuredContent`) is passed through unchanged.
@@ -1212,7 +1229,10 @@ impl ServerHandler for Handler {
         // The relays end with this request: `_alive` is dropped on return.
         let (_alive, alive) = watch::channel(());
         let relays: Arc<Mutex<relay::Relays>> = Arc::default();
-        let how = Elicit::of(context.request_context(), false);
+        // Never a sign-in from here (one per URI, unasked for, with nobody to send the
+        // link to): a server that is not connected answers "not connected yet", and
+        // its URI gets no updates.
+        let how = Elicit::Retried;
         for uri in accepted.resource_subscriptions.iter().flatten() {
             match self
                 .fed

@@ -631,7 +631,10 @@ mod tests {
             let m = json!({"jsonrpc": "2.0", "method": method, "params": {"_meta": {"x": 1}}});
             let v = serde_json::to_value(relayed(&m, &wanted, &naming).unwrap()).unwrap();
             assert_eq!(v["method"], method, "{v}");
-            assert!(v.get("params").is_none_or(|p| p.get("_meta").is_none()), "{v}");
+            assert!(
+                v.get("params").is_none_or(|p| p.get("_meta").is_none()),
+                "{v}"
+            );
         }
         let other = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {}});
         assert!(relayed(&other, &wanted, &naming).is_none());

@@ -1681,7 +1681,10 @@ async fn upstream_list_changes(backend: super::Backend) {
     let (idle, mut rx_idle) = lists_session(&base, &alice).await;
     let (other, mut rx_other) = lists_session(&base, &bob).await;
     assert!(!listed.list_all_prompts().await.unwrap().is_empty());
-    eventually("the listing session's relay stream", || beta.open_streams() == 1).await;
+    eventually("the listing session's relay stream", || {
+        beta.open_streams() == 1
+    })
+    .await;
     // Listing again, and listing tools, open no second stream.
     let tools = listed.list_all_tools().await.unwrap();
     assert!(tools.iter().any(|t| t.name == "beta__echo"), "{tools:?}");
@@ -1782,20 +1785,49 @@ async fn stateless_listen_gets_list_changes_and_updates_on_postgres() {
     stateless_listen(super::Backend::Postgres).await;
 }
 
+/// A client that declares URL-mode elicitation (and nothing else).
+#[derive(Debug, Clone)]
+struct UrlCapable;
+
+impl ClientHandler for UrlCapable {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        let mut info = rmcp::model::ClientConfig::default();
+        info.capabilities = serde_json::from_value(json!({"elicitation": {"url": {}}})).unwrap();
+        info
+    }
+}
+
 /// 2026-07-28: `subscriptions/listen` with the prompts and resources list-change
 /// filters and a resource subscription gets the upstream's own list changes and the
 /// resource's updates (with its federated URI), and all three list changes when the
-/// server is disconnected.
+/// server is disconnected. A URI of a server that is not connected starts no sign-in.
 async fn stateless_listen(backend: super::Backend) {
     use rmcp::model::ServerNotification as N;
     let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let absent = ScriptedServer::start(AsConfig::default()).await.unwrap();
     beta.offer_primitives(Some("beta"));
+    absent.offer_primitives(Some("absent"));
     let cfg = super::loopback_config();
     let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
     let id = add_server(&base, "Beta", &beta).await;
+    add_server(&base, "Absent", &absent).await;
     deposit(&base, &id, &beta).await;
-    let c = connect_on(&base, Wire::Stateless).await;
+    // A client that could open a sign-in link: still, listening starts none.
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
+            .auth_header(CALLER_TOKEN),
+    );
+    let c = UrlCapable
+        .serve_with_lifecycle(
+            transport,
+            rmcp::ClientLifecycleMode::Discover {
+                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .unwrap();
     let uri = "latchkey://beta/file:///notes.txt";
+    let unconnected = "latchkey://absent/file:///notes.txt";
     let mut sub = c
         .listen(
             SubscriptionFilter::builder()
@@ -1803,6 +1835,7 @@ async fn stateless_listen(backend: super::Backend) {
                 .prompts_list_changed()
                 .resources_list_changed()
                 .resource_subscription(uri)
+                .resource_subscription(unconnected)
                 .build(),
         )
         .await
@@ -1810,7 +1843,10 @@ async fn stateless_listen(backend: super::Backend) {
     let ack = sub.acknowledged().clone();
     assert_eq!(ack.prompts_list_changed, Some(true), "{ack:?}");
     assert_eq!(ack.resources_list_changed, Some(true), "{ack:?}");
-    assert_eq!(ack.resource_subscriptions, Some(vec![uri.to_owned()]));
+    assert_eq!(
+        ack.resource_subscriptions,
+        Some(vec![uri.to_owned(), unconnected.to_owned()])
+    );
     eventually("one relay stream for the listen request", || {
         beta.open_streams() == 1
     })
@@ -1822,6 +1858,9 @@ async fn stateless_listen(backend: super::Backend) {
             .collect::<Vec<_>>(),
         vec!["file:///notes.txt"]
     );
+    assert!(absent.requests("/register").is_empty(), "no flow started");
+    assert!(absent.requests("/authorize").is_empty());
+    assert_eq!(absent.open_streams(), 0);
     let mut next = async || {
         tokio::time::timeout(Duration::from_secs(10), sub.next())
             .await
@@ -1832,10 +1871,14 @@ async fn stateless_listen(backend: super::Backend) {
     beta.push(json!({"jsonrpc": "2.0", "method": "notifications/prompts/list_changed"}));
     let n = next().await;
     assert!(matches!(n, N::PromptListChangedNotification(_)), "{n:?}");
-    beta.push(json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
-                     "params": {"uri": "file:///other.txt"}}));
-    beta.push(json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
-                     "params": {"uri": "file:///notes.txt"}}));
+    beta.push(
+        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                     "params": {"uri": "file:///other.txt"}}),
+    );
+    beta.push(
+        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                     "params": {"uri": "file:///notes.txt"}}),
+    );
     let n = next().await;
     match &n {
         N::ResourceUpdatedNotification(u) => assert_eq!(u.params.uri, uri),
