@@ -23,7 +23,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rmcp::RoleServer;
-use rmcp::model::{ProtocolVersion, ServerNotification, ServerRequest};
+use rmcp::model::{ClientCapabilities, ProtocolVersion, ServerNotification, ServerRequest};
 use rmcp::service::{PeerRequestOptions, RequestContext, ServiceError};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -36,6 +36,17 @@ pub(crate) struct Downstream {
     upstream_token: Option<String>,
     /// Something reached the client: the request must not be re-sent silently.
     relayed: AtomicBool,
+}
+
+/// What Latchkey declares in its upstream sessions' `initialize`: everything it can
+/// relay (servers check it before asking). An upstream session is shared by the slot's
+/// client sessions, so whether one request reaches its client is decided per request,
+/// by that client's own capabilities ([`Downstream`]), not here.
+pub(crate) fn upstream_capabilities() -> ClientCapabilities {
+    serde_json::from_value(json!({
+        "elicitation": {"form": {}, "url": {}}, "sampling": {}, "roots": {}
+    }))
+    .unwrap_or_default()
 }
 
 /// JSON-RPC "Invalid params".
@@ -73,15 +84,24 @@ impl Downstream {
             .is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str())
     }
 
-    /// Whether the client declared what `method` needs; `None` for a method that is not
-    /// a server-to-client request relayed here.
+    /// Whether the client declared what `method` (with `params`) needs; `None` for a
+    /// method that is not a server-to-client request relayed here. A URL-mode
+    /// elicitation needs `elicitation.url`; a form one `elicitation.form`, or an empty
+    /// `elicitation` (which means form, as before modes existed).
     // Sampling and roots are deprecated in rmcp (SEP-2577) but part of 2025-11-25.
     #[allow(deprecated)]
-    fn declared(&self, method: &str) -> Option<bool> {
+    fn declared(&self, method: &str, params: &Value) -> Option<bool> {
         let caps = self.context.client_capabilities();
         let caps = caps.as_ref();
+        let url_mode = params.get("mode").and_then(Value::as_str) == Some("url");
         Some(match method {
-            "elicitation/create" => caps.is_some_and(|c| c.elicitation.is_some()),
+            "elicitation/create" => caps.and_then(|c| c.elicitation.as_ref()).is_some_and(|e| {
+                if url_mode {
+                    e.url.is_some()
+                } else {
+                    e.form.is_some() || e.url.is_none()
+                }
+            }),
             "sampling/createMessage" => caps.is_some_and(|c| c.sampling.is_some()),
             "roots/list" => caps.is_some_and(|c| c.roots.is_some()),
             _ => return None,
@@ -125,7 +145,7 @@ impl latchkey_mcp::Relay for Downstream {
         params: Value,
         stop: oneshot::Receiver<()>,
     ) -> Result<Value, Value> {
-        let Some(declared) = self.declared(&method) else {
+        let Some(declared) = self.declared(&method, &params) else {
             return Err(latchkey_mcp::method_not_found(&method));
         };
         if self.stateless() {

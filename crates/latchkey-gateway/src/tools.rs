@@ -204,6 +204,7 @@ async fn exchange(
         UrlSource::Operator,
         ProtocolVersion::V_2025_11_25,
     );
+    mcp.declare(crate::downstream::upstream_capabilities());
     // initialize, a request, and the same two again after a lost session.
     mcp.number_from(s.upstream.reserve_ids(4));
     let session = match s.upstream.get(key, &server.url, mark, s.clock.now()) {

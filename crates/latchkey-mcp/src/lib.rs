@@ -132,6 +132,12 @@ impl McpClient {
         }
     }
 
+    /// Declares `capabilities` (in `initialize` on 2025-11-25, in each request's `_meta`
+    /// on 2026-07-28); none by default.
+    pub fn declare(&mut self, capabilities: ClientCapabilities) {
+        self.capabilities = capabilities;
+    }
+
     /// The server URL.
     pub fn url(&self) -> &str {
         &self.url
