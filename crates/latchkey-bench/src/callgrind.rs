@@ -334,30 +334,40 @@ pub(crate) async fn start_nginx(
 }
 
 /// Which hops a run measures (`--hops`; all by default).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Hops {
     pub(crate) nginx: bool,
-    pub(crate) floors: bool,
+    /// The floor's shapes to measure.
+    pub(crate) floors: Vec<floor::Variant>,
     pub(crate) local: bool,
     pub(crate) jwt: bool,
 }
 
 impl Hops {
-    /// From a comma-separated list of `nginx`, `floor`, `local`, `jwt`.
+    /// From a comma-separated list of `nginx`, `floor` (every shape) or
+    /// `floor-<shape>` (one: `floor-conn-ct`), `local`, `jwt`.
     pub(crate) fn parse(list: &str) -> anyhow::Result<Self> {
         let mut h = Self {
             nginx: false,
-            floors: false,
+            floors: Vec::new(),
             local: false,
             jwt: false,
         };
         for item in list.split(',').map(str::trim) {
             match item {
                 "nginx" => h.nginx = true,
-                "floor" => h.floors = true,
+                "floor" => h.floors = floor::Variant::ALL.to_vec(),
                 "local" => h.local = true,
                 "jwt" => h.jwt = true,
-                other => bail!("unknown hop {other:?} (nginx, floor, local, jwt)"),
+                other => match other
+                    .strip_prefix("floor-")
+                    .and_then(|v| floor::Variant::ALL.into_iter().find(|f| f.arg() == v))
+                {
+                    Some(v) => h.floors.push(v),
+                    None => {
+                        bail!("unknown hop {other:?} (nginx, floor, floor-<shape>, local, jwt)")
+                    }
+                },
             }
         }
         Ok(h)
@@ -365,7 +375,13 @@ impl Hops {
 }
 
 /// Runs the comparison and prints the table.
-pub(crate) async fn run(latchkey: &Path, nginx: &Path, n: usize, hops: Hops) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    latchkey: &Path,
+    nginx: &Path,
+    n: usize,
+    hops: Hops,
+    keep_dumps: bool,
+) -> anyhow::Result<()> {
     let (up, _counters) = crate::upstream::start().await?;
     let dir = std::env::temp_dir().join(format!("latchkey-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -438,10 +454,7 @@ pub(crate) async fn run(latchkey: &Path, nginx: &Path, n: usize, hops: Hops) -> 
     }
 
     // The minimal hyper pass-through, in each of its shapes (the reference first).
-    for variant in floor::Variant::ALL {
-        if !hops.floors {
-            break;
-        }
+    for &variant in &hops.floors {
         let listen: SocketAddr = ([127, 0, 0, 1], crate::free_port()?).into();
         let name = format!("floor-{}", variant.arg());
         let hop = spawn(
@@ -585,6 +598,13 @@ pub(crate) async fn run(latchkey: &Path, nginx: &Path, n: usize, hops: Hops) -> 
             r.hop, r.case, r.per_request, r.idle_per_request
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if keep_dumps {
+        println!(
+            "callgrind dumps kept in {} (<hop>.out.<n>: the odd ones are the measured requests)",
+            dir.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }

@@ -101,6 +101,9 @@ struct ProxyArgs {
     /// minimal hyper proxy), `local` (Latchkey, local mode), `jwt` (API key and JWT).
     #[arg(long, default_value = "nginx,floor,local,jwt")]
     hops: String,
+    /// With `--callgrind`: keep the dumps (for `callgrind_annotate`) and say where.
+    #[arg(long)]
+    keep_dumps: bool,
     /// The nginx binary: a second floor in the load rounds and in `--callgrind` (left
     /// out if it is missing).
     #[arg(long, default_value = "/usr/sbin/nginx")]
@@ -279,7 +282,7 @@ fn row(label: &str, o: &load::Outcome) -> String {
 async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     if let Some(n) = args.callgrind {
         let hops = callgrind::Hops::parse(&args.hops)?;
-        return callgrind::run(&args.latchkey, &args.nginx, n, hops).await;
+        return callgrind::run(&args.latchkey, &args.nginx, n, hops, args.keep_dumps).await;
     }
     let (up, counters) = upstream::start().await?;
     let port = free_port()?;

@@ -46,13 +46,6 @@ pub fn router(state: AppState) -> Router {
                 crate::limits::one_stream,
             )),
         )
-        .route(
-            "/mcp/{server}",
-            axum::routing::any(crate::proxy::forward).layer(axum::middleware::from_fn_with_state(
-                state.streams.clone(),
-                crate::limits::one_stream,
-            )),
-        )
         .route("/v1/oauth/start", post(crate::flows::start))
         .route("/v1/oauth/status/{server_id}", get(crate::flows::status))
         .route("/v1/credentials", post(crate::credentials::deposit))
@@ -108,14 +101,20 @@ pub fn router(state: AppState) -> Router {
     // name (in local mode nothing is asked of a caller, so there is nothing to discover).
     let prm = (!state.guard.config().prm.authorization_servers.is_empty())
         .then(|| latchkey_guard::prm_router(state.guard.clone()));
+    // `/mcp/{server}`, the hot path, is one service with the same checks inline rather
+    // than a handler under the layers below (issue 18: `crate::proxy::Route` says why);
+    // merged after the layers so they do not wrap it a second time.
+    let hot = Router::new().route_service("/mcp/{server}", crate::proxy::Route::new(state.clone()));
     let mut app = app.with_state(state);
     if let Some(prm) = prm {
         app = app.merge(prm);
     }
-    app.fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::map_response(harden))
-        .layer(axum::middleware::from_fn(crate::telemetry::count))
+    hot.merge(
+        app.fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(axum::middleware::map_response(harden))
+            .layer(axum::middleware::from_fn(crate::telemetry::count)),
+    )
 }
 
 /// The policy every answer gets unless its route set its own (the UI and the callback
@@ -124,7 +123,13 @@ pub fn router(state: AppState) -> Router {
 pub const SANDBOX_CSP: &str = "sandbox; default-src 'none'";
 
 async fn harden(mut resp: Response) -> Response {
-    let h = resp.headers_mut();
+    harden_headers(resp.headers_mut());
+    resp
+}
+
+/// [`harden`]'s headers, for the `/mcp/{server}` service outside the layers
+/// ([`crate::proxy::Route`]).
+pub(crate) fn harden_headers(h: &mut axum::http::HeaderMap) {
     h.insert(
         axum::http::header::X_CONTENT_TYPE_OPTIONS,
         axum::http::HeaderValue::from_static("nosniff"),
@@ -135,7 +140,6 @@ async fn harden(mut resp: Response) -> Response {
             axum::http::HeaderValue::from_static(SANDBOX_CSP),
         );
     }
-    resp
 }
 
 /// Whether `value` (a `Content-Type`) is `application/json`, parameters aside.
@@ -154,22 +158,32 @@ async fn require_json(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Result<Response, ApiError> {
+    json_required(req.method(), req.headers())?;
+    Ok(next.run(req).await)
+}
+
+/// [`require_json`]'s rule, for the `/mcp/{server}` service outside the layers
+/// ([`crate::proxy::Route`]).
+pub(crate) fn json_required(
+    method: &axum::http::Method,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), ApiError> {
     use axum::http::{Method, header};
     let has_body = |h: &axum::http::HeaderMap| {
         h.contains_key(header::TRANSFER_ENCODING)
             || h.get(header::CONTENT_LENGTH)
                 .is_some_and(|v| v.as_bytes() != b"0")
     };
-    let needs_json = match *req.method() {
+    let needs_json = match *method {
         // (No route takes PUT: it stays the typed 405.)
         Method::POST | Method::PATCH => true,
-        Method::DELETE => has_body(req.headers()),
+        Method::DELETE => has_body(headers),
         _ => false,
     };
-    if needs_json && !is_json(req.headers().get(header::CONTENT_TYPE)) {
+    if needs_json && !is_json(headers.get(header::CONTENT_TYPE)) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    Ok(next.run(req).await)
+    Ok(())
 }
 
 /// Liveness: the process answers.

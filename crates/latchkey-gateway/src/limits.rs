@@ -196,7 +196,7 @@ impl StreamSlots {
 /// One open stream; the slot is freed when the response body is dropped (the stream
 /// ended or its caller went away).
 #[derive(Debug)]
-struct StreamSlot {
+pub(crate) struct StreamSlot {
     slots: Arc<StreamSlots>,
     key: (String, String),
 }
@@ -229,13 +229,25 @@ pub async fn one_stream(
         // to count by, and the guard has answered already.
         return next.run(req).await;
     };
-    let Some(slot) = slots.try_open(principal) else {
-        tracing::info!(event = "limits.too_many_streams", max = slots.max);
-        return ApiError::TooManyStreams { limit: slots.max }.into_response();
+    let slot = match stream_slot(&slots, principal) {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
     };
     next.run(req)
         .await
         .map(|body| axum::body::Body::new(Holding { body, _held: slot }))
+}
+
+/// One of `p`'s stream slots, or the typed 429: [`one_stream`]'s rule, for the
+/// `/mcp/{server}` service outside the layers ([`crate::proxy::Route`]).
+pub(crate) fn stream_slot(
+    slots: &Arc<StreamSlots>,
+    p: &latchkey_guard::Principal,
+) -> Result<StreamSlot, ApiError> {
+    slots.try_open(p).ok_or_else(|| {
+        tracing::info!(event = "limits.too_many_streams", max = slots.max);
+        ApiError::TooManyStreams { limit: slots.max }
+    })
 }
 
 /// A response body that holds something (a stream slot, the listener's in-request

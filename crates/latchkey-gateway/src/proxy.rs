@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Request};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -238,14 +238,14 @@ fn insufficient_scope(r: &EgressStream) -> Option<Vec<String>> {
         .map(|c| c.scopes())
 }
 
-/// `POST | GET | DELETE /mcp/{server}`.
-pub async fn forward(
-    State(s): State<AppState>,
-    axum::Extension(p): axum::Extension<Principal>,
-    Path(id): Path<String>,
-    req: Request,
+/// `POST | GET | DELETE /mcp/{server}` for `p`, once [`Route`] has admitted it.
+async fn forward(
+    s: &AppState,
+    p: &Principal,
+    id: &str,
+    parts: &http::request::Parts,
+    body: Body,
 ) -> Response {
-    let (parts, body) = req.into_parts();
     if !matches!(parts.method, Method::POST | Method::GET | Method::DELETE) {
         let mut r = ApiError::MethodNotAllowed.into_response();
         r.headers_mut()
@@ -266,7 +266,7 @@ pub async fn forward(
         Payload::Whole(b) => Some(b.clone()),
         Payload::Streaming(..) => None,
     };
-    match run(&s, &p, &id, &parts.method, &parts.headers, payload).await {
+    match run(s, p, id, &parts.method, &parts.headers, payload).await {
         Ok(r) => r,
         // The slot-level outcomes answer a JSON-RPC request in JSON-RPC, so an MCP
         // client shows them; transport-level failures keep their HTTP status.
@@ -581,4 +581,138 @@ fn finish(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
     *r.status_mut() = status;
     *r.headers_mut() = headers;
     r
+}
+
+/// `/mcp/{server}` as one service in front of the router's layers (issue 18).
+///
+/// Why this route differs from every other: it is the one hot path, and its answer is
+/// mostly someone else's work, so what Latchkey adds per request is what it costs. Each
+/// of the router's layers (`axum::middleware::from_fn`) boxes a future and clones the
+/// service under it, and the handler's extractors copy the path and the state. This
+/// service does the same checks, in the same order, inline:
+/// * the request's metrics and log line (`telemetry::count`);
+/// * `nosniff` and the sandbox CSP on every answer (`app::harden`);
+/// * `Host`/`Origin`, authentication and the session's CSRF token (the guard's
+///   `require_principal`, through the same [`latchkey_guard::Guard`] calls);
+/// * a JSON body for a state-changing request (`app::require_json`);
+/// * one stream per principal for a GET (`limits::one_stream`);
+/// * then [`forward`]; every failure is an [`ApiError`] rendered by `crate::error`.
+///
+/// `app::router` mounts it with `route_service`, outside the layers the other routes
+/// get. The gateway's tests hold it to the rest of the API: the hardened headers on a
+/// relayed answer (`hostile::relay`), the request log line (`operations`), the guard's
+/// refusals and the typed 415 (`proxy`).
+#[derive(Debug, Clone)]
+pub struct Route {
+    s: AppState,
+}
+
+impl Route {
+    /// The service over `s`.
+    pub fn new(s: AppState) -> Self {
+        Self { s }
+    }
+}
+
+/// The route template, as the request metrics name it.
+const ROUTE: &str = "/mcp/{server}";
+
+impl tower::Service<Request> for Route {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let s = self.s.clone();
+        Box::pin(async move { Ok(serve(s, req).await) })
+    }
+}
+
+/// One request through [`Route`].
+async fn serve(s: AppState, req: Request) -> Response {
+    let started = std::time::Instant::now();
+    let (mut parts, body) = req.into_parts();
+    let (mut resp, principal, id) = guarded(&s, &mut parts, body).await;
+    crate::app::harden_headers(resp.headers_mut());
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16();
+    let (counter, histogram) = crate::telemetry::request_handles(ROUTE, status);
+    counter.increment(1);
+    histogram.record(elapsed.as_secs_f64());
+    tracing::info!(
+        event = "http.request",
+        method = %parts.method,
+        route = ROUTE,
+        status,
+        duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        principal = principal.as_ref().map_or("-", |p| p.subject.as_str()),
+        server_id = id.as_deref(),
+        request_id = Option::<&str>::None,
+    );
+    resp
+}
+
+/// The guard's checks, then [`forward`]; the answer, the principal if one was found and
+/// the server id if the path had a readable one.
+async fn guarded(
+    s: &AppState,
+    parts: &mut http::request::Parts,
+    body: Body,
+) -> (Response, Option<Principal>, Option<String>) {
+    let id = match server_param(parts).await {
+        Ok(id) => id,
+        Err(r) => return (r, None, None),
+    };
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+    let p = match s.guard.admit(host, &parts.method, &parts.headers).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(event = "guard.refused", reason = %e, class = ?e.class());
+            return (s.guard.refusal(&e, host), None, Some(id));
+        }
+    };
+    if let Err(e) = crate::app::json_required(&parts.method, &parts.headers) {
+        return (e.into_response(), Some(p), Some(id));
+    }
+    let slot = if parts.method == Method::GET {
+        match crate::limits::stream_slot(&s.streams, &p) {
+            Ok(slot) => Some(slot),
+            Err(e) => return (e.into_response(), Some(p), Some(id)),
+        }
+    } else {
+        None
+    };
+    let resp = forward(s, &p, &id, parts, body).await;
+    let resp = match slot {
+        Some(slot) => resp.map(|body| Body::new(crate::limits::Holding { body, _held: slot })),
+        None => resp,
+    };
+    (resp, Some(p), Some(id))
+}
+
+/// The `{server}` segment, percent-decoded (as axum's `Path` would: it is used for the
+/// rare path with a `%` in it).
+async fn server_param(parts: &mut http::request::Parts) -> Result<String, Response> {
+    let raw = parts.uri.path().strip_prefix("/mcp/").unwrap_or_default();
+    if !raw.contains('%') {
+        return Ok(raw.to_owned());
+    }
+    use axum::extract::FromRequestParts as _;
+    Path::<String>::from_request_parts(parts, &())
+        .await
+        .map(|Path(id)| id)
+        .map_err(IntoResponse::into_response)
 }

@@ -164,7 +164,7 @@ struct RouteHandles {
 /// measurable part of the proxy's cost. Bounded by routes × statuses seen.
 static ROUTES: OnceLock<RwLock<HashMap<String, RouteHandles>>> = OnceLock::new();
 
-fn request_handles(route: &str, status: u16) -> (metrics::Counter, metrics::Histogram) {
+pub(crate) fn request_handles(route: &str, status: u16) -> (metrics::Counter, metrics::Histogram) {
     let routes = ROUTES.get_or_init(RwLock::default);
     {
         let map = routes.read().unwrap_or_else(|p| p.into_inner());

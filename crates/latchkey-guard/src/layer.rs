@@ -89,6 +89,20 @@ impl Guard {
         self.inner.auth.authenticate(headers).await
     }
 
+    /// [`Self::check`], then the session's CSRF token for a state-changing `method`: all
+    /// that [`require_principal`] asks of a request, for a service that runs outside the
+    /// middleware (the gateway's `/mcp/{server}` hot path).
+    pub async fn admit(
+        &self,
+        host: Option<&str>,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<crate::Principal, GuardError> {
+        let p = self.check(host, headers).await?;
+        csrf_check(&p, method, headers)?;
+        Ok(p)
+    }
+
     /// The HTTP answer to `err` for a request whose `Host` is `host`.
     pub fn refusal(&self, err: &GuardError, host: Option<&str>) -> Response {
         let resolved = self.inner.cfg.resolver.resolve(host);
@@ -111,9 +125,8 @@ pub async fn require_principal(
 ) -> Response {
     let host = request_host(req.headers(), req.uri()).map(str::to_owned);
     let checked = guard
-        .check(host.as_deref(), req.headers())
-        .await
-        .and_then(|p| csrf_check(&p, req.method(), req.headers()).map(|()| p));
+        .admit(host.as_deref(), req.method(), req.headers())
+        .await;
     match checked {
         Ok(principal) => {
             req.extensions_mut().insert(principal);
