@@ -55,14 +55,15 @@ const INVALID_PARAMS: i64 = -32602;
 const INTERNAL_ERROR: i64 = -32603;
 
 impl Downstream {
-    /// The relay for the request of `context`.
-    pub(crate) fn of(context: &RequestContext<RoleServer>) -> Self {
+    /// The relay for the request of `context` (taken, not cloned: its extensions hold
+    /// the whole HTTP request head).
+    pub(crate) fn of(context: RequestContext<RoleServer>) -> Self {
         let upstream_token = context
             .meta
             .get_progress_token()
             .map(|_| format!("latchkey-{}", latchkey_vault::store::new_id()));
         Self {
-            context: context.clone(),
+            context,
             upstream_token,
             relayed: AtomicBool::new(false),
         }

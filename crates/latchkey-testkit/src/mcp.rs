@@ -195,6 +195,11 @@ pub(crate) async fn handle(State(s): State<Shared>, headers: HeaderMap, body: By
     {
         fields.insert("uri".to_owned(), uri.to_owned());
     }
+    if method == "initialize"
+        && let Some(c) = msg.pointer("/params/capabilities")
+    {
+        fields.insert("capabilities".to_owned(), c.to_string());
+    }
     if method == "logging/setLevel"
         && let Some(level) = msg.pointer("/params/level").and_then(Value::as_str)
     {

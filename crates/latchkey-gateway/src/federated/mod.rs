@@ -1066,7 +1066,7 @@ impl ServerHandler for Handler {
         if request.name == CONNECT_TOOL {
             self.fed.connect(&p, request.arguments, how).await
         } else {
-            let client = Downstream::of(&context);
+            let client = Downstream::of(context);
             self.fed
                 .call(&p, &request.name, request.arguments, how, &client)
                 .await
@@ -1091,7 +1091,7 @@ impl ServerHandler for Handler {
     ) -> Result<GetPromptResponse, ErrorData> {
         let p = principal(&context.extensions)?;
         let how = Elicit::of(&context, request.input_responses.is_some());
-        let client = Downstream::of(&context);
+        let client = Downstream::of(context);
         self.fed
             .get_prompt(&p, &request.name, request.arguments, how, &client)
             .await
@@ -1126,7 +1126,7 @@ impl ServerHandler for Handler {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let p = principal(&context.extensions)?;
         let how = Elicit::of(&context, request.input_responses.is_some());
-        let client = Downstream::of(&context);
+        let client = Downstream::of(context);
         self.fed.read_resource(&p, &request.uri, how, &client).await
     }
 
@@ -1187,7 +1187,7 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
         let p = principal(&context.extensions)?;
-        let client = Downstream::of(&context);
+        let client = Downstream::of(context);
         self.fed.complete(&p, request, &client).await
     }
 

@@ -260,6 +260,20 @@ async fn progress_and_elicitation(backend: super::Backend) {
     assert_eq!(posted.len(), 1);
     assert!(posted[0].headers["authorization"].starts_with("Bearer "));
     assert!(posted[0].headers.contains_key("mcp-session-id"));
+    // Latchkey declared what it relays when it opened the upstream session (servers
+    // check it before asking).
+    // (The last initialize: the first is the probe when the server was added.)
+    let init = upstream
+        .requests("/mcp")
+        .into_iter()
+        .rev()
+        .find(|r| r.body.get("method").map(String::as_str) == Some("initialize"))
+        .unwrap();
+    let declared: Value = serde_json::from_str(&init.body["capabilities"]).unwrap();
+    assert_eq!(
+        declared,
+        json!({"elicitation": {"form": {}, "url": {}}, "sampling": {}, "roots": {}})
+    );
 
     // The other session was asked nothing and sent no progress.
     tokio::time::sleep(Duration::from_millis(200)).await;
