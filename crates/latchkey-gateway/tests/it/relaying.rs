@@ -70,6 +70,10 @@ impl ClientHandler for Answering {
             }
             return Ok(serde_json::from_value(json!({"action": "decline"})).unwrap());
         }
+        if v["message"] == "take your time" {
+            // Longer than the egress request timeout (15 s).
+            tokio::time::sleep(Duration::from_secs(17)).await;
+        }
         Ok(
             serde_json::from_value(json!({"action": "accept", "content": {"name": "Ada"}}))
                 .unwrap(),
@@ -463,6 +467,47 @@ async fn the_stateless_wire_refuses_relayed_requests() {
         seen.push(next(&mut rx).await);
     }
     assert!(seen.iter().all(|m| m.starts_with("progress")), "{seen:?}");
+    let _ = s.cancel().await;
+    super::cleanup(dir, schema).await;
+}
+
+/// The request timeout does not run while the client is being asked (a person may be
+/// answering): an answer after 17 s still reaches the upstream and the call completes.
+/// An upstream that stalls without asking anything is still cut off after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeout_waits_for_the_client_but_not_for_a_stalled_upstream() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (base, id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    let (s, _rx) = session(&base, true).await;
+    let stalled = {
+        let base = base.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let (status, v) = post(
+                &format!("{base}/v1/servers/{id}/tools/wait/call"),
+                json!({}),
+            )
+            .await;
+            (status, v, started.elapsed())
+        })
+    };
+    let (result, _) = call(&s, "ask", elicitation("take your time")).await;
+    let result = result.unwrap();
+    assert_eq!(
+        result["structuredContent"]["answer"]["action"], "accept",
+        "{result}"
+    );
+    let (status, v, took) = stalled.await.unwrap();
+    assert_eq!(status, 502, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("timed out"),
+        "{v}"
+    );
+    assert!(took < Duration::from_secs(25), "{took:?}");
     let _ = s.cancel().await;
     super::cleanup(dir, schema).await;
 }
