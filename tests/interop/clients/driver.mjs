@@ -107,24 +107,14 @@ const CLIENTS = [
 // `match`, when given, must match the failure's detail, so that another failure in the
 // same cell is not taken for the known one. Remove an entry when its fix lands (the run
 // fails while a listed cell passes).
-const UNDECLARED = {
+const STATELESS = {
   reason:
-    "issue 20: Latchkey's upstream session declares no elicitation, sampling or roots capability in its initialize, so the TS SDK server, which checks them, never sends those requests through /mcp (progress is relayed)",
-  match: /^elicitation: .*Client does not support form elicitation/,
+    "issue 20: on the 2026-07-28 wire (which the Python client in its default mode picks for /mcp) Latchkey answers an upstream's elicitation, sampling or roots request with -32601 rather than relaying it to the client (as input_required); progress is relayed",
+  match: /^elicitation: .*stateless 2026-07-28 wire/,
 };
 const KNOWN_FAILURES = {
-  "ts-sdk/relays-mcp": UNDECLARED,
-  "py-legacy/relays-mcp": UNDECLARED,
-  // These two reach /mcp on the stateless wire.
-  ...Object.fromEntries(
-    ["py-auto", "py-2026"].map((row) => [
-      `${row}/relays-mcp`,
-      {
-        reason: `${UNDECLARED.reason}; and on the 2026-07-28 wire Latchkey answers an upstream's elicitation, sampling or roots request with -32601 rather than relaying it (as input_required)`,
-        match: /^elicitation: .*(Client does not support form elicitation|stateless 2026-07-28 wire)/,
-      },
-    ]),
-  ),
+  "py-auto/relays-mcp": STATELESS,
+  "py-2026/relays-mcp": STATELESS,
 };
 
 // Cells that cannot pass by design, whoever implements them well: run all the same,
