@@ -182,6 +182,8 @@ impl McpClient {
         relay: &R,
     ) -> Result<Exchange, McpError> {
         let timeout = self.egress.config().request_timeout;
+        // One clock for the head and the body, as `send`'s whole-request timeout.
+        let deadline_at = tokio::time::Instant::now() + timeout;
         let id = message.get("id").cloned().unwrap_or(Value::Null);
         let cancelled = relay.cancelled();
         let mut cancelled = std::pin::pin!(cancelled);
@@ -192,7 +194,7 @@ impl McpClient {
         if !opened.status.is_success() || !is_event_stream(&opened.headers) {
             let (status, headers) = (opened.status, opened.headers.clone());
             let body = tokio::select! {
-                r = tokio::time::timeout(timeout, opened.read_capped(MCP_BODY_LIMIT)) => {
+                r = tokio::time::timeout_at(deadline_at, opened.read_capped(MCP_BODY_LIMIT)) => {
                     r.map_err(|_| latchkey_egress::EgressError::Timeout)??
                 }
                 () = &mut cancelled => return Err(self.cancel(&id, extra).await),
@@ -213,7 +215,7 @@ impl McpClient {
         let mut framer = SseFramer::new(MCP_BODY_LIMIT);
         let mut asking = FuturesUnordered::new();
         let mut open: Vec<Open> = Vec::new();
-        let deadline = tokio::time::sleep(timeout);
+        let deadline = tokio::time::sleep_until(deadline_at);
         let mut deadline = std::pin::pin!(deadline);
         let mut response = None;
         'read: loop {
