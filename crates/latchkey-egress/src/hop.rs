@@ -66,6 +66,8 @@ where
 pub(crate) struct HopClients {
     operator: Client<HttpsConnector<HttpConnector<HopResolve>>, HopBody>,
     remote: Client<HttpsConnector<HttpConnector<HopResolve>>, HopBody>,
+    /// The configured `User-Agent`, as a header value once rather than per request.
+    user_agent: Option<http::HeaderValue>,
 }
 
 impl HopClients {
@@ -107,6 +109,7 @@ impl HopClients {
         Ok(Self {
             operator: build(UrlSource::Operator),
             remote: build(UrlSource::Remote),
+            user_agent: http::HeaderValue::from_str(&cfg.user_agent).ok(),
         })
     }
 
@@ -167,12 +170,14 @@ impl crate::Egress {
         *req.method_mut() = method;
         *req.uri_mut() = checked.uri().clone();
         *req.headers_mut() = headers;
+        let clients = self.hop_clients()?;
         if !req.headers().contains_key(http::header::USER_AGENT)
-            && let Ok(v) = http::HeaderValue::from_str(&self.config().user_agent)
+            && let Some(v) = &clients.user_agent
         {
-            req.headers_mut().insert(http::header::USER_AGENT, v);
+            req.headers_mut()
+                .insert(http::header::USER_AGENT, v.clone());
         }
-        let sent = self.hop_clients()?.for_source(source).request(req);
+        let sent = clients.for_source(source).request(req);
         let result = match tokio::time::timeout(head_timeout, sent).await {
             Err(_) => Err(EgressError::Timeout),
             Ok(Err(e)) => Err(map_hop_err(&e)),

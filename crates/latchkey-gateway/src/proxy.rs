@@ -165,8 +165,13 @@ async fn attempt(
     match credential {
         Credential::None => {}
         Credential::Bearer(t) => {
-            let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
-                .map_err(|_| ApiError::Upstream)?;
+            // Built in one buffer rather than with `format!` (the hot path, issue 18).
+            let token = t.expose().as_bytes();
+            let mut b = bytes::BytesMut::with_capacity(7 + token.len());
+            b.extend_from_slice(b"Bearer ");
+            b.extend_from_slice(token);
+            let mut v =
+                HeaderValue::from_maybe_shared(b.freeze()).map_err(|_| ApiError::Upstream)?;
             v.set_sensitive(true);
             sent.insert(header::AUTHORIZATION, v);
         }
@@ -188,8 +193,7 @@ async fn attempt(
             HEAD_TIMEOUT,
         )
         .await;
-    metrics::histogram!("latchkey_upstream_head_seconds", "via" => "proxy")
-        .record(started.elapsed().as_secs_f64());
+    head_seconds().record(started.elapsed().as_secs_f64());
     result.map_err(|e| {
         tracing::info!(event = "proxy.upstream_unreachable", server_id = %server.id, error = %e);
         match e {
@@ -204,6 +208,14 @@ async fn attempt(
             _ => ApiError::Upstream,
         }
     })
+}
+
+/// The proxy's `latchkey_upstream_head_seconds` histogram, looked up once: building its
+/// key and finding it in the registry on every request was a measurable part of the
+/// hot path (issue 18). `latchkey serve` installs the recorder before it serves.
+fn head_seconds() -> &'static metrics::Histogram {
+    static HANDLE: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| metrics::histogram!("latchkey_upstream_head_seconds", "via" => "proxy"))
 }
 
 /// The typed 400 naming the setting when the egress policy refuses the server's stored
@@ -564,7 +576,7 @@ async fn respond(server: &ServerRow, answer: EgressStream) -> Result<Response, A
 
 /// The response headers that cross (see [`RESPONSE_HEADERS`]).
 fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
-    let mut headers = HeaderMap::new();
+    let mut headers = HeaderMap::with_capacity(RESPONSE_HEADERS.len());
     for name in &RESPONSE_HEADERS {
         for value in upstream.get_all(name) {
             headers.append(name.clone(), value.clone());

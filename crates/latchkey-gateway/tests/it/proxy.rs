@@ -354,3 +354,80 @@ async fn a_chunked_upload_over_the_limit_is_cut_off_with_a_typed_413() {
     assert_eq!(v["code"], "payload_too_large");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `/mcp/{server}` is served outside the router's layers (issue 18: `proxy::Route`):
+/// it still refuses a foreign `Host` or `Origin` with the guard's 403, a non-JSON POST
+/// with the typed 415 and another method with the typed 405, before anything reaches
+/// the upstream, and every answer, relayed or refused, carries `nosniff` and the
+/// sandbox CSP like the rest of the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hot_path_keeps_the_guard_the_typed_refusals_and_the_headers() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (base, id, dir, schema) = connected(&upstream, super::Backend::Sqlite).await;
+    let url = format!("{base}/mcp/{id}");
+    let http = super::client();
+    let hardened = |h: &reqwest::header::HeaderMap, what: &str| {
+        assert_eq!(h["x-content-type-options"], "nosniff", "{what}");
+        assert_eq!(
+            h["content-security-policy"], "sandbox; default-src 'none'",
+            "{what}"
+        );
+    };
+    let message = call(1, "echo", json!({"text": "hi"})).to_string();
+    let before = upstream.mcp_requests();
+
+    for (header, value) in [
+        ("host", "elsewhere.example"),
+        ("origin", "https://elsewhere.example"),
+    ] {
+        let r = http
+            .post(&url)
+            .header(header, value)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(message.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{header}");
+        hardened(r.headers(), header);
+    }
+
+    let r = http
+        .post(&url)
+        .header("content-type", "text/plain")
+        .header("accept", "application/json, text/event-stream")
+        .body(message.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 415);
+    hardened(r.headers(), "415");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "unsupported_media_type", "{v}");
+
+    let r = http
+        .put(&url)
+        .header("content-type", "application/json")
+        .body(message.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["allow"], "GET, POST, DELETE");
+    hardened(r.headers(), "405");
+    assert_eq!(
+        upstream.mcp_requests(),
+        before,
+        "a refused request reached upstream"
+    );
+
+    // A relayed answer gets the same headers.
+    let (status, headers, v) = rpc(&http, &url, None, call(2, "echo", json!({"text": "hi"}))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["content"][0]["text"], "hi");
+    hardened(&headers, "relayed");
+    assert_eq!(upstream.mcp_requests(), before + 1);
+
+    super::cleanup(dir, schema).await;
+}
