@@ -104,7 +104,8 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
         eprintln!("latchkey: cannot listen for other instances' changes: {e}");
         return Ok(exit::code(exit::UNAVAILABLE));
     }
-    let app = latchkey_gateway::router(app_state);
+    // The router, with `/mcp/{server}` routed ahead of it in the accept loop (issue 18).
+    let app = latchkey_gateway::listener::app(app_state);
     // Signal handlers before the announcement: a SIGTERM sent as soon as it is read
     // stops the server gracefully instead of killing it.
     let stop = shutdown();

@@ -117,37 +117,12 @@ pub fn router(state: AppState) -> Router {
     )
 }
 
-/// The policy every answer gets unless its route set its own (the UI and the callback
-/// page do): never sniffed, and if a browser renders it anyway, a sandbox with nothing
-/// allowed, so nothing on Latchkey's origin runs script it did not write (issue 15).
-pub const SANDBOX_CSP: &str = "sandbox; default-src 'none'";
+/// The policy every answer gets unless its route set its own ([`crate::rules`]).
+pub use crate::rules::SANDBOX_CSP;
 
 async fn harden(mut resp: Response) -> Response {
-    harden_headers(resp.headers_mut());
+    crate::rules::harden_headers(resp.headers_mut());
     resp
-}
-
-/// [`harden`]'s headers, for the `/mcp/{server}` service outside the layers
-/// ([`crate::proxy::Route`]).
-pub(crate) fn harden_headers(h: &mut axum::http::HeaderMap) {
-    h.insert(
-        axum::http::header::X_CONTENT_TYPE_OPTIONS,
-        axum::http::HeaderValue::from_static("nosniff"),
-    );
-    if !h.contains_key(axum::http::header::CONTENT_SECURITY_POLICY) {
-        h.insert(
-            axum::http::header::CONTENT_SECURITY_POLICY,
-            axum::http::HeaderValue::from_static(SANDBOX_CSP),
-        );
-    }
-}
-
-/// Whether `value` (a `Content-Type`) is `application/json`, parameters aside.
-pub(crate) fn is_json(value: Option<&axum::http::HeaderValue>) -> bool {
-    value
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// A state-changing request to the API or the MCP proxy must be `application/json`: a
@@ -158,32 +133,8 @@ async fn require_json(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Result<Response, ApiError> {
-    json_required(req.method(), req.headers())?;
+    crate::rules::json_required(req.method(), req.headers())?;
     Ok(next.run(req).await)
-}
-
-/// [`require_json`]'s rule, for the `/mcp/{server}` service outside the layers
-/// ([`crate::proxy::Route`]).
-pub(crate) fn json_required(
-    method: &axum::http::Method,
-    headers: &axum::http::HeaderMap,
-) -> Result<(), ApiError> {
-    use axum::http::{Method, header};
-    let has_body = |h: &axum::http::HeaderMap| {
-        h.contains_key(header::TRANSFER_ENCODING)
-            || h.get(header::CONTENT_LENGTH)
-                .is_some_and(|v| v.as_bytes() != b"0")
-    };
-    let needs_json = match *method {
-        // (No route takes PUT: it stays the typed 405.)
-        Method::POST | Method::PATCH => true,
-        Method::DELETE => has_body(headers),
-        _ => false,
-    };
-    if needs_json && !is_json(headers.get(header::CONTENT_TYPE)) {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    Ok(())
 }
 
 /// Liveness: the process answers.

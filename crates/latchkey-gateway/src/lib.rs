@@ -23,6 +23,7 @@ pub mod oidc;
 pub mod ops;
 pub mod proxy;
 pub mod revoke;
+pub mod rules;
 pub mod server_cache;
 pub mod servers;
 pub mod service;

@@ -13,6 +13,12 @@
 //! * `TCP_NODELAY` on every connection; graceful shutdown: no new connections, the open
 //!   ones finish their requests (hyper-util's `GracefulShutdown`).
 //!
+//! `/mcp/{server}` is routed here, ahead of axum's router, when [`serve`] is given an
+//! [`App`] from [`app`] (as `latchkey serve` is): it is the one hot path, and matching
+//! the path in the router cost about 5,700 instructions a request (issue 18); the
+//! router still serves it, the same service, where an [`App`] is built from a bare
+//! `Router` (`axum::serve` in some tests).
+//!
 //! axum's `serve` has none of these knobs, so the loop is hyper's and hyper-util's
 //! building blocks. hyper has one timer for "waiting for a request head", so telling a
 //! slow head (short deadline) from an idle kept-alive connection (longer one) needs to
@@ -37,17 +43,49 @@ use tower::ServiceExt as _;
 
 use crate::limits::{Deadline, Limits};
 
+/// What [`serve`] serves: the router, and the `/mcp/{server}` service to route to
+/// ahead of it ([`app`]).
+#[derive(Debug, Clone)]
+pub struct App {
+    router: Router,
+    hot: Option<crate::proxy::Route>,
+}
+
+impl From<Router> for App {
+    /// Everything through the router (which mounts `/mcp/{server}` too).
+    fn from(router: Router) -> Self {
+        Self { router, hot: None }
+    }
+}
+
+/// The application for [`serve`]: [`crate::app::router`], with `/mcp/{server}`
+/// routed to [`crate::proxy::Route`] before the router is asked.
+pub fn app(state: crate::AppState) -> App {
+    App {
+        router: crate::app::router(state.clone()),
+        hot: Some(crate::proxy::Route::new(state)),
+    }
+}
+
+/// Whether `path` is `/mcp/{server}`: one non-empty segment after `/mcp/`, as the
+/// router's own match (a `%2F` in it is still one segment).
+fn is_hot(path: &str) -> bool {
+    path.strip_prefix("/mcp/")
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then waits for the open
 /// connections to finish.
 pub async fn serve<F>(
     listener: TcpListener,
-    app: Router,
+    app: impl Into<App>,
     limits: Limits,
     shutdown: F,
 ) -> std::io::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    let app = app.into();
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -107,7 +145,7 @@ async fn accept_failed(e: &std::io::Error) {
 /// request-head deadline.
 async fn connection(
     tcp: TcpStream,
-    app: Router,
+    app: App,
     limits: Limits,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
@@ -120,9 +158,15 @@ async fn connection(
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let done = InRequest::start(requests.clone());
         let req = req.map(|body| Deadline::new(body, limits.body_timeout));
-        let app = app.clone();
+        let target = match &app.hot {
+            Some(hot) if is_hot(req.uri().path()) => Target::Hot(hot.clone()),
+            _ => Target::Router(app.router.clone()),
+        };
         async move {
-            let Ok(resp) = app.oneshot(req).await;
+            let Ok(resp) = match target {
+                Target::Hot(hot) => hot.oneshot(req.map(axum::body::Body::new)).await,
+                Target::Router(router) => router.oneshot(req).await,
+            };
             Ok::<_, Infallible>(resp.map(|body| crate::limits::Holding { body, _held: done }))
         }
     });
@@ -142,6 +186,12 @@ async fn connection(
             tracing::debug!(event = "serve.header_timeout");
         }
     }
+}
+
+/// Where one request goes.
+enum Target {
+    Hot(crate::proxy::Route),
+    Router(Router),
 }
 
 /// What the connection is doing, shared by its reader, its service and its watchdog.

@@ -654,7 +654,7 @@ async fn serve(s: AppState, req: Request) -> Response {
     let started = std::time::Instant::now();
     let (mut parts, body) = req.into_parts();
     let (mut resp, principal, id) = guarded(&s, &mut parts, body).await;
-    crate::app::harden_headers(resp.headers_mut());
+    crate::rules::harden_headers(resp.headers_mut());
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
     let (counter, histogram) = crate::telemetry::request_handles(ROUTE, status);
@@ -696,7 +696,7 @@ async fn guarded(
             return (s.guard.refusal(&e, host), None, Some(id));
         }
     };
-    if let Err(e) = crate::app::json_required(&parts.method, &parts.headers) {
+    if let Err(e) = crate::rules::json_required(&parts.method, &parts.headers) {
         return (e.into_response(), Some(p), Some(id));
     }
     let slot = if parts.method == Method::GET {

@@ -223,8 +223,9 @@ async fn serve_state(
     latchkey_gateway::cluster::start(state.clone())
         .await
         .unwrap();
-    let app = latchkey_gateway::router(state.clone());
-    // The accept loop `latchkey serve` uses, with the configuration's limits.
+    // What `latchkey serve` serves (`/mcp/{server}` routed ahead of the router), on
+    // the accept loop it uses, with the configuration's limits.
+    let app = latchkey_gateway::listener::app(state.clone());
     tokio::spawn(latchkey_gateway::serve(
         listener,
         app,

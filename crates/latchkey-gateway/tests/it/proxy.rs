@@ -416,6 +416,21 @@ async fn the_hot_path_keeps_the_guard_the_typed_refusals_and_the_headers() {
     assert_eq!(r.status().as_u16(), 405);
     assert_eq!(r.headers()["allow"], "GET, POST, DELETE");
     hardened(r.headers(), "405");
+    // Only one segment after `/mcp/` is the proxy (the accept loop routes it ahead of
+    // the router, with the router's own match): more is the API's typed 404.
+    for path in [format!("{url}/more"), format!("{base}/mcp/")] {
+        let r = http
+            .post(&path)
+            .header("content-type", "application/json")
+            .body(message.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404, "{path}");
+        hardened(r.headers(), &path);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "not_found", "{v}");
+    }
     assert_eq!(
         upstream.mcp_requests(),
         before,
