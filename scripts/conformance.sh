@@ -5,7 +5,8 @@
 # 2025-11-25 and 2026-07-28. Scenarios that cannot pass yet are listed with reasons
 # in conformance/expected-failures-*.yml; anything else failing fails this script.
 # Then scripts/conformance-server.sh runs the suite's server scenarios against a
-# reference server directly and through Latchkey's `/mcp/{server}` proxy.
+# reference server directly, through Latchkey's `/mcp/{server}` proxy and through the
+# federated `/mcp`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
