@@ -120,7 +120,11 @@ pub(crate) use crate::service::call_slot as slot_for;
 /// before the answer ([`crate::downstream`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Relaying<'a> {
-    /// Read whole; anything before the answer is dropped (listings, subscriptions, …).
+    /// Not relayed (listings, subscriptions, `initialize` …): read as it comes like
+    /// [`Relaying::Nobody`], so a request the upstream sends before its answer gets
+    /// `Method not found` at once rather than waiting for an answer until it times out
+    /// (Latchkey's upstream `initialize` declares elicitation, sampling and roots, so an
+    /// upstream may ask during any request); notifications are dropped.
     No,
     /// Read as it comes with no client behind it (REST calls): the upstream's requests
     /// get `Method not found`, its progress is dropped.
@@ -322,8 +326,7 @@ async fn send(
     via: Relaying<'_>,
 ) -> Result<latchkey_mcp::Exchange, Upstream> {
     let sent = match via {
-        Relaying::No => mcp.send(message, headers).await,
-        Relaying::Nobody => {
+        Relaying::No | Relaying::Nobody => {
             mcp.send_relaying(message, headers, &latchkey_mcp::NoRelay)
                 .await
         }

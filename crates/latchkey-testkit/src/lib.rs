@@ -285,6 +285,13 @@ impl ScriptedServer {
         lock_vec(&self.shared.relaying.answers)
     }
 
+    /// Makes `tools/list` ask the client `method` (a request of the server's on the
+    /// listing's SSE answer) and wait up to 20 s for the answer before listing; `None`
+    /// lists at once again. The answer is kept with [`ScriptedServer::relayed_answers`].
+    pub fn ask_during_tools_list(&self, method: Option<&str>) {
+        relaying::set_ask_in_list(&self.shared, method);
+    }
+
     /// The params of every `notifications/cancelled` a client POSTed to `/mcp`.
     pub fn cancellations(&self) -> Vec<Value> {
         lock_vec(&self.shared.relaying.cancellations)

@@ -329,7 +329,11 @@ pub(crate) async fn handle(State(s): State<Shared>, headers: HeaderMap, body: By
         }
         "ping" => json!({"jsonrpc": "2.0", "id": id, "result": {}}),
         "tools/list" => {
-            json!({"jsonrpc": "2.0", "id": id, "result": {"tools": tool_definitions()}})
+            let listing = json!({"tools": tool_definitions()});
+            if let Some(ask) = crate::relaying::ask_in_list(&s) {
+                return crate::relaying::listing(&s, id, ask, listing);
+            }
+            json!({"jsonrpc": "2.0", "id": id, "result": listing})
         }
         "tools/call" if params.get("name").and_then(Value::as_str) == Some("ticks") => {
             return ticks(id, &params);

@@ -12,6 +12,10 @@
 //!   `cancelled`.
 //! * `wait`: progress 1 of 2, then nothing for 30 s (a call to cancel); then `waited`.
 //!
+//! When switched on ([`crate::ScriptedServer::ask_during_tools_list`]), `tools/list` is
+//! answered the same way: a request `method` (id `ask-<n>`), up to 20 s for its answer,
+//! then the listing, as a server that asks something before answering any request.
+//!
 //! Every client response and `notifications/cancelled` POSTed is kept for assertions
 //! ([`crate::ScriptedServer::relayed_answers`], [`crate::ScriptedServer::cancellations`]),
 //! as are the id and progress token of each call ([`crate::ScriptedServer::relaying_calls`]).
@@ -36,6 +40,34 @@ pub(crate) struct Relaying {
     pub(crate) answers: Mutex<Vec<Value>>,
     pub(crate) cancellations: Mutex<Vec<Value>>,
     pub(crate) calls: Mutex<Vec<Value>>,
+    /// The method `tools/list` asks before answering (`None`: it answers at once).
+    pub(crate) ask_in_list: Mutex<Option<String>>,
+}
+
+impl Relaying {
+    /// A fresh id for a request of the server's.
+    fn next_id(&self) -> String {
+        let mut n = lock(&self.next);
+        *n += 1;
+        format!("ask-{n}")
+    }
+
+    /// Registers a waiter for the answer to `ask_id`.
+    fn wait_for(&self, ask_id: &str) -> oneshot::Receiver<Value> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiting).insert(json!(ask_id).to_string(), tx);
+        rx
+    }
+}
+
+/// The method `tools/list` asks before answering, if switched on.
+pub(crate) fn ask_in_list(s: &Shared) -> Option<String> {
+    lock(&s.relaying.ask_in_list).clone()
+}
+
+/// Switches the question `tools/list` asks before answering.
+pub(crate) fn set_ask_in_list(s: &Shared, method: Option<&str>) {
+    *lock(&s.relaying.ask_in_list) = method.map(str::to_owned);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -100,13 +132,8 @@ pub(crate) fn call(s: &Shared, id: Value, params: &Value) -> Response {
             tokio::time::sleep(Duration::from_secs(30)).await;
             json!({"content": [{"type": "text", "text": "waited"}], "isError": false})
         } else {
-            let ask_id = {
-                let mut n = lock(&relaying.next);
-                *n += 1;
-                format!("ask-{n}")
-            };
-            let (answer_tx, answer_rx) = oneshot::channel();
-            lock(&relaying.waiting).insert(json!(ask_id).to_string(), answer_tx);
+            let ask_id = relaying.next_id();
+            let answer_rx = relaying.wait_for(&ask_id);
             let method = args.get("method").and_then(Value::as_str).unwrap_or("ping");
             let request = json!({"jsonrpc": "2.0", "id": ask_id, "method": method,
                 "params": args.get("params").cloned().unwrap_or_else(|| json!({}))});
@@ -141,6 +168,30 @@ pub(crate) fn call(s: &Shared, id: Value, params: &Value) -> Response {
             ))
             .await;
     });
+    event_stream(rx)
+}
+
+/// The SSE answer of `tools/list` when it asks `method` first: the request, at most 20 s
+/// for its answer (kept like any other), then `listing` as the response to `id`.
+pub(crate) fn listing(s: &Shared, id: Value, method: String, listing: Value) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let relaying = s.relaying.clone();
+    tokio::spawn(async move {
+        let ask_id = relaying.next_id();
+        let answer_rx = relaying.wait_for(&ask_id);
+        let request = json!({"jsonrpc": "2.0", "id": ask_id, "method": method, "params": {}});
+        let _ = tx.send(event(&request)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(20), answer_rx).await;
+        let _ = tx
+            .send(event(
+                &json!({"jsonrpc": "2.0", "id": id, "result": listing}),
+            ))
+            .await;
+    });
+    event_stream(rx)
+}
+
+fn event_stream(rx: mpsc::Receiver<Bytes>) -> Response {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await

@@ -511,3 +511,54 @@ async fn the_timeout_waits_for_the_client_but_not_for_a_stalled_upstream() {
     let _ = s.cancel().await;
     super::cleanup(dir, schema).await;
 }
+
+/// A listing is not relayed, yet the upstream may ask during it (Latchkey's upstream
+/// `initialize` declares elicitation): its request gets `-32601` at once and the
+/// listing completes well within the request timeout (15 s), through `/mcp` (the
+/// client, though capable, is not asked) and the REST listing alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_refuses_the_upstreams_requests_at_once() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (base, id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    upstream.ask_during_tools_list(Some("elicitation/create"));
+    let (s, mut rx) = session(&base, true).await;
+
+    let started = std::time::Instant::now();
+    let tools = tokio::time::timeout(Duration::from_secs(5), s.peer().list_tools(None))
+        .await
+        .expect("tools/list on /mcp within 5 s")
+        .unwrap();
+    let names: Vec<&str> = tools.tools.iter().map(|t| t.name.as_ref()).collect();
+    assert!(names.contains(&"echo"), "{names:?}");
+    let (status, v, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        super::request(
+            reqwest::Method::GET,
+            &format!("{base}/v1/servers/{id}/tools"),
+            None,
+            None,
+        ),
+    )
+    .await
+    .expect("the REST listing within 5 s");
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "echo"),
+        "{v}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let answers = upstream.relayed_answers();
+    assert_eq!(answers.len(), 2, "one question per listing: {answers:?}");
+    for a in &answers {
+        assert!(a["id"].as_str().unwrap().starts_with("ask-"), "{a}");
+        assert_eq!(a["error"]["code"], -32601, "{a}");
+    }
+    assert!(rx.try_recv().is_err(), "the client was asked");
+    let _ = s.cancel().await;
+    super::cleanup(dir, schema).await;
+}
