@@ -57,9 +57,12 @@
 //!   with the upstream request's id, the upstream's cancels the request at the client.
 //!   Latchkey declares elicitation (form and URL), sampling and roots in its upstream
 //!   `initialize`, since the session is shared by the slot's clients. On the stateless
-//!   2026-07-28 wire there is no session to send a request on: the upstream gets
-//!   `-32601` (no `input_required` round is built from it); progress still reaches the
-//!   client on the request's stream.
+//!   2026-07-28 wire there is no session to send a request on: during a `tools/call`
+//!   the upstream's request becomes an `input_required` result with a `requestState`
+//!   (SEP-2322) while the upstream exchange waits in this instance's memory, and the
+//!   client's retry with `inputResponses` resumes it (`crate::downstream::Rounds`);
+//!   `prompts/get`, `resources/read` and `completion/complete` still give the upstream
+//!   `-32601` there. Progress reaches the client on the request's stream.
 //!
 //! Invariants: no token appears in a log line, a tool result or an error; an upstream
 //! result (content, `isError`, `structuredContent`) is passed through unchanged.
@@ -94,7 +97,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
-use crate::downstream::Downstream;
+use crate::downstream::{Downstream, Round};
 use crate::error::ApiError;
 use crate::events::{CredentialChange, change_visible_to};
 use crate::service::flows::Started;
@@ -122,6 +125,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         prompts: Arc::default(),
         uris: Arc::default(),
         hubs: Arc::default(),
+        rounds: crate::downstream::Rounds::default(),
     };
     let config = StreamableHttpServerConfig::default()
         // Host and Origin are checked by the guard (R-RS-15) against Latchkey's own
@@ -213,6 +217,8 @@ struct Federation {
     uris: Arc<Mutex<naming::UriTables>>,
     /// The upstream sessions' standalone streams open for relays.
     hubs: Arc<relay::Hubs>,
+    /// Stateless requests waiting for their client's input (SEP-2322).
+    rounds: crate::downstream::Rounds,
 }
 
 /// One of the caller's servers as the federation sees it.
@@ -513,15 +519,95 @@ impl Federation {
     }
 
     /// `tools/call` of a federated tool; what the upstream sends before its answer goes
-    /// to `client` ([`crate::downstream`]).
+    /// to the client of `context` ([`crate::downstream`]): on the stateless wire as
+    /// `input_required` rounds, whose retry (`request.request_state`) resumes the
+    /// exchange it parked.
     async fn call(
+        &self,
+        p: &Principal,
+        request: CallToolRequestParams,
+        how: Elicit,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let name = request.name.as_ref();
+        let what = format!("tools/call {name}");
+        let round = match &request.request_state {
+            Some(state) => {
+                let responses = request.input_responses.clone().unwrap_or_default();
+                self.rounds
+                    .retry(p, &what, &context, state, responses)
+                    .await?
+            }
+            None => match self
+                .start_call(p, name, request.arguments.clone(), how)
+                .await?
+            {
+                Err(answer) => return Ok(answer),
+                Ok((server, params)) => {
+                    let (s, caller) = (self.s.clone(), p.clone());
+                    self.rounds
+                        .run(p, &what, context, move |client| async move {
+                            let via = crate::tools::Relaying::To(&client);
+                            let result = crate::tools::call_with(
+                                &s,
+                                &caller,
+                                &server,
+                                "tools/call",
+                                Some(params),
+                                via,
+                            )
+                            .await;
+                            (server, result)
+                        })
+                        .await?
+                }
+            },
+        };
+        let (server, result) = match round {
+            Round::Input(input) => return Ok(CallToolResponse::InputRequired(input)),
+            Round::Done(outcome) => outcome,
+        };
+        match result {
+            Ok(result) => match serde_json::from_value::<CallToolResult>(result) {
+                Ok(mut r) => {
+                    // An upstream on an older revision sends no `resultType`; on the
+                    // 2026-07-28 wire every result must carry it (rmcp strips it again
+                    // for older peers).
+                    r.result_type = Some(rmcp::model::ResultType::COMPLETE);
+                    Ok(CallToolResponse::Complete(r))
+                }
+                Err(e) => {
+                    tracing::info!(
+                        event = "mcp.federated.bad_result",
+                        server_id = %server.id,
+                        error = %e
+                    );
+                    Err(ErrorData::internal_error(
+                        "the upstream server answered an unusable result",
+                        None,
+                    ))
+                }
+            },
+            Err(ApiError::NeedsReauth { .. }) => {
+                self.unavailable(p, &server, Unavailable::NotConnected { force: true }, how)
+                    .await
+            }
+            Err(e) => {
+                self.unavailable(p, &server, Unavailable::Failed(e), how)
+                    .await
+            }
+        }
+    }
+
+    /// Routes `tools/call name`: the server and the upstream call's params, or the
+    /// answer when it cannot be made.
+    async fn start_call(
         &self,
         p: &Principal,
         name: &str,
         arguments: Option<serde_json::Map<String, Value>>,
         how: Elicit,
-        client: &Downstream,
-    ) -> Result<CallToolResponse, ErrorData> {
+    ) -> Result<Result<(ServerRow, Value), CallToolResponse>, ErrorData> {
         let members = self.members(p).await?;
         let m = match self.route_name(naming::Kind::Tool, p, &members, name).await {
             naming::Route::To(m) => m,
@@ -529,7 +615,7 @@ impl Federation {
             naming::Route::Clash(servers) => return Err(naming::clash("tool", name, &servers)),
         };
         if let Err(u) = self.check_slot(p, &m.server).await {
-            return self.unavailable(p, &m.server, u, how).await;
+            return self.unavailable(p, &m.server, u, how).await.map(Err);
         }
         // An unprefixed server's names are its own: no table to consult.
         let cached = if m.server.unprefixed {
@@ -544,7 +630,7 @@ impl Federation {
             None => {
                 // Not listed through this instance yet (or renamed): list the server.
                 if let Err(u) = self.server_tools(p, m).await {
-                    return self.unavailable(p, &m.server, u, how).await;
+                    return self.unavailable(p, &m.server, u, how).await.map(Err);
                 }
                 let found = self
                     .lock()
@@ -554,38 +640,7 @@ impl Federation {
             }
         };
         let params = json!({"name": upstream, "arguments": arguments.unwrap_or_default()});
-        let via = crate::tools::Relaying::To(client);
-        match crate::tools::call_with(&self.s, p, &m.server, "tools/call", Some(params), via).await
-        {
-            Ok(result) => match serde_json::from_value::<CallToolResult>(result) {
-                Ok(mut r) => {
-                    // An upstream on an older revision sends no `resultType`; on the
-                    // 2026-07-28 wire every result must carry it (rmcp strips it again
-                    // for older peers).
-                    r.result_type = Some(rmcp::model::ResultType::COMPLETE);
-                    Ok(CallToolResponse::Complete(r))
-                }
-                Err(e) => {
-                    tracing::info!(
-                        event = "mcp.federated.bad_result",
-                        server_id = %m.server.id,
-                        error = %e
-                    );
-                    Err(ErrorData::internal_error(
-                        "the upstream server answered an unusable result",
-                        None,
-                    ))
-                }
-            },
-            Err(ApiError::NeedsReauth { .. }) => {
-                self.unavailable(p, &m.server, Unavailable::NotConnected { force: true }, how)
-                    .await
-            }
-            Err(e) => {
-                self.unavailable(p, &m.server, Unavailable::Failed(e), how)
-                    .await
-            }
-        }
+        Ok(Ok((m.server.clone(), params)))
     }
 
     /// The answer to a call that cannot reach `server`: the URL elicitation for a slot
@@ -1066,10 +1121,7 @@ impl ServerHandler for Handler {
         if request.name == CONNECT_TOOL {
             self.fed.connect(&p, request.arguments, how).await
         } else {
-            let client = Downstream::of(context);
-            self.fed
-                .call(&p, &request.name, request.arguments, how, &client)
-                .await
+            self.fed.call(&p, request, how, context).await
         }
     }
 

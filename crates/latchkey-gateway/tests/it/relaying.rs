@@ -433,11 +433,249 @@ async fn rest_calls_refuse_relayed_requests() {
     super::cleanup(dir, schema).await;
 }
 
-/// On the stateless 2026-07-28 wire there is no session to send a request on: the
-/// upstream's elicitation gets `-32601` naming the wire, the client is not asked, and
+/// On the stateless 2026-07-28 wire a client that declared no capability a relayed
+/// request needs is not asked: the upstream's elicitation gets `-32601` saying so, and
 /// the call completes; its progress reaches the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stateless_wire_refuses_relayed_requests() {
+async fn the_stateless_wire_refuses_relayed_requests_to_a_client_that_declared_none() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
+            .auth_header("callers-own-credential"),
+    );
+    let s = Answering { tx, capable: false }
+        .serve_with_lifecycle(
+            transport,
+            rmcp::ClientLifecycleMode::Discover {
+                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .unwrap();
+    let (result, _) = call(&s, "ask", elicitation("Your name?")).await;
+    let answer = &result.unwrap()["structuredContent"]["answer"];
+    assert_eq!(answer["code"], -32601, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not declare"),
+        "{answer}"
+    );
+    // Progress still reaches the client, on the request's stream.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(next(&mut rx).await);
+    }
+    assert!(seen.iter().all(|m| m.starts_with("progress")), "{seen:?}");
+    let _ = s.cancel().await;
+    super::cleanup(dir, schema).await;
+}
+
+/// One raw stateless 2026-07-28 `tools/call` of `name` on `{base}/mcp` with `bearer`,
+/// declaring `capabilities`, with `extra` params (`requestState`, `inputResponses`):
+/// the JSON-RPC answer (the last message of an SSE answer).
+async fn stateless_call(
+    base: &str,
+    bearer: &str,
+    name: &str,
+    arguments: Value,
+    capabilities: Value,
+    extra: Value,
+) -> Value {
+    let mut params = json!({
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": capabilities,
+            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        },
+        "name": name,
+        "arguments": arguments,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        params[k] = v.clone();
+    }
+    let r = client()
+        .post(format!("{base}/mcp"))
+        .header("authorization", format!("Bearer {bearer}"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", name)
+        .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers().get("mcp-session-id").is_none(), "no session");
+    let text = r.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+            .rfind(|m| m.get("id") == Some(&json!(7)))
+            .unwrap_or_else(|| panic!("no answer in {text}"))
+    })
+}
+
+/// The stateless 2026-07-28 wire relays the upstream's elicitation as a multi-round-trip
+/// request (SEP-2322): the call is answered `input_required` with the elicitation and a
+/// `requestState`; the retry with `inputResponses` and that `requestState` hands the
+/// answer to the upstream (under the upstream's own request id) and gets the tool's
+/// result. The `requestState` is single use and the caller's own: another user's retry
+/// with it, and its replay, are refused (`-32602`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stateless_wire_relays_requests_as_input_required_rounds() {
+    use latchkey_core::{Clock, SystemClock};
+    use latchkey_testkit::idp::{KeyAlg, ScriptedIdp};
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let idp = ScriptedIdp::start().await.unwrap();
+    let (issuer, jwks) = (idp.issuer(), idp.jwks_url());
+    let (base, dir, _store, schema) = super::start_configured(
+        super::Backend::Sqlite,
+        |base| {
+            let toml = format!(
+                "public_url = \"{base}\"\nallow_insecure_loopback = true\n[auth]\nmode = \"jwt\"\n\
+                 issuer = \"{issuer}\"\naudience = \"{base}/mcp\"\njwks_url = \"{jwks}\"\n"
+            );
+            latchkey_gateway::Config::parse(&toml, &std::collections::HashMap::new()).unwrap()
+        },
+        keys(),
+    )
+    .await;
+    let now = SystemClock.now().as_secs();
+    let jwt = |sub: &str| {
+        idp.mint(
+            KeyAlg::Es256,
+            &json!({"iss": idp.issuer(), "aud": format!("{base}/mcp"), "sub": sub,
+                    "tenant": "t", "exp": now + 600, "roles": ["latchkey:admin"]}),
+        )
+    };
+    let (alice, bob) = (jwt("alice"), jwt("bob"));
+    let authed = |method: reqwest::Method, path: String, body: Value| {
+        let (base, alice) = (base.clone(), alice.clone());
+        async move {
+            let (status, v, _) = super::request(
+                method,
+                &format!("{base}{path}"),
+                Some(&format!("Bearer {alice}")),
+                Some(body),
+            )
+            .await;
+            assert!((200..300).contains(&status), "{status} {v}");
+            v
+        }
+    };
+    let v = authed(
+        reqwest::Method::POST,
+        "/v1/servers".into(),
+        json!({"name": "Relay", "url": upstream.mcp_url()}),
+    )
+    .await;
+    let id = v["id"].as_str().unwrap().to_owned();
+    authed(
+        reqwest::Method::POST,
+        "/v1/credentials".into(),
+        json!({
+            "server_id": id, "refresh_token": upstream.mint_refresh_token(),
+            "token_endpoint": format!("{}/token", upstream.base), "client_id": "deposit-client",
+        }),
+    )
+    .await;
+    authed(
+        reqwest::Method::PATCH,
+        format!("/v1/servers/{id}"),
+        json!({"unprefixed": true}),
+    )
+    .await;
+
+    let capable = json!({"elicitation": {"form": {}}});
+    let ask = elicitation("Your name?");
+    let v = stateless_call(
+        &base,
+        &alice,
+        "ask",
+        ask.clone(),
+        capable.clone(),
+        json!({}),
+    )
+    .await;
+    let result = &v["result"];
+    assert_eq!(result["resultType"], "input_required", "{v}");
+    let request = &result["inputRequests"]["r1"];
+    assert_eq!(request["method"], "elicitation/create", "{v}");
+    assert_eq!(request["params"]["message"], "Your name?", "{v}");
+    let state = result["requestState"].as_str().unwrap().to_owned();
+    assert!(state.len() >= 22, "at least 128 bits: {state}");
+    assert!(
+        upstream.relayed_answers().is_empty(),
+        "the upstream still waits"
+    );
+
+    let answer = json!({"action": "accept", "content": {"name": "Ada"}});
+    let retry = json!({"requestState": state, "inputResponses": {"r1": answer}});
+    // Another user's retry with it is refused; the exchange stays its owner's.
+    let v = stateless_call(
+        &base,
+        &bob,
+        "ask",
+        ask.clone(),
+        capable.clone(),
+        retry.clone(),
+    )
+    .await;
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("another principal"),
+        "{v}"
+    );
+
+    let v = stateless_call(
+        &base,
+        &alice,
+        "ask",
+        ask.clone(),
+        capable.clone(),
+        retry.clone(),
+    )
+    .await;
+    let result = &v["result"];
+    assert_eq!(result["resultType"], "complete", "{v}");
+    assert_eq!(result["structuredContent"]["answer"], answer, "{v}");
+    let answers = upstream.relayed_answers();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(
+        answers[0]["id"].as_str().unwrap().starts_with("ask-"),
+        "{answers:?}"
+    );
+    assert_eq!(answers[0]["result"], answer, "{answers:?}");
+
+    // Used: a replay is refused, and nothing more reaches the upstream.
+    let v = stateless_call(&base, &alice, "ask", ask, capable, retry).await;
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown requestState"),
+        "{v}"
+    );
+    assert_eq!(upstream.relayed_answers().len(), 1);
+    super::cleanup(dir, schema).await;
+}
+
+/// rmcp's own 2026-07-28 client drives the rounds with its handler (`call_tool`
+/// fulfils `input_required` and retries): elicitation, sampling and roots asked by the
+/// upstream reach it and their answers the upstream; the upstream's progress reaches
+/// the client on the request that is waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rmcp_stateless_client_answers_relayed_requests_in_rounds() {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -454,19 +692,40 @@ async fn the_stateless_wire_refuses_relayed_requests() {
         )
         .await
         .unwrap();
-    let (result, _) = call(&s, "ask", elicitation("Your name?")).await;
-    let answer = &result.unwrap()["structuredContent"]["answer"];
-    assert_eq!(answer["code"], -32601, "{answer}");
-    assert!(
-        answer["message"].as_str().unwrap().contains("stateless"),
-        "{answer}"
-    );
-    // Progress still reaches the client, on the request's stream.
-    let mut seen = Vec::new();
-    for _ in 0..2 {
-        seen.push(next(&mut rx).await);
+    let sampling = json!({"method": "sampling/createMessage", "params": {
+        "messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}],
+        "maxTokens": 10
+    }});
+    let mut answers = Vec::new();
+    for args in [
+        elicitation("Your name?"),
+        sampling,
+        json!({"method": "roots/list"}),
+    ] {
+        let params = rmcp::model::CallToolRequestParams::new("ask")
+            .with_arguments(args.as_object().unwrap().clone());
+        let result = tokio::time::timeout(Duration::from_secs(10), s.call_tool(params))
+            .await
+            .expect("within 10 s")
+            .unwrap();
+        answers.push(serde_json::to_value(result).unwrap()["structuredContent"]["answer"].clone());
     }
-    assert!(seen.iter().all(|m| m.starts_with("progress")), "{seen:?}");
+    assert_eq!(answers[0]["content"]["name"], "Ada", "{answers:?}");
+    assert_eq!(answers[1]["content"]["text"], "sampled", "{answers:?}");
+    assert_eq!(answers[2]["roots"][0]["uri"], "file:///work", "{answers:?}");
+    let mut seen = Vec::new();
+    while let Ok(m) = rx.try_recv() {
+        seen.push(m);
+    }
+    let asked: Vec<&String> = seen.iter().filter(|m| !m.starts_with("progress")).collect();
+    assert_eq!(
+        asked,
+        ["elicit \"Your name?\"", "sample", "roots"],
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|m| m.starts_with("progress")), "{seen:?}");
+    let relayed = upstream.relayed_answers();
+    assert_eq!(relayed.len(), 3, "{relayed:?}");
     let _ = s.cancel().await;
     super::cleanup(dir, schema).await;
 }
