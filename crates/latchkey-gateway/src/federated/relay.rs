@@ -194,7 +194,7 @@ async fn pump(
     stop: &mut watch::Receiver<()>,
 ) -> Ended {
     let mut body = std::pin::pin!(stream.into_body());
-    let mut events = Events::default();
+    let mut events = framer();
     loop {
         tokio::select! {
             // Resolves only when the hub (its last user) is gone.
@@ -278,35 +278,10 @@ async fn read(
     tracing::debug!(event = "mcp.federated.stream_closed", server_id = %server_id);
 }
 
-/// SSE framing, fed chunk by chunk: the JSON messages of complete events.
-#[derive(Debug, Default)]
-struct Events {
-    buf: Vec<u8>,
-}
-
-impl Events {
-    /// The messages completed by `chunk`; `None` when an event grows past [`MAX_EVENT`].
-    fn push(&mut self, chunk: &[u8]) -> Option<Vec<Value>> {
-        // CR LF and LF end lines alike here (a lone CR is not used by MCP servers).
-        self.buf.extend(chunk.iter().filter(|b| **b != b'\r'));
-        let mut out = Vec::new();
-        while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
-            let event: Vec<u8> = self.buf.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&event);
-            let data: Vec<&str> = text
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                .collect();
-            if data.is_empty() {
-                continue;
-            }
-            if let Ok(v) = serde_json::from_str::<Value>(&data.join("\n")) {
-                out.push(v);
-            }
-        }
-        (self.buf.len() <= MAX_EVENT).then_some(out)
-    }
+/// The framer of an upstream stream: the MCP crate's (shared with `send_relaying`),
+/// each event at most [`MAX_EVENT`] bytes.
+fn framer() -> latchkey_mcp::SseFramer {
+    latchkey_mcp::SseFramer::new(MAX_EVENT)
 }
 
 /// What one client session asked one server for.
@@ -576,8 +551,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn events_are_framed_across_chunks() {
-        let mut e = Events::default();
+    fn events_are_framed_across_chunks_up_to_the_cap() {
+        let mut e = framer();
         assert!(
             e.push(b"event: message\r\ndata: {\"a\"")
                 .unwrap()
@@ -587,7 +562,8 @@ mod tests {
             .push(b": 1}\r\n\r\n: comment\n\ndata: {\"b\":2}\n\n")
             .unwrap();
         assert_eq!(got, vec![json!({"a": 1}), json!({"b": 2})]);
-        assert!(e.push(&vec![b'x'; MAX_EVENT + 1]).is_none());
+        assert_eq!(e.push(&vec![b'x'; MAX_EVENT]).unwrap(), Vec::<Value>::new());
+        assert!(e.push(b"x").is_none());
     }
 
     #[test]
