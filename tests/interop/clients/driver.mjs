@@ -107,15 +107,7 @@ const CLIENTS = [
 // `match`, when given, must match the failure's detail, so that another failure in the
 // same cell is not taken for the known one. Remove an entry when its fix lands (the run
 // fails while a listed cell passes).
-const STATELESS = {
-  reason:
-    "issue 20: on the 2026-07-28 wire (which the Python client in its default mode picks for /mcp) Latchkey answers an upstream's elicitation, sampling or roots request with -32601 rather than relaying it to the client (as input_required); progress is relayed",
-  match: /^elicitation: .*stateless 2026-07-28 wire/,
-};
-const KNOWN_FAILURES = {
-  "py-auto/relays-mcp": STATELESS,
-  "py-2026/relays-mcp": STATELESS,
-};
+const KNOWN_FAILURES = {};
 
 // Cells that cannot pass by design, whoever implements them well: run all the same,
 // reported as `n/a (…)`, never failing the run unless they pass or fail otherwise.
