@@ -112,8 +112,8 @@ pub(crate) type Outcome = (
 /// The answer to one of the client's requests on the rounds path.
 #[derive(Debug)]
 pub(crate) enum Round {
-    /// The upstream answered.
-    Done(Outcome),
+    /// The upstream answered (boxed: a server row is large).
+    Done(Box<Outcome>),
     /// The upstream asks the client something: answer `input_required`.
     Input(InputRequiredResult),
 }
@@ -127,6 +127,9 @@ pub(crate) struct Running {
     _abandon: watch::Sender<()>,
 }
 
+/// Where the answers to a round's questions go, by their key in `inputRequests`.
+type Answers = Vec<(String, oneshot::Sender<Result<Value, Value>>)>;
+
 /// An exchange waiting for the client's retry.
 #[derive(Debug)]
 struct Parked {
@@ -138,14 +141,25 @@ struct Parked {
     /// The request it belongs to (`tools/call <name>` …).
     what: String,
     /// The open questions by their key in `inputRequests`.
-    answers: Vec<(String, oneshot::Sender<Result<Value, Value>>)>,
+    answers: Answers,
 }
 
 /// The stateless wire's pending exchanges (SEP-2322), by `requestState`; one instance's
 /// memory (see the module docs).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Rounds {
     parked: Arc<Mutex<HashMap<String, Parked>>>,
+    /// [`PARKED_FOR`] (shorter in the unit tests).
+    ttl: Duration,
+}
+
+impl Default for Rounds {
+    fn default() -> Self {
+        Self {
+            parked: Arc::default(),
+            ttl: PARKED_FOR,
+        }
+    }
 }
 
 /// What `principal` has asked to connect to a request: its tenant and subject.
@@ -184,7 +198,7 @@ impl Rounds {
         Fut: Future<Output = Outcome> + Send + 'static,
     {
         if !stateless(&context) || !Downstream::declares_any(&context) {
-            return Ok(Round::Done(work(Downstream::of(context)).await));
+            return Ok(Round::Done(Box::new(work(Downstream::of(context)).await)));
         }
         let (events_tx, events) = mpsc::channel(16);
         let (abandon, abandoned) = watch::channel(());
@@ -273,7 +287,7 @@ impl Rounds {
             let event = tokio::select! {
                 done = &mut running.done => {
                     return match done {
-                        Ok(outcome) => Ok(Round::Done(outcome)),
+                        Ok(outcome) => Ok(Round::Done(Box::new(outcome))),
                         Err(_) => {
                             tracing::warn!(event = "mcp.rounds.task_failed");
                             Err(ErrorData::internal_error("the upstream exchange failed", None))
@@ -329,8 +343,46 @@ impl Rounds {
             if answers.is_empty() {
                 continue;
             }
-            let state = latchkey_oauth::pkce::new_state().expose().to_owned();
-            let (tenant, subject) = owner(p);
+            let state = match self.park(p, what, running, answers) {
+                Ok(state) => state,
+                Err(back) => {
+                    running = back;
+                    continue;
+                }
+            };
+            return Ok(Round::Input(InputRequiredResult::new(
+                Some(requests),
+                Some(state),
+            )));
+        }
+    }
+}
+
+impl Rounds {
+    /// Parks `running` with its open questions under a fresh `requestState` (256 random
+    /// bits), dropped after [`PARKED_FOR`] (`ttl`); when [`MAX_PARKED`] are parked already, the
+    /// questions get `-32601` and `running` comes back.
+    fn park(
+        &self,
+        p: &Principal,
+        what: &str,
+        running: Running,
+        answers: Answers,
+    ) -> Result<String, Running> {
+        let state = latchkey_oauth::pkce::new_state().expose().to_owned();
+        let (tenant, subject) = owner(p);
+        {
+            let mut all = self.lock();
+            if all.len() >= MAX_PARKED {
+                drop(all);
+                tracing::warn!(event = "mcp.rounds.full", max = MAX_PARKED);
+                for (_, answer) in answers {
+                    let _ = answer.send(Err(latchkey_mcp::method_not_found(
+                        "too many requests are waiting for their clients' input",
+                    )));
+                }
+                return Err(running);
+            }
             let parked = Parked {
                 running,
                 tenant,
@@ -338,40 +390,19 @@ impl Rounds {
                 what: what.to_owned(),
                 answers,
             };
-            {
-                let mut all = self.lock();
-                if all.len() >= MAX_PARKED {
-                    drop(all);
-                    tracing::warn!(event = "mcp.rounds.full", max = MAX_PARKED);
-                    let Parked {
-                        running: back,
-                        answers,
-                        ..
-                    } = parked;
-                    for (_, answer) in answers {
-                        let _ = answer.send(Err(latchkey_mcp::method_not_found(
-                            "too many requests are waiting for their clients' input",
-                        )));
-                    }
-                    running = back;
-                    continue;
-                }
-                all.insert(state.clone(), parked);
-            }
-            let rounds = self.clone();
-            let expiring = state.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(PARKED_FOR).await;
-                let gone = rounds.lock().remove(&expiring);
-                if gone.is_some() {
-                    tracing::info!(event = "mcp.rounds.expired");
-                }
-            });
-            return Ok(Round::Input(InputRequiredResult::new(
-                Some(requests),
-                Some(state),
-            )));
+            all.insert(state.clone(), parked);
         }
+        let rounds = self.clone();
+        let expiring = state.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(rounds.ttl).await;
+            // Dropping it drops its `Running`: the task's relay cancels upstream.
+            let gone = rounds.lock().remove(&expiring);
+            if gone.is_some() {
+                tracing::info!(event = "mcp.rounds.expired");
+            }
+        });
+        Ok(state)
     }
 }
 
@@ -618,5 +649,115 @@ impl latchkey_mcp::Relay for Downstream {
                 while abandoned.changed().await.is_ok() {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latchkey_guard::{AuthSource, SubjectId, TenantId};
+
+    fn principal(subject: &str) -> Principal {
+        Principal::new(
+            TenantId::new("t").unwrap(),
+            SubjectId::new(subject).unwrap(),
+            AuthSource::Local,
+        )
+    }
+
+    /// An exchange whose task reports when it is abandoned, and one open question.
+    fn exchange() -> (
+        Running,
+        oneshot::Receiver<()>,
+        Answers,
+        oneshot::Receiver<Result<Value, Value>>,
+    ) {
+        let (_events_tx, events) = mpsc::channel(1);
+        let (abandon, mut abandoned) = watch::channel(());
+        let (seen_tx, seen) = oneshot::channel();
+        let done = tokio::spawn(async move {
+            while abandoned.changed().await.is_ok() {}
+            let _ = seen_tx.send(());
+            (
+                latchkey_vault::store::ServerRow::new("s", "t", "S", "http://127.0.0.1:1/mcp"),
+                Err(crate::error::ApiError::Upstream),
+            )
+        });
+        let (answer, answered) = oneshot::channel();
+        let running = Running {
+            events,
+            done,
+            _abandon: abandon,
+        };
+        (running, seen, vec![("r1".to_owned(), answer)], answered)
+    }
+
+    #[tokio::test]
+    async fn a_parked_exchange_expires_and_is_abandoned() {
+        let rounds = Rounds {
+            ttl: Duration::from_millis(100),
+            ..Rounds::default()
+        };
+        let (running, abandoned, answers, _answered) = exchange();
+        let p = principal("alice");
+        let state = rounds.park(&p, "tools/call ask", running, answers).unwrap();
+        assert!(state.len() >= 43, "256 bits in base64url: {state}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::timeout(Duration::from_secs(5), abandoned)
+            .await
+            .expect("abandoned when it expired")
+            .unwrap();
+        let e = rounds
+            .resume(&p, "tools/call ask", &state, InputResponses::new())
+            .unwrap_err();
+        assert_eq!(e.code.0, INVALID_PARAMS as i32);
+        assert!(e.message.contains("unknown requestState"), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn beyond_the_bound_the_upstream_gets_method_not_found() {
+        let rounds = Rounds::default();
+        let p = principal("alice");
+        let mut kept = Vec::new();
+        for _ in 0..MAX_PARKED {
+            let (running, abandoned, answers, answered) = exchange();
+            rounds.park(&p, "tools/call ask", running, answers).unwrap();
+            kept.push((abandoned, answered));
+        }
+        let (running, _abandoned, answers, answered) = exchange();
+        assert!(rounds.park(&p, "tools/call ask", running, answers).is_err());
+        let e = answered.await.unwrap().unwrap_err();
+        assert_eq!(e["code"], latchkey_mcp::METHOD_NOT_FOUND, "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_request_state_is_its_owners_and_single_use() {
+        let rounds = Rounds::default();
+        let (running, _abandoned, answers, answered) = exchange();
+        let alice = principal("alice");
+        let state = rounds
+            .park(&alice, "tools/call ask", running, answers)
+            .unwrap();
+        let responses: InputResponses = [("r1".to_owned(), json!({"action": "decline"}))].into();
+        for (who, what) in [
+            (principal("bob"), "tools/call ask"),
+            (alice.clone(), "tools/call other"),
+        ] {
+            let e = rounds
+                .resume(&who, what, &state, responses.clone())
+                .unwrap_err();
+            assert!(e.message.contains("another principal"), "{e:?}");
+        }
+        let _running = rounds
+            .resume(&alice, "tools/call ask", &state, responses.clone())
+            .unwrap();
+        assert_eq!(
+            answered.await.unwrap().unwrap(),
+            json!({"action": "decline"})
+        );
+        let e = rounds
+            .resume(&alice, "tools/call ask", &state, responses)
+            .unwrap_err();
+        assert!(e.message.contains("unknown requestState"), "{e:?}");
     }
 }

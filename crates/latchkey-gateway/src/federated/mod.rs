@@ -565,7 +565,7 @@ impl Federation {
         };
         let (server, result) = match round {
             Round::Input(input) => return Ok(CallToolResponse::InputRequired(input)),
-            Round::Done(outcome) => outcome,
+            Round::Done(outcome) => *outcome,
         };
         match result {
             Ok(result) => match serde_json::from_value::<CallToolResult>(result) {
