@@ -11,9 +11,11 @@
 //!   the client's result or error handed back for the upstream. A client that did not
 //!   declare the capability is not asked: the upstream gets `-32601` saying so.
 //! * On the stateless 2026-07-28 wire there is no session to send a request on: during
-//!   a `tools/call`, a server-to-client request becomes a multi-round-trip request
-//!   (SEP-2322, [`Rounds`]; `prompts/get`, `resources/read` and `completion/complete`
-//!   do not take this path yet, their upstream gets `-32601` there).
+//!   a `tools/call`, `prompts/get` or `resources/read`, a server-to-client request
+//!   becomes a multi-round-trip request (SEP-2322, [`Rounds`]). `completion/complete`
+//!   does not take this path: rmcp's completion params carry no `requestState` or
+//!   `inputResponses` (completions are asked for at every keystroke), so its upstream
+//!   gets `-32601` there.
 //!   The upstream exchange keeps running in a spawned task (its SSE stream open, the
 //!   upstream waiting for its answer); the client is answered `input_required` with the
 //!   upstream's request under a key (`r1` …) and a fresh random `requestState`, and its
@@ -103,10 +105,12 @@ enum Event {
     },
 }
 
-/// What the upstream exchange of a request (a `tools/call` …) ends with.
+/// What the upstream exchange of a request (a `tools/call` …) ends with: the server and
+/// its answer (a JSON-RPC error kept apart: `prompts/get` and `resources/read` pass some
+/// on).
 pub(crate) type Outcome = (
     latchkey_vault::store::ServerRow,
-    Result<Value, crate::error::ApiError>,
+    Result<crate::tools::Answer, crate::error::ApiError>,
 );
 
 /// The answer to one of the client's requests on the rounds path.
@@ -181,7 +185,8 @@ impl Rounds {
 
     /// Runs `work` with the relay for the request of `context` and answers the request:
     /// the outcome, or `input_required` when the upstream asks something on the
-    /// stateless wire. `what` names the request (`tools/call <name>`).
+    /// stateless wire. `what` names the request (`tools/call <name>`,
+    /// `prompts/get <name>`, `resources/read <uri>`).
     ///
     /// On a session, or for a stateless client that declared nothing that could be
     /// relayed, `work` runs here (rmcp's `Peer` needs the request's own task); otherwise
@@ -598,8 +603,9 @@ impl latchkey_mcp::Relay for Downstream {
             }
         };
         if stateless(context) {
-            // `prompts/get`, `resources/read`, `completion/complete`: not run through
-            // [`Rounds`] (a `tools/call` of a client that declared something is).
+            // `completion/complete`, which has no rounds (a `tools/call`, `prompts/get`
+            // or `resources/read` of a client that declared something runs through
+            // [`Rounds`]).
             return Err(latchkey_mcp::method_not_found(&format!(
                 "{method}: the client's request came on the stateless 2026-07-28 wire, \
                  which has no server-to-client requests"

@@ -414,7 +414,15 @@ pub(crate) async fn call_with(
     params: Option<Value>,
     via: Relaying<'_>,
 ) -> Result<Value, ApiError> {
-    match call_via(s, p, server, method, params, None, via).await? {
+    answer_value(
+        server,
+        call_via(s, p, server, method, params, None, via).await?,
+    )
+}
+
+/// The result of `answer`, its JSON-RPC error as the typed failure of [`call`].
+pub(crate) fn answer_value(server: &ServerRow, answer: Answer) -> Result<Value, ApiError> {
+    match answer {
         Answer::Result(v) => Ok(v),
         Answer::Error(e) => {
             // The same text as before JSON-RPC errors were told apart.

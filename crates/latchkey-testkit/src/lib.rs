@@ -492,7 +492,9 @@ impl ScriptedServer {
     /// (`resources/subscribe` and `resources/unsubscribe` answer `{}` for
     /// `file:///notes.txt`, `-32002` for anything else); the level and the URI are
     /// recorded. It declares `listChanged` for tools, prompts and resources (what it
-    /// sends on its GET stream is what [`ScriptedServer::push`] is given).
+    /// sends on its GET stream is what [`ScriptedServer::push`] is given). The unlisted
+    /// prompt `ask` and resource `ask:///name` ask a form elicitation before answering
+    /// (see the `relaying` module).
     pub fn offer_primitives(&self, label: Option<&str>) {
         self.shared.lock().primitives = label.map(str::to_owned);
     }

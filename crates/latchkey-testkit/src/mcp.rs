@@ -342,6 +342,9 @@ pub(crate) async fn handle(State(s): State<Shared>, headers: HeaderMap, body: By
             return crate::relaying::call(&s, id, &params);
         }
         "tools/call" => call_tool(id, &params),
+        m if primitives.is_some() && crate::relaying::is_primitive(m, &params) => {
+            return crate::relaying::primitive(&s, id, m, &params);
+        }
         m => match primitives.as_deref() {
             Some(label) => primitive(id, m, &params, label),
             None => rpc_error(id, -32601, "Method not found"),

@@ -12,6 +12,10 @@
 //!   `cancelled`.
 //! * `wait`: progress 1 of 2, then nothing for 30 s (a call to cancel); then `waited`.
 //!
+//! With primitives offered ([`crate::ScriptedServer::offer_primitives`]), the unlisted
+//! prompt `ask` and resource `ask:///name` do the same as `ask` with a form elicitation
+//! for a name, answering with it as text ([`primitive`]).
+//!
 //! When switched on ([`crate::ScriptedServer::ask_during_tools_list`]), `tools/list` is
 //! answered the same way: a request `method` (id `ask-<n>`), up to 20 s for its answer,
 //! then the listing, as a server that asks something before answering any request.
@@ -161,6 +165,60 @@ pub(crate) fn call(s: &Shared, id: Value, params: &Value) -> Response {
                            "structuredContent": {"answer": answer}, "isError": false})
                 }
             }
+        };
+        let _ = tx
+            .send(event(
+                &json!({"jsonrpc": "2.0", "id": id, "result": result}),
+            ))
+            .await;
+    });
+    event_stream(rx)
+}
+
+/// The resource whose `resources/read` asks first ([`primitive`]).
+pub(crate) const ASK_URI: &str = "ask:///name";
+
+/// Whether `method` with `params` is the prompt `ask` or a read of [`ASK_URI`].
+pub(crate) fn is_primitive(method: &str, params: &Value) -> bool {
+    match method {
+        "prompts/get" => params.get("name").and_then(Value::as_str) == Some("ask"),
+        "resources/read" => params.get("uri").and_then(Value::as_str) == Some(ASK_URI),
+        _ => false,
+    }
+}
+
+/// The SSE answer of `prompts/get ask` or `resources/read ask:///name` (neither listed):
+/// a form elicitation asking for a name (id `ask-<n>`; the message is the prompt's
+/// argument `message`, else `Your name?`), at most 20 s for its answer (kept like any
+/// other), then the answer's `result` or `error` as JSON text: the prompt's one user
+/// message, or the resource's one text content.
+pub(crate) fn primitive(s: &Shared, id: Value, method: &str, params: &Value) -> Response {
+    let message = params
+        .pointer("/arguments/message")
+        .and_then(Value::as_str)
+        .unwrap_or("Your name?")
+        .to_owned();
+    let prompt = method == "prompts/get";
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let relaying = s.relaying.clone();
+    tokio::spawn(async move {
+        let ask_id = relaying.next_id();
+        let answer_rx = relaying.wait_for(&ask_id);
+        let request = json!({"jsonrpc": "2.0", "id": ask_id, "method": "elicitation/create",
+            "params": {"mode": "form", "message": message, "requestedSchema": {"type": "object",
+                "properties": {"name": {"type": "string"}}, "required": ["name"]}}});
+        let _ = tx.send(event(&request)).await;
+        let answer = tokio::time::timeout(Duration::from_secs(20), answer_rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|a| a.get("result").or_else(|| a.get("error")).cloned())
+            .unwrap_or(Value::Null)
+            .to_string();
+        let result = if prompt {
+            json!({"messages": [{"role": "user", "content": {"type": "text", "text": answer}}]})
+        } else {
+            json!({"contents": [{"uri": ASK_URI, "mimeType": "application/json", "text": answer}]})
         };
         let _ = tx
             .send(event(

@@ -57,12 +57,13 @@
 //!   with the upstream request's id, the upstream's cancels the request at the client.
 //!   Latchkey declares elicitation (form and URL), sampling and roots in its upstream
 //!   `initialize`, since the session is shared by the slot's clients. On the stateless
-//!   2026-07-28 wire there is no session to send a request on: during a `tools/call`
-//!   the upstream's request becomes an `input_required` result with a `requestState`
+//!   2026-07-28 wire there is no session to send a request on: during a `tools/call`,
+//!   `prompts/get` or `resources/read` (one path, `Federation::in_rounds`) the
+//!   upstream's request becomes an `input_required` result with a `requestState`
 //!   (SEP-2322) while the upstream exchange waits in this instance's memory, and the
 //!   client's retry with `inputResponses` resumes it (`crate::downstream::Rounds`);
-//!   `prompts/get`, `resources/read` and `completion/complete` still give the upstream
-//!   `-32601` there. Progress reaches the client on the request's stream.
+//!   `completion/complete` still gives the upstream `-32601` there (rmcp's params of a
+//!   completion carry no `requestState` to resume with). Progress reaches the client on the request's stream.
 //!
 //! Invariants: no token appears in a log line, a tool result or an error; an upstream
 //! result (content, `isError`, `structuredContent`) is passed through unchanged.
@@ -85,10 +86,11 @@ use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
     ContentBlock, ElicitRequest, ElicitRequestParams, ErrorCode, Extensions,
     GetPromptRequestParams, GetPromptResponse, Implementation, InitializeRequestParams,
-    InitializeResult, InputRequest, InputRequests, InputRequiredResult, ListPromptsResult,
-    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
-    ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
+    InitializeResult, InputRequest, InputRequests, InputRequiredResult, InputResponses,
+    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+    ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool,
+    UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -531,42 +533,20 @@ impl Federation {
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.as_ref();
         let what = format!("tools/call {name}");
-        let round = match &request.request_state {
-            Some(state) => {
-                let responses = request.input_responses.clone().unwrap_or_default();
-                self.rounds
-                    .retry(p, &what, &context, state, responses)
-                    .await?
-            }
-            None => match self
-                .start_call(p, name, request.arguments.clone(), how)
-                .await?
-            {
-                Err(answer) => return Ok(answer),
-                Ok((server, params)) => {
-                    let (s, caller) = (self.s.clone(), p.clone());
-                    self.rounds
-                        .run(p, &what, context, move |client| async move {
-                            let via = crate::tools::Relaying::To(&client);
-                            let result = crate::tools::call_with(
-                                &s,
-                                &caller,
-                                &server,
-                                "tools/call",
-                                Some(params),
-                                via,
-                            )
-                            .await;
-                            (server, result)
-                        })
-                        .await?
-                }
-            },
+        let retry = request
+            .request_state
+            .as_deref()
+            .map(|state| (state, request.input_responses.clone().unwrap_or_default()));
+        let start = self.start_call(p, name, request.arguments.clone(), how);
+        let round = match self.in_rounds(p, &what, context, retry, start).await? {
+            Ok(round) => round,
+            Err(answer) => return Ok(answer),
         };
-        let (server, result) = match round {
+        let (server, answer) = match round {
             Round::Input(input) => return Ok(CallToolResponse::InputRequired(input)),
             Round::Done(outcome) => *outcome,
         };
+        let result = answer.and_then(|a| crate::tools::answer_value(&server, a));
         match result {
             Ok(result) => match serde_json::from_value::<CallToolResult>(result) {
                 Ok(mut r) => {
@@ -599,15 +579,68 @@ impl Federation {
         }
     }
 
-    /// Routes `tools/call name`: the server and the upstream call's params, or the
-    /// answer when it cannot be made.
+    /// Sends the upstream request `start` routes (unless it answers by itself) with the
+    /// relay of the client request of `context`, as [`crate::downstream::Rounds::run`]
+    /// does: on the stateless wire the upstream's questions become `input_required`
+    /// rounds. A retry carrying its `requestState` (`retry`) resumes the exchange
+    /// parked under it instead, `start` not run. The one path of `tools/call`,
+    /// `prompts/get` and `resources/read` (rmcp's `completion/complete` params carry no
+    /// `requestState`, so a completion has no rounds). `what` names the request
+    /// (`tools/call <name>`): a `requestState` is bound to it.
+    async fn in_rounds<R>(
+        &self,
+        p: &Principal,
+        what: &str,
+        context: RequestContext<RoleServer>,
+        retry: Option<(&str, InputResponses)>,
+        start: impl Future<Output = Result<Result<Outgoing, R>, ErrorData>>,
+    ) -> Result<Result<Round, R>, ErrorData> {
+        if let Some((state, responses)) = retry {
+            return self
+                .rounds
+                .retry(p, what, &context, state, responses)
+                .await
+                .map(Ok);
+        }
+        let out = match start.await? {
+            Ok(out) => out,
+            Err(answer) => return Ok(Err(answer)),
+        };
+        let (s, caller) = (self.s.clone(), p.clone());
+        self.rounds
+            .run(p, what, context, move |client| async move {
+                let Outgoing {
+                    server,
+                    method,
+                    params,
+                    needs,
+                    shape,
+                } = out;
+                let via = crate::tools::Relaying::To(&client);
+                let answer =
+                    crate::tools::call_via(&s, &caller, &server, method, Some(params), needs, via)
+                        .await
+                        .map(|a| match a {
+                            crate::tools::Answer::Result(v) => {
+                                crate::tools::Answer::Result(shape(v))
+                            }
+                            error => error,
+                        });
+                (server, answer)
+            })
+            .await
+            .map(Ok)
+    }
+
+    /// Routes `tools/call name`: the upstream request, or the answer when it cannot be
+    /// made.
     async fn start_call(
         &self,
         p: &Principal,
         name: &str,
         arguments: Option<serde_json::Map<String, Value>>,
         how: Elicit,
-    ) -> Result<Result<(ServerRow, Value), CallToolResponse>, ErrorData> {
+    ) -> Result<Result<Outgoing, CallToolResponse>, ErrorData> {
         let members = self.members(p).await?;
         let m = match self.route_name(naming::Kind::Tool, p, &members, name).await {
             naming::Route::To(m) => m,
@@ -640,7 +673,13 @@ impl Federation {
             }
         };
         let params = json!({"name": upstream, "arguments": arguments.unwrap_or_default()});
-        Ok(Ok((m.server.clone(), params)))
+        Ok(Ok(Outgoing {
+            server: m.server.clone(),
+            method: "tools/call",
+            params,
+            needs: None,
+            shape: Box::new(|v| v),
+        }))
     }
 
     /// The answer to a call that cannot reach `server`: the URL elicitation for a slot
@@ -948,6 +987,21 @@ struct Handler {
     relays: Arc<Mutex<relay::Relays>>,
 }
 
+/// The upstream request a client's `tools/call`, `prompts/get` or `resources/read` is
+/// sent as ([`Federation::in_rounds`]).
+pub(super) struct Outgoing {
+    pub(super) server: ServerRow,
+    pub(super) method: &'static str,
+    pub(super) params: Value,
+    /// The capability the method belongs to (an upstream that did not declare it is not
+    /// asked; `crate::tools::call_via`).
+    pub(super) needs: Option<&'static str>,
+    /// Applied to the upstream's result in the exchange's task (a read's content URIs
+    /// given their federated form), so that finishing the answer after a retry needs
+    /// nothing of the routing.
+    pub(super) shape: Box<dyn FnOnce(Value) -> Value + Send>,
+}
+
 impl Handler {
     fn new(fed: Federation) -> Self {
         Self {
@@ -1143,10 +1197,7 @@ impl ServerHandler for Handler {
     ) -> Result<GetPromptResponse, ErrorData> {
         let p = principal(&context.extensions)?;
         let how = Elicit::of(&context, request.input_responses.is_some());
-        let client = Downstream::of(context);
-        self.fed
-            .get_prompt(&p, &request.name, request.arguments, how, &client)
-            .await
+        self.fed.get_prompt(&p, request, how, context).await
     }
 
     async fn list_resources(
@@ -1178,8 +1229,7 @@ impl ServerHandler for Handler {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let p = principal(&context.extensions)?;
         let how = Elicit::of(&context, request.input_responses.is_some());
-        let client = Downstream::of(context);
-        self.fed.read_resource(&p, &request.uri, how, &client).await
+        self.fed.read_resource(&p, request, how, context).await
     }
 
     // Logging is deprecated in rmcp (SEP-2577) but still part of 2025-11-25.

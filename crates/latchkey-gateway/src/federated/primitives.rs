@@ -24,16 +24,20 @@ use std::sync::{Arc, MutexGuard};
 use latchkey_guard::Principal;
 use latchkey_vault::store::ServerRow;
 use rmcp::ErrorData;
+use rmcp::RoleServer;
 use rmcp::model::{
-    CallToolResponse, CompleteRequestParams, CompleteResult, ErrorCode, GetPromptResponse,
-    GetPromptResult, InputRequiredResult, Prompt, ReadResourceResponse, ReadResourceResult,
-    Reference, Resource, ResourceTemplate, ResultType,
+    CallToolResponse, CompleteRequestParams, CompleteResult, ErrorCode, GetPromptRequestParams,
+    GetPromptResponse, GetPromptResult, InputRequiredResult, Prompt, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Reference, Resource, ResourceTemplate, ResultType,
 };
+use rmcp::service::RequestContext;
 use serde_json::{Value, json};
 
 use super::naming::{self, Kind, Route};
-use super::{Elicit, Federation, MAX_PAGES, Member, SlotKey, Table, Unavailable, names, slot_key};
-use crate::downstream::Downstream;
+use super::{
+    Elicit, Federation, MAX_PAGES, Member, Outgoing, SlotKey, Table, Unavailable, names, slot_key,
+};
+use crate::downstream::{Downstream, Round};
 use crate::error::ApiError;
 use crate::tools::{Answer, Relaying, RpcError};
 
@@ -398,15 +402,61 @@ impl Federation {
         }
     }
 
-    /// `prompts/get` of a federated prompt.
+    /// `prompts/get` of a federated prompt; what the upstream sends before its answer
+    /// goes to the client of `context` as for a tool call (on the stateless wire as
+    /// `input_required` rounds, [`Federation::in_rounds`]).
     pub(super) async fn get_prompt(
+        &self,
+        p: &Principal,
+        request: GetPromptRequestParams,
+        how: Elicit,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let name = request.name.as_str();
+        let what = format!("prompts/get {name}");
+        let retry = request
+            .request_state
+            .as_deref()
+            .map(|state| (state, request.input_responses.clone().unwrap_or_default()));
+        let start = self.start_prompt(p, name, request.arguments.clone(), how);
+        let round = match self.in_rounds(p, &what, context, retry, start).await? {
+            Ok(round) => round,
+            Err(answer) => return Ok(answer),
+        };
+        let (server, answer) = match round {
+            Round::Input(input) => return Ok(GetPromptResponse::InputRequired(input)),
+            Round::Done(outcome) => *outcome,
+        };
+        match answer {
+            Ok(Answer::Result(v)) => match serde_json::from_value::<GetPromptResult>(v) {
+                Ok(mut r) => {
+                    // As for tool results: every 2026-07-28 result carries `resultType`
+                    // (rmcp strips it again for older peers).
+                    r.result_type = Some(ResultType::COMPLETE);
+                    Ok(GetPromptResponse::Complete(r))
+                }
+                Err(e) => Err(bad_result(&server, &e)),
+            },
+            Ok(Answer::Error(e)) if e.code == RpcError::METHOD_NOT_FOUND => {
+                Err(unknown_prompt(name))
+            }
+            Ok(Answer::Error(e)) => Err(passed_on(e)),
+            Err(e) => self
+                .refused(p, &server, unavailable_of(e), how)
+                .await
+                .map(GetPromptResponse::InputRequired),
+        }
+    }
+
+    /// Routes `prompts/get name`: the upstream request, or the answer when it cannot be
+    /// made.
+    async fn start_prompt(
         &self,
         p: &Principal,
         name: &str,
         arguments: Option<serde_json::Map<String, Value>>,
         how: Elicit,
-        client: &Downstream,
-    ) -> Result<GetPromptResponse, ErrorData> {
+    ) -> Result<Result<Outgoing, GetPromptResponse>, ErrorData> {
         let members = self.members(p).await?;
         let m = match self.route_name(Kind::Prompt, p, &members, name).await {
             Route::To(m) => m,
@@ -417,7 +467,7 @@ impl Federation {
             return self
                 .refused(p, &m.server, why, how)
                 .await
-                .map(GetPromptResponse::InputRequired);
+                .map(|ask| Err(GetPromptResponse::InputRequired(ask)));
         }
         let upstream = match self.upstream_prompt(p, m, name).await {
             Ok(Some(u)) => u,
@@ -426,49 +476,68 @@ impl Federation {
                 return self
                     .refused(p, &m.server, why, how)
                     .await
-                    .map(GetPromptResponse::InputRequired);
+                    .map(|ask| Err(GetPromptResponse::InputRequired(ask)));
             }
         };
-        let params = json!({"name": upstream, "arguments": arguments.unwrap_or_default()});
-        let answer = crate::tools::call_via(
-            &self.s,
-            p,
-            &m.server,
-            "prompts/get",
-            Some(params),
-            Some("prompts"),
-            Relaying::To(client),
-        )
-        .await;
+        Ok(Ok(Outgoing {
+            server: m.server.clone(),
+            method: "prompts/get",
+            params: json!({"name": upstream, "arguments": arguments.unwrap_or_default()}),
+            needs: Some("prompts"),
+            shape: Box::new(|v| v),
+        }))
+    }
+
+    /// `resources/read` of a federated URI, relayed like [`Federation::get_prompt`].
+    pub(super) async fn read_resource(
+        &self,
+        p: &Principal,
+        request: ReadResourceRequestParams,
+        how: Elicit,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let uri = request.uri.as_str();
+        let what = format!("resources/read {uri}");
+        let retry = request
+            .request_state
+            .as_deref()
+            .map(|state| (state, request.input_responses.clone().unwrap_or_default()));
+        let start = self.start_read(p, uri, how);
+        let round = match self.in_rounds(p, &what, context, retry, start).await? {
+            Ok(round) => round,
+            Err(answer) => return Ok(answer),
+        };
+        let (server, answer) = match round {
+            Round::Input(input) => return Ok(ReadResourceResponse::InputRequired(input)),
+            Round::Done(outcome) => *outcome,
+        };
         match answer {
-            Ok(Answer::Result(v)) => match serde_json::from_value::<GetPromptResult>(v) {
+            Ok(Answer::Result(v)) => match serde_json::from_value::<ReadResourceResult>(v) {
                 Ok(mut r) => {
-                    // As for tool results: every 2026-07-28 result carries `resultType`
-                    // (rmcp strips it again for older peers).
                     r.result_type = Some(ResultType::COMPLETE);
-                    Ok(GetPromptResponse::Complete(r))
+                    Ok(ReadResourceResponse::Complete(r))
                 }
-                Err(e) => Err(bad_result(&m.server, &e)),
+                Err(e) => Err(bad_result(&server, &e)),
             },
             Ok(Answer::Error(e)) if e.code == RpcError::METHOD_NOT_FOUND => {
-                Err(unknown_prompt(name))
+                Err(unknown_resource(uri))
             }
             Ok(Answer::Error(e)) => Err(passed_on(e)),
             Err(e) => self
-                .refused(p, &m.server, unavailable_of(e), how)
+                .refused(p, &server, unavailable_of(e), how)
                 .await
-                .map(GetPromptResponse::InputRequired),
+                .map(ReadResourceResponse::InputRequired),
         }
     }
 
-    /// `resources/read` of a federated URI.
-    pub(super) async fn read_resource(
+    /// Routes `resources/read uri`: the upstream request (whose result's contents are
+    /// given the URIs the client knows), or the answer when it cannot be made.
+    async fn start_read(
         &self,
         p: &Principal,
         uri: &str,
         how: Elicit,
-        client: &Downstream,
-    ) -> Result<ReadResourceResponse, ErrorData> {
+    ) -> Result<Result<Outgoing, ReadResourceResponse>, ErrorData> {
         let members = self.members(p).await?;
         let (m, original) = match self.route_uri(p, &members, uri).await {
             Route::To(found) => found,
@@ -479,20 +548,15 @@ impl Federation {
             return self
                 .refused(p, &m.server, why, how)
                 .await
-                .map(ReadResourceResponse::InputRequired);
+                .map(|ask| Err(ReadResourceResponse::InputRequired(ask)));
         }
-        let answer = crate::tools::call_via(
-            &self.s,
-            p,
-            &m.server,
-            "resources/read",
-            Some(json!({"uri": original})),
-            Some("resources"),
-            Relaying::To(client),
-        )
-        .await;
-        match answer {
-            Ok(Answer::Result(mut v)) => {
+        let (slug, unprefixed) = (m.slug.clone(), m.server.unprefixed);
+        Ok(Ok(Outgoing {
+            server: m.server.clone(),
+            method: "resources/read",
+            params: json!({"uri": original}),
+            needs: Some("resources"),
+            shape: Box::new(move |mut v| {
                 // The contents name the URI the client knows.
                 for c in v
                     .get_mut("contents")
@@ -501,26 +565,12 @@ impl Federation {
                     .flatten()
                 {
                     if let Some(Value::String(u)) = c.get_mut("uri") {
-                        *u = names::item_uri(&m.slug, u, m.server.unprefixed);
+                        *u = names::item_uri(&slug, u, unprefixed);
                     }
                 }
-                match serde_json::from_value::<ReadResourceResult>(v) {
-                    Ok(mut r) => {
-                        r.result_type = Some(ResultType::COMPLETE);
-                        Ok(ReadResourceResponse::Complete(r))
-                    }
-                    Err(e) => Err(bad_result(&m.server, &e)),
-                }
-            }
-            Ok(Answer::Error(e)) if e.code == RpcError::METHOD_NOT_FOUND => {
-                Err(unknown_resource(uri))
-            }
-            Ok(Answer::Error(e)) => Err(passed_on(e)),
-            Err(e) => self
-                .refused(p, &m.server, unavailable_of(e), how)
-                .await
-                .map(ReadResourceResponse::InputRequired),
-        }
+                v
+            }),
+        }))
     }
 
     /// `completion/complete` for a federated prompt or resource template, asked of its

@@ -485,14 +485,34 @@ async fn stateless_call(
     capabilities: Value,
     extra: Value,
 ) -> Value {
-    let mut params = json!({
-        "_meta": {
-            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-            "io.modelcontextprotocol/clientCapabilities": capabilities,
-            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
-        },
-        "name": name,
-        "arguments": arguments,
+    let params = json!({"name": name, "arguments": arguments});
+    stateless_request(
+        base,
+        bearer,
+        "tools/call",
+        name,
+        params,
+        capabilities,
+        extra,
+    )
+    .await
+}
+
+/// `method` with `params` (plus `extra`'s members) on the stateless 2026-07-28 wire,
+/// `mcp_name` its `Mcp-Name` header: the JSON-RPC answer.
+async fn stateless_request(
+    base: &str,
+    bearer: &str,
+    method: &str,
+    mcp_name: &str,
+    mut params: Value,
+    capabilities: Value,
+    extra: Value,
+) -> Value {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": capabilities,
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
     });
     for (k, v) in extra.as_object().unwrap() {
         params[k] = v.clone();
@@ -503,9 +523,9 @@ async fn stateless_call(
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
         .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", name)
-        .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params}))
+        .header("mcp-method", method)
+        .header("mcp-name", mcp_name)
+        .json(&json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params}))
         .send()
         .await
         .unwrap();
@@ -674,6 +694,101 @@ async fn the_stateless_wire_relays_requests_as_input_required_rounds() {
 /// fulfils `input_required` and retries): elicitation, sampling and roots asked by the
 /// upstream reach it and their answers the upstream; the upstream's progress reaches
 /// the client on the request that is waiting.
+/// `prompts/get` and `resources/read` take the same rounds as a `tools/call` on the
+/// stateless wire: an upstream's elicitation during either is answered `input_required`
+/// (not `-32601`), the retry hands the answer to the upstream under its own request id
+/// and gets the prompt or the contents built from it; the `requestState` of one is
+/// refused for the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_prompts_and_reads_relay_requests_as_input_required_rounds() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    upstream.offer_primitives(Some("relay"));
+    let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    let capable = json!({"elicitation": {"form": {}}});
+    let bearer = "callers-own-credential";
+    let requests = [
+        (
+            "prompts/get",
+            "ask",
+            json!({"name": "ask", "arguments": {"message": "Who are you?"}}),
+            "Who are you?",
+        ),
+        (
+            "resources/read",
+            "ask:///name",
+            json!({"uri": "ask:///name"}),
+            "Your name?",
+        ),
+    ];
+    let mut states = Vec::new();
+    for (method, name, params, question) in &requests {
+        let v = stateless_request(
+            &base,
+            bearer,
+            method,
+            name,
+            params.clone(),
+            capable.clone(),
+            json!({}),
+        )
+        .await;
+        let result = &v["result"];
+        assert_eq!(result["resultType"], "input_required", "{method}: {v}");
+        let request = &result["inputRequests"]["r1"];
+        assert_eq!(request["method"], "elicitation/create", "{v}");
+        assert_eq!(request["params"]["message"], *question, "{v}");
+        let state = result["requestState"].as_str().unwrap().to_owned();
+        assert!(
+            upstream.relayed_answers().is_empty(),
+            "the upstream still waits"
+        );
+        states.push(state);
+    }
+    // A prompt's requestState is not a read's.
+    let answer = |who: &str| json!({"action": "accept", "content": {"name": who}});
+    let (method, name, params, _) = &requests[1];
+    let v = stateless_request(
+        &base,
+        bearer,
+        method,
+        name,
+        params.clone(),
+        capable.clone(),
+        json!({"requestState": states[0], "inputResponses": {"r1": answer("Ada")}}),
+    )
+    .await;
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+
+    for (n, ((method, name, params, _), state)) in requests.iter().zip(&states).enumerate() {
+        let who = ["Ada", "Grace"][n];
+        let v = stateless_request(
+            &base,
+            bearer,
+            method,
+            name,
+            params.clone(),
+            capable.clone(),
+            json!({"requestState": state, "inputResponses": {"r1": answer(who)}}),
+        )
+        .await;
+        let result = &v["result"];
+        assert_eq!(result["resultType"], "complete", "{method}: {v}");
+        let text = if *method == "prompts/get" {
+            &result["messages"][0]["content"]["text"]
+        } else {
+            assert_eq!(result["contents"][0]["uri"], "ask:///name", "{v}");
+            &result["contents"][0]["text"]
+        };
+        let got: Value = serde_json::from_str(text.as_str().unwrap()).unwrap();
+        assert_eq!(got, answer(who), "{method}: {v}");
+        let answers = upstream.relayed_answers();
+        assert_eq!(answers.len(), n + 1, "{answers:?}");
+        assert!(answers[n]["id"].as_str().unwrap().starts_with("ask-"));
+        assert_eq!(answers[n]["result"], answer(who), "{answers:?}");
+    }
+    super::cleanup(dir, schema).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rmcp_stateless_client_answers_relayed_requests_in_rounds() {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
