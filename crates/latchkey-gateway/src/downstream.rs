@@ -110,7 +110,7 @@ enum Event {
 /// on).
 pub(crate) type Outcome = (
     latchkey_vault::store::ServerRow,
-    Result<crate::tools::Answer, crate::error::ApiError>,
+    Result<crate::upstream_answer::Answer, crate::error::ApiError>,
 );
 
 /// The answer to one of the client's requests on the rounds path.

@@ -33,6 +33,7 @@ pub mod state;
 pub mod telemetry;
 pub mod tools;
 pub mod ui;
+mod upstream_answer;
 pub mod upstream_sessions;
 
 use std::sync::Arc;
