@@ -105,6 +105,8 @@ async function open(viewport = DESKTOP, { clock = false, base = BASE } = {}) {
   });
   await page.goto(`${base}/`);
   await until(async () => (await page.locator("#whoami").textContent()).includes("Signed in"), "whoami");
+  // The cards above the form are drawn by then: nothing moves under a click.
+  await until(async () => (await page.locator("#servers").getAttribute("aria-busy")) === "false", "the list");
   return { context, page, problems, dialogs };
 }
 

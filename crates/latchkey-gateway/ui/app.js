@@ -41,7 +41,21 @@ let formHome = null;
 // ---------------------------------------------------------------------------------
 // Loading
 
+/** Loads in progress: the list is `aria-busy` while any runs (it starts busy in the page). */
+let loading = 0;
+
 async function loadAll() {
+  loading += 1;
+  $("servers").setAttribute("aria-busy", "true");
+  try {
+    await loadAllNow();
+  } finally {
+    loading -= 1;
+    if (loading === 0) $("servers").setAttribute("aria-busy", "false");
+  }
+}
+
+async function loadAllNow() {
   let servers;
   try {
     servers = await api.servers();
