@@ -111,6 +111,29 @@ impl Relaying<'_> {
     }
 }
 
+/// What [`exchange`] does in the upstream session kept for a slot.
+#[derive(Debug, Clone, Copy)]
+enum Op<'a> {
+    /// Sends `method` with `params`, unless the session's `initialize` did not declare
+    /// `needs`; `via`: who hears what the upstream sends before its answer.
+    Request {
+        method: &'a str,
+        params: &'a Option<Value>,
+        needs: Option<&'a str>,
+        via: Relaying<'a>,
+    },
+    /// Nothing more than having the session: it is opened if none is kept
+    /// ([`open_session`]).
+    Open,
+}
+
+impl Op<'_> {
+    /// Whether something already reached the client ([`Relaying::relayed`]).
+    fn relayed(self) -> bool {
+        matches!(self, Op::Request { via, .. } if via.relayed())
+    }
+}
+
 /// The user must connect `server` (again), for `reason`.
 pub(crate) fn needs_reauth(server: &ServerRow, reason: Reauth) -> ApiError {
     ApiError::NeedsReauth {
@@ -138,22 +161,18 @@ pub(crate) fn token_failure(server: &ServerRow, e: TokenError) -> ApiError {
     }
 }
 
-/// `method` on `server` with `token`, in the upstream session kept for `key`
+/// `op` on `server` with `auth`, in the upstream session kept for `key`
 /// ([`crate::upstream_sessions`]): opened with `initialize` when there is none (or it
-/// is stale), and opened again once if the upstream says it is gone. When `needs` names
-/// a capability the session's `initialize` did not declare, nothing is sent: the answer
-/// is `Method not found`. The answer, or why there is none. `via`: who hears what the
-/// upstream sends before its answer.
-#[allow(clippy::too_many_arguments)]
+/// is stale), and for a request opened again once if the upstream says it is gone.
+/// When the request `needs` a capability the session's `initialize` did not declare,
+/// nothing is sent: the answer is `Method not found`. The answer (for [`Op::Open`] an
+/// empty result: nothing was asked), or why there is none.
 async fn exchange(
     s: &AppState,
     server: &ServerRow,
     key: &SessionKey,
     auth: &Auth,
-    method: &str,
-    params: Option<Value>,
-    needs: Option<&str>,
-    via: Relaying<'_>,
+    op: Op<'_>,
 ) -> Result<Answer, Upstream> {
     let Auth { headers, mark } = auth;
     let (headers, mark) = (headers, *mark);
@@ -180,6 +199,16 @@ async fn exchange(
             }
         }
     };
+    let Op::Request {
+        method,
+        params,
+        needs,
+        via,
+    } = op
+    else {
+        // The session is open: nothing else was asked.
+        return Ok(Answer::Result(Value::Null));
+    };
     if needs.is_some_and(|c| !session.offers(c)) {
         return Ok(Answer::Error(RpcError::not_offered()));
     }
@@ -192,7 +221,7 @@ async fn exchange(
             s.upstream.forget_session(key, session.id.as_deref());
             mcp.reset_session();
             open(s, server, key, mark, &mut mcp, headers).await?;
-            let req = via.stamp(mcp.request(method, params));
+            let req = via.stamp(mcp.request(method, params.clone()));
             match send(server, &mcp, &req, headers, via).await {
                 Err(Upstream::SessionGone) => Err(Upstream::Failed(upstream_failed(
                     server,
@@ -419,6 +448,36 @@ pub(crate) async fn call_via(
     needs: Option<&str>,
     via: Relaying<'_>,
 ) -> Result<Answer, ApiError> {
+    let op = Op::Request {
+        method,
+        params: &params,
+        needs,
+        via,
+    };
+    run(s, p, server, op).await
+}
+
+/// Opens the upstream session of the caller's slot of `server` (for a server without
+/// authorization, the caller's own) if none is kept, as a request through
+/// [`call_answer`] would (`initialize`, the refresh-and-retry rule), without sending a
+/// request in it: the relay's hub needs a session for its stream after the upstream
+/// lost the one it had ([`crate::federated`]'s relays). `Err` as [`call_answer`]'s.
+pub(crate) async fn open_session(
+    s: &AppState,
+    p: &Principal,
+    server: &ServerRow,
+) -> Result<(), ApiError> {
+    run(s, p, server, Op::Open).await.map(|_| ())
+}
+
+/// `op` for the caller's slot of `server`, with its credential and the
+/// refresh-and-retry rule ([`call_via`], [`open_session`]).
+async fn run(
+    s: &AppState,
+    p: &Principal,
+    server: &ServerRow,
+    op: Op<'_>,
+) -> Result<Answer, ApiError> {
     let fail = |u: Upstream| match u {
         Upstream::Unauthorized => needs_reauth(server, Reauth::Rejected),
         Upstream::Scope(scopes) => ApiError::NeedsScopeUpgrade {
@@ -449,7 +508,7 @@ pub(crate) async fn call_via(
                 server: server.id.clone(),
                 subject: Some(p.subject.as_str().to_owned()),
             };
-            return exchange(s, server, &key, &Auth::none(), method, params, needs, via)
+            return exchange(s, server, &key, &Auth::none(), op)
                 .await
                 .map_err(fail);
         }
@@ -460,7 +519,7 @@ pub(crate) async fn call_via(
                 headers: opened.headers(server)?,
                 mark: opened.mark(),
             };
-            return exchange(s, server, &key, &auth, method, params, needs, via)
+            return exchange(s, server, &key, &auth, op)
                 .await
                 .map_err(|u| match u {
                     Upstream::Unauthorized => crate::service::headers::refused(server, 401),
@@ -480,17 +539,15 @@ pub(crate) async fn call_via(
     }
     let token = bearer(s, server, &slot, false).await?;
     let auth = Auth::bearer(&token.token)?;
-    match exchange(s, server, &key, &auth, method, params.clone(), needs, via).await {
+    match exchange(s, server, &key, &auth, op).await {
         Ok(v) => Ok(v),
-        Err(Upstream::Unauthorized) if via.relayed() => Err(fail(Upstream::Unauthorized)),
+        Err(Upstream::Unauthorized) if op.relayed() => Err(fail(Upstream::Unauthorized)),
         Err(Upstream::Unauthorized) => {
             // R-EXEC-3/4: one forced refresh, one retry.
             tracing::info!(event = "tools.retry_after_401", server_id = %server.id);
             let fresh = bearer(s, server, &slot, true).await?;
             let auth = Auth::bearer(&fresh.token)?;
-            let retried = exchange(s, server, &key, &auth, method, params, needs, via)
-                .await
-                .map_err(fail);
+            let retried = exchange(s, server, &key, &auth, op).await.map_err(fail);
             if retried.is_ok() {
                 // R-OBS-2: without this line the default level shows the failure only.
                 tracing::info!(
@@ -579,14 +636,19 @@ const STREAM_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 /// What [`listen_stream`] found.
 pub(crate) enum Listen {
-    /// The stream, open.
-    Open(Box<latchkey_egress::EgressStream>),
+    /// The stream, open, and the id of the upstream session it belongs to (a new id
+    /// is a new session: subscriptions made in another one do not hold in it).
+    Open(Box<latchkey_egress::EgressStream>, String),
     /// The upstream offers no such stream (405), keeps no session, or is not a kind of
     /// server that has one: asking again will not help.
     Never,
     /// Not now (no session kept for the slot's current credential, the request failed,
     /// another refusal): a later attempt may succeed.
     NotNow,
+    /// The upstream answered 404: it no longer knows the session (it restarted or
+    /// expired it), which is forgotten here so that it is not reused; a new session
+    /// ([`open_session`]) may have a stream.
+    Lost,
     /// The upstream's `initialize` declared none of the capabilities asked for: not
     /// opened (no request made).
     Undeclared,
@@ -675,11 +737,16 @@ pub(crate) async fn listen_stream(
             server_id = %server.id,
             status = opened.status.as_u16()
         );
-        return Ok(if opened.status == http::StatusCode::METHOD_NOT_ALLOWED {
-            Listen::Never
-        } else {
-            Listen::NotNow
+        return Ok(match opened.status {
+            http::StatusCode::METHOD_NOT_ALLOWED => Listen::Never,
+            // Streamable HTTP: a 404 with a session id means the session is gone, for
+            // the requests of the slot too (as [`exchange`] forgets it on a POST).
+            http::StatusCode::NOT_FOUND => {
+                s.upstream.forget_session(&key, Some(id));
+                Listen::Lost
+            }
+            _ => Listen::NotNow,
         });
     }
-    Ok(Listen::Open(Box::new(opened)))
+    Ok(Listen::Open(Box::new(opened), id.to_owned()))
 }

@@ -26,9 +26,21 @@
 //!   when the upstream answers 405 (it offers no stream; remembered for 10 minutes),
 //!   the slot's credential is not usable, or an event is too large; its relays end,
 //!   and the client's next request that needs the server's messages starts anew.
-//!   Upstream subscriptions are not renewed on a new upstream session.
+//! * An upstream that lost the session (it restarted or expired it: the GET gets 404)
+//!   does not bring the relays down. The session is forgotten for the slot, a new one
+//!   opened at once as a request would open it (`initialize`), its stream opened, and
+//!   in it `resources/subscribe` sent again for every original URI that a client
+//!   session relaying through the hub still wants ([`Wants`], stateless
+//!   `subscriptions/listen` streams included); likewise whenever the stream reopens in
+//!   another session than before (a request opened a new one meanwhile, a refreshed
+//!   credential). The stream is opened before the subscriptions are sent, so an update
+//!   sent between the two is not lost. A subscription the upstream refuses again, or
+//!   that fails, is logged and the others still go; a credential found unusable ends
+//!   the hub as above. A `logging/setLevel` is not sent again: the level a client set
+//!   is not kept (only that it set one), so its log messages stay relayed but the new
+//!   upstream session uses the upstream's default level.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -41,7 +53,7 @@ use rmcp::service::{Peer, SubscriptionSendError, SubscriptionSink};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
-use crate::tools::Listen;
+use crate::tools::{Answer, Listen};
 use crate::upstream_sessions::SessionKey;
 
 /// The most bytes one event of an upstream stream may have; past it the stream is
@@ -68,6 +80,8 @@ pub(super) const LIST_CHANGES: &[&str] = &[
 #[derive(Debug)]
 pub(super) struct Hub {
     tx: broadcast::Sender<Arc<Value>>,
+    /// What its client sessions want, for the subscriptions a new upstream session needs.
+    wants: Arc<Wants>,
     /// `true` once the reader has given up for good: the hub's relays end with it.
     ended: watch::Receiver<bool>,
     /// Dropped with the last client session using the hub: stops its reader.
@@ -77,6 +91,34 @@ pub(super) struct Hub {
 impl Hub {
     fn has_ended(&self) -> bool {
         *self.ended.borrow()
+    }
+}
+
+/// What each client session relaying from one hub wants of its server, to send its
+/// subscriptions again in a new upstream session. An entry lives as long as its relay
+/// (the relay task and the session's [`Relays`] hold the `Wanted`), so a session that
+/// ended or unsubscribed is not renewed.
+#[derive(Debug, Default)]
+struct Wants(Mutex<Vec<Weak<Mutex<Wanted>>>>);
+
+impl Wants {
+    fn add(&self, wanted: &Arc<Mutex<Wanted>>) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(wanted));
+    }
+
+    /// The original URIs any live client session is subscribed to now, each once.
+    fn uris(&self) -> BTreeSet<String> {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.iter()
+            .filter_map(Weak::upgrade)
+            .flat_map(|w| {
+                let w = w.lock().unwrap_or_else(|p| p.into_inner());
+                w.uris.iter().cloned().collect::<Vec<_>>()
+            })
+            .collect()
     }
 }
 
@@ -123,8 +165,8 @@ impl Hubs {
         if self.is_never(&key) {
             return None;
         }
-        let stream = match crate::tools::listen_stream(s, p, server, declared).await {
-            Ok(Listen::Open(stream)) => stream,
+        let (stream, session) = match crate::tools::listen_stream(s, p, server, declared).await {
+            Ok(Listen::Open(stream, session)) => (stream, session),
             Ok(Listen::Never) => {
                 self.never
                     .lock()
@@ -132,7 +174,9 @@ impl Hubs {
                     .insert(key, tokio::time::Instant::now());
                 return None;
             }
-            Ok(Listen::NotNow | Listen::Undeclared) => return None,
+            // Lost: the request that led here used the session just before; the next
+            // one opens a new session and asks again.
+            Ok(Listen::NotNow | Listen::Undeclared | Listen::Lost) => return None,
             Err(e) => {
                 tracing::info!(
                     event = "mcp.federated.stream_failed",
@@ -145,8 +189,10 @@ impl Hubs {
         let (tx, _) = broadcast::channel(BACKLOG);
         let (stop_tx, stop) = watch::channel(());
         let (ended_tx, ended) = watch::channel(false);
+        let wants = Arc::new(Wants::default());
         let hub = Arc::new(Hub {
             tx: tx.clone(),
+            wants: wants.clone(),
             ended,
             _stop: stop_tx,
         });
@@ -164,15 +210,14 @@ impl Hubs {
             hubs.retain(|_, w| w.strong_count() > 0);
             hubs.insert(key, Arc::downgrade(&hub));
         }
-        tokio::spawn(read(
-            s.clone(),
-            p.clone(),
-            server.clone(),
-            stream,
+        let reader = Reader {
+            s: s.clone(),
+            p: p.clone(),
+            server: server.clone(),
             tx,
-            stop,
-            ended_tx,
-        ));
+            wants,
+        };
+        tokio::spawn(read(reader, stop, ended_tx, stream, session));
         Some(hub)
     }
 }
@@ -215,26 +260,34 @@ async fn pump(
     }
 }
 
-/// The hub's reader: fans the stream out, and when the upstream ends it, reopens it
-/// (for the same slot, on the upstream session kept then) after [`BACKOFF_FIRST`],
-/// doubling the wait on each failure up to [`BACKOFF_MAX`]. It stops when the hub is
-/// dropped (no client session wants the stream), and gives up for good (`ended`) when
-/// the upstream offers no stream (405), the slot's credential is not usable, or an
-/// event is too large.
-async fn read(
+/// What a hub's reader works with.
+struct Reader {
     s: crate::state::AppState,
     p: Principal,
     server: ServerRow,
-    mut stream: Box<latchkey_egress::EgressStream>,
     tx: broadcast::Sender<Arc<Value>>,
+    wants: Arc<Wants>,
+}
+
+/// The hub's reader: fans the stream out, and when the upstream ends it, reopens it
+/// ([`reopen`]: for the same slot, in the upstream session kept then or a new one)
+/// after [`BACKOFF_FIRST`], doubling the wait on each failure up to [`BACKOFF_MAX`].
+/// It stops when the hub is dropped (no client session wants the stream), and gives up
+/// for good (`ended`) when the upstream offers no stream (405), the slot's credential
+/// is not usable, or an event is too large. `stop` changes only when the hub is
+/// dropped; `session`: the id of the upstream session the stream belongs to.
+async fn read(
+    r: Reader,
     mut stop: watch::Receiver<()>,
     ended: watch::Sender<bool>,
+    mut stream: Box<latchkey_egress::EgressStream>,
+    mut session: String,
 ) {
-    let server_id = server.id.clone();
+    let server_id = r.server.id.clone();
     let mut delay = BACKOFF_FIRST;
     'streams: loop {
         let opened = tokio::time::Instant::now();
-        match pump(stream, &tx, &mut stop).await {
+        match pump(stream, &r.tx, &mut stop).await {
             Ended::Unwanted => break,
             Ended::TooLarge => {
                 tracing::info!(event = "mcp.federated.stream_event_too_large", server_id = %server_id);
@@ -257,17 +310,17 @@ async fn read(
             delay = (delay * 2).min(BACKOFF_MAX);
             let attempt = tokio::select! {
                 _ = stop.changed() => break 'streams,
-                r = crate::tools::listen_stream(&s, &p, &server, &[]) => r,
+                a = reopen(&r, &session) => a,
             };
             match attempt {
-                Ok(Listen::Open(next)) => {
+                Reopened::Open(next, id) => {
                     tracing::info!(event = "mcp.federated.stream_reopened", server_id = %server_id);
                     stream = next;
+                    session = id;
                     continue 'streams;
                 }
-                Ok(Listen::NotNow | Listen::Undeclared) => {}
-                Err(e) if e.status_and_code().0.is_server_error() => {}
-                Ok(Listen::Never) | Err(_) => {
+                Reopened::Later => {}
+                Reopened::GiveUp => {
                     tracing::info!(event = "mcp.federated.stream_given_up", server_id = %server_id);
                     let _ = ended.send(true);
                     break 'streams;
@@ -276,6 +329,116 @@ async fn read(
         }
     }
     tracing::debug!(event = "mcp.federated.stream_closed", server_id = %server_id);
+}
+
+/// What one attempt to reopen a hub's stream came to.
+enum Reopened {
+    /// The stream, and the id of its upstream session.
+    Open(Box<latchkey_egress::EgressStream>, String),
+    /// Not now: try again after the backoff.
+    Later,
+    /// Reopening cannot succeed (405, the credential is not usable).
+    GiveUp,
+}
+
+/// One attempt to reopen the stream of a hub that read `session`'s: the stream of the
+/// upstream session kept for the slot, which is opened first if none is kept
+/// ([`crate::tools::open_session`], as a request would). When the upstream lost the
+/// kept session (404, and it is forgotten) a new one is opened at once and its stream
+/// asked for. In a session other than `session` the subscriptions the hub's client
+/// sessions want are sent again ([`resubscribe`]), after the stream is open so that no
+/// update sent in between is missed.
+async fn reopen(r: &Reader, session: &str) -> Reopened {
+    // Lost on the first pass: a second one in a new session.
+    for _ in 0..2 {
+        if let Err(e) = crate::tools::open_session(&r.s, &r.p, &r.server).await {
+            return later_or_give_up(&r.server, &e);
+        }
+        match crate::tools::listen_stream(&r.s, &r.p, &r.server, &[]).await {
+            Ok(Listen::Open(stream, id)) => {
+                if id != session {
+                    tracing::info!(
+                        event = "mcp.federated.upstream_session_renewed",
+                        server_id = %r.server.id
+                    );
+                    if !resubscribe(r).await {
+                        return Reopened::GiveUp;
+                    }
+                }
+                return Reopened::Open(stream, id);
+            }
+            Ok(Listen::Lost) => {}
+            Ok(Listen::NotNow | Listen::Undeclared) => return Reopened::Later,
+            Ok(Listen::Never) => return Reopened::GiveUp,
+            Err(e) => return later_or_give_up(&r.server, &e),
+        }
+    }
+    Reopened::Later
+}
+
+/// A failure that may pass (the upstream or the store failed: 5xx) is tried again
+/// later; any other (the slot's credential is not usable) ends the hub.
+fn later_or_give_up(server: &ServerRow, e: &crate::error::ApiError) -> Reopened {
+    let (status, code) = e.status_and_code();
+    tracing::info!(event = "mcp.federated.stream_failed", server_id = %server.id, code);
+    if status.is_server_error() {
+        Reopened::Later
+    } else {
+        Reopened::GiveUp
+    }
+}
+
+/// Sends `resources/subscribe` again, in the upstream session kept for the slot, for
+/// every original URI a client session relaying through the hub still wants. One the
+/// upstream refuses, or that fails, is logged (never the URI: it may name the user's
+/// data) and the others still go; `false` when the slot's credential turned out not
+/// usable (the hub ends, as when reopening fails so).
+async fn resubscribe(r: &Reader) -> bool {
+    let uris = r.wants.uris();
+    let (mut sent, mut failed) = (0usize, 0usize);
+    for uri in &uris {
+        let answer = crate::tools::call_answer(
+            &r.s,
+            &r.p,
+            &r.server,
+            "resources/subscribe",
+            Some(json!({"uri": uri})),
+            Some("resources"),
+        )
+        .await;
+        match answer {
+            Ok(Answer::Result(_)) => sent += 1,
+            Ok(Answer::Error(e)) => {
+                failed += 1;
+                tracing::info!(
+                    event = "mcp.federated.resubscribe_refused",
+                    server_id = %r.server.id,
+                    rpc_code = e.code
+                );
+            }
+            Err(e) => {
+                let (status, code) = e.status_and_code();
+                tracing::info!(
+                    event = "mcp.federated.resubscribe_failed",
+                    server_id = %r.server.id,
+                    code
+                );
+                if !status.is_server_error() {
+                    return false;
+                }
+                failed += 1;
+            }
+        }
+    }
+    if !uris.is_empty() {
+        tracing::info!(
+            event = "mcp.federated.resubscribed",
+            server_id = %r.server.id,
+            sent,
+            failed
+        );
+    }
+    true
 }
 
 /// The framer of an upstream stream: the MCP crate's (shared with `send_relaying`),
@@ -436,6 +599,7 @@ impl Relays {
             }
             r.by_server.insert(server_id.to_owned(), wanted.clone());
         }
+        hub.wants.add(&wanted);
         let rx = hub.tx.subscribe();
         let relays = Arc::downgrade(relays);
         let server_id = server_id.to_owned();
@@ -589,6 +753,33 @@ mod tests {
             ..naming
         };
         assert!(relayed(&log, &wanted, &shared).is_none());
+    }
+
+    #[test]
+    fn the_uris_to_renew_are_those_live_sessions_still_want() {
+        let wants = Wants::default();
+        let a = Arc::new(Mutex::new(Wanted::default()));
+        let b = Arc::new(Mutex::new(Wanted::default()));
+        a.lock()
+            .unwrap()
+            .uris
+            .extend(["file:///a".into(), "file:///b".into()]);
+        b.lock().unwrap().uris.insert("file:///b".into());
+        wants.add(&a);
+        wants.add(&b);
+        let all = |w: &Wants| w.uris().into_iter().collect::<Vec<_>>();
+        assert_eq!(all(&wants), ["file:///a", "file:///b"], "each once");
+        // Unsubscribed: not renewed; an ended session's: neither.
+        a.lock().unwrap().uris.remove("file:///a");
+        assert_eq!(all(&wants), ["file:///b"]);
+        drop(b);
+        assert_eq!(all(&wants), ["file:///b"]);
+        drop(a);
+        assert!(wants.uris().is_empty());
+        assert!(
+            wants.0.lock().unwrap().is_empty(),
+            "ended sessions are pruned"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod naming;
 mod operations;
 mod proxy;
 mod relaying;
+mod renewal;
 mod servers;
 mod signin;
 mod tools;
