@@ -22,8 +22,10 @@
 //!   retry carrying that `requestState` and `inputResponses` hands the response to the
 //!   waiting exchange (POSTed upstream as on the session wire), then waits for the final
 //!   answer or the next `input_required`. A `requestState` is single use, bound to the
-//!   principal (tenant and subject) and the request (method and name); an unknown,
-//!   used, expired or foreign one is `-32602`. A pending exchange is kept at most
+//!   principal (tenant and subject) and the request ([`request_key`]: method, name and
+//!   arguments, since SEP-2322's retry is the same request with `inputResponses` added);
+//!   an unknown, used, expired or foreign one, or one retried with other arguments, is
+//!   `-32602`. A pending exchange is kept at most
 //!   [`PARKED_FOR`] and cancelled upstream (`notifications/cancelled`) when it expires;
 //!   beyond [`MAX_PARKED`] of them, or for a client that did not declare the
 //!   capability, the upstream gets `-32601` as on the session wire. Progress goes to
@@ -142,7 +144,7 @@ struct Parked {
     running: Running,
     tenant: String,
     subject: String,
-    /// The request it belongs to (`tools/call <name>` …).
+    /// The request it belongs to ([`request_key`]).
     what: String,
     /// The open questions by their key in `inputRequests`.
     answers: Answers,
@@ -166,6 +168,60 @@ impl Default for Rounds {
     }
 }
 
+/// What a parked exchange is bound to besides its principal: `method`, `name` (a tool
+/// or prompt name, a resource URI) and a SHA-256 of the canonical form of `arguments`
+/// ([`canonical`]; none is the empty object, as the upstream is sent). A retry must be
+/// the same request (SEP-2322): with other arguments it would get the answer to the
+/// first one's. Hashed, so the key stays small however large the arguments.
+pub(crate) fn request_key(
+    method: &str,
+    name: &str,
+    arguments: Option<&serde_json::Map<String, Value>>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut form = String::new();
+    match arguments {
+        Some(a) => canonical_object(a, &mut form),
+        None => form.push_str("{}"),
+    }
+    format!("{method} {name} {:x}", Sha256::digest(form.as_bytes()))
+}
+
+/// The canonical JSON of `v`: compact, the keys of every object sorted (by their UTF-8
+/// bytes), so a client that sends the same arguments with its keys in another order
+/// makes the same request. Scalars keep serde_json's own form.
+fn canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => canonical_object(m, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (n, item) in items.iter().enumerate() {
+                if n > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+fn canonical_object(m: &serde_json::Map<String, Value>, out: &mut String) {
+    let mut members: Vec<(&String, &Value)> = m.iter().collect();
+    members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    out.push('{');
+    for (n, (key, value)) in members.into_iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str(&Value::from(key.as_str()).to_string());
+        out.push(':');
+        canonical(value, out);
+    }
+    out.push('}');
+}
+
 /// What `principal` has asked to connect to a request: its tenant and subject.
 fn owner(p: &Principal) -> (String, String) {
     (p.tenant.as_str().to_owned(), p.subject.as_str().to_owned())
@@ -185,8 +241,8 @@ impl Rounds {
 
     /// Runs `work` with the relay for the request of `context` and answers the request:
     /// the outcome, or `input_required` when the upstream asks something on the
-    /// stateless wire. `what` names the request (`tools/call <name>`,
-    /// `prompts/get <name>`, `resources/read <uri>`).
+    /// stateless wire. `what` names the request ([`request_key`]): a `requestState` is
+    /// bound to it.
     ///
     /// On a session, or for a stateless client that declared nothing that could be
     /// relayed, `work` runs here (rmcp's `Peer` needs the request's own task); otherwise
@@ -254,7 +310,9 @@ impl Rounds {
                 // Kept for its owner: a foreign retry must not end someone's exchange.
                 all.insert(state.to_owned(), parked);
                 return Err(ErrorData::invalid_params(
-                    "this requestState belongs to another principal or another request",
+                    "this requestState belongs to another principal or another request \
+                     (a retry repeats the request: the same name and arguments, with \
+                     inputResponses added)",
                     None,
                 ));
             }
@@ -696,6 +754,48 @@ mod tests {
             _abandon: abandon,
         };
         (running, seen, vec![("r1".to_owned(), answer)], answered)
+    }
+
+    fn args(v: Value) -> serde_json::Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn the_request_key_ignores_key_order_but_not_values() {
+        let key = |v: Value| request_key("tools/call", "ask", Some(&args(v)));
+        let first = key(json!({"a": 1, "b": {"x": [1, {"p": "q", "o": null}], "y": "z"}}));
+        assert_eq!(
+            first,
+            key(json!({"b": {"y": "z", "x": [1, {"o": null, "p": "q"}]}, "a": 1})),
+            "the same arguments, keys reordered at every depth"
+        );
+        assert!(first.starts_with("tools/call ask "), "{first}");
+        for other in [
+            json!({"a": 2, "b": {"x": [1, {"p": "q", "o": null}], "y": "z"}}),
+            json!({"a": 1, "b": {"x": [{"p": "q", "o": null}, 1], "y": "z"}}),
+            json!({"a": 1, "b": {"x": [1, {"p": "q", "o": null}], "y": "z"}, "c": true}),
+            json!({"a": "1", "b": {"x": [1, {"p": "q", "o": null}], "y": "z"}}),
+            json!({"a": 1}),
+        ] {
+            assert_ne!(first, key(other.clone()), "{other}");
+        }
+        assert_ne!(
+            first,
+            request_key(
+                "prompts/get",
+                "ask",
+                Some(&args(
+                    json!({"a": 1, "b": {"x": [1, {"p": "q", "o": null}], "y": "z"}})
+                ))
+            )
+        );
+        // No arguments is the empty object, as the upstream is sent.
+        assert_eq!(request_key("tools/call", "ask", None), key(json!({})));
+        // A key that needs escaping cannot pass for a structure.
+        assert_ne!(key(json!({"a\":1,\"b": 2})), key(json!({"a": 1, "b": 2})));
+        let mut form = String::new();
+        canonical(&json!({"b": [true, 1.5, "\n"], "a": {}}), &mut form);
+        assert_eq!(form, r#"{"a":{},"b":[true,1.5,"\n"]}"#);
     }
 
     #[tokio::test]

@@ -99,7 +99,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
-use crate::downstream::{Downstream, Round};
+use crate::downstream::{Downstream, Outcome, Round};
 use crate::error::ApiError;
 use crate::events::{CredentialChange, change_visible_to};
 use crate::service::flows::Started;
@@ -532,19 +532,15 @@ impl Federation {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.as_ref();
-        let what = format!("tools/call {name}");
-        let retry = request
-            .request_state
-            .as_deref()
-            .map(|state| (state, request.input_responses.clone().unwrap_or_default()));
+        let what = crate::downstream::request_key("tools/call", name, request.arguments.as_ref());
         let start = self.start_call(p, name, request.arguments.clone(), how);
-        let round = match self.in_rounds(p, &what, context, retry, start).await? {
-            Ok(round) => round,
+        let retry = Retry::of(
+            request.request_state.as_deref(),
+            request.input_responses.as_ref(),
+        );
+        let (server, answer) = match self.in_rounds(p, &what, context, retry, start).await? {
+            Ok(outcome) => outcome,
             Err(answer) => return Ok(answer),
-        };
-        let (server, answer) = match round {
-            Round::Input(input) => return Ok(CallToolResponse::InputRequired(input)),
-            Round::Done(outcome) => *outcome,
         };
         let result = answer.and_then(|a| crate::tools::answer_value(&server, a));
         match result {
@@ -556,17 +552,7 @@ impl Federation {
                     r.result_type = Some(rmcp::model::ResultType::COMPLETE);
                     Ok(CallToolResponse::Complete(r))
                 }
-                Err(e) => {
-                    tracing::info!(
-                        event = "mcp.federated.bad_result",
-                        server_id = %server.id,
-                        error = %e
-                    );
-                    Err(ErrorData::internal_error(
-                        "the upstream server answered an unusable result",
-                        None,
-                    ))
-                }
+                Err(e) => Err(primitives::bad_result(&server, &e)),
             },
             Err(ApiError::NeedsReauth { .. }) => {
                 self.unavailable(p, &server, Unavailable::NotConnected { force: true }, how)
@@ -582,54 +568,41 @@ impl Federation {
     /// Sends the upstream request `start` routes (unless it answers by itself) with the
     /// relay of the client request of `context`, as [`crate::downstream::Rounds::run`]
     /// does: on the stateless wire the upstream's questions become `input_required`
-    /// rounds. A retry carrying its `requestState` (`retry`) resumes the exchange
-    /// parked under it instead, `start` not run. The one path of `tools/call`,
-    /// `prompts/get` and `resources/read` (rmcp's `completion/complete` params carry no
-    /// `requestState`, so a completion has no rounds). `what` names the request
-    /// (`tools/call <name>`): a `requestState` is bound to it.
-    async fn in_rounds<R>(
+    /// rounds (`Err`, the answer `R` to give). A retry carrying its `requestState`
+    /// (`retry`) resumes the exchange parked under it instead, `start` not run. The one
+    /// path of `tools/call`, `prompts/get` and `resources/read` (rmcp's
+    /// `completion/complete` params carry no `requestState`, so a completion has no
+    /// rounds). `what` names the request ([`crate::downstream::request_key`]): a
+    /// `requestState` is bound to it.
+    async fn in_rounds<R: From<InputRequiredResult>>(
         &self,
         p: &Principal,
         what: &str,
         context: RequestContext<RoleServer>,
-        retry: Option<(&str, InputResponses)>,
+        retry: Option<Retry<'_>>,
         start: impl Future<Output = Result<Result<Outgoing, R>, ErrorData>>,
-    ) -> Result<Result<Round, R>, ErrorData> {
-        if let Some((state, responses)) = retry {
-            return self
-                .rounds
-                .retry(p, what, &context, state, responses)
-                .await
-                .map(Ok);
-        }
-        let out = match start.await? {
-            Ok(out) => out,
-            Err(answer) => return Ok(Err(answer)),
+    ) -> Result<Result<Outcome, R>, ErrorData> {
+        let round = match retry {
+            Some(Retry { state, responses }) => {
+                self.rounds
+                    .retry(p, what, &context, state, responses)
+                    .await?
+            }
+            None => {
+                let out = match start.await? {
+                    Ok(out) => out,
+                    Err(answer) => return Ok(Err(answer)),
+                };
+                let (s, caller) = (self.s.clone(), p.clone());
+                self.rounds
+                    .run(p, what, context, move |client| send(s, caller, out, client))
+                    .await?
+            }
         };
-        let (s, caller) = (self.s.clone(), p.clone());
-        self.rounds
-            .run(p, what, context, move |client| async move {
-                let Outgoing {
-                    server,
-                    method,
-                    params,
-                    needs,
-                    shape,
-                } = out;
-                let via = crate::tools::Relaying::To(&client);
-                let answer =
-                    crate::tools::call_via(&s, &caller, &server, method, Some(params), needs, via)
-                        .await
-                        .map(|a| match a {
-                            crate::tools::Answer::Result(v) => {
-                                crate::tools::Answer::Result(shape(v))
-                            }
-                            error => error,
-                        });
-                (server, answer)
-            })
-            .await
-            .map(Ok)
+        Ok(match round {
+            Round::Done(outcome) => Ok(*outcome),
+            Round::Input(input) => Err(R::from(input)),
+        })
     }
 
     /// Routes `tools/call name`: the upstream request, or the answer when it cannot be
@@ -895,13 +868,26 @@ enum Elicit {
     /// 2026-07-28 (which drops `-32042`): an `input_required` result carrying a URL-mode
     /// `elicitation/create` (SEP-2322), for a client that declared URL elicitation.
     InputRequired,
-    /// 2026-07-28, the client's retry with its input responses.
+    /// 2026-07-28, the client's retry with its answer to the connect link (input
+    /// responses and no `requestState`: the link's round parks nothing).
     Retried,
     /// 2026-07-28 without URL elicitation declared: `-32021` naming it.
     Unsupported,
 }
 
 impl Elicit {
+    /// How a `tools/call`, `prompts/get` or `resources/read` with these params sends its
+    /// user to a URL. A retry carrying a `requestState` answers the upstream's questions,
+    /// not a connect link: if its slot needs consent now (the upstream refused the
+    /// credential meanwhile), it gets what a fresh request gets.
+    fn of_request(
+        context: &RequestContext<RoleServer>,
+        state: &Option<String>,
+        responses: &Option<InputResponses>,
+    ) -> Self {
+        Self::of(context, responses.is_some() && state.is_none())
+    }
+
     fn of(context: &RequestContext<RoleServer>, retry: bool) -> Self {
         let modern = context
             .protocol_version()
@@ -985,6 +971,45 @@ struct Handler {
     alive: watch::Sender<()>,
     /// What the session subscribed to or set a level on, per server, and the relays.
     relays: Arc<Mutex<relay::Relays>>,
+}
+
+/// Sends `out` for `caller` with `client` as the relay of what the upstream sends
+/// before its answer ([`Federation::in_rounds`]; owned: it may run in a task of its own
+/// while the client is asked).
+async fn send(s: AppState, caller: Principal, out: Outgoing, client: Downstream) -> Outcome {
+    let Outgoing {
+        server,
+        method,
+        params,
+        needs,
+        shape,
+    } = out;
+    let via = crate::tools::Relaying::To(&client);
+    let answer = crate::tools::call_via(&s, &caller, &server, method, Some(params), needs, via)
+        .await
+        .map(|a| match a {
+            crate::tools::Answer::Result(v) => crate::tools::Answer::Result(shape(v)),
+            error => error,
+        });
+    (server, answer)
+}
+
+/// The retry of a stateless request ([`Federation::in_rounds`]): its `requestState` and
+/// `inputResponses`.
+#[derive(Debug)]
+struct Retry<'a> {
+    state: &'a str,
+    responses: InputResponses,
+}
+
+impl<'a> Retry<'a> {
+    /// The retry a request's params make, if they carry a `requestState`.
+    fn of(state: Option<&'a str>, responses: Option<&InputResponses>) -> Option<Self> {
+        Some(Self {
+            state: state?,
+            responses: responses.cloned().unwrap_or_default(),
+        })
+    }
 }
 
 /// The upstream request a client's `tools/call`, `prompts/get` or `resources/read` is
@@ -1171,7 +1196,7 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let p = principal(&context.extensions)?;
-        let how = Elicit::of(&context, request.input_responses.is_some());
+        let how = Elicit::of_request(&context, &request.request_state, &request.input_responses);
         if request.name == CONNECT_TOOL {
             self.fed.connect(&p, request.arguments, how).await
         } else {
@@ -1196,7 +1221,7 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
         let p = principal(&context.extensions)?;
-        let how = Elicit::of(&context, request.input_responses.is_some());
+        let how = Elicit::of_request(&context, &request.request_state, &request.input_responses);
         self.fed.get_prompt(&p, request, how, context).await
     }
 
@@ -1228,7 +1253,7 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let p = principal(&context.extensions)?;
-        let how = Elicit::of(&context, request.input_responses.is_some());
+        let how = Elicit::of_request(&context, &request.request_state, &request.input_responses);
         self.fed.read_resource(&p, request, how, context).await
     }
 

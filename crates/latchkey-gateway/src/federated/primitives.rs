@@ -31,13 +31,15 @@ use rmcp::model::{
     ReadResourceResponse, ReadResourceResult, Reference, Resource, ResourceTemplate, ResultType,
 };
 use rmcp::service::RequestContext;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::naming::{self, Kind, Route};
 use super::{
-    Elicit, Federation, MAX_PAGES, Member, Outgoing, SlotKey, Table, Unavailable, names, slot_key,
+    Elicit, Federation, MAX_PAGES, Member, Outgoing, Retry, SlotKey, Table, Unavailable, names,
+    slot_key,
 };
-use crate::downstream::{Downstream, Round};
+use crate::downstream::{Downstream, Outcome, request_key};
 use crate::error::ApiError;
 use crate::tools::{Answer, Relaying, RpcError};
 
@@ -413,38 +415,54 @@ impl Federation {
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
         let name = request.name.as_str();
-        let what = format!("prompts/get {name}");
-        let retry = request
-            .request_state
-            .as_deref()
-            .map(|state| (state, request.input_responses.clone().unwrap_or_default()));
+        let what = request_key("prompts/get", name, request.arguments.as_ref());
         let start = self.start_prompt(p, name, request.arguments.clone(), how);
-        let round = match self.in_rounds(p, &what, context, retry, start).await? {
-            Ok(round) => round,
-            Err(answer) => return Ok(answer),
-        };
-        let (server, answer) = match round {
-            Round::Input(input) => return Ok(GetPromptResponse::InputRequired(input)),
-            Round::Done(outcome) => *outcome,
-        };
-        match answer {
-            Ok(Answer::Result(v)) => match serde_json::from_value::<GetPromptResult>(v) {
-                Ok(mut r) => {
-                    // As for tool results: every 2026-07-28 result carries `resultType`
-                    // (rmcp strips it again for older peers).
-                    r.result_type = Some(ResultType::COMPLETE);
-                    Ok(GetPromptResponse::Complete(r))
-                }
-                Err(e) => Err(bad_result(&server, &e)),
-            },
-            Ok(Answer::Error(e)) if e.code == RpcError::METHOD_NOT_FOUND => {
-                Err(unknown_prompt(name))
+        let retry = Retry::of(
+            request.request_state.as_deref(),
+            request.input_responses.as_ref(),
+        );
+        match self.in_rounds(p, &what, context, retry, start).await? {
+            Ok(outcome) => {
+                self.answered::<GetPromptResult, _>(p, outcome, how, || unknown_prompt(name))
+                    .await
             }
+            Err(answer) => Ok(answer),
+        }
+    }
+
+    /// The answer to a `prompts/get` or `resources/read` whose upstream exchange ended
+    /// with `outcome`: the upstream's result as `C` (stamped `complete`), its JSON-RPC
+    /// error passed on (`-32601` as `unknown`: the server has no such item), or what a
+    /// request gets that cannot reach the server ([`Federation::refused`]).
+    async fn answered<C, R>(
+        &self,
+        p: &Principal,
+        (server, answer): Outcome,
+        how: Elicit,
+        unknown: impl FnOnce() -> ErrorData,
+    ) -> Result<R, ErrorData>
+    where
+        C: DeserializeOwned,
+        R: From<C> + From<InputRequiredResult>,
+    {
+        match answer {
+            Ok(Answer::Result(mut v)) => {
+                // As for tool results: every 2026-07-28 result carries `resultType` (rmcp
+                // strips it again for older peers).
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("resultType".into(), json!(ResultType::COMPLETE.as_str()));
+                }
+                match serde_json::from_value::<C>(v) {
+                    Ok(r) => Ok(R::from(r)),
+                    Err(e) => Err(bad_result(&server, &e)),
+                }
+            }
+            Ok(Answer::Error(e)) if e.code == RpcError::METHOD_NOT_FOUND => Err(unknown()),
             Ok(Answer::Error(e)) => Err(passed_on(e)),
             Err(e) => self
                 .refused(p, &server, unavailable_of(e), how)
                 .await
-                .map(GetPromptResponse::InputRequired),
+                .map(R::from),
         }
     }
 
@@ -488,7 +506,8 @@ impl Federation {
         }))
     }
 
-    /// `resources/read` of a federated URI, relayed like [`Federation::get_prompt`].
+    /// `resources/read` of a federated URI, relayed like [`Federation::get_prompt`] (its
+    /// `requestState` bound to the URI: a read has no arguments).
     pub(super) async fn read_resource(
         &self,
         p: &Principal,
@@ -497,36 +516,18 @@ impl Federation {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let uri = request.uri.as_str();
-        let what = format!("resources/read {uri}");
-        let retry = request
-            .request_state
-            .as_deref()
-            .map(|state| (state, request.input_responses.clone().unwrap_or_default()));
+        let what = request_key("resources/read", uri, None);
         let start = self.start_read(p, uri, how);
-        let round = match self.in_rounds(p, &what, context, retry, start).await? {
-            Ok(round) => round,
-            Err(answer) => return Ok(answer),
-        };
-        let (server, answer) = match round {
-            Round::Input(input) => return Ok(ReadResourceResponse::InputRequired(input)),
-            Round::Done(outcome) => *outcome,
-        };
-        match answer {
-            Ok(Answer::Result(v)) => match serde_json::from_value::<ReadResourceResult>(v) {
-                Ok(mut r) => {
-                    r.result_type = Some(ResultType::COMPLETE);
-                    Ok(ReadResourceResponse::Complete(r))
-                }
-                Err(e) => Err(bad_result(&server, &e)),
-            },
-            Ok(Answer::Error(e)) if e.code == RpcError::METHOD_NOT_FOUND => {
-                Err(unknown_resource(uri))
+        let retry = Retry::of(
+            request.request_state.as_deref(),
+            request.input_responses.as_ref(),
+        );
+        match self.in_rounds(p, &what, context, retry, start).await? {
+            Ok(outcome) => {
+                self.answered::<ReadResourceResult, _>(p, outcome, how, || unknown_resource(uri))
+                    .await
             }
-            Ok(Answer::Error(e)) => Err(passed_on(e)),
-            Err(e) => self
-                .refused(p, &server, unavailable_of(e), how)
-                .await
-                .map(ReadResourceResponse::InputRequired),
+            Err(answer) => Ok(answer),
         }
     }
 
@@ -652,7 +653,7 @@ impl Federation {
 }
 
 /// An upstream result that does not parse as what the method returns.
-fn bad_result(server: &ServerRow, e: &serde_json::Error) -> ErrorData {
+pub(super) fn bad_result(server: &ServerRow, e: &serde_json::Error) -> ErrorData {
     tracing::info!(event = "mcp.federated.bad_result", server_id = %server.id, error = %e);
     ErrorData::internal_error("the upstream server answered an unusable result", None)
 }

@@ -74,11 +74,7 @@ type Client = RunningService<RoleClient, Watcher>;
 /// A 2025-11-25 client session on `{base}/mcp`, presenting `bearer`.
 async fn connect(base: &str, bearer: &str) -> (Client, mpsc::UnboundedReceiver<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp")).auth_header(bearer),
-    );
-    let client = Watcher(tx).serve(transport).await.unwrap();
-    (client, rx)
+    (serve_as(Watcher(tx), base, bearer, Wire::Session).await, rx)
 }
 
 async fn tool_names(c: &Client) -> Vec<String> {
@@ -569,16 +565,7 @@ async fn stateless_2026_07_28_requests() {
     );
 
     // rmcp's client on the discover lifecycle, with a subscriptions/listen stream.
-    let transport = StreamableHttpClientTransport::from_uri(format!("{base}/mcp"));
-    let c = ()
-        .serve_with_lifecycle(
-            transport,
-            rmcp::ClientLifecycleMode::Discover {
-                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
-            },
-        )
-        .await
-        .unwrap();
+    let c = connect_on(&base, Wire::Stateless).await;
     let tools = c.list_all_tools().await.unwrap();
     assert!(tools.iter().any(|t| t.name == "scripted__add"));
     let mut sub = c
@@ -739,22 +726,26 @@ async fn a_session_cannot_be_used_by_another_user() {
 
 /// The wire a federated test client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wire {
+pub(super) enum Wire {
     /// 2025-11-25: `initialize` and an `Mcp-Session-Id` session.
     Session,
     /// 2026-07-28: stateless requests (rmcp's discover lifecycle).
     Stateless,
 }
 
-/// An rmcp client on `{base}/mcp` speaking `wire`.
-async fn connect_on(base: &str, wire: Wire) -> RunningService<RoleClient, ()> {
+/// An rmcp client with `handler` on `{base}/mcp`, presenting `bearer`, speaking `wire`.
+pub(super) async fn serve_as<H: ClientHandler>(
+    handler: H,
+    base: &str,
+    bearer: &str,
+    wire: Wire,
+) -> RunningService<RoleClient, H> {
     let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
-            .auth_header(CALLER_TOKEN),
+        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp")).auth_header(bearer),
     );
     match wire {
-        Wire::Session => ().serve(transport).await.unwrap(),
-        Wire::Stateless => ()
+        Wire::Session => handler.serve(transport).await.unwrap(),
+        Wire::Stateless => handler
             .serve_with_lifecycle(
                 transport,
                 rmcp::ClientLifecycleMode::Discover {
@@ -764,6 +755,11 @@ async fn connect_on(base: &str, wire: Wire) -> RunningService<RoleClient, ()> {
             .await
             .unwrap(),
     }
+}
+
+/// A client without a handler on `{base}/mcp` speaking `wire`.
+async fn connect_on(base: &str, wire: Wire) -> RunningService<RoleClient, ()> {
+    serve_as((), base, CALLER_TOKEN, wire).await
 }
 
 /// The JSON-RPC error of a failed client request.
@@ -1287,6 +1283,21 @@ impl ClientHandler for Listener {
     }
 }
 
+/// A 2025-11-25 [`Listener`] session on `{base}/mcp`, presenting `bearer`.
+async fn listener(
+    base: &str,
+    bearer: &str,
+) -> (
+    RunningService<RoleClient, Listener>,
+    mpsc::UnboundedReceiver<String>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        serve_as(Listener(tx), base, bearer, Wire::Session).await,
+        rx,
+    )
+}
+
 /// The next message relayed to a [`Listener`], within 10 s.
 async fn relayed(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
@@ -1312,20 +1323,8 @@ async fn updates_and_log_messages_reach_only_the_session_that_asked() {
     let b = add_server(&base, "Beta", &beta).await;
     deposit(&base, &a, &alpha).await;
     deposit(&base, &b, &beta).await;
-    let listener = |tx| {
-        let base = base.clone();
-        async move {
-            let transport = StreamableHttpClientTransport::from_config(
-                StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
-                    .auth_header(CALLER_TOKEN),
-            );
-            Listener(tx).serve(transport).await.unwrap()
-        }
-    };
-    let (tx_a, mut rx_a) = mpsc::unbounded_channel();
-    let (tx_b, mut rx_b) = mpsc::unbounded_channel();
-    let session_a = listener(tx_a).await;
-    let session_b = listener(tx_b).await;
+    let (session_a, mut rx_a) = listener(&base, CALLER_TOKEN).await;
+    let (session_b, mut rx_b) = listener(&base, CALLER_TOKEN).await;
 
     // A subscribes to Beta's notes; B to Alpha's and sets a level (on both servers).
     session_a
@@ -1395,18 +1394,32 @@ async fn updates_and_log_messages_reach_only_the_session_that_asked() {
     super::cleanup(dir, schema).await;
 }
 
-/// Two users of one tenant with their own slots of one server: each has its own
-/// upstream session and stream, and neither gets what the other asked for.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(deprecated)]
-async fn relays_never_cross_users() {
-    use rmcp::model::{LoggingLevel, SetLevelRequestParams, SubscribeRequestParams};
+/// Latchkey in JWT mode (tenant `t`) with two users: Alice, a tenant admin, who added
+/// one server from `upstream` as `name` and deposited her credential for it, and Bob,
+/// who is no admin (and deposited his too when `bob_too`).
+pub(super) struct TwoUsers {
+    pub(super) base: String,
+    pub(super) dir: std::path::PathBuf,
+    pub(super) schema: Option<latchkey_testkit::pg::PgSchema>,
+    /// The server's id.
+    pub(super) id: String,
+    /// Alice's and Bob's tokens.
+    pub(super) alice: String,
+    pub(super) bob: String,
+    /// Kept running: it serves the keys the tokens are checked with.
+    _idp: ScriptedIdp,
+}
+
+pub(super) async fn two_users(
+    backend: super::Backend,
+    name: &str,
+    upstream: &ScriptedServer,
+    bob_too: bool,
+) -> TwoUsers {
     let idp = ScriptedIdp::start().await.unwrap();
-    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    beta.offer_primitives(Some("beta"));
     let (issuer, jwks) = (idp.issuer(), idp.jwks_url());
     let (base, dir, _store, schema) = super::start_configured(
-        super::Backend::Sqlite,
+        backend,
         |base| {
             let toml = format!(
                 "public_url = \"{base}\"\nallow_insecure_loopback = true\n[auth]\nmode = \"jwt\"\n\
@@ -1431,38 +1444,58 @@ async fn relays_never_cross_users() {
         reqwest::Method::POST,
         &format!("{base}/v1/servers"),
         Some(&format!("Bearer {alice}")),
-        Some(json!({"name": "Beta", "url": beta.mcp_url()})),
+        Some(json!({"name": name, "url": upstream.mcp_url()})),
     )
     .await;
     assert_eq!(status, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_owned();
-    for user in [&alice, &bob] {
+    let depositors = if bob_too {
+        vec![&alice, &bob]
+    } else {
+        vec![&alice]
+    };
+    for user in depositors {
         let (status, v, _) = super::request(
             reqwest::Method::POST,
             &format!("{base}/v1/credentials"),
             Some(&format!("Bearer {user}")),
             Some(json!({
-                "server_id": id, "refresh_token": beta.mint_refresh_token(),
-                "token_endpoint": format!("{}/token", beta.base), "client_id": "deposit-client",
+                "server_id": id, "refresh_token": upstream.mint_refresh_token(),
+                "token_endpoint": format!("{}/token", upstream.base), "client_id": "deposit-client",
             })),
         )
         .await;
         assert_eq!(status, 200, "{v}");
     }
-    let listener = |token: String, tx| {
-        let base = base.clone();
-        async move {
-            let transport = StreamableHttpClientTransport::from_config(
-                StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
-                    .auth_header(token),
-            );
-            Listener(tx).serve(transport).await.unwrap()
-        }
-    };
-    let (tx_a, mut rx_a) = mpsc::unbounded_channel();
-    let (tx_b, mut rx_b) = mpsc::unbounded_channel();
-    let session_a = listener(alice.clone(), tx_a).await;
-    let session_b = listener(bob.clone(), tx_b).await;
+    TwoUsers {
+        base,
+        dir,
+        schema,
+        id,
+        alice,
+        bob,
+        _idp: idp,
+    }
+}
+
+/// Two users of one tenant with their own slots of one server: each has its own
+/// upstream session and stream, and neither gets what the other asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(deprecated)]
+async fn relays_never_cross_users() {
+    use rmcp::model::{LoggingLevel, SetLevelRequestParams, SubscribeRequestParams};
+    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    beta.offer_primitives(Some("beta"));
+    let TwoUsers {
+        base,
+        dir,
+        schema,
+        alice,
+        bob,
+        ..
+    } = two_users(super::Backend::Sqlite, "Beta", &beta, true).await;
+    let (session_a, mut rx_a) = listener(&base, &alice).await;
+    let (session_b, mut rx_b) = listener(&base, &bob).await;
     session_a
         .subscribe(SubscribeRequestParams::new(
             "latchkey://beta/file:///notes.txt",
@@ -1541,10 +1574,7 @@ async fn lists_session(
     mpsc::UnboundedReceiver<String>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp")).auth_header(bearer),
-    );
-    (Lists(tx).serve(transport).await.unwrap(), rx)
+    (serve_as(Lists(tx), base, bearer, Wire::Session).await, rx)
 }
 
 /// The next `n` notifications a [`Lists`] client got (each within 10 s), sorted.
@@ -1630,52 +1660,16 @@ async fn an_upstreams_list_changes_reach_the_sessions_that_listed_on_postgres() 
 /// same user that did not list nor another user's session (who has no credential for
 /// the server, so no upstream session).
 async fn upstream_list_changes(backend: super::Backend) {
-    let idp = ScriptedIdp::start().await.unwrap();
     let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
     beta.offer_primitives(Some("beta"));
-    let (issuer, jwks) = (idp.issuer(), idp.jwks_url());
-    let (base, dir, _store, schema) = super::start_configured(
-        backend,
-        |base| {
-            let toml = format!(
-                "public_url = \"{base}\"\nallow_insecure_loopback = true\n[auth]\nmode = \"jwt\"\n\
-                 issuer = \"{issuer}\"\naudience = \"{base}/mcp\"\njwks_url = \"{jwks}\"\n"
-            );
-            Config::parse(&toml, &HashMap::new()).unwrap()
-        },
-        keys(),
-    )
-    .await;
-    let now = SystemClock.now().as_secs();
-    let jwt = |sub: &str, admin: bool| {
-        let mut claims = json!({"iss": idp.issuer(), "aud": format!("{base}/mcp"), "sub": sub,
-                                "tenant": "t", "exp": now + 600});
-        if admin {
-            claims["roles"] = json!(["latchkey:admin"]);
-        }
-        idp.mint(KeyAlg::Es256, &claims)
-    };
-    let (alice, bob) = (jwt("alice", true), jwt("bob", false));
-    let (status, v, _) = super::request(
-        reqwest::Method::POST,
-        &format!("{base}/v1/servers"),
-        Some(&format!("Bearer {alice}")),
-        Some(json!({"name": "Beta", "url": beta.mcp_url()})),
-    )
-    .await;
-    assert_eq!(status, 201, "{v}");
-    let id = v["id"].as_str().unwrap().to_owned();
-    let (status, v, _) = super::request(
-        reqwest::Method::POST,
-        &format!("{base}/v1/credentials"),
-        Some(&format!("Bearer {alice}")),
-        Some(json!({
-            "server_id": id, "refresh_token": beta.mint_refresh_token(),
-            "token_endpoint": format!("{}/token", beta.base), "client_id": "deposit-client",
-        })),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    let TwoUsers {
+        base,
+        dir,
+        schema,
+        alice,
+        bob,
+        ..
+    } = two_users(backend, "Beta", &beta, false).await;
 
     let (listed, mut rx_listed) = lists_session(&base, &alice).await;
     let (idle, mut rx_idle) = lists_session(&base, &alice).await;
@@ -1813,19 +1807,7 @@ async fn stateless_listen(backend: super::Backend) {
     add_server(&base, "Absent", &absent).await;
     deposit(&base, &id, &beta).await;
     // A client that could open a sign-in link: still, listening starts none.
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
-            .auth_header(CALLER_TOKEN),
-    );
-    let c = UrlCapable
-        .serve_with_lifecycle(
-            transport,
-            rmcp::ClientLifecycleMode::Discover {
-                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
-            },
-        )
-        .await
-        .unwrap();
+    let c = serve_as(UrlCapable, &base, CALLER_TOKEN, Wire::Stateless).await;
     let uri = "latchkey://beta/file:///notes.txt";
     let unconnected = "latchkey://absent/file:///notes.txt";
     let mut sub = c

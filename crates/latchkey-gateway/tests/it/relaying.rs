@@ -20,12 +20,11 @@ use rmcp::model::{
     ServerResult,
 };
 use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext, RunningService};
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{ClientHandler, ClientServiceExt as _, RoleClient, ServiceExt};
+use rmcp::{ClientHandler, RoleClient};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::federated::{TwoUsers, Wire, serve_as, two_users};
 use super::{client, post};
 
 const KEY: &str = "1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
@@ -118,15 +117,18 @@ impl ClientHandler for Answering {
 
 type Session = RunningService<RoleClient, Answering>;
 
-/// A 2025-11-25 session on `{base}/mcp` and what its handler reports.
-async fn session(base: &str, capable: bool) -> (Session, mpsc::UnboundedReceiver<String>) {
+/// What the test clients present to Latchkey (local mode ignores it).
+const BEARER: &str = "callers-own-credential";
+
+/// An [`Answering`] client on `{base}/mcp` speaking `wire` and what its handler reports.
+async fn connect(
+    base: &str,
+    wire: Wire,
+    capable: bool,
+) -> (Session, mpsc::UnboundedReceiver<String>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
-            .auth_header("callers-own-credential"),
-    );
     (
-        Answering { tx, capable }.serve(transport).await.unwrap(),
+        serve_as(Answering { tx, capable }, base, BEARER, wire).await,
         rx,
     )
 }
@@ -223,8 +225,8 @@ async fn progress_and_elicitation_reach_the_session_that_asked_on_postgres() {
 async fn progress_and_elicitation(backend: super::Backend) {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let (base, _id, dir, schema) = setup(backend, &upstream).await;
-    let (asking, mut rx) = session(&base, true).await;
-    let (other, mut other_rx) = session(&base, true).await;
+    let (asking, mut rx) = connect(&base, Wire::Session, true).await;
+    let (other, mut other_rx) = connect(&base, Wire::Session, true).await;
 
     let (result, token) = call(&asking, "ask", elicitation("Your name?")).await;
     let result = result.unwrap();
@@ -293,7 +295,7 @@ async fn progress_and_elicitation(backend: super::Backend) {
 async fn sampling_and_roots_are_relayed_and_missing_capabilities_refused() {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
-    let (capable, mut rx) = session(&base, true).await;
+    let (capable, mut rx) = connect(&base, Wire::Session, true).await;
 
     let sampling = json!({"method": "sampling/createMessage", "params": {
         "messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}],
@@ -314,7 +316,7 @@ async fn sampling_and_roots_are_relayed_and_missing_capabilities_refused() {
     }
     assert_eq!(seen, vec!["sample".to_owned(), "roots".to_owned()]);
 
-    let (plain, mut plain_rx) = session(&base, false).await;
+    let (plain, mut plain_rx) = connect(&base, Wire::Session, false).await;
     for args in [
         elicitation("Your name?"),
         sampling,
@@ -346,7 +348,7 @@ async fn sampling_and_roots_are_relayed_and_missing_capabilities_refused() {
 async fn cancellation_both_ways() {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
-    let (s, mut rx) = session(&base, true).await;
+    let (s, mut rx) = connect(&base, Wire::Session, true).await;
 
     let request: ClientRequest = serde_json::from_value(
         json!({"method": "tools/call", "params": {"name": "wait", "arguments": {}}}),
@@ -440,20 +442,7 @@ async fn rest_calls_refuse_relayed_requests() {
 async fn the_stateless_wire_refuses_relayed_requests_to_a_client_that_declared_none() {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
-            .auth_header("callers-own-credential"),
-    );
-    let s = Answering { tx, capable: false }
-        .serve_with_lifecycle(
-            transport,
-            rmcp::ClientLifecycleMode::Discover {
-                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
-            },
-        )
-        .await
-        .unwrap();
+    let (s, mut rx) = connect(&base, Wire::Stateless, false).await;
     let (result, _) = call(&s, "ask", elicitation("Your name?")).await;
     let answer = &result.unwrap()["structuredContent"]["answer"];
     assert_eq!(answer["code"], -32601, "{answer}");
@@ -549,80 +538,30 @@ async fn stateless_request(
 /// with it, and its replay, are refused (`-32602`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stateless_wire_relays_requests_as_input_required_rounds() {
-    use latchkey_core::{Clock, SystemClock};
-    use latchkey_testkit::idp::{KeyAlg, ScriptedIdp};
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let idp = ScriptedIdp::start().await.unwrap();
-    let (issuer, jwks) = (idp.issuer(), idp.jwks_url());
-    let (base, dir, _store, schema) = super::start_configured(
-        super::Backend::Sqlite,
-        |base| {
-            let toml = format!(
-                "public_url = \"{base}\"\nallow_insecure_loopback = true\n[auth]\nmode = \"jwt\"\n\
-                 issuer = \"{issuer}\"\naudience = \"{base}/mcp\"\njwks_url = \"{jwks}\"\n"
-            );
-            latchkey_gateway::Config::parse(&toml, &std::collections::HashMap::new()).unwrap()
-        },
-        keys(),
-    )
-    .await;
-    let now = SystemClock.now().as_secs();
-    let jwt = |sub: &str| {
-        idp.mint(
-            KeyAlg::Es256,
-            &json!({"iss": idp.issuer(), "aud": format!("{base}/mcp"), "sub": sub,
-                    "tenant": "t", "exp": now + 600, "roles": ["latchkey:admin"]}),
-        )
-    };
-    let (alice, bob) = (jwt("alice"), jwt("bob"));
-    let authed = |method: reqwest::Method, path: String, body: Value| {
-        let (base, alice) = (base.clone(), alice.clone());
-        async move {
-            let (status, v, _) = super::request(
-                method,
-                &format!("{base}{path}"),
-                Some(&format!("Bearer {alice}")),
-                Some(body),
-            )
-            .await;
-            assert!((200..300).contains(&status), "{status} {v}");
-            v
-        }
-    };
-    let v = authed(
-        reqwest::Method::POST,
-        "/v1/servers".into(),
-        json!({"name": "Relay", "url": upstream.mcp_url()}),
-    )
-    .await;
-    let id = v["id"].as_str().unwrap().to_owned();
-    authed(
-        reqwest::Method::POST,
-        "/v1/credentials".into(),
-        json!({
-            "server_id": id, "refresh_token": upstream.mint_refresh_token(),
-            "token_endpoint": format!("{}/token", upstream.base), "client_id": "deposit-client",
-        }),
-    )
-    .await;
-    authed(
+    let TwoUsers {
+        base,
+        dir,
+        schema,
+        id,
+        alice,
+        bob,
+        ..
+    } = two_users(super::Backend::Sqlite, "Relay", &upstream, false).await;
+    let (status, v, _) = super::request(
         reqwest::Method::PATCH,
-        format!("/v1/servers/{id}"),
-        json!({"unprefixed": true}),
+        &format!("{base}/v1/servers/{id}"),
+        Some(&format!("Bearer {alice}")),
+        Some(json!({"unprefixed": true})),
     )
     .await;
+    assert_eq!(status, 200, "{v}");
 
-    let capable = json!({"elicitation": {"form": {}}});
-    let ask = elicitation("Your name?");
-    let v = stateless_call(
-        &base,
-        &alice,
-        "ask",
-        ask.clone(),
-        capable.clone(),
-        json!({}),
-    )
-    .await;
+    let ask_as = async |who: &str, extra: Value| {
+        let capable = json!({"elicitation": {"form": {}}});
+        stateless_call(&base, who, "ask", elicitation("Your name?"), capable, extra).await
+    };
+    let v = ask_as(&alice, json!({})).await;
     let result = &v["result"];
     assert_eq!(result["resultType"], "input_required", "{v}");
     let request = &result["inputRequests"]["r1"];
@@ -638,15 +577,7 @@ async fn the_stateless_wire_relays_requests_as_input_required_rounds() {
     let answer = json!({"action": "accept", "content": {"name": "Ada"}});
     let retry = json!({"requestState": state, "inputResponses": {"r1": answer}});
     // Another user's retry with it is refused; the exchange stays its owner's.
-    let v = stateless_call(
-        &base,
-        &bob,
-        "ask",
-        ask.clone(),
-        capable.clone(),
-        retry.clone(),
-    )
-    .await;
+    let v = ask_as(&bob, retry.clone()).await;
     assert_eq!(v["error"]["code"], -32602, "{v}");
     assert!(
         v["error"]["message"]
@@ -656,15 +587,7 @@ async fn the_stateless_wire_relays_requests_as_input_required_rounds() {
         "{v}"
     );
 
-    let v = stateless_call(
-        &base,
-        &alice,
-        "ask",
-        ask.clone(),
-        capable.clone(),
-        retry.clone(),
-    )
-    .await;
+    let v = ask_as(&alice, retry.clone()).await;
     let result = &v["result"];
     assert_eq!(result["resultType"], "complete", "{v}");
     assert_eq!(result["structuredContent"]["answer"], answer, "{v}");
@@ -677,7 +600,7 @@ async fn the_stateless_wire_relays_requests_as_input_required_rounds() {
     assert_eq!(answers[0]["result"], answer, "{answers:?}");
 
     // Used: a replay is refused, and nothing more reaches the upstream.
-    let v = stateless_call(&base, &alice, "ask", ask, capable, retry).await;
+    let v = ask_as(&alice, retry).await;
     assert_eq!(v["error"]["code"], -32602, "{v}");
     assert!(
         v["error"]["message"]
@@ -690,22 +613,60 @@ async fn the_stateless_wire_relays_requests_as_input_required_rounds() {
     super::cleanup(dir, schema).await;
 }
 
-/// rmcp's own 2026-07-28 client drives the rounds with its handler (`call_tool`
-/// fulfils `input_required` and retries): elicitation, sampling and roots asked by the
-/// upstream reach it and their answers the upstream; the upstream's progress reaches
-/// the client on the request that is waiting.
+/// A `requestState` is bound to the whole request (SEP-2322: the retry is the same
+/// request with `inputResponses` added): a retry of the same tool with other arguments
+/// (or none) is refused with `-32602` and does not get the first request's answer; the
+/// exchange stays parked, and the retry with the request's own arguments gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_state_is_refused_for_other_arguments() {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    let ask_with = |arguments: Value, extra: Value| {
+        let capable = json!({"elicitation": {"form": {}}});
+        stateless_call(&base, BEARER, "ask", arguments, capable, extra)
+    };
+    let v = ask_with(elicitation("Your name?"), json!({})).await;
+    assert_eq!(v["result"]["resultType"], "input_required", "{v}");
+    let state = v["result"]["requestState"].as_str().unwrap().to_owned();
+
+    let answer = json!({"action": "accept", "content": {"name": "Ada"}});
+    let retry = json!({"requestState": state, "inputResponses": {"r1": answer}});
+    for other in [elicitation("Your password?"), json!({})] {
+        let v = ask_with(other.clone(), retry.clone()).await;
+        assert_eq!(v["error"]["code"], -32602, "{other}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("another request"),
+            "{v}"
+        );
+    }
+    assert!(
+        upstream.relayed_answers().is_empty(),
+        "the refused retries reached the upstream"
+    );
+
+    let v = ask_with(elicitation("Your name?"), retry).await;
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+    assert_eq!(v["result"]["structuredContent"]["answer"], answer, "{v}");
+    let answers = upstream.relayed_answers();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0]["result"], answer, "{answers:?}");
+    super::cleanup(dir, schema).await;
+}
+
 /// `prompts/get` and `resources/read` take the same rounds as a `tools/call` on the
 /// stateless wire: an upstream's elicitation during either is answered `input_required`
 /// (not `-32601`), the retry hands the answer to the upstream under its own request id
 /// and gets the prompt or the contents built from it; the `requestState` of one is
-/// refused for the other.
+/// refused for the other, and a prompt's for the prompt with other arguments.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateless_prompts_and_reads_relay_requests_as_input_required_rounds() {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
     upstream.offer_primitives(Some("relay"));
     let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
     let capable = json!({"elicitation": {"form": {}}});
-    let bearer = "callers-own-credential";
     let requests = [
         (
             "prompts/get",
@@ -724,7 +685,7 @@ async fn stateless_prompts_and_reads_relay_requests_as_input_required_rounds() {
     for (method, name, params, question) in &requests {
         let v = stateless_request(
             &base,
-            bearer,
+            BEARER,
             method,
             name,
             params.clone(),
@@ -749,10 +710,22 @@ async fn stateless_prompts_and_reads_relay_requests_as_input_required_rounds() {
     let (method, name, params, _) = &requests[1];
     let v = stateless_request(
         &base,
-        bearer,
+        BEARER,
         method,
         name,
         params.clone(),
+        capable.clone(),
+        json!({"requestState": states[0], "inputResponses": {"r1": answer("Ada")}}),
+    )
+    .await;
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    // Nor the same prompt's with other arguments.
+    let v = stateless_request(
+        &base,
+        BEARER,
+        "prompts/get",
+        "ask",
+        json!({"name": "ask", "arguments": {"message": "Who else?"}}),
         capable.clone(),
         json!({"requestState": states[0], "inputResponses": {"r1": answer("Ada")}}),
     )
@@ -763,7 +736,7 @@ async fn stateless_prompts_and_reads_relay_requests_as_input_required_rounds() {
         let who = ["Ada", "Grace"][n];
         let v = stateless_request(
             &base,
-            bearer,
+            BEARER,
             method,
             name,
             params.clone(),
@@ -789,24 +762,15 @@ async fn stateless_prompts_and_reads_relay_requests_as_input_required_rounds() {
     super::cleanup(dir, schema).await;
 }
 
+/// rmcp's own 2026-07-28 client drives the rounds with its handler (`call_tool`
+/// fulfils `input_required` and retries): elicitation, sampling and roots asked by the
+/// upstream reach it and their answers the upstream; the upstream's progress reaches
+/// the client on the request that is waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rmcp_stateless_client_answers_relayed_requests_in_rounds() {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
-            .auth_header("callers-own-credential"),
-    );
-    let s = Answering { tx, capable: true }
-        .serve_with_lifecycle(
-            transport,
-            rmcp::ClientLifecycleMode::Discover {
-                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
-            },
-        )
-        .await
-        .unwrap();
+    let (s, mut rx) = connect(&base, Wire::Stateless, true).await;
     let sampling = json!({"method": "sampling/createMessage", "params": {
         "messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}],
         "maxTokens": 10
@@ -852,7 +816,7 @@ async fn an_rmcp_stateless_client_answers_relayed_requests_in_rounds() {
 async fn the_timeout_waits_for_the_client_but_not_for_a_stalled_upstream() {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let (base, id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
-    let (s, _rx) = session(&base, true).await;
+    let (s, _rx) = connect(&base, Wire::Session, true).await;
     let stalled = {
         let base = base.clone();
         let id = id.clone();
@@ -895,7 +859,7 @@ async fn a_listing_refuses_the_upstreams_requests_at_once() {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let (base, id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
     upstream.ask_during_tools_list(Some("elicitation/create"));
-    let (s, mut rx) = session(&base, true).await;
+    let (s, mut rx) = connect(&base, Wire::Session, true).await;
 
     let started = std::time::Instant::now();
     let tools = tokio::time::timeout(Duration::from_secs(5), s.peer().list_tools(None))
