@@ -141,16 +141,21 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
         .unwrap()
 }
 
-/// Latchkey with one connected OAuth server, unprefixed; its base URL and id.
+/// Latchkey with one connected OAuth server (a scripted one, offering prompts and
+/// resources named `primitives` when given), unprefixed: the server, Latchkey's base
+/// URL, the server's id, and what [`super::cleanup`] takes.
 async fn setup(
     backend: super::Backend,
-    upstream: &ScriptedServer,
+    primitives: Option<&str>,
 ) -> (
+    ScriptedServer,
     String,
     String,
     std::path::PathBuf,
     Option<latchkey_testkit::pg::PgSchema>,
 ) {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    upstream.offer_primitives(primitives);
     let cfg = super::loopback_config();
     let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
     let (status, v) = post(
@@ -177,7 +182,7 @@ async fn setup(
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    (base, id, dir, schema)
+    (upstream, base, id, dir, schema)
 }
 
 /// `tools/call` of `name` with `arguments` from `s`, with the progress token rmcp gives
@@ -202,6 +207,28 @@ async fn call(s: &Session, name: &str, arguments: Value) -> (Result<Value, Error
     (result, token)
 }
 
+/// The `ask` tool's arguments for a `sampling/createMessage` request.
+fn sampling() -> Value {
+    json!({"method": "sampling/createMessage", "params": {
+        "messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}],
+        "maxTokens": 10
+    }})
+}
+
+/// Where the `ask` tool's result has the upstream's answer (or JSON-RPC error).
+const ANSWER: &str = "/structuredContent/answer";
+
+/// Asserts that the JSON-RPC error at `at` in `v` has `code` and a message saying `says`.
+fn assert_error(v: &Value, at: &str, code: i64, says: &str) {
+    let e = v
+        .pointer(at)
+        .unwrap_or_else(|| panic!("no error at {at}: {v}"));
+    assert_eq!(e["code"], code, "{v}");
+    let message = e["message"].as_str().unwrap_or_default();
+    assert!(message.contains(says), "not {says:?}: {v}");
+}
+
+/// The `ask` tool's arguments for a form-mode `elicitation/create` request.
 fn elicitation(message: &str) -> Value {
     json!({"method": "elicitation/create", "params": {
         "mode": "form",
@@ -223,8 +250,7 @@ async fn progress_and_elicitation_reach_the_session_that_asked_on_postgres() {
 /// Progress with the client's own token, an elicitation answered by the client and its
 /// answer in the tool's result; another session of the same user sees none of it.
 async fn progress_and_elicitation(backend: super::Backend) {
-    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let (base, _id, dir, schema) = setup(backend, &upstream).await;
+    let (upstream, base, _id, dir, schema) = setup(backend, None).await;
     let (asking, mut rx) = connect(&base, Wire::Session, true).await;
     let (other, mut other_rx) = connect(&base, Wire::Session, true).await;
 
@@ -293,14 +319,10 @@ async fn progress_and_elicitation(backend: super::Backend) {
 /// not declare the capabilities is not asked, and the upstream gets `-32601` saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_and_roots_are_relayed_and_missing_capabilities_refused() {
-    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    let (_upstream, base, _id, dir, schema) = setup(super::Backend::Sqlite, None).await;
     let (capable, mut rx) = connect(&base, Wire::Session, true).await;
 
-    let sampling = json!({"method": "sampling/createMessage", "params": {
-        "messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}],
-        "maxTokens": 10
-    }});
+    let sampling = sampling();
     let (result, _) = call(&capable, "ask", sampling.clone()).await;
     let answer = &result.unwrap()["structuredContent"]["answer"];
     assert_eq!(answer["model"], "test-model", "{answer}");
@@ -323,15 +345,8 @@ async fn sampling_and_roots_are_relayed_and_missing_capabilities_refused() {
         json!({"method": "roots/list"}),
     ] {
         let (result, _) = call(&plain, "ask", args).await;
-        let answer = &result.unwrap()["structuredContent"]["answer"];
-        assert_eq!(answer["code"], -32601, "{answer}");
-        assert!(
-            answer["message"]
-                .as_str()
-                .unwrap()
-                .contains("the client does not support it"),
-            "{answer}"
-        );
+        let says = "the client does not support it";
+        assert_error(&result.unwrap(), ANSWER, -32601, says);
     }
     while let Ok(m) = plain_rx.try_recv() {
         assert!(m.starts_with("progress"), "the client was asked: {m}");
@@ -346,8 +361,7 @@ async fn sampling_and_roots_are_relayed_and_missing_capabilities_refused() {
 /// cancelled and no answer goes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_both_ways() {
-    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    let (upstream, base, _id, dir, schema) = setup(super::Backend::Sqlite, None).await;
     let (s, mut rx) = connect(&base, Wire::Session, true).await;
 
     let request: ClientRequest = serde_json::from_value(
@@ -415,23 +429,14 @@ async fn cancellation_both_ways() {
 /// at once and the call completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_calls_refuse_relayed_requests() {
-    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let (base, id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    let (_upstream, base, id, dir, schema) = setup(super::Backend::Sqlite, None).await;
     let (status, v) = post(
         &format!("{base}/v1/servers/{id}/tools/ask/call"),
         elicitation("Your name?"),
     )
     .await;
     assert_eq!(status, 200, "{v}");
-    let answer = &v["structuredContent"]["answer"];
-    assert_eq!(answer["code"], -32601, "{v}");
-    assert!(
-        answer["message"]
-            .as_str()
-            .unwrap()
-            .contains("no client to relay"),
-        "{v}"
-    );
+    assert_error(&v, ANSWER, -32601, "no client to relay");
     super::cleanup(dir, schema).await;
 }
 
@@ -440,19 +445,10 @@ async fn rest_calls_refuse_relayed_requests() {
 /// the call completes; its progress reaches the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stateless_wire_refuses_relayed_requests_to_a_client_that_declared_none() {
-    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    let (_upstream, base, _id, dir, schema) = setup(super::Backend::Sqlite, None).await;
     let (s, mut rx) = connect(&base, Wire::Stateless, false).await;
     let (result, _) = call(&s, "ask", elicitation("Your name?")).await;
-    let answer = &result.unwrap()["structuredContent"]["answer"];
-    assert_eq!(answer["code"], -32601, "{answer}");
-    assert!(
-        answer["message"]
-            .as_str()
-            .unwrap()
-            .contains("did not declare"),
-        "{answer}"
-    );
+    assert_error(&result.unwrap(), ANSWER, -32601, "did not declare");
     // Progress still reaches the client, on the request's stream.
     let mut seen = Vec::new();
     for _ in 0..2 {
@@ -578,14 +574,7 @@ async fn the_stateless_wire_relays_requests_as_input_required_rounds() {
     let retry = json!({"requestState": state, "inputResponses": {"r1": answer}});
     // Another user's retry with it is refused; the exchange stays its owner's.
     let v = ask_as(&bob, retry.clone()).await;
-    assert_eq!(v["error"]["code"], -32602, "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("another principal"),
-        "{v}"
-    );
+    assert_error(&v, "/error", -32602, "another principal");
 
     let v = ask_as(&alice, retry.clone()).await;
     let result = &v["result"];
@@ -601,14 +590,7 @@ async fn the_stateless_wire_relays_requests_as_input_required_rounds() {
 
     // Used: a replay is refused, and nothing more reaches the upstream.
     let v = ask_as(&alice, retry).await;
-    assert_eq!(v["error"]["code"], -32602, "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("unknown requestState"),
-        "{v}"
-    );
+    assert_error(&v, "/error", -32602, "unknown requestState");
     assert_eq!(upstream.relayed_answers().len(), 1);
     super::cleanup(dir, schema).await;
 }
@@ -619,8 +601,7 @@ async fn the_stateless_wire_relays_requests_as_input_required_rounds() {
 /// exchange stays parked, and the retry with the request's own arguments gets it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_state_is_refused_for_other_arguments() {
-    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    let (upstream, base, _id, dir, schema) = setup(super::Backend::Sqlite, None).await;
     let ask_with = |arguments: Value, extra: Value| {
         let capable = json!({"elicitation": {"form": {}}});
         stateless_call(&base, BEARER, "ask", arguments, capable, extra)
@@ -632,15 +613,8 @@ async fn a_request_state_is_refused_for_other_arguments() {
     let answer = json!({"action": "accept", "content": {"name": "Ada"}});
     let retry = json!({"requestState": state, "inputResponses": {"r1": answer}});
     for other in [elicitation("Your password?"), json!({})] {
-        let v = ask_with(other.clone(), retry.clone()).await;
-        assert_eq!(v["error"]["code"], -32602, "{other}: {v}");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("another request"),
-            "{v}"
-        );
+        let v = ask_with(other, retry.clone()).await;
+        assert_error(&v, "/error", -32602, "another request");
     }
     assert!(
         upstream.relayed_answers().is_empty(),
@@ -663,9 +637,7 @@ async fn a_request_state_is_refused_for_other_arguments() {
 /// refused for the other, and a prompt's for the prompt with other arguments.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateless_prompts_and_reads_relay_requests_as_input_required_rounds() {
-    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    upstream.offer_primitives(Some("relay"));
-    let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    let (upstream, base, _id, dir, schema) = setup(super::Backend::Sqlite, Some("relay")).await;
     let capable = json!({"elicitation": {"form": {}}});
     let requests = [
         (
@@ -768,13 +740,9 @@ async fn stateless_prompts_and_reads_relay_requests_as_input_required_rounds() {
 /// the client on the request that is waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rmcp_stateless_client_answers_relayed_requests_in_rounds() {
-    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let (base, _id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    let (upstream, base, _id, dir, schema) = setup(super::Backend::Sqlite, None).await;
     let (s, mut rx) = connect(&base, Wire::Stateless, true).await;
-    let sampling = json!({"method": "sampling/createMessage", "params": {
-        "messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}],
-        "maxTokens": 10
-    }});
+    let sampling = sampling();
     let mut answers = Vec::new();
     for args in [
         elicitation("Your name?"),
@@ -814,8 +782,7 @@ async fn an_rmcp_stateless_client_answers_relayed_requests_in_rounds() {
 /// An upstream that stalls without asking anything is still cut off after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_timeout_waits_for_the_client_but_not_for_a_stalled_upstream() {
-    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let (base, id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    let (_upstream, base, id, dir, schema) = setup(super::Backend::Sqlite, None).await;
     let (s, _rx) = connect(&base, Wire::Session, true).await;
     let stalled = {
         let base = base.clone();
@@ -856,8 +823,7 @@ async fn the_timeout_waits_for_the_client_but_not_for_a_stalled_upstream() {
 /// client, though capable, is not asked) and the REST listing alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listing_refuses_the_upstreams_requests_at_once() {
-    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let (base, id, dir, schema) = setup(super::Backend::Sqlite, &upstream).await;
+    let (upstream, base, id, dir, schema) = setup(super::Backend::Sqlite, None).await;
     upstream.ask_during_tools_list(Some("elicitation/create"));
     let (s, mut rx) = connect(&base, Wire::Session, true).await;
 
