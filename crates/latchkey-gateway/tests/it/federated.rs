@@ -59,6 +59,37 @@ async fn deposit(base: &str, id: &str, upstream: &ScriptedServer) {
     assert_eq!(status, 200, "{v}");
 }
 
+/// Latchkey in local mode on `backend`: its base URL and what [`super::cleanup`] takes.
+async fn latchkey(
+    backend: super::Backend,
+) -> (
+    String,
+    std::path::PathBuf,
+    Option<latchkey_testkit::pg::PgSchema>,
+) {
+    let (base, dir, _store, schema) =
+        super::start_on(backend, &super::loopback_config(), keys()).await;
+    (base, dir, schema)
+}
+
+/// A scripted MCP server (offering prompts and resources labelled `primitives`, when
+/// given) added to Latchkey at `base` as `name`, with the caller's credential for it
+/// deposited when `connected`: the server and its id.
+async fn scripted(
+    base: &str,
+    name: &str,
+    primitives: Option<&str>,
+    connected: bool,
+) -> (ScriptedServer, String) {
+    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    upstream.offer_primitives(primitives);
+    let id = add_server(base, name, &upstream).await;
+    if connected {
+        deposit(base, &id, &upstream).await;
+    }
+    (upstream, id)
+}
+
 /// An MCP client that reports each `notifications/tools/list_changed`.
 #[derive(Debug, Clone)]
 struct Watcher(mpsc::UnboundedSender<()>);
@@ -155,16 +186,10 @@ async fn federated_list_and_call_on_postgres() {
 /// token, the 401 retry, pass-through results, errors.
 async fn list_and_call(backend: super::Backend) {
     let logs = latchkey_testkit::logs::capture();
-    let alpha = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let gamma = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let cfg = super::loopback_config();
-    let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
-    let a = add_server(&base, "Alpha", &alpha).await;
-    let b = add_server(&base, "Beta", &beta).await;
-    add_server(&base, "Gamma", &gamma).await;
-    deposit(&base, &a, &alpha).await;
-    deposit(&base, &b, &beta).await;
+    let (base, dir, schema) = latchkey(backend).await;
+    let (alpha, _) = scripted(&base, "Alpha", None, true).await;
+    let (beta, _) = scripted(&base, "Beta", None, true).await;
+    let (gamma, _) = scripted(&base, "Gamma", None, false).await;
 
     let (c, _rx) = connect(&base, CALLER_TOKEN).await;
     assert_eq!(
@@ -287,10 +312,9 @@ async fn list_and_call(backend: super::Backend) {
 /// connects the server, the session is told, and the tool works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consent_through_the_elicitation_url_then_the_tool_works() {
-    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let cfg = super::loopback_config();
     let (base, dir) = super::start(&cfg, keys()).await;
-    let id = add_server(&base, "Linear (prod)", &upstream).await;
+    let (upstream, id) = scripted(&base, "Linear (prod)", None, false).await;
     let (c, mut rx) = connect(&base, CALLER_TOKEN).await;
     assert_eq!(tool_names(&c).await, vec!["latchkey_connect"]);
 
@@ -349,10 +373,9 @@ async fn consent_through_the_elicitation_url_then_the_tool_works() {
 /// Deposit and delete reach a live session as `notifications/tools/list_changed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_changed_on_connect_and_disconnect() {
-    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let cfg = super::loopback_config();
     let (base, dir) = super::start(&cfg, keys()).await;
-    let id = add_server(&base, "scripted", &upstream).await;
+    let (upstream, id) = scripted(&base, "scripted", None, false).await;
     let (c, mut rx) = connect(&base, CALLER_TOKEN).await;
     assert_eq!(tool_names(&c).await, vec!["latchkey_connect"]);
     // The GET stream that carries notifications opens after the handshake.
@@ -381,14 +404,10 @@ async fn list_changed_on_connect_and_disconnect() {
 /// second gateway over the same database (a restart) names them the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_named_servers_get_distinct_stable_names() {
-    let one = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let two = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let cfg = super::loopback_config();
     let (base, dir, store) = super::start_with_store(&cfg, keys()).await;
-    let a = add_server(&base, "Scripted", &one).await;
-    let b = add_server(&base, "scripted", &two).await;
-    deposit(&base, &a, &one).await;
-    deposit(&base, &b, &two).await;
+    let (one, _) = scripted(&base, "Scripted", None, true).await;
+    let (two, _) = scripted(&base, "scripted", None, true).await;
     let (c, _rx) = connect(&base, CALLER_TOKEN).await;
     let names = tool_names(&c).await;
     c.cancel().await.unwrap();
@@ -444,11 +463,9 @@ async fn same_named_servers_get_distinct_stable_names() {
 /// The 2026-07-28 wire: no `initialize`, every request self-contained.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateless_2026_07_28_requests() {
-    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
     let cfg = super::loopback_config();
     let (base, dir) = super::start(&cfg, keys()).await;
-    let id = add_server(&base, "scripted", &upstream).await;
-    deposit(&base, &id, &upstream).await;
+    let (upstream, id) = scripted(&base, "scripted", None, true).await;
 
     let meta = json!({
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -516,8 +533,7 @@ async fn stateless_2026_07_28_requests() {
 
     // A server without credentials. 2026-07-28 has no -32042: a client that declared
     // URL elicitation gets an `input_required` result carrying the link ...
-    let other = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    add_server(&base, "other", &other).await;
+    let (other, _) = scripted(&base, "other", None, false).await;
     let mut url_meta = meta.clone();
     url_meta["io.modelcontextprotocol/clientCapabilities"] = json!({"elicitation": {"url": {}}});
     let (status, v) = send(
@@ -549,8 +565,7 @@ async fn stateless_2026_07_28_requests() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["result"]["content"][0]["text"], "x", "{v}");
     // A client that did not declare URL elicitation: -32021 naming it.
-    let third = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    add_server(&base, "third", &third).await;
+    let (_third, _) = scripted(&base, "third", None, false).await;
     let (status, v) = send(
         "tools/call",
         Some("third__echo"),
@@ -799,22 +814,14 @@ async fn prompts_resources_completions(backend: super::Backend, wire: Wire) {
         ArgumentInfo, CompleteRequestParams, GetPromptRequestParams, ReadResourceRequestParams,
         Reference, ResourceContents,
     };
-    let alpha = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let tools_only = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let absent = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    let (base, dir, schema) = latchkey(backend).await;
+    let (alpha, a) = scripted(&base, "Alpha", Some("alpha"), true).await;
+    let (beta, _) = scripted(&base, "Beta", Some("beta"), true).await;
+    let (tools_only, _) = scripted(&base, "Tools only", None, true).await;
+    let (absent, _) = scripted(&base, "Absent", Some("absent"), false).await;
     let keyed = ScriptedServer::start(AsConfig::default()).await.unwrap();
     keyed.require_header(Some(("X-Api-Key", &["k-1"])));
     keyed.offer_primitives(Some("keyed"));
-    alpha.offer_primitives(Some("alpha"));
-    beta.offer_primitives(Some("beta"));
-    absent.offer_primitives(Some("absent"));
-    let cfg = super::loopback_config();
-    let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
-    let a = add_server(&base, "Alpha", &alpha).await;
-    let b = add_server(&base, "Beta", &beta).await;
-    let t = add_server(&base, "Tools only", &tools_only).await;
-    add_server(&base, "Absent", &absent).await;
     // A static-header server whose value is not set yet.
     let (status, v) = post(
         &format!("{base}/v1/servers"),
@@ -823,9 +830,6 @@ async fn prompts_resources_completions(backend: super::Backend, wire: Wire) {
     .await;
     assert_eq!(status, 201, "{v}");
     let k = v["id"].as_str().unwrap().to_owned();
-    for (id, upstream) in [(&a, &alpha), (&b, &beta), (&t, &tools_only)] {
-        deposit(&base, id, upstream).await;
-    }
     let c = connect_on(&base, wire).await;
 
     // Advertised whatever is connected.
@@ -1166,22 +1170,11 @@ async fn set_level_and_subscriptions(backend: super::Backend) {
     use rmcp::model::{
         LoggingLevel, SetLevelRequestParams, SubscribeRequestParams, UnsubscribeRequestParams,
     };
-    let alpha = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let tools_only = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let absent = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    alpha.offer_primitives(Some("alpha"));
-    beta.offer_primitives(Some("beta"));
-    absent.offer_primitives(Some("absent"));
-    let cfg = super::loopback_config();
-    let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
-    let a = add_server(&base, "Alpha", &alpha).await;
-    let b = add_server(&base, "Beta", &beta).await;
-    let t = add_server(&base, "Tools only", &tools_only).await;
-    add_server(&base, "Absent", &absent).await;
-    for (id, upstream) in [(&a, &alpha), (&b, &beta), (&t, &tools_only)] {
-        deposit(&base, id, upstream).await;
-    }
+    let (base, dir, schema) = latchkey(backend).await;
+    let (alpha, _) = scripted(&base, "Alpha", Some("alpha"), true).await;
+    let (beta, _) = scripted(&base, "Beta", Some("beta"), true).await;
+    let (tools_only, _) = scripted(&base, "Tools only", None, true).await;
+    let (absent, _) = scripted(&base, "Absent", Some("absent"), false).await;
     let c = connect_on(&base, Wire::Session).await;
 
     let caps = &c.peer_info().unwrap().capabilities;
@@ -1298,6 +1291,12 @@ async fn listener(
     )
 }
 
+/// What a scripted server pushes when the resource `uri` (its own URI) changed.
+fn updated(uri: &str) -> Value {
+    json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+           "params": {"uri": uri}})
+}
+
 /// The next message relayed to a [`Listener`], within 10 s.
 async fn relayed(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
@@ -1313,16 +1312,9 @@ async fn relayed(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
 #[allow(deprecated)]
 async fn updates_and_log_messages_reach_only_the_session_that_asked() {
     use rmcp::model::{LoggingLevel, SetLevelRequestParams, SubscribeRequestParams};
-    let alpha = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    alpha.offer_primitives(Some("alpha"));
-    beta.offer_primitives(Some("beta"));
-    let cfg = super::loopback_config();
-    let (base, dir, _store, schema) = super::start_on(super::Backend::Sqlite, &cfg, keys()).await;
-    let a = add_server(&base, "Alpha", &alpha).await;
-    let b = add_server(&base, "Beta", &beta).await;
-    deposit(&base, &a, &alpha).await;
-    deposit(&base, &b, &beta).await;
+    let (base, dir, schema) = latchkey(super::Backend::Sqlite).await;
+    let (alpha, _) = scripted(&base, "Alpha", Some("alpha"), true).await;
+    let (beta, _) = scripted(&base, "Beta", Some("beta"), true).await;
     let (session_a, mut rx_a) = listener(&base, CALLER_TOKEN).await;
     let (session_b, mut rx_b) = listener(&base, CALLER_TOKEN).await;
 
@@ -1347,19 +1339,15 @@ async fn updates_and_log_messages_reach_only_the_session_that_asked() {
     assert_eq!(alpha.open_streams(), 1);
     assert_eq!(beta.open_streams(), 1, "one stream per upstream session");
 
-    let update = |uri: &str| {
-        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
-               "params": {"uri": uri}})
-    };
     let log = json!({"jsonrpc": "2.0", "method": "notifications/message",
                      "params": {"level": "info", "data": "hello"}});
-    assert_eq!(beta.push(update("file:///notes.txt")), 1);
+    assert_eq!(beta.push(updated("file:///notes.txt")), 1);
     assert_eq!(
         relayed(&mut rx_a).await,
         "updated latchkey://beta/file:///notes.txt"
     );
-    assert_eq!(alpha.push(update("file:///notes.txt")), 1);
-    beta.push(update("file:///other.txt"));
+    assert_eq!(alpha.push(updated("file:///notes.txt")), 1);
+    beta.push(updated("file:///other.txt"));
     beta.push(log);
     // B gets Alpha's update and Beta's log message, not Beta's updates (which Beta's
     // stream delivered before the log message).
@@ -1374,7 +1362,7 @@ async fn updates_and_log_messages_reach_only_the_session_that_asked() {
     );
     // A got neither the update it did not subscribe to nor the log message: the next
     // thing it gets is the next update of its resource.
-    beta.push(update("file:///notes.txt"));
+    beta.push(updated("file:///notes.txt"));
     assert_eq!(
         relayed(&mut rx_a).await,
         "updated latchkey://beta/file:///notes.txt"
@@ -1509,10 +1497,7 @@ async fn relays_never_cross_users() {
     assert_eq!(beta.open_streams(), 2, "one upstream session per user");
 
     // The scripted server sends every message on every stream: the filter is ours.
-    beta.push(
-        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
-                     "params": {"uri": "file:///notes.txt"}}),
-    );
+    beta.push(updated("file:///notes.txt"));
     beta.push(json!({"jsonrpc": "2.0", "method": "notifications/message",
                      "params": {"level": "info", "data": "hello"}}));
     assert_eq!(
@@ -1524,10 +1509,7 @@ async fn relays_never_cross_users() {
         "log \"hello\"",
         "not Alice's update"
     );
-    beta.push(
-        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
-                     "params": {"uri": "file:///notes.txt"}}),
-    );
+    beta.push(updated("file:///notes.txt"));
     assert_eq!(
         relayed(&mut rx_a).await,
         "updated latchkey://beta/file:///notes.txt",
@@ -1611,11 +1593,8 @@ async fn all_lists_change_on_connect_and_disconnect_on_postgres() {
 /// A deposit and a delete reach a live session as the list changes of tools, prompts
 /// and resources alike (the server's prompts and resources come and go with its tools).
 async fn all_lists_change_on_connect_and_disconnect(backend: super::Backend) {
-    let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    upstream.offer_primitives(Some("scripted"));
-    let cfg = super::loopback_config();
-    let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
-    let id = add_server(&base, "scripted", &upstream).await;
+    let (base, dir, schema) = latchkey(backend).await;
+    let (upstream, id) = scripted(&base, "scripted", Some("scripted"), false).await;
     let (c, mut rx) = lists_session(&base, CALLER_TOKEN).await;
     assert!(c.list_all_prompts().await.unwrap().is_empty());
     // The GET stream that carries notifications opens after the handshake.
@@ -1730,12 +1709,8 @@ async fn upstream_list_changes(backend: super::Backend) {
 #[allow(deprecated)]
 async fn a_relay_stream_that_ended_is_reopened() {
     use rmcp::model::SubscribeRequestParams;
-    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    beta.offer_primitives(Some("beta"));
-    let cfg = super::loopback_config();
-    let (base, dir, _store, schema) = super::start_on(super::Backend::Sqlite, &cfg, keys()).await;
-    let id = add_server(&base, "Beta", &beta).await;
-    deposit(&base, &id, &beta).await;
+    let (base, dir, schema) = latchkey(super::Backend::Sqlite).await;
+    let (beta, _) = scripted(&base, "Beta", Some("beta"), true).await;
     let (c, mut rx) = lists_session(&base, CALLER_TOKEN).await;
     c.subscribe(SubscribeRequestParams::new(
         "latchkey://beta/file:///notes.txt",
@@ -1743,8 +1718,7 @@ async fn a_relay_stream_that_ended_is_reopened() {
     .await
     .unwrap();
     assert_eq!(beta.open_streams(), 1);
-    let update = json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
-                        "params": {"uri": "file:///notes.txt"}});
+    let update = updated("file:///notes.txt");
     beta.push(update.clone());
     assert_eq!(
         relayed(&mut rx).await,
@@ -1797,15 +1771,9 @@ impl ClientHandler for UrlCapable {
 /// server is disconnected. A URI of a server that is not connected starts no sign-in.
 async fn stateless_listen(backend: super::Backend) {
     use rmcp::model::ServerNotification as N;
-    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    let absent = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    beta.offer_primitives(Some("beta"));
-    absent.offer_primitives(Some("absent"));
-    let cfg = super::loopback_config();
-    let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
-    let id = add_server(&base, "Beta", &beta).await;
-    add_server(&base, "Absent", &absent).await;
-    deposit(&base, &id, &beta).await;
+    let (base, dir, schema) = latchkey(backend).await;
+    let (beta, id) = scripted(&base, "Beta", Some("beta"), true).await;
+    let (absent, _) = scripted(&base, "Absent", Some("absent"), false).await;
     // A client that could open a sign-in link: still, listening starts none.
     let c = serve_as(UrlCapable, &base, CALLER_TOKEN, Wire::Stateless).await;
     let uri = "latchkey://beta/file:///notes.txt";
@@ -1853,14 +1821,8 @@ async fn stateless_listen(backend: super::Backend) {
     beta.push(json!({"jsonrpc": "2.0", "method": "notifications/prompts/list_changed"}));
     let n = next().await;
     assert!(matches!(n, N::PromptListChangedNotification(_)), "{n:?}");
-    beta.push(
-        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
-                     "params": {"uri": "file:///other.txt"}}),
-    );
-    beta.push(
-        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
-                     "params": {"uri": "file:///notes.txt"}}),
-    );
+    beta.push(updated("file:///other.txt"));
+    beta.push(updated("file:///notes.txt"));
     let n = next().await;
     match &n {
         N::ResourceUpdatedNotification(u) => assert_eq!(u.params.uri, uri),
