@@ -11,6 +11,11 @@
 //! session is opened again when the upstream says it is gone (404), when it has been
 //! idle for [`IDLE`], when the server's URL changed, and when the credential changed
 //! (a refreshed or new token: the session may be bound to the old one).
+//!
+//! A session replaced while its standalone GET stream stays open (a refreshed token, a
+//! POST that got 404) leaves that stream reading a session no new subscription goes
+//! to. So whoever reads a key's stream (the relay hub of `/mcp`) can
+//! [`watch`](UpstreamSessions::watch) the key and hears of each session opened for it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -94,17 +99,52 @@ struct Entry {
     last_used: UnixTime,
 }
 
+/// What the sessions' lock guards: the sessions, and who watches which key. One lock,
+/// so a watcher hears of the sessions opened for its key in the order they were kept.
+#[derive(Debug, Default)]
+struct Kept {
+    entries: HashMap<SessionKey, Entry>,
+    /// Per watched key, the id of the last session kept for it (`None`: none yet, or
+    /// one without id). Only keys someone watches now: a request path without a watcher
+    /// pays an emptiness check.
+    watched: HashMap<SessionKey, tokio::sync::watch::Sender<Option<String>>>,
+}
+
+impl Kept {
+    /// Tells the watchers of `key` (if any) that session `id` is kept for it now; they
+    /// wake only when it is another id than the last one they were told.
+    fn tell(&mut self, key: &SessionKey, id: Option<&str>) {
+        if self.watched.is_empty() {
+            return;
+        }
+        let Some(tx) = self.watched.get(key) else {
+            return;
+        };
+        if tx.receiver_count() == 0 {
+            self.watched.remove(key);
+            return;
+        }
+        tx.send_if_modified(|last| {
+            if last.as_deref() == id {
+                return false;
+            }
+            *last = id.map(str::to_owned);
+            true
+        });
+    }
+}
+
 /// The sessions, shared by every request of this instance.
 #[derive(Debug, Default)]
 pub struct UpstreamSessions {
-    map: Mutex<HashMap<SessionKey, Entry>>,
+    map: Mutex<Kept>,
     /// One gate per key, held while its session is being opened.
     gates: Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
     ids: AtomicI64,
 }
 
 impl UpstreamSessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionKey, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -116,8 +156,8 @@ impl UpstreamSessions {
         credential: CredentialMark,
         now: UnixTime,
     ) -> Option<Session> {
-        let mut map = self.lock();
-        let e = map.get_mut(key)?;
+        let mut kept = self.lock();
+        let e = kept.entries.get_mut(key)?;
         let idle = now.as_secs().saturating_sub(e.last_used.as_secs());
         if e.url != url || e.credential != credential || idle >= IDLE.as_secs() {
             return None;
@@ -138,7 +178,8 @@ impl UpstreamSessions {
     }
 
     /// Remembers the session just opened for `key`; the one it replaces, if it had an
-    /// id (it is not ended: a call may still be using it).
+    /// id (it is not ended: a call may still be using it). A watcher of `key`
+    /// ([`Self::watch`]) is told.
     pub fn put(
         &self,
         key: SessionKey,
@@ -147,7 +188,9 @@ impl UpstreamSessions {
         session: Session,
         now: UnixTime,
     ) -> Option<String> {
-        let mut map = self.lock();
+        let mut kept = self.lock();
+        kept.tell(&key, session.id.as_deref());
+        let map = &mut kept.entries;
         if map.len() >= MAX_SESSIONS && !map.contains_key(&key) {
             map.retain(|_, e| now.as_secs().saturating_sub(e.last_used.as_secs()) < IDLE.as_secs());
             if map.len() >= MAX_SESSIONS {
@@ -170,7 +213,8 @@ impl UpstreamSessions {
     /// Forgets `key`'s session if it is still the one with id `id` (the upstream said
     /// it is gone; a caller may already have opened the next one).
     pub fn forget_session(&self, key: &SessionKey, id: Option<&str>) {
-        let mut map = self.lock();
+        let mut kept = self.lock();
+        let map = &mut kept.entries;
         if map.get(key).is_some_and(|e| e.session.id.as_deref() == id) {
             map.remove(key);
         }
@@ -179,12 +223,13 @@ impl UpstreamSessions {
     /// Forgets every session of a server (its settings changed or it was deleted).
     pub fn forget_server(&self, tenant: &str, server: &str) {
         self.lock()
+            .entries
             .retain(|k, _| !(k.tenant == tenant && k.server == server));
     }
 
     /// Forgets everything (the change channel was lost).
     pub fn clear(&self) {
-        self.lock().clear();
+        self.lock().entries.clear();
         self.gates
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -198,7 +243,24 @@ impl UpstreamSessions {
 
     /// How many sessions are remembered.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
+    }
+
+    /// Watches which session is kept for `key`: the receiver holds the id of the one
+    /// last kept (`None`: none was while watched, and none is now) and changes each
+    /// time a session with another id is kept (opened for a refreshed credential, after
+    /// a 404, …); a forgotten session is not a change (there is nothing new to use until
+    /// the next one is opened). The watch lasts as long as a receiver of it does.
+    pub fn watch(&self, key: &SessionKey) -> tokio::sync::watch::Receiver<Option<String>> {
+        let mut kept = self.lock();
+        kept.watched.retain(|_, tx| tx.receiver_count() > 0);
+        if let Some(tx) = kept.watched.get(key) {
+            return tx.subscribe();
+        }
+        let id = kept.entries.get(key).and_then(|e| e.session.id.clone());
+        let (tx, rx) = tokio::sync::watch::channel(id);
+        kept.watched.insert(key.clone(), tx);
+        rx
     }
 
     /// Whether none is.
@@ -286,6 +348,34 @@ mod tests {
         let a = s.reserve_ids(4);
         let b = s.reserve_ids(4);
         assert_eq!(b - a, 4);
+    }
+
+    #[test]
+    fn a_watcher_hears_of_each_other_session_kept_for_its_key() {
+        let s = UpstreamSessions::default();
+        let m = CredentialMark::of(None);
+        let t = UnixTime::from_secs(1);
+        s.put(key("x"), "u", m, session("s1"), t);
+        let mut w = s.watch(&key("x"));
+        assert_eq!(w.borrow().as_deref(), Some("s1"), "the one kept now");
+        assert!(!w.has_changed().unwrap());
+        // The same id again, another key, a forgotten session: no change.
+        s.put(key("x"), "u", m, session("s1"), t);
+        s.put(key("y"), "u", m, session("s9"), t);
+        s.forget_session(&key("x"), Some("s1"));
+        assert!(!w.has_changed().unwrap());
+        s.put(key("x"), "u", m, session("s2"), t);
+        assert!(w.has_changed().unwrap());
+        assert_eq!(w.borrow_and_update().as_deref(), Some("s2"));
+        // A second watcher shares the watch; none left: it goes with the next put.
+        let w2 = s.watch(&key("x"));
+        assert_eq!(w2.borrow().as_deref(), Some("s2"));
+        drop((w, w2));
+        s.put(key("x"), "u", m, session("s3"), t);
+        assert!(s.lock().watched.is_empty());
+        // Watching a key with no session yet.
+        let w = s.watch(&key("z"));
+        assert_eq!(*w.borrow(), None);
     }
 
     #[test]

@@ -39,6 +39,16 @@
 //!   the hub as above. A `logging/setLevel` is not sent again: the level a client set
 //!   is not kept (only that it set one), so its log messages stay relayed but the new
 //!   upstream session uses the upstream's default level.
+//! * The slot's kept session may also be replaced while its stream stays open: a
+//!   refreshed credential opens a new one, as does a request that got 404 for it. A
+//!   client's new subscription then goes to the new session, whose updates come on the
+//!   new session's stream only. So the hub watches which session is kept for its slot
+//!   ([`crate::upstream_sessions::UpstreamSessions::watch`], woken only when another
+//!   session is kept: no polling) and, when it is another than its stream's, drops the
+//!   old stream and opens the new session's, sending the subscriptions again as above.
+//!   At once if the old stream lived at least [`BACKOFF_FIRST`]; otherwise (sessions
+//!   replaced in quick succession, say an upstream that loses each one at once) after
+//!   the backoff of a stream that ended.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -186,6 +196,9 @@ impl Hubs {
                 return None;
             }
         };
+        // Watched once the stream is open: a session kept in between shows as another
+        // than the stream's at once (`pump` looks before it reads).
+        let kept = s.upstream.watch(&key);
         let (tx, _) = broadcast::channel(BACKLOG);
         let (stop_tx, stop) = watch::channel(());
         let (ended_tx, ended) = watch::channel(false);
@@ -217,7 +230,11 @@ impl Hubs {
             tx,
             wants,
         };
-        tokio::spawn(read(reader, stop, ended_tx, stream, session));
+        let now = Stream {
+            body: stream,
+            session,
+        };
+        tokio::spawn(read(reader, stop, ended_tx, kept, now));
         Some(hub)
     }
 }
@@ -230,20 +247,49 @@ enum Ended {
     TooLarge,
     /// The upstream closed it, or the connection failed.
     Closed,
+    /// Another session is kept for the slot now: new subscriptions go there.
+    Replaced,
 }
 
-/// Fans one stream's messages out until it ends.
+/// An open upstream stream and the id of the session it belongs to.
+struct Stream {
+    body: Box<latchkey_egress::EgressStream>,
+    session: String,
+}
+
+/// Whether the session `kept` names now is another than `session` (none kept: not
+/// another, there is nothing else to read); marks what it names as seen.
+fn moved(kept: &mut watch::Receiver<Option<String>>, session: &str) -> bool {
+    kept.borrow_and_update()
+        .as_deref()
+        .is_some_and(|id| id != session)
+}
+
+/// Fans one stream's messages out until it ends, or until `kept` (the session kept for
+/// the slot) is another than the stream's.
 async fn pump(
-    stream: Box<latchkey_egress::EgressStream>,
+    stream: Stream,
     tx: &broadcast::Sender<Arc<Value>>,
     stop: &mut watch::Receiver<()>,
+    kept: &mut watch::Receiver<Option<String>>,
 ) -> Ended {
-    let mut body = std::pin::pin!(stream.into_body());
+    if moved(kept, &stream.session) {
+        return Ended::Replaced;
+    }
+    // The sender lives in the sessions while a receiver does; should it be gone, the
+    // branch is left out rather than woken without end.
+    let mut watching = true;
+    let mut body = std::pin::pin!(stream.body.into_body());
     let mut events = framer();
     loop {
         tokio::select! {
             // Resolves only when the hub (its last user) is gone.
             _ = stop.changed() => return Ended::Unwanted,
+            changed = kept.changed(), if watching => match changed {
+                Ok(()) if moved(kept, &stream.session) => return Ended::Replaced,
+                Ok(()) => {}
+                Err(_) => watching = false,
+            },
             chunk = body.next() => match chunk {
                 Some(Ok(bytes)) => match events.push(&bytes) {
                     Some(messages) => {
@@ -272,22 +318,26 @@ struct Reader {
 /// The hub's reader: fans the stream out, and when the upstream ends it, reopens it
 /// ([`reopen`]: for the same slot, in the upstream session kept then or a new one)
 /// after [`BACKOFF_FIRST`], doubling the wait on each failure up to [`BACKOFF_MAX`].
-/// It stops when the hub is dropped (no client session wants the stream), and gives up
-/// for good (`ended`) when the upstream offers no stream (405), the slot's credential
-/// is not usable, or an event is too large. `stop` changes only when the hub is
-/// dropped; `session`: the id of the upstream session the stream belongs to.
+/// When another session is kept for the slot (`kept`), the stream is dropped and the
+/// kept session's opened the same way, at once if the old stream lived at least
+/// [`BACKOFF_FIRST`] (else after the backoff, so sessions replaced one after the other
+/// do not make it loop). It stops when the hub is dropped (no client session wants
+/// the stream), and gives up for good (`ended`) when the upstream offers no stream
+/// (405), the slot's credential is not usable, or an event is too large. `stop`
+/// changes only when the hub is dropped.
 async fn read(
     r: Reader,
     mut stop: watch::Receiver<()>,
     ended: watch::Sender<bool>,
-    mut stream: Box<latchkey_egress::EgressStream>,
-    mut session: String,
+    mut kept: watch::Receiver<Option<String>>,
+    mut stream: Stream,
 ) {
     let server_id = r.server.id.clone();
     let mut delay = BACKOFF_FIRST;
     'streams: loop {
         let opened = tokio::time::Instant::now();
-        match pump(stream, &r.tx, &mut stop).await {
+        let session = stream.session.clone();
+        let replaced = match pump(stream, &r.tx, &mut stop, &mut kept).await {
             Ended::Unwanted => break,
             Ended::TooLarge => {
                 tracing::info!(event = "mcp.federated.stream_event_too_large", server_id = %server_id);
@@ -296,27 +346,39 @@ async fn read(
             }
             Ended::Closed => {
                 tracing::info!(event = "mcp.federated.stream_ended", server_id = %server_id);
+                false
             }
-        }
+            Ended::Replaced => {
+                tracing::info!(event = "mcp.federated.upstream_session_replaced", server_id = %server_id);
+                true
+            }
+        };
         // A stream that lived a while starts the backoff afresh.
         if opened.elapsed() >= BACKOFF_MAX {
             delay = BACKOFF_FIRST;
         }
+        let mut wait = if replaced && opened.elapsed() >= BACKOFF_FIRST {
+            Duration::ZERO
+        } else {
+            delay
+        };
         loop {
-            tokio::select! {
-                _ = stop.changed() => break 'streams,
-                () = tokio::time::sleep(delay) => {}
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = stop.changed() => break 'streams,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                delay = (delay * 2).min(BACKOFF_MAX);
             }
-            delay = (delay * 2).min(BACKOFF_MAX);
+            wait = delay;
             let attempt = tokio::select! {
                 _ = stop.changed() => break 'streams,
                 a = reopen(&r, &session) => a,
             };
             match attempt {
-                Reopened::Open(next, id) => {
+                Reopened::Open(body, session) => {
                     tracing::info!(event = "mcp.federated.stream_reopened", server_id = %server_id);
-                    stream = next;
-                    session = id;
+                    stream = Stream { body, session };
                     continue 'streams;
                 }
                 Reopened::Later => {}

@@ -2,7 +2,8 @@
 //! upstream restarts (forgets its sessions and ends its streams), the hub opens a new
 //! upstream session, sends the subscriptions its client sessions still want again and
 //! reads the new session's stream, so resource updates keep reaching a client that
-//! makes no request meanwhile.
+//! makes no request meanwhile. Likewise when the slot's session is replaced while the
+//! old stream stays open: the hub follows the new session.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -187,5 +188,316 @@ async fn subscriptions_survive_an_upstream_restart(backend: super::Backend) {
         beta.open_streams() == 0
     })
     .await;
+    super::cleanup(dir, schema).await;
+}
+
+/// What [`PerSession`] keeps: sessions, subscriptions and streams, each per session.
+#[derive(Debug, Default)]
+struct PerSessionState {
+    next: u64,
+    /// The sessions POSTs are answered in (one forgotten for POSTs gets 404 there, its
+    /// stream stays open).
+    live: std::collections::HashSet<String>,
+    /// Per session, the URIs subscribed to in it.
+    subscribed: HashMap<String, std::collections::BTreeSet<String>>,
+    /// Per session, its open standalone stream.
+    streams: HashMap<String, mpsc::UnboundedSender<String>>,
+    /// The session of each GET, in order.
+    gets: Vec<String>,
+}
+
+/// An upstream MCP server (no authorization) that keeps subscriptions and standalone
+/// streams per session, as servers do: an update goes on the stream of each session
+/// subscribed to its URI, and only there. (The scripted server sends every update on
+/// every stream, which cannot tell which session's stream a hub reads.)
+#[derive(Debug, Clone, Default)]
+struct PerSession(std::sync::Arc<std::sync::Mutex<PerSessionState>>);
+
+impl PerSession {
+    /// Serves on a loopback port; the URL of its MCP endpoint.
+    async fn start(&self) -> String {
+        use axum::routing::post;
+        let app = axum::Router::new()
+            .route("/mcp", post(Self::handle).get(Self::stream))
+            .with_state(self.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PerSessionState> {
+        self.0.lock().unwrap()
+    }
+
+    fn session(headers: &axum::http::HeaderMap) -> Option<String> {
+        headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    async fn handle(
+        axum::extract::State(up): axum::extract::State<Self>,
+        headers: axum::http::HeaderMap,
+        axum::Json(msg): axum::Json<serde_json::Value>,
+    ) -> axum::response::Response {
+        use axum::http::StatusCode;
+        use axum::response::IntoResponse;
+        let method = msg["method"].as_str().unwrap_or_default();
+        let id = msg.get("id").cloned();
+        if method == "initialize" {
+            let sid = {
+                let mut st = up.lock();
+                st.next += 1;
+                let sid = format!("ps-{}", st.next);
+                st.live.insert(sid.clone());
+                sid
+            };
+            let result = json!({
+                "protocolVersion": msg["params"]["protocolVersion"],
+                "capabilities": {"resources": {"subscribe": true}},
+                "serverInfo": {"name": "per-session", "version": "1"},
+            });
+            return (
+                [("mcp-session-id", sid)],
+                axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result})),
+            )
+                .into_response();
+        }
+        let Some(sid) = Self::session(&headers).filter(|s| up.lock().live.contains(s)) else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        let Some(id) = id else {
+            return StatusCode::ACCEPTED.into_response();
+        };
+        let answer = match method {
+            "resources/subscribe" => {
+                let uri = msg["params"]["uri"].as_str().unwrap_or_default().to_owned();
+                up.lock().subscribed.entry(sid).or_default().insert(uri);
+                json!({"jsonrpc": "2.0", "id": id, "result": {}})
+            }
+            _ => json!({"jsonrpc": "2.0", "id": id,
+                        "error": {"code": -32601, "message": "Method not found"}}),
+        };
+        axum::Json(answer).into_response()
+    }
+
+    async fn stream(
+        axum::extract::State(up): axum::extract::State<Self>,
+        headers: axum::http::HeaderMap,
+    ) -> axum::response::Response {
+        use axum::http::StatusCode;
+        use axum::response::IntoResponse;
+        let Some(sid) = Self::session(&headers) else {
+            return StatusCode::BAD_REQUEST.into_response();
+        };
+        let (tx, rx) = mpsc::unbounded_channel::<String>();
+        {
+            let mut st = up.lock();
+            st.gets.push(sid.clone());
+            if !st.live.contains(&sid) {
+                return StatusCode::NOT_FOUND.into_response();
+            }
+            st.streams.insert(sid, tx);
+        }
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            let event = rx.recv().await?;
+            Some((Ok::<_, std::convert::Infallible>(event), rx))
+        });
+        (
+            [("content-type", "text/event-stream")],
+            axum::body::Body::from_stream(body),
+        )
+            .into_response()
+    }
+
+    /// Sends `notifications/resources/updated` for `uri` on the open stream of each
+    /// session subscribed to it; the sessions it went to.
+    fn update(&self, uri: &str) -> Vec<String> {
+        let st = self.lock();
+        let event = format!(
+            "event: message\ndata: {}\n\n",
+            json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                   "params": {"uri": uri}})
+        );
+        st.subscribed
+            .iter()
+            .filter(|(_, uris)| uris.contains(uri))
+            .filter(|(sid, _)| {
+                st.streams
+                    .get(*sid)
+                    .is_some_and(|tx| tx.send(event.clone()).is_ok())
+            })
+            .map(|(sid, _)| sid.clone())
+            .collect()
+    }
+
+    /// Answers 404 to every POST in the sessions opened so far, as an upstream that
+    /// expired them does; their streams stay open.
+    fn forget_posts(&self) {
+        self.lock().live.clear();
+    }
+
+    /// The URIs subscribed to in session `sid`.
+    fn subscribed(&self, sid: &str) -> Vec<String> {
+        self.lock()
+            .subscribed
+            .get(sid)
+            .map(|u| u.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The session of each GET so far.
+    fn gets(&self) -> Vec<String> {
+        self.lock().gets.clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_follows_a_replaced_upstream_session_on_sqlite() {
+    the_hub_follows_a_replaced_upstream_session(super::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_follows_a_replaced_upstream_session_on_postgres() {
+    the_hub_follows_a_replaced_upstream_session(super::Backend::Postgres).await;
+}
+
+/// A client session subscribes to a resource (the hub reads session 1's stream). The
+/// upstream then answers 404 to POSTs in session 1 but leaves its stream open, so the
+/// client's next subscription, to a second URI, is made in a new session 2 opened for
+/// the slot. The hub follows: it opens session 2's stream, subscribes there to the
+/// first URI again, and the upstream's update of the second URI, sent on session 2's
+/// stream only, reaches the client. Without the hub following, nobody reads session
+/// 2's stream and the update is lost.
+#[allow(deprecated)] // rmcp's subscribe request (2026-07-28 retired it).
+async fn the_hub_follows_a_replaced_upstream_session(backend: super::Backend) {
+    use rmcp::model::SubscribeRequestParams;
+    let up = PerSession::default();
+    let url = up.start().await;
+    let cfg = super::loopback_config();
+    let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
+    let (status, v) = post(
+        &format!("{base}/v1/servers"),
+        json!({"name": "Beta", "url": url, "auth_type": "none"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
+            .auth_header(CALLER_TOKEN),
+    );
+    let c = Updates(tx).serve(transport).await.unwrap();
+    c.subscribe(SubscribeRequestParams::new("latchkey://beta/file:///a.txt"))
+        .await
+        .unwrap();
+    eventually("session 1's stream", || up.gets() == ["ps-1"]).await;
+    assert_eq!(up.update("file:///a.txt"), ["ps-1"]);
+    let a = "latchkey://beta/file:///a.txt";
+    assert_eq!(updated(&mut rx, Duration::from_secs(10)).await, a);
+
+    // Session 1 gone for requests, its stream still open: the next subscription opens
+    // session 2 and is made there.
+    up.forget_posts();
+    c.subscribe(SubscribeRequestParams::new("latchkey://beta/file:///b.txt"))
+        .await
+        .unwrap();
+    assert_eq!(up.subscribed("ps-2"), ["file:///b.txt"]);
+
+    // The hub reads session 2's stream and has the first URI subscribed there too.
+    eventually("session 2's stream, the first URI subscribed again", || {
+        up.gets().last().is_some_and(|s| s == "ps-2") && up.subscribed("ps-2").len() == 2
+    })
+    .await;
+    assert_eq!(up.gets(), ["ps-1", "ps-2"], "no other stream opened");
+    assert_eq!(up.subscribed("ps-2"), ["file:///a.txt", "file:///b.txt"]);
+    assert_eq!(up.update("file:///b.txt"), ["ps-2"]);
+    let b = "latchkey://beta/file:///b.txt";
+    assert_eq!(updated(&mut rx, Duration::from_secs(5)).await, b);
+    // The first URI's updates now come on session 2's stream (session 1's is dropped).
+    eventually("session 1's stream dropped", || {
+        up.update("file:///a.txt") == ["ps-2"]
+    })
+    .await;
+    assert_eq!(updated(&mut rx, Duration::from_secs(5)).await, a);
+
+    c.cancel().await.unwrap();
+    super::cleanup(dir, schema).await;
+}
+
+/// The slot's session replaced for a refreshed credential: the upstream expired the
+/// access token, so the client's next request is refused (401), the token refreshed,
+/// and a new upstream session opened for it while the old session's stream stays open.
+/// The hub opens the new session's stream and subscribes there again. (The scripted
+/// server sends updates on every stream, so only the requests show which one the hub
+/// reads; the per-session server above shows the update that would be lost.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(deprecated)] // rmcp's subscribe request (2026-07-28 retired it).
+async fn the_hub_follows_a_session_opened_for_a_refreshed_token() {
+    use rmcp::model::{ReadResourceRequestParams, SubscribeRequestParams};
+    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    beta.offer_primitives(Some("beta"));
+    let cfg = super::loopback_config();
+    let (base, dir, _store, schema) = super::start_on(super::Backend::Sqlite, &cfg, keys()).await;
+    connected_server(&base, "Beta", &beta).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
+            .auth_header(CALLER_TOKEN),
+    );
+    let c = Updates(tx).serve(transport).await.unwrap();
+    let federated = "latchkey://beta/file:///notes.txt";
+    c.subscribe(SubscribeRequestParams::new(federated))
+        .await
+        .unwrap();
+    assert_eq!(beta.open_streams(), 1);
+    let old = beta.mcp_sessions();
+    assert_eq!(old.len(), 1, "{old:?}");
+    let refreshes = beta.grants_served_for("refresh_token");
+
+    beta.expire_access_tokens();
+    c.read_resource(ReadResourceRequestParams::new(federated))
+        .await
+        .unwrap();
+    assert_eq!(beta.grants_served_for("refresh_token"), refreshes + 1);
+    let sessions = beta.mcp_sessions();
+    assert_eq!(
+        sessions.len(),
+        2,
+        "a new session, the old one kept: {sessions:?}"
+    );
+    let new = sessions.iter().find(|s| !old.contains(s)).unwrap().clone();
+    let in_new = |method: &str| {
+        beta.requests("/mcp")
+            .iter()
+            .filter(|r| r.body.get("method").is_some_and(|m| m == method))
+            .filter(|r| r.headers.get("mcp-session-id") == Some(&new))
+            .count()
+    };
+    let get_sessions = || -> Vec<String> {
+        beta.requests("/mcp/stream")
+            .iter()
+            .map(|r| r.headers["mcp-session-id"].clone())
+            .collect()
+    };
+    eventually("the new session's stream and subscription", || {
+        get_sessions().last() == Some(&new)
+            && in_new("resources/subscribe") == 1
+            && beta.open_streams() == 1
+    })
+    .await;
+    assert_eq!(get_sessions(), [old[0].clone(), new.clone()]);
+    assert_eq!(
+        beta.push(
+            json!({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+                                "params": {"uri": "file:///notes.txt"}})
+        ),
+        1
+    );
+    assert_eq!(updated(&mut rx, Duration::from_secs(5)).await, federated);
+
+    c.cancel().await.unwrap();
     super::cleanup(dir, schema).await;
 }
