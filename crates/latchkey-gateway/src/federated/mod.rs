@@ -1265,8 +1265,11 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let p = principal(&context.extensions)?;
-        for routed in self.fed.set_level(&p, json!(request.level)).await? {
-            self.want(&p, &context, routed, |w| w.logging = true).await;
+        let level = request.level;
+        for routed in self.fed.set_level(&p, json!(level)).await? {
+            // Kept, not only noted: a new upstream session is given it again.
+            self.want(&p, &context, routed, |w| w.level = Some(level))
+                .await;
         }
         Ok(())
     }

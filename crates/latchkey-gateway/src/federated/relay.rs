@@ -8,10 +8,10 @@
 //!   upstream session is opened ([`Hub`], when a client first needs it) and its
 //!   messages fanned out in process; it is closed when its last client ends.
 //! * Each client keeps what it asked for ([`Wanted`]): the original URIs it subscribed
-//!   to per server, and the servers it set a level on. Only those messages are relayed
-//!   to it, a resource's URI given the federated form the client knows. Log messages
-//!   of a shared slot's session are never relayed: they may concern another user of
-//!   the slot.
+//!   to per server, and the level it set on each server. Only those messages are
+//!   relayed to it, a resource's URI given the federated form the client knows. Log
+//!   messages of a shared slot's session are never relayed: they may concern another
+//!   user of the slot.
 //! * List changes go to every client relaying the server. A 2025-11-25 session gets a
 //!   relay of every usable server it lists from whose `initialize` declared
 //!   `listChanged` (besides the servers it subscribed to or set a level on); a
@@ -36,9 +36,13 @@
 //!   credential). The stream is opened before the subscriptions are sent, so an update
 //!   sent between the two is not lost. A subscription the upstream refuses again, or
 //!   that fails, is logged and the others still go; a credential found unusable ends
-//!   the hub as above. A `logging/setLevel` is not sent again: the level a client set
-//!   is not kept (only that it set one), so its log messages stay relayed but the new
-//!   upstream session uses the upstream's default level.
+//!   the hub as above. Then `logging/setLevel` is sent once if a client session
+//!   relaying through the hub set a level, else the new session would log at the
+//!   upstream's default: the most verbose level any of them set, since the upstream
+//!   logs for the whole session and each client's relay only filters what arrives (a
+//!   less verbose level would starve the client that asked for more). It goes the way
+//!   a client's `logging/setLevel` goes (not sent when the upstream's `initialize` did
+//!   not declare `logging`); a refusal or failure is logged and changes nothing else.
 //! * The slot's kept session may also be replaced while its stream stays open: a
 //!   refreshed credential opens a new one, as does a request that got 404 for it. A
 //!   client's new subscription then goes to the new session, whose updates come on the
@@ -58,7 +62,8 @@ use futures_util::StreamExt as _;
 use latchkey_guard::Principal;
 use latchkey_vault::store::ServerRow;
 use rmcp::RoleServer;
-use rmcp::model::ServerNotification;
+#[allow(deprecated)] // rmcp's logging types (SEP-2577), still part of 2025-11-25.
+use rmcp::model::{LoggingLevel, ServerNotification};
 use rmcp::service::{Peer, SubscriptionSendError, SubscriptionSink};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
@@ -90,7 +95,8 @@ pub(super) const LIST_CHANGES: &[&str] = &[
 #[derive(Debug)]
 pub(super) struct Hub {
     tx: broadcast::Sender<Arc<Value>>,
-    /// What its client sessions want, for the subscriptions a new upstream session needs.
+    /// What its client sessions want, for the subscriptions and level a new upstream
+    /// session needs.
     wants: Arc<Wants>,
     /// `true` once the reader has given up for good: the hub's relays end with it.
     ended: watch::Receiver<bool>,
@@ -105,9 +111,9 @@ impl Hub {
 }
 
 /// What each client session relaying from one hub wants of its server, to send its
-/// subscriptions again in a new upstream session. An entry lives as long as its relay
-/// (the relay task and the session's [`Relays`] hold the `Wanted`), so a session that
-/// ended or unsubscribed is not renewed.
+/// subscriptions and level again in a new upstream session. An entry lives as long as
+/// its relay (the relay task and the session's [`Relays`] hold the `Wanted`), so a
+/// session that ended or unsubscribed is not renewed.
 #[derive(Debug, Default)]
 struct Wants(Mutex<Vec<Weak<Mutex<Wanted>>>>);
 
@@ -118,17 +124,47 @@ impl Wants {
         all.push(Arc::downgrade(wanted));
     }
 
-    /// The original URIs any live client session is subscribed to now, each once.
-    fn uris(&self) -> BTreeSet<String> {
+    /// What each live client session wants now (ended ones pruned), read by `each`.
+    fn each<T>(&self, each: impl Fn(&Wanted) -> T) -> Vec<T> {
         let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
         all.retain(|w| w.strong_count() > 0);
         all.iter()
             .filter_map(Weak::upgrade)
-            .flat_map(|w| {
-                let w = w.lock().unwrap_or_else(|p| p.into_inner());
-                w.uris.iter().cloned().collect::<Vec<_>>()
-            })
+            .map(|w| each(&w.lock().unwrap_or_else(|p| p.into_inner())))
             .collect()
+    }
+
+    /// The original URIs any live client session is subscribed to now, each once.
+    fn uris(&self) -> BTreeSet<String> {
+        self.each(|w| w.uris.iter().cloned().collect::<Vec<_>>())
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The most verbose level a live client session set, if any set one.
+    #[allow(deprecated)] // rmcp's logging types (SEP-2577), still part of 2025-11-25.
+    fn level(&self) -> Option<LoggingLevel> {
+        self.each(|w| w.level)
+            .into_iter()
+            .flatten()
+            .min_by_key(|l| severity(*l))
+    }
+}
+
+/// A level's place from the most verbose (`debug`, 0) to the least (`emergency`, 7),
+/// as RFC 5424 orders them (the upstream sends messages of this level and above).
+#[allow(deprecated)] // rmcp's logging types (SEP-2577), still part of 2025-11-25.
+fn severity(level: LoggingLevel) -> u8 {
+    match level {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
     }
 }
 
@@ -409,7 +445,7 @@ enum Reopened {
 /// kept session (404, and it is forgotten) a new one is opened at once and its stream
 /// asked for. In a session other than `session` the subscriptions the hub's client
 /// sessions want are sent again ([`resubscribe`]), after the stream is open so that no
-/// update sent in between is missed.
+/// update sent in between is missed, and then the level they set ([`relevel`]).
 async fn reopen(r: &Reader, session: &str) -> Reopened {
     // Lost on the first pass: a second one in a new session.
     for _ in 0..2 {
@@ -426,6 +462,7 @@ async fn reopen(r: &Reader, session: &str) -> Reopened {
                     if !resubscribe(r).await {
                         return Reopened::GiveUp;
                     }
+                    relevel(r).await;
                 }
                 return Reopened::Open(stream, id);
             }
@@ -503,6 +540,42 @@ async fn resubscribe(r: &Reader) -> bool {
     true
 }
 
+/// Sends `logging/setLevel` in the upstream session kept for the slot with the most
+/// verbose level a client session relaying through the hub set ([`Wants::level`]), if
+/// one did; as [`super::Federation::set_level`] sends a client's, so nothing is sent
+/// when the upstream's `initialize` did not declare `logging`. A refusal or failure is
+/// logged and nothing more: the relays and subscriptions go on, at the upstream's
+/// default level.
+async fn relevel(r: &Reader) {
+    let Some(level) = r.wants.level() else {
+        return;
+    };
+    let answer = crate::tools::call_answer(
+        &r.s,
+        &r.p,
+        &r.server,
+        "logging/setLevel",
+        Some(json!({"level": level})),
+        Some("logging"),
+    )
+    .await;
+    match answer {
+        Ok(Answer::Result(_)) => {
+            tracing::info!(event = "mcp.federated.level_renewed", server_id = %r.server.id);
+        }
+        Ok(Answer::Error(e)) => tracing::info!(
+            event = "mcp.federated.level_renew_refused",
+            server_id = %r.server.id,
+            rpc_code = e.code
+        ),
+        Err(e) => tracing::info!(
+            event = "mcp.federated.level_renew_failed",
+            server_id = %r.server.id,
+            code = e.status_and_code().1
+        ),
+    }
+}
+
 /// The framer of an upstream stream: the MCP crate's (shared with `send_relaying`),
 /// each event at most [`MAX_EVENT`] bytes.
 fn framer() -> latchkey_mcp::SseFramer {
@@ -514,8 +587,11 @@ fn framer() -> latchkey_mcp::SseFramer {
 pub(super) struct Wanted {
     /// Original URIs subscribed to.
     pub(super) uris: HashSet<String>,
-    /// Whether the session set a logging level (and may get this server's log messages).
-    pub(super) logging: bool,
+    /// The logging level the session last set on this server, if it set one: it may
+    /// get this server's log messages, and the level is set again in a new upstream
+    /// session ([`relevel`]).
+    #[allow(deprecated)] // rmcp's logging types (SEP-2577), still part of 2025-11-25.
+    pub(super) level: Option<LoggingLevel>,
 }
 
 /// The relays of one client session: per server id, what it wants and its relay task
@@ -681,7 +757,10 @@ fn change_into(into: &Arc<Mutex<Wanted>>, from: &Arc<Mutex<Wanted>>) {
     let from = from.lock().unwrap_or_else(|p| p.into_inner());
     let mut into = into.lock().unwrap_or_else(|p| p.into_inner());
     into.uris.extend(from.uris.iter().cloned());
-    into.logging |= from.logging;
+    // `from` holds the request that came second: its level is the one set last.
+    if from.level.is_some() {
+        into.level = from.level;
+    }
 }
 
 /// Relays the hub's messages that the session wants until the session ends or the
@@ -758,7 +837,7 @@ fn relayed(message: &Value, wanted: &Mutex<Wanted>, naming: &Naming) -> Option<S
         }
         "notifications/message" => {
             let wanted = wanted.lock().unwrap_or_else(|p| p.into_inner());
-            if !wanted.logging || !naming.own_session {
+            if wanted.level.is_none() || !naming.own_session {
                 return None;
             }
         }
@@ -793,6 +872,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(deprecated)] // rmcp's logging types (SEP-2577), still part of 2025-11-25.
     fn only_wanted_messages_are_relayed_with_the_federated_uri() {
         let wanted = Mutex::new(Wanted::default());
         wanted.lock().unwrap().uris.insert("file:///a".into());
@@ -808,7 +888,7 @@ mod tests {
         assert!(relayed(&update("file:///b"), &wanted, &naming).is_none());
         let log = json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "x"}});
         assert!(relayed(&log, &wanted, &naming).is_none());
-        wanted.lock().unwrap().logging = true;
+        wanted.lock().unwrap().level = Some(LoggingLevel::Info);
         assert!(relayed(&log, &wanted, &naming).is_some());
         let shared = Naming {
             own_session: false,
@@ -842,6 +922,42 @@ mod tests {
             wants.0.lock().unwrap().is_empty(),
             "ended sessions are pruned"
         );
+    }
+
+    #[test]
+    #[allow(deprecated)] // rmcp's logging types (SEP-2577), still part of 2025-11-25.
+    fn the_level_to_renew_is_the_most_verbose_a_live_session_set() {
+        let wants = Wants::default();
+        let a = Arc::new(Mutex::new(Wanted::default()));
+        let b = Arc::new(Mutex::new(Wanted::default()));
+        let c = Arc::new(Mutex::new(Wanted::default()));
+        for w in [&a, &b, &c] {
+            wants.add(w);
+        }
+        assert_eq!(wants.level(), None, "nobody set one");
+        a.lock().unwrap().level = Some(LoggingLevel::Error);
+        b.lock().unwrap().level = Some(LoggingLevel::Notice);
+        assert_eq!(wants.level(), Some(LoggingLevel::Notice));
+        c.lock().unwrap().level = Some(LoggingLevel::Debug);
+        assert_eq!(wants.level(), Some(LoggingLevel::Debug));
+        // An ended session's level is not renewed.
+        drop(c);
+        assert_eq!(wants.level(), Some(LoggingLevel::Notice));
+        // A session that set another level since: its latest counts.
+        b.lock().unwrap().level = Some(LoggingLevel::Emergency);
+        assert_eq!(wants.level(), Some(LoggingLevel::Error));
+        // The order runs from debug to emergency.
+        let all = [
+            LoggingLevel::Debug,
+            LoggingLevel::Info,
+            LoggingLevel::Notice,
+            LoggingLevel::Warning,
+            LoggingLevel::Error,
+            LoggingLevel::Critical,
+            LoggingLevel::Alert,
+            LoggingLevel::Emergency,
+        ];
+        assert!(all.windows(2).all(|p| severity(p[0]) < severity(p[1])));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Relays on the federated endpoint `/mcp` outlive a lost upstream session: when an
 //! upstream restarts (forgets its sessions and ends its streams), the hub opens a new
-//! upstream session, sends the subscriptions its client sessions still want again and
-//! reads the new session's stream, so resource updates keep reaching a client that
-//! makes no request meanwhile. Likewise when the slot's session is replaced while the
+//! upstream session, sends the subscriptions its client sessions still want (and the
+//! most verbose level they set) again and reads the new session's stream, so resource
+//! updates keep reaching a client that makes no request meanwhile. Likewise when the slot's session is replaced while the
 //! old stream stays open: the hub follows the new session.
 
 use std::collections::HashMap;
@@ -499,5 +499,97 @@ async fn the_hub_follows_a_session_opened_for_a_refreshed_token() {
     assert_eq!(updated(&mut rx, Duration::from_secs(5)).await, federated);
 
     c.cancel().await.unwrap();
+    super::cleanup(dir, schema).await;
+}
+
+/// Two client sessions of the slot set a level, `warning` then `error` (the upstream's
+/// level is `error` now); the upstream restarts. Without any client request, the hub's
+/// new session is given `logging/setLevel` once, with `warning`: the most verbose level
+/// a client asked for, not the last one set, since the session's log level serves both
+/// clients. Without it the new session logs at the upstream's default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(deprecated)] // rmcp's logging types (SEP-2577), still part of 2025-11-25.
+async fn the_level_clients_set_survives_an_upstream_restart() {
+    use rmcp::model::{LoggingLevel, SetLevelRequestParams};
+    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    beta.offer_primitives(Some("beta"));
+    let cfg = super::loopback_config();
+    let (base, dir, _store, schema) = super::start_on(super::Backend::Sqlite, &cfg, keys()).await;
+    connected_server(&base, "Beta", &beta).await;
+    let client = || async {
+        let transport = StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
+                .auth_header(CALLER_TOKEN),
+        );
+        Updates(mpsc::unbounded_channel().0)
+            .serve(transport)
+            .await
+            .unwrap()
+    };
+    let (a, b) = (client().await, client().await);
+    a.set_level(SetLevelRequestParams::new(LoggingLevel::Warning))
+        .await
+        .unwrap();
+    b.set_level(SetLevelRequestParams::new(LoggingLevel::Error))
+        .await
+        .unwrap();
+    assert_eq!(beta.open_streams(), 1, "one hub for the slot");
+    let levels = |session: &str| -> Vec<String> {
+        beta.requests("/mcp")
+            .iter()
+            .filter(|r| {
+                r.body
+                    .get("method")
+                    .is_some_and(|m| m == "logging/setLevel")
+            })
+            .filter(|r| {
+                r.headers
+                    .get("mcp-session-id")
+                    .is_some_and(|s| s == session)
+            })
+            .map(|r| r.body["level"].clone())
+            .collect()
+    };
+    let old = beta.mcp_sessions();
+    assert_eq!(old.len(), 1, "{old:?}");
+    assert_eq!(levels(&old[0]), ["warning", "error"]);
+    let posts = beta.requests("/mcp").len();
+
+    // The restart: every session forgotten, the stream ended.
+    beta.expire_mcp_sessions();
+    assert_eq!(beta.close_streams(), 1);
+
+    eventually("the level set in a new session", || {
+        beta.mcp_sessions()
+            .first()
+            .is_some_and(|new| !levels(new).is_empty())
+    })
+    .await;
+    let new = beta.mcp_sessions();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_ne!(new, old);
+    assert_eq!(levels(&new[0]), ["warning"], "once, the most verbose");
+    // Only the hub's own requests: the new session's initialize and the level (its
+    // GETs are recorded apart).
+    let methods: Vec<String> = beta.requests("/mcp")[posts..]
+        .iter()
+        .filter_map(|r| r.body.get("method").cloned())
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "initialize",
+            "notifications/initialized",
+            "logging/setLevel"
+        ],
+        "no client request in between"
+    );
+
+    a.cancel().await.unwrap();
+    b.cancel().await.unwrap();
+    eventually("the stream closed with the sessions", || {
+        beta.open_streams() == 0
+    })
+    .await;
     super::cleanup(dir, schema).await;
 }
