@@ -5,6 +5,14 @@
 //! means the user must reconnect; a 403 never refreshes (a scope upgrade is needed). A
 //! headers server's 401 or 403 is never retried: its values were refused. A failure is
 //! an error, never an empty list.
+//!
+//! The same rule holds for the answers a request relays back upstream (an elicitation
+//! answered by the client, perhaps minutes later on the stateless wire, when the access
+//! token may have expired): an answer refused with 401 is POSTed once more with the
+//! Bearer of one forced refresh ([`Renewal`], through [`latchkey_mcp::Renew`]); refused
+//! again, or with no fresh token to be had (the slot needs consent), the call ends at
+//! once with the reauth error a refused request gets, instead of waiting out the
+//! request timeout for an answer the upstream will never give.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -65,6 +73,35 @@ impl Auth {
             headers,
             mark: CredentialMark::of(Some(token)),
         })
+    }
+}
+
+/// Fresh headers for an answer the upstream refused with 401 during a request
+/// ([`latchkey_mcp::Renew`]): the slot's Bearer after one forced refresh, as a refused
+/// request gets in [`run`]. None without a slot to refresh (a server without
+/// authorization, or with static header values, which cannot be renewed here).
+struct Renewal<'a> {
+    s: &'a AppState,
+    server: &'a ServerRow,
+    slot: Option<&'a latchkey_vault::Slot>,
+    /// Why no fresh token could be had, for the call's error ([`send`]).
+    failed: std::sync::Mutex<Option<ApiError>>,
+}
+
+impl latchkey_mcp::Renew for Renewal<'_> {
+    async fn renewed(&self) -> Option<HeaderMap> {
+        let slot = self.slot?;
+        tracing::info!(event = "tools.answer_retry_after_401", server_id = %self.server.id);
+        let fresh = bearer(self.s, self.server, slot, true)
+            .await
+            .and_then(|t| Auth::bearer(&t.token));
+        match fresh {
+            Ok(auth) => Some(auth.headers),
+            Err(e) => {
+                *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                None
+            }
+        }
     }
 }
 
@@ -167,15 +204,23 @@ pub(crate) fn token_failure(server: &ServerRow, e: TokenError) -> ApiError {
 /// When the request `needs` a capability the session's `initialize` did not declare,
 /// nothing is sent: the answer is `Method not found`. The answer (for [`Op::Open`] an
 /// empty result: nothing was asked), or why there is none.
+/// `slot`: whose credential a refused answer may renew ([`Renewal`]).
 async fn exchange(
     s: &AppState,
     server: &ServerRow,
     key: &SessionKey,
     auth: &Auth,
+    slot: Option<&latchkey_vault::Slot>,
     op: Op<'_>,
 ) -> Result<Answer, Upstream> {
     let Auth { headers, mark } = auth;
     let (headers, mark) = (headers, *mark);
+    let renew = &Renewal {
+        s,
+        server,
+        slot,
+        failed: std::sync::Mutex::new(None),
+    };
     let mut mcp = McpClient::new(
         s.egress.clone(),
         server.url.clone(),
@@ -195,7 +240,7 @@ async fn exchange(
             let _open = gate.lock().await;
             match s.upstream.get(key, &server.url, mark, s.clock.now()) {
                 Some(session) => session,
-                None => open(s, server, key, mark, &mut mcp, headers).await?,
+                None => open(s, server, key, mark, &mut mcp, headers, renew).await?,
             }
         }
     };
@@ -214,15 +259,15 @@ async fn exchange(
     }
     mcp.resume(session.id.clone(), session.negotiated.clone());
     let req = via.stamp(mcp.request(method, params.clone()));
-    let ex = match send(server, &mcp, &req, headers, via).await {
+    let ex = match send(server, &mcp, &req, headers, via, renew).await {
         Err(Upstream::SessionGone) => {
             // The upstream forgot it (restarted, expired it): once more, in a new one.
             tracing::info!(event = "tools.upstream_session_reopened", server_id = %server.id);
             s.upstream.forget_session(key, session.id.as_deref());
             mcp.reset_session();
-            open(s, server, key, mark, &mut mcp, headers).await?;
+            open(s, server, key, mark, &mut mcp, headers, renew).await?;
             let req = via.stamp(mcp.request(method, params.clone()));
-            match send(server, &mcp, &req, headers, via).await {
+            match send(server, &mcp, &req, headers, via, renew).await {
                 Err(Upstream::SessionGone) => Err(Upstream::Failed(upstream_failed(
                     server,
                     "the MCP server lost the session it had just opened (HTTP 404)".into(),
@@ -254,9 +299,10 @@ async fn open(
     mark: CredentialMark,
     mcp: &mut McpClient,
     headers: &HeaderMap,
+    renew: &Renewal<'_>,
 ) -> Result<Session, Upstream> {
     let init = mcp.initialize_request();
-    let ex = send(server, mcp, &init, headers, Relaying::No).await?;
+    let ex = send(server, mcp, &init, headers, Relaying::No, renew).await?;
     mcp.accept_initialize(&ex);
     let capabilities = ex
         .response
@@ -265,7 +311,7 @@ async fn open(
         .filter(|c| c.is_object())
         .cloned();
     let note = mcp.initialized_notification();
-    send(server, mcp, &note, headers, Relaying::No).await?;
+    send(server, mcp, &note, headers, Relaying::No, renew).await?;
     let session = Session {
         id: mcp.session_id().map(str::to_owned),
         negotiated: mcp.negotiated().map(str::to_owned),
@@ -302,24 +348,37 @@ pub(crate) fn upstream_failed(server: &ServerRow, cause: String) -> ApiError {
     }
 }
 
+/// `message` to `server`; an answer relayed back and refused with 401 is renewed by
+/// `renew`, and if that fails the call is [`Upstream::Unauthorized`] (or why no fresh
+/// token could be had).
 async fn send(
     server: &ServerRow,
     mcp: &McpClient,
     message: &Value,
     headers: &HeaderMap,
     via: Relaying<'_>,
+    renew: &Renewal<'_>,
 ) -> Result<latchkey_mcp::Exchange, Upstream> {
     let sent = match via {
         Relaying::No | Relaying::Nobody => {
-            mcp.send_relaying(message, headers, &latchkey_mcp::NoRelay)
+            mcp.send_relaying(message, headers, &latchkey_mcp::NoRelay, renew)
                 .await
         }
-        Relaying::To(client) => mcp.send_relaying(message, headers, client).await,
+        Relaying::To(client) => mcp.send_relaying(message, headers, client, renew).await,
     };
     let ex = sent.map_err(|e| {
         if matches!(e, McpError::Cancelled) {
             tracing::info!(event = "tools.cancelled", server_id = %server.id);
             return Upstream::Cancelled;
+        }
+        if matches!(e, McpError::Unauthorized) {
+            tracing::info!(event = "tools.answer_unauthorized", server_id = %server.id);
+            let failed = renew
+                .failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            return failed.map_or(Upstream::Unauthorized, Upstream::Failed);
         }
         tracing::info!(event = "tools.upstream_unreachable", server_id = %server.id, error = %e);
         Upstream::Failed(match e {
@@ -328,6 +387,7 @@ async fn send(
                 upstream_failed(server, format!("its answer was not usable: {e}"))
             }
             McpError::Cancelled => upstream_failed(server, "the request was cancelled".into()),
+            McpError::Unauthorized => needs_reauth(server, Reauth::Rejected),
         })
     })?;
     match ex.status.as_u16() {
@@ -508,7 +568,7 @@ async fn run(
                 server: server.id.clone(),
                 subject: Some(p.subject.as_str().to_owned()),
             };
-            return exchange(s, server, &key, &Auth::none(), op)
+            return exchange(s, server, &key, &Auth::none(), None, op)
                 .await
                 .map_err(fail);
         }
@@ -519,7 +579,7 @@ async fn run(
                 headers: opened.headers(server)?,
                 mark: opened.mark(),
             };
-            return exchange(s, server, &key, &auth, op)
+            return exchange(s, server, &key, &auth, None, op)
                 .await
                 .map_err(|u| match u {
                     Upstream::Unauthorized => crate::service::headers::refused(server, 401),
@@ -539,7 +599,7 @@ async fn run(
     }
     let token = bearer(s, server, &slot, false).await?;
     let auth = Auth::bearer(&token.token)?;
-    match exchange(s, server, &key, &auth, op).await {
+    match exchange(s, server, &key, &auth, Some(&slot), op).await {
         Ok(v) => Ok(v),
         Err(Upstream::Unauthorized) if op.relayed() => Err(fail(Upstream::Unauthorized)),
         Err(Upstream::Unauthorized) => {
@@ -547,7 +607,9 @@ async fn run(
             tracing::info!(event = "tools.retry_after_401", server_id = %server.id);
             let fresh = bearer(s, server, &slot, true).await?;
             let auth = Auth::bearer(&fresh.token)?;
-            let retried = exchange(s, server, &key, &auth, op).await.map_err(fail);
+            let retried = exchange(s, server, &key, &auth, Some(&slot), op)
+                .await
+                .map_err(fail);
             if retried.is_ok() {
                 // R-OBS-2: without this line the default level shows the failure only.
                 tracing::info!(

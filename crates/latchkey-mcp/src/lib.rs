@@ -19,7 +19,7 @@
 pub mod envelope;
 mod relaying;
 
-pub use relaying::{METHOD_NOT_FOUND, NoRelay, Relay, SseFramer, method_not_found};
+pub use relaying::{METHOD_NOT_FOUND, NoRelay, NoRenew, Relay, Renew, SseFramer, method_not_found};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -56,6 +56,11 @@ pub enum McpError {
     /// The caller's request was cancelled ([`Relay::cancelled`]); the server was told.
     #[error("the request was cancelled")]
     Cancelled,
+    /// The server refused with 401 an answer POSTed back during the request, and the
+    /// renewed headers too (or none could be had, [`Renew`]): it will not get its
+    /// answer, so the request was given up rather than left to time out.
+    #[error("the server refused an answer to its request (HTTP 401)")]
+    Unauthorized,
 }
 
 /// One HTTP exchange: status, headers and, for a request, the JSON-RPC response.

@@ -17,6 +17,14 @@
 //! egress client's request timeout, counted from the request and again from each
 //! answer of the caller's client, but not while a relayed request waits for one (a
 //! person may be answering an elicitation).
+//!
+//! An answer may be POSTed long after the request (a client on the stateless wire may
+//! take minutes), when the credential in `extra` has expired: a server refusing it with
+//! 401 would otherwise never get its answer, and the request would hang until the
+//! timeout. The answer is then POSTed once more with the headers [`Renew::renewed`]
+//! gives (the caller knows how to get a fresh credential; this crate does not), which
+//! also go with whatever is sent later in the request. Refused again, or with no renewed
+//! headers to be had, the request ends at once with [`McpError::Unauthorized`].
 
 use std::future::Future;
 
@@ -55,6 +63,24 @@ pub trait Relay: Sync {
     /// Resolves when the caller's own request was cancelled: the server is told
     /// (`notifications/cancelled` with the request's id) and the stream dropped.
     fn cancelled(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// Where fresh headers come from when the server refuses an answer POSTed back during a
+/// request with 401 (see the module docs): OAuth stays the caller's business.
+pub trait Renew: Sync {
+    /// The headers to send in place of the request's `extra` from now on (a new
+    /// `Authorization`), or `None` when none can be had. Asked at most once a request.
+    fn renewed(&self) -> impl Future<Output = Option<HeaderMap>> + Send;
+}
+
+/// No renewal: an answer refused with 401 ends the request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRenew;
+
+impl Renew for NoRenew {
+    async fn renewed(&self) -> Option<HeaderMap> {
+        None
+    }
 }
 
 /// A relay with nobody behind it: notifications are dropped and requests answered
@@ -170,17 +196,22 @@ impl McpClient {
     /// [`McpClient::send`], with the answer read as it arrives: on an SSE answer, each
     /// message before the response goes to `relay` ([`Relay`]); the server's requests
     /// are asked concurrently while the stream is read, and each answer is POSTed back
-    /// in the same session with the same `extra` headers (a `ping` is answered here). A
+    /// in the same session with the same `extra` headers (a `ping` is answered here). An
+    /// answer refused with 401 is POSTed once more with `renew`'s headers; refused again
+    /// (or with none to be had) the answer is [`McpError::Unauthorized`], at once. A
     /// server's `notifications/cancelled` naming one of them stops it. When
     /// [`Relay::cancelled`] resolves, the server is sent `notifications/cancelled` for
     /// `message` and the answer is [`McpError::Cancelled`]. A plain JSON answer, or any
     /// status but 2xx, is read whole as [`McpClient::send`] reads it.
-    pub async fn send_relaying<R: Relay>(
+    pub async fn send_relaying<R: Relay, C: Renew>(
         &self,
         message: &Value,
         extra: &HeaderMap,
         relay: &R,
+        renew: &C,
     ) -> Result<Exchange, McpError> {
+        // `renew`'s headers once an answer was refused with 401, for the rest of it.
+        let mut renewed: Option<HeaderMap> = None;
         let timeout = self.egress.config().request_timeout;
         // One clock for the head and the body, as `send`'s whole-request timeout.
         let deadline_at = tokio::time::Instant::now() + timeout;
@@ -220,14 +251,16 @@ impl McpClient {
         let mut response = None;
         'read: loop {
             tokio::select! {
-                () = &mut cancelled => return Err(self.cancel(&id, extra).await),
+                () = &mut cancelled => {
+                    return Err(self.cancel(&id, renewed.as_ref().unwrap_or(extra)).await);
+                }
                 () = &mut deadline, if asking.is_empty() => {
                     return Err(McpError::Egress(latchkey_egress::EgressError::Timeout));
                 }
                 Some((rid, answer)) = asking.next(), if !asking.is_empty() => {
                     open.retain(|o: &Open| o.id != rid);
                     if let Some(answer) = answer {
-                        self.answer(&rid, answer, extra).await;
+                        self.answer(&rid, answer, extra, renew, &mut renewed).await?;
                     }
                     if asking.is_empty() {
                         // The clock runs again from the client's last answer.
@@ -253,7 +286,8 @@ impl McpClient {
                         let params = m.get("params").cloned().unwrap_or_else(|| json!({}));
                         match (method, m.get("id").filter(|i| !i.is_null()).cloned()) {
                             (Some(method), Some(rid)) if method == "ping" => {
-                                self.answer(&rid, Ok(json!({})), extra).await;
+                                self.answer(&rid, Ok(json!({})), extra, renew, &mut renewed)
+                                    .await?;
                             }
                             (Some(method), Some(rid)) => {
                                 let (stop_tx, stop_rx) = oneshot::channel();
@@ -305,16 +339,58 @@ impl McpClient {
         McpError::Cancelled
     }
 
-    /// POSTs the answer to the server's request `id`.
-    async fn answer(&self, id: &Value, answer: Result<Value, Value>, extra: &HeaderMap) {
+    /// POSTs the answer to the server's request `id` with `renewed` headers, else
+    /// `extra`; after a 401, once more with `renew`'s (kept in `renewed`) if none were
+    /// asked for yet. `Err` when a 401 stands: the server will not take the answer, so
+    /// the request cannot end well. Any other failure is logged only (the request's own
+    /// answer, or timeout, tells the rest).
+    async fn answer<C: Renew>(
+        &self,
+        id: &Value,
+        answer: Result<Value, Value>,
+        extra: &HeaderMap,
+        renew: &C,
+        renewed: &mut Option<HeaderMap>,
+    ) -> Result<(), McpError> {
         let message = match answer {
             Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
             Err(error) => json!({"jsonrpc": "2.0", "id": id, "error": error}),
         };
-        match self.send(&message, extra).await {
-            Ok(ex) if ex.status.is_success() => {}
-            Ok(ex) => tracing::info!(event = "mcp.answer_refused", status = ex.status.as_u16()),
-            Err(e) => tracing::info!(event = "mcp.answer_not_sent", error = %e),
+        let first = renewed.is_none();
+        let sent = self.send(&message, renewed.as_ref().unwrap_or(extra)).await;
+        if !Self::refused_401(sent) {
+            return Ok(());
+        }
+        // Renewed headers refused already: a second renewal would not be fresher.
+        if !first {
+            return Err(McpError::Unauthorized);
+        }
+        let Some(fresh) = renew.renewed().await else {
+            tracing::info!(event = "mcp.answer_unauthorized", renewed = false);
+            return Err(McpError::Unauthorized);
+        };
+        let sent = self.send(&message, renewed.insert(fresh)).await;
+        if Self::refused_401(sent) {
+            tracing::info!(event = "mcp.answer_unauthorized", renewed = true);
+            return Err(McpError::Unauthorized);
+        }
+        tracing::info!(event = "mcp.answer_sent_renewed");
+        Ok(())
+    }
+
+    /// Whether an answer's POST was refused with 401; other failures are logged here.
+    fn refused_401(sent: Result<Exchange, McpError>) -> bool {
+        match sent {
+            Ok(ex) if ex.status.is_success() => false,
+            Ok(ex) if ex.status == http::StatusCode::UNAUTHORIZED => true,
+            Ok(ex) => {
+                tracing::info!(event = "mcp.answer_refused", status = ex.status.as_u16());
+                false
+            }
+            Err(e) => {
+                tracing::info!(event = "mcp.answer_not_sent", error = %e);
+                false
+            }
         }
     }
 }

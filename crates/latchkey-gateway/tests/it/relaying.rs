@@ -1,7 +1,8 @@
 //! Request-scoped relays on `/mcp` (issue 20): what an upstream sends on a request's
 //! SSE answer before the result — progress, elicitation, sampling and roots requests,
 //! cancellation — reaches the client session that made the request and no other, and
-//! the client's answers go back to the upstream in its session. Real HTTP throughout:
+//! the client's answers go back to the upstream in its session (with a refreshed token
+//! when the upstream refused the one the request had). Real HTTP throughout:
 //! rmcp clients with handlers on Latchkey's `/mcp`, the scripted upstream's `ask` and
 //! `wait` tools ([`latchkey_testkit::ScriptedServer::relaying_calls`]), one OAuth
 //! server with a deposited credential, set unprefixed so its unlisted tools route.
@@ -68,6 +69,10 @@ impl ClientHandler for Answering {
                 () = tokio::time::sleep(Duration::from_secs(10)) => {}
             }
             return Ok(serde_json::from_value(json!({"action": "decline"})).unwrap());
+        }
+        if v["message"] == "give me a second" {
+            // Time for the test to expire the upstream's tokens after the report.
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
         if v["message"] == "take your time" {
             // Longer than the egress request timeout (15 s).
@@ -514,9 +519,10 @@ async fn stateless_request(
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let status = r.status().as_u16();
     assert!(r.headers().get("mcp-session-id").is_none(), "no session");
     let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
     serde_json::from_str(&text).unwrap_or_else(|_| {
         text.lines()
             .filter_map(|l| l.strip_prefix("data:"))
@@ -864,5 +870,156 @@ async fn a_listing_refuses_the_upstreams_requests_at_once() {
     }
     assert!(rx.try_recv().is_err(), "the client was asked");
     let _ = s.cancel().await;
+    super::cleanup(dir, schema).await;
+}
+
+/// The first round of a stateless `ask` (an elicitation) on Latchkey with `setup`'s
+/// server: the `requestState` of its `input_required` answer, and the retry that
+/// answers it with the name Ada.
+async fn first_round(base: &str) -> (Value, Value) {
+    let capable = json!({"elicitation": {"form": {}}});
+    let v = stateless_call(
+        base,
+        BEARER,
+        "ask",
+        elicitation("Your name?"),
+        capable,
+        json!({}),
+    )
+    .await;
+    assert_eq!(v["result"]["resultType"], "input_required", "{v}");
+    let state = v["result"]["requestState"].clone();
+    let answer = json!({"action": "accept", "content": {"name": "Ada"}});
+    let retry = json!({"requestState": state, "inputResponses": {"r1": answer.clone()}});
+    (retry, answer)
+}
+
+/// The client's answer may come long after the call (minutes on the stateless wire),
+/// when the slot's access token has expired: the upstream refuses the answer's POST
+/// with 401, and Latchkey refreshes the token once and POSTs the same answer again
+/// with it, so the call completes with the upstream's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_refused_with_401_is_sent_again_with_a_refreshed_token() {
+    let (upstream, base, _id, dir, schema) = setup(super::Backend::Sqlite, None).await;
+    let (retry, answer) = first_round(&base).await;
+    let refreshes = upstream.grants_served_for("refresh_token");
+    // The client takes its time: the token the call was made with expires meanwhile.
+    upstream.expire_access_tokens();
+
+    let capable = json!({"elicitation": {"form": {}}});
+    let started = std::time::Instant::now();
+    let v = stateless_call(
+        &base,
+        BEARER,
+        "ask",
+        elicitation("Your name?"),
+        capable,
+        retry,
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10), "{v}");
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+    assert_eq!(v["result"]["structuredContent"]["answer"], answer, "{v}");
+    assert_eq!(
+        upstream.grants_served_for("refresh_token"),
+        refreshes + 1,
+        "one forced refresh"
+    );
+    // The answer was POSTed twice, in the same session: with the expired token (refused,
+    // so not taken) and with the fresh one.
+    let posted = upstream
+        .requests("/mcp")
+        .into_iter()
+        .filter(|r| r.body.get("method").is_some_and(String::is_empty))
+        .collect::<Vec<_>>();
+    assert_eq!(posted.len(), 2, "{posted:?}");
+    assert_ne!(
+        posted[0].headers["authorization"],
+        posted[1].headers["authorization"]
+    );
+    assert_eq!(
+        posted[0].headers["mcp-session-id"],
+        posted[1].headers["mcp-session-id"]
+    );
+    let answers = upstream.relayed_answers();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0]["result"], answer, "{answers:?}");
+    super::cleanup(dir, schema).await;
+}
+
+/// The same on the session wire: the client answers the elicitation after the access
+/// token expired; the answer reaches the upstream with a refreshed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_refused_with_401_on_the_session_wire_is_sent_again() {
+    let (upstream, base, _id, dir, schema) = setup(super::Backend::Sqlite, None).await;
+    let (s, mut rx) = connect(&base, Wire::Session, true).await;
+    let (result, refreshes) = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            call(&s, "ask", elicitation("give me a second"))
+        ),
+        async {
+            // Asked: the client answers in a second, after the token expired.
+            while next(&mut rx).await != "elicit \"give me a second\"" {}
+            let refreshes = upstream.grants_served_for("refresh_token");
+            upstream.expire_access_tokens();
+            refreshes
+        }
+    );
+    let result = result.expect("within 10 s").0.unwrap();
+    assert_eq!(
+        result["structuredContent"]["answer"]["content"]["name"], "Ada",
+        "{result}"
+    );
+    assert_eq!(
+        upstream.grants_served_for("refresh_token"),
+        refreshes + 1,
+        "one forced refresh"
+    );
+    assert_eq!(upstream.relayed_answers().len(), 1);
+    let _ = s.cancel().await;
+    super::cleanup(dir, schema).await;
+}
+
+/// When no fresh token can be had (the refresh token is refused), the answer refused
+/// with 401 ends the call at once, as needing the user to connect again (a sign-in link
+/// for a client that takes one), rather than after the request timeout (15 s) the
+/// upstream would otherwise run into.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_refused_with_401_and_no_fresh_token_ends_the_call_at_once() {
+    let (upstream, base, _id, dir, schema) = setup(super::Backend::Sqlite, None).await;
+    let (retry, _) = first_round(&base).await;
+    upstream.expire_access_tokens();
+    upstream.set_token_fault(latchkey_testkit::TokenFault::OAuthError {
+        status: 400,
+        error: "invalid_grant".into(),
+    });
+
+    // A client that can be sent to a sign-in link.
+    let capable = json!({"elicitation": {"form": {}, "url": {}}});
+    let started = std::time::Instant::now();
+    let v = stateless_call(
+        &base,
+        BEARER,
+        "ask",
+        elicitation("Your name?"),
+        capable,
+        retry,
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}: {v}");
+    // What a call refused with 401 gets: the user is sent to connect the server again.
+    let connect = &v["result"]["inputRequests"]["connect"]["params"];
+    assert_eq!(v["result"]["resultType"], "input_required", "{v}");
+    assert_eq!(connect["mode"], "url", "{v}");
+    assert!(
+        connect["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Connect Relay"),
+        "{v}"
+    );
+    assert!(upstream.relayed_answers().is_empty());
     super::cleanup(dir, schema).await;
 }
