@@ -34,6 +34,10 @@ fn keys() -> StaticKeys {
     StaticKeys(Some(KeySet::parse(KEY).unwrap()))
 }
 
+/// Told by `an_answer_refused_with_401_on_the_session_wire_is_sent_again` once the
+/// tokens have expired: its client's answer to "give me a second" waits for it.
+static EXPIRED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// A client that answers the relayed requests and reports everything it is sent.
 #[derive(Debug, Clone)]
 struct Answering {
@@ -71,8 +75,8 @@ impl ClientHandler for Answering {
             return Ok(serde_json::from_value(json!({"action": "decline"})).unwrap());
         }
         if v["message"] == "give me a second" {
-            // Time for the test to expire the upstream's tokens after the report.
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // Answers once the test has expired the upstream's tokens after the report.
+            EXPIRED.notified().await;
         }
         if v["message"] == "take your time" {
             // Longer than the egress request timeout (15 s).
@@ -959,10 +963,11 @@ async fn an_answer_refused_with_401_on_the_session_wire_is_sent_again() {
             call(&s, "ask", elicitation("give me a second"))
         ),
         async {
-            // Asked: the client answers in a second, after the token expired.
+            // Asked: the client answers once the token has expired.
             while next(&mut rx).await != "elicit \"give me a second\"" {}
             let refreshes = upstream.grants_served_for("refresh_token");
             upstream.expire_access_tokens();
+            EXPIRED.notify_one();
             refreshes
         }
     );
