@@ -141,7 +141,6 @@ async fn subscriptions_survive_an_upstream_restart(backend: super::Backend) {
     assert_eq!(old_sessions.len(), 1, "{old_sessions:?}");
 
     // The restart: every session forgotten, the stream ended.
-    let restarted = tokio::time::Instant::now();
     beta.expire_mcp_sessions();
     assert_eq!(beta.close_streams(), 1);
 
@@ -177,10 +176,6 @@ async fn subscriptions_survive_an_upstream_restart(backend: super::Backend) {
 
     assert_eq!(beta.push(update), 1);
     assert_eq!(updated(&mut rx, Duration::from_secs(10)).await, federated);
-    // Soon: the first attempt comes 1 s after the stream ended and renews at once (a few
-    // local requests); the bound leaves room for a loaded machine.
-    let took = restarted.elapsed();
-    assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(rx.try_recv().is_err());
 
     c.cancel().await.unwrap();
@@ -415,13 +410,13 @@ async fn the_hub_follows_a_replaced_upstream_session(backend: super::Backend) {
     assert_eq!(up.subscribed("ps-2"), ["file:///a.txt", "file:///b.txt"]);
     assert_eq!(up.update("file:///b.txt"), ["ps-2"]);
     let b = "latchkey://beta/file:///b.txt";
-    assert_eq!(updated(&mut rx, Duration::from_secs(5)).await, b);
+    assert_eq!(updated(&mut rx, Duration::from_secs(10)).await, b);
     // The first URI's updates now come on session 2's stream (session 1's is dropped).
     eventually("session 1's stream dropped", || {
         up.update("file:///a.txt") == ["ps-2"]
     })
     .await;
-    assert_eq!(updated(&mut rx, Duration::from_secs(5)).await, a);
+    assert_eq!(updated(&mut rx, Duration::from_secs(10)).await, a);
 
     c.cancel().await.unwrap();
     super::cleanup(dir, schema).await;
@@ -496,7 +491,7 @@ async fn the_hub_follows_a_session_opened_for_a_refreshed_token() {
         ),
         1
     );
-    assert_eq!(updated(&mut rx, Duration::from_secs(5)).await, federated);
+    assert_eq!(updated(&mut rx, Duration::from_secs(10)).await, federated);
 
     c.cancel().await.unwrap();
     super::cleanup(dir, schema).await;
