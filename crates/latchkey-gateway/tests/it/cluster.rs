@@ -50,28 +50,6 @@ async fn instances(url: &str, clock: &Arc<ManualClock>) -> Vec<String> {
     bases
 }
 
-/// A server named `scripted` created on `base` with a deposited refresh token (no
-/// access token yet); its id.
-async fn connected_on(base: &str, upstream: &ScriptedServer) -> String {
-    let (status, server) = post(
-        &format!("{base}/v1/servers"),
-        json!({"name": "scripted", "url": upstream.mcp_url()}),
-    )
-    .await;
-    assert_eq!(status, 201, "{server}");
-    let id = server["id"].as_str().unwrap().to_owned();
-    let (status, v) = post(
-        &format!("{base}/v1/credentials"),
-        json!({
-            "server_id": id, "refresh_token": upstream.mint_refresh_token(),
-            "token_endpoint": format!("{}/token", upstream.base), "client_id": "deposit-client",
-        }),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
-    id
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_postgres_behave_as_one() {
     let schema = latchkey_testkit::pg::PgSchema::new("lk_cluster")
@@ -82,7 +60,7 @@ async fn three_instances_on_postgres_behave_as_one() {
     let bases = instances(&schema.url, &clock).await;
 
     // A server and a deposited refresh token (no access token yet), on instance 1.
-    let id = connected_on(&bases[0], &upstream).await;
+    let id = super::connected_server(&bases[0], "scripted", &upstream).await;
 
     // 20 expiries; after each, 3 × 300 concurrent tool calls through `/mcp/{id}`.
     let http = client();
@@ -247,7 +225,7 @@ async fn a_database_outage_is_a_typed_503_and_recovers_with_nothing_lost() {
         Arc::new(latchkey_core::SystemClock),
     )
     .await;
-    let id = connected_on(&base, &upstream).await;
+    let id = super::connected_server(&base, "scripted", &upstream).await;
     let http = client();
     let mcp = format!("{base}/mcp/{id}");
     let echo = |n: u64| call(n, "echo", json!({"text": format!("m{n}")}));

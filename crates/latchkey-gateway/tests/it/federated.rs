@@ -35,30 +35,6 @@ fn keys() -> StaticKeys {
     StaticKeys(Some(KeySet::parse(KEY).unwrap()))
 }
 
-/// Registers an MCP server with Latchkey; its id.
-async fn add_server(base: &str, name: &str, upstream: &ScriptedServer) -> String {
-    let (status, v) = post(
-        &format!("{base}/v1/servers"),
-        json!({"name": name, "url": upstream.mcp_url()}),
-    )
-    .await;
-    assert_eq!(status, 201, "{v}");
-    v["id"].as_str().unwrap().to_owned()
-}
-
-/// Deposits a refresh token from `upstream`'s authorization server into the caller's slot.
-async fn deposit(base: &str, id: &str, upstream: &ScriptedServer) {
-    let (status, v) = post(
-        &format!("{base}/v1/credentials"),
-        json!({
-            "server_id": id, "refresh_token": upstream.mint_refresh_token(),
-            "token_endpoint": format!("{}/token", upstream.base), "client_id": "deposit-client",
-        }),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
-}
-
 /// Latchkey in local mode on `backend`: its base URL and what [`super::cleanup`] takes.
 async fn latchkey(
     backend: super::Backend,
@@ -83,9 +59,9 @@ async fn scripted(
 ) -> (ScriptedServer, String) {
     let upstream = ScriptedServer::start(AsConfig::default()).await.unwrap();
     upstream.offer_primitives(primitives);
-    let id = add_server(base, name, &upstream).await;
+    let id = super::add_server(base, name, &upstream).await;
     if connected {
-        deposit(base, &id, &upstream).await;
+        super::deposit(base, &id, &upstream).await;
     }
     (upstream, id)
 }
@@ -381,7 +357,7 @@ async fn list_changed_on_connect_and_disconnect() {
     // The GET stream that carries notifications opens after the handshake.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    deposit(&base, &id, &upstream).await;
+    super::deposit(&base, &id, &upstream).await;
     changed(&mut rx).await;
     assert_eq!(
         tool_names(&c).await,
@@ -1600,7 +1576,7 @@ async fn all_lists_change_on_connect_and_disconnect(backend: super::Backend) {
     // The GET stream that carries notifications opens after the handshake.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    deposit(&base, &id, &upstream).await;
+    super::deposit(&base, &id, &upstream).await;
     assert_eq!(
         next_sorted(&mut rx, 3).await,
         vec!["prompts", "resources", "tools"]

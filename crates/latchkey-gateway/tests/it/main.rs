@@ -111,6 +111,43 @@ async fn post(url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
     post_raw(url, &body.to_string()).await
 }
 
+/// Registers `upstream` (a scripted MCP server) with the Latchkey at `base` as `name`;
+/// its id.
+async fn add_server(base: &str, name: &str, upstream: &latchkey_testkit::ScriptedServer) -> String {
+    let (status, v) = post(
+        &format!("{base}/v1/servers"),
+        serde_json::json!({"name": name, "url": upstream.mcp_url()}),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+/// Deposits a refresh token of `upstream`'s authorization server into the caller's slot
+/// of server `id`.
+async fn deposit(base: &str, id: &str, upstream: &latchkey_testkit::ScriptedServer) {
+    let (status, v) = post(
+        &format!("{base}/v1/credentials"),
+        serde_json::json!({
+            "server_id": id, "refresh_token": upstream.mint_refresh_token(),
+            "token_endpoint": format!("{}/token", upstream.base), "client_id": "deposit-client",
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+}
+
+/// [`add_server`] and [`deposit`]: a server the caller is connected to; its id.
+async fn connected_server(
+    base: &str,
+    name: &str,
+    upstream: &latchkey_testkit::ScriptedServer,
+) -> String {
+    let id = add_server(base, name, upstream).await;
+    deposit(base, &id, upstream).await;
+    id
+}
+
 async fn start(cfg: &Config, keys: StaticKeys) -> (String, std::path::PathBuf) {
     let (base, dir, _) = start_with_store(cfg, keys).await;
     (base, dir)

@@ -167,22 +167,7 @@ async fn setup(
     upstream.offer_primitives(primitives);
     let cfg = super::loopback_config();
     let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
-    let (status, v) = post(
-        &format!("{base}/v1/servers"),
-        json!({"name": "Relay", "url": upstream.mcp_url()}),
-    )
-    .await;
-    assert_eq!(status, 201, "{v}");
-    let id = v["id"].as_str().unwrap().to_owned();
-    let (status, v) = post(
-        &format!("{base}/v1/credentials"),
-        json!({
-            "server_id": id, "refresh_token": upstream.mint_refresh_token(),
-            "token_endpoint": format!("{}/token", upstream.base), "client_id": "deposit-client",
-        }),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    let id = super::connected_server(&base, "Relay", &upstream).await;
     let r = client()
         .patch(format!("{base}/v1/servers/{id}"))
         .header("content-type", "application/json")

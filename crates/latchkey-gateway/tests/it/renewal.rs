@@ -28,28 +28,6 @@ fn keys() -> StaticKeys {
     StaticKeys(Some(KeySet::parse(KEY).unwrap()))
 }
 
-/// Registers `upstream` with Latchkey as `name` and deposits a refresh token of its
-/// authorization server into the caller's slot; the server's id.
-async fn connected_server(base: &str, name: &str, upstream: &ScriptedServer) -> String {
-    let (status, v) = post(
-        &format!("{base}/v1/servers"),
-        json!({"name": name, "url": upstream.mcp_url()}),
-    )
-    .await;
-    assert_eq!(status, 201, "{v}");
-    let id = v["id"].as_str().unwrap().to_owned();
-    let (status, v) = post(
-        &format!("{base}/v1/credentials"),
-        json!({
-            "server_id": id, "refresh_token": upstream.mint_refresh_token(),
-            "token_endpoint": format!("{}/token", upstream.base), "client_id": "deposit-client",
-        }),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
-    id
-}
-
 /// An MCP client that reports the resource updates relayed to it.
 #[derive(Debug, Clone)]
 struct Updates(mpsc::UnboundedSender<String>);
@@ -117,7 +95,7 @@ async fn subscriptions_survive_an_upstream_restart(backend: super::Backend) {
     beta.offer_primitives(Some("beta"));
     let cfg = super::loopback_config();
     let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
-    connected_server(&base, "Beta", &beta).await;
+    super::connected_server(&base, "Beta", &beta).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let transport = StreamableHttpClientTransport::from_config(
         StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
@@ -436,7 +414,7 @@ async fn the_hub_follows_a_session_opened_for_a_refreshed_token() {
     beta.offer_primitives(Some("beta"));
     let cfg = super::loopback_config();
     let (base, dir, _store, schema) = super::start_on(super::Backend::Sqlite, &cfg, keys()).await;
-    connected_server(&base, "Beta", &beta).await;
+    super::connected_server(&base, "Beta", &beta).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let transport = StreamableHttpClientTransport::from_config(
         StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
@@ -510,7 +488,7 @@ async fn the_level_clients_set_survives_an_upstream_restart() {
     beta.offer_primitives(Some("beta"));
     let cfg = super::loopback_config();
     let (base, dir, _store, schema) = super::start_on(super::Backend::Sqlite, &cfg, keys()).await;
-    connected_server(&base, "Beta", &beta).await;
+    super::connected_server(&base, "Beta", &beta).await;
     let client = || async {
         let transport = StreamableHttpClientTransport::from_config(
             StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))

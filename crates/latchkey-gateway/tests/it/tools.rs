@@ -25,22 +25,7 @@ pub(super) async fn connected(
     let cfg = super::loopback_config();
     let keys = StaticKeys(Some(KeySet::parse(KEY).unwrap()));
     let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys).await;
-    let (status, server) = post(
-        &format!("{base}/v1/servers"),
-        json!({"name": "scripted", "url": upstream.mcp_url()}),
-    )
-    .await;
-    assert_eq!(status, 201);
-    let id = server["id"].as_str().unwrap().to_owned();
-    let (status, v) = post(
-        &format!("{base}/v1/credentials"),
-        json!({
-            "server_id": id, "refresh_token": upstream.mint_refresh_token(),
-            "token_endpoint": format!("{}/token", upstream.base), "client_id": "deposit-client",
-        }),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    let id = super::connected_server(&base, "scripted", upstream).await;
     (base, id, dir, schema)
 }
 
