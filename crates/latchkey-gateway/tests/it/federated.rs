@@ -1127,16 +1127,6 @@ async fn set_level_and_subscriptions_reach_their_servers_on_postgres() {
     set_level_and_subscriptions(super::Backend::Postgres).await;
 }
 
-/// The requests `upstream` received with `method`, as recorded.
-fn upstream_requests(upstream: &ScriptedServer, method: &str) -> Vec<HashMap<String, String>> {
-    upstream
-        .requests("/mcp")
-        .into_iter()
-        .map(|r| r.body)
-        .filter(|b| b.get("method").is_some_and(|m| m == method))
-        .collect()
-}
-
 /// `logging/setLevel` goes to every usable server that declared `logging` and to no
 /// other; `resources/subscribe` and `resources/unsubscribe` go to the server owning the
 /// federated URI, with the original URI (2025-11-25: the 2026-07-28 wire retired both).
@@ -1167,12 +1157,12 @@ async fn set_level_and_subscriptions(backend: super::Backend) {
         .await
         .unwrap();
     for upstream in [&alpha, &beta] {
-        let sent = upstream_requests(upstream, "logging/setLevel");
+        let sent = super::upstream_requests(upstream, "logging/setLevel");
         assert_eq!(sent.len(), 1, "{sent:?}");
         assert_eq!(sent[0]["level"], "debug");
     }
-    assert!(upstream_requests(&tools_only, "logging/setLevel").is_empty());
-    assert!(upstream_requests(&absent, "logging/setLevel").is_empty());
+    assert!(super::upstream_requests(&tools_only, "logging/setLevel").is_empty());
+    assert!(super::upstream_requests(&absent, "logging/setLevel").is_empty());
     assert_eq!(absent.mcp_requests(), 1, "only the probe");
 
     // subscribe / unsubscribe: to the owner only, with the original URI.
@@ -1181,19 +1171,19 @@ async fn set_level_and_subscriptions(backend: super::Backend) {
     ))
     .await
     .unwrap();
-    let sent = upstream_requests(&beta, "resources/subscribe");
+    let sent = super::upstream_requests(&beta, "resources/subscribe");
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0]["uri"], "file:///notes.txt");
-    assert!(upstream_requests(&alpha, "resources/subscribe").is_empty());
+    assert!(super::upstream_requests(&alpha, "resources/subscribe").is_empty());
     c.unsubscribe(UnsubscribeRequestParams::new(
         "latchkey://beta/file:///notes.txt",
     ))
     .await
     .unwrap();
-    let sent = upstream_requests(&beta, "resources/unsubscribe");
+    let sent = super::upstream_requests(&beta, "resources/unsubscribe");
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0]["uri"], "file:///notes.txt");
-    assert!(upstream_requests(&alpha, "resources/unsubscribe").is_empty());
+    assert!(super::upstream_requests(&alpha, "resources/unsubscribe").is_empty());
 
     // The owner's own error passes on; a URI no server owns is not found, unsent.
     let e = rpc_error(
@@ -1210,7 +1200,10 @@ async fn set_level_and_subscriptions(backend: super::Backend) {
         .await,
     );
     assert_eq!(e.code.0, -32002, "{e:?}");
-    assert_eq!(upstream_requests(&alpha, "resources/subscribe").len(), 1);
+    assert_eq!(
+        super::upstream_requests(&alpha, "resources/subscribe").len(),
+        1
+    );
     // Aimed at the server that is not connected: its consent elicitation.
     let e = rpc_error(
         c.subscribe(SubscribeRequestParams::new(
@@ -1545,17 +1538,6 @@ async fn next_sorted(rx: &mut mpsc::UnboundedReceiver<String>, n: usize) -> Vec<
     got
 }
 
-/// Waits (up to 10 s) until `f` holds.
-async fn eventually(what: &str, f: impl Fn() -> bool) {
-    for _ in 0..100 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("not within 10 s: {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_lists_change_on_connect_and_disconnect_on_sqlite() {
     all_lists_change_on_connect_and_disconnect(super::Backend::Sqlite).await;
@@ -1630,7 +1612,7 @@ async fn upstream_list_changes(backend: super::Backend) {
     let (idle, mut rx_idle) = lists_session(&base, &alice).await;
     let (other, mut rx_other) = lists_session(&base, &bob).await;
     assert!(!listed.list_all_prompts().await.unwrap().is_empty());
-    eventually("the listing session's relay stream", || {
+    super::eventually("the listing session's relay stream", || {
         beta.open_streams() == 1
     })
     .await;
@@ -1672,7 +1654,7 @@ async fn upstream_list_changes(backend: super::Backend) {
     for c in [listed, idle, other] {
         c.cancel().await.unwrap();
     }
-    eventually("the stream closed with its sessions", || {
+    super::eventually("the stream closed with its sessions", || {
         beta.open_streams() == 0
     })
     .await;
@@ -1702,7 +1684,7 @@ async fn a_relay_stream_that_ended_is_reopened() {
     );
 
     assert_eq!(beta.close_streams(), 1);
-    eventually("a second GET stream", || {
+    super::eventually("a second GET stream", || {
         beta.requests("/mcp/stream").len() == 2 && beta.open_streams() == 1
     })
     .await;
@@ -1712,7 +1694,7 @@ async fn a_relay_stream_that_ended_is_reopened() {
         "updated latchkey://beta/file:///notes.txt"
     );
     c.cancel().await.unwrap();
-    eventually("the stream closed with the session", || {
+    super::eventually("the stream closed with the session", || {
         beta.open_streams() == 0
     })
     .await;
@@ -1773,12 +1755,12 @@ async fn stateless_listen(backend: super::Backend) {
         ack.resource_subscriptions,
         Some(vec![uri.to_owned(), unconnected.to_owned()])
     );
-    eventually("one relay stream for the listen request", || {
+    super::eventually("one relay stream for the listen request", || {
         beta.open_streams() == 1
     })
     .await;
     assert_eq!(
-        upstream_requests(&beta, "resources/subscribe")
+        super::upstream_requests(&beta, "resources/subscribe")
             .iter()
             .filter_map(|r| r.get("uri"))
             .collect::<Vec<_>>(),
@@ -1827,7 +1809,7 @@ async fn stateless_listen(backend: super::Backend) {
     assert_eq!(kinds, vec!["prompts", "resources", "tools"]);
     drop(sub);
     c.cancel().await.unwrap();
-    eventually("the stream closed with the listen request", || {
+    super::eventually("the stream closed with the listen request", || {
         beta.open_streams() == 0
     })
     .await;

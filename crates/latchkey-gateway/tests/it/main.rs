@@ -148,6 +148,30 @@ async fn connected_server(
     id
 }
 
+/// The requests `upstream` received on `/mcp` with JSON-RPC `method`, as recorded.
+fn upstream_requests(
+    upstream: &latchkey_testkit::ScriptedServer,
+    method: &str,
+) -> Vec<HashMap<String, String>> {
+    upstream
+        .requests("/mcp")
+        .into_iter()
+        .map(|r| r.body)
+        .filter(|b| b.get("method").is_some_and(|m| m == method))
+        .collect()
+}
+
+/// Waits (up to 10 s) until `f` holds.
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("not within 10 s: {what}");
+}
+
 async fn start(cfg: &Config, keys: StaticKeys) -> (String, std::path::PathBuf) {
     let (base, dir, _) = start_with_store(cfg, keys).await;
     (base, dir)

@@ -2,8 +2,9 @@
 //! upstream restarts (forgets its sessions and ends its streams), the hub opens a new
 //! upstream session, sends the subscriptions its client sessions still want (and the
 //! most verbose level they set) again and reads the new session's stream, so resource
-//! updates keep reaching a client that makes no request meanwhile. Likewise when the slot's session is replaced while the
-//! old stream stays open: the hub follows the new session.
+//! updates keep reaching a client that makes no request meanwhile. Likewise when the
+//! slot's session is replaced while the old stream stays open: the hub follows the new
+//! session.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -42,14 +43,38 @@ impl ClientHandler for Updates {
     }
 }
 
-/// The requests `upstream` received with JSON-RPC `method`, as recorded.
-fn upstream_requests(upstream: &ScriptedServer, method: &str) -> Vec<HashMap<String, String>> {
-    upstream
-        .requests("/mcp")
-        .into_iter()
-        .map(|r| r.body)
-        .filter(|b| b.get("method").is_some_and(|m| m == method))
-        .collect()
+/// Latchkey in local mode on `backend` with the scripted server "Beta" (offering
+/// primitives) connected: the server, Latchkey's base URL and what
+/// [`super::cleanup`] takes.
+async fn beta_on(
+    backend: super::Backend,
+) -> (
+    ScriptedServer,
+    String,
+    std::path::PathBuf,
+    Option<latchkey_testkit::pg::PgSchema>,
+) {
+    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
+    beta.offer_primitives(Some("beta"));
+    let cfg = super::loopback_config();
+    let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
+    super::connected_server(&base, "Beta", &beta).await;
+    (beta, base, dir, schema)
+}
+
+/// A 2025-11-25 [`Updates`] session on `{base}/mcp`, and what it reports.
+async fn updates_client(
+    base: &str,
+) -> (
+    rmcp::service::RunningService<RoleClient, Updates>,
+    mpsc::UnboundedReceiver<String>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
+            .auth_header(CALLER_TOKEN),
+    );
+    (Updates(tx).serve(transport).await.unwrap(), rx)
 }
 
 /// The next URI relayed to an [`Updates`] client, within `bound`.
@@ -58,17 +83,6 @@ async fn updated(rx: &mut mpsc::UnboundedReceiver<String>, bound: Duration) -> S
         .await
         .expect("a relayed notifications/resources/updated in time")
         .unwrap()
-}
-
-/// Waits (up to 10 s) until `f` holds.
-async fn eventually(what: &str, f: impl Fn() -> bool) {
-    for _ in 0..100 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("not within 10 s: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,17 +105,8 @@ async fn subscriptions_survive_an_upstream_restart_on_postgres() {
 #[allow(deprecated)]
 async fn subscriptions_survive_an_upstream_restart(backend: super::Backend) {
     use rmcp::model::SubscribeRequestParams;
-    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    beta.offer_primitives(Some("beta"));
-    let cfg = super::loopback_config();
-    let (base, dir, _store, schema) = super::start_on(backend, &cfg, keys()).await;
-    super::connected_server(&base, "Beta", &beta).await;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
-            .auth_header(CALLER_TOKEN),
-    );
-    let c = Updates(tx).serve(transport).await.unwrap();
+    let (beta, base, dir, schema) = beta_on(backend).await;
+    let (c, mut rx) = updates_client(&base).await;
     c.subscribe(SubscribeRequestParams::new(
         "latchkey://beta/file:///notes.txt",
     ))
@@ -113,8 +118,11 @@ async fn subscriptions_survive_an_upstream_restart(backend: super::Backend) {
     assert_eq!(beta.push(update.clone()), 1);
     let federated = "latchkey://beta/file:///notes.txt";
     assert_eq!(updated(&mut rx, Duration::from_secs(10)).await, federated);
-    let initializes = upstream_requests(&beta, "initialize").len();
-    assert_eq!(upstream_requests(&beta, "resources/subscribe").len(), 1);
+    let initializes = super::upstream_requests(&beta, "initialize").len();
+    assert_eq!(
+        super::upstream_requests(&beta, "resources/subscribe").len(),
+        1
+    );
     let old_sessions = beta.mcp_sessions();
     assert_eq!(old_sessions.len(), 1, "{old_sessions:?}");
 
@@ -123,16 +131,17 @@ async fn subscriptions_survive_an_upstream_restart(backend: super::Backend) {
     assert_eq!(beta.close_streams(), 1);
 
     // The hub renews on its own: a new session, the subscription again, a new stream.
-    eventually("a new session's stream and subscription", || {
-        beta.open_streams() == 1 && upstream_requests(&beta, "resources/subscribe").len() == 2
+    super::eventually("a new session's stream and subscription", || {
+        beta.open_streams() == 1
+            && super::upstream_requests(&beta, "resources/subscribe").len() == 2
     })
     .await;
     assert_eq!(
-        upstream_requests(&beta, "initialize").len(),
+        super::upstream_requests(&beta, "initialize").len(),
         initializes + 1,
         "one new upstream session"
     );
-    let subscribes = upstream_requests(&beta, "resources/subscribe");
+    let subscribes = super::upstream_requests(&beta, "resources/subscribe");
     assert_eq!(subscribes[1]["uri"], "file:///notes.txt", "{subscribes:?}");
     let new_sessions = beta.mcp_sessions();
     assert_eq!(new_sessions.len(), 1, "{new_sessions:?}");
@@ -157,7 +166,7 @@ async fn subscriptions_survive_an_upstream_restart(backend: super::Backend) {
     assert!(rx.try_recv().is_err());
 
     c.cancel().await.unwrap();
-    eventually("the stream closed with the session", || {
+    super::eventually("the stream closed with the session", || {
         beta.open_streams() == 0
     })
     .await;
@@ -357,16 +366,11 @@ async fn the_hub_follows_a_replaced_upstream_session(backend: super::Backend) {
     )
     .await;
     assert_eq!(status, 201, "{v}");
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
-            .auth_header(CALLER_TOKEN),
-    );
-    let c = Updates(tx).serve(transport).await.unwrap();
+    let (c, mut rx) = updates_client(&base).await;
     c.subscribe(SubscribeRequestParams::new("latchkey://beta/file:///a.txt"))
         .await
         .unwrap();
-    eventually("session 1's stream", || up.gets() == ["ps-1"]).await;
+    super::eventually("session 1's stream", || up.gets() == ["ps-1"]).await;
     assert_eq!(up.update("file:///a.txt"), ["ps-1"]);
     let a = "latchkey://beta/file:///a.txt";
     assert_eq!(updated(&mut rx, Duration::from_secs(10)).await, a);
@@ -380,7 +384,7 @@ async fn the_hub_follows_a_replaced_upstream_session(backend: super::Backend) {
     assert_eq!(up.subscribed("ps-2"), ["file:///b.txt"]);
 
     // The hub reads session 2's stream and has the first URI subscribed there too.
-    eventually("session 2's stream, the first URI subscribed again", || {
+    super::eventually("session 2's stream, the first URI subscribed again", || {
         up.gets().last().is_some_and(|s| s == "ps-2") && up.subscribed("ps-2").len() == 2
     })
     .await;
@@ -390,7 +394,7 @@ async fn the_hub_follows_a_replaced_upstream_session(backend: super::Backend) {
     let b = "latchkey://beta/file:///b.txt";
     assert_eq!(updated(&mut rx, Duration::from_secs(10)).await, b);
     // The first URI's updates now come on session 2's stream (session 1's is dropped).
-    eventually("session 1's stream dropped", || {
+    super::eventually("session 1's stream dropped", || {
         up.update("file:///a.txt") == ["ps-2"]
     })
     .await;
@@ -410,17 +414,8 @@ async fn the_hub_follows_a_replaced_upstream_session(backend: super::Backend) {
 #[allow(deprecated)] // rmcp's subscribe request (2026-07-28 retired it).
 async fn the_hub_follows_a_session_opened_for_a_refreshed_token() {
     use rmcp::model::{ReadResourceRequestParams, SubscribeRequestParams};
-    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    beta.offer_primitives(Some("beta"));
-    let cfg = super::loopback_config();
-    let (base, dir, _store, schema) = super::start_on(super::Backend::Sqlite, &cfg, keys()).await;
-    super::connected_server(&base, "Beta", &beta).await;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
-            .auth_header(CALLER_TOKEN),
-    );
-    let c = Updates(tx).serve(transport).await.unwrap();
+    let (beta, base, dir, schema) = beta_on(super::Backend::Sqlite).await;
+    let (c, mut rx) = updates_client(&base).await;
     let federated = "latchkey://beta/file:///notes.txt";
     c.subscribe(SubscribeRequestParams::new(federated))
         .await
@@ -455,7 +450,7 @@ async fn the_hub_follows_a_session_opened_for_a_refreshed_token() {
             .map(|r| r.headers["mcp-session-id"].clone())
             .collect()
     };
-    eventually("the new session's stream and subscription", || {
+    super::eventually("the new session's stream and subscription", || {
         get_sessions().last() == Some(&new)
             && in_new("resources/subscribe") == 1
             && beta.open_streams() == 1
@@ -484,22 +479,8 @@ async fn the_hub_follows_a_session_opened_for_a_refreshed_token() {
 #[allow(deprecated)] // rmcp's logging types (SEP-2577), still part of 2025-11-25.
 async fn the_level_clients_set_survives_an_upstream_restart() {
     use rmcp::model::{LoggingLevel, SetLevelRequestParams};
-    let beta = ScriptedServer::start(AsConfig::default()).await.unwrap();
-    beta.offer_primitives(Some("beta"));
-    let cfg = super::loopback_config();
-    let (base, dir, _store, schema) = super::start_on(super::Backend::Sqlite, &cfg, keys()).await;
-    super::connected_server(&base, "Beta", &beta).await;
-    let client = || async {
-        let transport = StreamableHttpClientTransport::from_config(
-            StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
-                .auth_header(CALLER_TOKEN),
-        );
-        Updates(mpsc::unbounded_channel().0)
-            .serve(transport)
-            .await
-            .unwrap()
-    };
-    let (a, b) = (client().await, client().await);
+    let (beta, base, dir, schema) = beta_on(super::Backend::Sqlite).await;
+    let ((a, _), (b, _)) = (updates_client(&base).await, updates_client(&base).await);
     a.set_level(SetLevelRequestParams::new(LoggingLevel::Warning))
         .await
         .unwrap();
@@ -532,7 +513,7 @@ async fn the_level_clients_set_survives_an_upstream_restart() {
     beta.expire_mcp_sessions();
     assert_eq!(beta.close_streams(), 1);
 
-    eventually("the level set in a new session", || {
+    super::eventually("the level set in a new session", || {
         beta.mcp_sessions()
             .first()
             .is_some_and(|new| !levels(new).is_empty())
@@ -560,7 +541,7 @@ async fn the_level_clients_set_survives_an_upstream_restart() {
 
     a.cancel().await.unwrap();
     b.cancel().await.unwrap();
-    eventually("the stream closed with the sessions", || {
+    super::eventually("the stream closed with the sessions", || {
         beta.open_streams() == 0
     })
     .await;
