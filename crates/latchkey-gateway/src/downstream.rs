@@ -169,57 +169,24 @@ impl Default for Rounds {
 }
 
 /// What a parked exchange is bound to besides its principal: `method`, `name` (a tool
-/// or prompt name, a resource URI) and a SHA-256 of the canonical form of `arguments`
-/// ([`canonical`]; none is the empty object, as the upstream is sent). A retry must be
-/// the same request (SEP-2322): with other arguments it would get the answer to the
-/// first one's. Hashed, so the key stays small however large the arguments.
+/// or prompt name, a resource URI) and a SHA-256 of the JSON of `arguments` (none is
+/// the empty object, as the upstream is sent). A retry must be the same request
+/// (SEP-2322): with other arguments it would get the answer to the first one's. The
+/// JSON is canonical as it is: serde_json's `Map` keeps its keys sorted at every depth
+/// (the workspace does not enable its `preserve_order`; the unit test
+/// `the_request_key_ignores_key_order_but_not_values` fails if something does), so a
+/// client that reorders keys makes the same request. Hashed, so the key stays small
+/// however large the arguments.
 pub(crate) fn request_key(
     method: &str,
     name: &str,
     arguments: Option<&serde_json::Map<String, Value>>,
 ) -> String {
     use sha2::{Digest, Sha256};
-    let mut form = String::new();
-    match arguments {
-        Some(a) => canonical_object(a, &mut form),
-        None => form.push_str("{}"),
-    }
+    let empty = serde_json::Map::new();
+    // A map of JSON values always serializes; `Value`'s `Display` is that.
+    let form = Value::Object(arguments.unwrap_or(&empty).clone()).to_string();
     format!("{method} {name} {:x}", Sha256::digest(form.as_bytes()))
-}
-
-/// The canonical JSON of `v`: compact, the keys of every object sorted (by their UTF-8
-/// bytes), so a client that sends the same arguments with its keys in another order
-/// makes the same request. Scalars keep serde_json's own form.
-fn canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(m) => canonical_object(m, out),
-        Value::Array(items) => {
-            out.push('[');
-            for (n, item) in items.iter().enumerate() {
-                if n > 0 {
-                    out.push(',');
-                }
-                canonical(item, out);
-            }
-            out.push(']');
-        }
-        scalar => out.push_str(&scalar.to_string()),
-    }
-}
-
-fn canonical_object(m: &serde_json::Map<String, Value>, out: &mut String) {
-    let mut members: Vec<(&String, &Value)> = m.iter().collect();
-    members.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    out.push('{');
-    for (n, (key, value)) in members.into_iter().enumerate() {
-        if n > 0 {
-            out.push(',');
-        }
-        out.push_str(&Value::from(key.as_str()).to_string());
-        out.push(':');
-        canonical(value, out);
-    }
-    out.push('}');
 }
 
 /// What `principal` has asked to connect to a request: its tenant and subject.
@@ -793,8 +760,9 @@ mod tests {
         assert_eq!(request_key("tools/call", "ask", None), key(json!({})));
         // A key that needs escaping cannot pass for a structure.
         assert_ne!(key(json!({"a\":1,\"b": 2})), key(json!({"a": 1, "b": 2})));
-        let mut form = String::new();
-        canonical(&json!({"b": [true, 1.5, "\n"], "a": {}}), &mut form);
+        // The form hashed is compact with its keys sorted, as serde_json writes a value
+        // when its `preserve_order` is off.
+        let form = json!({"b": [true, 1.5, "\n"], "a": {}}).to_string();
         assert_eq!(form, r#"{"a":{},"b":[true,1.5,"\n"]}"#);
     }
 
